@@ -1,0 +1,260 @@
+//===- MoEOps.td - moe dialect operations ------------------*- tablegen -*-===//
+#ifndef MOE_DIALECT_MOE_IR_MOEOPS_TD
+#define MOE_DIALECT_MOE_IR_MOEOPS_TD
+
+include "moe/Dialect/MoE/IR/MoEDialect.td"
+include "moe/Dialect/MoE/IR/MoEAttrs.td"
+include "mlir/IR/SymbolInterfaces.td"
+include "mlir/Interfaces/ControlFlowInterfaces.td"
+include "mlir/Interfaces/SideEffectInterfaces.td"
+
+// Activations are [tokens, hidden]; the token count may be dynamic.
+def MoE_Hidden : TensorRankOf<[F32, BF16, F16], [2]>;
+def MoE_ExpertIds : TensorRankOf<[I32], [2]>;
+def MoE_Gates : TensorRankOf<[F32, BF16, F16], [2]>;
+def MoE_TokenIds : TensorRankOf<[I32], [1]>;
+def MoE_TokenMask : TensorRankOf<[I1], [1]>;
+def MoE_WeightTensor : StaticShapeTensorOf<[F32, BF16, F16]>;
+
+class MoE_SymbolUserOp<string mnemonic, list<Trait> traits = []>
+    : MoE_Op<mnemonic, !listconcat(traits,
+          [DeclareOpInterfaceMethods<SymbolUserOpInterface>])>;
+
+//===----------------------------------------------------------------------===//
+// Weights
+//===----------------------------------------------------------------------===//
+
+def MoE_WeightOp : MoE_Op<"weight", [Symbol]> {
+  let summary = "a named model parameter, bound at run time";
+  let description = [{
+    Declares a parameter tensor. Ops name it by symbol, so two ops that use
+    one symbol share the parameter (a PathMoE router shared by a block, or the
+    weights of a looped block shared by every pass). `source` is the tensor's
+    name in the safetensors file; a `{e}` in it stacks the tensors of experts
+    `e = 0 .. N-1` along the first dimension.
+
+    ```mlir
+    moe.weight @router0 : tensor<8x64xf32> source "model.layers.0.mlp.gate.weight"
+    moe.weight @gate0 : tensor<8x128x64xf32>
+        source "model.layers.0.mlp.experts.{e}.gate_proj.weight"
+    ```
+  }];
+  let arguments = (ins SymbolNameAttr:$sym_name,
+                       TypeAttrOf<MoE_WeightTensor>:$type,
+                       OptionalAttr<StrAttr>:$source);
+  let assemblyFormat = "$sym_name `:` $type (`source` $source^)? attr-dict";
+  let extraClassDeclaration = [{
+    ::mlir::RankedTensorType getTensorType() {
+      return ::llvm::cast<::mlir::RankedTensorType>(getType());
+    }
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// MoE layer ops
+//===----------------------------------------------------------------------===//
+
+def MoE_RmsNormOp : MoE_SymbolUserOp<"rms_norm",
+    [Pure, AllTypesMatch<["input", "result"]>]> {
+  let summary = "RMS normalisation with a learned scale";
+  let description = [{
+    `result = input / sqrt(mean(input^2) + eps) * weight` per token; the weight
+    symbol has shape [hidden].
+  }];
+  let arguments = (ins MoE_Hidden:$input, FlatSymbolRefAttr:$weight,
+                       DefaultValuedAttr<F32Attr, "1.0e-6">:$eps);
+  let results = (outs MoE_Hidden:$result);
+  let assemblyFormat = [{
+    $input `,` $weight (`eps` `=` $eps^)? attr-dict `:` type($input)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_RouteOp : MoE_SymbolUserOp<"route", [Pure]> {
+  let summary = "router: score the experts and pick the top k per token";
+  let description = [{
+    `logits = input @ router^T`, scored by softmax or sigmoid; the `top_k`
+    largest scores (ties: lower expert first) give `ids` in descending score
+    order and `gates`, renormalised to sum 1 when `normalize` is set and then
+    multiplied by `scaling`. The router symbol has shape [experts, hidden].
+
+    Routes that name the same router symbol share its parameters (PathMoE).
+    `decision = block` marks a block head whose ids and gates are reused by the
+    other layers of its block instead of each layer routing on its own.
+  }];
+  let arguments = (ins MoE_Hidden:$input, FlatSymbolRefAttr:$router,
+      I64Attr:$top_k,
+      DefaultValuedAttr<MoE_ScoringFuncAttr, "ScoringFunc::softmax">:$scoring,
+      UnitAttr:$normalize,
+      DefaultValuedAttr<F32Attr, "1.0">:$scaling,
+      DefaultValuedAttr<MoE_RouterDecisionAttr,
+                        "RouterDecision::per_layer">:$decision);
+  let results = (outs MoE_ExpertIds:$ids, MoE_Gates:$gates);
+  let assemblyFormat = [{
+    $input `,` $router `top_k` `=` $top_k (`scoring` `=` $scoring^)?
+    (`normalize` $normalize^)? (`scaling` `=` $scaling^)?
+    (`decision` `=` $decision^)? attr-dict
+    `:` type($input) `->` type($ids) `,` type($gates)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_ExpertsOp : MoE_SymbolUserOp<"experts",
+    [Pure, AllTypesMatch<["input", "result"]>]> {
+  let summary = "a group of gated-linear-unit experts, combined by gates";
+  let description = [{
+    `result[t] = sum_j gates[t, j] * expert_{ids[t, j]}(input[t])` with
+    `expert_e(x) = down_e @ (act(gate_e @ x) * (up_e @ x))`. The weight symbols
+    stack the experts: `gate_proj` and `up_proj` are [experts, ffn, hidden],
+    `down_proj` is [experts, hidden, ffn]. The residual add is not part of the
+    op.
+  }];
+  let arguments = (ins MoE_Hidden:$input, MoE_ExpertIds:$ids, MoE_Gates:$gates,
+      FlatSymbolRefAttr:$gate_proj, FlatSymbolRefAttr:$up_proj,
+      FlatSymbolRefAttr:$down_proj,
+      DefaultValuedAttr<MoE_ActivationAttr, "Activation::silu">:$activation);
+  let results = (outs MoE_Hidden:$result);
+  let assemblyFormat = [{
+    $input `,` $ids `,` $gates `gate` $gate_proj `up` $up_proj
+    `down` $down_proj (`activation` `=` $activation^)? attr-dict
+    `:` type($input) `,` type($ids) `,` type($gates)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Loops and early exits
+//===----------------------------------------------------------------------===//
+
+def MoE_LoopOp : MoE_Op<"loop", [
+    AllTypesMatch<["init", "result"]>, RecursiveMemoryEffects,
+    SingleBlock]> {
+  let summary = "a block of layers applied `passes` times with shared weights";
+  let description = [{
+    Runs the body `passes` times; the body's argument is the hidden state at
+    the start of a pass and `moe.yield` gives the state at its end. When the
+    body yields an exit mask from `moe.exit`, tokens whose mask is set stop
+    and keep their state. `exit_loop[t]` is the pass after which token `t`
+    stopped (`passes - 1` if it ran every pass).
+
+    `mode` tells the lowering to unroll the passes, keep one resident loop
+    body, or (`auto`) decide by a cost model.
+  }];
+  let arguments = (ins MoE_Hidden:$init, I64Attr:$passes,
+      DefaultValuedAttr<MoE_LoopModeAttr, "LoopMode::Auto">:$mode);
+  let results = (outs MoE_Hidden:$result, MoE_TokenIds:$exit_loop);
+  let regions = (region SizedRegion<1>:$body);
+  let assemblyFormat = [{
+    $init `passes` `=` $passes (`mode` `=` $mode^)? attr-dict
+    `:` type($init) `->` type($exit_loop) $body
+  }];
+  let hasVerifier = 1;
+  let hasRegionVerifier = 1;
+  let extraClassDeclaration = [{
+    ::mlir::BlockArgument getPassInput() { return getBody().getArgument(0); }
+    YieldOp getYield();
+    /// The exit test at the end of the body, if the loop has one.
+    ExitOp getExit();
+  }];
+}
+
+def MoE_ExitOp : MoE_SymbolUserOp<"exit", [
+    Pure, HasParent<"LoopOp">, AllTypesMatch<["hidden", "previous"]>]> {
+  let summary = "early-exit test at a loop pass boundary";
+  let description = [{
+    Compares the state at the end of a pass (`hidden`) with the state at its
+    start (`previous`, the loop body's argument) and sets `exits[t]` for the
+    tokens that stop after this pass. The test runs only after at least
+    `min_passes` completed passes and never after the last one.
+
+    - `cosine`: cos(hidden, previous) >= threshold
+    - `relative_l2`: |hidden - previous| / |hidden| <= threshold
+    - `max_prob` / `entropy`: on `softmax(rms_norm(hidden) @ lm_head^T)`,
+      max >= threshold / entropy <= threshold; these need `lm_head`.
+
+    The result may only be yielded, which is what keeps exits at loop
+    boundaries.
+  }];
+  let arguments = (ins MoE_Hidden:$hidden, MoE_Hidden:$previous,
+      MoE_ExitCriterionAttr:$criterion, F32Attr:$threshold,
+      DefaultValuedAttr<I64Attr, "1">:$min_passes,
+      OptionalAttr<FlatSymbolRefAttr>:$lm_head);
+  let results = (outs MoE_TokenMask:$exits);
+  let assemblyFormat = [{
+    $hidden `,` $previous `criterion` `=` $criterion
+    `threshold` `=` $threshold (`min_passes` `=` $min_passes^)?
+    (`lm_head` $lm_head^)? attr-dict `:` type($hidden) `->` type($exits)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_YieldOp : MoE_Op<"yield", [
+    Pure, Terminator, ReturnLike, HasParent<"LoopOp">]> {
+  let summary = "ends a loop pass: the new state and optionally the exit mask";
+  let arguments = (ins Variadic<AnyRankedTensor>:$values);
+  let assemblyFormat = "attr-dict ($values^ `:` type($values))?";
+}
+
+//===----------------------------------------------------------------------===//
+// Dense decoder ops
+//===----------------------------------------------------------------------===//
+
+def MoE_EmbedOp : MoE_SymbolUserOp<"embed", [Pure]> {
+  let summary = "token embedding lookup";
+  let description = [{ `result[t] = table[tokens[t]]`; `table` is [vocab, hidden]. }];
+  let arguments = (ins MoE_TokenIds:$tokens, FlatSymbolRefAttr:$table);
+  let results = (outs MoE_Hidden:$result);
+  let assemblyFormat = [{
+    $tokens `,` $table attr-dict `:` type($tokens) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_UnembedOp : MoE_SymbolUserOp<"unembed", [Pure]> {
+  let summary = "language-model head: hidden states to vocabulary logits";
+  let description = [{ `logits = input @ lm_head^T`; `lm_head` is [vocab, hidden]. }];
+  let arguments = (ins MoE_Hidden:$input, FlatSymbolRefAttr:$lm_head);
+  let results = (outs TensorRankOf<[F32, BF16, F16], [2]>:$logits);
+  let assemblyFormat = [{
+    $input `,` $lm_head attr-dict `:` type($input) `->` type($logits)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_AttentionOp : MoE_SymbolUserOp<"attention",
+    [Pure, AllTypesMatch<["input", "result"]>]> {
+  let summary = "multi-head attention with GQA, RoPE and a KV cache";
+  let description = [{
+    Grouped-query attention over the tokens of one sequence at `positions`,
+    with rotary embeddings (`rope_theta`), an optional causal mask, optional
+    per-head RMS norms of queries and keys (`q_norm`, `k_norm`, as in OLMoE and
+    Qwen3) and optional clipping of q, k, v to `clip_qkv`. `q_proj` is
+    [heads * head_dim, hidden], `k_proj` and `v_proj` are
+    [kv_heads * head_dim, hidden], `o_proj` is [hidden, heads * head_dim].
+    Keys and values are appended to KV cache slot `cache_slot` (one slot per
+    layer and loop pass).
+  }];
+  let arguments = (ins MoE_Hidden:$input, MoE_TokenIds:$positions,
+      FlatSymbolRefAttr:$q_proj, FlatSymbolRefAttr:$k_proj,
+      FlatSymbolRefAttr:$v_proj, FlatSymbolRefAttr:$o_proj,
+      I64Attr:$num_heads, I64Attr:$num_kv_heads, I64Attr:$head_dim,
+      DefaultValuedAttr<F32Attr, "10000.0">:$rope_theta,
+      UnitAttr:$causal,
+      OptionalAttr<FlatSymbolRefAttr>:$q_norm,
+      OptionalAttr<FlatSymbolRefAttr>:$k_norm,
+      OptionalAttr<F32Attr>:$clip_qkv,
+      DefaultValuedAttr<I64Attr, "0">:$cache_slot);
+  let results = (outs MoE_Hidden:$result);
+  let assemblyFormat = [{
+    $input `,` $positions `q` $q_proj `k` $k_proj `v` $v_proj `o` $o_proj
+    `heads` `=` $num_heads `kv_heads` `=` $num_kv_heads
+    `head_dim` `=` $head_dim (`rope_theta` `=` $rope_theta^)?
+    (`causal` $causal^)? (`q_norm` $q_norm^)? (`k_norm` $k_norm^)?
+    (`clip_qkv` `=` $clip_qkv^)? (`cache_slot` `=` $cache_slot^)? attr-dict
+    `:` type($input) `,` type($positions)
+  }];
+  let hasVerifier = 1;
+}
+
+#endif // MOE_DIALECT_MOE_IR_MOEOPS_TD

@@ -1,0 +1,416 @@
+//===- MoEOps.cpp - moe dialect operations ----------------------*- C++ -*-===//
+//
+// Verifiers. Every message names the offending operand, attribute or symbol
+// and the expected value, so a user can fix the model without reading code.
+//
+//===----------------------------------------------------------------------===//
+#include "moe/Dialect/MoE/IR/MoEOps.h"
+
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/OpImplementation.h"
+#include "llvm/ADT/STLExtras.h"
+#include "llvm/Support/FormatVariadic.h"
+
+using namespace mlir;
+using namespace mlir::moe;
+
+//===----------------------------------------------------------------------===//
+// Helpers
+//===----------------------------------------------------------------------===//
+
+namespace {
+/// Renders a shape as "[8, ?, 16]".
+std::string formatShape(ArrayRef<int64_t> shape) {
+  std::string s = "[";
+  llvm::raw_string_ostream os(s);
+  llvm::interleaveComma(shape, os, [&](int64_t d) {
+    if (ShapedType::isDynamic(d))
+      os << "?";
+    else
+      os << d;
+  });
+  os << "]";
+  return s;
+}
+
+/// Two dimensions agree unless both are static and differ.
+bool dimsAgree(int64_t a, int64_t b) {
+  return ShapedType::isDynamic(a) || ShapedType::isDynamic(b) || a == b;
+}
+
+bool shapesAgree(ArrayRef<int64_t> actual, ArrayRef<int64_t> expected) {
+  return actual.size() == expected.size() &&
+         llvm::all_of(llvm::zip(actual, expected), [](auto pair) {
+           return dimsAgree(std::get<0>(pair), std::get<1>(pair));
+         });
+}
+
+/// Resolves `symbol` to a moe.weight, or reports that it is not one.
+/// `role` says what the op uses the weight for, e.g. "router".
+FailureOr<RankedTensorType> lookupWeight(Operation *op,
+                                         SymbolTableCollection &symbolTable,
+                                         FlatSymbolRefAttr symbol,
+                                         StringRef role) {
+  auto weight =
+      symbolTable.lookupNearestSymbolFrom<WeightOp>(op, symbol.getAttr());
+  if (!weight)
+    return op->emitOpError() << role << " " << symbol
+                             << " does not name a moe.weight";
+  return weight.getTensorType();
+}
+
+/// Checks that a weight has the expected shape ('?' accepts any size);
+/// `meaning` spells out the dimensions, e.g. "[experts, hidden]".
+LogicalResult checkWeightShape(Operation *op, FlatSymbolRefAttr symbol,
+                               StringRef role, RankedTensorType type,
+                               ArrayRef<int64_t> expected, StringRef meaning) {
+  if (shapesAgree(type.getShape(), expected))
+    return success();
+  return op->emitOpError() << role << " " << symbol << " must have shape "
+                           << meaning << " = " << formatShape(expected)
+                           << ", but it has " << formatShape(type.getShape());
+}
+
+LogicalResult verifyWeightUse(Operation *op, SymbolTableCollection &tables,
+                              FlatSymbolRefAttr symbol, StringRef role,
+                              ArrayRef<int64_t> expected, StringRef meaning,
+                              RankedTensorType *resolved = nullptr) {
+  FailureOr<RankedTensorType> type = lookupWeight(op, tables, symbol, role);
+  if (failed(type))
+    return failure();
+  if (resolved)
+    *resolved = *type;
+  return checkWeightShape(op, symbol, role, *type, expected, meaning);
+}
+
+int64_t tokens(Value v) { return cast<RankedTensorType>(v.getType()).getDimSize(0); }
+int64_t hiddenSize(Value v) {
+  return cast<RankedTensorType>(v.getType()).getDimSize(1);
+}
+} // namespace
+
+//===----------------------------------------------------------------------===//
+// WeightOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult WeightOp::verify() {
+  std::optional<StringRef> source = getSource();
+  if (source && source->empty())
+    return emitOpError("source must not be empty; omit it to bind the "
+                       "weight by its symbol name");
+  if (source && source->contains("{e}") && getTensorType().getRank() < 2)
+    return emitOpError("source with '{e}' stacks experts along the first "
+                       "dimension, so the weight needs rank >= 2");
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// RmsNormOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult RmsNormOp::verify() {
+  if (!(getEps().convertToDouble() > 0.0))
+    return emitOpError("eps must be positive");
+  return success();
+}
+
+LogicalResult RmsNormOp::verifySymbolUses(SymbolTableCollection &tables) {
+  return verifyWeightUse(*this, tables, getWeightAttr(), "norm weight",
+                         {hiddenSize(getInput())}, "[hidden]");
+}
+
+//===----------------------------------------------------------------------===//
+// RouteOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult RouteOp::verify() {
+  int64_t k = getTopK();
+  if (k < 1)
+    return emitOpError() << "top_k must be at least 1, got " << k;
+  int64_t t = tokens(getInput());
+  for (auto [name, value] :
+       {std::pair<StringRef, Value>{"ids", getIds()}, {"gates", getGates()}}) {
+    auto type = cast<RankedTensorType>(value.getType());
+    if (!shapesAgree(type.getShape(), {t, k}))
+      return emitOpError() << name << " must have shape [tokens, top_k] = "
+                           << formatShape({t, k}) << ", but it has "
+                           << formatShape(type.getShape());
+  }
+  if (!(getScaling().convertToDouble() > 0.0))
+    return emitOpError("scaling must be positive");
+  return success();
+}
+
+LogicalResult RouteOp::verifySymbolUses(SymbolTableCollection &tables) {
+  RankedTensorType router;
+  if (failed(verifyWeightUse(*this, tables, getRouterAttr(), "router",
+                             {ShapedType::kDynamic, hiddenSize(getInput())},
+                             "[experts, hidden]", &router)))
+    return failure();
+  int64_t experts = router.getDimSize(0);
+  if (static_cast<int64_t>(getTopK()) > experts)
+    return emitOpError() << "top_k = " << getTopK() << " exceeds the "
+                         << experts << " experts of router " << getRouterAttr();
+
+  // Routes that share a router share its parameters; they must also agree on
+  // how the scores are read, or the sharing would not mean one router.
+  Operation *symbolTableOp = SymbolTable::getNearestSymbolTable(*this);
+  Operation *weight = tables.lookupSymbolIn(symbolTableOp, getRouterAttr());
+  std::optional<SymbolTable::UseRange> uses =
+      SymbolTable::getSymbolUses(weight, symbolTableOp);
+  if (!uses)
+    return success();
+  for (const SymbolTable::SymbolUse &use : *uses) {
+    auto other = dyn_cast<RouteOp>(use.getUser());
+    if (!other || other == *this)
+      continue;
+    if (other.getTopK() != getTopK() || other.getScoring() != getScoring()) {
+      InFlightDiagnostic diag =
+          emitOpError() << "routes sharing router " << getRouterAttr()
+                        << " must agree on top_k and scoring";
+      diag.attachNote(other.getLoc()) << "other route of the router is here";
+      return diag;
+    }
+  }
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// ExpertsOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult ExpertsOp::verify() {
+  auto ids = cast<RankedTensorType>(getIds().getType());
+  auto gates = cast<RankedTensorType>(getGates().getType());
+  if (!shapesAgree(ids.getShape(), gates.getShape()))
+    return emitOpError() << "ids " << formatShape(ids.getShape())
+                         << " and gates " << formatShape(gates.getShape())
+                         << " must have the same shape [tokens, top_k]";
+  if (!dimsAgree(ids.getDimSize(0), tokens(getInput())))
+    return emitOpError() << "ids route " << ids.getDimSize(0)
+                         << " tokens, but the input has "
+                         << tokens(getInput());
+  return success();
+}
+
+LogicalResult ExpertsOp::verifySymbolUses(SymbolTableCollection &tables) {
+  int64_t d = hiddenSize(getInput());
+  FailureOr<RankedTensorType> gateOr =
+      lookupWeight(*this, tables, getGateProjAttr(), "gate_proj");
+  if (failed(gateOr))
+    return failure();
+  RankedTensorType gate = *gateOr;
+  if (gate.getRank() != 3)
+    return checkWeightShape(*this, getGateProjAttr(), "gate_proj", gate,
+                            {ShapedType::kDynamic, ShapedType::kDynamic, d},
+                            "[experts, ffn, hidden]");
+  int64_t experts = gate.getDimSize(0), ffn = gate.getDimSize(1);
+  if (failed(checkWeightShape(*this, getGateProjAttr(), "gate_proj", gate,
+                              {experts, ffn, d}, "[experts, ffn, hidden]")) ||
+      failed(verifyWeightUse(*this, tables, getUpProjAttr(), "up_proj",
+                             {experts, ffn, d}, "[experts, ffn, hidden]")) ||
+      failed(verifyWeightUse(*this, tables, getDownProjAttr(), "down_proj",
+                             {experts, d, ffn}, "[experts, hidden, ffn]")))
+    return failure();
+
+  int64_t k = cast<RankedTensorType>(getIds().getType()).getDimSize(1);
+  if (!ShapedType::isDynamic(k) && k > experts)
+    return emitOpError() << "routes top_k = " << k << " experts per token, "
+                         << "but the group has only " << experts;
+  // Ids index this group's experts, so they must come from a router over
+  // the same number of experts.
+  if (auto route = getIds().getDefiningOp<RouteOp>()) {
+    auto router = tables.lookupNearestSymbolFrom<WeightOp>(
+        route, route.getRouterAttr().getAttr());
+    if (router && router.getTensorType().getDimSize(0) != experts)
+      return emitOpError() << "has " << experts
+                           << " experts, but its ids come from router "
+                           << route.getRouterAttr() << " over "
+                           << router.getTensorType().getDimSize(0);
+  }
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// LoopOp, ExitOp, YieldOp
+//===----------------------------------------------------------------------===//
+
+YieldOp LoopOp::getYield() {
+  return cast<YieldOp>(getBody().front().getTerminator());
+}
+
+ExitOp LoopOp::getExit() {
+  YieldOp yield = getYield();
+  if (yield.getValues().size() < 2)
+    return {};
+  return yield.getValues()[1].getDefiningOp<ExitOp>();
+}
+
+LogicalResult LoopOp::verify() {
+  if (getPasses() < 1)
+    return emitOpError() << "passes must be at least 1, got " << getPasses();
+  auto exitLoop = cast<RankedTensorType>(getExitLoop().getType());
+  if (!dimsAgree(exitLoop.getDimSize(0), tokens(getInit())))
+    return emitOpError() << "exit_loop must have one entry per token ("
+                         << tokens(getInit()) << "), but it has "
+                         << exitLoop.getDimSize(0);
+  return success();
+}
+
+LogicalResult LoopOp::verifyRegions() {
+  Block &body = getBody().front();
+  if (body.getNumArguments() != 1 ||
+      body.getArgument(0).getType() != getInit().getType())
+    return emitOpError() << "body must take one argument, the hidden state "
+                         << getInit().getType();
+  YieldOp yield = getYield();
+  ValueRange values = yield.getValues();
+  if (values.empty() || values.size() > 2)
+    return yield.emitOpError(
+        "must yield the hidden state and, optionally, an exit mask");
+  if (values[0].getType() != getInit().getType())
+    return yield.emitOpError() << "yields hidden state " << values[0].getType()
+                               << ", but the loop carries "
+                               << getInit().getType();
+  if (values.size() == 2 && !values[1].getDefiningOp<ExitOp>())
+    return yield.emitOpError(
+        "second operand must be the exit mask of a moe.exit in this body");
+  return success();
+}
+
+LogicalResult ExitOp::verify() {
+  auto loop = (*this)->getParentOfType<LoopOp>();
+  if (getPrevious() != loop.getPassInput())
+    return emitOpError("previous must be the loop body's argument (the "
+                       "hidden state at the start of the pass)");
+  // An exit is a pass boundary: it tests what the pass yields and only the
+  // yield may consume its mask.
+  YieldOp yield = loop.getYield();
+  if (yield.getValues().empty() || yield.getValues()[0] != getHidden())
+    return emitOpError("hidden must be the state the loop body yields: exits "
+                       "are only allowed at loop pass boundaries");
+  for (Operation *user : getExits().getUsers())
+    if (user != yield.getOperation())
+      return emitOpError("exit mask may only be yielded by the loop body: "
+                         "exits are only allowed at loop pass boundaries");
+  if (!dimsAgree(cast<RankedTensorType>(getExits().getType()).getDimSize(0),
+                 tokens(getHidden())))
+    return emitOpError("exits must have one entry per token");
+  if (getMinPasses() < 1)
+    return emitOpError() << "min_passes must be at least 1, got "
+                         << getMinPasses();
+  if (getMinPasses() >= loop.getPasses())
+    return emitOpError() << "min_passes = " << getMinPasses()
+                         << " leaves no pass boundary to exit at in a loop of "
+                         << loop.getPasses() << " passes";
+
+  double tau = getThreshold().convertToDouble();
+  switch (getCriterion()) {
+  case ExitCriterion::cosine:
+    if (tau < -1.0 || tau > 1.0)
+      return emitOpError() << "cosine threshold must be in [-1, 1], got "
+                           << tau;
+    break;
+  case ExitCriterion::max_prob:
+    if (tau < 0.0 || tau > 1.0)
+      return emitOpError() << "max_prob threshold must be in [0, 1], got "
+                           << tau;
+    break;
+  case ExitCriterion::relative_l2:
+  case ExitCriterion::entropy:
+    if (!(tau >= 0.0))
+      return emitOpError() << stringifyExitCriterion(getCriterion())
+                           << " threshold must be non-negative, got " << tau;
+    break;
+  }
+  bool needsHead = getCriterion() == ExitCriterion::max_prob ||
+                   getCriterion() == ExitCriterion::entropy;
+  if (needsHead != bool(getLmHeadAttr()))
+    return emitOpError() << "criterion "
+                         << stringifyExitCriterion(getCriterion())
+                         << (needsHead ? " tests the LM head's distribution "
+                                         "and needs lm_head"
+                                       : " tests hidden states and takes no "
+                                         "lm_head");
+  return success();
+}
+
+LogicalResult ExitOp::verifySymbolUses(SymbolTableCollection &tables) {
+  if (!getLmHeadAttr())
+    return success();
+  return verifyWeightUse(*this, tables, getLmHeadAttr(), "lm_head",
+                         {ShapedType::kDynamic, hiddenSize(getHidden())},
+                         "[vocab, hidden]");
+}
+
+//===----------------------------------------------------------------------===//
+// Dense decoder ops
+//===----------------------------------------------------------------------===//
+
+LogicalResult EmbedOp::verify() {
+  if (!dimsAgree(tokens(getResult()),
+                 cast<RankedTensorType>(getTokens().getType()).getDimSize(0)))
+    return emitOpError("result must have one row per token");
+  return success();
+}
+
+LogicalResult EmbedOp::verifySymbolUses(SymbolTableCollection &tables) {
+  return verifyWeightUse(*this, tables, getTableAttr(), "table",
+                         {ShapedType::kDynamic, hiddenSize(getResult())},
+                         "[vocab, hidden]");
+}
+
+LogicalResult UnembedOp::verify() {
+  if (!dimsAgree(tokens(getLogits()), tokens(getInput())))
+    return emitOpError("logits must have one row per token");
+  return success();
+}
+
+LogicalResult UnembedOp::verifySymbolUses(SymbolTableCollection &tables) {
+  int64_t vocab = cast<RankedTensorType>(getLogits().getType()).getDimSize(1);
+  return verifyWeightUse(*this, tables, getLmHeadAttr(), "lm_head",
+                         {vocab, hiddenSize(getInput())}, "[vocab, hidden]");
+}
+
+LogicalResult AttentionOp::verify() {
+  int64_t heads = getNumHeads(), kvHeads = getNumKvHeads();
+  if (heads < 1 || kvHeads < 1 || getHeadDim() < 1)
+    return emitOpError("heads, kv_heads and head_dim must be at least 1");
+  if (heads % kvHeads != 0)
+    return emitOpError() << "heads = " << heads
+                         << " must be a multiple of kv_heads = " << kvHeads
+                         << " (grouped-query attention)";
+  if (getCacheSlot() < 0)
+    return emitOpError("cache_slot must be non-negative");
+  if (getClipQkv() && !(getClipQkv()->convertToDouble() > 0.0))
+    return emitOpError("clip_qkv must be positive");
+  if (!(getRopeTheta().convertToDouble() > 0.0))
+    return emitOpError("rope_theta must be positive");
+  if (!dimsAgree(cast<RankedTensorType>(getPositions().getType()).getDimSize(0),
+                 tokens(getInput())))
+    return emitOpError("positions must have one entry per token");
+  return success();
+}
+
+LogicalResult AttentionOp::verifySymbolUses(SymbolTableCollection &tables) {
+  int64_t d = hiddenSize(getInput()), hd = getHeadDim();
+  int64_t qWidth = getNumHeads() * hd, kvWidth = getNumKvHeads() * hd;
+  if (failed(verifyWeightUse(*this, tables, getQProjAttr(), "q_proj",
+                             {qWidth, d}, "[heads * head_dim, hidden]")) ||
+      failed(verifyWeightUse(*this, tables, getKProjAttr(), "k_proj",
+                             {kvWidth, d}, "[kv_heads * head_dim, hidden]")) ||
+      failed(verifyWeightUse(*this, tables, getVProjAttr(), "v_proj",
+                             {kvWidth, d}, "[kv_heads * head_dim, hidden]")) ||
+      failed(verifyWeightUse(*this, tables, getOProjAttr(), "o_proj",
+                             {d, qWidth}, "[hidden, heads * head_dim]")))
+    return failure();
+  for (auto [norm, role] : {std::pair{getQNormAttr(), "q_norm"},
+                            std::pair{getKNormAttr(), "k_norm"}})
+    if (norm && failed(verifyWeightUse(*this, tables, norm, role, {hd},
+                                       "[head_dim]")))
+      return failure();
+  return success();
+}
+
+#define GET_OP_CLASSES
+#include "moe/Dialect/MoE/IR/MoEOps.cpp.inc"
