@@ -726,7 +726,8 @@ def build_parser():
 
     gen = sub.add_parser("gen", help="write a named test case",
                          description="Write DIR/config.json, DIR/weights.safetensors, "
-                                     "DIR/inputs.safetensors and DIR/golden.safetensors.")
+                                     "DIR/inputs.safetensors and DIR/golden.safetensors.",
+                         epilog=f"cases: {', '.join(CASES)}")
     gen.add_argument("--case", help="case name (see --list)")
     gen.add_argument("--out", help="output directory")
     gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -738,7 +739,7 @@ def build_parser():
                                      "GOLDEN: floats within atol=rtol=1e-4 (2e-2 with "
                                      "--bf16), ids and exit_loop exactly; tokens marked "
                                      "near_tie in GOLDEN are exempt. Exit status 0 on pass, "
-                                     "1 on failure.")
+                                     "1 on failure, 2 on an unreadable file.")
     cmp.add_argument("--golden", required=True, help="golden .safetensors (from run or gen)")
     cmp.add_argument("--actual", required=True, help="backend output .safetensors")
     cmp.add_argument("--bf16", action="store_true", help="use the bf16 tolerances")

@@ -19,5 +19,10 @@ llvm_config.with_system_environment(["HOME", "INCLUDE", "LIB", "TMP", "TEMP"])
 llvm_config.use_default_substitutions()
 
 tool_dirs = [config.moe_tools_dir, config.llvm_tools_dir]
-tools = ["moe-opt"]
+tools = ["moe-opt", "moe-import"]
 llvm_config.add_tool_substitutions(tools, tool_dirs)
+
+# The interpreter running lit is Debian's python3, which has python3-numpy
+# (the NumPy reference needs it); a python3 earlier on PATH may not.
+import sys
+config.substitutions.append(("%python", sys.executable))

@@ -9,7 +9,7 @@
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/OpImplementation.h"
 #include "llvm/ADT/STLExtras.h"
-#include "llvm/Support/FormatVariadic.h"
+#include "llvm/Support/Format.h"
 
 using namespace mlir;
 using namespace mlir::moe;
@@ -247,8 +247,9 @@ ExitOp LoopOp::getExit() {
 }
 
 LogicalResult LoopOp::verify() {
-  if (getPasses() < 1)
-    return emitOpError() << "passes must be at least 1, got " << getPasses();
+  if (static_cast<int64_t>(getPasses()) < 1)
+    return emitOpError() << "passes must be at least 1, got "
+                         << static_cast<int64_t>(getPasses());
   auto exitLoop = cast<RankedTensorType>(getExitLoop().getType());
   if (!dimsAgree(exitLoop.getDimSize(0), tokens(getInit())))
     return emitOpError() << "exit_loop must have one entry per token ("
@@ -296,29 +297,32 @@ LogicalResult ExitOp::verify() {
   if (!dimsAgree(cast<RankedTensorType>(getExits().getType()).getDimSize(0),
                  tokens(getHidden())))
     return emitOpError("exits must have one entry per token");
-  if (getMinPasses() < 1)
+  int64_t minPasses = getMinPasses();
+  if (minPasses < 1)
     return emitOpError() << "min_passes must be at least 1, got "
-                         << getMinPasses();
-  if (getMinPasses() >= loop.getPasses())
+                         << minPasses;
+  if (minPasses >= static_cast<int64_t>(loop.getPasses()))
     return emitOpError() << "min_passes = " << getMinPasses()
                          << " leaves no pass boundary to exit at in a loop of "
                          << loop.getPasses() << " passes";
 
-  double tau = getThreshold().convertToDouble();
+  double tauValue = getThreshold().convertToDouble();
+  std::string tau;
+  llvm::raw_string_ostream(tau) << llvm::format("%g", tauValue);
   switch (getCriterion()) {
   case ExitCriterion::cosine:
-    if (tau < -1.0 || tau > 1.0)
+    if (tauValue < -1.0 || tauValue > 1.0)
       return emitOpError() << "cosine threshold must be in [-1, 1], got "
                            << tau;
     break;
   case ExitCriterion::max_prob:
-    if (tau < 0.0 || tau > 1.0)
+    if (tauValue < 0.0 || tauValue > 1.0)
       return emitOpError() << "max_prob threshold must be in [0, 1], got "
                            << tau;
     break;
   case ExitCriterion::relative_l2:
   case ExitCriterion::entropy:
-    if (!(tau >= 0.0))
+    if (!(tauValue >= 0.0))
       return emitOpError() << stringifyExitCriterion(getCriterion())
                            << " threshold must be non-negative, got " << tau;
     break;
@@ -373,14 +377,15 @@ LogicalResult UnembedOp::verifySymbolUses(SymbolTableCollection &tables) {
 }
 
 LogicalResult AttentionOp::verify() {
-  int64_t heads = getNumHeads(), kvHeads = getNumKvHeads();
-  if (heads < 1 || kvHeads < 1 || getHeadDim() < 1)
+  int64_t heads = getNumHeads(), kvHeads = getNumKvHeads(),
+          headDim = getHeadDim();
+  if (heads < 1 || kvHeads < 1 || headDim < 1)
     return emitOpError("heads, kv_heads and head_dim must be at least 1");
   if (heads % kvHeads != 0)
     return emitOpError() << "heads = " << heads
                          << " must be a multiple of kv_heads = " << kvHeads
                          << " (grouped-query attention)";
-  if (getCacheSlot() < 0)
+  if (static_cast<int64_t>(getCacheSlot()) < 0)
     return emitOpError("cache_slot must be non-negative");
   if (getClipQkv() && !(getClipQkv()->convertToDouble() > 0.0))
     return emitOpError("clip_qkv must be positive");

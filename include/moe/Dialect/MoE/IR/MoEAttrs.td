@@ -15,8 +15,10 @@ class MoE_Enum<string name, string summary, list<I32EnumAttrCase> cases>
 
 class MoE_EnumAttr<EnumAttrInfo enumInfo, string mnemonic>
     : EnumAttr<MoE_Dialect, enumInfo, mnemonic> {
-  // Inside an op's custom format the value prints as a bare keyword.
-  let assemblyFormat = "`` $value";
+  // Prints a bare keyword in op formats; the generic form is #moe<name value>.
+  // The attribute printer emits its own leading space, so op formats put an
+  // empty literal (``) before enum attributes.
+  let assemblyFormat = "$value";
 }
 
 def MoE_ScoringFunc : MoE_Enum<"ScoringFunc", "router scoring function", [

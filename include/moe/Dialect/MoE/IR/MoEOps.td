@@ -92,9 +92,9 @@ def MoE_RouteOp : MoE_SymbolUserOp<"route", [Pure]> {
                         "RouterDecision::per_layer">:$decision);
   let results = (outs MoE_ExpertIds:$ids, MoE_Gates:$gates);
   let assemblyFormat = [{
-    $input `,` $router `top_k` `=` $top_k (`scoring` `=` $scoring^)?
+    $input `,` $router `top_k` `=` $top_k (`scoring` `=` `` $scoring^)?
     (`normalize` $normalize^)? (`scaling` `=` $scaling^)?
-    (`decision` `=` $decision^)? attr-dict
+    (`decision` `=` `` $decision^)? attr-dict
     `:` type($input) `->` type($ids) `,` type($gates)
   }];
   let hasVerifier = 1;
@@ -117,7 +117,7 @@ def MoE_ExpertsOp : MoE_SymbolUserOp<"experts",
   let results = (outs MoE_Hidden:$result);
   let assemblyFormat = [{
     $input `,` $ids `,` $gates `gate` $gate_proj `up` $up_proj
-    `down` $down_proj (`activation` `=` $activation^)? attr-dict
+    `down` $down_proj (`activation` `=` `` $activation^)? attr-dict
     `:` type($input) `,` type($ids) `,` type($gates)
   }];
   let hasVerifier = 1;
@@ -146,7 +146,7 @@ def MoE_LoopOp : MoE_Op<"loop", [
   let results = (outs MoE_Hidden:$result, MoE_TokenIds:$exit_loop);
   let regions = (region SizedRegion<1>:$body);
   let assemblyFormat = [{
-    $init `passes` `=` $passes (`mode` `=` $mode^)? attr-dict
+    $init `passes` `=` $passes (`mode` `=` `` $mode^)? attr-dict
     `:` type($init) `->` type($exit_loop) $body
   }];
   let hasVerifier = 1;
@@ -182,7 +182,7 @@ def MoE_ExitOp : MoE_SymbolUserOp<"exit", [
       OptionalAttr<FlatSymbolRefAttr>:$lm_head);
   let results = (outs MoE_TokenMask:$exits);
   let assemblyFormat = [{
-    $hidden `,` $previous `criterion` `=` $criterion
+    $hidden `,` $previous `criterion` `=` `` $criterion
     `threshold` `=` $threshold (`min_passes` `=` $min_passes^)?
     (`lm_head` $lm_head^)? attr-dict `:` type($hidden) `->` type($exits)
   }];

@@ -1,0 +1,97 @@
+// RUN: moe-opt %s | FileCheck %s
+// Custom form round trip: printing and re-parsing gives the same IR.
+// RUN: moe-opt %s | moe-opt | FileCheck %s
+// Generic form round trip.
+// RUN: moe-opt %s -mlir-print-op-generic | moe-opt | FileCheck %s
+
+// CHECK: moe.weight @norm : tensor<16xf32> source "model.layers.0.post_attention_layernorm.weight"
+moe.weight @norm : tensor<16xf32> source "model.layers.0.post_attention_layernorm.weight"
+// CHECK: moe.weight @router : tensor<4x16xf32>{{$}}
+moe.weight @router : tensor<4x16xf32>
+moe.weight @router2 : tensor<4x16xf32>
+// CHECK: moe.weight @gate : tensor<4x32x16xbf16> source "model.layers.0.mlp.experts.{e}.gate_proj.weight"
+moe.weight @gate : tensor<4x32x16xbf16> source "model.layers.0.mlp.experts.{e}.gate_proj.weight"
+moe.weight @up : tensor<4x32x16xbf16>
+moe.weight @down : tensor<4x16x32xbf16>
+moe.weight @embed : tensor<100x16xf32>
+moe.weight @lm_head : tensor<100x16xf32>
+moe.weight @wq : tensor<16x16xf32>
+moe.weight @wk : tensor<8x16xf32>
+moe.weight @wv : tensor<8x16xf32>
+moe.weight @wo : tensor<16x16xf32>
+moe.weight @qn : tensor<4xf32>
+
+// CHECK-LABEL: func.func @layer
+func.func @layer(%h: tensor<?x16xf32>) -> tensor<?x16xf32> {
+  // CHECK: %[[N:.*]] = moe.rms_norm %{{.*}}, @norm : tensor<?x16xf32>
+  %n = moe.rms_norm %h, @norm : tensor<?x16xf32>
+  // CHECK: moe.rms_norm %[[N]], @norm eps = 2.500000e-01 : tensor<?x16xf32>
+  %n2 = moe.rms_norm %n, @norm eps = 0.25 : tensor<?x16xf32>
+  // Defaults (softmax, no normalize, scaling 1, per_layer) are not printed.
+  // CHECK: %[[IDS:.*]], %[[GATES:.*]] = moe.route %[[N]], @router top_k = 2 : tensor<?x16xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %ids, %gates = moe.route %n, @router top_k = 2 : tensor<?x16xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  // CHECK: moe.route %[[N]], @router2 top_k = 2 scoring = sigmoid normalize scaling = 2.500000e+00 decision = block : tensor<?x16xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %ids2, %gates2 = moe.route %n, @router2 top_k = 2 scoring = sigmoid normalize scaling = 2.5 decision = block : tensor<?x16xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  // CHECK: %[[Y:.*]] = moe.experts %[[N]], %[[IDS]], %[[GATES]] gate @gate up @up down @down : tensor<?x16xf32>, tensor<?x2xi32>, tensor<?x2xf32>
+  %y = moe.experts %n, %ids, %gates gate @gate up @up down @down : tensor<?x16xf32>, tensor<?x2xi32>, tensor<?x2xf32>
+  // CHECK: moe.experts {{.*}} activation = gelu : tensor<?x16xf32>, tensor<?x2xi32>, tensor<?x2xf32>
+  %y2 = moe.experts %n2, %ids2, %gates2 gate @gate up @up down @down activation = gelu : tensor<?x16xf32>, tensor<?x2xi32>, tensor<?x2xf32>
+  %s = arith.addf %y, %y2 : tensor<?x16xf32>
+  return %s : tensor<?x16xf32>
+}
+
+// CHECK-LABEL: func.func @looped
+func.func @looped(%x: tensor<8x16xf32>) -> (tensor<8x16xf32>, tensor<8xi32>) {
+  // CHECK: moe.loop %{{.*}} passes = 3 mode = resident : tensor<8x16xf32> -> tensor<8xi32> {
+  // CHECK-NEXT: ^bb0(%[[H:.*]]: tensor<8x16xf32>):
+  %h, %exit = moe.loop %x passes = 3 mode = resident : tensor<8x16xf32> -> tensor<8xi32> {
+  ^bb0(%h0: tensor<8x16xf32>):
+    %n = moe.rms_norm %h0, @norm : tensor<8x16xf32>
+    %ids, %gates = moe.route %n, @router top_k = 2 : tensor<8x16xf32> -> tensor<8x2xi32>, tensor<8x2xf32>
+    %y = moe.experts %n, %ids, %gates gate @gate up @up down @down : tensor<8x16xf32>, tensor<8x2xi32>, tensor<8x2xf32>
+    %h1 = arith.addf %h0, %y : tensor<8x16xf32>
+    // CHECK: %[[M:.*]] = moe.exit %[[H1:.*]], %[[H]] criterion = relative_l2 threshold = 5.000000e-02 min_passes = 2 : tensor<8x16xf32> -> tensor<8xi1>
+    %m = moe.exit %h1, %h0 criterion = relative_l2 threshold = 0.05 min_passes = 2 : tensor<8x16xf32> -> tensor<8xi1>
+    // CHECK: moe.yield %[[H1]], %[[M]] : tensor<8x16xf32>, tensor<8xi1>
+    moe.yield %h1, %m : tensor<8x16xf32>, tensor<8xi1>
+  }
+  return %h, %exit : tensor<8x16xf32>, tensor<8xi32>
+}
+
+// The default mode (auto) is not printed; a loop without an exit yields only
+// the hidden state.
+// CHECK-LABEL: func.func @loop_no_exit
+func.func @loop_no_exit(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
+  // CHECK: moe.loop %{{.*}} passes = 2 : tensor<?x16xf32> -> tensor<?xi32> {
+  %h, %exit = moe.loop %x passes = 2 : tensor<?x16xf32> -> tensor<?xi32> {
+  ^bb0(%h0: tensor<?x16xf32>):
+    // CHECK: moe.yield %{{.*}} : tensor<?x16xf32>
+    moe.yield %h0 : tensor<?x16xf32>
+  }
+  return %h : tensor<?x16xf32>
+}
+
+// CHECK-LABEL: func.func @lm_exit
+func.func @lm_exit(%x: tensor<4x16xf32>) -> tensor<4x16xf32> {
+  %h, %exit = moe.loop %x passes = 4 mode = unroll : tensor<4x16xf32> -> tensor<4xi32> {
+  ^bb0(%h0: tensor<4x16xf32>):
+    %h1 = moe.rms_norm %h0, @norm : tensor<4x16xf32>
+    // CHECK: moe.exit {{.*}} criterion = entropy threshold = 5.000000e-01 lm_head @lm_head : tensor<4x16xf32> -> tensor<4xi1>
+    %m = moe.exit %h1, %h0 criterion = entropy threshold = 0.5 lm_head @lm_head : tensor<4x16xf32> -> tensor<4xi1>
+    moe.yield %h1, %m : tensor<4x16xf32>, tensor<4xi1>
+  }
+  return %h : tensor<4x16xf32>
+}
+
+// CHECK-LABEL: func.func @decoder
+func.func @decoder(%tokens: tensor<?xi32>, %pos: tensor<?xi32>) -> tensor<?x100xf32> {
+  // CHECK: %[[E:.*]] = moe.embed %{{.*}}, @embed : tensor<?xi32> -> tensor<?x16xf32>
+  %e = moe.embed %tokens, @embed : tensor<?xi32> -> tensor<?x16xf32>
+  // CHECK: moe.attention %[[E]], %{{.*}} q @wq k @wk v @wv o @wo heads = 4 kv_heads = 2 head_dim = 4 rope_theta = 1.000000e+06 causal q_norm @qn k_norm @qn clip_qkv = 8.000000e+00 cache_slot = 3 : tensor<?x16xf32>, tensor<?xi32>
+  %a = moe.attention %e, %pos q @wq k @wk v @wv o @wo heads = 4 kv_heads = 2 head_dim = 4 rope_theta = 1.0e6 causal q_norm @qn k_norm @qn clip_qkv = 8.0 cache_slot = 3 : tensor<?x16xf32>, tensor<?xi32>
+  // CHECK: moe.attention {{.*}} heads = 4 kv_heads = 4 head_dim = 4 : tensor<?x16xf32>, tensor<?xi32>
+  %b = moe.attention %a, %pos q @wq k @wq v @wq o @wo heads = 4 kv_heads = 4 head_dim = 4 : tensor<?x16xf32>, tensor<?xi32>
+  // CHECK: moe.unembed %{{.*}}, @lm_head : tensor<?x16xf32> -> tensor<?x100xf32>
+  %l = moe.unembed %b, @lm_head : tensor<?x16xf32> -> tensor<?x100xf32>
+  return %l : tensor<?x100xf32>
+}
