@@ -1,0 +1,30 @@
+//===- CPUPipeline.cpp - moe-cpu-pipeline ----------------------------------===//
+#include "moe/Conversion/Passes.h"
+
+#include "mlir/Conversion/Passes.h"
+#include "mlir/Dialect/MemRef/Transforms/Passes.h"
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Pass/PassRegistry.h"
+#include "mlir/Transforms/Passes.h"
+
+using namespace mlir;
+
+void mlir::moe::buildMoECPUPipeline(OpPassManager &pm) {
+  pm.addPass(createConvertMoEToCPU());
+  pm.addPass(createCanonicalizerPass());
+  pm.addPass(createSCFToControlFlowPass());
+  pm.addPass(memref::createExpandStridedMetadataPass());
+  pm.addPass(createLowerAffinePass());
+  pm.addPass(createFinalizeMemRefToLLVMConversionPass());
+  pm.addPass(createArithToLLVMConversionPass());
+  pm.addPass(createConvertControlFlowToLLVMPass());
+  pm.addPass(createConvertFuncToLLVMPass());
+  pm.addPass(createReconcileUnrealizedCastsPass());
+}
+
+void mlir::moe::registerMoECPUPipeline() {
+  PassPipelineRegistration<>(
+      "moe-cpu-pipeline",
+      "Lower a moe model for the CPU: kernel calls, then the LLVM dialect",
+      buildMoECPUPipeline);
+}
