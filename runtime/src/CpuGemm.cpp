@@ -1,0 +1,210 @@
+//===- CpuGemm.cpp - Register-blocked dot-product GEMM --------------------===//
+//
+// C = A @ B^T where both operands are row-major along the reduction dimension
+// (B as nn.Linear stores weights), so every C element is a dot product of two
+// contiguous rows and neither operand needs packing. The micro-kernel keeps an
+// MR x NR tile of 8-lane accumulators in registers, loading each A and B
+// vector once per tile. It is written with GCC/Clang vector extensions: with
+// -mavx2 -mfma they become 256-bit FMAs, elsewhere the compiler splits them.
+//
+// Each element's arithmetic is fixed: 8 lane-wise partial sums over a K block
+// (the tail zero-padded), one fixed reduction tree per block, and the block
+// sums added to C in K order. Tile shape and blocking only decide which
+// elements are computed together, never how, which is what makes the kernels
+// deterministic across thread counts and batch compositions.
+//
+//===----------------------------------------------------------------------===//
+
+#include "CpuGemm.h"
+
+#include <algorithm>
+#include <cstring>
+
+using namespace moert::cpu;
+
+namespace {
+
+using V8 = float __attribute__((vector_size(32)));
+using V4 = float __attribute__((vector_size(16)));
+
+constexpr int64_t kLanes = 8;
+/// K block: an NR x kBlockK panel of B (16 KiB for NR = 8) stays in L1 while
+/// the rows of A stream past it.
+constexpr int64_t kBlockK = 512;
+/// M block: a kBlockM x kBlockK block of A (192 KiB) stays in L2 while B
+/// panels are swept across it.
+constexpr int64_t kBlockM = 96;
+
+V8 load(const float *p) {
+  V8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+/// The first `n` < 8 floats at `p`, zero-padded.
+V8 loadTail(const float *p, int64_t n) {
+  V8 v = {};
+  for (int64_t i = 0; i < n; ++i)
+    v[i] = p[i];
+  return v;
+}
+
+/// Sum of the lanes of `v` as ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)): the same
+/// tree as each lane of reduce4.
+float reduce1(V8 v) {
+  V4 p = __builtin_shufflevector(v, v, 0, 1, 2, 3) +
+         __builtin_shufflevector(v, v, 4, 5, 6, 7);
+  return (p[0] + p[2]) + (p[1] + p[3]);
+}
+
+/// {reduce1(a), reduce1(b), reduce1(c), reduce1(d)} with 8-wide operations.
+V4 reduce4(V8 a, V8 b, V8 c, V8 d) {
+  // Lanes [a0+a4 .. a3+a7 | b0+b4 .. b3+b7], and the same for c, d.
+  V8 ab = __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11) +
+          __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15);
+  V8 cd = __builtin_shufflevector(c, d, 0, 1, 2, 3, 8, 9, 10, 11) +
+          __builtin_shufflevector(c, d, 4, 5, 6, 7, 12, 13, 14, 15);
+  // Lanes [p0+p2, p1+p3] of a, c | of b, d.
+  V8 q = __builtin_shufflevector(ab, cd, 0, 1, 8, 9, 4, 5, 12, 13) +
+         __builtin_shufflevector(ab, cd, 2, 3, 10, 11, 6, 7, 14, 15);
+  return __builtin_shufflevector(q, q, 0, 4, 2, 6) +
+         __builtin_shufflevector(q, q, 1, 5, 3, 7);
+}
+
+/// acc[i][j] += A row i * B row j over one 8-wide step; `loadFn` reads it.
+/// The MR A vectors stay in registers and each B vector is used once as it
+/// is loaded, so a 3 x 4 tile needs exactly the 16 AVX2 registers.
+template <int MR, int NR, typename LoadFn>
+void fmaStep(V8 (&acc)[MR][NR], const float *a, int64_t lda, const float *b,
+             int64_t ldb, LoadFn loadFn) {
+  V8 av[MR];
+  for (int i = 0; i < MR; ++i)
+    av[i] = loadFn(a + i * lda);
+  for (int j = 0; j < NR; ++j) {
+    V8 bv = loadFn(b + j * ldb);
+    for (int i = 0; i < MR; ++i)
+      acc[i][j] += av[i] * bv;
+  }
+}
+
+/// Reduces one row of accumulators into c[0, NR), overwriting or adding.
+template <int NR>
+void storeRow(const V8 (&acc)[NR], float *c, bool accumulate) {
+  int j = 0;
+  for (; j + 4 <= NR; j += 4) {
+    V4 r = reduce4(acc[j], acc[j + 1], acc[j + 2], acc[j + 3]);
+    if (accumulate) {
+      V4 old;
+      std::memcpy(&old, c + j, sizeof(old));
+      r += old;
+    }
+    std::memcpy(c + j, &r, sizeof(r));
+  }
+  for (; j < NR; ++j) {
+    float r = reduce1(acc[j]);
+    c[j] = accumulate ? c[j] + r : r;
+  }
+}
+
+/// The micro-kernel: C[MR,NR] (+)= A[MR,kc] @ B[NR,kc]^T.
+template <int MR, int NR>
+void tile(const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
+          int64_t ldc, int64_t kc, bool accumulate) {
+  V8 acc[MR][NR] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= kc; k += kLanes)
+    fmaStep(acc, a + k, lda, b + k, ldb, load);
+  if (k < kc) {
+    int64_t rest = kc - k;
+    fmaStep(acc, a + k, lda, b + k, ldb,
+            [rest](const float *p) { return loadTail(p, rest); });
+  }
+  for (int i = 0; i < MR; ++i)
+    storeRow(acc[i], c + i * ldc, accumulate);
+}
+
+/// All rows of A against NR rows of B, three rows at a time.
+template <int NR>
+void sweepRows(const float *a, int64_t lda, const float *b, int64_t ldb,
+               float *c, int64_t ldc, int64_t m, int64_t kc, bool accumulate) {
+  int64_t i = 0;
+  for (; i + 3 <= m; i += 3)
+    tile<3, NR>(a + i * lda, lda, b, ldb, c + i * ldc, ldc, kc, accumulate);
+  if (m - i == 2)
+    tile<2, NR>(a + i * lda, lda, b, ldb, c + i * ldc, ldc, kc, accumulate);
+  else if (m - i == 1)
+    tile<1, NR>(a + i * lda, lda, b, ldb, c + i * ldc, ldc, kc, accumulate);
+}
+
+/// One row of A (a GEMV, memory bound on B): eight B rows per step keep
+/// enough loads in flight to stream B at full bandwidth.
+void gemvBlock(const float *a, const float *b, int64_t ldb, float *c, int64_t n,
+               int64_t kc, bool accumulate) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    tile<1, 8>(a, 0, b + j * ldb, ldb, c + j, 0, kc, accumulate);
+  for (; j + 4 <= n; j += 4)
+    tile<1, 4>(a, 0, b + j * ldb, ldb, c + j, 0, kc, accumulate);
+  for (; j < n; ++j)
+    tile<1, 1>(a, 0, b + j * ldb, ldb, c + j, 0, kc, accumulate);
+}
+
+/// C[m,n] (+)= A[m,kc] @ B[n,kc]^T for one K block and one M block.
+void gemmBlock(const float *a, int64_t lda, const float *b, int64_t ldb,
+               float *c, int64_t ldc, int64_t m, int64_t n, int64_t kc,
+               bool accumulate) {
+  if (m == 1)
+    return gemvBlock(a, b, ldb, c, n, kc, accumulate);
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4)
+    sweepRows<4>(a, lda, b + j * ldb, ldb, c + j, ldc, m, kc, accumulate);
+  const float *bTail = b + j * ldb;
+  switch (n - j) {
+  case 3:
+    return sweepRows<3>(a, lda, bTail, ldb, c + j, ldc, m, kc, accumulate);
+  case 2:
+    return sweepRows<2>(a, lda, bTail, ldb, c + j, ldc, m, kc, accumulate);
+  case 1:
+    return sweepRows<1>(a, lda, bTail, ldb, c + j, ldc, m, kc, accumulate);
+  default:
+    return;
+  }
+}
+
+} // namespace
+
+void detail::gemmABtSerial(const float *a, int64_t lda, const float *b,
+                           int64_t ldb, float *c, int64_t ldc, int64_t m,
+                           int64_t n, int64_t k) {
+  if (k <= 0) {
+    for (int64_t i = 0; i < m; ++i)
+      std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
+    return;
+  }
+  for (int64_t k0 = 0; k0 < k; k0 += kBlockK) {
+    int64_t kc = std::min(kBlockK, k - k0);
+    for (int64_t m0 = 0; m0 < m; m0 += kBlockM)
+      gemmBlock(a + m0 * lda + k0, lda, b + k0, ldb, c + m0 * ldc, ldc,
+                std::min(kBlockM, m - m0), n, kc, /*accumulate=*/k0 > 0);
+  }
+}
+
+float detail::dot(const float *a, const float *b, int64_t n) {
+  float result;
+  gemmABtSerial(a, 0, b, 0, &result, 0, 1, 1, n);
+  return result;
+}
+
+float detail::squaredDistance(const float *a, const float *b, int64_t n) {
+  V8 acc = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    V8 diff = load(a + i) - load(b + i);
+    acc += diff * diff;
+  }
+  if (i < n) {
+    V8 diff = loadTail(a + i, n - i) - loadTail(b + i, n - i);
+    acc += diff * diff;
+  }
+  return reduce1(acc);
+}

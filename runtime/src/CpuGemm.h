@@ -1,0 +1,32 @@
+//===- CpuGemm.h - Serial dot-product kernels (private) ---------*- C++ -*-===//
+//
+// The single-threaded building blocks of the CPU kernels. Every output element
+// of gemmABtSerial is computed with the same arithmetic as dot() on its two
+// rows, whatever the matrix sizes and the block it falls in, so callers may
+// split a product into blocks freely (across threads, across experts) without
+// changing a bit of the result.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOERT_CPUGEMM_H
+#define MOERT_CPUGEMM_H
+
+#include <cstdint>
+
+namespace moert::cpu::detail {
+
+/// C[m,n] = A[m,k] @ B[n,k]^T on the calling thread; lda, ldb, ldc are row
+/// strides.
+void gemmABtSerial(const float *a, int64_t lda, const float *b, int64_t ldb,
+                   float *c, int64_t ldc, int64_t m, int64_t n, int64_t k);
+
+/// sum_i a[i] * b[i], bitwise equal to the corresponding gemmABtSerial
+/// element.
+float dot(const float *a, const float *b, int64_t n);
+
+/// sum_i (a[i] - b[i])^2.
+float squaredDistance(const float *a, const float *b, int64_t n);
+
+} // namespace moert::cpu::detail
+
+#endif // MOERT_CPUGEMM_H

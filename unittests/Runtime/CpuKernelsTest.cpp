@@ -1,0 +1,2 @@
+#include "moert/CpuKernels.h"
+#include "gtest/gtest.h"
