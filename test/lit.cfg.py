@@ -19,7 +19,7 @@ llvm_config.with_system_environment(["HOME", "INCLUDE", "LIB", "TMP", "TEMP"])
 llvm_config.use_default_substitutions()
 
 tool_dirs = [config.moe_tools_dir, config.llvm_tools_dir]
-tools = ["moe-opt", "moe-import"]
+tools = ["moe-opt", "moe-import", "moe-run", "not", "split-file"]
 llvm_config.add_tool_substitutions(tools, tool_dirs)
 
 # The interpreter running lit is Debian's python3, which has python3-numpy

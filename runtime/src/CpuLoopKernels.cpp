@@ -60,7 +60,8 @@ void _mlir_ciface_moert_record_step(StridedMemRefType<int32_t, 2> *ids,
   for (int64_t i = 0; i < ids->sizes[0]; ++i) {
     int64_t token = index->data[index->offset + i * index->strides[0]];
     int32_t *idsOut = traceIds->data + traceIds->offset +
-                      step * traceIds->strides[0] + token * traceIds->strides[1];
+                      step * traceIds->strides[0] +
+                      token * traceIds->strides[1];
     float *gatesOut = traceGates->data + traceGates->offset +
                       step * traceGates->strides[0] +
                       token * traceGates->strides[1];
