@@ -307,15 +307,34 @@ TEST(CpuKernels, RouteTiesPickLowerIndexFirst) {
   MoEShape s{1, 20, 0, 5, 5};
   std::vector<float> x = randomVector(s.hidden, 1.0f, 7);
   std::vector<float> w(s.numExperts * s.hidden, 0.0f);
-  // Experts 1 and 4 have equal rows aligned with x; 0, 2 and 3 score 0.
-  // (Logit 4 is a GEMM column tail, 1 is not: both must round alike.)
+  // Experts 1 and 3 have equal rows aligned with x; 0, 2 and 4 score 0.
   for (int64_t i = 0; i < s.hidden; ++i)
-    w[1 * s.hidden + i] = w[4 * s.hidden + i] = x[i];
+    w[1 * s.hidden + i] = w[3 * s.hidden + i] = x[i];
   for (Scoring scoring : {Scoring::Softmax, Scoring::Sigmoid}) {
     RouteRun run = runRoute(x, w, s, scoring, false, 1.0f);
-    EXPECT_EQ(run.ids, (std::vector<int32_t>{1, 4, 0, 2, 3}));
+    EXPECT_EQ(run.ids, (std::vector<int32_t>{1, 3, 0, 2, 4}));
     EXPECT_EQ(run.gates[0], run.gates[1]);
     EXPECT_EQ(run.gates[2], run.gates[4]);
+  }
+}
+
+TEST(CpuKernels, RouteEqualRowsScoreEqually) {
+  // Logit 4 is a column tail of the GEMM and logit 1 is not; equal router
+  // rows must still give bitwise equal scores, so ties stay ties.
+  MoEShape s{64, 72, 0, 5, 5};
+  std::vector<float> x = randomVector(s.numTokens * s.hidden, 1.0f, 8);
+  std::vector<float> w = randomVector(s.numExperts * s.hidden, 1.0f, 9);
+  std::copy(w.begin() + 1 * s.hidden, w.begin() + 2 * s.hidden,
+            w.begin() + 4 * s.hidden);
+  RouteRun run = runRoute(x, w, s, Scoring::Sigmoid, false, 1.0f);
+  for (int64_t t = 0; t < s.numTokens; ++t) {
+    const int32_t *ids = run.ids.data() + t * s.numExperts;
+    int64_t j = std::find(ids, ids + s.numExperts, 1) - ids;
+    ASSERT_LT(j + 1, s.numExperts) << "token " << t;
+    EXPECT_EQ(ids[j + 1], 4) << "token " << t;
+    EXPECT_EQ(run.gates[t * s.numExperts + j],
+              run.gates[t * s.numExperts + j + 1])
+        << "token " << t;
   }
 }
 
