@@ -54,7 +54,7 @@ V8 loadTail(const float *p, int64_t n) {
 float reduce1(V8 v) {
   V4 p = __builtin_shufflevector(v, v, 0, 1, 2, 3) +
          __builtin_shufflevector(v, v, 4, 5, 6, 7);
-  return (p[0] + p[1]) + (p[2] + p[3]);
+  return (p[0] + p[2]) + (p[1] + p[3]);
 }
 
 /// {reduce1(a), reduce1(b), reduce1(c), reduce1(d)} with 8-wide operations.
