@@ -12,7 +12,7 @@ log=$(mktemp)
 /usr/lib/llvm-22/bin/lit -sv build/test | tee "$log"
 status=${PIPESTATUS[0]}
 
-count() { grep -E "^\s+$1: " "$log" | awk '{print $2}' | head -1; }
+count() { grep -E "^\s+$1\s*: " "$log" | sed -E "s/.*: *([0-9]+).*/\1/" | head -1; }
 passed=$(count "Passed"); passed=${passed:-0}
 failed=0
 for kind in "Failed" "Unexpectedly Passed" "Timed Out" "Unresolved"; do
