@@ -5,8 +5,10 @@
 // a C++ user writes by hand (gather the expert's tokens, cblas_sgemm for gate
 // and up, activation, cblas_sgemm for down, scatter-add the weighted rows).
 // Both run single-threaded, interleaved in one process, on the cpu-small shape
-// (d=512 f=1024 E=8 k=2) at T = 1, 64, 512. Prints a Markdown table and
-// writes JSON to --json PATH.
+// (d=512 f=1024 E=8 k=2) at T = 1, 64, 512, each with warm caches (the same
+// layer called again) and cold ones (a 64 MiB buffer written before each call,
+// as in a multi-layer model whose other layers evict this one's weights).
+// Prints a Markdown table and writes JSON to --json PATH.
 //
 // The peer's buffers are allocated outside the timed region; the runtime's
 // kernels allocate their scratch on every call, so the comparison favours the
@@ -187,17 +189,36 @@ double median(std::vector<double> values) {
 
 struct Result {
   int64_t numTokens;
+  bool cold;
   double moertMs, blasMs, maxAbsDiff;
 };
 
-Result measure(const Layer &layer, int64_t numTokens, int reps,
-               std::mt19937 &rng) {
+/// Evicts the caches (32 MiB of L3 on the reference machine) by writing a
+/// buffer twice their size.
+class CacheFlusher {
+public:
+  void flush() {
+    for (size_t i = 0; i < buffer.size(); i += 16)
+      buffer[i] += 1.0f;
+  }
+
+private:
+  std::vector<float> buffer = std::vector<float>(16 << 20);
+};
+
+Result measure(const Layer &layer, int64_t numTokens, bool cold, int reps,
+               CacheFlusher &flusher, std::mt19937 &rng) {
   std::vector<float> x = randomVector(numTokens * layer.d, 1.0f, rng);
   std::vector<float> outMoert(numTokens * layer.d), outBlas(outMoert.size());
   MoertLayer moert(layer, numTokens);
   BlasLayer blas(layer, numTokens);
   auto runMoert = [&] { moert.run(x.data(), outMoert.data()); };
   auto runBlas = [&] { blas.run(x.data(), outBlas.data()); };
+  auto timeRun = [&](auto run) {
+    if (cold)
+      flusher.flush();
+    return timeOnce(run);
+  };
   runMoert();
   runBlas();
   // Interleaved, alternating which goes first, so drift in machine load
@@ -205,18 +226,18 @@ Result measure(const Layer &layer, int64_t numTokens, int reps,
   std::vector<double> moertTimes, blasTimes;
   for (int rep = 0; rep < reps; ++rep) {
     if (rep % 2) {
-      blasTimes.push_back(timeOnce(runBlas));
-      moertTimes.push_back(timeOnce(runMoert));
+      blasTimes.push_back(timeRun(runBlas));
+      moertTimes.push_back(timeRun(runMoert));
     } else {
-      moertTimes.push_back(timeOnce(runMoert));
-      blasTimes.push_back(timeOnce(runBlas));
+      moertTimes.push_back(timeRun(runMoert));
+      blasTimes.push_back(timeRun(runBlas));
     }
   }
   double maxAbsDiff = 0.0;
   for (size_t i = 0; i < outMoert.size(); ++i)
     maxAbsDiff =
         std::max(maxAbsDiff, double(std::fabs(outMoert[i] - outBlas[i])));
-  return {numTokens, 1e3 * median(moertTimes), 1e3 * median(blasTimes),
+  return {numTokens, cold, 1e3 * median(moertTimes), 1e3 * median(blasTimes),
           maxAbsDiff};
 }
 
@@ -269,12 +290,13 @@ void printTable(const Layer &layer, const std::vector<Result> &results) {
               "k=%lld, 1 thread, median ms\n\n",
               (long long)layer.d, (long long)layer.f,
               (long long)layer.numExperts, (long long)layer.topK);
-  std::printf("| T | moert (ms) | OpenBLAS loop (ms) | speedup (OpenBLAS / "
-              "moert) | max abs diff |\n|---|---|---|---|---|\n");
+  std::printf("| T | caches | moert (ms) | OpenBLAS loop (ms) | speedup "
+              "(OpenBLAS / moert) | max abs diff |\n"
+              "|---|---|---|---|---|---|\n");
   for (const Result &r : results)
-    std::printf("| %lld | %.3f | %.3f | %.2fx | %.1e |\n",
-                (long long)r.numTokens, r.moertMs, r.blasMs,
-                r.blasMs / r.moertMs, r.maxAbsDiff);
+    std::printf("| %lld | %s | %.3f | %.3f | %.2fx | %.1e |\n",
+                (long long)r.numTokens, r.cold ? "cold" : "warm", r.moertMs,
+                r.blasMs, r.blasMs / r.moertMs, r.maxAbsDiff);
 }
 
 bool writeJson(const std::string &path, const Options &options,
@@ -296,10 +318,11 @@ bool writeJson(const std::string &path, const Options &options,
   for (size_t i = 0; i < results.size(); ++i) {
     const Result &r = results[i];
     std::fprintf(file,
-                 "    {\"T\": %lld, \"moert_ms\": %.6f, \"openblas_loop_ms\": "
-                 "%.6f, \"speedup\": %.4f, \"max_abs_diff\": %.3e}%s\n",
-                 (long long)r.numTokens, r.moertMs, r.blasMs,
-                 r.blasMs / r.moertMs, r.maxAbsDiff,
+                 "    {\"T\": %lld, \"caches\": \"%s\", \"moert_ms\": %.6f, "
+                 "\"openblas_loop_ms\": %.6f, \"speedup\": %.4f, "
+                 "\"max_abs_diff\": %.3e}%s\n",
+                 (long long)r.numTokens, r.cold ? "cold" : "warm", r.moertMs,
+                 r.blasMs, r.blasMs / r.moertMs, r.maxAbsDiff,
                  i + 1 < results.size() ? "," : "");
   }
   std::fprintf(file, "  ]\n}\n");
@@ -319,9 +342,12 @@ int main(int argc, char **argv) {
   std::mt19937 rng(2026);
   Layer layer = makeLayer(/*d=*/512, /*f=*/1024, /*numExperts=*/8,
                           /*topK=*/2, rng);
+  CacheFlusher flusher;
   std::vector<Result> results;
   for (int64_t numTokens : options.tokenCounts)
-    results.push_back(measure(layer, numTokens, options.reps, rng));
+    for (bool cold : {false, true})
+      results.push_back(
+          measure(layer, numTokens, cold, options.reps, flusher, rng));
 
   printTable(layer, results);
   if (!options.jsonPath.empty() &&

@@ -19,10 +19,20 @@ llvm_config.with_system_environment(["HOME", "INCLUDE", "LIB", "TMP", "TEMP"])
 llvm_config.use_default_substitutions()
 
 tool_dirs = [config.moe_tools_dir, config.llvm_tools_dir]
-tools = ["moe-opt", "moe-import", "moe-run", "not", "split-file"]
+tools = ["moe-opt", "moe-import", "moe-run", "moe-compile", "not", "split-file", "llvm-nm"]
 llvm_config.add_tool_substitutions(tools, tool_dirs)
 
 # The interpreter running lit is Debian's python3, which has python3-numpy
 # (the NumPy reference needs it); a python3 earlier on PATH may not.
 import sys
 config.substitutions.append(("%python", sys.executable))
+
+# Building an application against a compiled model and the runtime.
+config.substitutions.append(("%moert_cxx", "%s -std=c++17 -I%s -I%s" % (
+    config.moe_cxx, os.path.join(config.moe_src_root, "runtime", "include"),
+    config.llvm_include_dir)))
+config.substitutions.append(("%moert_link", " ".join([
+    os.path.join(config.moe_obj_root, "runtime", "libMoERuntime.a"),
+    os.path.join(config.moe_obj_root, "runtime", "libMoECpuKernels.a"),
+    "-L" + config.llvm_lib_dir, "-Wl,-rpath," + config.llvm_lib_dir,
+    "-lLLVM", "-lpthread"])))

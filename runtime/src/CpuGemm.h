@@ -1,4 +1,4 @@
-//===- CpuGemm.h - Serial dot-product kernels (private) ---------*- C++ -*-===//
+//===- CpuGemm.h - Serial vector kernels (private) --------------*- C++ -*-===//
 //
 // The single-threaded building blocks of the CPU kernels. Every output element
 // of gemmABtSerial is computed with the same arithmetic as dot() on its two
@@ -10,6 +10,8 @@
 
 #ifndef MOERT_CPUGEMM_H
 #define MOERT_CPUGEMM_H
+
+#include "moert/CpuKernels.h"
 
 #include <cstdint>
 
@@ -26,6 +28,10 @@ float dot(const float *a, const float *b, int64_t n);
 
 /// sum_i (a[i] - b[i])^2.
 float squaredDistance(const float *a, const float *b, int64_t n);
+
+/// g = act(g) * u over a [rows, cols] block with row stride ld.
+void swiglu(float *g, const float *u, int64_t rows, int64_t cols, int64_t ld,
+            Activation activation);
 
 } // namespace moert::cpu::detail
 

@@ -7,8 +7,9 @@
 // token sums its slots' rows of Y in ascending slot order. Work is split into
 // output tiles claimed by threads; a tile's bits do not depend on who runs it.
 //
-// Scratch memory is allocated per call (about T*k*(2d+2f) floats for the
-// expert group); a caller-owned workspace would avoid that.
+// Scratch memory: the expert group's large buffers live in a per-thread
+// workspace that grows to the largest call and is kept until the thread ends;
+// the small ones (routing plan, router scores) are allocated per call.
 //
 //===----------------------------------------------------------------------===//
 
@@ -230,42 +231,51 @@ private:
   std::unique_ptr<int64_t[]> firstTile;
 };
 
-float silu(float x) { return x / (1.0f + std::exp(-x)); }
+/// Row stride of a scratch matrix: rows a power of two apart, such as 4 KiB,
+/// map to the same L1 sets and evict each other in the GEMM micro-kernel.
+int64_t paddedStride(int64_t cols) { return (cols + 15) / 16 * 16 + 16; }
 
-float geluTanh(float x) {
-  constexpr float kSqrt2OverPi = 0.7978845608028654f;
-  return 0.5f * x *
-         (1.0f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
-}
-
-/// g = act(g) * u over a [rows, cols] block with row stride ld.
-void swiglu(float *g, const float *u, int64_t rows, int64_t cols, int64_t ld,
-            Activation activation) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float *gRow = g + r * ld;
-    const float *uRow = u + r * ld;
-    if (activation == Activation::Gelu)
-      for (int64_t c = 0; c < cols; ++c)
-        gRow[c] = geluTanh(gRow[c]) * uRow[c];
-    else
-      for (int64_t c = 0; c < cols; ++c)
-        gRow[c] = silu(gRow[c]) * uRow[c];
+/// Float scratch kept from call to call by each calling thread. The expert
+/// group needs T*k*(2d+2f) floats (12 MiB for T=512 on cpu-small); fresh
+/// memory of that size comes from mmap and costs page faults worth about 8%
+/// of the layer, on every call.
+class Workspace {
+public:
+  /// `n` floats of unspecified contents, or nullptr if they cannot be had.
+  float *get(int64_t n) {
+    if (n > size) {
+      data = allocate<float>(n);
+      size = data ? n : 0;
+    }
+    return data.get();
   }
-}
 
-/// Scratch of the expert group, in packed-row order.
+private:
+  std::unique_ptr<float[]> data;
+  int64_t size = 0;
+};
+
+thread_local Workspace expertWorkspace;
+
+/// Scratch of the expert group, in packed-row order, in expertWorkspace.
 struct ExpertBuffers {
-  std::unique_ptr<float[]> input;  ///< [rows, d], gathered token rows
-  std::unique_ptr<float[]> hidden; ///< [rows, f], G, then act(G) * U
-  std::unique_ptr<float[]> up;     ///< [rows, f], U
-  std::unique_ptr<float[]> output; ///< [rows, d], Y
+  int64_t inputStride, hiddenStride;
+  float *input;  ///< [rows, d], gathered token rows
+  float *hidden; ///< [rows, f], G, then act(G) * U
+  float *up;     ///< [rows, f], U
+  float *output; ///< [rows, d], Y, packed
 
   bool allocate(int64_t rows, const MoEShape &s) {
-    input = ::allocate<float>(rows * s.hidden);
-    hidden = ::allocate<float>(rows * s.ffn);
-    up = ::allocate<float>(rows * s.ffn);
-    output = ::allocate<float>(rows * s.hidden);
-    return input && hidden && up && output;
+    inputStride = paddedStride(s.hidden);
+    hiddenStride = paddedStride(s.ffn);
+    int64_t inputSize = rows * inputStride, hiddenSize = rows * hiddenStride;
+    input = expertWorkspace.get(inputSize + 2 * hiddenSize + rows * s.hidden);
+    if (!input)
+      return false;
+    hidden = input + inputSize;
+    up = hidden + hiddenSize;
+    output = up + hiddenSize;
+    return true;
   }
 };
 
@@ -386,34 +396,36 @@ bool moert::cpu::experts(const float *x, const int32_t *ids, const float *gates,
     return failExperts(out, s);
 
   const int64_t d = s.hidden, f = s.ffn;
+  const int64_t ldIn = buf.inputStride, ldHid = buf.hiddenStride;
   for (int64_t r = 0; r < plan.numRows(s.numExperts); ++r)
     std::copy(x + plan.rowToken[r] * d, x + (plan.rowToken[r] + 1) * d,
-              buf.input.get() + r * d);
+              buf.input + r * ldIn);
 
   // Gate and up tiles of the same rows and columns together, so the SwiGLU
   // product reads both while they are in cache.
   parallelFor(ffnTiles.size(), numThreads, [&](int64_t i) {
     Tile t = ffnTiles[i];
-    const float *a = buf.input.get() + t.row * d;
+    const float *a = buf.input + t.row * ldIn;
     int64_t weightOffset = (t.expert * f + t.col) * d;
-    float *g = buf.hidden.get() + t.row * f + t.col;
-    float *u = buf.up.get() + t.row * f + t.col;
-    detail::gemmABtSerial(a, d, gateProj + weightOffset, d, g, f, t.numRows,
-                          t.numCols, d);
-    detail::gemmABtSerial(a, d, upProj + weightOffset, d, u, f, t.numRows,
-                          t.numCols, d);
-    swiglu(g, u, t.numRows, t.numCols, f, activation);
+    float *g = buf.hidden + t.row * ldHid + t.col;
+    float *u = buf.up + t.row * ldHid + t.col;
+    detail::gemmABtSerial(a, ldIn, gateProj + weightOffset, d, g, ldHid,
+                          t.numRows, t.numCols, d);
+    detail::gemmABtSerial(a, ldIn, upProj + weightOffset, d, u, ldHid,
+                          t.numRows, t.numCols, d);
+    detail::swiglu(g, u, t.numRows, t.numCols, ldHid, activation);
   });
 
   parallelFor(hiddenTiles.size(), numThreads, [&](int64_t i) {
     Tile t = hiddenTiles[i];
-    detail::gemmABtSerial(
-        buf.hidden.get() + t.row * f, f, downProj + (t.expert * d + t.col) * f,
-        f, buf.output.get() + t.row * d + t.col, d, t.numRows, t.numCols, f);
+    detail::gemmABtSerial(buf.hidden + t.row * ldHid, ldHid,
+                          downProj + (t.expert * d + t.col) * f, f,
+                          buf.output + t.row * d + t.col, d, t.numRows,
+                          t.numCols, f);
   });
 
   parallelFor(ceilDiv(s.numTokens, kCombineTokens), numThreads, [&](int64_t i) {
-    combineTokens(plan, gates, buf.output.get(), out, s, i * kCombineTokens);
+    combineTokens(plan, gates, buf.output, out, s, i * kCombineTokens);
   });
   return true;
 }

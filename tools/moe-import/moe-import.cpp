@@ -21,16 +21,23 @@
 
 namespace cl = llvm::cl;
 
-static cl::opt<std::string>
-    inputFilename(cl::Positional, cl::desc("<config.json>"), cl::init("-"));
+static cl::OptionCategory importCategory("moe-import options");
+
+static cl::opt<std::string> inputFilename(cl::Positional,
+                                          cl::desc("<config.json>"),
+                                          cl::init("-"),
+                                          cl::cat(importCategory));
 
 static cl::opt<std::string> outputFilename(
     "o", cl::desc("Output file for the module ('-' for stdout, the default)"),
-    cl::value_desc("filename"), cl::init("-"));
+    cl::value_desc("filename"), cl::init("-"), cl::cat(importCategory));
 
 int main(int argc, char **argv) {
   llvm::InitLLVM init(argc, argv);
   mlir::registerAsmPrinterCLOptions();
+  // libLLVM registers hundreds of codegen options; --help-hidden still lists
+  // them and the --mlir-print-* ones.
+  cl::HideUnrelatedOptions(importCategory);
   cl::ParseCommandLineOptions(
       argc, argv,
       "moe model importer\n\n"

@@ -12,17 +12,17 @@
 
 #include "moe/Conversion/Passes.h"
 #include "moe/Dialect/MoE/IR/MoEOps.h"
-#include "moe/Import/MoEStackImport.h"
+#include "moe/Import/ModelFile.h"
+#include "moe/Target/ModelArtifact.h"
 #include "moert/CpuKernels.h"
 #include "moert/CpuLoopKernels.h"
 #include "moert/Safetensors.h"
+#include "moert/moert.h"
 
 #include "mlir/Dialect/ControlFlow/IR/ControlFlow.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/ExecutionEngine/ExecutionEngine.h"
 #include "mlir/ExecutionEngine/OptUtils.h"
-#include "mlir/IR/Verifier.h"
-#include "mlir/Parser/Parser.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
@@ -35,7 +35,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <set>
 
 using namespace mlir;
 namespace cl = llvm::cl;
@@ -61,100 +60,17 @@ static cl::opt<std::string>
 static bool stats = false;
 
 namespace {
-/// What the runner needs to know about a model before lowering it.
-struct ModelInfo {
-  std::string entry;
-  int64_t hidden = 0, passes = 0, layers = 0, topK = 0, experts = 0;
-  SmallVector<moe::WeightOp> weights;
-  /// Kept apart from `weights`: lowering erases the weight ops.
-  SmallVector<SmallVector<int64_t>> weightShapes;
-};
-
 llvm::Error makeError(const llvm::Twine &message) {
   return llvm::createStringError(llvm::inconvertibleErrorCode(), message);
 }
 
-llvm::Expected<ModelInfo> describe(ModuleOp module) {
-  ModelInfo info;
-  for (auto func : module.getOps<func::FuncOp>()) {
-    auto loops = func.getBody().getOps<moe::LoopOp>();
-    if (func.isExternal() || loops.empty())
-      continue;
-    moe::LoopOp loop = *loops.begin();
-    info.entry = func.getName().str();
-    info.hidden = cast<RankedTensorType>(loop.getInit().getType()).getDimSize(1);
-    info.passes = loop.getPasses();
-    for (auto experts : loop.getBody().getOps<moe::ExpertsOp>()) {
-      ++info.layers;
-      info.topK = cast<RankedTensorType>(experts.getIds().getType()).getDimSize(1);
-      auto gate = SymbolTable::lookupNearestSymbolFrom<moe::WeightOp>(
-          experts, experts.getGateProjAttr().getAttr());
-      info.experts = gate.getTensorType().getDimSize(0);
-    }
-  }
-  if (info.entry.empty())
-    return makeError("the model has no function with a moe.loop to run");
-  info.weights = llvm::to_vector(module.getOps<moe::WeightOp>());
-  for (moe::WeightOp w : info.weights)
-    info.weightShapes.emplace_back(w.getTensorType().getShape());
-  return info;
-}
-
-/// Reads one weight as f32, stacking the per-expert tensors of a `{e}`
-/// source; records the tensor names it used.
-llvm::Expected<std::vector<float>>
-loadWeight(const moert::SafetensorsFile &file, moe::WeightOp weight,
-           std::set<std::string> &used) {
-  RankedTensorType type = weight.getTensorType();
-  moert::DType dtype = type.getElementType().isBF16() ? moert::DType::BF16
-                                                       : moert::DType::F32;
-  std::string source = weight.getSource().value_or(weight.getSymName()).str();
-  SmallVector<std::string> names;
-  ArrayRef<int64_t> shape = type.getShape();
-  size_t pos = source.find("{e}");
-  if (pos != std::string::npos) {
-    for (int64_t e = 0; e < shape[0]; ++e)
-      names.push_back(std::string(source).replace(pos, 3, std::to_string(e)));
-    shape = shape.drop_front();
-  } else {
-    names.push_back(source);
-  }
-  std::vector<float> values;
-  for (const std::string &name : names) {
-    auto tensor = file.get(name, dtype, shape);
-    if (!tensor)
-      return tensor.takeError();
-    auto data = moert::readAsF32(*tensor);
-    if (!data)
-      return data.takeError();
-    values.insert(values.end(), data->begin(), data->end());
-    used.insert(name);
-  }
-  return values;
-}
-
-/// A memref descriptor as MLIR's C interface lays it out: base pointer,
-/// aligned pointer, offset, sizes, strides (row-major).
-class Descriptor {
-public:
-  Descriptor(const void *data, ArrayRef<int64_t> shape) {
-    auto address = reinterpret_cast<intptr_t>(data);
-    words = {address, address, 0};
-    words.append(shape.begin(), shape.end());
-    SmallVector<int64_t> strides(shape.size(), 1);
-    for (int64_t i = int64_t(shape.size()) - 2; i >= 0; --i)
-      strides[i] = strides[i + 1] * shape[i + 1];
-    words.append(strides.begin(), strides.end());
-  }
-  void *get() { return words.data(); }
-
-private:
-  SmallVector<int64_t, 11> words;
-};
-
-template <typename T>
-ArrayRef<uint8_t> bytesOf(const std::vector<T> &v) {
-  return {reinterpret_cast<const uint8_t *>(v.data()), v.size() * sizeof(T)};
+/// Turns a runtime status into an llvm::Error (and frees it).
+llvm::Error check(moert_status status) {
+  if (!status)
+    return llvm::Error::success();
+  std::string message = moert_status_get_message(status);
+  moert_status_free(status);
+  return makeError(message);
 }
 
 llvm::orc::SymbolMap kernelSymbols(llvm::orc::MangleAndInterner interner) {
@@ -176,127 +92,114 @@ llvm::orc::SymbolMap kernelSymbols(llvm::orc::MangleAndInterner interner) {
   return map;
 }
 
-FailureOr<OwningOpRef<ModuleOp>> loadModel(MLIRContext &ctx,
-                                           llvm::SourceMgr &sourceMgr) {
-  auto file = llvm::MemoryBuffer::getFile(modelPath, /*IsText=*/true);
-  if (!file) {
-    llvm::WithColor::error(llvm::errs(), "moe-run")
-        << "cannot read model '" << modelPath
-        << "': " << file.getError().message() << "\n";
-    return failure();
-  }
-  if (StringRef(modelPath).ends_with(".json"))
-    return moe::importMoEStackConfig((*file)->getBuffer(), modelPath, &ctx);
-  sourceMgr.AddNewSourceBuffer(std::move(*file), llvm::SMLoc());
-  OwningOpRef<ModuleOp> module = parseSourceFile<ModuleOp>(sourceMgr, &ctx);
-  if (!module || failed(verify(*module)))
-    return failure();
-  return module;
+template <typename T>
+ArrayRef<uint8_t> bytesOf(const std::vector<T> &v) {
+  return {reinterpret_cast<const uint8_t *>(v.data()), v.size() * sizeof(T)};
 }
 
-struct Outputs {
-  std::vector<float> hidden, gates;
-  std::vector<int32_t> exitLoop, ids, nonFinite;
-};
+constexpr StringLiteral kSymbol = "moe_model";
 
-llvm::Error run(ModuleOp module, Outputs &out, double &seconds) {
-  llvm::Expected<ModelInfo> info = describe(module);
-  if (!info)
-    return info.takeError();
+/// Lowers and JIT-compiles the model into the same artifact moe-compile
+/// writes to an object file.
+llvm::Expected<std::unique_ptr<ExecutionEngine>>
+compile(ModuleOp module, const moe::ModelManifest &manifest) {
+  PassManager pm(module.getContext());
+  moe::buildMoECPUPipeline(pm);
+  if (failed(pm.run(module)))
+    return makeError("lowering the model for the CPU failed");
+  auto optimize = makeOptimizingTransformer(3, 0, nullptr);
+  ExecutionEngineOptions options;
+  options.transformer = optimize;
+  auto build = [&](Operation *op, llvm::LLVMContext &context) {
+    return moe::translateModel(op, context, manifest, kSymbol);
+  };
+  options.llvmModuleBuilder = build;
+  auto engine = ExecutionEngine::create(module, options);
+  if (!engine)
+    return engine.takeError();
+  (*engine)->registerSymbols(kernelSymbols);
+  return std::move(*engine);
+}
 
-  auto weightsFile = moert::SafetensorsFile::open(weightsPath);
-  if (!weightsFile)
-    return weightsFile.takeError();
-  std::set<std::string> used;
-  std::vector<std::vector<float>> weights;
-  for (moe::WeightOp w : info->weights) {
-    auto values = loadWeight(**weightsFile, w, used);
-    if (!values)
-      return values.takeError();
-    weights.push_back(std::move(*values));
-  }
-  for (const moert::TensorView &t : (*weightsFile)->tensors())
-    if (!used.count(t.name))
-      return makeError(weightsPath + ": unexpected tensor '" + t.name +
-                       "': the model has no weight bound to it");
+llvm::Error run(ModuleOp module) {
+  FailureOr<moe::ModelManifest> manifest = moe::describeModel(module);
+  if (failed(manifest))
+    return makeError("cannot run this module");
 
+  // Inputs first: a bad input file should not cost a compile.
   auto inputsFile = moert::SafetensorsFile::open(inputsPath);
   if (!inputsFile)
     return inputsFile.takeError();
   const moert::TensorView *input = (*inputsFile)->find("hidden_states");
   if (!input)
     return makeError(inputsPath + ": missing tensor 'hidden_states'");
+  int64_t d = manifest->hiddenSize;
   if (input->dtype != moert::DType::F32 || input->shape.size() != 2 ||
-      input->shape[1] != info->hidden)
+      input->shape[1] != d)
     return makeError(inputsPath + ": hidden_states must be F32 [tokens, " +
-                     llvm::Twine(info->hidden) + "]");
+                     llvm::Twine(d) + "]");
   auto hiddenIn = moert::readAsF32(*input);
   if (!hiddenIn)
     return hiddenIn.takeError();
-  int64_t tokens = input->shape[0], d = info->hidden;
-  int64_t steps = info->passes * info->layers;
+  int64_t tokens = input->shape[0];
 
+  auto engine = compile(module, *manifest);
+  if (!engine)
+    return engine.takeError();
+  auto record = (*engine)->lookup(kSymbol);
+  if (!record)
+    return record.takeError();
+  auto *compiled = static_cast<const moert_compiled_model *>(*record);
+
+  moert_context *ctx = nullptr;
+  if (llvm::Error err = check(moert_context_create(device.c_str(), &ctx)))
+    return err;
+  std::unique_ptr<moert_context, void (*)(moert_context *)> ctxOwner(
+      ctx, moert_context_free);
+  moert_model *model = nullptr;
+  if (llvm::Error err = check(
+          moert_model_load(ctx, compiled, weightsPath.c_str(), &model)))
+    return err;
+  std::unique_ptr<moert_model, void (*)(moert_model *)> modelOwner(
+      model, moert_model_free);
+
+  int64_t steps = manifest->passes * manifest->layers;
+  int64_t traceSize = steps * tokens * manifest->topK;
+  std::vector<float> hidden(tokens * d), gates(traceSize);
+  std::vector<int32_t> exitLoop(tokens), ids(traceSize), nonFinite(tokens, 0);
   // Non-finite inputs still run (the token's outputs are NaN/Inf); the
   // result marks them so callers can tell.
-  out.nonFinite.assign(tokens, 0);
   for (int64_t t = 0; t < tokens; ++t)
     for (int64_t j = 0; j < d; ++j)
       if (!std::isfinite((*hiddenIn)[t * d + j]))
-        out.nonFinite[t] = 1;
+        nonFinite[t] = 1;
 
-  PassManager pm(module.getContext());
-  moe::buildMoECPUPipeline(pm);
-  if (failed(pm.run(module)))
-    return makeError("lowering the model for the CPU failed");
-
-  auto optimize = makeOptimizingTransformer(3, 0, nullptr);
-  ExecutionEngineOptions options;
-  options.transformer = optimize;
-  auto engine = ExecutionEngine::create(module, options);
-  if (!engine)
-    return engine.takeError();
-  (*engine)->registerSymbols(kernelSymbols);
-
-  out.hidden.assign(tokens * d, 0.0f);
-  out.exitLoop.assign(tokens, 0);
-  out.ids.assign(steps * tokens * info->topK, -1);
-  out.gates.assign(steps * tokens * info->topK, 0.0f);
-  SmallVector<Descriptor> descriptors = {
-      Descriptor(hiddenIn->data(), {tokens, d}),
-      Descriptor(out.hidden.data(), {tokens, d}),
-      Descriptor(out.exitLoop.data(), {tokens}),
-      Descriptor(out.ids.data(), {steps, tokens, info->topK}),
-      Descriptor(out.gates.data(), {steps, tokens, info->topK})};
-  for (auto [shape, values] : llvm::zip(info->weightShapes, weights))
-    descriptors.emplace_back(values.data(), shape);
-  SmallVector<void *> pointers, args;
-  for (Descriptor &desc : descriptors)
-    pointers.push_back(desc.get());
-  for (void *&p : pointers)
-    args.push_back(&p);
-
-  // Look the entry up first: that JIT-compiles it, which is not run time.
-  auto entry = (*engine)->lookupPacked("_mlir_ciface_" + info->entry);
-  if (!entry)
-    return entry.takeError();
+  moert_outputs outputs{hidden.data(), exitLoop.data(), ids.data(),
+                        gates.data()};
   auto start = std::chrono::steady_clock::now();
-  (*entry)(args.data());
-  seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                          start)
-                .count();
+  if (llvm::Error err =
+          check(moert_model_run(model, tokens, hiddenIn->data(), &outputs)))
+    return err;
+  double seconds = std::chrono::duration<double>(
+                       std::chrono::steady_clock::now() - start)
+                       .count();
 
   if (stats)
-    moe::printRunStats({info->passes, info->layers, tokens, info->topK,
-                        info->experts, out.ids, out.exitLoop},
+    moe::printRunStats({manifest->passes, manifest->layers, tokens,
+                        manifest->topK, manifest->experts, ids, exitLoop},
                        seconds, llvm::outs());
+  int64_t badTokens = llvm::count(nonFinite, 1);
+  if (badTokens)
+    llvm::WithColor::warning(llvm::errs(), "moe-run")
+        << badTokens << " token(s) had NaN/Inf inputs; see non_finite_input\n";
   std::vector<moert::TensorToWrite> tensors = {
-      {"hidden_states", moert::DType::F32, {tokens, d}, bytesOf(out.hidden)},
-      {"exit_loop", moert::DType::I32, {tokens}, bytesOf(out.exitLoop)},
-      {"expert_ids", moert::DType::I32, {steps, tokens, info->topK},
-       bytesOf(out.ids)},
-      {"expert_gates", moert::DType::F32, {steps, tokens, info->topK},
-       bytesOf(out.gates)},
-      {"non_finite_input", moert::DType::I32, {tokens}, bytesOf(out.nonFinite)}};
+      {"hidden_states", moert::DType::F32, {tokens, d}, bytesOf(hidden)},
+      {"exit_loop", moert::DType::I32, {tokens}, bytesOf(exitLoop)},
+      {"expert_ids", moert::DType::I32, {steps, tokens, manifest->topK},
+       bytesOf(ids)},
+      {"expert_gates", moert::DType::F32, {steps, tokens, manifest->topK},
+       bytesOf(gates)},
+      {"non_finite_input", moert::DType::I32, {tokens}, bytesOf(nonFinite)}};
   return moert::writeSafetensors(outputsPath, tensors);
 }
 } // namespace
@@ -327,8 +230,6 @@ int main(int argc, char **argv) {
   if (device == "cuda")
     return fail("--device cuda: this build has no CUDA backend yet; "
                 "run with --device cpu (moe-run never falls back silently)");
-  if (device != "cpu")
-    return fail("unknown --device '" + device + "' (expected cpu or cuda)");
 
   llvm::InitializeNativeTarget();
   llvm::InitializeNativeTargetAsmPrinter();
@@ -342,16 +243,11 @@ int main(int argc, char **argv) {
   llvm::SourceMgr sourceMgr;
   SourceMgrDiagnosticHandler diagnostics(sourceMgr, &ctx);
 
-  FailureOr<OwningOpRef<ModuleOp>> module = loadModel(ctx, sourceMgr);
+  FailureOr<OwningOpRef<ModuleOp>> module =
+      moe::readModelFile(modelPath, &ctx, sourceMgr);
   if (failed(module))
     return 1;
-  Outputs outputs;
-  double seconds = 0.0;
-  if (llvm::Error err = run(**module, outputs, seconds))
+  if (llvm::Error err = run(**module))
     return fail(llvm::toString(std::move(err)));
-  int64_t nonFinite = llvm::count(outputs.nonFinite, 1);
-  if (nonFinite)
-    llvm::WithColor::warning(llvm::errs(), "moe-run")
-        << nonFinite << " token(s) had NaN/Inf inputs; see non_finite_input\n";
   return 0;
 }

@@ -113,8 +113,9 @@ RouteRef routeRef(const std::vector<float> &x, const std::vector<float> &w,
     }
     std::vector<int32_t> order(s.numExperts);
     std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int32_t l, int32_t r) { return p[l] > p[r]; });
+    std::sort(order.begin(), order.end(), [&](int32_t l, int32_t r) {
+      return p[l] > p[r] || (p[l] == p[r] && l < r);
+    });
     double sum = 0.0;
     for (int64_t j = 0; j < s.topK; ++j)
       sum += p[order[j]];
@@ -230,6 +231,10 @@ TEST(CpuKernels, GemmWithStridesAndKBlocks) {
     }
   for (int64_t i = 0; i < m; ++i)
     EXPECT_EQ(c[i * ldc + n], -1.0f) << "wrote past the row";
+
+  std::vector<float> serial(c.size(), -1.0f);
+  gemmABt(a.data(), lda, b.data(), ldb, serial.data(), ldc, m, n, k, 1);
+  EXPECT_EQ(std::memcmp(serial.data(), c.data(), c.size() * sizeof(float)), 0);
 }
 
 TEST(CpuKernels, RmsNorm) {

@@ -10,9 +10,11 @@
 // identical for any thread count and any batch composition (a token's output
 // does not depend on which other tokens share the call).
 //
-// No function throws or aborts. The ones that need scratch memory allocate it
-// per call; if that fails they return false and fill their outputs with NaN
-// (and expert ids with -1) so the failure cannot pass for a result.
+// No function throws or aborts. The ones that need scratch memory and cannot
+// get it return false and fill their outputs with NaN (expert ids with -1), so
+// the failure cannot pass for a result. The expert group keeps its scratch,
+// T*k*(2d+2f) floats, in a per-thread workspace that grows to the largest call
+// and is freed when the calling thread ends; the rest is allocated per call.
 //
 //===----------------------------------------------------------------------===//
 

@@ -1,0 +1,54 @@
+//===- ModelArtifact.h - a compiled model's manifest and entry --*- C++ -*-===//
+//
+// What turns a lowered model into something the runtime can load: a JSON
+// manifest (shapes, weights and their safetensors names), a uniform entry
+// point `void <symbol>_run(void **descriptors)`, and the
+// `moert_compiled_model <symbol>` that ties them together. moe-compile writes
+// them into an object file; moe-run JIT-compiles the same module.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOE_TARGET_MODELARTIFACT_H
+#define MOE_TARGET_MODELARTIFACT_H
+
+#include "mlir/IR/BuiltinOps.h"
+#include "llvm/IR/Module.h"
+#include "llvm/Support/Error.h"
+
+#include <memory>
+#include <string>
+
+namespace mlir::moe {
+
+/// Model facts the runtime needs, read from the model before lowering
+/// (lowering erases the weight symbols).
+struct ModelManifest {
+  std::string entry; ///< the model function
+  int64_t hiddenSize = 0, passes = 0, layers = 0, topK = 0, experts = 0;
+  struct Weight {
+    std::string source, dtype;
+    SmallVector<int64_t> shape;
+  };
+  SmallVector<Weight> weights;
+
+  std::string toJSON() const;
+};
+
+/// Describes the model function of `module` (the one with a moe.loop).
+FailureOr<ModelManifest> describeModel(ModuleOp module);
+
+/// Translates a module lowered by moe-cpu-pipeline to LLVM IR and adds the
+/// manifest, `<symbol>_run` and the `<symbol>` compiled-model record.
+std::unique_ptr<llvm::Module> translateModel(Operation *lowered,
+                                             llvm::LLVMContext &context,
+                                             const ModelManifest &manifest,
+                                             StringRef symbol);
+
+/// Writes `module` as a host object file.
+llvm::Error emitObjectFile(llvm::Module &module, StringRef path);
+
+/// The C header that declares `<symbol>` for an application.
+std::string emitHeader(const ModelManifest &manifest, StringRef symbol);
+
+} // namespace mlir::moe
+
+#endif // MOE_TARGET_MODELARTIFACT_H

@@ -1,0 +1,84 @@
+/*===- moert.h - the moe runtime C API ---------------------------*- C -*-===*\
+|*                                                                            *|
+|* Applications link a compiled model (moe-compile's object and header) and   *|
+|* this runtime. Every call that can fail returns a status; a NULL status is  *|
+|* success. The runtime never exits or aborts on bad input.                   *|
+|*                                                                            *|
+|*   moert_context *ctx;  moert_model *model;                                 *|
+|*   moert_context_create("cpu", &ctx);                                        *|
+|*   moert_model_load(ctx, &moe_my_model, "weights.safetensors", &model);      *|
+|*   moert_model_run(model, tokens, hidden_in, &outputs);                      *|
+|*                                                                            *|
+\*===----------------------------------------------------------------------===*/
+#ifndef MOERT_MOERT_H
+#define MOERT_MOERT_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* What moe-compile emits for one model: a JSON manifest (entry point, shapes,
+ * weights and their safetensors names) and the entry point, which takes the
+ * memref descriptors of: hidden_in, hidden_out, exit_loop, expert_ids,
+ * expert_gates, then every weight in manifest order. */
+typedef struct moert_compiled_model {
+  const char *manifest;
+  void (*run)(void **descriptors);
+} moert_compiled_model;
+
+typedef enum moert_status_code {
+  MOERT_OK = 0,
+  MOERT_INVALID_ARGUMENT = 1,
+  MOERT_NOT_FOUND = 2,
+  MOERT_UNAVAILABLE = 3, /* e.g. a device this build or machine lacks */
+  MOERT_INTERNAL = 4,
+} moert_status_code;
+
+typedef struct moert_status_t *moert_status; /* NULL means success */
+moert_status_code moert_status_get_code(moert_status status);
+const char *moert_status_get_message(moert_status status);
+void moert_status_free(moert_status status);
+
+typedef struct moert_context moert_context;
+/* device: "cpu" (or "cuda", which reports MOERT_UNAVAILABLE in this build). */
+moert_status moert_context_create(const char *device, moert_context **out);
+void moert_context_free(moert_context *ctx);
+
+/* Model shape facts from the manifest. */
+typedef struct moert_model_info {
+  int64_t hidden_size, passes, layers, top_k, experts;
+} moert_model_info;
+
+typedef struct moert_model moert_model;
+/* Binds every weight by its safetensors name (a {e} source stacks the
+ * experts); a missing, misshaped or unexpected tensor is an error naming it.
+ * bf16 weights are widened to f32 once here. */
+moert_status moert_model_load(moert_context *ctx,
+                              const moert_compiled_model *compiled,
+                              const char *weights_path, moert_model **out);
+moert_model_info moert_model_get_info(const moert_model *model);
+void moert_model_free(moert_model *model);
+
+/* Caller-owned output buffers of one run over `tokens` tokens:
+ * hidden_states [tokens, hidden_size], exit_loop [tokens],
+ * expert_ids and expert_gates [passes * layers, tokens, top_k]. */
+typedef struct moert_outputs {
+  float *hidden_states;
+  int32_t *exit_loop;
+  int32_t *expert_ids;
+  float *expert_gates;
+} moert_outputs;
+
+/* Runs the model. Safe to call concurrently on one loaded model: weights are
+ * read-only and every run allocates its own scratch buffers. */
+moert_status moert_model_run(moert_model *model, int64_t tokens,
+                             const float *hidden_states,
+                             const moert_outputs *outputs);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOERT_MOERT_H */

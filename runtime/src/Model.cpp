@@ -1,0 +1,223 @@
+//===- Model.cpp - the moe runtime C API ----------------------------------===//
+#include "moert/moert.h"
+#include "moert/Safetensors.h"
+
+#include "llvm/ADT/SmallVector.h"
+#include "llvm/ADT/StringRef.h"
+#include "llvm/Support/JSON.h"
+
+#include <set>
+#include <string>
+#include <vector>
+
+struct moert_status_t {
+  moert_status_code code;
+  std::string message;
+};
+
+struct moert_context {
+  std::string device;
+};
+
+namespace {
+struct WeightSpec {
+  std::string source;
+  moert::DType dtype;
+  std::vector<int64_t> shape;
+};
+
+moert_status makeStatus(moert_status_code code, std::string message) {
+  return new moert_status_t{code, std::move(message)};
+}
+
+moert_status fromError(llvm::Error err, moert_status_code code) {
+  return makeStatus(code, llvm::toString(std::move(err)));
+}
+
+/// A memref descriptor as MLIR's C interface lays it out: base pointer,
+/// aligned pointer, offset, sizes, strides (row-major, contiguous).
+class Descriptor {
+public:
+  Descriptor(const void *data, llvm::ArrayRef<int64_t> shape) {
+    auto address = reinterpret_cast<intptr_t>(data);
+    words = {address, address, 0};
+    words.append(shape.begin(), shape.end());
+    llvm::SmallVector<int64_t, 4> strides(shape.size(), 1);
+    for (int64_t i = int64_t(shape.size()) - 2; i >= 0; --i)
+      strides[i] = strides[i + 1] * shape[i + 1];
+    words.append(strides.begin(), strides.end());
+  }
+  void *get() { return words.data(); }
+
+private:
+  llvm::SmallVector<int64_t, 11> words;
+};
+} // namespace
+
+struct moert_model {
+  const moert_compiled_model *compiled;
+  moert_model_info info;
+  std::vector<WeightSpec> specs;
+  std::vector<std::vector<float>> weights;
+};
+
+namespace {
+llvm::Error parseManifest(llvm::StringRef text, moert_model &model) {
+  auto fail = [](const llvm::Twine &why) {
+    return llvm::createStringError(llvm::inconvertibleErrorCode(),
+                                   "invalid model manifest: " + why);
+  };
+  llvm::Expected<llvm::json::Value> json = llvm::json::parse(text);
+  if (!json)
+    return fail(llvm::toString(json.takeError()));
+  const llvm::json::Object *root = json->getAsObject();
+  if (!root)
+    return fail("not an object");
+  auto integer = [&](llvm::StringRef key, int64_t &out) {
+    std::optional<int64_t> v = root->getInteger(key);
+    if (v)
+      out = *v;
+    return v.has_value();
+  };
+  moert_model_info &info = model.info;
+  const llvm::json::Array *weights = root->getArray("weights");
+  if (!integer("hidden_size", info.hidden_size) ||
+      !integer("passes", info.passes) || !integer("layers", info.layers) ||
+      !integer("top_k", info.top_k) || !integer("experts", info.experts) ||
+      !weights)
+    return fail("missing a field");
+  for (const llvm::json::Value &w : *weights) {
+    const llvm::json::Object *obj = w.getAsObject();
+    std::optional<llvm::StringRef> source =
+        obj ? obj->getString("source") : std::nullopt;
+    std::optional<llvm::StringRef> dtype =
+        obj ? obj->getString("dtype") : std::nullopt;
+    const llvm::json::Array *shape = obj ? obj->getArray("shape") : nullptr;
+    if (!source || !dtype || !shape)
+      return fail("a weight lacks source, dtype or shape");
+    WeightSpec spec{source->str(),
+                    *dtype == "BF16" ? moert::DType::BF16 : moert::DType::F32,
+                    {}};
+    for (const llvm::json::Value &d : *shape)
+      spec.shape.push_back(d.getAsInteger().value_or(-1));
+    model.specs.push_back(std::move(spec));
+  }
+  return llvm::Error::success();
+}
+
+/// Reads one weight as f32, stacking the per-expert tensors of a `{e}`
+/// source; records the tensor names it used.
+llvm::Expected<std::vector<float>> loadWeight(const moert::SafetensorsFile &file,
+                                              const WeightSpec &spec,
+                                              std::set<std::string> &used) {
+  llvm::ArrayRef<int64_t> shape = spec.shape;
+  std::vector<std::string> names;
+  size_t pos = spec.source.find("{e}");
+  if (pos != std::string::npos) {
+    for (int64_t e = 0; e < shape[0]; ++e)
+      names.push_back(
+          std::string(spec.source).replace(pos, 3, std::to_string(e)));
+    shape = shape.drop_front();
+  } else {
+    names.push_back(spec.source);
+  }
+  std::vector<float> values;
+  for (const std::string &name : names) {
+    auto tensor = file.get(name, spec.dtype, shape);
+    if (!tensor)
+      return tensor.takeError();
+    auto data = moert::readAsF32(*tensor);
+    if (!data)
+      return data.takeError();
+    values.insert(values.end(), data->begin(), data->end());
+    used.insert(name);
+  }
+  return values;
+}
+} // namespace
+
+extern "C" {
+moert_status_code moert_status_get_code(moert_status status) {
+  return status ? status->code : MOERT_OK;
+}
+const char *moert_status_get_message(moert_status status) {
+  return status ? status->message.c_str() : "ok";
+}
+void moert_status_free(moert_status status) { delete status; }
+
+moert_status moert_context_create(const char *device, moert_context **out) {
+  llvm::StringRef name = device ? device : "";
+  if (name == "cuda")
+    return makeStatus(MOERT_UNAVAILABLE,
+                      "device 'cuda': this build of the runtime has no CUDA "
+                      "backend; use 'cpu' (there is no silent CPU fallback)");
+  if (name != "cpu")
+    return makeStatus(MOERT_INVALID_ARGUMENT,
+                      "unknown device '" + name.str() +
+                          "' (expected cpu or cuda)");
+  *out = new moert_context{name.str()};
+  return nullptr;
+}
+void moert_context_free(moert_context *ctx) { delete ctx; }
+
+moert_status moert_model_load(moert_context *ctx,
+                              const moert_compiled_model *compiled,
+                              const char *weights_path, moert_model **out) {
+  if (!ctx || !compiled || !compiled->manifest || !compiled->run ||
+      !weights_path || !out)
+    return makeStatus(MOERT_INVALID_ARGUMENT,
+                      "moert_model_load: null argument");
+  auto model = std::make_unique<moert_model>();
+  model->compiled = compiled;
+  if (llvm::Error err = parseManifest(compiled->manifest, *model))
+    return fromError(std::move(err), MOERT_INVALID_ARGUMENT);
+
+  auto file = moert::SafetensorsFile::open(weights_path);
+  if (!file)
+    return fromError(file.takeError(), MOERT_INVALID_ARGUMENT);
+  std::set<std::string> used;
+  for (const WeightSpec &spec : model->specs) {
+    auto values = loadWeight(**file, spec, used);
+    if (!values)
+      return fromError(values.takeError(), MOERT_INVALID_ARGUMENT);
+    model->weights.push_back(std::move(*values));
+  }
+  for (const moert::TensorView &t : (*file)->tensors())
+    if (!used.count(t.name))
+      return makeStatus(MOERT_INVALID_ARGUMENT,
+                        std::string(weights_path) + ": unexpected tensor '" +
+                            t.name + "': the model has no weight bound to it");
+  *out = model.release();
+  return nullptr;
+}
+
+moert_model_info moert_model_get_info(const moert_model *model) {
+  return model->info;
+}
+void moert_model_free(moert_model *model) { delete model; }
+
+moert_status moert_model_run(moert_model *model, int64_t tokens,
+                             const float *hidden, const moert_outputs *out) {
+  if (!model || !hidden || !out || !out->hidden_states || !out->exit_loop ||
+      !out->expert_ids || !out->expert_gates)
+    return makeStatus(MOERT_INVALID_ARGUMENT, "moert_model_run: null argument");
+  if (tokens < 1)
+    return makeStatus(MOERT_INVALID_ARGUMENT,
+                      "moert_model_run: tokens must be at least 1");
+  const moert_model_info &info = model->info;
+  int64_t steps = info.passes * info.layers;
+  llvm::SmallVector<Descriptor> descriptors = {
+      Descriptor(hidden, {tokens, info.hidden_size}),
+      Descriptor(out->hidden_states, {tokens, info.hidden_size}),
+      Descriptor(out->exit_loop, {tokens}),
+      Descriptor(out->expert_ids, {steps, tokens, info.top_k}),
+      Descriptor(out->expert_gates, {steps, tokens, info.top_k})};
+  for (size_t i = 0; i < model->specs.size(); ++i)
+    descriptors.emplace_back(model->weights[i].data(), model->specs[i].shape);
+  llvm::SmallVector<void *> pointers;
+  for (Descriptor &d : descriptors)
+    pointers.push_back(d.get());
+  model->compiled->run(pointers.data());
+  return nullptr;
+}
+}

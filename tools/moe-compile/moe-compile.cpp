@@ -1,0 +1,117 @@
+//===- moe-compile.cpp - compile a moe model to an object and a header ----===//
+//
+// moe-compile MODEL --target cpu -o model.o --header model.h [--name SYM]
+//
+// The object defines `const moert_compiled_model SYM` (default moe_model);
+// an application includes the header, links the object with the runtime
+// (libMoERuntime, libMoECpuKernels) and loads it with moert_model_load.
+//
+//===----------------------------------------------------------------------===//
+#include "moe/Conversion/Passes.h"
+#include "moe/Dialect/MoE/IR/MoEOps.h"
+#include "moe/Import/ModelFile.h"
+#include "moe/Target/ModelArtifact.h"
+
+#include "mlir/Dialect/ControlFlow/IR/ControlFlow.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
+#include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
+#include "llvm/Support/CommandLine.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/InitLLVM.h"
+#include "llvm/Support/SourceMgr.h"
+#include "llvm/Support/TargetSelect.h"
+#include "llvm/Support/ToolOutputFile.h"
+#include "llvm/Support/WithColor.h"
+
+using namespace mlir;
+namespace cl = llvm::cl;
+
+static cl::opt<std::string> modelPath(cl::Positional, cl::Required,
+                                      cl::desc("<model.mlir | config.json>"));
+static cl::opt<std::string> target("target", cl::init("cpu"),
+                                   cl::value_desc("cpu|cuda"),
+                                   cl::desc("Code generation target (cpu)"));
+static cl::opt<std::string> outputPath("o", cl::Required,
+                                       cl::value_desc("file.o"),
+                                       cl::desc("Object file to write"));
+static cl::opt<std::string>
+    headerPath("header", cl::value_desc("file.h"),
+               cl::desc("C header declaring the compiled model"));
+static cl::opt<std::string>
+    symbolName("name", cl::init("moe_model"), cl::value_desc("symbol"),
+               cl::desc("C symbol of the compiled model (default moe_model)"));
+
+static int fail(const llvm::Twine &message) {
+  llvm::WithColor::error(llvm::errs(), "moe-compile") << message << "\n";
+  return 1;
+}
+
+static bool isCIdentifier(StringRef name) {
+  return !name.empty() && !llvm::isDigit(name.front()) &&
+         llvm::all_of(name, [](char c) { return llvm::isAlnum(c) || c == '_'; });
+}
+
+int main(int argc, char **argv) {
+  llvm::InitLLVM init(argc, argv);
+  cl::ParseCommandLineOptions(
+      argc, argv,
+      "moe-compile: compile a moe model to an object file and a C header\n\n"
+      "MODEL is a .mlir file in the moe dialect or a moe_stack config.json.\n"
+      "Link the object with the moe runtime; see runtime/include/moert/"
+      "moert.h.\n");
+  if (target == "cuda")
+    return fail("--target cuda: this build has no CUDA code generation yet");
+  if (target != "cpu")
+    return fail("unknown --target '" + target + "' (expected cpu or cuda)");
+  if (!isCIdentifier(symbolName))
+    return fail("--name '" + symbolName + "' is not a C identifier");
+
+  llvm::InitializeNativeTarget();
+  llvm::InitializeNativeTargetAsmPrinter();
+  DialectRegistry registry;
+  registry.insert<moe::MoEDialect, func::FuncDialect, arith::ArithDialect,
+                  memref::MemRefDialect, scf::SCFDialect,
+                  cf::ControlFlowDialect, LLVM::LLVMDialect>();
+  registerBuiltinDialectTranslation(registry);
+  registerLLVMDialectTranslation(registry);
+  MLIRContext ctx(registry);
+  llvm::SourceMgr sourceMgr;
+  SourceMgrDiagnosticHandler diagnostics(sourceMgr, &ctx);
+
+  FailureOr<OwningOpRef<ModuleOp>> module =
+      moe::readModelFile(modelPath, &ctx, sourceMgr);
+  if (failed(module))
+    return 1;
+  FailureOr<moe::ModelManifest> manifest = moe::describeModel(**module);
+  if (failed(manifest))
+    return 1;
+  PassManager pm(&ctx);
+  moe::buildMoECPUPipeline(pm);
+  if (failed(pm.run(**module)))
+    return 1;
+
+  llvm::LLVMContext llvmContext;
+  std::unique_ptr<llvm::Module> llvmModule =
+      moe::translateModel(**module, llvmContext, *manifest, symbolName);
+  if (!llvmModule)
+    return fail("translating the lowered model to LLVM IR failed");
+
+  // Write the header first into a temporary that is kept only if the
+  // object is written too: never leave half an artifact behind.
+  std::unique_ptr<llvm::ToolOutputFile> header;
+  if (!headerPath.empty()) {
+    std::error_code ec;
+    header = std::make_unique<llvm::ToolOutputFile>(headerPath, ec,
+                                                    llvm::sys::fs::OF_Text);
+    if (ec)
+      return fail("cannot write '" + headerPath + "': " + ec.message());
+    header->os() << moe::emitHeader(*manifest, symbolName);
+  }
+  if (llvm::Error err = moe::emitObjectFile(*llvmModule, outputPath))
+    return fail(llvm::toString(std::move(err)));
+  if (header)
+    header->keep();
+  return 0;
+}
