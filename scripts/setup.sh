@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(
-  cmake ninja-build clang-22 lld-22
+  cmake ninja-build clang-22 lld-22 libclang-rt-22-dev
   llvm-22-dev llvm-22-tools libmlir-22-dev mlir-22-tools
   libgtest-dev python3 python3-numpy
 )
@@ -30,6 +30,7 @@ if [[ ! -f build/build.ninja ]]; then
     -DLLVM_USE_LINKER=lld \
     -DMLIR_DIR="$LLVM_PREFIX/lib/cmake/mlir" \
     -DLLVM_EXTERNAL_LIT="$LLVM_PREFIX/bin/lit" \
+    -DMOE_ENABLE_FUZZERS=ON \
     "$@"
 fi
 cmake --build build

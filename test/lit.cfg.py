@@ -20,6 +20,11 @@ llvm_config.use_default_substitutions()
 
 tool_dirs = [config.moe_tools_dir, config.llvm_tools_dir]
 tools = ["moe-opt", "moe-import", "moe-run", "moe-compile", "not", "split-file", "llvm-nm"]
+# The libFuzzer targets exist in builds configured with MOE_ENABLE_FUZZERS
+# (scripts/setup.sh does); elsewhere their bounded runs are unsupported.
+if config.moe_enable_fuzzers:
+    config.available_features.add("fuzzers")
+    tools += ["moe-import-fuzzer", "moe-safetensors-fuzzer"]
 llvm_config.add_tool_substitutions(tools, tool_dirs)
 
 # The interpreter running lit is Debian's python3, which has python3-numpy
