@@ -1,10 +1,15 @@
 // A minimal application: links a model compiled by moe-compile with the
 // runtime, reads inputs, runs the model and writes the contract outputs.
-// Usage: app WEIGHTS INPUTS OUTPUTS
+// With THREADS > 1 it also runs the loaded model from that many threads at
+// once and checks every result is bitwise identical to the first run.
+// Usage: app WEIGHTS INPUTS OUTPUTS [THREADS]
 #include "model.h"
 #include "moert/Safetensors.h"
 
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
 #include <vector>
 
 static int check(moert_status status) {
@@ -16,8 +21,9 @@ static int check(moert_status status) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 4)
+  if (argc != 4 && argc != 5)
     return 2;
+  int threads = argc == 5 ? std::atoi(argv[4]) : 1;
   moert_context *ctx = nullptr;
   moert_model *model = nullptr;
   if (check(moert_context_create("cpu", &ctx)) ||
@@ -40,6 +46,28 @@ int main(int argc, char **argv) {
   if (check(moert_model_run(model, tokens, hidden->data(), &outputs)))
     return 1;
 
+  std::vector<std::thread> workers;
+  std::vector<int> same(threads, 0);
+  for (int i = 1; i < threads; ++i)
+    workers.emplace_back([&, i] {
+      std::vector<float> out2(out.size()), gates2(gates.size());
+      std::vector<int32_t> exit2(exitLoop.size()), ids2(ids.size());
+      moert_outputs o{out2.data(), exit2.data(), ids2.data(), gates2.data()};
+      moert_status status = moert_model_run(model, tokens, hidden->data(), &o);
+      same[i] = !status &&
+                !std::memcmp(out2.data(), out.data(), out.size() * 4) &&
+                !std::memcmp(gates2.data(), gates.data(), gates.size() * 4) &&
+                exit2 == exitLoop && ids2 == ids;
+      moert_status_free(status);
+    });
+  for (std::thread &w : workers)
+    w.join();
+  for (int i = 1; i < threads; ++i)
+    if (!same[i]) {
+      std::fprintf(stderr, "app: concurrent run %d differs\n", i);
+      return 1;
+    }
+
   auto bytes = [](const auto &v) {
     return llvm::ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(v.data()),
                                    v.size() * sizeof(v[0]));
@@ -57,7 +85,8 @@ int main(int argc, char **argv) {
   }
   moert_model_free(model);
   moert_context_free(ctx);
-  std::printf("app: ran %lld tokens through %lld passes\n", (long long)tokens,
-              (long long)info.passes);
+  std::printf("app: ran %lld tokens through %lld passes, %d concurrent runs "
+              "identical\n",
+              (long long)tokens, (long long)info.passes, threads);
   return 0;
 }
