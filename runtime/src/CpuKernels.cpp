@@ -1,86 +1,28 @@
 //===- CpuKernels.cpp - CPU kernels of the MoE runtime --------------------===//
 //
-// The expert group runs as grouped GEMMs: a counting sort of the (token, slot)
-// pairs by expert gives each expert a packed block of input rows; per expert,
-// G = A gate^T and U = A up^T are computed tile by tile with the SwiGLU
-// product applied while the tile is in cache, then Y = H down^T, and each
-// token sums its slots' rows of Y in ascending slot order. Work is split into
-// output tiles claimed by threads; a tile's bits do not depend on who runs it.
-//
-// Scratch memory: the expert group's large buffers live in a per-thread
-// workspace that grows to the largest call and is kept until the thread ends;
-// the small ones (routing plan, router scores) are allocated per call.
+// The router, rmsnorm, exit test and the parallel GEMM. The expert group is
+// the plan-driven fused kernel of CpuPlanKernels.cpp run on a plan with tile
+// 1, so there is one implementation of it and its results do not depend on
+// which entry point the compiler used.
 //
 //===----------------------------------------------------------------------===//
 
 #include "moert/CpuKernels.h"
+#include "moert/CpuPlanKernels.h"
 
 #include "CpuGemm.h"
+#include "CpuKernelsInternal.h"
 
 #include <algorithm>
-#include <atomic>
-#include <cassert>
 #include <cmath>
 #include <cstdlib>
-#include <limits>
 #include <memory>
-#include <new>
 #include <thread>
-#include <vector>
 
 using namespace moert::cpu;
+using namespace moert::cpu::detail;
 
 namespace {
-
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-
-/// Output tile of one parallel work item. Rows: enough to amortise a pass over
-/// the weight tile; columns: small enough that decode (one row) still yields
-/// many items for the threads.
-constexpr int64_t kTileRows = 192;
-constexpr int64_t kTileCols = 64;
-/// Tokens per work item of the final combine.
-constexpr int64_t kCombineTokens = 32;
-
-template <typename T> std::unique_ptr<T[]> allocate(int64_t n) {
-  return std::unique_ptr<T[]>(new (std::nothrow) T[std::max<int64_t>(n, 1)]);
-}
-
-int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-unsigned resolveThreads(unsigned numThreads) {
-  return numThreads ? numThreads : defaultNumThreads();
-}
-
-/// Runs body(i) for every i in [0, n) on up to `numThreads` threads including
-/// the caller. Items are claimed dynamically; callers make every item write
-/// its own outputs, so the claim order never shows in the results. If a thread
-/// cannot be started the others, and at least the caller, do its share.
-template <typename Fn>
-void parallelFor(int64_t n, unsigned numThreads, Fn body) {
-  int64_t numWorkers = std::min<int64_t>(resolveThreads(numThreads), n);
-  if (numWorkers <= 1) {
-    for (int64_t i = 0; i < n; ++i)
-      body(i);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  auto work = [&] {
-    for (int64_t i = next++; i < n; i = next++)
-      body(i);
-  };
-  std::vector<std::thread> helpers;
-  try {
-    helpers.reserve(numWorkers - 1);
-    for (int64_t w = 1; w < numWorkers; ++w)
-      helpers.emplace_back(work);
-  } catch (...) {
-    // Fewer helpers: the work is shared among those that started.
-  }
-  work();
-  for (std::thread &helper : helpers)
-    helper.join();
-}
 
 //===----------------------------------------------------------------------===//
 // Router
@@ -137,186 +79,6 @@ bool failRoute(int32_t *ids, float *gates, int64_t n) {
   std::fill(ids, ids + n, -1);
   std::fill(gates, gates + n, kNaN);
   return false;
-}
-
-//===----------------------------------------------------------------------===//
-// Expert group
-//===----------------------------------------------------------------------===//
-
-/// The (token, slot) pairs grouped by expert with a counting sort, so each
-/// expert's rows are in ascending token order and the plan is deterministic.
-struct RoutingPlan {
-  /// Packed rows of expert e are [offsets[e], offsets[e + 1]).
-  std::unique_ptr<int64_t[]> offsets;
-  /// The token each packed row comes from.
-  std::unique_ptr<int64_t[]> rowToken;
-  /// The packed row of slot j of token t at t * k + j, or -1 if skipped.
-  std::unique_ptr<int64_t[]> slotRow;
-
-  bool build(const int32_t *ids, const MoEShape &s);
-  int64_t numRows(int64_t numExperts) const { return offsets[numExperts]; }
-};
-
-bool RoutingPlan::build(const int32_t *ids, const MoEShape &s) {
-  int64_t numSlots = s.numTokens * s.topK;
-  offsets = allocate<int64_t>(s.numExperts + 1);
-  slotRow = allocate<int64_t>(numSlots);
-  if (!offsets || !slotRow)
-    return false;
-  std::fill(offsets.get(), offsets.get() + s.numExperts + 1, 0);
-  for (int64_t i = 0; i < numSlots; ++i)
-    if (ids[i] >= 0 && ids[i] < s.numExperts)
-      ++offsets[ids[i] + 1];
-  for (int64_t e = 0; e < s.numExperts; ++e)
-    offsets[e + 1] += offsets[e];
-  rowToken = allocate<int64_t>(numRows(s.numExperts));
-  std::unique_ptr<int64_t[]> cursor = allocate<int64_t>(s.numExperts);
-  if (!rowToken || !cursor)
-    return false;
-  std::copy(offsets.get(), offsets.get() + s.numExperts, cursor.get());
-  for (int64_t i = 0; i < numSlots; ++i) {
-    bool valid = ids[i] >= 0 && ids[i] < s.numExperts;
-    slotRow[i] = valid ? cursor[ids[i]]++ : -1;
-    if (valid)
-      rowToken[slotRow[i]] = i / s.topK;
-  }
-  return true;
-}
-
-/// One work item: rows [row, row + numRows) of an expert's packed block (row
-/// is global) by columns [col, col + numCols) of its output.
-struct Tile {
-  int64_t expert, row, numRows, col, numCols;
-};
-
-/// Numbers the kTileRows x kTileCols tiles of every expert's [n_e, cols]
-/// output, expert by expert.
-class TileGrid {
-public:
-  bool build(const RoutingPlan &plan, int64_t numExperts, int64_t cols) {
-    this->plan = &plan;
-    this->numExperts = numExperts;
-    this->cols = cols;
-    firstTile = allocate<int64_t>(numExperts + 1);
-    if (!firstTile)
-      return false;
-    firstTile[0] = 0;
-    int64_t colTiles = ceilDiv(cols, kTileCols);
-    for (int64_t e = 0; e < numExperts; ++e) {
-      int64_t rows = plan.offsets[e + 1] - plan.offsets[e];
-      firstTile[e + 1] = firstTile[e] + ceilDiv(rows, kTileRows) * colTiles;
-    }
-    return true;
-  }
-
-  int64_t size() const { return firstTile[numExperts]; }
-
-  Tile operator[](int64_t i) const {
-    int64_t e =
-        std::upper_bound(firstTile.get(), firstTile.get() + numExperts, i) -
-        firstTile.get() - 1;
-    int64_t local = i - firstTile[e];
-    int64_t colTiles = ceilDiv(cols, kTileCols);
-    int64_t row = (local / colTiles) * kTileRows;
-    int64_t col = (local % colTiles) * kTileCols;
-    int64_t rows = plan->offsets[e + 1] - plan->offsets[e];
-    return {e, plan->offsets[e] + row, std::min(kTileRows, rows - row), col,
-            std::min(kTileCols, cols - col)};
-  }
-
-private:
-  const RoutingPlan *plan = nullptr;
-  int64_t numExperts = 0;
-  int64_t cols = 0;
-  std::unique_ptr<int64_t[]> firstTile;
-};
-
-/// Row stride of a scratch matrix: rows a power of two apart, such as 4 KiB,
-/// map to the same L1 sets and evict each other in the GEMM micro-kernel.
-int64_t paddedStride(int64_t cols) { return (cols + 15) / 16 * 16 + 16; }
-
-/// Float scratch kept from call to call by each calling thread. The expert
-/// group needs T*k*(2d+2f) floats (12 MiB for T=512 on cpu-small); fresh
-/// memory of that size comes from mmap and costs page faults worth about 8%
-/// of the layer, on every call.
-class Workspace {
-public:
-  /// `n` floats of unspecified contents, or nullptr if they cannot be had.
-  float *get(int64_t n) {
-    if (n > size) {
-      data = allocate<float>(n);
-      size = data ? n : 0;
-    }
-    return data.get();
-  }
-
-private:
-  std::unique_ptr<float[]> data;
-  int64_t size = 0;
-};
-
-thread_local Workspace expertWorkspace;
-
-/// Scratch of the expert group, in packed-row order, in expertWorkspace.
-struct ExpertBuffers {
-  int64_t inputStride, hiddenStride;
-  float *input;  ///< [rows, d], gathered token rows
-  float *hidden; ///< [rows, f], G, then act(G) * U
-  float *up;     ///< [rows, f], U
-  float *output; ///< [rows, d], Y, packed
-
-  bool allocate(int64_t rows, const MoEShape &s) {
-    inputStride = paddedStride(s.hidden);
-    hiddenStride = paddedStride(s.ffn);
-    int64_t inputSize = rows * inputStride, hiddenSize = rows * hiddenStride;
-    input = expertWorkspace.get(inputSize + 2 * hiddenSize + rows * s.hidden);
-    if (!input)
-      return false;
-    hidden = input + inputSize;
-    up = hidden + hiddenSize;
-    output = up + hiddenSize;
-    return true;
-  }
-};
-
-/// Fills combine's output rows [token0, token0 + kCombineTokens).
-void combineTokens(const RoutingPlan &plan, const float *gates, const float *y,
-                   float *out, const MoEShape &s, int64_t token0) {
-  int64_t end = std::min(token0 + kCombineTokens, s.numTokens);
-  for (int64_t t = token0; t < end; ++t) {
-    float *outRow = out + t * s.hidden;
-    std::fill(outRow, outRow + s.hidden, 0.0f);
-    for (int64_t j = 0; j < s.topK; ++j) {
-      int64_t row = plan.slotRow[t * s.topK + j];
-      if (row < 0)
-        continue;
-      float gate = gates[t * s.topK + j];
-      const float *yRow = y + row * s.hidden;
-      for (int64_t i = 0; i < s.hidden; ++i)
-        outRow[i] += gate * yRow[i];
-    }
-  }
-}
-
-bool failExperts(float *out, const MoEShape &s) {
-  std::fill(out, out + s.numTokens * s.hidden, kNaN);
-  return false;
-}
-
-//===----------------------------------------------------------------------===//
-// C interface helpers
-//===----------------------------------------------------------------------===//
-
-template <typename T, int N> T *dataOf(StridedMemRefType<T, N> *m) {
-  assert(m->strides[N - 1] == 1 && "memref rows must be contiguous");
-  return m->data + m->offset;
-}
-
-template <typename T, int N> void fill(StridedMemRefType<T, N> *m, T value) {
-  int64_t n = 1;
-  for (int i = 0; i < N; ++i)
-    n *= m->sizes[i];
-  std::fill(dataOf(m), dataOf(m) + n, value);
 }
 
 } // namespace
@@ -387,47 +149,18 @@ bool moert::cpu::experts(const float *x, const int32_t *ids, const float *gates,
                          const float *gateProj, const float *upProj,
                          const float *downProj, float *out, const MoEShape &s,
                          Activation activation, unsigned numThreads) noexcept {
-  RoutingPlan plan;
-  ExpertBuffers buf;
-  TileGrid ffnTiles, hiddenTiles;
-  if (!plan.build(ids, s) || !buf.allocate(plan.numRows(s.numExperts), s) ||
-      !ffnTiles.build(plan, s.numExperts, s.ffn) ||
-      !hiddenTiles.build(plan, s.numExperts, s.hidden))
-    return failExperts(out, s);
-
-  const int64_t d = s.hidden, f = s.ffn;
-  const int64_t ldIn = buf.inputStride, ldHid = buf.hiddenStride;
-  for (int64_t r = 0; r < plan.numRows(s.numExperts); ++r)
-    std::copy(x + plan.rowToken[r] * d, x + (plan.rowToken[r] + 1) * d,
-              buf.input + r * ldIn);
-
-  // Gate and up tiles of the same rows and columns together, so the SwiGLU
-  // product reads both while they are in cache.
-  parallelFor(ffnTiles.size(), numThreads, [&](int64_t i) {
-    Tile t = ffnTiles[i];
-    const float *a = buf.input + t.row * ldIn;
-    int64_t weightOffset = (t.expert * f + t.col) * d;
-    float *g = buf.hidden + t.row * ldHid + t.col;
-    float *u = buf.up + t.row * ldHid + t.col;
-    detail::gemmABtSerial(a, ldIn, gateProj + weightOffset, d, g, ldHid,
-                          t.numRows, t.numCols, d);
-    detail::gemmABtSerial(a, ldIn, upProj + weightOffset, d, u, ldHid,
-                          t.numRows, t.numCols, d);
-    detail::swiglu(g, u, t.numRows, t.numCols, ldHid, activation);
-  });
-
-  parallelFor(hiddenTiles.size(), numThreads, [&](int64_t i) {
-    Tile t = hiddenTiles[i];
-    detail::gemmABtSerial(buf.hidden + t.row * ldHid, ldHid,
-                          downProj + (t.expert * d + t.col) * f, f,
-                          buf.output + t.row * d + t.col, d, t.numRows,
-                          t.numCols, f);
-  });
-
-  parallelFor(ceilDiv(s.numTokens, kCombineTokens), numThreads, [&](int64_t i) {
-    combineTokens(plan, gates, buf.output, out, s, i * kCombineTokens);
-  });
-  return true;
+  const int64_t numRows = planRows(s, /*tile=*/1);
+  std::unique_ptr<int32_t[]> offsets = allocate<int32_t>(s.numExperts + 1);
+  std::unique_ptr<int32_t[]> rowToken = allocate<int32_t>(numRows);
+  std::unique_ptr<int32_t[]> slotRow = allocate<int32_t>(numRows);
+  if (!offsets || !rowToken || !slotRow ||
+      !plan(ids, offsets.get(), rowToken.get(), slotRow.get(), s, 1, numRows)) {
+    std::fill(out, out + s.numTokens * s.hidden, kNaN);
+    return false;
+  }
+  return fusedExperts(x, rowToken.get(), offsets.get(), slotRow.get(), gates,
+                      gateProj, upProj, downProj, out, s, numRows, activation,
+                      numThreads);
 }
 
 void moert::cpu::exitTest(const float *h, const float *prev, int8_t *exits,

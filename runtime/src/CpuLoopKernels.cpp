@@ -43,11 +43,14 @@ void _mlir_ciface_moert_gather_rows(StridedMemRefType<float, 2> *src,
 
 void _mlir_ciface_moert_scatter_rows(StridedMemRefType<float, 2> *src,
                                      StridedMemRefType<int32_t, 1> *index,
-                                     StridedMemRefType<float, 2> *dst) {
+                                     StridedMemRefType<float, 2> *dst,
+                                     int32_t byToken) {
   size_t rowBytes = sizeof(float) * src->sizes[1];
-  for (int64_t i = 0; i < src->sizes[0]; ++i)
-    std::memcpy(rowPtr(dst, index->data[index->offset + i * index->strides[0]]),
-                rowPtr(src, i), rowBytes);
+  for (int64_t i = 0; i < index->sizes[0]; ++i) {
+    int32_t token = index->data[index->offset + i * index->strides[0]];
+    std::memcpy(rowPtr(dst, token), rowPtr(src, byToken ? token : i),
+                rowBytes);
+  }
 }
 
 void _mlir_ciface_moert_record_step(StridedMemRefType<int32_t, 2> *ids,
@@ -55,10 +58,11 @@ void _mlir_ciface_moert_record_step(StridedMemRefType<int32_t, 2> *ids,
                                     StridedMemRefType<int32_t, 1> *index,
                                     StridedMemRefType<int32_t, 3> *traceIds,
                                     StridedMemRefType<float, 3> *traceGates,
-                                    int64_t step) {
+                                    int64_t step, int32_t byToken) {
   int64_t k = ids->sizes[1];
-  for (int64_t i = 0; i < ids->sizes[0]; ++i) {
-    int64_t token = index->data[index->offset + i * index->strides[0]];
+  for (int64_t active = 0; active < index->sizes[0]; ++active) {
+    int64_t token = index->data[index->offset + active * index->strides[0]];
+    int64_t i = byToken ? token : active;
     int32_t *idsOut = traceIds->data + traceIds->offset +
                       step * traceIds->strides[0] +
                       token * traceIds->strides[1];
@@ -76,9 +80,9 @@ void _mlir_ciface_moert_record_step(StridedMemRefType<int32_t, 2> *ids,
 int64_t _mlir_ciface_moert_exit_update(StridedMemRefType<int8_t, 1> *exits,
                                        StridedMemRefType<int32_t, 1> *active,
                                        StridedMemRefType<int32_t, 1> *exitLoop,
-                                       int64_t pass, int64_t minPasses,
-                                       int64_t passes) {
-  int64_t count = exits->sizes[0];
+                                       int64_t count, int64_t pass,
+                                       int64_t minPasses, int64_t passes,
+                                       int32_t byToken) {
   // The contract tests exits after `minPasses` completed passes, and never
   // after the last pass (every token stops there anyway).
   if (pass + 1 < minPasses || pass >= passes - 1)
@@ -87,7 +91,8 @@ int64_t _mlir_ciface_moert_exit_update(StridedMemRefType<int8_t, 1> *exits,
   int64_t kept = 0;
   for (int64_t i = 0; i < count; ++i) {
     int32_t token = ids[i * active->strides[0]];
-    if (exits->data[exits->offset + i * exits->strides[0]]) {
+    int64_t row = byToken ? token : i;
+    if (exits->data[exits->offset + row * exits->strides[0]]) {
       exitLoop->data[exitLoop->offset + token * exitLoop->strides[0]] =
           int32_t(pass);
       continue;

@@ -30,6 +30,10 @@ namespace cl = llvm::cl;
 
 static cl::opt<std::string> modelPath(cl::Positional, cl::Required,
                                       cl::desc("<model.mlir | config.json>"));
+static cl::opt<unsigned>
+    optLevel("opt-level", cl::init(1), cl::value_desc("0|1"),
+             cl::desc("0: lower the model as written; 1 (default): run the "
+                      "moe optimising passes first"));
 static cl::opt<std::string> target("target", cl::init("cpu"),
                                    cl::value_desc("cpu|cuda"),
                                    cl::desc("Code generation target (cpu)"));
@@ -88,7 +92,9 @@ int main(int argc, char **argv) {
   if (failed(manifest))
     return 1;
   PassManager pm(&ctx);
-  moe::buildMoECPUPipeline(pm);
+  moe::MoECPUPipelineOptions pipelineOptions;
+  pipelineOptions.optLevel = optLevel;
+  moe::buildMoECPUPipeline(pm, pipelineOptions);
   if (failed(pm.run(**module)))
     return 1;
 

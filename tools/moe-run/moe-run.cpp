@@ -14,8 +14,7 @@
 #include "moe/Dialect/MoE/IR/MoEOps.h"
 #include "moe/Import/ModelFile.h"
 #include "moe/Target/ModelArtifact.h"
-#include "moert/CpuKernels.h"
-#include "moert/CpuLoopKernels.h"
+#include "moert/CpuKernelRegistry.h"
 #include "moert/Safetensors.h"
 #include "moert/moert.h"
 
@@ -52,6 +51,10 @@ static cl::opt<std::string> outputsPath(
     "outputs", cl::Required, cl::value_desc("file"),
     cl::desc("Where to write hidden_states, exit_loop, expert_ids and "
              "expert_gates (.safetensors)"));
+static cl::opt<unsigned>
+    optLevel("opt-level", cl::init(1), cl::value_desc("0|1"),
+             cl::desc("0: lower the model as written; 1 (default): run the "
+                      "moe optimising passes first"));
 static cl::opt<std::string>
     device("device", cl::init("cpu"), cl::value_desc("cpu|cuda"),
            cl::desc("Device to run on (default cpu)"));
@@ -75,20 +78,10 @@ llvm::Error check(moert_status status) {
 
 llvm::orc::SymbolMap kernelSymbols(llvm::orc::MangleAndInterner interner) {
   llvm::orc::SymbolMap map;
-  auto add = [&](StringRef name, auto *fn) {
-    map[interner(name)] = {llvm::orc::ExecutorAddr::fromPtr(fn),
-                           llvm::JITSymbolFlags::Exported};
-  };
-  add("_mlir_ciface_moert_rms_norm", &_mlir_ciface_moert_rms_norm);
-  add("_mlir_ciface_moert_route", &_mlir_ciface_moert_route);
-  add("_mlir_ciface_moert_experts", &_mlir_ciface_moert_experts);
-  add("_mlir_ciface_moert_exit_test", &_mlir_ciface_moert_exit_test);
-  add("_mlir_ciface_moert_loop_init", &_mlir_ciface_moert_loop_init);
-  add("_mlir_ciface_moert_gather_rows", &_mlir_ciface_moert_gather_rows);
-  add("_mlir_ciface_moert_scatter_rows", &_mlir_ciface_moert_scatter_rows);
-  add("_mlir_ciface_moert_record_step", &_mlir_ciface_moert_record_step);
-  add("_mlir_ciface_moert_exit_update", &_mlir_ciface_moert_exit_update);
-  add("_mlir_ciface_moert_add", &_mlir_ciface_moert_add);
+  for (const moert::cpu::KernelSymbol &kernel : moert::cpu::kernelSymbols())
+    map[interner(kernel.name)] = {
+        llvm::orc::ExecutorAddr::fromPtr(kernel.address),
+        llvm::JITSymbolFlags::Exported};
   return map;
 }
 
@@ -104,7 +97,9 @@ constexpr StringLiteral kSymbol = "moe_model";
 llvm::Expected<std::unique_ptr<ExecutionEngine>>
 compile(ModuleOp module, const moe::ModelManifest &manifest) {
   PassManager pm(module.getContext());
-  moe::buildMoECPUPipeline(pm);
+  moe::MoECPUPipelineOptions pipelineOptions;
+  pipelineOptions.optLevel = optLevel;
+  moe::buildMoECPUPipeline(pm, pipelineOptions);
   if (failed(pm.run(module)))
     return makeError("lowering the model for the CPU failed");
   auto optimize = makeOptimizingTransformer(3, 0, nullptr);

@@ -3,8 +3,9 @@
 // The CPU backend is a set of hand-optimised kernels (grouped expert GEMMs,
 // routers) in the runtime; this pass emits the program around them: buffer
 // allocation, the pass loop, token compaction and the routing trace. Each
-// tensor value gets one buffer sized for all tokens; inside a loop, ops work
-// on the prefix of rows that holds the still-active tokens.
+// tensor value gets one buffer sized for all tokens; inside a compacting
+// loop, ops work on the prefix of rows that holds the still-active tokens.
+// Plan-ordered tensors have planRows(rows) rows instead.
 //
 //===----------------------------------------------------------------------===//
 #include "moe/Conversion/Passes.h"
@@ -34,8 +35,13 @@ MemRefType anyView(Type elementType, int64_t rank) {
                              dynamic));
 }
 
-/// Lowers one model function. Tensor values map to buffers with one row per
-/// token; `rows` is the number of rows the current ops work on.
+/// The buffers of a !moe.plan value (see moert/CpuPlanKernels.h).
+struct PlanBuffers {
+  Value offsets, rowToken, slotRow;
+};
+
+/// Lowers one model function. Tensor values map to buffers; `rows` is the
+/// number of token rows the current ops work on.
 class ModelLowering {
 public:
   ModelLowering(ModuleOp module, ArrayRef<WeightOp> weights)
@@ -45,16 +51,26 @@ public:
 
 private:
   LogicalResult checkForm(func::FuncOp func);
+  LogicalResult checkLoopBody(LoopOp loop);
   LogicalResult emitOp(Operation *op);
-  LogicalResult emitLoop(LoopOp loop);
+  void emitLoop(LoopOp loop);
+  Value emitPass(LoopOp loop, Value pass, std::optional<int64_t> staticPass,
+                 Value count, Value activeAll);
+  void recordStep(Value ids, Value gates);
+  bool exitCanFire(ExitOp exit, int64_t pass) const;
 
+  Value rowsOf(Value rowCount, std::optional<PlanType> plan);
   Value view(Value tensor);
-  Value define(Value tensor);
-  Value allocate(MemRefType type);
-  Value weight(FlatSymbolRefAttr symbol) { return weightArgs.lookup(symbol.getAttr()); }
+  Value define(Value tensor, std::optional<PlanType> plan = std::nullopt);
+  Value allocate(MemRefType type, std::optional<PlanType> plan = std::nullopt);
+  Value prefix(Value buffer, Value size);
+  Value weight(FlatSymbolRefAttr symbol) {
+    return weightArgs.lookup(symbol.getAttr());
+  }
   Operation *call(StringRef kernel, ValueRange operands, TypeRange results = {});
   Value constI32(int64_t v);
   Value constI64(int64_t v);
+  Value constIndex(int64_t v);
   Value constF32(APFloat v);
 
   ModuleOp module;
@@ -67,11 +83,16 @@ private:
   SmallVector<Value> allocations;
 
   DenseMap<Value, Value> buffers;
+  /// Plan-ordered tensors and the plan that orders their rows.
+  DenseMap<Value, PlanType> planRows;
+  DenseMap<Value, PlanBuffers> plans;
   DenseMap<StringAttr, Value> weightArgs;
   Value tokens, rows;
   Value exitLoopArg, traceIdsArg, traceGatesArg;
-  // Trace steps of the loop being lowered: step = pass * layers + layer.
+  // The pass being lowered: trace step = pass * layers + layer.
   Value passIndex, activeTokens;
+  std::optional<int64_t> staticPassIndex;
+  bool byToken = false;
   int64_t layersPerPass = 0, layerInPass = 0, topK = 0;
 };
 } // namespace
@@ -81,6 +102,9 @@ Value ModelLowering::constI32(int64_t v) {
 }
 Value ModelLowering::constI64(int64_t v) {
   return arith::ConstantIntOp::create(builder, loc, v, 64);
+}
+Value ModelLowering::constIndex(int64_t v) {
+  return arith::ConstantIndexOp::create(builder, loc, v);
 }
 Value ModelLowering::constF32(APFloat v) {
   return arith::ConstantFloatOp::create(builder, loc, builder.getF32Type(), v);
@@ -111,23 +135,43 @@ Operation *ModelLowering::call(StringRef kernel, ValueRange operands,
   return func::CallOp::create(builder, loc, kernel, results, args);
 }
 
-/// The buffer of `tensor`, restricted to the rows in use.
-Value ModelLowering::view(Value tensor) {
-  Value buffer = buffers.lookup(tensor);
-  if (rows == tokens)
-    return buffer;
+/// Rows of a buffer for `rowCount` tokens: the tokens themselves, or the
+/// rows of a plan over them.
+Value ModelLowering::rowsOf(Value rowCount, std::optional<PlanType> plan) {
+  if (!plan)
+    return rowCount;
+  Value slots = arith::MulIOp::create(builder, loc, rowCount,
+                                      constIndex(plan->getTopK()));
+  return arith::AddIOp::create(
+      builder, loc, slots,
+      constIndex(plan->getExperts() * (plan->getTile() - 1)));
+}
+
+/// The first `size` rows of `buffer`.
+Value ModelLowering::prefix(Value buffer, Value size) {
   auto type = cast<MemRefType>(buffer.getType());
   SmallVector<OpFoldResult> offsets(type.getRank(), builder.getIndexAttr(0));
   SmallVector<OpFoldResult> strides(type.getRank(), builder.getIndexAttr(1));
-  SmallVector<OpFoldResult> sizes = {rows};
+  SmallVector<OpFoldResult> sizes = {size};
   for (int64_t d : type.getShape().drop_front())
     sizes.push_back(builder.getIndexAttr(d));
   return memref::SubViewOp::create(builder, loc, buffer, offsets, sizes,
                                    strides);
 }
 
+/// The buffer of `tensor`, restricted to the rows in use.
+Value ModelLowering::view(Value tensor) {
+  Value buffer = buffers.lookup(tensor);
+  if (rows == tokens)
+    return buffer;
+  auto plan = planRows.find(tensor);
+  return prefix(buffer, rowsOf(rows, plan == planRows.end()
+                                         ? std::nullopt
+                                         : std::optional(plan->second)));
+}
+
 /// Allocates the buffer of a new tensor value and returns its view.
-Value ModelLowering::define(Value tensor) {
+Value ModelLowering::define(Value tensor, std::optional<PlanType> plan) {
   auto type = cast<RankedTensorType>(tensor.getType());
   // Masks are bytes for the kernels; activations are computed in f32.
   Type element = type.getElementType().isInteger(1)
@@ -137,18 +181,59 @@ Value ModelLowering::define(Value tensor) {
                            : builder.getF32Type();
   SmallVector<int64_t> shape(type.getShape());
   shape[0] = ShapedType::kDynamic;
-  buffers[tensor] = allocate(MemRefType::get(shape, element));
+  if (plan)
+    planRows[tensor] = *plan;
+  // Unrolled passes lower the body once per pass; they share its buffers.
+  if (!buffers.count(tensor))
+    buffers[tensor] = allocate(MemRefType::get(shape, element), plan);
   return view(tensor);
 }
 
-/// Allocates a buffer with one row per token at the function entry.
-Value ModelLowering::allocate(MemRefType type) {
+/// Allocates a buffer at the function entry; a dynamic first dimension has
+/// one row per token, or the rows of `plan` over all tokens.
+Value ModelLowering::allocate(MemRefType type, std::optional<PlanType> plan) {
   OpBuilder::InsertionGuard guard(builder);
   builder.setInsertionPointAfter(lastAllocation);
-  auto buffer = memref::AllocOp::create(builder, loc, type, ValueRange{tokens});
+  SmallVector<Value> sizes;
+  if (type.getNumDynamicDims())
+    sizes.push_back(rowsOf(tokens, plan));
+  auto buffer = memref::AllocOp::create(builder, loc, type, sizes);
   allocations.push_back(buffer);
   lastAllocation = buffer;
   return buffer;
+}
+
+LogicalResult ModelLowering::checkLoopBody(LoopOp loop) {
+  for (Operation &op : loop.getBody().front()) {
+    // A compacted pass reorders token rows, so every value the body reads
+    // must come from the pass itself.
+    for (Value operand : op.getOperands())
+      if (!loop.getBody().isAncestor(operand.getParentRegion()))
+        return op.emitError("convert-moe-to-cpu: a loop body may only use "
+                            "values of its own pass");
+    if (isa<ExpertsOp, FusedExpertsOp, CombineOp>(op)) {
+      Value ids = isa<ExpertsOp>(op)
+                      ? cast<ExpertsOp>(op).getIds()
+                      : op.getOperand(1).getDefiningOp<PlanOp>()
+                            ? op.getOperand(1).getDefiningOp<PlanOp>().getIds()
+                            : Value();
+      if (!ids)
+        return op.emitError("convert-moe-to-cpu: the plan of a layer must "
+                            "come from moe.plan in the loop body");
+      int64_t k = cast<RankedTensorType>(ids.getType()).getDimSize(1);
+      if (topK && k != topK)
+        return op.emitError("all layers must route the same top_k: the "
+                            "routing trace is [steps, tokens, top_k]");
+      topK = k;
+      ++layersPerPass;
+    }
+    if (auto exit = dyn_cast<ExitOp>(op))
+      if (exit.getCriterion() != ExitCriterion::cosine &&
+          exit.getCriterion() != ExitCriterion::relative_l2)
+        return exit.emitError("the CPU backend supports the cosine and "
+                              "relative_l2 exit criteria of moe_stack models");
+  }
+  return success();
 }
 
 LogicalResult ModelLowering::checkForm(func::FuncOp func) {
@@ -170,25 +255,11 @@ LogicalResult ModelLowering::checkForm(func::FuncOp func) {
   auto ret = cast<func::ReturnOp>(func.getBody().front().getTerminator());
   if (ret.getOperand(1) != loops[0].getExitLoop())
     return func.emitError("the second result must be the loop's exit_loop");
-  for (ExpertsOp experts : func.getOps<ExpertsOp>())
-    return experts.emitError("convert-moe-to-cpu expects every moe.experts "
-                             "inside the moe.loop");
-  for (Operation &op : loops[0].getBody().front()) {
-    if (auto experts = dyn_cast<ExpertsOp>(op)) {
-      int64_t k = cast<RankedTensorType>(experts.getIds().getType()).getDimSize(1);
-      if (topK && k != topK)
-        return experts.emitError("all layers must route the same top_k: the "
-                                 "routing trace is [steps, tokens, top_k]");
-      topK = k;
-      ++layersPerPass;
-    }
-    if (auto exit = dyn_cast<ExitOp>(op))
-      if (exit.getCriterion() != ExitCriterion::cosine &&
-          exit.getCriterion() != ExitCriterion::relative_l2)
-        return exit.emitError("the CPU backend supports the cosine and "
-                              "relative_l2 exit criteria of moe_stack models");
-  }
-  return success();
+  for (Operation &op : func.getBody().front())
+    if (isa<ExpertsOp, FusedExpertsOp, CombineOp>(op))
+      return op.emitError("convert-moe-to-cpu expects every expert group "
+                          "inside the moe.loop");
+  return checkLoopBody(loops[0]);
 }
 
 LogicalResult ModelLowering::lower(func::FuncOp func) {
@@ -241,6 +312,28 @@ LogicalResult ModelLowering::lower(func::FuncOp func) {
   return success();
 }
 
+/// Records the routing of the current layer in the trace.
+void ModelLowering::recordStep(Value ids, Value gates) {
+  Value step =
+      staticPassIndex
+          ? constI64(*staticPassIndex * layersPerPass + layerInPass)
+          : arith::AddIOp::create(
+                builder, loc,
+                arith::MulIOp::create(builder, loc, passIndex,
+                                      constI64(layersPerPass)),
+                constI64(layerInPass));
+  ++layerInPass;
+  call("moert_record_step", {ids, gates, activeTokens, traceIdsArg,
+                             traceGatesArg, step, constI32(byToken)});
+}
+
+/// Whether the contract tests exits after pass `pass`.
+bool ModelLowering::exitCanFire(ExitOp exit, int64_t pass) const {
+  auto loop = cast<LoopOp>(exit->getParentOp());
+  return pass + 1 >= static_cast<int64_t>(exit.getMinPasses()) &&
+         pass < static_cast<int64_t>(loop.getPasses()) - 1;
+}
+
 LogicalResult ModelLowering::emitOp(Operation *op) {
   return TypeSwitch<Operation *, LogicalResult>(op)
       .Case([&](RmsNormOp norm) {
@@ -267,14 +360,75 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
               weight(experts.getUpProjAttr()), weight(experts.getDownProjAttr()),
               define(experts.getResult()),
               constI32(static_cast<int64_t>(experts.getActivation()))});
-        // Trace step = pass * layers + layer.
-        Value step = arith::AddIOp::create(
-            builder, loc,
-            arith::MulIOp::create(builder, loc, passIndex,
-                                  constI64(layersPerPass)),
-            constI64(layerInPass++));
-        call("moert_record_step",
-             {ids, gates, activeTokens, traceIdsArg, traceGatesArg, step});
+        recordStep(ids, gates);
+        return success();
+      })
+      .Case([&](PlanOp planOp) {
+        PlanType type = planOp.getPlan().getType();
+        Value ids = view(planOp.getIds());
+        if (!plans.count(planOp.getPlan())) {
+          Type i32 = builder.getI32Type();
+          plans[planOp.getPlan()] = {
+              allocate(MemRefType::get({type.getExperts() + 1}, i32)),
+              allocate(MemRefType::get({ShapedType::kDynamic}, i32), type),
+              allocate(MemRefType::get({ShapedType::kDynamic, type.getTopK()},
+                                       i32))};
+        }
+        const PlanBuffers &plan = plans[planOp.getPlan()];
+        call("moert_plan",
+             {ids, plan.offsets, prefix(plan.rowToken, rowsOf(rows, type)),
+              prefix(plan.slotRow, rows), constI64(type.getTile())});
+        return success();
+      })
+      .Case([&](DispatchOp dispatch) {
+        PlanType type = dispatch.getPlan().getType();
+        const PlanBuffers &plan = plans[dispatch.getPlan()];
+        Value in = view(dispatch.getInput());
+        call("moert_dispatch",
+             {in, prefix(plan.rowToken, rowsOf(rows, type)), plan.offsets,
+              define(dispatch.getResult(), type)});
+        return success();
+      })
+      .Case([&](GroupedMatmulOp matmul) {
+        PlanType type = matmul.getPlan().getType();
+        Value in = view(matmul.getInput());
+        call("moert_grouped_matmul",
+             {in, plans[matmul.getPlan()].offsets,
+              weight(matmul.getWeightAttr()), define(matmul.getResult(), type)});
+        return success();
+      })
+      .Case([&](GluOp glu) {
+        auto plan = planRows.find(glu.getGate());
+        Value g = view(glu.getGate()), u = view(glu.getUp());
+        call("moert_glu",
+             {g, u,
+              define(glu.getResult(), plan == planRows.end()
+                                          ? std::nullopt
+                                          : std::optional(plan->second)),
+              constI32(static_cast<int64_t>(glu.getActivation()))});
+        return success();
+      })
+      .Case([&](CombineOp combine) {
+        const PlanBuffers &plan = plans[combine.getPlan()];
+        Value in = view(combine.getInput()), gates = view(combine.getGates());
+        call("moert_combine", {in, prefix(plan.slotRow, rows), gates,
+                               define(combine.getResult())});
+        recordStep(view(combine.getPlan().getDefiningOp<PlanOp>().getIds()),
+                   gates);
+        return success();
+      })
+      .Case([&](FusedExpertsOp fused) {
+        PlanType type = fused.getPlan().getType();
+        const PlanBuffers &plan = plans[fused.getPlan()];
+        Value in = view(fused.getInput()), gates = view(fused.getGates());
+        call("moert_fused_experts",
+             {in, prefix(plan.rowToken, rowsOf(rows, type)), plan.offsets,
+              prefix(plan.slotRow, rows), gates,
+              weight(fused.getGateProjAttr()), weight(fused.getUpProjAttr()),
+              weight(fused.getDownProjAttr()), define(fused.getResult()),
+              constI32(static_cast<int64_t>(fused.getActivation()))});
+        recordStep(view(fused.getPlan().getDefiningOp<PlanOp>().getIds()),
+                   gates);
         return success();
       })
       .Case([&](arith::AddFOp add) -> LogicalResult {
@@ -286,6 +440,9 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
         return success();
       })
       .Case([&](ExitOp exit) {
+        // An unrolled pass after which no exit can fire tests nothing.
+        if (staticPassIndex && !exitCanFire(exit, *staticPassIndex))
+          return success();
         Value h = view(exit.getHidden()), prev = view(exit.getPrevious());
         call("moert_exit_test",
              {h, prev, define(exit.getExits()),
@@ -293,13 +450,55 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
               constF32(exit.getThreshold())});
         return success();
       })
-      .Case([&](LoopOp loop) { return emitLoop(loop); })
+      .Case([&](LoopOp loop) {
+        emitLoop(loop);
+        return success();
+      })
       .Default([&](Operation *other) {
         return other->emitError("convert-moe-to-cpu cannot lower this op");
       });
 }
 
-LogicalResult ModelLowering::emitLoop(LoopOp loop) {
+/// Emits one pass over the first `count` tokens of `activeAll`; returns how
+/// many are still active after it.
+Value ModelLowering::emitPass(LoopOp loop, Value pass,
+                              std::optional<int64_t> staticPass, Value count,
+                              Value activeAll) {
+  passIndex = pass;
+  staticPassIndex = staticPass;
+  layerInPass = 0;
+  byToken = !loop.getCompactExits();
+  // A compacting pass works on the active tokens only; otherwise on all.
+  rows = byToken ? tokens : count;
+  activeTokens = prefix(activeAll, count);
+  Value state = buffers.lookup(loop.getResult());
+  Value passInput = define(loop.getPassInput());
+  if (byToken)
+    memref::CopyOp::create(builder, loc, state, buffers[loop.getPassInput()]);
+  else
+    call("moert_gather_rows", {state, activeTokens, passInput});
+
+  for (Operation &op : loop.getBody().front().without_terminator())
+    (void)emitOp(&op); // checkForm has vetted every op of the body
+
+  YieldOp yield = loop.getYield();
+  call("moert_scatter_rows", {view(yield.getValues()[0]), activeTokens, state,
+                              constI32(byToken)});
+  ExitOp exit = loop.getExit();
+  if (!exit || (staticPass && !exitCanFire(exit, *staticPass)))
+    return count;
+  Operation *update = call(
+      "moert_exit_update",
+      {view(exit.getExits()), activeAll, exitLoopArg,
+       arith::IndexCastOp::create(builder, loc, builder.getI64Type(), count),
+       pass, constI64(exit.getMinPasses()), constI64(loop.getPasses()),
+       constI32(byToken)},
+      builder.getI64Type());
+  return arith::IndexCastOp::create(builder, loc, builder.getIndexType(),
+                                    update->getResult(0));
+}
+
+void ModelLowering::emitLoop(LoopOp loop) {
   Value state = define(loop.getResult());
   memref::CopyOp::create(builder, loc, view(loop.getInit()), state);
   buffers[loop.getExitLoop()] = exitLoopArg;
@@ -310,45 +509,26 @@ LogicalResult ModelLowering::emitLoop(LoopOp loop) {
   call("moert_loop_init", {activeAll, exitLoopArg, traceIdsArg, traceGatesArg,
                            constI64(passes)});
 
-  Value zero = arith::ConstantIndexOp::create(builder, loc, 0);
-  Value one = arith::ConstantIndexOp::create(builder, loc, 1);
-  Value count = arith::ConstantIndexOp::create(builder, loc, passes);
-  auto forOp = scf::ForOp::create(builder, loc, zero, count, one,
-                                  ValueRange{tokens});
-  OpBuilder::InsertionGuard guard(builder);
-  builder.setInsertionPointToStart(forOp.getBody());
-  rows = forOp.getRegionIterArgs()[0];
-  passIndex = arith::IndexCastOp::create(builder, loc, builder.getI64Type(),
-                                         forOp.getInductionVar());
-  layerInPass = 0;
-
-  // The active tokens are the first `rows` entries of activeAll.
-  SmallVector<OpFoldResult> offset = {builder.getIndexAttr(0)};
-  SmallVector<OpFoldResult> size = {rows}, stride = {builder.getIndexAttr(1)};
-  activeTokens = memref::SubViewOp::create(builder, loc, activeAll, offset,
-                                           size, stride);
-  Value passInput = define(loop.getPassInput());
-  call("moert_gather_rows", {state, activeTokens, passInput});
-
-  for (Operation &op : loop.getBody().front().without_terminator())
-    if (failed(emitOp(&op)))
-      return failure();
-
-  YieldOp yield = loop.getYield();
-  call("moert_scatter_rows", {view(yield.getValues()[0]), activeTokens, state});
-  Value remaining = rows;
-  if (ExitOp exit = loop.getExit()) {
-    Operation *update = call(
-        "moert_exit_update",
-        {view(exit.getExits()), activeAll, exitLoopArg, passIndex,
-         constI64(exit.getMinPasses()), constI64(passes)},
-        builder.getI64Type());
-    remaining = arith::IndexCastOp::create(builder, loc, builder.getIndexType(),
-                                           update->getResult(0));
+  if (loop.getMode() == LoopMode::unroll) {
+    // Every pass specialised: constant pass index and trace steps, exit
+    // tests only after the passes where one can fire.
+    Value count = tokens;
+    for (int64_t i = 0; i < passes; ++i)
+      count = emitPass(loop, constI64(i), i, count, activeAll);
+  } else {
+    auto forOp = scf::ForOp::create(builder, loc, constIndex(0),
+                                    constIndex(passes), constIndex(1),
+                                    ValueRange{tokens});
+    OpBuilder::InsertionGuard guard(builder);
+    builder.setInsertionPointToStart(forOp.getBody());
+    Value pass = arith::IndexCastOp::create(
+        builder, loc, builder.getI64Type(), forOp.getInductionVar());
+    Value remaining = emitPass(loop, pass, std::nullopt,
+                               forOp.getRegionIterArgs()[0], activeAll);
+    scf::YieldOp::create(builder, loc, remaining);
   }
-  scf::YieldOp::create(builder, loc, remaining);
   rows = tokens;
-  return success();
+  staticPassIndex.reset();
 }
 
 namespace {

@@ -1,5 +1,6 @@
 //===- CPUPipeline.cpp - moe-cpu-pipeline ----------------------------------===//
 #include "moe/Conversion/Passes.h"
+#include "moe/Dialect/MoE/Transforms/Passes.h"
 
 #include "mlir/Conversion/Passes.h"
 #include "mlir/Dialect/MemRef/Transforms/Passes.h"
@@ -9,7 +10,16 @@
 
 using namespace mlir;
 
-void mlir::moe::buildMoECPUPipeline(OpPassManager &pm) {
+void mlir::moe::buildMoECPUPipeline(OpPassManager &pm,
+                                    const MoECPUPipelineOptions &options) {
+  if (options.optLevel > 0) {
+    OpPassManager &fpm = pm.nest<func::FuncOp>();
+    fpm.addPass(createMoEDecomposeExperts({options.tile}));
+    fpm.addPass(createMoEHoistSharedRouters());
+    fpm.addPass(createMoEFuseDispatchGemm());
+    fpm.addPass(createMoELoopResidency());
+    fpm.addPass(createMoEExitCompaction());
+  }
   pm.addPass(createConvertMoEToCPU());
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createSCFToControlFlowPass());
@@ -23,7 +33,7 @@ void mlir::moe::buildMoECPUPipeline(OpPassManager &pm) {
 }
 
 void mlir::moe::registerMoECPUPipeline() {
-  PassPipelineRegistration<>(
+  PassPipelineRegistration<MoECPUPipelineOptions>(
       "moe-cpu-pipeline",
       "Lower a moe model for the CPU: kernel calls, then the LLVM dialect",
       buildMoECPUPipeline);

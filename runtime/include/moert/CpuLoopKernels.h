@@ -23,25 +23,33 @@ void _mlir_ciface_moert_loop_init(StridedMemRefType<int32_t, 1> *active,
 void _mlir_ciface_moert_gather_rows(StridedMemRefType<float, 2> *src,
                                     StridedMemRefType<int32_t, 1> *index,
                                     StridedMemRefType<float, 2> *dst);
-/// dst[index[i], :] = src[i, :] for i < src rows.
+// The rows of the per-pass buffers below (src, ids, gates, exits) are either
+// compacted, row i holding active token index[i], or, with `byToken` set,
+// indexed by token: row index[i] holds token index[i] (a loop that computes
+// every token on every pass).
+
+/// dst[index[i], :] = row of active token i of src, for i < index size.
 void _mlir_ciface_moert_scatter_rows(StridedMemRefType<float, 2> *src,
                                      StridedMemRefType<int32_t, 1> *index,
-                                     StridedMemRefType<float, 2> *dst);
+                                     StridedMemRefType<float, 2> *dst,
+                                     int32_t byToken);
 /// Records the routing of the active tokens at trace step `step`.
 void _mlir_ciface_moert_record_step(StridedMemRefType<int32_t, 2> *ids,
                                     StridedMemRefType<float, 2> *gates,
                                     StridedMemRefType<int32_t, 1> *index,
                                     StridedMemRefType<int32_t, 3> *traceIds,
                                     StridedMemRefType<float, 3> *traceGates,
-                                    int64_t step);
-/// After pass `pass`: active tokens whose exit bit is set stop (when exits
-/// are tested after this pass), get exit_loop = pass, and leave `active`,
-/// which is compacted in place, keeping order. Returns the new active count.
+                                    int64_t step, int32_t byToken);
+/// After pass `pass`: the first `count` tokens of `active` whose exit bit is
+/// set stop (when exits are tested after this pass), get exit_loop = pass,
+/// and leave `active`, which is compacted in place, keeping order. Returns
+/// the new active count.
 int64_t _mlir_ciface_moert_exit_update(StridedMemRefType<int8_t, 1> *exits,
                                        StridedMemRefType<int32_t, 1> *active,
                                        StridedMemRefType<int32_t, 1> *exitLoop,
-                                       int64_t pass, int64_t minPasses,
-                                       int64_t passes);
+                                       int64_t count, int64_t pass,
+                                       int64_t minPasses, int64_t passes,
+                                       int32_t byToken);
 /// out = a + b, elementwise.
 void _mlir_ciface_moert_add(StridedMemRefType<float, 2> *a,
                             StridedMemRefType<float, 2> *b,

@@ -12,11 +12,17 @@ using namespace mlir::moe;
 #include "moe/Dialect/MoE/IR/MoEEnums.cpp.inc"
 #define GET_ATTRDEF_CLASSES
 #include "moe/Dialect/MoE/IR/MoEAttrs.cpp.inc"
+#define GET_TYPEDEF_CLASSES
+#include "moe/Dialect/MoE/IR/MoEOpsTypes.cpp.inc"
 
 void MoEDialect::initialize() {
   addAttributes<
 #define GET_ATTRDEF_LIST
 #include "moe/Dialect/MoE/IR/MoEAttrs.cpp.inc"
+      >();
+  addTypes<
+#define GET_TYPEDEF_LIST
+#include "moe/Dialect/MoE/IR/MoEOpsTypes.cpp.inc"
       >();
   addOperations<
 #define GET_OP_LIST

@@ -250,6 +250,8 @@ LogicalResult LoopOp::verify() {
   if (static_cast<int64_t>(getPasses()) < 1)
     return emitOpError() << "passes must be at least 1, got "
                          << static_cast<int64_t>(getPasses());
+  if (getCompactExits() && !getExit())
+    return emitOpError("compact_exits needs an exit in the loop body");
   auto exitLoop = cast<RankedTensorType>(getExitLoop().getType());
   if (!dimsAgree(exitLoop.getDimSize(0), tokens(getInit())))
     return emitOpError() << "exit_loop must have one entry per token ("
@@ -415,6 +417,110 @@ LogicalResult AttentionOp::verifySymbolUses(SymbolTableCollection &tables) {
                                        "[head_dim]")))
       return failure();
   return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Kernel level
+//===----------------------------------------------------------------------===//
+
+LogicalResult
+PlanType::verify(function_ref<InFlightDiagnostic()> emitError, int64_t experts,
+                 int64_t topK, int64_t tile) {
+  if (experts < 1 || topK < 1 || tile < 1)
+    return emitError() << "plan experts, top_k and tile must be at least 1";
+  if (topK > experts)
+    return emitError() << "plan top_k = " << topK << " exceeds its " << experts
+                       << " experts";
+  return success();
+}
+
+namespace {
+/// `value`'s top_k dimension must be the plan's.
+LogicalResult checkTopK(Operation *op, StringRef name, Value value,
+                        PlanType plan) {
+  int64_t k = cast<RankedTensorType>(value.getType()).getDimSize(1);
+  if (dimsAgree(k, plan.getTopK()))
+    return success();
+  return op->emitOpError() << name << " have top_k = " << k
+                           << ", but the plan is for top_k = "
+                           << plan.getTopK();
+}
+
+LogicalResult checkHidden(Operation *op, Value input, Value result) {
+  if (dimsAgree(hiddenSize(input), hiddenSize(result)))
+    return success();
+  return op->emitOpError() << "result rows have " << hiddenSize(result)
+                           << " columns, but the input rows have "
+                           << hiddenSize(input);
+}
+
+/// Checks the [experts, ffn, hidden] / [experts, hidden, ffn] triple of an
+/// expert group with `experts` experts over rows of `hidden` columns.
+LogicalResult verifyExpertWeights(Operation *op, SymbolTableCollection &tables,
+                                  FlatSymbolRefAttr gateProj,
+                                  FlatSymbolRefAttr upProj,
+                                  FlatSymbolRefAttr downProj, int64_t experts,
+                                  int64_t hidden) {
+  RankedTensorType gate;
+  if (failed(verifyWeightUse(op, tables, gateProj, "gate_proj",
+                             {experts, ShapedType::kDynamic, hidden},
+                             "[experts, ffn, hidden]", &gate)))
+    return failure();
+  int64_t ffn = gate.getDimSize(1);
+  if (failed(verifyWeightUse(op, tables, upProj, "up_proj",
+                             {experts, ffn, hidden}, "[experts, ffn, hidden]")))
+    return failure();
+  return verifyWeightUse(op, tables, downProj, "down_proj",
+                         {experts, hidden, ffn}, "[experts, hidden, ffn]");
+}
+} // namespace
+
+LogicalResult PlanOp::verify() {
+  return checkTopK(*this, "ids", getIds(), getPlan().getType());
+}
+
+LogicalResult DispatchOp::verify() {
+  return checkHidden(*this, getInput(), getResult());
+}
+
+LogicalResult GroupedMatmulOp::verify() {
+  if (!dimsAgree(tokens(getInput()), tokens(getResult())))
+    return emitOpError("result must have one row per input row");
+  return success();
+}
+
+LogicalResult
+GroupedMatmulOp::verifySymbolUses(SymbolTableCollection &tables) {
+  return verifyWeightUse(*this, tables, getWeightAttr(), "weight",
+                         {getPlan().getType().getExperts(),
+                          hiddenSize(getResult()), hiddenSize(getInput())},
+                         "[experts, out, in]");
+}
+
+LogicalResult CombineOp::verify() {
+  if (failed(checkTopK(*this, "gates", getGates(), getPlan().getType())) ||
+      failed(checkHidden(*this, getInput(), getResult())))
+    return failure();
+  if (!dimsAgree(tokens(getGates()), tokens(getResult())))
+    return emitOpError("result must have one row per token of the gates");
+  return success();
+}
+
+LogicalResult FusedExpertsOp::verify() {
+  if (failed(checkTopK(*this, "gates", getGates(), getPlan().getType())))
+    return failure();
+  if (!dimsAgree(tokens(getGates()), tokens(getInput())))
+    return emitOpError() << "gates route " << tokens(getGates())
+                         << " tokens, but the input has "
+                         << tokens(getInput());
+  return success();
+}
+
+LogicalResult FusedExpertsOp::verifySymbolUses(SymbolTableCollection &tables) {
+  return verifyExpertWeights(*this, tables, getGateProjAttr(),
+                             getUpProjAttr(), getDownProjAttr(),
+                             getPlan().getType().getExperts(),
+                             hiddenSize(getInput()));
 }
 
 #define GET_OP_CLASSES

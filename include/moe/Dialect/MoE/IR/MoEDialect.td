@@ -17,6 +17,7 @@ def MoE_Dialect : Dialect {
   }];
   let cppNamespace = "::mlir::moe";
   let useDefaultAttributePrinterParser = 1;
+  let useDefaultTypePrinterParser = 1;
 }
 
 class MoE_Op<string mnemonic, list<Trait> traits = []>

@@ -15,6 +15,8 @@
 
 #define GET_ATTRDEF_CLASSES
 #include "moe/Dialect/MoE/IR/MoEAttrs.h.inc"
+#define GET_TYPEDEF_CLASSES
+#include "moe/Dialect/MoE/IR/MoEOpsTypes.h.inc"
 
 namespace mlir::moe {
 class ExitOp;

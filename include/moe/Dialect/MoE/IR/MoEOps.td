@@ -4,6 +4,7 @@
 
 include "moe/Dialect/MoE/IR/MoEDialect.td"
 include "moe/Dialect/MoE/IR/MoEAttrs.td"
+include "moe/Dialect/MoE/IR/MoETypes.td"
 include "mlir/IR/SymbolInterfaces.td"
 include "mlir/Interfaces/ControlFlowInterfaces.td"
 include "mlir/Interfaces/SideEffectInterfaces.td"
@@ -139,14 +140,19 @@ def MoE_LoopOp : MoE_Op<"loop", [
     stopped (`passes - 1` if it ran every pass).
 
     `mode` tells the lowering to unroll the passes, keep one resident loop
-    body, or (`auto`) decide by a cost model.
+    body, or (`auto`) decide by a cost model (`moe-loop-residency`).
+    `compact_exits` (set by `moe-exit-compaction`) runs each pass on the
+    still-active tokens only; without it every token is computed on every
+    pass and exited tokens' results are discarded.
   }];
   let arguments = (ins MoE_Hidden:$init, I64Attr:$passes,
-      DefaultValuedAttr<MoE_LoopModeAttr, "LoopMode::Auto">:$mode);
+      DefaultValuedAttr<MoE_LoopModeAttr, "LoopMode::Auto">:$mode,
+      UnitAttr:$compact_exits);
   let results = (outs MoE_Hidden:$result, MoE_TokenIds:$exit_loop);
   let regions = (region SizedRegion<1>:$body);
   let assemblyFormat = [{
-    $init `passes` `=` $passes (`mode` `=` `` $mode^)? attr-dict
+    $init `passes` `=` $passes (`mode` `=` `` $mode^)?
+    (`compact_exits` $compact_exits^)? attr-dict
     `:` type($init) `->` type($exit_loop) $body
   }];
   let hasVerifier = 1;
@@ -253,6 +259,101 @@ def MoE_AttentionOp : MoE_SymbolUserOp<"attention",
     (`causal` $causal^)? (`q_norm` $q_norm^)? (`k_norm` $k_norm^)?
     (`clip_qkv` `=` $clip_qkv^)? (`cache_slot` `=` $cache_slot^)? attr-dict
     `:` type($input) `,` type($positions)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Kernel level: routing plans, dispatch, grouped GEMMs, combine
+//===----------------------------------------------------------------------===//
+
+def MoE_PlanOp : MoE_Op<"plan", [Pure]> {
+  let summary = "build the routing plan of expert ids";
+  let description = [{
+    Groups the `[tokens, top_k]` slots of `ids` by expert, as the result type
+    describes (see `!moe.plan`). Slots whose id is outside `[0, experts)` are
+    left out.
+  }];
+  let arguments = (ins MoE_ExpertIds:$ids);
+  let results = (outs MoE_PlanType:$plan);
+  let assemblyFormat = "$ids attr-dict `:` type($ids) `->` qualified(type($plan))";
+  let hasVerifier = 1;
+}
+
+def MoE_DispatchOp : MoE_Op<"dispatch", [Pure]> {
+  let summary = "gather token rows into plan order";
+  let description = [{
+    `result[r] = input[token of plan row r]`, zero for padding rows. This is
+    the permuted copy that `moe-fuse-dispatch-gemm` removes.
+  }];
+  let arguments = (ins MoE_Hidden:$input, MoE_PlanType:$plan);
+  let results = (outs MoE_Hidden:$result);
+  let assemblyFormat = [{
+    $input `,` $plan attr-dict `:` type($input) `,` qualified(type($plan))
+    `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_GroupedMatmulOp : MoE_SymbolUserOp<"grouped_matmul", [Pure]> {
+  let summary = "one GEMM per expert over its plan segment";
+  let description = [{
+    For every expert `e`, the rows of its plan segment of `input` [rows, K]
+    times `weight[e]^T`, with `weight` [experts, N, K] (nn.Linear layout).
+  }];
+  let arguments = (ins MoE_Hidden:$input, MoE_PlanType:$plan,
+                       FlatSymbolRefAttr:$weight);
+  let results = (outs MoE_Hidden:$result);
+  let assemblyFormat = [{
+    $input `,` $plan `,` $weight attr-dict `:` type($input) `,`
+    qualified(type($plan)) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_GluOp : MoE_Op<"glu", [Pure, AllTypesMatch<["gate", "up", "result"]>]> {
+  let summary = "gated linear unit: act(gate) * up";
+  let arguments = (ins MoE_Hidden:$gate, MoE_Hidden:$up,
+      DefaultValuedAttr<MoE_ActivationAttr, "Activation::silu">:$activation);
+  let results = (outs MoE_Hidden:$result);
+  let assemblyFormat = [{
+    $gate `,` $up (`activation` `=` `` $activation^)? attr-dict `:` type($gate)
+  }];
+}
+
+def MoE_CombineOp : MoE_Op<"combine", [Pure]> {
+  let summary = "gate-weighted sum of each token's expert rows";
+  let description = [{
+    `result[t] = sum_j gates[t, j] * input[plan row of (t, j)]`, summing the
+    slots in ascending `j` so the result does not depend on scheduling.
+  }];
+  let arguments = (ins MoE_Hidden:$input, MoE_PlanType:$plan, MoE_Gates:$gates);
+  let results = (outs MoE_Hidden:$result);
+  let assemblyFormat = [{
+    $input `,` $plan `,` $gates attr-dict `:` type($input) `,`
+    qualified(type($plan)) `,` type($gates) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_FusedExpertsOp : MoE_SymbolUserOp<"fused_experts",
+    [Pure, AllTypesMatch<["input", "result"]>]> {
+  let summary = "an expert group as one fused kernel over a plan";
+  let description = [{
+    The same result as `moe.experts`, computed through `plan`: token rows are
+    gathered inside the first grouped GEMM (no permuted copy), the
+    activation is its epilogue, and the gate-weighted combine is the second
+    GEMM's epilogue, summing slots in a fixed order (deterministic).
+  }];
+  let arguments = (ins MoE_Hidden:$input, MoE_PlanType:$plan, MoE_Gates:$gates,
+      FlatSymbolRefAttr:$gate_proj, FlatSymbolRefAttr:$up_proj,
+      FlatSymbolRefAttr:$down_proj,
+      DefaultValuedAttr<MoE_ActivationAttr, "Activation::silu">:$activation);
+  let results = (outs MoE_Hidden:$result);
+  let assemblyFormat = [{
+    $input `,` $plan `,` $gates `gate` $gate_proj `up` $up_proj
+    `down` $down_proj (`activation` `=` `` $activation^)? attr-dict
+    `:` type($input) `,` qualified(type($plan)) `,` type($gates)
   }];
   let hasVerifier = 1;
 }

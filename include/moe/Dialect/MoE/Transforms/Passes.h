@@ -3,6 +3,7 @@
 #define MOE_DIALECT_MOE_TRANSFORMS_PASSES_H
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/PatternMatch.h"
 #include "mlir/Pass/Pass.h"
 #include "moe/Dialect/MoE/IR/MoEOps.h"
 
@@ -12,6 +13,10 @@ namespace mlir::moe {
 
 #define GEN_PASS_REGISTRATION
 #include "moe/Dialect/MoE/Transforms/Passes.h.inc"
+
+/// dispatch -> grouped GEMMs -> glu -> grouped GEMM -> combine over one plan
+/// into moe.fused_experts.
+void populateFuseDispatchGemmPatterns(RewritePatternSet &patterns);
 } // namespace mlir::moe
 
 #endif // MOE_DIALECT_MOE_TRANSFORMS_PASSES_H
