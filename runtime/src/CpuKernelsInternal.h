@@ -1,4 +1,4 @@
-//===- CpuKernelsInternal.h - Helpers of the CPU kernels (private) -*- C++ -*-===//
+//===- CpuKernelsInternal.h - Shared CPU kernel helpers ---------*- C++ -*-===//
 //
 // What CpuKernels.cpp and CpuPlanKernels.cpp share: work splitting across
 // threads, allocation that cannot throw, the output tile shape, and the

@@ -41,8 +41,7 @@ constexpr int64_t kMaxIndex = std::numeric_limits<int32_t>::max();
 //===----------------------------------------------------------------------===//
 
 /// Whether offsets[0..E] rises from 0 to at most numRows.
-bool validOffsets(const int32_t *offsets, int64_t numExperts,
-                  int64_t numRows) {
+bool validOffsets(const int32_t *offsets, int64_t numExperts, int64_t numRows) {
   for (int64_t e = 0; e < numExperts; ++e)
     if (offsets[e + 1] < offsets[e])
       return false;
@@ -65,8 +64,8 @@ bool validPlan(const int32_t *rowToken, const int32_t *offsets,
   for (int64_t t = 0; t < s.numTokens; ++t)
     for (int64_t j = 0; j < s.topK; ++j) {
       int32_t row = slotRow[t * s.topK + j];
-      if (row != -1 && (row < 0 || row >= offsets[s.numExperts] ||
-                        rowToken[row] != t))
+      if (row != -1 &&
+          (row < 0 || row >= offsets[s.numExperts] || rowToken[row] != t))
         return false;
     }
   return true;
@@ -169,8 +168,8 @@ struct FusedScratch {
     tileSize = panelRows * tileStride;
     workerSize = panelRows * panelStride + 2 * tileSize;
     int64_t hiddenSize = rows * hiddenStride, outputSize = rows * s.hidden;
-    hidden = expertWorkspace.get(hiddenSize + outputSize +
-                                 numWorkers * workerSize);
+    hidden =
+        expertWorkspace.get(hiddenSize + outputSize + numWorkers * workerSize);
     if (!hidden)
       return false;
     output = hidden + hiddenSize;
@@ -282,9 +281,8 @@ bool moert::cpu::plan(const int32_t *ids, int32_t *offsets, int32_t *rowToken,
 }
 
 bool moert::cpu::dispatch(const float *x, const int32_t *rowToken,
-                          const int32_t *offsets, float *out,
-                          const MoEShape &s, int64_t numRows,
-                          unsigned numThreads) noexcept {
+                          const int32_t *offsets, float *out, const MoEShape &s,
+                          int64_t numRows, unsigned numThreads) noexcept {
   if (!validOffsets(offsets, s.numExperts, numRows) ||
       !validIndices(rowToken, offsets[s.numExperts], s.numTokens))
     return fail(out, numRows * s.hidden, kNaN);
@@ -379,8 +377,8 @@ bool moert::cpu::fusedExperts(const float *x, const int32_t *rowToken,
       panelRow[w] = t.row;
     }
     int64_t weightOffset = (t.expert * f + t.col) * d;
-    detail::gemmABtSerial(panel, ldPanel, gateProj + weightOffset, d, g,
-                          ldTile, t.numRows, t.numCols, d);
+    detail::gemmABtSerial(panel, ldPanel, gateProj + weightOffset, d, g, ldTile,
+                          t.numRows, t.numCols, d);
     detail::gemmABtSerial(panel, ldPanel, upProj + weightOffset, d, u, ldTile,
                           t.numRows, t.numCols, d);
     detail::swiglu(g, u, t.numRows, t.numCols, ldTile, activation);
@@ -418,8 +416,8 @@ void _mlir_ciface_moert_plan(StridedMemRefType<int32_t, 2> *ids,
     fill(rowToken, -1);
     return fill(slotRow, -1);
   }
-  plan(dataOf(ids), dataOf(offsets), dataOf(rowToken), dataOf(slotRow), s,
-       tile, rowToken->sizes[0]);
+  plan(dataOf(ids), dataOf(offsets), dataOf(rowToken), dataOf(slotRow), s, tile,
+       rowToken->sizes[0]);
 }
 
 void _mlir_ciface_moert_dispatch(StridedMemRefType<float, 2> *x,
@@ -443,8 +441,8 @@ void _mlir_ciface_moert_grouped_matmul(StridedMemRefType<float, 2> *a,
   if (numExperts < 0 || !hasSizes(w, {numExperts, n, k}) ||
       !hasSizes(out, {numRows, n}))
     return fill(out, kNaN);
-  groupedMatmul(dataOf(a), dataOf(offsets), dataOf(w), dataOf(out),
-                numExperts, numRows, n, k);
+  groupedMatmul(dataOf(a), dataOf(offsets), dataOf(w), dataOf(out), numExperts,
+                numRows, n, k);
 }
 
 void _mlir_ciface_moert_glu(StridedMemRefType<float, 2> *g,
@@ -480,14 +478,13 @@ void _mlir_ciface_moert_fused_experts(
     int32_t activation) {
   MoEShape s{x->sizes[0], x->sizes[1], gate->sizes[1], offsets->sizes[0] - 1,
              slotRow->sizes[1]};
-  bool consistent = s.numExperts >= 0 &&
-                    hasSizes(gate, {s.numExperts, s.ffn, s.hidden}) &&
-                    hasSizes(up, {s.numExperts, s.ffn, s.hidden}) &&
-                    hasSizes(down, {s.numExperts, s.hidden, s.ffn}) &&
-                    hasSizes(slotRow, {s.numTokens, s.topK}) &&
-                    hasSizes(gates, {s.numTokens, s.topK}) &&
-                    hasSizes(out, {s.numTokens, s.hidden}) &&
-                    isActivation(activation);
+  bool consistent =
+      s.numExperts >= 0 && hasSizes(gate, {s.numExperts, s.ffn, s.hidden}) &&
+      hasSizes(up, {s.numExperts, s.ffn, s.hidden}) &&
+      hasSizes(down, {s.numExperts, s.hidden, s.ffn}) &&
+      hasSizes(slotRow, {s.numTokens, s.topK}) &&
+      hasSizes(gates, {s.numTokens, s.topK}) &&
+      hasSizes(out, {s.numTokens, s.hidden}) && isActivation(activation);
   if (!consistent)
     return fill(out, kNaN);
   fusedExperts(dataOf(x), dataOf(rowToken), dataOf(offsets), dataOf(slotRow),

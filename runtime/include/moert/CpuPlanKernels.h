@@ -66,9 +66,8 @@ bool groupedMatmul(const float *a, const int32_t *offsets, const float *w,
                    int64_t k, unsigned numThreads = 0) noexcept;
 
 /// out = act(g) * u elementwise over [rows, cols]; `out` may be `g`.
-void glu(const float *g, const float *u, float *out, int64_t rows,
-         int64_t cols, Activation activation,
-         unsigned numThreads = 0) noexcept;
+void glu(const float *g, const float *u, float *out, int64_t rows, int64_t cols,
+         Activation activation, unsigned numThreads = 0) noexcept;
 
 /// out[t,:] = sum over ascending j of gates[t,j] * y[slotRow[t,j],:], slots
 /// with row -1 skipped. y: [numRows, d]; slotRow, gates: [T, k]; out: [T, d].

@@ -10,7 +10,7 @@ moe.weight @down : tensor<4x8x16xbf16>
 // files are widened at bind time); the outputs and the routing trace
 // [passes * layers, tokens, top_k] come first.
 // CHECK-NOT: moe.weight
-// CHECK-LABEL: func.func @forward(
+// CHECK-LABEL: func.func @compacting(
 // CHECK-SAME: %[[IN:.*]]: memref<?x8xf32>, %[[OUT:.*]]: memref<?x8xf32>, %[[EXIT:.*]]: memref<?xi32>,
 // CHECK-SAME: %[[IDS:.*]]: memref<?x?x2xi32>, %[[GATES:.*]]: memref<?x?x2xf32>,
 // CHECK-SAME: %[[NORM:.*]]: memref<8xf32>, %[[ROUTER:.*]]: memref<4x8xf32>,
@@ -21,10 +21,12 @@ moe.weight @down : tensor<4x8x16xbf16>
 // CHECK: %[[ACTIVE:.*]] = memref.alloc(%[[T]]) : memref<?xi32>
 // CHECK: memref.copy %[[IN]], %[[STATE]]
 // CHECK: call @moert_loop_init
-// The pass loop carries the number of active tokens.
-// CHECK: %[[REMAINING:.*]] = scf.for %[[PASS:.*]] = %{{.*}} to %{{.*}} step %{{.*}} iter_args(%[[N:.*]] = %[[T]]) -> (index) {
+// The pass loop carries the number of active tokens; each pass gathers them
+// into a compact prefix and runs the layers on that prefix only.
+// CHECK: scf.for %[[PASS:.*]] = %{{.*}} to %{{.*}} step %{{.*}} iter_args(%[[N:.*]] = %[[T]]) -> (index) {
 // CHECK:   memref.subview %[[ACTIVE]][0] [%[[N]]] [1]
 // CHECK:   call @moert_gather_rows
+// CHECK:   memref.subview %{{.*}}[0, 0] [%[[N]], 8] [1, 1]
 // CHECK:   call @moert_rms_norm
 // CHECK:   call @moert_route
 // CHECK:   call @moert_experts
@@ -41,8 +43,8 @@ moe.weight @down : tensor<4x8x16xbf16>
 // CHECK: memref.copy %{{.*}}, %[[OUT]]
 // CHECK: memref.dealloc %[[STATE]]
 // CHECK: return
-func.func @forward(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
-  %h, %exit = moe.loop %x passes = 3 : tensor<?x8xf32> -> tensor<?xi32> {
+func.func @compacting(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
+  %h, %exit = moe.loop %x passes = 3 mode = resident compact_exits : tensor<?x8xf32> -> tensor<?xi32> {
   ^bb0(%h0: tensor<?x8xf32>):
     %n = moe.rms_norm %h0, @norm : tensor<?x8xf32>
     %ids, %gates = moe.route %n, @router top_k = 2 : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
@@ -57,15 +59,108 @@ func.func @forward(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
 
 // -----
 
-// Without an exit the active count stays the token count.
-// CHECK-LABEL: func.func @no_exit
-// CHECK: scf.for {{.*}} iter_args(%[[N:.*]] = %{{.*}}) -> (index) {
-// CHECK-NOT: moert_exit_update
-// CHECK: scf.yield %[[N]] : index
-func.func @no_exit(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
+moe.weight @norm : tensor<8xf32>
+
+// Without compact_exits every pass computes every token (rows indexed by
+// token, byToken = 1) and only the active ones are written back.
+// CHECK-LABEL: func.func @not_compacting
+// CHECK: %[[T:.*]] = memref.dim
+// CHECK: scf.for {{.*}} iter_args(%[[N:.*]] = %[[T]]) -> (index) {
+// CHECK-NOT: moert_gather_rows
+// CHECK:   memref.copy
+// CHECK:   call @moert_rms_norm
+// CHECK:   call @moert_exit_test
+// CHECK:   call @moert_scatter_rows
+// CHECK:   func.call @moert_exit_update
+func.func @not_compacting(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
   %h, %exit = moe.loop %x passes = 2 : tensor<?x8xf32> -> tensor<?xi32> {
   ^bb0(%h0: tensor<?x8xf32>):
-    moe.yield %h0 : tensor<?x8xf32>
+    %h1 = moe.rms_norm %h0, @norm : tensor<?x8xf32>
+    %m = moe.exit %h1, %h0 criterion = relative_l2 threshold = 0.1 : tensor<?x8xf32> -> tensor<?xi1>
+    moe.yield %h1, %m : tensor<?x8xf32>, tensor<?xi1>
+  }
+  return %h, %exit : tensor<?x8xf32>, tensor<?xi32>
+}
+
+// -----
+
+moe.weight @norm : tensor<8xf32>
+
+// Unrolled: no loop; each pass is emitted with constant indices, and the
+// exit is tested only after pass 1 (min_passes = 2; never after the last).
+// CHECK-LABEL: func.func @unrolled
+// CHECK-NOT: scf.for
+// CHECK-COUNT-3: call @moert_rms_norm
+// CHECK-NOT: call @moert_rms_norm
+// CHECK: return
+// CHECK-LABEL: func.func @unrolled_exits
+// CHECK: call @moert_rms_norm
+// CHECK-NOT: moert_exit
+// CHECK: call @moert_scatter_rows
+// CHECK: call @moert_rms_norm
+// CHECK: call @moert_exit_test
+// CHECK: call @moert_scatter_rows
+// CHECK: call @moert_exit_update({{.*}}, %c1_i64, %c2_i64, %c3_i64{{.*}})
+// CHECK: call @moert_rms_norm
+// CHECK-NOT: moert_exit
+// CHECK: return
+func.func @unrolled(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
+  %h, %exit = moe.loop %x passes = 3 mode = unroll : tensor<?x8xf32> -> tensor<?xi32> {
+  ^bb0(%h0: tensor<?x8xf32>):
+    %h1 = moe.rms_norm %h0, @norm : tensor<?x8xf32>
+    moe.yield %h1 : tensor<?x8xf32>
+  }
+  return %h, %exit : tensor<?x8xf32>, tensor<?xi32>
+}
+func.func @unrolled_exits(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
+  %h, %exit = moe.loop %x passes = 3 mode = unroll compact_exits : tensor<?x8xf32> -> tensor<?xi32> {
+  ^bb0(%h0: tensor<?x8xf32>):
+    %h1 = moe.rms_norm %h0, @norm : tensor<?x8xf32>
+    %m = moe.exit %h1, %h0 criterion = relative_l2 threshold = 0.1 min_passes = 2 : tensor<?x8xf32> -> tensor<?xi1>
+    moe.yield %h1, %m : tensor<?x8xf32>, tensor<?xi1>
+  }
+  return %h, %exit : tensor<?x8xf32>, tensor<?xi32>
+}
+
+// -----
+
+moe.weight @router : tensor<4x8xf32>
+moe.weight @gate : tensor<4x16x8xf32>
+moe.weight @up : tensor<4x16x8xf32>
+moe.weight @down : tensor<4x8x16xf32>
+
+// Kernel-level ops: plan buffers (offsets [E+1], row tokens [T*k + E*(tile-1)],
+// slot rows [T, k]) and plan-ordered buffers of the same row count.
+// CHECK-LABEL: func.func @kernel_level
+// CHECK: %[[T:.*]] = memref.dim
+// CHECK: %[[OFFSETS:.*]] = memref.alloc() : memref<5xi32>
+// CHECK: %[[SLOTS:.*]] = arith.muli %[[T]], %c2
+// CHECK: %[[R:.*]] = arith.addi %[[SLOTS]], %c12
+// CHECK: memref.alloc(%[[R]]) : memref<?xi32>
+// CHECK: memref.alloc(%[[T]]) : memref<?x2xi32>
+// CHECK: call @moert_plan({{.*}}, %c4_i64)
+// CHECK: call @moert_dispatch
+// CHECK: call @moert_grouped_matmul
+// CHECK: call @moert_grouped_matmul
+// CHECK: call @moert_glu
+// CHECK: call @moert_grouped_matmul
+// CHECK: call @moert_combine
+// CHECK: call @moert_record_step
+// CHECK: call @moert_fused_experts
+// CHECK: call @moert_record_step
+func.func @kernel_level(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
+  %h, %exit = moe.loop %x passes = 1 : tensor<?x8xf32> -> tensor<?xi32> {
+  ^bb0(%h0: tensor<?x8xf32>):
+    %ids, %gates = moe.route %h0, @router top_k = 2 : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+    %p = moe.plan %ids : tensor<?x2xi32> -> !moe.plan<experts = 4, top_k = 2, tile = 4>
+    %d = moe.dispatch %h0, %p : tensor<?x8xf32>, !moe.plan<experts = 4, top_k = 2, tile = 4> -> tensor<?x8xf32>
+    %g = moe.grouped_matmul %d, %p, @gate : tensor<?x8xf32>, !moe.plan<experts = 4, top_k = 2, tile = 4> -> tensor<?x16xf32>
+    %u = moe.grouped_matmul %d, %p, @up : tensor<?x8xf32>, !moe.plan<experts = 4, top_k = 2, tile = 4> -> tensor<?x16xf32>
+    %a = moe.glu %g, %u : tensor<?x16xf32>
+    %y = moe.grouped_matmul %a, %p, @down : tensor<?x16xf32>, !moe.plan<experts = 4, top_k = 2, tile = 4> -> tensor<?x8xf32>
+    %c = moe.combine %y, %p, %gates : tensor<?x8xf32>, !moe.plan<experts = 4, top_k = 2, tile = 4>, tensor<?x2xf32> -> tensor<?x8xf32>
+    %f = moe.fused_experts %c, %p, %gates gate @gate up @up down @down : tensor<?x8xf32>, !moe.plan<experts = 4, top_k = 2, tile = 4>, tensor<?x2xf32>
+    moe.yield %f : tensor<?x8xf32>
   }
   return %h, %exit : tensor<?x8xf32>, tensor<?xi32>
 }
@@ -93,6 +188,21 @@ func.func @lm_head_exit(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>)
     // expected-error @+1 {{the CPU backend supports the cosine and relative_l2 exit criteria of moe_stack models}}
     %m = moe.exit %h1, %h0 criterion = entropy threshold = 0.5 lm_head @head : tensor<?x8xf32> -> tensor<?xi1>
     moe.yield %h1, %m : tensor<?x8xf32>, tensor<?xi1>
+  }
+  return %h, %exit : tensor<?x8xf32>, tensor<?xi32>
+}
+
+// -----
+
+moe.weight @norm : tensor<8xf32>
+
+func.func @outer_value(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
+  %outer = moe.rms_norm %x, @norm : tensor<?x8xf32>
+  %h, %exit = moe.loop %x passes = 2 : tensor<?x8xf32> -> tensor<?xi32> {
+  ^bb0(%h0: tensor<?x8xf32>):
+    // expected-error @+1 {{convert-moe-to-cpu: a loop body may only use values of its own pass}}
+    %h1 = arith.addf %h0, %outer : tensor<?x8xf32>
+    moe.yield %h1 : tensor<?x8xf32>
   }
   return %h, %exit : tensor<?x8xf32>, tensor<?xi32>
 }
