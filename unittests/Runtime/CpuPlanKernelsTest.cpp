@@ -330,11 +330,12 @@ TEST(CpuPlanKernels, GluMatchesReference) {
     _mlir_ciface_moert_glu(&gM, &uM, &outM, static_cast<int32_t>(activation));
     for (int64_t i = 0; i < rows * cols; ++i) {
       double x = g[i];
-      double act = activation == Activation::Silu
-                       ? x / (1.0 + std::exp(-x))
-                       : 0.5 * x *
-                             (1.0 + std::tanh(std::sqrt(2.0 / M_PI) *
-                                              (x + 0.044715 * x * x * x)));
+      double act =
+          activation == Activation::Silu
+              ? x / (1.0 + std::exp(-x))
+              : 0.5 * x *
+                    (1.0 + std::tanh(std::sqrt(2.0 / 3.141592653589793) *
+                                     (x + 0.044715 * x * x * x)));
       expectNear(out[i], act * u[i], "element", i);
     }
     // In place, as a buffer-reusing caller may run it.

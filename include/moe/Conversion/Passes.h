@@ -28,6 +28,11 @@ struct MoECPUPipelineOptions
                        llvm::cl::init(16)};
 };
 
+/// Adds the moe optimising passes, in order, on every function: decompose
+/// experts, hoist shared routers, fuse dispatch/GEMM, loop residency, exit
+/// compaction (registered as `moe-optimize`).
+void buildMoEOptimizePipeline(OpPassManager &pm, int64_t tile = 16);
+
 /// Registers `moe-cpu-pipeline`: the optimising passes (at opt-level >= 1),
 /// convert-moe-to-cpu, and the upstream passes that take the result to the
 /// LLVM dialect.

@@ -10,16 +10,19 @@
 
 using namespace mlir;
 
+void mlir::moe::buildMoEOptimizePipeline(OpPassManager &pm, int64_t tile) {
+  OpPassManager &fpm = pm.nest<func::FuncOp>();
+  fpm.addPass(createMoEDecomposeExperts({tile}));
+  fpm.addPass(createMoEHoistSharedRouters());
+  fpm.addPass(createMoEFuseDispatchGemm());
+  fpm.addPass(createMoELoopResidency());
+  fpm.addPass(createMoEExitCompaction());
+}
+
 void mlir::moe::buildMoECPUPipeline(OpPassManager &pm,
                                     const MoECPUPipelineOptions &options) {
-  if (options.optLevel > 0) {
-    OpPassManager &fpm = pm.nest<func::FuncOp>();
-    fpm.addPass(createMoEDecomposeExperts({options.tile}));
-    fpm.addPass(createMoEHoistSharedRouters());
-    fpm.addPass(createMoEFuseDispatchGemm());
-    fpm.addPass(createMoELoopResidency());
-    fpm.addPass(createMoEExitCompaction());
-  }
+  if (options.optLevel > 0)
+    buildMoEOptimizePipeline(pm, options.tile);
   pm.addPass(createConvertMoEToCPU());
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createSCFToControlFlowPass());
@@ -33,6 +36,10 @@ void mlir::moe::buildMoECPUPipeline(OpPassManager &pm,
 }
 
 void mlir::moe::registerMoECPUPipeline() {
+  PassPipelineRegistration<>(
+      "moe-optimize",
+      "The moe optimising passes of moe-cpu-pipeline, without lowering",
+      [](OpPassManager &pm) { buildMoEOptimizePipeline(pm); });
   PassPipelineRegistration<MoECPUPipelineOptions>(
       "moe-cpu-pipeline",
       "Lower a moe model for the CPU: kernel calls, then the LLVM dialect",

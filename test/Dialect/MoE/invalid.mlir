@@ -1170,3 +1170,185 @@
     "func.return"() : () -> ()
   }) : () -> ()
 }) : () -> ()
+
+// -----
+
+// A plan picks top_k of its experts.
+"builtin.module"() ({
+  "moe.weight"() <{sym_name = "norm", type = tensor<16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "router", type = tensor<4x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "gate", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "up", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "down", type = tensor<4x16x32xf32>}> : () -> ()
+  "func.func"() <{function_type = (tensor<8x16xf32>) -> (), sym_name = "f"}> ({
+  ^bb0(%h: tensor<8x16xf32>):
+    %i = "test.ids"() : () -> tensor<8x2xi32>
+    %g = "test.gates"() : () -> tensor<8x2xf32>
+    // expected-error @+1 {{plan top_k = 5 exceeds its 4 experts}}
+    %p = "moe.plan"(%i) : (tensor<8x2xi32>) -> !moe.plan<experts = 4, top_k = 5, tile = 16>
+    "func.return"() : () -> ()
+  }) : () -> ()
+}) : () -> ()
+
+// -----
+
+// A plan's top_k is the ids'.
+"builtin.module"() ({
+  "moe.weight"() <{sym_name = "norm", type = tensor<16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "router", type = tensor<4x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "gate", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "up", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "down", type = tensor<4x16x32xf32>}> : () -> ()
+  "func.func"() <{function_type = (tensor<8x16xf32>) -> (), sym_name = "f"}> ({
+  ^bb0(%h: tensor<8x16xf32>):
+    %i = "test.ids"() : () -> tensor<8x2xi32>
+    %g = "test.gates"() : () -> tensor<8x2xf32>
+    // expected-error @+1 {{'moe.plan' op ids have top_k = 2, but the plan is for top_k = 3}}
+    %p = "moe.plan"(%i) : (tensor<8x2xi32>) -> !moe.plan<experts = 4, top_k = 3, tile = 16>
+    "func.return"() : () -> ()
+  }) : () -> ()
+}) : () -> ()
+
+// -----
+
+// dispatch keeps the row width.
+"builtin.module"() ({
+  "moe.weight"() <{sym_name = "norm", type = tensor<16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "router", type = tensor<4x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "gate", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "up", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "down", type = tensor<4x16x32xf32>}> : () -> ()
+  "func.func"() <{function_type = (tensor<8x16xf32>) -> (), sym_name = "f"}> ({
+  ^bb0(%h: tensor<8x16xf32>):
+    %i = "test.ids"() : () -> tensor<8x2xi32>
+    %g = "test.gates"() : () -> tensor<8x2xf32>
+    %p = "moe.plan"(%i) : (tensor<8x2xi32>) -> !moe.plan<experts = 4, top_k = 2, tile = 16>
+    // expected-error @+1 {{'moe.dispatch' op result rows have 8 columns, but the input rows have 16}}
+    %d = "moe.dispatch"(%h, %p) : (tensor<8x16xf32>, !moe.plan<experts = 4, top_k = 2, tile = 16>) -> tensor<?x8xf32>
+    "func.return"() : () -> ()
+  }) : () -> ()
+}) : () -> ()
+
+// -----
+
+// A grouped GEMM's weight is [experts, out, in].
+"builtin.module"() ({
+  "moe.weight"() <{sym_name = "norm", type = tensor<16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "router", type = tensor<4x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "gate", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "up", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "down", type = tensor<4x16x32xf32>}> : () -> ()
+  "func.func"() <{function_type = (tensor<8x16xf32>) -> (), sym_name = "f"}> ({
+  ^bb0(%h: tensor<8x16xf32>):
+    %i = "test.ids"() : () -> tensor<8x2xi32>
+    %g = "test.gates"() : () -> tensor<8x2xf32>
+    %p = "moe.plan"(%i) : (tensor<8x2xi32>) -> !moe.plan<experts = 4, top_k = 2, tile = 16>
+    %d = "moe.dispatch"(%h, %p) : (tensor<8x16xf32>, !moe.plan<experts = 4, top_k = 2, tile = 16>) -> tensor<?x16xf32>
+    // expected-error @+1 {{'moe.grouped_matmul' op weight @down must have shape [experts, out, in] = [4, 32, 16], but it has [4, 16, 32]}}
+    %y = "moe.grouped_matmul"(%d, %p) <{weight = @down}> : (tensor<?x16xf32>, !moe.plan<experts = 4, top_k = 2, tile = 16>) -> tensor<?x32xf32>
+    "func.return"() : () -> ()
+  }) : () -> ()
+}) : () -> ()
+
+// -----
+
+// combine's gates have the plan's top_k.
+"builtin.module"() ({
+  "moe.weight"() <{sym_name = "norm", type = tensor<16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "router", type = tensor<4x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "gate", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "up", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "down", type = tensor<4x16x32xf32>}> : () -> ()
+  "func.func"() <{function_type = (tensor<8x16xf32>) -> (), sym_name = "f"}> ({
+  ^bb0(%h: tensor<8x16xf32>):
+    %i = "test.ids"() : () -> tensor<8x2xi32>
+    %g = "test.gates"() : () -> tensor<8x2xf32>
+    %p = "moe.plan"(%i) : (tensor<8x2xi32>) -> !moe.plan<experts = 4, top_k = 2, tile = 16>
+    %y = "test.rows"() : () -> tensor<?x16xf32>
+    %g1 = "test.gates1"() : () -> tensor<8x1xf32>
+    // expected-error @+1 {{'moe.combine' op gates have top_k = 1, but the plan is for top_k = 2}}
+    %c = "moe.combine"(%y, %p, %g1) : (tensor<?x16xf32>, !moe.plan<experts = 4, top_k = 2, tile = 16>, tensor<8x1xf32>) -> tensor<8x16xf32>
+    "func.return"() : () -> ()
+  }) : () -> ()
+}) : () -> ()
+
+// -----
+
+// combine gives one row per token.
+"builtin.module"() ({
+  "moe.weight"() <{sym_name = "norm", type = tensor<16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "router", type = tensor<4x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "gate", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "up", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "down", type = tensor<4x16x32xf32>}> : () -> ()
+  "func.func"() <{function_type = (tensor<8x16xf32>) -> (), sym_name = "f"}> ({
+  ^bb0(%h: tensor<8x16xf32>):
+    %i = "test.ids"() : () -> tensor<8x2xi32>
+    %g = "test.gates"() : () -> tensor<8x2xf32>
+    %p = "moe.plan"(%i) : (tensor<8x2xi32>) -> !moe.plan<experts = 4, top_k = 2, tile = 16>
+    %y = "test.rows"() : () -> tensor<?x16xf32>
+    // expected-error @+1 {{'moe.combine' op result must have one row per token of the gates}}
+    %c = "moe.combine"(%y, %p, %g) : (tensor<?x16xf32>, !moe.plan<experts = 4, top_k = 2, tile = 16>, tensor<8x2xf32>) -> tensor<4x16xf32>
+    "func.return"() : () -> ()
+  }) : () -> ()
+}) : () -> ()
+
+// -----
+
+// A fused group's gates route its input's tokens.
+"builtin.module"() ({
+  "moe.weight"() <{sym_name = "norm", type = tensor<16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "router", type = tensor<4x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "gate", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "up", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "down", type = tensor<4x16x32xf32>}> : () -> ()
+  "func.func"() <{function_type = (tensor<8x16xf32>) -> (), sym_name = "f"}> ({
+  ^bb0(%h: tensor<8x16xf32>):
+    %i = "test.ids"() : () -> tensor<8x2xi32>
+    %g = "test.gates"() : () -> tensor<4x2xf32>
+    %p = "moe.plan"(%i) : (tensor<8x2xi32>) -> !moe.plan<experts = 4, top_k = 2, tile = 16>
+    // expected-error @+1 {{'moe.fused_experts' op gates route 4 tokens, but the input has 8}}
+    %f = "moe.fused_experts"(%h, %p, %g) <{down_proj = @down, gate_proj = @gate, up_proj = @up}> : (tensor<8x16xf32>, !moe.plan<experts = 4, top_k = 2, tile = 16>, tensor<4x2xf32>) -> tensor<8x16xf32>
+    "func.return"() : () -> ()
+  }) : () -> ()
+}) : () -> ()
+
+// -----
+
+// A fused group's weights match its plan's experts.
+"builtin.module"() ({
+  "moe.weight"() <{sym_name = "norm", type = tensor<16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "router", type = tensor<4x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "gate", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "up", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "down", type = tensor<4x16x32xf32>}> : () -> ()
+  "func.func"() <{function_type = (tensor<8x16xf32>) -> (), sym_name = "f"}> ({
+  ^bb0(%h: tensor<8x16xf32>):
+    %i = "test.ids"() : () -> tensor<8x2xi32>
+    %g = "test.gates"() : () -> tensor<8x2xf32>
+    %p = "moe.plan"(%i) : (tensor<8x2xi32>) -> !moe.plan<experts = 8, top_k = 2, tile = 16>
+    // expected-error @+1 {{'moe.fused_experts' op gate_proj @gate must have shape [experts, ffn, hidden] = [8, ?, 16], but it has [4, 32, 16]}}
+    %f = "moe.fused_experts"(%h, %p, %g) <{down_proj = @down, gate_proj = @gate, up_proj = @up}> : (tensor<8x16xf32>, !moe.plan<experts = 8, top_k = 2, tile = 16>, tensor<8x2xf32>) -> tensor<8x16xf32>
+    "func.return"() : () -> ()
+  }) : () -> ()
+}) : () -> ()
+
+// -----
+
+// Compaction needs an exit.
+"builtin.module"() ({
+  "moe.weight"() <{sym_name = "norm", type = tensor<16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "router", type = tensor<4x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "gate", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "up", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "down", type = tensor<4x16x32xf32>}> : () -> ()
+  "func.func"() <{function_type = (tensor<8x16xf32>) -> (), sym_name = "f"}> ({
+  ^bb0(%h: tensor<8x16xf32>):
+    // expected-error @+1 {{'moe.loop' op compact_exits needs an exit in the loop body}}
+    %r:2 = "moe.loop"(%h) <{compact_exits, passes = 3 : i64}> ({
+    ^bb0(%h0: tensor<8x16xf32>):
+      "moe.yield"(%h0) : (tensor<8x16xf32>) -> ()
+    }) : (tensor<8x16xf32>) -> (tensor<8x16xf32>, tensor<8xi32>)
+    "func.return"() : () -> ()
+  }) : () -> ()
+}) : () -> ()

@@ -95,3 +95,35 @@ func.func @decoder(%tokens: tensor<?xi32>, %pos: tensor<?xi32>) -> tensor<?x100x
   %l = moe.unembed %b, @lm_head : tensor<?x16xf32> -> tensor<?x100xf32>
   return %l : tensor<?x100xf32>
 }
+
+// Kernel level.
+// CHECK-LABEL: func.func @kernel_level
+func.func @kernel_level(%x: tensor<?x16xf32>, %ids: tensor<?x2xi32>, %g: tensor<?x2xf32>) -> tensor<?x16xf32> {
+  // CHECK: %[[P:.*]] = moe.plan %{{.*}} : tensor<?x2xi32> -> !moe.plan<experts = 4, top_k = 2, tile = 16>
+  %p = moe.plan %ids : tensor<?x2xi32> -> !moe.plan<experts = 4, top_k = 2, tile = 16>
+  // CHECK: %[[D:.*]] = moe.dispatch %{{.*}}, %[[P]] : tensor<?x16xf32>, !moe.plan<experts = 4, top_k = 2, tile = 16> -> tensor<?x16xf32>
+  %d = moe.dispatch %x, %p : tensor<?x16xf32>, !moe.plan<experts = 4, top_k = 2, tile = 16> -> tensor<?x16xf32>
+  // CHECK: moe.grouped_matmul %[[D]], %[[P]], @gate : tensor<?x16xf32>, !moe.plan<experts = 4, top_k = 2, tile = 16> -> tensor<?x32xf32>
+  %a = moe.grouped_matmul %d, %p, @gate : tensor<?x16xf32>, !moe.plan<experts = 4, top_k = 2, tile = 16> -> tensor<?x32xf32>
+  %b = moe.grouped_matmul %d, %p, @up : tensor<?x16xf32>, !moe.plan<experts = 4, top_k = 2, tile = 16> -> tensor<?x32xf32>
+  // CHECK: moe.glu %{{.*}}, %{{.*}} activation = gelu : tensor<?x32xf32>
+  %h = moe.glu %a, %b activation = gelu : tensor<?x32xf32>
+  %y = moe.grouped_matmul %h, %p, @down : tensor<?x32xf32>, !moe.plan<experts = 4, top_k = 2, tile = 16> -> tensor<?x16xf32>
+  // CHECK: moe.combine %{{.*}}, %[[P]], %{{.*}} : tensor<?x16xf32>, !moe.plan<experts = 4, top_k = 2, tile = 16>, tensor<?x2xf32> -> tensor<?x16xf32>
+  %c = moe.combine %y, %p, %g : tensor<?x16xf32>, !moe.plan<experts = 4, top_k = 2, tile = 16>, tensor<?x2xf32> -> tensor<?x16xf32>
+  // CHECK: moe.fused_experts %{{.*}}, %[[P]], %{{.*}} gate @gate up @up down @down : tensor<?x16xf32>, !moe.plan<experts = 4, top_k = 2, tile = 16>, tensor<?x2xf32>
+  %f = moe.fused_experts %c, %p, %g gate @gate up @up down @down : tensor<?x16xf32>, !moe.plan<experts = 4, top_k = 2, tile = 16>, tensor<?x2xf32>
+  return %f : tensor<?x16xf32>
+}
+
+// CHECK-LABEL: func.func @compacting_loop
+func.func @compacting_loop(%x: tensor<4x16xf32>) -> tensor<4x16xf32> {
+  // CHECK: moe.loop %{{.*}} passes = 2 mode = unroll compact_exits : tensor<4x16xf32> -> tensor<4xi32>
+  %h, %exit = moe.loop %x passes = 2 mode = unroll compact_exits : tensor<4x16xf32> -> tensor<4xi32> {
+  ^bb0(%h0: tensor<4x16xf32>):
+    %h1 = moe.rms_norm %h0, @norm : tensor<4x16xf32>
+    %m = moe.exit %h1, %h0 criterion = cosine threshold = 0.5 : tensor<4x16xf32> -> tensor<4xi1>
+    moe.yield %h1, %m : tensor<4x16xf32>, tensor<4xi1>
+  }
+  return %h : tensor<4x16xf32>
+}
