@@ -42,13 +42,22 @@ FailureOr<ModelManifest> mlir::moe::describeModel(ModuleOp module) {
     manifest.hiddenSize =
         cast<RankedTensorType>(loop.getInit().getType()).getDimSize(1);
     manifest.passes = loop.getPasses();
-    for (auto experts : loop.getBody().getOps<ExpertsOp>()) {
-      ++manifest.layers;
-      manifest.topK =
-          cast<RankedTensorType>(experts.getIds().getType()).getDimSize(1);
-      auto gate = SymbolTable::lookupNearestSymbolFrom<WeightOp>(
-          experts, experts.getGateProjAttr().getAttr());
-      manifest.experts = gate.getTensorType().getDimSize(0);
+    // A layer is an expert group, whole or decomposed (its combine, or its
+    // fused kernel).
+    for (Operation &op : loop.getBody().front()) {
+      if (auto experts = dyn_cast<ExpertsOp>(op)) {
+        ++manifest.layers;
+        manifest.topK =
+            cast<RankedTensorType>(experts.getIds().getType()).getDimSize(1);
+        auto gate = SymbolTable::lookupNearestSymbolFrom<WeightOp>(
+            experts, experts.getGateProjAttr().getAttr());
+        manifest.experts = gate.getTensorType().getDimSize(0);
+      } else if (isa<FusedExpertsOp, CombineOp>(op)) {
+        auto plan = cast<PlanType>(op.getOperand(1).getType());
+        ++manifest.layers;
+        manifest.topK = plan.getTopK();
+        manifest.experts = plan.getExperts();
+      }
     }
     break;
   }

@@ -217,6 +217,7 @@ void combineTokens(const float *y, const int32_t *slotRow, const float *gates,
   }
 }
 
+/// Fills out[0, n) with `value`, NaN or -1, which cannot pass for a result.
 template <typename T> bool fail(T *out, int64_t n, T value) {
   std::fill(out, out + n, value);
   return false;
@@ -288,8 +289,8 @@ bool moert::cpu::dispatch(const float *x, const int32_t *rowToken,
     return fail(out, numRows * s.hidden, kNaN);
   const int64_t planned = offsets[s.numExperts];
   parallelFor(ceilDiv(numRows, kRowBlock), numThreads, [&](int64_t i) {
-    for (int64_t r = i * kRowBlock; r < std::min((i + 1) * kRowBlock, numRows);
-         ++r)
+    int64_t end = std::min((i + 1) * kRowBlock, numRows);
+    for (int64_t r = i * kRowBlock; r < end; ++r)
       copyTokenRow(x, r < planned ? rowToken[r] : -1, s.hidden,
                    out + r * s.hidden);
   });

@@ -30,6 +30,10 @@ namespace cl = llvm::cl;
 
 static cl::opt<std::string> modelPath(cl::Positional, cl::Required,
                                       cl::desc("<model.mlir | config.json>"));
+static cl::opt<bool>
+    showRemarks("remarks",
+                cl::desc("Print the optimising passes' remarks (what they "
+                         "did and why)"));
 static cl::opt<unsigned>
     optLevel("opt-level", cl::init(1), cl::value_desc("0|1"),
              cl::desc("0: lower the model as written; 1 (default): run the "
@@ -83,6 +87,13 @@ int main(int argc, char **argv) {
   MLIRContext ctx(registry);
   llvm::SourceMgr sourceMgr;
   SourceMgrDiagnosticHandler diagnostics(sourceMgr, &ctx);
+  // The optimising passes explain their decisions as remarks; a user sees
+  // them with --remarks (handlers run newest first).
+  ctx.printOpOnDiagnostic(false);
+  ctx.getDiagEngine().registerHandler([](Diagnostic &diag) {
+    return success(diag.getSeverity() == DiagnosticSeverity::Remark &&
+                   !showRemarks);
+  });
 
   FailureOr<OwningOpRef<ModuleOp>> module =
       moe::readModelFile(modelPath, &ctx, sourceMgr);

@@ -47,8 +47,8 @@ int64_t planRows(const MoEShape &shape, int64_t tile) noexcept;
 
 /// Builds the plan of `ids` [T, k] over E experts (shape.numExperts) into
 /// offsets [E + 1], rowToken [numRows] and slotRow [T, k]. Fails, filling all
-/// three with -1, unless 1 <= tile and planRows(shape, tile) <= numRows <
-/// 2^31.
+/// three with -1, unless tile >= 1 and planRows(shape, tile) is at most
+/// numRows and fits in int32.
 bool plan(const int32_t *ids, int32_t *offsets, int32_t *rowToken,
           int32_t *slotRow, const MoEShape &shape, int64_t tile,
           int64_t numRows) noexcept;
