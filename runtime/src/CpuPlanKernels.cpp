@@ -8,11 +8,12 @@
 // every element, and moert::cpu::experts is the fused kernel on a plan with
 // tile 1: all give the same bits, for any thread count.
 //
-// The fused kernel gathers the token rows of a row tile into a per-thread
-// panel inside the gate/up GEMM step; a thread's consecutive items are mostly
-// column tiles of the same row tile, so each row is gathered about once per
-// thread. G and U tiles stay in per-thread buffers where SwiGLU combines them;
-// only act(G) * U is stored for the down GEMM.
+// Each GEMM tile reads its A rows from a per-thread panel (RowPanels): the
+// fused kernel gathers token rows into it, so it makes no permuted copy of x,
+// and grouped matmul copies its input rows there, away from the 4 KiB row
+// stride of an f = 1024 activation. The fused kernel's G and U tiles stay in
+// per-thread buffers where SwiGLU combines them; only act(G) * U is stored for
+// the down GEMM.
 //
 //===----------------------------------------------------------------------===//
 
@@ -137,7 +138,7 @@ class Workspace {
 public:
   /// `n` floats of unspecified contents, or nullptr if they cannot be had.
   float *get(int64_t n) {
-    if (n > size) {
+    if (!data || n > size) {
       data = allocate<float>(n);
       size = data ? n : 0;
     }
@@ -151,39 +152,78 @@ private:
 
 thread_local Workspace expertWorkspace;
 
-/// The fused kernel's scratch in expertWorkspace: two matrices in packed-row
-/// order and, per worker, a panel of gathered token rows and a G and a U
-/// tile.
-struct FusedScratch {
-  int64_t panelStride, hiddenStride, tileStride, tileSize, workerSize;
-  float *hidden;  ///< [rows, f], act(G) * U
-  float *output;  ///< [rows, d], Y
-  float *workers; ///< per worker: panel [panelRows, d], then G, U tiles
+/// Each worker's copy of the A rows of the row tile it is computing, at a
+/// padded stride. A worker's consecutive items are mostly column tiles of the
+/// same row tile, so a row is copied about once per worker.
+class RowPanels {
+public:
+  /// The floats `numWorkers` panels of up to `rows` rows of `cols` need.
+  static int64_t size(int64_t numWorkers, int64_t rows, int64_t cols) {
+    return numWorkers * std::min(kTileRows, rows) * paddedStride(cols);
+  }
 
-  bool allocate(int64_t rows, int64_t numWorkers, const MoEShape &s) {
-    panelStride = paddedStride(s.hidden);
-    hiddenStride = paddedStride(s.ffn);
-    tileStride = paddedStride(kTileCols);
-    int64_t panelRows = std::min(kTileRows, rows);
-    tileSize = panelRows * tileStride;
-    workerSize = panelRows * panelStride + 2 * tileSize;
-    int64_t hiddenSize = rows * hiddenStride, outputSize = rows * s.hidden;
-    hidden =
-        expertWorkspace.get(hiddenSize + outputSize + numWorkers * workerSize);
-    if (!hidden)
+  /// Lays the panels out at `data`, of size(numWorkers, rows, cols) floats.
+  bool init(float *data, int64_t numWorkers, int64_t rows, int64_t cols) {
+    this->data = data;
+    stride = paddedStride(cols);
+    panelSize = std::min(kTileRows, rows) * stride;
+    firstRow = allocate<int64_t>(numWorkers);
+    if (!firstRow)
       return false;
-    output = hidden + hiddenSize;
-    workers = output + outputSize;
+    std::fill(firstRow.get(), firstRow.get() + numWorkers, -1);
     return true;
   }
 
-  float *panel(int64_t worker) const { return workers + worker * workerSize; }
+  /// Worker `worker`'s panel holding rows [t.row, t.row + t.numRows), which
+  /// copyRow(r, dst) copies in unless the panel holds them already.
+  template <typename CopyRowFn>
+  const float *rowsOf(int64_t worker, const Tile &t, CopyRowFn copyRow) {
+    float *panel = data + worker * panelSize;
+    if (firstRow[worker] != t.row) {
+      for (int64_t r = 0; r < t.numRows; ++r)
+        copyRow(t.row + r, panel + r * stride);
+      firstRow[worker] = t.row;
+    }
+    return panel;
+  }
+
+  int64_t stride = 0;
+
+private:
+  float *data = nullptr;
+  int64_t panelSize = 0;
+  /// The first row of the tile in each worker's panel, -1 before any.
+  std::unique_ptr<int64_t[]> firstRow;
+};
+
+/// The fused kernel's scratch in expertWorkspace: two matrices in packed-row
+/// order and, per worker, a G and a U tile and a panel of token rows.
+struct FusedScratch {
+  int64_t hiddenStride, tileStride, tileSize;
+  float *hidden; ///< [rows, f], act(G) * U
+  float *output; ///< [rows, d], Y
+  float *tiles;  ///< per worker: G, U tiles of up to [kTileRows, kTileCols]
+  RowPanels panels;
+
+  bool allocate(int64_t rows, int64_t numWorkers, const MoEShape &s) {
+    hiddenStride = paddedStride(s.ffn);
+    tileStride = paddedStride(kTileCols);
+    tileSize = std::min(kTileRows, rows) * tileStride;
+    int64_t hiddenSize = rows * hiddenStride, outputSize = rows * s.hidden,
+            tilesSize = numWorkers * 2 * tileSize;
+    hidden = expertWorkspace.get(hiddenSize + outputSize + tilesSize +
+                                 RowPanels::size(numWorkers, rows, s.hidden));
+    if (!hidden)
+      return false;
+    output = hidden + hiddenSize;
+    tiles = output + outputSize;
+    return panels.init(tiles + tilesSize, numWorkers, rows, s.hidden);
+  }
+
   float *gateTile(int64_t worker) const {
-    return panel(worker) + workerSize - 2 * tileSize;
+    return tiles + 2 * worker * tileSize;
   }
-  float *upTile(int64_t worker) const {
-    return panel(worker) + workerSize - tileSize;
-  }
+  float *upTile(int64_t worker) const { return gateTile(worker) + tileSize; }
 };
 
 //===----------------------------------------------------------------------===//
@@ -307,11 +347,20 @@ bool moert::cpu::groupedMatmul(const float *a, const int32_t *offsets,
         return std::pair<int64_t, int64_t>(offsets[e], offsets[e + 1]);
       }))
     return fail(out, numRows * n, kNaN);
+  const int64_t numWorkers = workerCount(tiles.size(), numThreads);
+  RowPanels panels;
+  float *memory = expertWorkspace.get(RowPanels::size(numWorkers, numRows, k));
+  if (!memory || !panels.init(memory, numWorkers, numRows, k))
+    return fail(out, numRows * n, kNaN);
   std::fill(out + offsets[numExperts] * n, out + numRows * n, 0.0f);
-  parallelFor(tiles.size(), numThreads, [&](int64_t i) {
+  parallelForWorkers(tiles.size(), numWorkers, [&](int64_t worker, int64_t i) {
     Tile t = tiles[i];
-    detail::gemmABtSerial(a + t.row * k, k, w + (t.expert * n + t.col) * k, k,
-                          out + t.row * n + t.col, n, t.numRows, t.numCols, k);
+    const float *panel = panels.rowsOf(worker, t, [&](int64_t r, float *dst) {
+      std::copy(a + r * k, a + (r + 1) * k, dst);
+    });
+    detail::gemmABtSerial(panel, panels.stride, w + (t.expert * n + t.col) * k,
+                          k, out + t.row * n + t.col, n, t.numRows, t.numCols,
+                          k);
   });
   return true;
 }
@@ -361,27 +410,21 @@ bool moert::cpu::fusedExperts(const float *x, const int32_t *rowToken,
     return fail(out, s.numTokens * d, kNaN);
   const int64_t numWorkers = workerCount(ffnTiles.size(), numThreads);
   FusedScratch buf;
-  // The row tile in each worker's panel, by its first row.
-  std::unique_ptr<int64_t[]> panelRow = allocate<int64_t>(numWorkers);
-  if (!panelRow || !buf.allocate(offsets[s.numExperts], numWorkers, s))
+  if (!buf.allocate(offsets[s.numExperts], numWorkers, s))
     return fail(out, s.numTokens * d, kNaN);
-  std::fill(panelRow.get(), panelRow.get() + numWorkers, -1);
 
-  const int64_t ldPanel = buf.panelStride, ldHid = buf.hiddenStride,
-                ldTile = buf.tileStride;
+  const int64_t ldHid = buf.hiddenStride, ldTile = buf.tileStride;
   parallelForWorkers(ffnTiles.size(), numWorkers, [&](int64_t w, int64_t i) {
     Tile t = ffnTiles[i];
-    float *panel = buf.panel(w), *g = buf.gateTile(w), *u = buf.upTile(w);
-    if (panelRow[w] != t.row) {
-      for (int64_t r = 0; r < t.numRows; ++r)
-        copyTokenRow(x, rowToken[t.row + r], d, panel + r * ldPanel);
-      panelRow[w] = t.row;
-    }
+    const float *panel = buf.panels.rowsOf(w, t, [&](int64_t r, float *dst) {
+      copyTokenRow(x, rowToken[r], d, dst);
+    });
+    float *g = buf.gateTile(w), *u = buf.upTile(w);
     int64_t weightOffset = (t.expert * f + t.col) * d;
-    detail::gemmABtSerial(panel, ldPanel, gateProj + weightOffset, d, g, ldTile,
-                          t.numRows, t.numCols, d);
-    detail::gemmABtSerial(panel, ldPanel, upProj + weightOffset, d, u, ldTile,
-                          t.numRows, t.numCols, d);
+    detail::gemmABtSerial(panel, buf.panels.stride, gateProj + weightOffset, d,
+                          g, ldTile, t.numRows, t.numCols, d);
+    detail::gemmABtSerial(panel, buf.panels.stride, upProj + weightOffset, d, u,
+                          ldTile, t.numRows, t.numCols, d);
     detail::swiglu(g, u, t.numRows, t.numCols, ldTile, activation);
     for (int64_t r = 0; r < t.numRows; ++r)
       std::copy(g + r * ldTile, g + r * ldTile + t.numCols,

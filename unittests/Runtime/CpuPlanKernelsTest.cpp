@@ -416,6 +416,20 @@ TEST(CpuPlanKernels, SkewedRoutingAndEmptyExperts) {
   }
 }
 
+TEST(CpuPlanKernels, NoTokens) {
+  PlanCase c(0, 20, 36, 5, 2, 4, 17);
+  Plan p = c.plan();
+  EXPECT_TRUE(allEqual(p.offsets, 0));
+  EXPECT_TRUE(allEqual(p.rowToken, -1));
+  EXPECT_TRUE(c.fusedWithThreads(p, 2).empty());
+  // Every row is beyond offsets[E]: zero.
+  std::vector<float> a(c.numRows() * c.s.hidden, 1.0f);
+  std::vector<float> g(c.numRows() * c.s.ffn, 7.0f);
+  EXPECT_TRUE(groupedMatmul(a.data(), p.offsets.data(), c.gate.data(), g.data(),
+                            c.s.numExperts, c.numRows(), c.s.ffn, c.s.hidden));
+  EXPECT_TRUE(std::all_of(g.begin(), g.end(), [](float v) { return v == 0; }));
+}
+
 TEST(CpuPlanKernels, FusedBitwiseDeterministicAcrossThreads) {
   PlanCase c(97, 72, 136, 8, 2, 4, 14);
   Plan p = c.plan();

@@ -13,7 +13,7 @@
 // No function throws or aborts. The ones that need scratch memory and cannot
 // get it return false and fill their outputs with NaN (expert ids with -1), so
 // the failure cannot pass for a result. The expert group keeps its scratch,
-// T*k*(2d+2f) floats, in a per-thread workspace that grows to the largest call
+// about T*k*(d+f) floats plus small per-thread row panels, in a workspace that grows to the largest call
 // and is freed when the calling thread ends; the rest is allocated per call.
 //
 //===----------------------------------------------------------------------===//
