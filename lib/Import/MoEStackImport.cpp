@@ -6,6 +6,8 @@
 //
 //===----------------------------------------------------------------------===//
 #include "moe/Import/MoEStackImport.h"
+#include "moe/Import/ConfigImport.h"
+#include "moe/Import/JsonConfig.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -13,13 +15,7 @@
 #include "mlir/IR/Verifier.h"
 #include "moe/Dialect/MoE/IR/MoEOps.h"
 #include "llvm/ADT/STLExtras.h"
-#include "llvm/ADT/StringMap.h"
-#include "llvm/Support/Format.h"
-#include "llvm/Support/JSON.h"
 #include "llvm/Support/MathExtras.h"
-
-#include <cmath>
-#include <limits>
 
 using namespace mlir;
 using namespace mlir::moe;
@@ -77,259 +73,19 @@ const std::pair<StringRef, std::optional<ExitCriterion>> kExitCriteria[] = {
     {"cosine", ExitCriterion::cosine},
     {"relative_l2", ExitCriterion::relative_l2}};
 
-constexpr StringRef kJsonSpace = " \t\r\n";
-
-/// Byte offsets of the keys of the top-level object in `text`, which must be
-/// valid JSON (llvm::json keeps no positions). A repeated key maps to its last
-/// occurrence, the one llvm::json keeps; a key spelt with escapes is stored as
-/// written and so is not found, which only costs the diagnostic its position.
-llvm::StringMap<size_t> findTopLevelKeys(StringRef text) {
-  llvm::StringMap<size_t> keys;
-  int depth = 0;
-  for (size_t i = 0; i < text.size(); ++i) {
-    switch (text[i]) {
-    case '{':
-    case '[':
-      ++depth;
-      break;
-    case '}':
-    case ']':
-      --depth;
-      break;
-    case '"': {
-      size_t start = i;
-      for (++i; i < text.size() && text[i] != '"'; ++i)
-        if (text[i] == '\\')
-          ++i;
-      size_t next = text.find_first_not_of(kJsonSpace, i + 1);
-      if (depth == 1 && next != StringRef::npos && text[next] == ':')
-        keys[text.slice(start + 1, i)] = start;
-      break;
-    }
-    default:
-      break;
-    }
-  }
-  return keys;
-}
-
-/// llvm::json reports "[line:column, byte=N]: message"; returns N and the
-/// message so the diagnostic can point into the file like all the others.
-std::pair<size_t, std::string> splitJsonError(StringRef error) {
-  StringRef rest = error;
-  size_t offset;
-  if (rest.consume_front("[")) {
-    auto [position, message] = rest.split("]: ");
-    if (!message.empty() &&
-        !position.split("byte=").second.getAsInteger(10, offset))
-      return {offset, message.str()};
-  }
-  return {0, error.str()};
-}
-
-/// A JSON value as a message shows it; containers only by kind, so that a
-/// large one cannot flood the message.
-std::string describe(const llvm::json::Value &value) {
-  if (value.kind() == llvm::json::Value::Object)
-    return "an object";
-  if (value.kind() == llvm::json::Value::Array)
-    return "an array";
-  std::string text;
-  llvm::raw_string_ostream(text) << value;
-  return text;
-}
-
-std::string formatFloat(double value) {
-  std::string text;
-  llvm::raw_string_ostream(text) << llvm::format("%g", value);
-  return text;
-}
-
-/// Like formatFloat, but "4.0" rather than "4": the form a message uses to
-/// tell a float apart from an integer.
-std::string formatFloatLiteral(double value) {
-  std::string text = formatFloat(value);
-  if (text.find_first_not_of("-0123456789") == std::string::npos)
-    text += ".0";
-  return text;
-}
-
 /// Reads and validates a config; every error names the field and points at
 /// its key (or, for a missing field, at the object).
-class ConfigReader {
+class ConfigReader : public JsonConfig {
 public:
-  ConfigReader(StringRef text, StringRef sourceName, MLIRContext *ctx)
-      : text(text), sourceName(sourceName), ctx(ctx) {}
-
+  using JsonConfig::JsonConfig;
   FailureOr<MoEStackConfig> read();
 
-  /// Where the config object starts; valid after read() succeeds.
-  Location configLoc() const { return locAt(objectOffset); }
-
 private:
-  LogicalResult parseObject();
   LogicalResult readModelType();
   LogicalResult readFields(MoEStackConfig &config);
   LogicalResult checkConsistency(const MoEStackConfig &config);
-  void warnUnknownFields();
   void warnUnreachableExit(const MoEStackConfig &config);
-
-  FailureOr<const llvm::json::Value *> lookup(StringRef field, bool required);
-  LogicalResult readPositiveInt(StringRef field, int64_t &out,
-                                bool required = false);
-  LogicalResult readFloat(StringRef field, float &out);
-  LogicalResult readBool(StringRef field, bool &out);
-  FailureOr<std::optional<StringRef>> readString(StringRef field,
-                                                 bool required = false);
-  template <typename T, size_t N>
-  LogicalResult readEnum(StringRef field,
-                         const std::pair<StringRef, T> (&cases)[N], T &out);
-
-  Location locAt(size_t offset) const;
-  Location fieldLoc(StringRef field) const;
-  InFlightDiagnostic fieldError(StringRef field) {
-    return emitError(fieldLoc(field)) << "field '" << field << "' ";
-  }
-
-  StringRef text, sourceName;
-  MLIRContext *ctx;
-  llvm::json::Value root = nullptr;
-  const llvm::json::Object *object = nullptr;
-  size_t objectOffset = 0;
-  llvm::StringMap<size_t> keyOffsets;
 };
-
-Location ConfigReader::locAt(size_t offset) const {
-  StringRef before = text.take_front(offset);
-  size_t lineStart = before.rfind('\n');
-  lineStart = lineStart == StringRef::npos ? 0 : lineStart + 1;
-  return FileLineColLoc::get(ctx, sourceName, 1 + before.count('\n'),
-                             1 + before.size() - lineStart);
-}
-
-Location ConfigReader::fieldLoc(StringRef field) const {
-  auto it = keyOffsets.find(field);
-  return locAt(it == keyOffsets.end() ? objectOffset : it->second);
-}
-
-LogicalResult ConfigReader::parseObject() {
-  llvm::Expected<llvm::json::Value> parsed = llvm::json::parse(text);
-  if (!parsed) {
-    auto [offset, message] = splitJsonError(toString(parsed.takeError()));
-    return emitError(locAt(offset)) << "invalid JSON: " << message;
-  }
-  root = std::move(*parsed);
-  // Valid JSON has a value, so this finds it.
-  objectOffset = text.find_first_not_of(kJsonSpace);
-  object = root.getAsObject();
-  if (!object)
-    return emitError(locAt(objectOffset))
-           << "the config must be a JSON object, got " << describe(root);
-  keyOffsets = findTopLevelKeys(text);
-  return success();
-}
-
-FailureOr<const llvm::json::Value *> ConfigReader::lookup(StringRef field,
-                                                          bool required) {
-  const llvm::json::Value *value = object->get(field);
-  if (!value && required)
-    return emitError(fieldLoc(field))
-           << "missing required field '" << field << "'";
-  return value;
-}
-
-LogicalResult ConfigReader::readPositiveInt(StringRef field, int64_t &out,
-                                            bool required) {
-  FailureOr<const llvm::json::Value *> value = lookup(field, required);
-  if (failed(value))
-    return failure();
-  if (!*value)
-    return success();
-  // llvm::json also reads `2.0` as an integer, but the contract (like Python)
-  // keeps ints and floats apart. Only integer literals have an unsigned form;
-  // a negative `-2.0` slips through as -2, which the range check rejects.
-  std::optional<int64_t> integer = (*value)->getAsInteger();
-  std::optional<double> number = (*value)->getAsNumber();
-  if (!number)
-    return fieldError(field) << "must be an integer, got " << describe(**value);
-  if (!(*value)->getAsUINT64() && !(integer && *integer < 0))
-    return fieldError(field)
-           << "must be an integer, got " << formatFloatLiteral(*number);
-  if (!integer)
-    return fieldError(field) << "= " << describe(**value) << " is out of range";
-  if (*integer < 1)
-    return fieldError(field) << "= " << *integer << " must be >= 1";
-  out = *integer;
-  return success();
-}
-
-LogicalResult ConfigReader::readFloat(StringRef field, float &out) {
-  FailureOr<const llvm::json::Value *> value = lookup(field, false);
-  if (failed(value))
-    return failure();
-  if (!*value)
-    return success();
-  std::optional<double> number = (*value)->getAsNumber();
-  if (!number)
-    return fieldError(field) << "must be a number, got " << describe(**value);
-  // Casting a double beyond the f32 range is undefined; flushing a tiny one to
-  // zero would change its meaning.
-  if (std::fabs(*number) > std::numeric_limits<float>::max() ||
-      (*number != 0.0 && static_cast<float>(*number) == 0.0f))
-    return fieldError(field)
-           << "= " << formatFloat(*number) << " is not representable as f32";
-  out = static_cast<float>(*number);
-  return success();
-}
-
-LogicalResult ConfigReader::readBool(StringRef field, bool &out) {
-  FailureOr<const llvm::json::Value *> value = lookup(field, false);
-  if (failed(value))
-    return failure();
-  if (!*value)
-    return success();
-  std::optional<bool> flag = (*value)->getAsBoolean();
-  if (!flag)
-    return fieldError(field) << "must be a boolean, got " << describe(**value);
-  out = *flag;
-  return success();
-}
-
-FailureOr<std::optional<StringRef>> ConfigReader::readString(StringRef field,
-                                                             bool required) {
-  FailureOr<const llvm::json::Value *> value = lookup(field, required);
-  if (failed(value))
-    return failure();
-  if (!*value)
-    return std::optional<StringRef>();
-  std::optional<StringRef> string = (*value)->getAsString();
-  if (!string)
-    return fieldError(field) << "must be a string, got " << describe(**value);
-  return string;
-}
-
-template <typename T, size_t N>
-LogicalResult ConfigReader::readEnum(StringRef field,
-                                     const std::pair<StringRef, T> (&cases)[N],
-                                     T &out) {
-  FailureOr<std::optional<StringRef>> name = readString(field);
-  if (failed(name))
-    return failure();
-  if (!*name)
-    return success();
-  for (const auto &[spelling, value] : cases) {
-    if (**name == spelling) {
-      out = value;
-      return success();
-    }
-  }
-  InFlightDiagnostic diag = emitError(fieldLoc(field))
-                            << "unknown " << field << " '" << **name
-                            << "' (expected ";
-  for (size_t i = 0; i < N; ++i)
-    diag << (i == 0 ? "" : i + 1 == N ? " or " : ", ") << cases[i].first;
-  return diag << ")";
-}
 
 LogicalResult ConfigReader::readModelType() {
   FailureOr<std::optional<StringRef>> name =
@@ -339,7 +95,7 @@ LogicalResult ConfigReader::readModelType() {
   if (**name != kModelType)
     return emitError(fieldLoc("model_type"))
            << "unsupported model_type '" << **name
-           << "' (supported: " << kModelType << ")";
+           << "' (supported: " << supportedModelTypes() << ")";
   return success();
 }
 
@@ -362,8 +118,8 @@ LogicalResult ConfigReader::readFields(MoEStackConfig &c) {
   ok &= succeeded(readFloat("exit_threshold", c.exitThreshold));
   ok &= succeeded(readPositiveInt("exit_min_loops", c.exitMinLoops));
   const std::pair<StringRef, Type> dtypes[] = {
-      {"float32", Float32Type::get(ctx)}, {"bfloat16", BFloat16Type::get(ctx)}};
-  c.weightType = Float32Type::get(ctx);
+      {"float32", Float32Type::get(getContext())}, {"bfloat16", BFloat16Type::get(getContext())}};
+  c.weightType = Float32Type::get(getContext());
   ok &= succeeded(readEnum("torch_dtype", dtypes, c.weightType));
   return success(ok);
 }
@@ -412,16 +168,6 @@ LogicalResult ConfigReader::checkConsistency(const MoEStackConfig &c) {
   return success(ok);
 }
 
-void ConfigReader::warnUnknownFields() {
-  SmallVector<StringRef> unknown;
-  for (const auto &entry : *object)
-    if (!llvm::is_contained(kFields, StringRef(entry.first)))
-      unknown.push_back(entry.first);
-  llvm::sort(unknown);
-  for (StringRef field : unknown)
-    emitWarning(fieldLoc(field)) << "ignoring unknown field '" << field << "'";
-}
-
 void ConfigReader::warnUnreachableExit(const MoEStackConfig &c) {
   if (!c.exitCriterion || c.exitMinLoops < c.numLoops)
     return;
@@ -432,9 +178,9 @@ void ConfigReader::warnUnreachableExit(const MoEStackConfig &c) {
 }
 
 FailureOr<MoEStackConfig> ConfigReader::read() {
-  if (failed(parseObject()) || failed(readModelType()))
+  if (failed(parse()) || failed(readModelType()))
     return failure();
-  warnUnknownFields();
+  warnUnknownFields(kFields);
   MoEStackConfig config;
   if (failed(readFields(config)) || failed(checkConsistency(config)))
     return failure();

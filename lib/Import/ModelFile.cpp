@@ -1,6 +1,6 @@
 //===- ModelFile.cpp - read a model from .mlir or config.json -------------===//
 #include "moe/Import/ModelFile.h"
-#include "moe/Import/MoEStackImport.h"
+#include "moe/Import/ConfigImport.h"
 
 #include "mlir/IR/Diagnostics.h"
 #include "mlir/IR/Verifier.h"
@@ -19,7 +19,7 @@ moe::readModelFile(StringRef path, MLIRContext *context,
            << "cannot read model '" << path
            << "': " << file.getError().message();
   if (path.ends_with(".json"))
-    return importMoEStackConfig((*file)->getBuffer(), path, context);
+    return importModelConfig((*file)->getBuffer(), path, context);
   sourceMgr.AddNewSourceBuffer(std::move(*file), llvm::SMLoc());
   OwningOpRef<ModuleOp> module = parseSourceFile<ModuleOp>(sourceMgr, context);
   if (!module || failed(verify(*module)))

@@ -26,6 +26,12 @@ std::string ModelManifest::toJSON() const {
                           {"passes", passes},        {"layers", layers},
                           {"top_k", topK},           {"experts", experts},
                           {"weights", std::move(ws)}};
+  if (decoder) {
+    root["kind"] = "decoder";
+    root["vocab_size"] = vocabSize;
+    root["max_positions"] = maxPositions;
+    root["cache_widths"] = llvm::json::Array(cacheWidths);
+  }
   std::string text;
   llvm::raw_string_ostream(text) << llvm::json::Value(std::move(root));
   return text;
@@ -34,6 +40,27 @@ std::string ModelManifest::toJSON() const {
 FailureOr<ModelManifest> mlir::moe::describeModel(ModuleOp module) {
   ModelManifest manifest;
   for (auto func : module.getOps<func::FuncOp>()) {
+    if (!func.isExternal() && !func.getOps<EmbedOp>().empty()) {
+      manifest.entry = func.getName().str();
+      manifest.decoder = true;
+      auto logits = cast<RankedTensorType>(func.getResultTypes()[0]);
+      manifest.vocabSize = logits.getDimSize(1);
+      auto embed = *func.getOps<EmbedOp>().begin();
+      manifest.hiddenSize =
+          cast<RankedTensorType>(embed.getType()).getDimSize(1);
+      auto maxPositions =
+          module->getAttrOfType<IntegerAttr>("moe.max_positions");
+      manifest.maxPositions = maxPositions ? maxPositions.getInt() : 4096;
+      SmallVector<AttentionOp> attentions(func.getOps<AttentionOp>());
+      llvm::sort(attentions, [](AttentionOp a, AttentionOp b) {
+        return a.getCacheSlot() < b.getCacheSlot();
+      });
+      for (AttentionOp a : attentions)
+        manifest.cacheWidths.push_back(a.getNumKvHeads() * a.getHeadDim());
+      manifest.layers = attentions.size();
+      manifest.passes = 1;
+      break;
+    }
     auto loops = func.getBody().getOps<LoopOp>();
     if (func.isExternal() || loops.empty())
       continue;

@@ -1,5 +1,6 @@
 //===- CpuKernelRegistry.cpp - every CPU kernel the compiler calls --------===//
 #include "moert/CpuKernelRegistry.h"
+#include "moert/CpuDecoderKernels.h"
 #include "moert/CpuKernels.h"
 #include "moert/CpuLoopKernels.h"
 #include "moert/CpuPlanKernels.h"
@@ -19,6 +20,8 @@ llvm::ArrayRef<KernelSymbol> moert::cpu::kernelSymbols() {
       MOERT_KERNEL(moert_plan),          MOERT_KERNEL(moert_dispatch),
       MOERT_KERNEL(moert_grouped_matmul), MOERT_KERNEL(moert_glu),
       MOERT_KERNEL(moert_combine),       MOERT_KERNEL(moert_fused_experts),
+      MOERT_KERNEL(moert_embed),         MOERT_KERNEL(moert_unembed),
+      MOERT_KERNEL(moert_attention),
   };
   return table;
 }

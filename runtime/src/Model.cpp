@@ -1,11 +1,14 @@
 //===- Model.cpp - the moe runtime C API ----------------------------------===//
 #include "moert/moert.h"
 #include "moert/Safetensors.h"
+#include "WeightFiles.h"
 
 #include "llvm/ADT/SmallVector.h"
 #include "llvm/ADT/StringRef.h"
 #include "llvm/Support/JSON.h"
 
+#include <memory>
+#include <new>
 #include <set>
 #include <string>
 #include <vector>
@@ -57,8 +60,18 @@ private:
 struct moert_model {
   const moert_compiled_model *compiled;
   moert_model_info info;
+  std::vector<int64_t> cacheWidths; ///< decoders: per cache slot
   std::vector<WeightSpec> specs;
   std::vector<std::vector<float>> weights;
+};
+
+struct moert_session {
+  moert_model *model;
+  int64_t position = 0;
+  /// K and V of every cache slot, [max_positions, width] each. Left
+  /// uninitialised: attention reads only positions it has written, so pages
+  /// past the sequence are never touched.
+  std::vector<std::unique_ptr<float[]>> caches;
 };
 
 namespace {
@@ -86,6 +99,15 @@ llvm::Error parseManifest(llvm::StringRef text, moert_model &model) {
       !integer("top_k", info.top_k) || !integer("experts", info.experts) ||
       !weights)
     return fail("missing a field");
+  info.is_decoder = root->getString("kind") == "decoder";
+  if (info.is_decoder) {
+    const llvm::json::Array *widths = root->getArray("cache_widths");
+    if (!integer("vocab_size", info.vocab_size) ||
+        !integer("max_positions", info.max_positions) || !widths)
+      return fail("a decoder lacks vocab_size, max_positions or cache_widths");
+    for (const llvm::json::Value &w : *widths)
+      model.cacheWidths.push_back(w.getAsInteger().value_or(0));
+  }
   for (const llvm::json::Value &w : *weights) {
     const llvm::json::Object *obj = w.getAsObject();
     std::optional<llvm::StringRef> source =
@@ -107,7 +129,7 @@ llvm::Error parseManifest(llvm::StringRef text, moert_model &model) {
 
 /// Reads one weight as f32, stacking the per-expert tensors of a `{e}`
 /// source; records the tensor names it used.
-llvm::Expected<std::vector<float>> loadWeight(const moert::SafetensorsFile &file,
+llvm::Expected<std::vector<float>> loadWeight(const moert::WeightFiles &file,
                                               const WeightSpec &spec,
                                               std::set<std::string> &used) {
   llvm::ArrayRef<int64_t> shape = spec.shape;
@@ -172,21 +194,21 @@ moert_status moert_model_load(moert_context *ctx,
   if (llvm::Error err = parseManifest(compiled->manifest, *model))
     return fromError(std::move(err), MOERT_INVALID_ARGUMENT);
 
-  auto file = moert::SafetensorsFile::open(weights_path);
-  if (!file)
-    return fromError(file.takeError(), MOERT_INVALID_ARGUMENT);
+  auto files = moert::WeightFiles::open(weights_path);
+  if (!files)
+    return fromError(files.takeError(), MOERT_INVALID_ARGUMENT);
   std::set<std::string> used;
   for (const WeightSpec &spec : model->specs) {
-    auto values = loadWeight(**file, spec, used);
+    auto values = loadWeight(*files, spec, used);
     if (!values)
       return fromError(values.takeError(), MOERT_INVALID_ARGUMENT);
     model->weights.push_back(std::move(*values));
   }
-  for (const moert::TensorView &t : (*file)->tensors())
-    if (!used.count(t.name))
+  for (const auto &[tensor, file] : files->tensors())
+    if (!used.count(tensor->name))
       return makeStatus(MOERT_INVALID_ARGUMENT,
-                        std::string(weights_path) + ": unexpected tensor '" +
-                            t.name + "': the model has no weight bound to it");
+                        file + ": unexpected tensor '" + tensor->name +
+                            "': the model has no weight bound to it");
   *out = model.release();
   return nullptr;
 }
@@ -201,6 +223,10 @@ moert_status moert_model_run(moert_model *model, int64_t tokens,
   if (!model || !hidden || !out || !out->hidden_states || !out->exit_loop ||
       !out->expert_ids || !out->expert_gates)
     return makeStatus(MOERT_INVALID_ARGUMENT, "moert_model_run: null argument");
+  if (model->info.is_decoder)
+    return makeStatus(MOERT_INVALID_ARGUMENT,
+                      "moert_model_run: this model is a decoder (token ids "
+                      "to logits); run it with moert_session_forward");
   if (tokens < 1)
     return makeStatus(MOERT_INVALID_ARGUMENT,
                       "moert_model_run: tokens must be at least 1");
@@ -220,4 +246,78 @@ moert_status moert_model_run(moert_model *model, int64_t tokens,
   model->compiled->run(pointers.data());
   return nullptr;
 }
+
+moert_status moert_session_create(moert_model *model, moert_session **out) {
+  if (!model || !out)
+    return makeStatus(MOERT_INVALID_ARGUMENT,
+                      "moert_session_create: null argument");
+  if (!model->info.is_decoder)
+    return makeStatus(MOERT_INVALID_ARGUMENT,
+                      "moert_session_create: this model is not a decoder; "
+                      "run it with moert_model_run");
+  auto session = std::make_unique<moert_session>();
+  session->model = model;
+  for (int64_t width : model->cacheWidths)
+    for (int kv = 0; kv < 2; ++kv) {
+      session->caches.emplace_back(
+          new (std::nothrow) float[model->info.max_positions * width]);
+      if (!session->caches.back())
+        return makeStatus(MOERT_INTERNAL,
+                          "cannot allocate a KV cache of " +
+                              std::to_string(model->info.max_positions) +
+                              " positions");
+    }
+  *out = session.release();
+  return nullptr;
+}
+
+moert_status moert_session_forward(moert_session *session,
+                                   const int32_t *tokens, int64_t n,
+                                   float *logits) {
+  if (!session || !tokens || !logits)
+    return makeStatus(MOERT_INVALID_ARGUMENT,
+                      "moert_session_forward: null argument");
+  moert_model *model = session->model;
+  const moert_model_info &info = model->info;
+  if (n < 1)
+    return makeStatus(MOERT_INVALID_ARGUMENT,
+                      "moert_session_forward: tokens must be at least 1");
+  if (session->position + n > info.max_positions)
+    return makeStatus(MOERT_INVALID_ARGUMENT,
+                      "sequence of " + std::to_string(session->position + n) +
+                          " tokens exceeds max_position_embeddings (" +
+                          std::to_string(info.max_positions) + ")");
+  for (int64_t i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= info.vocab_size)
+      return makeStatus(MOERT_INVALID_ARGUMENT,
+                        "token id " + std::to_string(tokens[i]) +
+                            " at index " + std::to_string(i) +
+                            " is outside the vocabulary [0, " +
+                            std::to_string(info.vocab_size) + ")");
+  std::vector<int32_t> positions(n);
+  for (int64_t i = 0; i < n; ++i)
+    positions[i] = int32_t(session->position + i);
+  llvm::SmallVector<Descriptor> descriptors = {
+      Descriptor(tokens, {n}), Descriptor(positions.data(), {n}),
+      Descriptor(logits, {n, info.vocab_size})};
+  for (size_t slot = 0; slot < model->cacheWidths.size(); ++slot)
+    for (int kv = 0; kv < 2; ++kv)
+      descriptors.emplace_back(
+          session->caches[2 * slot + kv].get(),
+          llvm::ArrayRef<int64_t>{info.max_positions, model->cacheWidths[slot]});
+  for (size_t i = 0; i < model->specs.size(); ++i)
+    descriptors.emplace_back(model->weights[i].data(), model->specs[i].shape);
+  llvm::SmallVector<void *> pointers;
+  for (Descriptor &d : descriptors)
+    pointers.push_back(d.get());
+  model->compiled->run(pointers.data());
+  session->position += n;
+  return nullptr;
+}
+
+int64_t moert_session_position(const moert_session *session) {
+  return session ? session->position : 0;
+}
+
+void moert_session_free(moert_session *session) { delete session; }
 }

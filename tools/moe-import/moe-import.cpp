@@ -1,6 +1,7 @@
 //===- moe-import.cpp - import a model config.json as moe IR --------------===//
 //
-// Reads a moe_stack config.json and prints the moe dialect module for it.
+// Reads a model config.json (moe_stack, mixtral, olmoe, qwen3_moe) and prints
+// the moe dialect module for it.
 // Diagnostics point into the JSON file (file:line:col) with the offending
 // line quoted; the exit status is 1 on any error, and -o leaves no file then.
 //
@@ -17,7 +18,7 @@
 #include "llvm/Support/ToolOutputFile.h"
 
 #include "moe/Dialect/MoE/IR/MoEDialect.h"
-#include "moe/Import/MoEStackImport.h"
+#include "moe/Import/ConfigImport.h"
 
 namespace cl = llvm::cl;
 
@@ -41,10 +42,12 @@ int main(int argc, char **argv) {
   cl::ParseCommandLineOptions(
       argc, argv,
       "moe model importer\n\n"
-      "Reads a Hugging Face style config.json with \"model_type\": "
-      "\"moe_stack\" (from stdin\nwhen no file is given) and writes the moe "
-      "dialect module: one moe.weight per\nsafetensors tensor and a "
-      "@forward function running the layers in a moe.loop.\n");
+      "Reads a Hugging Face style config.json (from stdin when no file is "
+      "given) and\nwrites the moe dialect module: one moe.weight per "
+      "safetensors tensor and a\n@forward function. Supported model_type "
+      "values: moe_stack (its layers run\nin a moe.loop), mixtral, olmoe and "
+      "qwen3_moe (tokens and positions to logits,\none KV cache slot per "
+      "layer).\n");
 
   std::string errorMessage;
   std::unique_ptr<llvm::MemoryBuffer> input =
@@ -72,7 +75,7 @@ int main(int argc, char **argv) {
   mlir::SourceMgrDiagnosticHandler diagnostics(sourceMgr, &context);
 
   mlir::FailureOr<mlir::OwningOpRef<mlir::ModuleOp>> module =
-      mlir::moe::importMoEStackConfig(text, sourceName, &context);
+      mlir::moe::importModelConfig(text, sourceName, &context);
   if (failed(module))
     return 1;
   module->get().print(output->os());

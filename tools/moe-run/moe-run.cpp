@@ -53,6 +53,11 @@ static cl::opt<std::string> outputsPath(
     cl::desc("Where to write hidden_states, exit_loop, expert_ids and "
              "expert_gates (.safetensors)"));
 static cl::opt<unsigned>
+    generate("generate", cl::init(0), cl::value_desc("N"),
+             cl::desc("Decoders: after the prefill, greedily generate N "
+                      "tokens per sequence with the KV cache (output "
+                      "'generated' I32 [batch, N])"));
+static cl::opt<unsigned>
     repeat("repeat", cl::init(1), cl::value_desc("N"),
            cl::desc("Run the model N times and print the median and minimum "
                     "run time (for benchmarks)"));
@@ -125,10 +130,125 @@ compile(ModuleOp module, const moe::ModelManifest &manifest) {
   return std::move(*engine);
 }
 
+/// The compiled model, loaded with its weights.
+struct LoadedModel {
+  std::unique_ptr<ExecutionEngine> engine;
+  std::unique_ptr<moert_context, void (*)(moert_context *)> ctx{
+      nullptr, moert_context_free};
+  std::unique_ptr<moert_model, void (*)(moert_model *)> model{
+      nullptr, moert_model_free};
+};
+
+llvm::Expected<LoadedModel> load(ModuleOp module,
+                                 const moe::ModelManifest &manifest) {
+  LoadedModel loaded;
+  auto engine = compile(module, manifest);
+  if (!engine)
+    return engine.takeError();
+  loaded.engine = std::move(*engine);
+  auto record = loaded.engine->lookup(kSymbol);
+  if (!record)
+    return record.takeError();
+  auto *compiled = static_cast<const moert_compiled_model *>(*record);
+  moert_context *ctx = nullptr;
+  if (llvm::Error err = check(moert_context_create(device.c_str(), &ctx)))
+    return err;
+  loaded.ctx.reset(ctx);
+  moert_model *model = nullptr;
+  if (llvm::Error err = check(
+          moert_model_load(ctx, compiled, weightsPath.c_str(), &model)))
+    return err;
+  loaded.model.reset(model);
+  return loaded;
+}
+
+/// Index of the largest logit; ties go to the lowest token id.
+int32_t argmax(const float *logits, int64_t vocab) {
+  int64_t best = 0;
+  for (int64_t v = 1; v < vocab; ++v)
+    if (logits[v] > logits[best])
+      best = v;
+  return int32_t(best);
+}
+
+/// Decoders: prefill each sequence of input_ids [B, S], then greedy decoding.
+llvm::Error runDecoder(ModuleOp module, const moe::ModelManifest &manifest) {
+  auto inputsFile = moert::SafetensorsFile::open(inputsPath);
+  if (!inputsFile)
+    return inputsFile.takeError();
+  const moert::TensorView *input = (*inputsFile)->find("input_ids");
+  if (!input || input->dtype != moert::DType::I32 || input->shape.size() != 2)
+    return makeError(inputsPath + ": needs input_ids I32 [batch, sequence]");
+  auto ids = moert::readAsI32(*input);
+  if (!ids)
+    return ids.takeError();
+  int64_t batch = input->shape[0], seq = input->shape[1];
+  int64_t vocab = manifest.vocabSize, steps = generate;
+  if (seq < 1)
+    return makeError(inputsPath + ": input_ids has empty sequences");
+  if (seq + steps > manifest.maxPositions)
+    return makeError("a sequence of " + llvm::Twine(seq) + " tokens plus " +
+                     llvm::Twine(steps) +
+                     " generated ones exceeds max_position_embeddings (" +
+                     llvm::Twine(manifest.maxPositions) + ")");
+
+  auto loaded = load(module, manifest);
+  if (!loaded)
+    return loaded.takeError();
+  std::vector<float> logits(batch * seq * vocab), step(vocab);
+  std::vector<int32_t> generated(batch * steps);
+  double prefillSeconds = 0, decodeSeconds = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    moert_session *raw = nullptr;
+    if (llvm::Error err =
+            check(moert_session_create(loaded->model.get(), &raw)))
+      return err;
+    std::unique_ptr<moert_session, void (*)(moert_session *)> session(
+        raw, moert_session_free);
+    auto start = std::chrono::steady_clock::now();
+    if (llvm::Error err = check(moert_session_forward(
+            raw, ids->data() + b * seq, seq, logits.data() + b * seq * vocab)))
+      return err;
+    auto mid = std::chrono::steady_clock::now();
+    const float *last = logits.data() + (b * seq + seq - 1) * vocab;
+    for (int64_t i = 0; i < steps; ++i) {
+      int32_t next = argmax(last, vocab);
+      generated[b * steps + i] = next;
+      if (i + 1 == steps)
+        break;
+      if (llvm::Error err =
+              check(moert_session_forward(raw, &next, 1, step.data())))
+        return err;
+      last = step.data();
+    }
+    auto end = std::chrono::steady_clock::now();
+    prefillSeconds += std::chrono::duration<double>(mid - start).count();
+    decodeSeconds += std::chrono::duration<double>(end - mid).count();
+  }
+  if (stats)
+    llvm::outs() << llvm::format(
+        "stats: %lld sequences; prefill %lld tokens in %.3f ms (%.1f tokens/s); "
+        "decode %lld tokens in %.3f ms (%.1f tokens/s)\n",
+        (long long)batch, (long long)(batch * seq), prefillSeconds * 1e3,
+        batch * seq / std::max(prefillSeconds, 1e-9),
+        (long long)(batch * std::max<int64_t>(steps - 1, 0)),
+        decodeSeconds * 1e3,
+        batch * std::max<int64_t>(steps - 1, 0) /
+            std::max(decodeSeconds, 1e-9));
+  std::vector<moert::TensorToWrite> tensors = {
+      {"logits", moert::DType::F32, {batch, seq, vocab}, bytesOf(logits)}};
+  if (steps)
+    tensors.push_back(
+        {"generated", moert::DType::I32, {batch, steps}, bytesOf(generated)});
+  return moert::writeSafetensors(outputsPath, tensors);
+}
+
 llvm::Error run(ModuleOp module) {
   FailureOr<moe::ModelManifest> manifest = moe::describeModel(module);
   if (failed(manifest))
     return makeError("cannot run this module");
+  if (manifest->decoder)
+    return runDecoder(module, *manifest);
 
   // Inputs first: a bad input file should not cost a compile.
   auto inputsFile = moert::SafetensorsFile::open(inputsPath);
@@ -147,25 +267,10 @@ llvm::Error run(ModuleOp module) {
     return hiddenIn.takeError();
   int64_t tokens = input->shape[0];
 
-  auto engine = compile(module, *manifest);
-  if (!engine)
-    return engine.takeError();
-  auto record = (*engine)->lookup(kSymbol);
-  if (!record)
-    return record.takeError();
-  auto *compiled = static_cast<const moert_compiled_model *>(*record);
-
-  moert_context *ctx = nullptr;
-  if (llvm::Error err = check(moert_context_create(device.c_str(), &ctx)))
-    return err;
-  std::unique_ptr<moert_context, void (*)(moert_context *)> ctxOwner(
-      ctx, moert_context_free);
-  moert_model *model = nullptr;
-  if (llvm::Error err = check(
-          moert_model_load(ctx, compiled, weightsPath.c_str(), &model)))
-    return err;
-  std::unique_ptr<moert_model, void (*)(moert_model *)> modelOwner(
-      model, moert_model_free);
+  auto loaded = load(module, *manifest);
+  if (!loaded)
+    return loaded.takeError();
+  moert_model *model = loaded->model.get();
 
   int64_t steps = manifest->passes * manifest->layers;
   int64_t traceSize = steps * tokens * manifest->topK;

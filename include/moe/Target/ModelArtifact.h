@@ -24,6 +24,11 @@ namespace mlir::moe {
 struct ModelManifest {
   std::string entry; ///< the model function
   int64_t hiddenSize = 0, passes = 0, layers = 0, topK = 0, experts = 0;
+  /// Decoders (tokens -> logits): vocabulary, KV cache length, and the width
+  /// (kv_heads * head_dim) of each cache slot's K and V buffers.
+  bool decoder = false;
+  int64_t vocabSize = 0, maxPositions = 0;
+  SmallVector<int64_t> cacheWidths;
   struct Weight {
     std::string source, dtype;
     SmallVector<int64_t> shape;

@@ -48,6 +48,7 @@ public:
       : module(module), weights(weights), builder(module.getContext()) {}
 
   LogicalResult lower(func::FuncOp func);
+  LogicalResult lowerDecoder(func::FuncOp func);
 
 private:
   LogicalResult checkForm(func::FuncOp func);
@@ -94,6 +95,10 @@ private:
   std::optional<int64_t> staticPassIndex;
   bool byToken = false;
   int64_t layersPerPass = 0, layerInPass = 0, topK = 0;
+  /// Decoders: the KV cache buffers of each attention op's cache slot, and
+  /// a one-element stand-in for absent optional weights.
+  DenseMap<int64_t, std::pair<Value, Value>> kvCaches;
+  Value absentWeight;
 };
 } // namespace
 
@@ -312,8 +317,75 @@ LogicalResult ModelLowering::lower(func::FuncOp func) {
   return success();
 }
 
+/// A decoder `@f(tokens, positions) -> logits` becomes
+/// `@f(tokens, positions, logits, k0, v0, k1, v1, ..., weights...)`: the
+/// KV caches, [max positions, kv_heads * head_dim] each, in cache-slot order.
+LogicalResult ModelLowering::lowerDecoder(func::FuncOp func) {
+  MLIRContext *ctx = func.getContext();
+  loc = func.getLoc();
+  auto logitsType = cast<RankedTensorType>(func.getResultTypes()[0]);
+  if (!func.getOps<LoopOp>().empty())
+    return func.emitError("convert-moe-to-cpu: looped decoders are not "
+                          "supported yet");
+  SmallVector<AttentionOp> attentions(func.getOps<AttentionOp>());
+  llvm::sort(attentions, [](AttentionOp a, AttentionOp b) {
+    return a.getCacheSlot() < b.getCacheSlot();
+  });
+  for (size_t i = 0; i < attentions.size(); ++i)
+    if (attentions[i].getCacheSlot() != i)
+      return attentions[i].emitError("convert-moe-to-cpu: decoder cache "
+                                     "slots must be 0, 1, ... in order, one "
+                                     "per attention");
+  Type f32 = builder.getF32Type(), i32 = builder.getI32Type();
+  int64_t dyn = ShapedType::kDynamic;
+  SmallVector<Type> inputs = {MemRefType::get({dyn}, i32),
+                              MemRefType::get({dyn}, i32),
+                              MemRefType::get({dyn, logitsType.getDimSize(1)},
+                                              f32)};
+  for (AttentionOp a : attentions) {
+    int64_t width = a.getNumKvHeads() * a.getHeadDim();
+    inputs.append(2, MemRefType::get({dyn, width}, f32));
+  }
+  for (WeightOp w : weights)
+    inputs.push_back(MemRefType::get(w.getTensorType().getShape(), f32));
+
+  builder.setInsertionPoint(func);
+  auto lowered = func::FuncOp::create(builder, loc, func.getName(),
+                                      FunctionType::get(ctx, inputs, {}));
+  lowered->setAttr(kCInterface, builder.getUnitAttr());
+  Block *entry = lowered.addEntryBlock();
+  builder.setInsertionPointToStart(entry);
+  for (auto [i, a] : llvm::enumerate(attentions))
+    kvCaches[a.getCacheSlot()] = {entry->getArgument(3 + 2 * i),
+                                  entry->getArgument(4 + 2 * i)};
+  for (auto [w, arg] : llvm::zip(
+           weights, entry->getArguments().drop_front(3 + 2 * attentions.size())))
+    weightArgs[WeightOp(w).getSymNameAttr()] = arg;
+
+  tokens = memref::DimOp::create(builder, loc, entry->getArgument(0), 0);
+  rows = tokens;
+  lastAllocation = tokens.getDefiningOp();
+  buffers[func.getArgument(0)] = entry->getArgument(0);
+  buffers[func.getArgument(1)] = entry->getArgument(1);
+  absentWeight = allocate(MemRefType::get({1}, f32));
+
+  for (Operation &op : func.getBody().front().without_terminator())
+    if (failed(emitOp(&op)))
+      return failure();
+  auto ret = cast<func::ReturnOp>(func.getBody().front().getTerminator());
+  memref::CopyOp::create(builder, loc, view(ret.getOperand(0)),
+                         entry->getArgument(2));
+  for (Value buffer : allocations)
+    memref::DeallocOp::create(builder, loc, buffer);
+  func::ReturnOp::create(builder, loc);
+  func.erase();
+  return success();
+}
+
 /// Records the routing of the current layer in the trace.
 void ModelLowering::recordStep(Value ids, Value gates) {
+  if (!traceIdsArg) // decoders return logits, not a routing trace
+    return;
   Value step =
       staticPassIndex
           ? constI64(*staticPassIndex * layersPerPass + layerInPass)
@@ -454,6 +526,57 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
         emitLoop(loop);
         return success();
       })
+      .Case([&](EmbedOp embed) {
+        Value tokenIds = view(embed.getTokens());
+        call("moert_embed", {tokenIds, weight(embed.getTableAttr()),
+                             define(embed.getResult())});
+        return success();
+      })
+      .Case([&](UnembedOp unembed) {
+        Value in = view(unembed.getInput());
+        call("moert_unembed", {in, weight(unembed.getLmHeadAttr()),
+                               define(unembed.getLogits())});
+        return success();
+      })
+      .Case([&](AttentionOp attention) -> LogicalResult {
+        auto cache = kvCaches.find(attention.getCacheSlot());
+        if (cache == kvCaches.end())
+          return attention.emitError("convert-moe-to-cpu: no KV cache for "
+                                     "slot ")
+                 << attention.getCacheSlot();
+        // Norm kind 1: full-width norms (OLMoE); 2: per head (Qwen3).
+        int64_t normKind = 0;
+        if (auto qNorm = attention.getQNormAttr()) {
+          auto w = SymbolTable::lookupNearestSymbolFrom<WeightOp>(
+              attention, qNorm.getAttr());
+          normKind = w.getTensorType().getDimSize(0) ==
+                             static_cast<int64_t>(attention.getHeadDim())
+                         ? 2
+                         : 1;
+        }
+        auto optional = [&](FlatSymbolRefAttr sym) {
+          return sym ? weight(sym) : absentWeight;
+        };
+        Value in = view(attention.getInput());
+        Value positions = view(attention.getPositions());
+        float clip = attention.getClipQkv()
+                         ? attention.getClipQkv()->convertToFloat()
+                         : 0.0f;
+        call("moert_attention",
+             {in, positions, weight(attention.getQProjAttr()),
+              weight(attention.getKProjAttr()),
+              weight(attention.getVProjAttr()),
+              weight(attention.getOProjAttr()),
+              optional(attention.getQNormAttr()),
+              optional(attention.getKNormAttr()), cache->second.first,
+              cache->second.second, define(attention.getResult()),
+              constI64(attention.getNumHeads()),
+              constI64(attention.getNumKvHeads()),
+              constI64(attention.getHeadDim()),
+              constF32(attention.getRopeTheta()), constF32(APFloat(clip)),
+              constI32(normKind), constF32(attention.getNormEps())});
+        return success();
+      })
       .Default([&](Operation *other) {
         return other->emitError("convert-moe-to-cpu cannot lower this op");
       });
@@ -537,12 +660,20 @@ struct ConvertMoEToCPUPass
   void runOnOperation() override {
     ModuleOp module = getOperation();
     SmallVector<WeightOp> weights(module.getOps<WeightOp>());
-    SmallVector<func::FuncOp> models;
-    for (func::FuncOp func : module.getOps<func::FuncOp>())
-      if (!func.isExternal() && !func.getOps<LoopOp>().empty())
+    SmallVector<func::FuncOp> models, decoders;
+    for (func::FuncOp func : module.getOps<func::FuncOp>()) {
+      if (func.isExternal())
+        continue;
+      if (!func.getOps<EmbedOp>().empty())
+        decoders.push_back(func);
+      else if (!func.getOps<LoopOp>().empty())
         models.push_back(func);
+    }
     for (func::FuncOp func : models)
       if (failed(ModelLowering(module, weights).lower(func)))
+        return signalPassFailure();
+    for (func::FuncOp func : decoders)
+      if (failed(ModelLowering(module, weights).lowerDecoder(func)))
         return signalPassFailure();
     for (WeightOp w : weights)
       w.erase();

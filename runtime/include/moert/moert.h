@@ -46,9 +46,13 @@ typedef struct moert_context moert_context;
 moert_status moert_context_create(const char *device, moert_context **out);
 void moert_context_free(moert_context *ctx);
 
-/* Model shape facts from the manifest. */
+/* Model shape facts from the manifest. A decoder (is_decoder != 0) maps
+ * token ids to logits over vocab_size and keeps a KV cache of up to
+ * max_positions tokens per sequence; run it through sessions. */
 typedef struct moert_model_info {
   int64_t hidden_size, passes, layers, top_k, experts;
+  int32_t is_decoder;
+  int64_t vocab_size, max_positions;
 } moert_model_info;
 
 typedef struct moert_model moert_model;
@@ -76,6 +80,19 @@ typedef struct moert_outputs {
 moert_status moert_model_run(moert_model *model, int64_t tokens,
                              const float *hidden_states,
                              const moert_outputs *outputs);
+
+/* Decoders: one session per sequence holds its KV cache. A session is used
+ * by one thread at a time; sessions of one model run concurrently. */
+typedef struct moert_session moert_session;
+moert_status moert_session_create(moert_model *model, moert_session **out);
+/* Runs `tokens` [n] at the session's next positions (0 for the first call:
+ * prefill; then one token at a time: decode), appending to its KV cache, and
+ * writes logits [n, vocab_size]. Running past max_positions is an error. */
+moert_status moert_session_forward(moert_session *session,
+                                   const int32_t *tokens, int64_t n,
+                                   float *logits);
+int64_t moert_session_position(const moert_session *session);
+void moert_session_free(moert_session *session);
 
 #ifdef __cplusplus
 }

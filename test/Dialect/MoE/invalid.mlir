@@ -1151,7 +1151,7 @@
 
 // -----
 
-// q_norm is [head_dim].
+// q_norm is [head_dim] or the full projection width.
 "builtin.module"() ({
   "moe.weight"() <{sym_name = "norm", type = tensor<16xf32>}> : () -> ()
   "moe.weight"() <{sym_name = "router", type = tensor<4x16xf32>}> : () -> ()
@@ -1165,8 +1165,30 @@
   "moe.weight"() <{sym_name = "qn", type = tensor<4xf32>}> : () -> ()
   "func.func"() <{function_type = (tensor<8x16xf32>, tensor<8xi32>) -> (), sym_name = "f"}> ({
   ^bb0(%h: tensor<8x16xf32>, %p: tensor<8xi32>):
-    // expected-error @+1 {{'moe.attention' op q_norm @wq must have shape [head_dim] = [4], but it has [16, 16]}}
+    // expected-error @+1 {{'moe.attention' op q_norm @wq must have shape [head_dim] = [4] (per head) or [16] (full width), but it has [16, 16]}}
     %a = "moe.attention"(%h, %p) <{head_dim = 4 : i64, k_proj = @wkv, num_heads = 4 : i64, num_kv_heads = 2 : i64, o_proj = @wo, q_proj = @wq, v_proj = @wkv, q_norm = @wq}> : (tensor<8x16xf32>, tensor<8xi32>) -> tensor<8x16xf32>
+    "func.return"() : () -> ()
+  }) : () -> ()
+}) : () -> ()
+
+// -----
+
+// q_norm and k_norm come together.
+"builtin.module"() ({
+  "moe.weight"() <{sym_name = "norm", type = tensor<16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "router", type = tensor<4x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "gate", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "up", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "down", type = tensor<4x16x32xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "embed", type = tensor<100x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "wq", type = tensor<16x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "wkv", type = tensor<8x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "wo", type = tensor<16x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "qn", type = tensor<4xf32>}> : () -> ()
+  "func.func"() <{function_type = (tensor<8x16xf32>, tensor<8xi32>) -> (), sym_name = "f"}> ({
+  ^bb0(%h: tensor<8x16xf32>, %p: tensor<8xi32>):
+    // expected-error @+1 {{'moe.attention' op q_norm and k_norm come together}}
+    %a = "moe.attention"(%h, %p) <{head_dim = 4 : i64, k_proj = @wkv, num_heads = 4 : i64, num_kv_heads = 2 : i64, o_proj = @wo, q_proj = @wq, v_proj = @wkv, q_norm = @qn}> : (tensor<8x16xf32>, tensor<8xi32>) -> tensor<8x16xf32>
     "func.return"() : () -> ()
   }) : () -> ()
 }) : () -> ()

@@ -1,6 +1,6 @@
 //===- ImportFuzzer.cpp - libFuzzer target for the moe_stack importer -----===//
 //
-// Feeds arbitrary bytes to importMoEStackConfig. Besides crashes and memory
+// Feeds arbitrary bytes to importModelConfig. Besides crashes and memory
 // errors it checks the importer's contract: a config is either rejected with
 // a diagnostic about the config (at a FileLineColLoc in it), or imported as a
 // module that verifies. A verifier error, which the importer reports at the
@@ -12,7 +12,7 @@
 #include "llvm/Support/JSON.h"
 #include "llvm/Support/raw_ostream.h"
 
-#include "moe/Import/MoEStackImport.h"
+#include "moe/Import/ConfigImport.h"
 
 #include <cstdlib>
 
@@ -46,6 +46,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       std::abort();
     }
   });
-  (void)mlir::moe::importMoEStackConfig(text, "fuzz.json", &context);
+  (void)mlir::moe::importModelConfig(text, "fuzz.json", &context);
   return 0;
 }

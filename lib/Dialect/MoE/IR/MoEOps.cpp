@@ -411,11 +411,26 @@ LogicalResult AttentionOp::verifySymbolUses(SymbolTableCollection &tables) {
       failed(verifyWeightUse(*this, tables, getOProjAttr(), "o_proj",
                              {d, qWidth}, "[hidden, heads * head_dim]")))
     return failure();
-  for (auto [norm, role] : {std::pair{getQNormAttr(), "q_norm"},
-                            std::pair{getKNormAttr(), "k_norm"}})
-    if (norm && failed(verifyWeightUse(*this, tables, norm, role, {hd},
-                                       "[head_dim]")))
+  // Per-head norms (Qwen3) are [head_dim]; full-width ones (OLMoE) span the
+  // projection.
+  for (auto [norm, role, width] :
+       {std::tuple{getQNormAttr(), "q_norm", qWidth},
+        std::tuple{getKNormAttr(), "k_norm", kvWidth}}) {
+    if (!norm)
+      continue;
+    FailureOr<RankedTensorType> type = lookupWeight(*this, tables, norm, role);
+    if (failed(type))
       return failure();
+    if (!shapesAgree(type->getShape(), {hd}) &&
+        !shapesAgree(type->getShape(), {width}))
+      return emitOpError() << role << " " << norm
+                           << " must have shape [head_dim] = [" << hd
+                           << "] (per head) or [" << width
+                           << "] (full width), but it has "
+                           << formatShape(type->getShape());
+  }
+  if (bool(getQNormAttr()) != bool(getKNormAttr()))
+    return emitOpError("q_norm and k_norm come together");
   return success();
 }
 

@@ -233,9 +233,11 @@ def MoE_AttentionOp : MoE_SymbolUserOp<"attention",
   let summary = "multi-head attention with GQA, RoPE and a KV cache";
   let description = [{
     Grouped-query attention over the tokens of one sequence at `positions`,
-    with rotary embeddings (`rope_theta`), an optional causal mask, optional
-    per-head RMS norms of queries and keys (`q_norm`, `k_norm`, as in OLMoE and
-    Qwen3) and optional clipping of q, k, v to `clip_qkv`. `q_proj` is
+    with rotary embeddings (`rope_theta`, Hugging Face rotate_half layout), an
+    optional causal mask, optional RMS norms of queries and keys (`q_norm`,
+    `k_norm` with `norm_eps`: per head over [head_dim] as in Qwen3, or over
+    the full projection width as in OLMoE) and optional clipping of q, k, v
+    to `clip_qkv` right after the projections. `q_proj` is
     [heads * head_dim, hidden], `k_proj` and `v_proj` are
     [kv_heads * head_dim, hidden], `o_proj` is [hidden, heads * head_dim].
     Keys and values are appended to KV cache slot `cache_slot` (one slot per
@@ -250,14 +252,16 @@ def MoE_AttentionOp : MoE_SymbolUserOp<"attention",
       OptionalAttr<FlatSymbolRefAttr>:$q_norm,
       OptionalAttr<FlatSymbolRefAttr>:$k_norm,
       OptionalAttr<F32Attr>:$clip_qkv,
-      DefaultValuedAttr<I64Attr, "0">:$cache_slot);
+      DefaultValuedAttr<I64Attr, "0">:$cache_slot,
+      DefaultValuedAttr<F32Attr, "1.0e-6">:$norm_eps);
   let results = (outs MoE_Hidden:$result);
   let assemblyFormat = [{
     $input `,` $positions `q` $q_proj `k` $k_proj `v` $v_proj `o` $o_proj
     `heads` `=` $num_heads `kv_heads` `=` $num_kv_heads
     `head_dim` `=` $head_dim (`rope_theta` `=` $rope_theta^)?
     (`causal` $causal^)? (`q_norm` $q_norm^)? (`k_norm` $k_norm^)?
-    (`clip_qkv` `=` $clip_qkv^)? (`cache_slot` `=` $cache_slot^)? attr-dict
+    (`clip_qkv` `=` $clip_qkv^)? (`cache_slot` `=` $cache_slot^)?
+    (`norm_eps` `=` $norm_eps^)? attr-dict
     `:` type($input) `,` type($positions)
   }];
   let hasVerifier = 1;

@@ -1,0 +1,98 @@
+//===- CpuDecoderKernels.h - Dense decoder kernels --------------*- C++ -*-===//
+//
+// The dense parts of a decoder around the MoE layers (Mixtral, OLMoE,
+// Qwen3-MoE): token embedding, unembedding and causal self-attention over a KV
+// cache, as a C++ API on raw row-major pointers and as the
+// `_mlir_ciface_moert_*` functions of the compiler's CPU lowering. They follow
+// the conventions of CpuKernels.h: no throwing or aborting, NaN in the float
+// outputs on inconsistent sizes or out-of-range values, and bitwise identical
+// results for any thread count.
+//
+// Unembedding has no C++ entry point of its own: it is gemmABt(x, d, w, d,
+// out, V, n, V, d).
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOERT_CPUDECODERKERNELS_H
+#define MOERT_CPUDECODERKERNELS_H
+
+#include "mlir/ExecutionEngine/CRunnerUtils.h"
+
+#include <cstdint>
+
+namespace moert::cpu {
+
+/// out[i,:] = table[tokens[i],:] for table [vocab, hidden]; a token outside
+/// [0, vocab) gives a NaN row.
+void embed(const int32_t *tokens, const float *table, float *out,
+           int64_t numTokens, int64_t vocab, int64_t hidden) noexcept;
+
+/// The normalisation of queries and keys before RoPE.
+enum class QkNorm : int32_t {
+  None = 0,    ///< Mixtral
+  Full = 1,    ///< OLMoE: rmsnorm over all heads, weights [H*hd], [KV*hd]
+  PerHead = 2, ///< Qwen3: rmsnorm over each head, weights [hd]
+};
+
+/// The sizes of one attention call.
+struct AttentionShape {
+  int64_t numTokens;    ///< n, the tokens of this call
+  int64_t hidden;       ///< d
+  int64_t numHeads;     ///< H
+  int64_t numKvHeads;   ///< KV, a divisor of H
+  int64_t headDim;      ///< hd, even
+  int64_t maxPositions; ///< the rows of the KV cache
+};
+
+struct AttentionOptions {
+  float ropeTheta;
+  float clip; ///< q, k and v are clamped to [-clip, clip] if clip > 0
+  QkNorm norm;
+  float normEps;
+};
+
+/// Causal self-attention of n tokens of one sequence at the consecutive
+/// positions positions[0] .. positions[0] + n - 1:
+///  - q = x wq^T [n, H*hd], k = x wk^T, v = x wv^T [n, KV*hd], clamped, with
+///    q and k normalised as `norm` says and rotated by RoPE (non-interleaved,
+///    inv_freq[i] = theta^(-2i/hd));
+///  - the k and v rows are stored into kCache and vCache [maxPositions, KV*hd]
+///    at their positions;
+///  - head h of the token at position p attends to cache positions 0..p of kv
+///    head h / (H/KV) with softmax(q.k / sqrt(hd));
+///  - out [n, d] = the heads' outputs [n, H*hd] @ wo^T, wo [d, H*hd].
+/// Cache rows below positions[0] must hold the sequence's earlier tokens.
+/// Fails, with NaN in `out` and the caches untouched, if the positions are not
+/// consecutive within [0, maxPositions), the shape is not as above or
+/// ropeTheta is not positive, or scratch memory is short.
+bool attention(const float *x, const int32_t *positions, const float *wq,
+               const float *wk, const float *wv, const float *wo,
+               const float *qNorm, const float *kNorm, float *kCache,
+               float *vCache, float *out, const AttentionShape &shape,
+               const AttentionOptions &options,
+               unsigned numThreads = 0) noexcept;
+
+} // namespace moert::cpu
+
+// The C interface, under the conventions of CpuKernels.h. qNorm and kNorm are
+// [H*hd] and [KV*hd] for normKind 1, [hd] for normKind 2, and ignored for
+// normKind 0.
+extern "C" {
+void _mlir_ciface_moert_embed(StridedMemRefType<int32_t, 1> *tokens,
+                              StridedMemRefType<float, 2> *table,
+                              StridedMemRefType<float, 2> *out);
+void _mlir_ciface_moert_unembed(StridedMemRefType<float, 2> *x,
+                                StridedMemRefType<float, 2> *w,
+                                StridedMemRefType<float, 2> *out);
+void _mlir_ciface_moert_attention(
+    StridedMemRefType<float, 2> *x, StridedMemRefType<int32_t, 1> *positions,
+    StridedMemRefType<float, 2> *wq, StridedMemRefType<float, 2> *wk,
+    StridedMemRefType<float, 2> *wv, StridedMemRefType<float, 2> *wo,
+    StridedMemRefType<float, 1> *qNorm, StridedMemRefType<float, 1> *kNorm,
+    StridedMemRefType<float, 2> *kCache, StridedMemRefType<float, 2> *vCache,
+    StridedMemRefType<float, 2> *out, int64_t numHeads, int64_t numKvHeads,
+    int64_t headDim, float ropeTheta, float clip, int32_t normKind,
+    float normEps);
+}
+
+#endif // MOERT_CPUDECODERKERNELS_H

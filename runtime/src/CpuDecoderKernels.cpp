@@ -1,0 +1,287 @@
+//===- CpuDecoderKernels.cpp - Dense decoder kernels ----------------------===//
+//
+// Attention runs in four parallel phases: the q, k, v projections (k and v
+// straight into their cache rows), the per-token clamp, norms and RoPE, the
+// softmax attention, and the output projection. The attention items are a
+// block of tokens and one kv head, so that the query heads sharing that kv
+// head read each cache row once. Every phase gives each output element to one
+// work item with a fixed reduction order, so the bits do not depend on the
+// thread count; and since no element's arithmetic depends on the blocking
+// either, a chunk of tokens gives the same bits as decoding them one by one.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moert/CpuDecoderKernels.h"
+#include "moert/CpuKernels.h"
+
+#include "CpuGemm.h"
+#include "CpuKernelsInternal.h"
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+
+using namespace moert::cpu;
+using namespace moert::cpu::detail;
+
+namespace {
+
+/// Query rows (token and head pairs) per attention work item, at least: the
+/// item's score GEMM and value sum reuse each cache row they load across them.
+constexpr int64_t kQueryRows = 16;
+
+/// Whether value == a * b with a, b positive, without overflowing.
+bool isProduct(int64_t value, int64_t a, int64_t b) {
+  return a > 0 && b > 0 && value % b == 0 && value / b == a;
+}
+
+bool positionsValid(const int32_t *positions, int64_t numTokens,
+                    int64_t maxPositions) {
+  int64_t first = positions[0];
+  if (first < 0 || first > maxPositions - numTokens)
+    return false;
+  for (int64_t i = 1; i < numTokens; ++i)
+    if (positions[i] != first + i)
+      return false;
+  return true;
+}
+
+/// Rotates the pair (i, i + hd/2) of each of the `numHeads` heads in `row` by
+/// the angle whose cosine and sine are c and s.
+void rotatePair(float *row, int64_t numHeads, int64_t headDim, int64_t i,
+                float c, float s) {
+  int64_t half = headDim / 2;
+  for (int64_t h = 0; h < numHeads; ++h) {
+    float *u = row + h * headDim;
+    float a = u[i], b = u[i + half];
+    u[i] = a * c - b * s;
+    u[i + half] = b * c + a * s;
+  }
+}
+
+/// Clamps, normalises and rotates one token's q [H*hd] and k, v [KV*hd].
+void prepareToken(float *q, float *k, float *v, const float *qNorm,
+                  const float *kNorm, int64_t position, const AttentionShape &s,
+                  const AttentionOptions &o) {
+  const int64_t qWidth = s.numHeads * s.headDim;
+  const int64_t kvWidth = s.numKvHeads * s.headDim;
+  if (o.clip > 0.0f) {
+    auto clamp = [&](float *row, int64_t n) {
+      for (int64_t i = 0; i < n; ++i)
+        row[i] = std::clamp(row[i], -o.clip, o.clip);
+    };
+    clamp(q, qWidth);
+    clamp(k, kvWidth);
+    clamp(v, kvWidth);
+  }
+  // rmsNorm is elementwise after its reduction, so it may work in place; a
+  // per-head norm is a norm over H (or KV) rows of hd.
+  if (o.norm == QkNorm::Full) {
+    rmsNorm(q, qNorm, q, 1, qWidth, o.normEps);
+    rmsNorm(k, kNorm, k, 1, kvWidth, o.normEps);
+  } else if (o.norm == QkNorm::PerHead) {
+    rmsNorm(q, qNorm, q, s.numHeads, s.headDim, o.normEps);
+    rmsNorm(k, kNorm, k, s.numKvHeads, s.headDim, o.normEps);
+  }
+  // The angles in double: float would lose about position * 2^-24 radians.
+  for (int64_t i = 0; i < s.headDim / 2; ++i) {
+    double angle = static_cast<double>(position) *
+                   std::pow(static_cast<double>(o.ropeTheta),
+                            -2.0 * static_cast<double>(i) /
+                                static_cast<double>(s.headDim));
+    float c = static_cast<float>(std::cos(angle));
+    float sn = static_cast<float>(std::sin(angle));
+    rotatePair(q, s.numHeads, s.headDim, i, c, sn);
+    rotatePair(k, s.numKvHeads, s.headDim, i, c, sn);
+  }
+}
+
+/// scores[0, n) = softmax(scores * scale), max-subtracted.
+void softmaxInPlace(float *scores, int64_t n, float scale) {
+  float maxScore = scores[0] * scale;
+  for (int64_t j = 1; j < n; ++j)
+    maxScore = std::max(maxScore, scores[j] * scale);
+  float sum = 0.0f;
+  for (int64_t j = 0; j < n; ++j) {
+    scores[j] = std::exp(scores[j] * scale - maxScore);
+    sum += scores[j];
+  }
+  for (int64_t j = 0; j < n; ++j)
+    scores[j] /= sum;
+}
+
+} // namespace
+
+void moert::cpu::embed(const int32_t *tokens, const float *table, float *out,
+                       int64_t numTokens, int64_t vocab,
+                       int64_t hidden) noexcept {
+  for (int64_t t = 0; t < numTokens; ++t) {
+    float *row = out + t * hidden;
+    if (tokens[t] < 0 || tokens[t] >= vocab)
+      std::fill(row, row + hidden, kNaN);
+    else
+      std::copy_n(table + tokens[t] * hidden, hidden, row);
+  }
+}
+
+bool moert::cpu::attention(const float *x, const int32_t *positions,
+                           const float *wq, const float *wk, const float *wv,
+                           const float *wo, const float *qNorm,
+                           const float *kNorm, float *kCache, float *vCache,
+                           float *out, const AttentionShape &s,
+                           const AttentionOptions &o,
+                           unsigned numThreads) noexcept {
+  const int64_t n = s.numTokens, hd = s.headDim;
+  if (n <= 0)
+    return n == 0;
+  auto fail = [&] {
+    std::fill(out, out + n * s.hidden, kNaN);
+    return false;
+  };
+  bool valid = s.numHeads > 0 && s.numKvHeads > 0 &&
+               s.numHeads % s.numKvHeads == 0 && hd > 0 && hd % 2 == 0 &&
+               o.ropeTheta > 0.0f &&
+               (o.norm == QkNorm::None || o.norm == QkNorm::Full ||
+                o.norm == QkNorm::PerHead) &&
+               positionsValid(positions, n, s.maxPositions);
+  if (!valid)
+    return fail();
+
+  const int64_t qWidth = s.numHeads * hd, kvWidth = s.numKvHeads * hd;
+  const int64_t groupSize = s.numHeads / s.numKvHeads;
+  const int64_t groupWidth = groupSize * hd;
+  const int64_t first = positions[0], numKeys = first + n;
+  const int64_t blockTokens =
+      std::min(n, std::max<int64_t>(1, kQueryRows / groupSize));
+  const int64_t blockRows = blockTokens * groupSize;
+  const int64_t numItems = ceilDiv(n, blockTokens) * s.numKvHeads;
+  const int64_t numWorkers = workerCount(numItems, numThreads);
+  // Each worker's queries and scores.
+  const int64_t workerSize = blockRows * (hd + numKeys);
+  std::unique_ptr<float[]> q = allocate<float>(n * qWidth);
+  std::unique_ptr<float[]> scratch = allocate<float>(numWorkers * workerSize);
+  if (!q || !scratch)
+    return fail();
+
+  float *k = kCache + first * kvWidth, *v = vCache + first * kvWidth;
+  gemmABt(x, s.hidden, wq, s.hidden, q.get(), qWidth, n, qWidth, s.hidden,
+          numThreads);
+  gemmABt(x, s.hidden, wk, s.hidden, k, kvWidth, n, kvWidth, s.hidden,
+          numThreads);
+  gemmABt(x, s.hidden, wv, s.hidden, v, kvWidth, n, kvWidth, s.hidden,
+          numThreads);
+  parallelFor(n, numThreads, [&](int64_t t) {
+    prepareToken(q.get() + t * qWidth, k + t * kvWidth, v + t * kvWidth, qNorm,
+                 kNorm, first + t, s, o);
+  });
+
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  parallelForWorkers(numItems, numWorkers, [&](int64_t worker, int64_t item) {
+    int64_t kvHead = item % s.numKvHeads;
+    int64_t token0 = (item / s.numKvHeads) * blockTokens;
+    int64_t tokens = std::min(blockTokens, n - token0);
+    int64_t rows = tokens * groupSize;
+    // The block's last token sees cache positions [0, blockKeys).
+    int64_t blockKeys = first + token0 + tokens;
+    // Row i of the block is head kvHead * groupSize + i % groupSize of token
+    // token0 + i / groupSize: the group's heads are adjacent in q.
+    float *qGroup = q.get() + token0 * qWidth + kvHead * groupWidth;
+    auto qRow = [&](int64_t i) {
+      return qGroup + (i / groupSize) * qWidth + (i % groupSize) * hd;
+    };
+    float *queries = scratch.get() + worker * workerSize;
+    float *scores = queries + blockRows * hd;
+    for (int64_t t = 0; t < tokens; ++t)
+      std::copy_n(qGroup + t * qWidth, groupWidth, queries + t * groupWidth);
+    gemmABtSerial(queries, hd, kCache + kvHead * hd, kvWidth, scores, blockKeys,
+                  rows, blockKeys, hd);
+    for (int64_t i = 0; i < rows; ++i)
+      softmaxInPlace(scores + i * blockKeys, first + token0 + i / groupSize + 1,
+                     scale);
+    // The queries are copied, so the outputs replace them in q. Each output
+    // sums its values in ascending key order, as a row-by-row loop would.
+    for (int64_t i = 0; i < rows; ++i)
+      std::fill(qRow(i), qRow(i) + hd, 0.0f);
+    const float *vHead = vCache + kvHead * hd;
+    for (int64_t j = 0; j < blockKeys; ++j) {
+      const float *vRow = vHead + j * kvWidth;
+      // Key j is seen by the tokens at positions j and later.
+      int64_t firstRow = std::max<int64_t>(0, j - first - token0) * groupSize;
+      for (int64_t i = firstRow; i < rows; ++i) {
+        float p = scores[i * blockKeys + j];
+        float *sum = qRow(i);
+        for (int64_t c = 0; c < hd; ++c)
+          sum[c] += p * vRow[c];
+      }
+    }
+  });
+
+  gemmABt(q.get(), qWidth, wo, qWidth, out, s.hidden, n, s.hidden, qWidth,
+          numThreads);
+  return true;
+}
+
+//===----------------------------------------------------------------------===//
+// C interface
+//===----------------------------------------------------------------------===//
+
+void _mlir_ciface_moert_embed(StridedMemRefType<int32_t, 1> *tokens,
+                              StridedMemRefType<float, 2> *table,
+                              StridedMemRefType<float, 2> *out) {
+  int64_t numTokens = tokens->sizes[0], hidden = table->sizes[1];
+  if (out->sizes[0] != numTokens || out->sizes[1] != hidden)
+    return fill(out, kNaN);
+  embed(dataOf(tokens), dataOf(table), dataOf(out), numTokens, table->sizes[0],
+        hidden);
+}
+
+void _mlir_ciface_moert_unembed(StridedMemRefType<float, 2> *x,
+                                StridedMemRefType<float, 2> *w,
+                                StridedMemRefType<float, 2> *out) {
+  int64_t numTokens = x->sizes[0], hidden = x->sizes[1], vocab = w->sizes[0];
+  if (w->sizes[1] != hidden || out->sizes[0] != numTokens ||
+      out->sizes[1] != vocab)
+    return fill(out, kNaN);
+  gemmABt(dataOf(x), hidden, dataOf(w), hidden, dataOf(out), vocab, numTokens,
+          vocab, hidden);
+}
+
+void _mlir_ciface_moert_attention(
+    StridedMemRefType<float, 2> *x, StridedMemRefType<int32_t, 1> *positions,
+    StridedMemRefType<float, 2> *wq, StridedMemRefType<float, 2> *wk,
+    StridedMemRefType<float, 2> *wv, StridedMemRefType<float, 2> *wo,
+    StridedMemRefType<float, 1> *qNorm, StridedMemRefType<float, 1> *kNorm,
+    StridedMemRefType<float, 2> *kCache, StridedMemRefType<float, 2> *vCache,
+    StridedMemRefType<float, 2> *out, int64_t numHeads, int64_t numKvHeads,
+    int64_t headDim, float ropeTheta, float clip, int32_t normKind,
+    float normEps) {
+  AttentionShape s{x->sizes[0], x->sizes[1], numHeads,
+                   numKvHeads,  headDim,     kCache->sizes[0]};
+  int64_t qWidth = wq->sizes[0], kvWidth = wk->sizes[0];
+  auto hasSizes = [](StridedMemRefType<float, 2> *m, int64_t rows,
+                     int64_t cols) {
+    return m->sizes[0] == rows && m->sizes[1] == cols;
+  };
+  // normKind 0 ignores the weights; an invalid kind is rejected by attention.
+  auto normFits = [&](StridedMemRefType<float, 1> *w, int64_t fullWidth) {
+    return (normKind != 1 || w->sizes[0] == fullWidth) &&
+           (normKind != 2 || w->sizes[0] == headDim);
+  };
+  bool consistent =
+      isProduct(qWidth, numHeads, headDim) &&
+      isProduct(kvWidth, numKvHeads, headDim) && wq->sizes[1] == s.hidden &&
+      hasSizes(wk, kvWidth, s.hidden) && hasSizes(wv, kvWidth, s.hidden) &&
+      hasSizes(wo, s.hidden, qWidth) && positions->sizes[0] == s.numTokens &&
+      hasSizes(kCache, s.maxPositions, kvWidth) &&
+      hasSizes(vCache, s.maxPositions, kvWidth) &&
+      hasSizes(out, s.numTokens, s.hidden) && normFits(qNorm, qWidth) &&
+      normFits(kNorm, kvWidth);
+  if (!consistent)
+    return fill(out, kNaN);
+  bool usesNorms = normKind == 1 || normKind == 2;
+  attention(dataOf(x), dataOf(positions), dataOf(wq), dataOf(wk), dataOf(wv),
+            dataOf(wo), usesNorms ? dataOf(qNorm) : nullptr,
+            usesNorms ? dataOf(kNorm) : nullptr, dataOf(kCache), dataOf(vCache),
+            dataOf(out), s,
+            {ropeTheta, clip, static_cast<QkNorm>(normKind), normEps});
+}

@@ -1,0 +1,922 @@
+#!/usr/bin/env python3
+"""Independent reference of the full MoE decoder models of MODEL_CONTRACT.md section 2.
+
+A NumPy re-implementation of the Hugging Face `transformers` forward pass of
+
+  mixtral    MixtralForCausalLM
+  olmoe      OlmoeForCausalLM
+  qwen3_moe  Qwen3MoeForCausalLM
+
+read from the checkpoint as Hugging Face writes it: config.json plus
+model.safetensors, or model-0000i-of-0000N.safetensors shards with
+model.safetensors.index.json.  Subcommands:
+
+  gen      write a tiny random checkpoint, inputs and golden outputs
+  run      evaluate a checkpoint: prefill logits and greedy generation
+  compare  check an actual output file against a golden one (fp32 1e-3)
+
+The math is float64 on the stored float32 (or bfloat16) values and the outputs
+are float32.  Greedy generation re-runs the full forward pass over the growing
+sequence (no KV cache), so it checks a KV-cache implementation independently.
+
+Differences between the three model types, as in their Hugging Face modeling code:
+  * Mixtral: no q/k norm; router softmax -> top-k -> always renormalised;
+    experts `block_sparse_moe.experts.{e}.w2(silu(w1 x) * w3 x)`.
+  * OLMoE: q_norm/k_norm are RMSNorms over the full projection width
+    (hidden_size and num_key_value_heads*head_dim), applied to the q/k
+    projections before the split into heads; then, when clip_qkv is set, q, k
+    and v are clamped to [-clip_qkv, clip_qkv] (HF OlmoeAttention.forward:
+    `query_states = self.q_norm(self.q_proj(x))`, then `clamp_`); renormalise
+    the top-k only if norm_topk_prob; head_dim is always hidden/heads.
+  * Qwen3-MoE: q_norm/k_norm are RMSNorms over head_dim, per head; head_dim
+    from the config when given; renormalise the top-k if norm_topk_prob;
+    layers in mlp_only_layers or off the decoder_sparse_step grid are dense MLPs.
+All three: pre-norm residual decoder, rotate_half RoPE (applied after the q/k
+norms), grouped-query attention (head h reads kv head h // (H/KV)), causal
+softmax attention scaled by 1/sqrt(head_dim), final model.norm, lm_head.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import moe_reference as ref  # noqa: E402  (safetensors I/O, bf16 helpers, rmsnorm)
+
+ContractError = ref.ContractError
+
+MODEL_TYPES = ("mixtral", "olmoe", "qwen3_moe")
+ARCHITECTURES = {"mixtral": "MixtralForCausalLM", "olmoe": "OlmoeForCausalLM",
+                 "qwen3_moe": "Qwen3MoeForCausalLM"}
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+# Generation margins: every greedy step's top-2 logit gap and every router's
+# k-th vs (k+1)-th probability gap in a generated case are at least these.
+MIN_LOGIT_GAP = 1e-3
+MIN_ROUTER_GAP = 1e-4
+MAX_ATTEMPTS = 200
+
+DEFAULT_ATOL = DEFAULT_RTOL = 1e-3  # the contract's fp32 tolerance
+
+
+# ---------------------------------------------------------------------------
+# config.json
+# ---------------------------------------------------------------------------
+
+REQUIRED = object()
+
+# The fields this reference reads, per model type: name -> (type, default).
+# The defaults are those of the Hugging Face config classes; the sizes have none
+# here, so that a config missing one is an error naming it.
+_COMMON_FIELDS = {
+    "vocab_size": (int, REQUIRED),
+    "hidden_size": (int, REQUIRED),
+    "num_hidden_layers": (int, REQUIRED),
+    "num_attention_heads": (int, REQUIRED),
+    "num_experts_per_tok": (int, REQUIRED),
+    "hidden_act": (str, "silu"),
+    "tie_word_embeddings": (bool, False),
+    "rope_scaling": (dict, None),
+}
+_TYPE_FIELDS = {
+    "mixtral": {
+        "intermediate_size": (int, REQUIRED),
+        "num_local_experts": (int, REQUIRED),
+        "num_key_value_heads": (int, 8),
+        "head_dim": (int, None),
+        "rms_norm_eps": (float, 1e-5),
+        "rope_theta": (float, 1e6),
+        "sliding_window": (int, None),
+    },
+    "olmoe": {
+        "intermediate_size": (int, REQUIRED),
+        "num_experts": (int, REQUIRED),
+        "num_key_value_heads": (int, None),
+        "rms_norm_eps": (float, 1e-5),
+        "rope_theta": (float, 1e4),
+        "clip_qkv": (float, None),
+        "norm_topk_prob": (bool, False),
+        "attention_bias": (bool, False),
+    },
+    "qwen3_moe": {
+        "moe_intermediate_size": (int, REQUIRED),
+        "intermediate_size": (int, None),
+        "num_experts": (int, REQUIRED),
+        "num_key_value_heads": (int, 4),
+        "head_dim": (int, None),
+        "rms_norm_eps": (float, 1e-6),
+        "rope_theta": (float, 1e4),
+        "norm_topk_prob": (bool, False),
+        "attention_bias": (bool, False),
+        "decoder_sparse_step": (int, 1),
+        "mlp_only_layers": (list, None),
+        "use_sliding_window": (bool, False),
+    },
+}
+# Contract extensions (section 2) this reference does not implement: a config
+# asking for anything but the default is rejected rather than run wrongly.
+_EXTENSION_DEFAULTS = {"router_share_block": 1, "router_decision": "per_layer",
+                       "num_loops": 1, "exit_criterion": "none"}
+
+
+@dataclass
+class Model:
+    """The architecture a config.json describes, in one form for all three types."""
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    num_experts: int
+    top_k: int
+    expert_size: int            # expert FFN width
+    dense_size: int             # dense-MLP width (qwen3_moe dense layers), else 0
+    rms_norm_eps: float
+    rope_theta: float
+    norm_topk_prob: bool        # always True for mixtral
+    clip_qkv: float             # olmoe only; None = no clamp
+    qk_norm: str                # "none" (mixtral), "full" (olmoe), "head" (qwen3_moe)
+    attention_bias: bool
+    tie_word_embeddings: bool
+    sliding_window: int         # mixtral only; None = full causal attention
+    sparse_layers: tuple = field(default=())  # per layer: MoE (True) or dense MLP
+
+    @property
+    def moe_prefix(self):
+        return "block_sparse_moe" if self.model_type == "mixtral" else "mlp"
+
+    @property
+    def expert_proj(self):
+        """Names of the (gate, up, down) projections of an expert."""
+        if self.model_type == "mixtral":
+            return ("w1", "w3", "w2")
+        return ("gate_proj", "up_proj", "down_proj")
+
+
+def _has_type(value, kind):
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _read_fields(raw, fields):
+    values = {}
+    for name, (kind, default) in fields.items():
+        value = raw.get(name, None)
+        if value is None:
+            if default is REQUIRED:
+                raise ContractError(f"config: missing required field '{name}'")
+            value = default
+        elif not _has_type(value, kind):
+            raise ContractError(f"config: field '{name}' must be of type {kind.__name__}, "
+                                f"got {value!r}")
+        values[name] = float(value) if kind is float and value is not None else value
+    return values
+
+
+def parse_config(raw):
+    """Validate a Hugging Face config dict; return a Model."""
+    if not isinstance(raw, dict):
+        raise ContractError("config: the top level must be a JSON object")
+    model_type = raw.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise ContractError(f"config: field 'model_type' must be one of {list(MODEL_TYPES)}, "
+                            f"got {model_type!r}")
+    c = _read_fields(raw, {**_COMMON_FIELDS, **_TYPE_FIELDS[model_type]})
+    for name, default in _EXTENSION_DEFAULTS.items():
+        if raw.get(name, default) != default:
+            raise ContractError(f"config: field '{name}' = {raw[name]!r} is not supported by "
+                                "this reference (only the plain Hugging Face model)")
+    if c["hidden_act"] != "silu":
+        raise ContractError(f"config: field 'hidden_act' must be 'silu', got {c['hidden_act']!r}")
+    if c["rope_scaling"] is not None:
+        raise ContractError("config: field 'rope_scaling' is not supported (default RoPE only)")
+    if c.get("use_sliding_window"):
+        raise ContractError("config: field 'use_sliding_window' = true is not supported")
+
+    heads = c["num_attention_heads"]
+    kv_heads = c["num_key_value_heads"] if c["num_key_value_heads"] is not None else heads
+    if model_type == "olmoe":
+        head_dim = c["hidden_size"] // heads  # OlmoeAttention ignores config.head_dim
+    else:
+        head_dim = c["head_dim"] or c["hidden_size"] // heads
+    experts = c["num_local_experts"] if model_type == "mixtral" else c["num_experts"]
+    layers = c["num_hidden_layers"]
+    for name, value in (("vocab_size", c["vocab_size"]), ("hidden_size", c["hidden_size"]),
+                        ("num_hidden_layers", layers), ("num_attention_heads", heads),
+                        ("num_key_value_heads", kv_heads), ("head_dim", head_dim),
+                        ("num_experts_per_tok", c["num_experts_per_tok"]),
+                        ("num_experts" if model_type != "mixtral" else "num_local_experts",
+                         experts)):
+        if value < 1:
+            raise ContractError(f"config: field '{name}' must be >= 1, got {value}")
+    if heads % kv_heads:
+        raise ContractError(f"config: field 'num_attention_heads' ({heads}) must be a multiple "
+                            f"of 'num_key_value_heads' ({kv_heads})")
+    if head_dim % 2:
+        raise ContractError(f"config: head_dim must be even for RoPE, got {head_dim}")
+    if model_type == "olmoe" and head_dim * heads != c["hidden_size"]:
+        raise ContractError("config: field 'hidden_size' must be divisible by "
+                            "'num_attention_heads' for olmoe")
+    if c["num_experts_per_tok"] > experts:
+        raise ContractError(f"config: field 'num_experts_per_tok' must be <= the number of "
+                            f"experts ({c['num_experts_per_tok']} > {experts})")
+    if c["rms_norm_eps"] < 0:
+        raise ContractError("config: field 'rms_norm_eps' must be >= 0")
+    if c.get("clip_qkv") is not None and c["clip_qkv"] <= 0:
+        raise ContractError("config: field 'clip_qkv' must be > 0")
+    if c.get("sliding_window") is not None and c["sliding_window"] < 1:
+        raise ContractError("config: field 'sliding_window' must be >= 1")
+
+    sparse = (True,) * layers
+    dense_size = 0
+    if model_type == "qwen3_moe":
+        step = c["decoder_sparse_step"]
+        if step < 1:
+            raise ContractError("config: field 'decoder_sparse_step' must be >= 1")
+        only = c["mlp_only_layers"] or []
+        if not all(_has_type(v, int) for v in only):
+            raise ContractError("config: field 'mlp_only_layers' must be a list of ints")
+        sparse = tuple(l not in only and (l + 1) % step == 0 for l in range(layers))
+        if not all(sparse):
+            if c["intermediate_size"] is None:
+                raise ContractError("config: missing required field 'intermediate_size' "
+                                    "(the model has dense MLP layers)")
+            dense_size = c["intermediate_size"]
+    expert_size = c["moe_intermediate_size"] if model_type == "qwen3_moe" \
+        else c["intermediate_size"]
+    return Model(model_type=model_type, vocab_size=c["vocab_size"],
+                 hidden_size=c["hidden_size"], num_layers=layers, num_heads=heads,
+                 num_kv_heads=kv_heads, head_dim=head_dim, num_experts=experts,
+                 top_k=c["num_experts_per_tok"], expert_size=expert_size,
+                 dense_size=dense_size, rms_norm_eps=c["rms_norm_eps"],
+                 rope_theta=c["rope_theta"],
+                 norm_topk_prob=True if model_type == "mixtral" else c["norm_topk_prob"],
+                 clip_qkv=c.get("clip_qkv"),
+                 qk_norm={"mixtral": "none", "olmoe": "full", "qwen3_moe": "head"}[model_type],
+                 attention_bias=c.get("attention_bias", False),
+                 tie_word_embeddings=c["tie_word_embeddings"],
+                 sliding_window=c.get("sliding_window"), sparse_layers=sparse)
+
+
+def load_config(path):
+    with open(path) as f:
+        try:
+            raw = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ContractError(f"{path}: not valid JSON: {e}") from None
+    return parse_config(raw)
+
+
+def tiny_config(model_type, **overrides):
+    """The config.json `gen` writes: real Hugging Face fields, tiny sizes."""
+    if model_type not in MODEL_TYPES:
+        raise ContractError(f"unknown model type {model_type!r}; known: {', '.join(MODEL_TYPES)}")
+    common = {"architectures": [ARCHITECTURES[model_type]], "model_type": model_type,
+              "vocab_size": 97, "hidden_size": 32, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": "silu",
+              "max_position_embeddings": 64, "initializer_range": 0.02, "use_cache": True,
+              "tie_word_embeddings": False, "num_experts_per_tok": 2,
+              "output_router_logits": False, "attention_dropout": 0.0,
+              "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32",
+              "transformers_version": "4.51.3"}
+    if model_type == "mixtral":
+        config = {**common, "intermediate_size": 48, "num_local_experts": 4,
+                  "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "sliding_window": None,
+                  "router_aux_loss_coef": 0.02, "router_jitter_noise": 0.0}
+    elif model_type == "olmoe":
+        config = {**common, "intermediate_size": 48, "num_experts": 4, "rms_norm_eps": 1e-5,
+                  "rope_theta": 10000.0, "rope_scaling": None, "attention_bias": False,
+                  "clip_qkv": 8.0, "norm_topk_prob": False, "pad_token_id": 1,
+                  "router_aux_loss_coef": 0.01}
+    else:
+        config = {**common, "head_dim": 8, "intermediate_size": 96,
+                  "moe_intermediate_size": 48, "num_experts": 4, "rms_norm_eps": 1e-6,
+                  "rope_theta": 1000000.0, "rope_scaling": None, "attention_bias": False,
+                  "use_sliding_window": False, "sliding_window": None, "max_window_layers": 2,
+                  "decoder_sparse_step": 1, "mlp_only_layers": [], "norm_topk_prob": True,
+                  "router_aux_loss_coef": 0.001}
+    config.update(overrides)
+    return config
+
+
+# ---------------------------------------------------------------------------
+# weights
+# ---------------------------------------------------------------------------
+
+def expected_weight_shapes(m):
+    """name -> shape of every tensor of the checkpoint, in model order."""
+    d, hd = m.hidden_size, m.head_dim
+    q_width, kv_width = m.num_heads * hd, m.num_kv_heads * hd
+    shapes = {"model.embed_tokens.weight": (m.vocab_size, d)}
+    for l in range(m.num_layers):
+        p = f"model.layers.{l}"
+        shapes[f"{p}.input_layernorm.weight"] = (d,)
+        for proj, width in (("q", q_width), ("k", kv_width), ("v", kv_width)):
+            shapes[f"{p}.self_attn.{proj}_proj.weight"] = (width, d)
+            if m.attention_bias:
+                shapes[f"{p}.self_attn.{proj}_proj.bias"] = (width,)
+        shapes[f"{p}.self_attn.o_proj.weight"] = (d, q_width)
+        if m.attention_bias:
+            shapes[f"{p}.self_attn.o_proj.bias"] = (d,)
+        if m.qk_norm == "full":
+            shapes[f"{p}.self_attn.q_norm.weight"] = (q_width,)
+            shapes[f"{p}.self_attn.k_norm.weight"] = (kv_width,)
+        elif m.qk_norm == "head":
+            shapes[f"{p}.self_attn.q_norm.weight"] = (hd,)
+            shapes[f"{p}.self_attn.k_norm.weight"] = (hd,)
+        shapes[f"{p}.post_attention_layernorm.weight"] = (d,)
+        if m.sparse_layers[l]:
+            shapes[f"{p}.{m.moe_prefix}.gate.weight"] = (m.num_experts, d)
+            gate, up, down = m.expert_proj
+            for e in range(m.num_experts):
+                q = f"{p}.{m.moe_prefix}.experts.{e}"
+                shapes[f"{q}.{gate}.weight"] = (m.expert_size, d)
+                shapes[f"{q}.{up}.weight"] = (m.expert_size, d)
+                shapes[f"{q}.{down}.weight"] = (d, m.expert_size)
+        else:
+            shapes[f"{p}.mlp.gate_proj.weight"] = (m.dense_size, d)
+            shapes[f"{p}.mlp.up_proj.weight"] = (m.dense_size, d)
+            shapes[f"{p}.mlp.down_proj.weight"] = (d, m.dense_size)
+    shapes["model.norm.weight"] = (d,)
+    if not m.tie_word_embeddings:
+        shapes["lm_head.weight"] = (m.vocab_size, d)
+    return shapes
+
+
+def read_checkpoint(model_dir):
+    """name -> Tensor from DIR/model.safetensors or, failing that, the shards of
+    DIR/model.safetensors.index.json (the order Hugging Face looks them up in)."""
+    single = os.path.join(model_dir, SINGLE_FILE)
+    if os.path.exists(single):
+        return ref.read_safetensors(single)
+    index_path = os.path.join(model_dir, INDEX_FILE)
+    if not os.path.exists(index_path):
+        raise ContractError(f"{model_dir}: neither {SINGLE_FILE} nor {INDEX_FILE} exists")
+    with open(index_path) as f:
+        try:
+            index = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ContractError(f"{index_path}: not valid JSON: {e}") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str)
+                                                   for v in weight_map.values()):
+        raise ContractError(f"{index_path}: missing or malformed 'weight_map'")
+    tensors = {}
+    for shard in sorted(set(weight_map.values())):
+        if os.path.basename(shard) != shard:
+            raise ContractError(f"{index_path}: shard name {shard!r} is not a plain file name")
+        content = ref.read_safetensors(os.path.join(model_dir, shard))
+        for name, tensor in content.items():
+            if weight_map.get(name) != shard:
+                raise ContractError(f"{shard}: tensor '{name}' is not mapped to this file "
+                                    f"in {INDEX_FILE}")
+            tensors[name] = tensor
+    for name, shard in weight_map.items():
+        if name not in tensors:
+            raise ContractError(f"{INDEX_FILE}: tensor '{name}' is not in {shard}")
+    return tensors
+
+
+def check_weights(m, tensors):
+    """Check names, shapes and dtypes; return name -> float64 array."""
+    expected = expected_weight_shapes(m)
+    allowed_extra = {"lm_head.weight"} if m.tie_word_embeddings else set()
+    for name in expected:
+        if name not in tensors:
+            raise ContractError(f"weights: missing tensor '{name}'")
+    for name in sorted(tensors):
+        if name in allowed_extra:
+            continue  # tied: the embedding is the head, as in Hugging Face
+        if name not in expected:
+            raise ContractError(f"weights: unexpected tensor '{name}'")
+        if tuple(tensors[name].array.shape) != expected[name]:
+            raise ContractError(f"weights: tensor '{name}' has shape "
+                                f"{list(tensors[name].array.shape)}, expected {list(expected[name])}")
+        if tensors[name].dtype not in ("F32", "BF16"):
+            raise ContractError(f"weights: tensor '{name}' has dtype {tensors[name].dtype}, "
+                                "expected F32 or BF16")
+    return {name: tensors[name].array.astype(np.float64) for name in expected}
+
+
+def load_model(model_dir):
+    """(Model, float64 weights) of a checkpoint directory."""
+    m = load_config(os.path.join(model_dir, "config.json"))
+    return m, check_weights(m, read_checkpoint(model_dir))
+
+
+def _clear_checkpoint_files(model_dir):
+    """Remove the weight files a previous `gen` may have left in model_dir, so the
+    loader never picks up a stale single file next to new shards or vice versa."""
+    for name in os.listdir(model_dir):
+        if name in (SINGLE_FILE, INDEX_FILE) or (
+                name.startswith("model-") and "-of-" in name and name.endswith(".safetensors")):
+            os.remove(os.path.join(model_dir, name))
+
+
+def write_checkpoint(model_dir, tensors, shards=1):
+    """Write name -> float32 array as one file or as `shards` Hugging Face shards.
+
+    Shards hold contiguous runs of the tensors (in model order) of about equal
+    size; the index maps every name to its file and records the total byte size."""
+    os.makedirs(model_dir, exist_ok=True)
+    _clear_checkpoint_files(model_dir)
+    names = list(tensors)
+    if shards <= 1:
+        ref.write_safetensors(os.path.join(model_dir, SINGLE_FILE), tensors, {"format": "pt"})
+        return [SINGLE_FILE]
+    if shards > len(names):
+        raise ContractError(f"--shards {shards}: the model has only {len(names)} tensors")
+    sizes = [np.asarray(tensors[n]).nbytes for n in names]
+    total = sum(sizes)
+    groups, start, acc = [], 0, 0
+    for i, size in enumerate(sizes):
+        acc += size
+        left_names, left_groups = len(names) - i - 1, shards - len(groups) - 1
+        if left_groups > 0 and (acc >= total * (len(groups) + 1) / shards
+                                or left_names == left_groups):
+            groups.append(names[start:i + 1])
+            start = i + 1
+    groups.append(names[start:])
+    files, weight_map = [], {}
+    for i, group in enumerate(groups):
+        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        ref.write_safetensors(os.path.join(model_dir, file), {n: tensors[n] for n in group},
+                              {"format": "pt"})
+        files.append(file)
+        weight_map.update({n: file for n in group})
+    with open(os.path.join(model_dir, INDEX_FILE), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+        f.write("\n")
+    return files + [INDEX_FILE]
+
+
+# ---------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------
+
+rmsnorm = ref.rmsnorm      # x / sqrt(mean(x*x) + eps) * w over the last axis
+softmax = ref.softmax
+silu = ref.silu
+
+
+def rope_tables(positions, head_dim, theta):
+    """cos and sin [len(positions), head_dim] of the default (non-interleaved) RoPE:
+    inv_freq = theta^(-arange(0, hd, 2)/hd), emb = concat(freqs, freqs)."""
+    inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    freqs = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]
+    emb = np.concatenate([freqs, freqs], axis=-1)
+    return np.cos(emb), np.sin(emb)
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rope(x, cos, sin):
+    """x [..., S, hd] rotated by the tables of its S positions."""
+    return x * cos + rotate_half(x) * sin
+
+
+def _linear(W, prefix, x):
+    y = x @ W[f"{prefix}.weight"].T
+    bias = W.get(f"{prefix}.bias")
+    return y if bias is None else y + bias
+
+
+@dataclass
+class Stats:
+    """Decision margins seen while running (for the generator's redraws)."""
+    router_gap: float = math.inf     # smallest k-th vs (k+1)-th router probability gap
+    logit_gap: float = math.inf      # smallest top-2 logit gap of a greedy step
+    clipped: int = 0                 # q/k/v elements clamped by clip_qkv
+    clip_total: int = 0
+
+
+def qkv_states(m, W, layer, x, stats=None):
+    """q [B,H,S,hd], k and v [B,KV,S,hd] of the normed hidden states x [B,S,d],
+    after the model's q/k norm and clip, before RoPE."""
+    B, S, _ = x.shape
+    p = f"model.layers.{layer}.self_attn"
+    q, k, v = (_linear(W, f"{p}.{n}_proj", x) for n in ("q", "k", "v"))
+    if m.qk_norm == "full":  # OLMoE: over the whole projection, before the head split
+        q = rmsnorm(q, W[f"{p}.q_norm.weight"], m.rms_norm_eps)
+        k = rmsnorm(k, W[f"{p}.k_norm.weight"], m.rms_norm_eps)
+    if m.model_type == "olmoe" and m.clip_qkv is not None:  # after the norms, as in HF
+        if stats is not None:
+            stats.clipped += sum(int(np.sum(np.abs(t) > m.clip_qkv)) for t in (q, k, v))
+            stats.clip_total += q.size + k.size + v.size
+        q, k, v = (np.clip(t, -m.clip_qkv, m.clip_qkv) for t in (q, k, v))
+    q = q.reshape(B, S, m.num_heads, m.head_dim)
+    k = k.reshape(B, S, m.num_kv_heads, m.head_dim)
+    v = v.reshape(B, S, m.num_kv_heads, m.head_dim)
+    if m.qk_norm == "head":  # Qwen3: per head over head_dim
+        q = rmsnorm(q, W[f"{p}.q_norm.weight"], m.rms_norm_eps)
+        k = rmsnorm(k, W[f"{p}.k_norm.weight"], m.rms_norm_eps)
+    return (q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))
+
+
+def kv_head_of(head, num_heads, num_kv_heads):
+    """The kv head that query head `head` reads (HF repeat_kv)."""
+    return head // (num_heads // num_kv_heads)
+
+
+def grouped_causal_attention(q, k, v, sliding_window=None):
+    """softmax(q k^T / sqrt(hd) + causal mask) v; q [B,H,S,hd], k, v [B,KV,S,hd]."""
+    H, S, hd = q.shape[1], q.shape[2], q.shape[3]
+    kv_index = [kv_head_of(h, H, k.shape[1]) for h in range(H)]
+    k, v = k[:, kv_index], v[:, kv_index]
+    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hd)
+    i, j = np.arange(S)[:, None], np.arange(S)[None, :]
+    allowed = j <= i
+    if sliding_window is not None:
+        allowed &= i - j < sliding_window
+    scores = np.where(allowed, scores, -np.inf)
+    return softmax(scores) @ v
+
+
+def attention(m, W, layer, x, cos, sin, stats=None):
+    """The self-attention block on the normed states x [B,S,d]: [B,S,d]."""
+    B, S, _ = x.shape
+    q, k, v = qkv_states(m, W, layer, x, stats)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    out = grouped_causal_attention(q, k, v, m.sliding_window)
+    out = out.transpose(0, 2, 1, 3).reshape(B, S, m.num_heads * m.head_dim)
+    return _linear(W, f"model.layers.{layer}.self_attn.o_proj", out)
+
+
+def route(m, router_logits):
+    """softmax -> top-k (ties: lower index first) -> renormalise if the model does.
+
+    Returns ids [T,k], gates [T,k] and, per token, the gap between the k-th and
+    (k+1)-th probability (inf when k = E)."""
+    p = softmax(router_logits)
+    order = np.argsort(-p, axis=-1, kind="stable")
+    ids = order[:, :m.top_k]
+    gates = np.take_along_axis(p, ids, axis=-1)
+    if m.norm_topk_prob:
+        gates = gates / np.sum(gates, axis=-1, keepdims=True)
+    if m.top_k < m.num_experts:
+        sorted_p = np.take_along_axis(p, order[:, m.top_k - 1:m.top_k + 1], axis=-1)
+        gap = sorted_p[:, 0] - sorted_p[:, 1]
+    else:
+        gap = np.full(p.shape[0], np.inf)
+    return ids, gates, gap
+
+
+def swiglu(W, prefix, names, x):
+    gate, up, down = names
+    return (silu(x @ W[f"{prefix}.{gate}.weight"].T) * (x @ W[f"{prefix}.{up}.weight"].T)) \
+        @ W[f"{prefix}.{down}.weight"].T
+
+
+def feed_forward(m, W, layer, x, stats=None):
+    """The sparse MoE block (or a qwen3_moe dense MLP) on x [B,S,d]."""
+    shape = x.shape
+    x = x.reshape(-1, shape[-1])
+    p = f"model.layers.{layer}"
+    if not m.sparse_layers[layer]:
+        return swiglu(W, f"{p}.mlp", ("gate_proj", "up_proj", "down_proj"), x).reshape(shape)
+    moe = f"{p}.{m.moe_prefix}"
+    ids, gates, gap = route(m, x @ W[f"{moe}.gate.weight"].T)
+    if stats is not None and gap.size:
+        stats.router_gap = min(stats.router_gap, float(np.min(gap)))
+    out = np.zeros_like(x)
+    for e in np.unique(ids):
+        rows, slots = np.nonzero(ids == e)
+        out[rows] += gates[rows, slots, None] * swiglu(W, f"{moe}.experts.{e}", m.expert_proj,
+                                                       x[rows])
+    return out.reshape(shape)
+
+
+def forward(m, W, input_ids, stats=None):
+    """Prefill logits [B,S,V] (float64) of input_ids [B,S], each from position 0."""
+    input_ids = np.asarray(input_ids)
+    S = input_ids.shape[1]
+    cos, sin = rope_tables(np.arange(S), m.head_dim, m.rope_theta)
+    h = W["model.embed_tokens.weight"][input_ids]
+    eps = m.rms_norm_eps
+    for l in range(m.num_layers):
+        p = f"model.layers.{l}"
+        h = h + attention(m, W, l, rmsnorm(h, W[f"{p}.input_layernorm.weight"], eps),
+                          cos, sin, stats)
+        h = h + feed_forward(m, W, l, rmsnorm(h, W[f"{p}.post_attention_layernorm.weight"], eps),
+                             stats)
+    h = rmsnorm(h, W["model.norm.weight"], eps)
+    head = W["model.embed_tokens.weight"] if m.tie_word_embeddings else W["lm_head.weight"]
+    return h @ head.T
+
+
+def greedy_token(last_logits):
+    """argmax per row (ties: lowest id) and the top-2 gap per row."""
+    ids = np.argmax(last_logits, axis=-1)  # first occurrence of the max
+    top2 = np.sort(last_logits, axis=-1)[:, -2:] if last_logits.shape[-1] > 1 else None
+    gap = top2[:, 1] - top2[:, 0] if top2 is not None else np.full(len(ids), np.inf)
+    return ids, gap
+
+
+def generate(m, W, input_ids, steps, stats=None):
+    """(prefill logits [B,S,V], generated [B,steps]) by greedy decoding that re-runs
+    the full forward pass over the growing sequences (no KV cache)."""
+    seq = np.asarray(input_ids, dtype=np.int64)
+    prefill, generated = None, []
+    for step in range(max(steps, 0) + 1):
+        logits = forward(m, W, seq, stats)
+        if prefill is None:
+            prefill = logits
+        if step == steps:
+            break
+        nxt, gap = greedy_token(logits[:, -1])
+        if stats is not None:
+            stats.logit_gap = min(stats.logit_gap, float(np.min(gap)))
+        generated.append(nxt)
+        if step + 1 < steps:  # the last token is never fed back
+            seq = np.concatenate([seq, nxt[:, None]], axis=1)
+    gen = np.stack(generated, axis=1) if generated else np.zeros((seq.shape[0], 0), np.int64)
+    return prefill, gen
+
+
+def check_inputs(m, tensors):
+    if "input_ids" not in tensors:
+        raise ContractError("inputs: missing tensor 'input_ids'")
+    t = tensors["input_ids"]
+    if t.dtype != "I32" or t.array.ndim != 2 or t.array.shape[1] < 1:
+        raise ContractError(f"inputs: tensor 'input_ids' must be I32 [B, S] with S >= 1, got "
+                            f"{t.dtype} {list(t.array.shape)}")
+    ids = t.array.astype(np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= m.vocab_size):
+        raise ContractError(f"inputs: 'input_ids' must lie in [0, {m.vocab_size}), found "
+                            f"{int(ids.min())}..{int(ids.max())}")
+    return ids
+
+
+def output_tensors(logits, generated):
+    out = {"logits": logits.astype(np.float32)}
+    if generated is not None and generated.shape[1] > 0:
+        out["generated"] = generated.astype(np.int32)
+    return out
+
+
+def run_files(model_dir, inputs_path, outputs_path, steps, stats=None):
+    """Evaluate a checkpoint on an inputs file; write and return the outputs."""
+    m, W = load_model(model_dir)
+    ids = check_inputs(m, ref.read_safetensors(inputs_path))
+    with np.errstate(over="ignore", invalid="ignore"):
+        logits, generated = generate(m, W, ids, steps, stats)
+    out = output_tensors(logits, generated)
+    ref.write_safetensors(outputs_path, out, {"format": "pt"})
+    return out
+
+
+# ---------------------------------------------------------------------------
+# tiny random checkpoints
+# ---------------------------------------------------------------------------
+
+def random_weights(m, rng):
+    """float32 weights whose activations stay O(1) and whose logits are spread.
+
+    OLMoE's q/k norm weights and v projection are larger so that clip_qkv = 8
+    clamps a few percent of q, k and v (otherwise the clamp would never act)."""
+    d = m.hidden_size
+    weights = {}
+    for name, shape in expected_weight_shapes(m).items():
+        leaf = name.split(".")[-2]
+        if name == "model.embed_tokens.weight":
+            value = rng.standard_normal(shape)
+        elif leaf in ("q_norm", "k_norm") and m.model_type == "olmoe":
+            value = 2.0 + 0.5 * rng.standard_normal(shape)
+        elif len(shape) == 1 and name.endswith(".weight"):  # RMSNorm weights
+            value = 1.0 + 0.1 * rng.standard_normal(shape)
+        elif len(shape) == 1:  # biases
+            value = 0.1 * rng.standard_normal(shape)
+        elif name == "lm_head.weight":
+            value = 2.0 / math.sqrt(d) * rng.standard_normal(shape)
+        elif leaf == "gate":  # router
+            value = 2.0 / math.sqrt(d) * rng.standard_normal(shape)
+        elif leaf == "v_proj" and m.model_type == "olmoe":
+            value = 4.0 / math.sqrt(d) * rng.standard_normal(shape)
+        else:  # projections: std 1/sqrt(fan_in)
+            value = rng.standard_normal(shape) / math.sqrt(shape[1])
+        weights[name] = value.astype(np.float32)
+    return weights
+
+
+def try_draw(m, rng, batch, seq, steps):
+    """One random draw: (weights, input_ids, stats), or None if a margin is too small."""
+    weights = random_weights(m, rng)
+    ids = rng.integers(0, m.vocab_size, size=(batch, seq)).astype(np.int32)
+    stats = Stats()
+    W = {n: w.astype(np.float64) for n, w in weights.items()}
+    generate(m, W, ids, steps, stats)
+    if stats.router_gap < MIN_ROUTER_GAP or stats.logit_gap < MIN_LOGIT_GAP:
+        return None
+    return weights, ids, stats
+
+
+def generate_case(model_type, out_dir, seed=0, shards=1, batch=2, seq=5, steps=4,
+                  overrides=None):
+    """Write config.json, the weights, inputs.safetensors and golden.safetensors."""
+    if batch < 1 or seq < 1 or steps < 0:
+        raise ContractError("gen: --batch and --seq must be >= 1 and --generate >= 0")
+    config = tiny_config(model_type, **(overrides or {}))
+    m = parse_config(config)
+    for attempt in range(MAX_ATTEMPTS):
+        drawn = try_draw(m, np.random.default_rng([seed, attempt]), batch, seq, steps)
+        if drawn is not None:
+            break
+    else:
+        raise ContractError(f"no draw met the margins in {MAX_ATTEMPTS} tries")
+    weights, ids, stats = drawn
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+    files = write_checkpoint(out_dir, weights, shards)
+    inputs_path = os.path.join(out_dir, "inputs.safetensors")
+    ref.write_safetensors(inputs_path, {"input_ids": ids})
+    # The golden comes from the written files, exactly as `run` computes it.
+    golden = run_files(out_dir, inputs_path, os.path.join(out_dir, "golden.safetensors"), steps)
+    return {"model": m, "files": files, "attempt": attempt, "stats": stats,
+            "input_ids": ids, "golden": golden, "weights": weights}
+
+
+# ---------------------------------------------------------------------------
+# compare
+# ---------------------------------------------------------------------------
+
+OUTPUT_DTYPES = {"logits": "F32", "generated": "I32"}
+
+
+def compare_files(golden_path, actual_path, atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL):
+    """Print a summary per tensor and PASS or FAIL; return True on pass."""
+    golden, actual = ref.read_safetensors(golden_path), ref.read_safetensors(actual_path)
+    print(f"tolerance: logits |actual-golden| <= {atol:g} + {rtol:g}*|golden|; "
+          "generated exactly")
+    failures = []
+    for name in OUTPUT_DTYPES:
+        if name not in golden:
+            if name == "logits":
+                failures.append("tensor 'logits' is missing from the golden file")
+            continue
+        problem = None
+        if name not in actual:
+            problem = f"tensor '{name}' is missing from the actual file"
+        elif actual[name].dtype != OUTPUT_DTYPES[name] or golden[name].dtype != OUTPUT_DTYPES[name]:
+            problem = (f"tensor '{name}' has dtype {actual[name].dtype} (golden "
+                       f"{golden[name].dtype}), expected {OUTPUT_DTYPES[name]}")
+        elif actual[name].array.shape != golden[name].array.shape:
+            problem = (f"tensor '{name}' has shape {list(actual[name].array.shape)}, "
+                       f"expected {list(golden[name].array.shape)}")
+        if problem:
+            print(f"{name}: FAIL ({problem})")
+            failures.append(problem)
+            continue
+        r, a = golden[name].array, actual[name].array
+        shape = list(r.shape)
+        if name == "generated":
+            bad = a != r
+            print(f"{name}: shape {shape} mismatches={int(np.sum(bad))}/{r.size}")
+            if np.any(bad):
+                idx = tuple(int(i) for i in np.argwhere(bad)[0])
+                failures.append(f"tensor 'generated' differs at index {list(idx)}: actual "
+                                f"{int(a[idx])}, expected {int(r[idx])}")
+            continue
+        r64, a64 = r.astype(np.float64), a.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            err = np.abs(a64 - r64)
+            bound = atol + rtol * np.abs(r64)
+            bad = ~(err <= bound)  # NaN fails
+        finite = err[np.isfinite(err)]
+        max_err = float(np.max(finite)) if finite.size else 0.0
+        ratio = err / bound
+        finite_ratio = ratio[np.isfinite(ratio)]
+        worst = float(np.max(finite_ratio)) if finite_ratio.size else 0.0
+        print(f"{name}: shape {shape} max_abs_err={max_err:.3e} worst_err/tol={worst:.3f} "
+              f"violations={int(np.sum(bad))}/{r.size}")
+        if np.any(bad):
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            failures.append(f"tensor 'logits' differs at index {list(idx)}: actual "
+                            f"{float(a[idx])!r}, expected {float(r[idx])!r} "
+                            f"(|diff| {float(err[idx]):.3e} > tol {float(bound[idx]):.3e})")
+    for msg in failures:
+        print(f"FAIL: {msg}")
+    if not failures:
+        print("PASS")
+    return not failures
+
+
+# ---------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------
+
+def _shape_line(tensors):
+    return ", ".join(f"{n} {list(np.asarray(t).shape)}" for n, t in tensors.items())
+
+
+def _cmd_gen(args):
+    res = generate_case(args.model_type, args.out, args.seed, args.shards, args.batch,
+                        args.seq, args.generate)
+    m, st = res["model"], res["stats"]
+    print(f"wrote {args.model_type} case to {args.out} (seed {args.seed}, draw {res['attempt']})")
+    print(f"  weights: {len(res['weights'])} tensors in {', '.join(res['files'])}")
+    print(f"  inputs: input_ids {list(res['input_ids'].shape)}")
+    print(f"  golden: {_shape_line(res['golden'])}")
+    print(f"  min greedy top-2 logit gap {st.logit_gap:.3e}, "
+          f"min router top-k gap {st.router_gap:.3e}")
+    if m.model_type == "olmoe" and m.clip_qkv is not None:
+        print(f"  clip_qkv {m.clip_qkv:g} clamps {st.clipped}/{st.clip_total} q/k/v elements")
+    return 0
+
+
+def _cmd_run(args):
+    out = run_files(args.model, args.inputs, args.outputs, args.generate)
+    print(f"wrote {args.outputs}: {_shape_line(out)}")
+    return 0
+
+
+def _cmd_compare(args):
+    return 0 if compare_files(args.golden, args.actual, args.atol, args.rtol) else 1
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="NumPy reference of the Hugging Face forward pass of MoE decoders "
+                    "(mixtral, olmoe, qwen3_moe; MODEL_CONTRACT.md section 2) and a "
+                    "tiny-checkpoint generator.",
+        epilog="Exit status: 0 ok (compare: PASS), 1 compare FAIL, 2 bad file or config.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser(
+        "gen", help="write a tiny random checkpoint with inputs and golden outputs",
+        description="Write DIR/config.json (a Hugging Face config of MODEL_TYPE with tiny "
+                    "sizes), the weights (DIR/model.safetensors, or with --shards N "
+                    "DIR/model-0000i-of-0000N.safetensors and DIR/model.safetensors.index.json), "
+                    "DIR/inputs.safetensors (input_ids I32 [B, S]) and DIR/golden.safetensors "
+                    "(logits F32 [B, S, vocab]; generated I32 [B, N] when N > 0). Weights are "
+                    f"redrawn until every greedy top-2 logit gap is >= {MIN_LOGIT_GAP:g} and "
+                    f"every router top-k probability gap is >= {MIN_ROUTER_GAP:g}. Weight files a "
+                    "previous gen left in DIR (model.safetensors, model-*-of-*.safetensors, "
+                    "the index) are removed first.")
+    gen.add_argument("--model-type", required=True, choices=MODEL_TYPES)
+    gen.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    gen.add_argument("--shards", type=int, default=1, metavar="N",
+                     help="split the weights over N files with an index (default 1: one file)")
+    gen.add_argument("--batch", type=int, default=2, metavar="B", help="sequences (default 2)")
+    gen.add_argument("--seq", type=int, default=5, metavar="S", help="prompt length (default 5)")
+    gen.add_argument("--generate", type=int, default=4, metavar="N",
+                     help="greedy tokens to generate (default 4; 0: logits only)")
+    gen.set_defaults(func=_cmd_gen)
+
+    run = sub.add_parser(
+        "run", help="evaluate a checkpoint on inputs",
+        description="Read DIR/config.json and DIR/model.safetensors (or the shards of "
+                    "DIR/model.safetensors.index.json), run input_ids I32 [B, S] and write "
+                    "logits F32 [B, S, vocab] (prefill from position 0) and generated I32 [B, N] "
+                    "(greedy: argmax of the last logits, ties to the lowest id, appended, "
+                    "repeated; computed without a KV cache).")
+    run.add_argument("--model", required=True, metavar="DIR", help="checkpoint directory")
+    run.add_argument("--inputs", required=True, help="inputs .safetensors (input_ids)")
+    run.add_argument("--outputs", required=True, help="outputs .safetensors to write")
+    run.add_argument("--generate", type=int, default=4, metavar="N",
+                     help="greedy tokens to generate (default 4, as gen; 0: logits only)")
+    run.set_defaults(func=_cmd_run)
+
+    cmp = sub.add_parser(
+        "compare", help="check outputs against a golden file",
+        description="Check ACTUAL against GOLDEN: logits elementwise |a-g| <= atol + rtol*|g|, "
+                    "generated exactly equal (when the golden has it). Prints one summary "
+                    "line per tensor, then PASS or FAIL: reason. Exit 0 on PASS, 1 on FAIL.")
+    cmp.add_argument("--golden", required=True, help="golden .safetensors (from gen or run)")
+    cmp.add_argument("--actual", required=True, help="backend output .safetensors")
+    cmp.add_argument("--atol", type=float, default=DEFAULT_ATOL,
+                     help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
+    cmp.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
+                     help=f"relative tolerance (default {DEFAULT_RTOL:g})")
+    cmp.set_defaults(func=_cmd_compare)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ContractError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""Tests of scripts/decoder_reference.py, the reference of the full MoE decoders
+(mixtral, olmoe, qwen3_moe; MODEL_CONTRACT.md section 2).
+
+Run with: python3 -m unittest discover -s test/reference
+
+Expected values are computed here with plain python floats (math, lists), never
+with the reference's own math helpers; numpy is only used to build inputs.
+"""
+
+import contextlib
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+
+_SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts")
+sys.path.insert(0, os.path.normpath(_SCRIPTS))
+import decoder_reference as dec  # noqa: E402
+import moe_reference as ref  # noqa: E402
+
+MODEL_TYPES = ("mixtral", "olmoe", "qwen3_moe")
+
+
+def quiet_main(argv):
+    """Exit status and stdout of the CLI."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = dec.main(argv)
+    return rc, out.getvalue() + err.getvalue()
+
+
+def random_model(model_type, seed=0, **overrides):
+    m = dec.parse_config(dec.tiny_config(model_type, **overrides))
+    weights = dec.random_weights(m, np.random.default_rng(seed))
+    return m, {n: w.astype(np.float64) for n, w in weights.items()}
+
+
+def hand_softmax(xs):
+    top = max(xs)
+    es = [math.exp(x - top) for x in xs]
+    return [e / sum(es) for e in es]
+
+
+def hand_attention_head(q, k, v):
+    """Causal softmax attention of one head; q, k, v: lists [S][hd]."""
+    hd = len(q[0])
+    out = []
+    for i in range(len(q)):
+        scores = [sum(a * b for a, b in zip(q[i], k[j])) / math.sqrt(hd) for j in range(i + 1)]
+        p = hand_softmax(scores)
+        out.append([sum(p[j] * v[j][c] for j in range(i + 1)) for c in range(hd)])
+    return out
+
+
+def hand_rms(xs, eps):
+    r = math.sqrt(sum(x * x for x in xs) / len(xs) + eps)
+    return [x / r for x in xs]
+
+
+def matvec(w, x):
+    return [sum(a * b for a, b in zip(row, x)) for row in w]
+
+
+class RopeTest(unittest.TestCase):
+    def test_rotate_half_at_position_3(self):
+        x = [1.0, 2.0, 3.0, 4.0]
+        cos, sin = dec.rope_tables([3], 4, 10000.0)
+        got = dec.apply_rope(np.array([x]), cos, sin)[0]
+        # inv_freq = [1, 10000^(-2/4)] = [1, 0.01]; angles (3, 0.03) for pairs (0,2), (1,3)
+        a, b = 3.0, 0.03
+        expected = [1 * math.cos(a) - 3 * math.sin(a), 2 * math.cos(b) - 4 * math.sin(b),
+                    3 * math.cos(a) + 1 * math.sin(a), 4 * math.cos(b) + 2 * math.sin(b)]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+    def test_position_0_is_identity(self):
+        cos, sin = dec.rope_tables([0], 8, 1e6)
+        x = np.arange(8.0)[None]
+        np.testing.assert_array_equal(dec.apply_rope(x, cos, sin), x)
+
+
+class AttentionTest(unittest.TestCase):
+    def test_gqa_head_h_reads_kv_head_h_div_group(self):
+        rng = np.random.default_rng(1)
+        H, KV, S, hd = 4, 2, 3, 2
+        q = rng.standard_normal((1, H, S, hd))
+        k = rng.standard_normal((1, KV, S, hd))
+        v = rng.standard_normal((1, KV, S, hd))
+        got = dec.grouped_causal_attention(q, k, v)
+        for h in range(H):
+            kv = h // (H // KV)  # heads 0,1 -> kv 0; heads 2,3 -> kv 1
+            expected = hand_attention_head(q[0, h].tolist(), k[0, kv].tolist(), v[0, kv].tolist())
+            np.testing.assert_allclose(got[0, h], expected, rtol=1e-12, atol=1e-12)
+        self.assertEqual([dec.kv_head_of(h, 4, 2) for h in range(4)], [0, 0, 1, 1])
+        self.assertEqual([dec.kv_head_of(h, 8, 2) for h in range(8)], [0, 0, 0, 0, 1, 1, 1, 1])
+
+    def test_constant_values_identify_the_kv_head(self):
+        q = np.ones((1, 4, 2, 2))
+        k = np.zeros((1, 2, 2, 2))
+        v = np.stack([np.full((2, 2), 10.0), np.full((2, 2), 20.0)])[None]
+        got = dec.grouped_causal_attention(q, k, v)
+        self.assertEqual(got[0, :, 1, 0].tolist(), [10.0, 10.0, 20.0, 20.0])
+
+    def test_causal_mask_whole_model(self):
+        # logits at positions < 3 must not depend on the tokens from position 3 on
+        for model_type in MODEL_TYPES:
+            m, W = random_model(model_type, seed=2)
+            ids = np.array([[5, 17, 42, 8, 60, 3]])
+            changed = ids.copy()
+            changed[0, 3:] = [90, 1, 77]
+            a, b = dec.forward(m, W, ids), dec.forward(m, W, changed)
+            np.testing.assert_allclose(a[:, :3], b[:, :3], rtol=0, atol=1e-12,
+                                       err_msg=model_type)
+            self.assertGreater(np.max(np.abs(a[:, 3:] - b[:, 3:])), 1e-3, model_type)
+
+
+class QKNormTest(unittest.TestCase):
+    """d = 4, H = 2, KV = 1, hd = 2, one token: OLMoE's full-width norm then clip
+    vs Qwen3's per-head norm on the same projection weights."""
+    X = [0.5, -1.0, 2.0, 1.5]
+    WQ = [[1.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.5, 0.0], [1.0, 1.0, 1.0, 1.0]]
+    WK = [[0.0, 1.0, 0.0, -1.0], [3.0, 0.0, 1.0, 0.0]]
+    WV = [[4.0, 0.0, 0.0, 0.0], [0.0, 0.0, -3.0, 0.0]]
+    EPS = 1e-6
+    CLIP = 1.2
+
+    def states(self, model_type, norm_width_q, norm_width_k, **cfg):
+        m = dec.parse_config(dec.tiny_config(model_type, hidden_size=4, num_attention_heads=2,
+                                             num_key_value_heads=1, head_dim=2,
+                                             rms_norm_eps=self.EPS, **cfg))
+        p = "model.layers.0.self_attn"
+        W = {f"{p}.q_proj.weight": np.array(self.WQ), f"{p}.k_proj.weight": np.array(self.WK),
+             f"{p}.v_proj.weight": np.array(self.WV),
+             f"{p}.q_norm.weight": np.ones(norm_width_q), f"{p}.k_norm.weight": np.ones(norm_width_k)}
+        q, k, v = dec.qkv_states(m, W, 0, np.array([[self.X]]))
+        return q[0, :, 0].tolist(), k[0, :, 0].tolist(), v[0, :, 0].tolist()
+
+    def test_olmoe_full_width_norm_then_clip(self):
+        q, k, v = self.states("olmoe", 4, 2, clip_qkv=self.CLIP)
+        clip = lambda xs: [min(max(x, -self.CLIP), self.CLIP) for x in xs]  # noqa: E731
+        qn = clip(hand_rms(matvec(self.WQ, self.X), self.EPS))   # over all 4 = H*hd
+        kn = clip(hand_rms(matvec(self.WK, self.X), self.EPS))   # over all 2 = KV*hd
+        vn = clip(matvec(self.WV, self.X))                       # v: clipped, not normed
+        np.testing.assert_allclose(q, [qn[0:2], qn[2:4]], rtol=1e-12)
+        np.testing.assert_allclose(k, [kn], rtol=1e-12)
+        np.testing.assert_allclose(v, [vn], rtol=1e-12)
+        self.assertEqual(vn, [self.CLIP, -self.CLIP])  # the clamp acts on this input
+
+    def test_qwen_per_head_norm(self):
+        q, k, v = self.states("qwen3_moe", 2, 2)
+        qp = matvec(self.WQ, self.X)
+        np.testing.assert_allclose(q, [hand_rms(qp[0:2], self.EPS), hand_rms(qp[2:4], self.EPS)],
+                                   rtol=1e-12)
+        np.testing.assert_allclose(k, [hand_rms(matvec(self.WK, self.X), self.EPS)], rtol=1e-12)
+        np.testing.assert_allclose(v, [matvec(self.WV, self.X)], rtol=1e-12)  # no clamp
+
+    def test_olmoe_and_qwen_differ(self):
+        qo, _, vo = self.states("olmoe", 4, 2, clip_qkv=self.CLIP)
+        qq, _, vq = self.states("qwen3_moe", 2, 2)
+        self.assertGreater(np.max(np.abs(np.array(qo) - np.array(qq))), 0.1)
+        self.assertGreater(np.max(np.abs(np.array(vo) - np.array(vq))), 0.1)
+
+    def test_clip_changes_the_olmoe_model(self):
+        m, W = random_model("olmoe", seed=3, clip_qkv=0.5)
+        free = dec.parse_config(dec.tiny_config("olmoe", clip_qkv=None))
+        ids = np.array([[4, 8, 15, 16]])
+        self.assertGreater(np.max(np.abs(dec.forward(m, W, ids) - dec.forward(free, W, ids))),
+                           1e-3)
+
+
+class RouterTest(unittest.TestCase):
+    LOGITS = [1.0, 3.0, 2.0, 0.0]
+
+    def test_topk_and_renormalisation_per_model_type(self):
+        p = hand_softmax(self.LOGITS)
+        raw, norm = [p[1], p[2]], [p[1] / (p[1] + p[2]), p[2] / (p[1] + p[2])]
+        for model_type, overrides, expected in (
+                ("mixtral", {}, norm),                        # always renormalised
+                ("olmoe", {"norm_topk_prob": False}, raw),
+                ("olmoe", {"norm_topk_prob": True}, norm),
+                ("qwen3_moe", {"norm_topk_prob": True}, norm),
+                ("qwen3_moe", {"norm_topk_prob": False}, raw)):
+            m = dec.parse_config(dec.tiny_config(model_type, **overrides))
+            ids, gates, gap = dec.route(m, np.array([self.LOGITS]))
+            self.assertEqual(ids.tolist(), [[1, 2]], model_type)
+            np.testing.assert_allclose(gates[0], expected, rtol=1e-12, err_msg=model_type)
+            self.assertAlmostEqual(float(gap[0]), p[2] - p[0], places=12)
+
+    def test_ties_pick_the_lower_index(self):
+        m = dec.parse_config(dec.tiny_config("mixtral"))
+        ids, _, gap = dec.route(m, np.array([[0.0, 1.0, 0.0, 1.0]]))
+        self.assertEqual(ids.tolist(), [[1, 3]])
+        ids, _, gap = dec.route(m, np.array([[2.0, 1.0, 1.0, 1.0]]))
+        self.assertEqual(ids.tolist(), [[0, 1]])
+        self.assertEqual(float(gap[0]), 0.0)
+
+
+class GreedyTest(unittest.TestCase):
+    def test_generation_is_argmax_append_rerun(self):
+        for model_type in MODEL_TYPES:
+            m, W = random_model(model_type, seed=4)
+            prompt = [[3, 14, 15, 92], [65, 35, 89, 79]]
+            prefill, generated = dec.generate(m, W, np.array(prompt), 3)
+            seqs = [list(s) for s in prompt]
+            expected = [[], []]
+            for step in range(3):
+                logits = dec.forward(m, W, np.array(seqs))
+                if step == 0:
+                    np.testing.assert_array_equal(prefill, logits)
+                for b in range(2):
+                    row = logits[b, -1].tolist()
+                    best = max(range(len(row)), key=lambda i: (row[i], -i))
+                    expected[b].append(best)
+                    seqs[b].append(best)
+            self.assertEqual(generated.tolist(), expected, model_type)
+
+    def test_ties_go_to_the_lowest_id(self):
+        ids, gap = dec.greedy_token(np.array([[0.0, 2.0, 2.0, 1.0], [5.0, 1.0, 5.0, 4.0]]))
+        self.assertEqual(ids.tolist(), [1, 0])
+        self.assertEqual(gap.tolist(), [0.0, 0.0])
+
+
+class CheckpointTest(unittest.TestCase):
+    def setUp(self):
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.tmp = tmp.name
+
+    def gen(self, model_type, name, *extra):
+        path = os.path.join(self.tmp, name)
+        rc, out = quiet_main(["gen", "--model-type", model_type, "--out", path, "--seed", "7",
+                              "--batch", "2", "--seq", "4", "--generate", "3", *extra])
+        self.assertEqual(rc, 0, out)
+        return path
+
+    def run_cli(self, model_dir, inputs, name, generate="3"):
+        out_path = os.path.join(self.tmp, name)
+        rc, out = quiet_main(["run", "--model", model_dir, "--inputs", inputs,
+                              "--outputs", out_path, "--generate", generate])
+        self.assertEqual(rc, 0, out)
+        return out_path
+
+    def read(self, path):
+        return {n: t.array for n, t in ref.read_safetensors(path).items()}
+
+    def test_sharded_and_single_file_agree(self):
+        for model_type in MODEL_TYPES:
+            single = self.gen(model_type, f"{model_type}-single")
+            sharded = self.gen(model_type, f"{model_type}-sharded", "--shards", "3")
+            self.assertEqual(sorted(os.listdir(sharded)), [
+                "config.json", "golden.safetensors", "inputs.safetensors",
+                "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
+                "model-00003-of-00003.safetensors", "model.safetensors.index.json"])
+            with open(os.path.join(sharded, "model.safetensors.index.json")) as f:
+                index = json.load(f)
+            m = dec.load_config(os.path.join(sharded, "config.json"))
+            shapes = dec.expected_weight_shapes(m)
+            self.assertEqual(set(index["weight_map"]), set(shapes))
+            self.assertEqual(len(set(index["weight_map"].values())), 3)
+            self.assertEqual(index["metadata"]["total_size"],
+                             sum(4 * math.prod(s) for s in shapes.values()))
+            inputs = os.path.join(single, "inputs.safetensors")
+            a = self.run_cli(single, inputs, f"{model_type}-a.safetensors")
+            b = self.run_cli(sharded, inputs, f"{model_type}-b.safetensors")
+            with open(a, "rb") as fa, open(b, "rb") as fb:
+                self.assertEqual(fa.read(), fb.read(), model_type)
+            golden = self.read(os.path.join(single, "golden.safetensors"))
+            out = self.read(a)
+            np.testing.assert_array_equal(out["logits"], golden["logits"])
+            self.assertEqual(golden["logits"].shape, (2, 4, 97))
+            self.assertEqual(golden["generated"].shape, (2, 3))
+            self.assertEqual(golden["generated"].dtype, np.int32)
+
+    def test_tensor_names_per_model_type(self):
+        shapes = {t: dec.expected_weight_shapes(dec.parse_config(dec.tiny_config(t)))
+                  for t in MODEL_TYPES}
+        mix, olm, qwen = shapes["mixtral"], shapes["olmoe"], shapes["qwen3_moe"]
+        self.assertEqual(mix["model.layers.1.block_sparse_moe.experts.3.w1.weight"], (48, 32))
+        self.assertEqual(mix["model.layers.1.block_sparse_moe.experts.3.w2.weight"], (32, 48))
+        self.assertEqual(mix["model.layers.0.block_sparse_moe.gate.weight"], (4, 32))
+        self.assertEqual(mix["model.layers.0.self_attn.k_proj.weight"], (16, 32))
+        self.assertNotIn("model.layers.0.self_attn.q_norm.weight", mix)
+        self.assertEqual(olm["model.layers.0.self_attn.q_norm.weight"], (32,))
+        self.assertEqual(olm["model.layers.0.self_attn.k_norm.weight"], (16,))
+        self.assertEqual(olm["model.layers.1.mlp.experts.2.down_proj.weight"], (32, 48))
+        self.assertEqual(qwen["model.layers.0.self_attn.q_norm.weight"], (8,))
+        self.assertEqual(qwen["model.layers.0.self_attn.k_norm.weight"], (8,))
+        self.assertEqual(qwen["model.layers.1.mlp.experts.0.gate_proj.weight"], (48, 32))
+        for s in shapes.values():
+            self.assertEqual(s["lm_head.weight"], (97, 32))
+            self.assertEqual(s["model.embed_tokens.weight"], (97, 32))
+            self.assertEqual(s["model.norm.weight"], (32,))
+        self.assertEqual((len(mix), len(olm), len(qwen)), (41, 45, 45))
+
+    def test_bad_checkpoints_are_rejected(self):
+        path = self.gen("qwen3_moe", "bad")
+        inputs = os.path.join(path, "inputs.safetensors")
+        weights = self.read(os.path.join(path, "model.safetensors"))
+        del weights["model.layers.1.mlp.gate.weight"]
+        ref.write_safetensors(os.path.join(path, "model.safetensors"), weights)
+        rc, out = quiet_main(["run", "--model", path, "--inputs", inputs,
+                              "--outputs", os.path.join(self.tmp, "x.safetensors")])
+        self.assertEqual(rc, 2)
+        self.assertIn("model.layers.1.mlp.gate.weight", out)
+
+    def test_regenerating_replaces_stale_weight_files(self):
+        path = self.gen("mixtral", "regen", "--shards", "2")
+        self.gen("mixtral", "regen")
+        self.assertNotIn("model.safetensors.index.json", os.listdir(path))
+        self.gen("mixtral", "regen", "--shards", "2")
+        self.assertNotIn("model.safetensors", os.listdir(path))
+
+
+class CompareTest(unittest.TestCase):
+    def setUp(self):
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.tmp = tmp.name
+        self.golden = os.path.join(self.tmp, "golden.safetensors")
+        logits = np.random.default_rng(5).standard_normal((2, 3, 11)).astype(np.float32)
+        self.ref_logits = logits
+        self.generated = np.array([[1, 2], [3, 4]], dtype=np.int32)
+        ref.write_safetensors(self.golden, {"logits": logits, "generated": self.generated})
+
+    def compare(self, logits, generated=None, *extra):
+        actual = os.path.join(self.tmp, "actual.safetensors")
+        tensors = {"logits": logits.astype(np.float32)}
+        if generated is not None:
+            tensors["generated"] = generated
+        ref.write_safetensors(actual, tensors)
+        return quiet_main(["compare", "--golden", self.golden, "--actual", actual, *extra])
+
+    def tol(self):
+        r = self.ref_logits.astype(np.float64)
+        return 1e-3 + 1e-3 * np.abs(r)
+
+    def test_within_tolerance_passes(self):
+        rc, out = self.compare(self.ref_logits + 0.8 * self.tol(), self.generated)
+        self.assertEqual(rc, 0, out)
+        self.assertIn("logits:", out)
+        self.assertIn("generated:", out)
+        self.assertTrue(out.rstrip().endswith("PASS"), out)
+
+    def test_beyond_tolerance_fails(self):
+        bad = self.ref_logits.astype(np.float64)
+        bad[1, 2, 5] += 1.5 * self.tol()[1, 2, 5]
+        rc, out = self.compare(bad, self.generated)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("FAIL: tensor 'logits' differs at index [1, 2, 5]", out)
+        # a looser tolerance accepts it
+        rc, out = self.compare(bad, self.generated, "--atol", "1e-2")
+        self.assertEqual(rc, 0, out)
+
+    def test_differing_or_missing_generated_token_fails(self):
+        other = self.generated.copy()
+        other[1, 0] = 7
+        rc, out = self.compare(self.ref_logits, other)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("FAIL: tensor 'generated' differs at index [1, 0]", out)
+        rc, out = self.compare(self.ref_logits, None)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("missing from the actual file", out)
+
+    def test_nan_fails(self):
+        bad = self.ref_logits.copy()
+        bad[0, 0, 0] = np.nan
+        rc, out = self.compare(bad, self.generated)
+        self.assertEqual(rc, 1, out)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,485 @@
+//===- CpuDecoderKernelsTest.cpp - Tests of the dense decoder kernels -----===//
+//
+// Checks embed, unembed and attention against naive double-precision loops
+// written straight from the formulas of CpuDecoderKernels.h, the KV cache by
+// decoding token by token and in chunks, causality, the rejection of bad
+// positions and sizes, and that the bits do not depend on the thread count.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moert/CpuDecoderKernels.h"
+#include "moert/CpuKernels.h"
+
+#include "gtest/gtest.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+using namespace moert::cpu;
+
+namespace {
+
+constexpr double kTolerance = 1e-4;
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+//===----------------------------------------------------------------------===//
+// Helpers
+//===----------------------------------------------------------------------===//
+
+/// A row-major memref descriptor over `data`.
+template <typename T, int N>
+StridedMemRefType<T, N> memref(std::vector<T> &data,
+                               std::array<int64_t, N> sizes) {
+  StridedMemRefType<T, N> m;
+  m.basePtr = m.data = data.data();
+  m.offset = 0;
+  int64_t stride = 1;
+  for (int i = N - 1; i >= 0; --i) {
+    m.sizes[i] = sizes[i];
+    m.strides[i] = stride;
+    stride *= sizes[i];
+  }
+  EXPECT_EQ(stride, static_cast<int64_t>(data.size()));
+  return m;
+}
+
+std::vector<float> randomVector(size_t n, float scale, unsigned seed,
+                                float offset = 0.0f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(offset - scale, offset + scale);
+  std::vector<float> v(n);
+  for (float &value : v)
+    value = dist(rng);
+  return v;
+}
+
+void expectClose(const float *actual, const double *expected, size_t n,
+                 double tolerance = kTolerance) {
+  for (size_t i = 0; i < n; ++i)
+    ASSERT_NEAR(actual[i], expected[i],
+                tolerance + tolerance * std::fabs(expected[i]))
+        << "at element " << i;
+}
+
+void expectBitwiseEqual(const std::vector<float> &actual,
+                        const std::vector<float> &expected) {
+  ASSERT_EQ(actual.size(), expected.size());
+  EXPECT_EQ(std::memcmp(actual.data(), expected.data(),
+                        actual.size() * sizeof(float)),
+            0);
+}
+
+bool allNaN(const std::vector<float> &v) {
+  return std::all_of(v.begin(), v.end(), [](float x) { return std::isnan(x); });
+}
+
+double dotRef(const float *a, const float *b, int64_t n) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i)
+    sum += double(a[i]) * double(b[i]);
+  return sum;
+}
+
+//===----------------------------------------------------------------------===//
+// Embed and unembed
+//===----------------------------------------------------------------------===//
+
+TEST(CpuDecoderKernels, Embed) {
+  const int64_t vocab = 10, hidden = 12;
+  std::vector<float> table = randomVector(vocab * hidden, 1.0f, 1);
+  std::vector<int32_t> tokens = {3, 0, 9, -1, 10, 3};
+  const int64_t n = tokens.size();
+  std::vector<float> out(n * hidden, 7.0f);
+  auto tokensM = memref<int32_t, 1>(tokens, {n});
+  auto tableM = memref<float, 2>(table, {vocab, hidden});
+  auto outM = memref<float, 2>(out, {n, hidden});
+  _mlir_ciface_moert_embed(&tokensM, &tableM, &outM);
+  for (int64_t t = 0; t < n; ++t) {
+    const float *row = out.data() + t * hidden;
+    if (tokens[t] < 0 || tokens[t] >= vocab) {
+      EXPECT_TRUE(
+          std::all_of(row, row + hidden, [](float v) { return std::isnan(v); }))
+          << "token " << t;
+      continue;
+    }
+    EXPECT_EQ(std::memcmp(row, table.data() + tokens[t] * hidden,
+                          hidden * sizeof(float)),
+              0)
+        << "token " << t;
+  }
+
+  // out claims the wrong width.
+  auto narrowM = memref<float, 2>(out, {n * 2, hidden / 2});
+  _mlir_ciface_moert_embed(&tokensM, &tableM, &narrowM);
+  EXPECT_TRUE(allNaN(out));
+}
+
+TEST(CpuDecoderKernels, Unembed) {
+  // Vocab and hidden with GEMM tails; one token (decode) and several.
+  const int64_t vocab = 71, hidden = 43;
+  std::vector<float> w = randomVector(vocab * hidden, 1.0f, 2);
+  for (int64_t n : {1, 5}) {
+    std::vector<float> x = randomVector(n * hidden, 1.0f, 3);
+    std::vector<float> out(n * vocab);
+    auto xM = memref<float, 2>(x, {n, hidden});
+    auto wM = memref<float, 2>(w, {vocab, hidden});
+    auto outM = memref<float, 2>(out, {n, vocab});
+    _mlir_ciface_moert_unembed(&xM, &wM, &outM);
+    std::vector<double> ref(n * vocab);
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t v = 0; v < vocab; ++v)
+        ref[t * vocab + v] =
+            dotRef(x.data() + t * hidden, w.data() + v * hidden, hidden);
+    expectClose(out.data(), ref.data(), ref.size());
+
+    // w's rows are not hidden long.
+    auto badWM = memref<float, 2>(w, {hidden, vocab});
+    _mlir_ciface_moert_unembed(&xM, &badWM, &outM);
+    EXPECT_TRUE(allNaN(out));
+  }
+}
+
+//===----------------------------------------------------------------------===//
+// Attention
+//===----------------------------------------------------------------------===//
+
+struct AttentionParam {
+  int64_t numHeads, numKvHeads;
+  int32_t normKind;
+  float clip;
+};
+
+/// The weights, inputs and KV cache of a sequence of `numTokens` tokens.
+struct AttentionCase {
+  int64_t numTokens, hidden, numHeads, numKvHeads, headDim, maxPositions;
+  float ropeTheta = 10000.0f, clip;
+  int32_t normKind;
+  float normEps = 1e-6f;
+  std::vector<float> x, wq, wk, wv, wo, qNorm, kNorm, kCache, vCache;
+
+  int64_t qWidth() const { return numHeads * headDim; }
+  int64_t kvWidth() const { return numKvHeads * headDim; }
+
+  /// Random data; the caches start as NaN, so any read of a row that this
+  /// sequence has not written shows in the output.
+  AttentionCase(const AttentionParam &p, int64_t numTokens, int64_t hidden,
+                int64_t headDim, int64_t maxPositions, unsigned seed)
+      : numTokens(numTokens), hidden(hidden), numHeads(p.numHeads),
+        numKvHeads(p.numKvHeads), headDim(headDim), maxPositions(maxPositions),
+        clip(p.clip), normKind(p.normKind),
+        x(randomVector(numTokens * hidden, 1.0f, seed)),
+        wq(randomVector(qWidth() * hidden, 0.5f, seed + 1)),
+        wk(randomVector(kvWidth() * hidden, 0.5f, seed + 2)),
+        wv(randomVector(kvWidth() * hidden, 0.5f, seed + 3)),
+        wo(randomVector(hidden * qWidth(), 0.5f, seed + 4)),
+        qNorm(randomVector(normWidth(qWidth()), 0.5f, seed + 5, 1.0f)),
+        kNorm(randomVector(normWidth(kvWidth()), 0.5f, seed + 6, 1.0f)) {
+    resetCache();
+  }
+
+  int64_t normWidth(int64_t fullWidth) const {
+    return normKind == 1 ? fullWidth : normKind == 2 ? headDim : 1;
+  }
+
+  void resetCache() {
+    kCache.assign(maxPositions * kvWidth(), kNaN);
+    vCache.assign(maxPositions * kvWidth(), kNaN);
+  }
+
+  /// Runs tokens [first, first + count) at positions first.. through the C
+  /// interface.
+  std::vector<float> run(int64_t first, int64_t count) {
+    std::vector<int32_t> positions(count);
+    for (int64_t i = 0; i < count; ++i)
+      positions[i] = static_cast<int32_t>(first + i);
+    return runAt(first, positions);
+  }
+
+  /// Runs `positions.size()` tokens from token `first` at `positions`.
+  std::vector<float> runAt(int64_t first, std::vector<int32_t> positions) {
+    const int64_t n = positions.size();
+    std::vector<float> chunk(x.begin() + first * hidden,
+                             x.begin() + (first + n) * hidden);
+    std::vector<float> out(n * hidden, 7.0f);
+    auto xM = memref<float, 2>(chunk, {n, hidden});
+    auto positionsM = memref<int32_t, 1>(positions, {n});
+    // The weights' sizes come from the data, so that a test can make the
+    // scalar arguments disagree with them.
+    auto rowsOf = [&](const std::vector<float> &w) {
+      return static_cast<int64_t>(w.size()) / hidden;
+    };
+    auto wqM = memref<float, 2>(wq, {rowsOf(wq), hidden});
+    auto wkM = memref<float, 2>(wk, {rowsOf(wk), hidden});
+    auto wvM = memref<float, 2>(wv, {rowsOf(wv), hidden});
+    auto woM = memref<float, 2>(wo, {hidden, rowsOf(wo)});
+    auto qNormM = memref<float, 1>(qNorm, {int64_t(qNorm.size())});
+    auto kNormM = memref<float, 1>(kNorm, {int64_t(kNorm.size())});
+    int64_t cacheWidth = static_cast<int64_t>(kCache.size()) / maxPositions;
+    auto kCacheM = memref<float, 2>(kCache, {maxPositions, cacheWidth});
+    auto vCacheM = memref<float, 2>(vCache, {maxPositions, cacheWidth});
+    auto outM = memref<float, 2>(out, {n, hidden});
+    _mlir_ciface_moert_attention(&xM, &positionsM, &wqM, &wkM, &wvM, &woM,
+                                 &qNormM, &kNormM, &kCacheM, &vCacheM, &outM,
+                                 numHeads, numKvHeads, headDim, ropeTheta, clip,
+                                 normKind, normEps);
+    return out;
+  }
+
+  /// Runs all tokens at positions 0.. through the C++ API.
+  std::vector<float> runWithThreads(unsigned numThreads) {
+    resetCache();
+    std::vector<int32_t> positions(numTokens);
+    for (int64_t i = 0; i < numTokens; ++i)
+      positions[i] = static_cast<int32_t>(i);
+    std::vector<float> out(numTokens * hidden);
+    EXPECT_TRUE(attention(
+        x.data(), positions.data(), wq.data(), wk.data(), wv.data(), wo.data(),
+        qNorm.data(), kNorm.data(), kCache.data(), vCache.data(), out.data(),
+        {numTokens, hidden, numHeads, numKvHeads, headDim, maxPositions},
+        {ropeTheta, clip, static_cast<QkNorm>(normKind), normEps}, numThreads));
+    return out;
+  }
+
+  struct Reference {
+    std::vector<double> out, k, v; ///< [n, d], [n, KV*hd], [n, KV*hd]
+  };
+
+  /// All tokens at positions 0.., from the formulas.
+  Reference reference() const {
+    const int64_t half = headDim / 2;
+    Reference ref{std::vector<double>(numTokens * hidden),
+                  std::vector<double>(numTokens * kvWidth()),
+                  std::vector<double>(numTokens * kvWidth())};
+    std::vector<double> q(numTokens * qWidth());
+    auto project = [&](const std::vector<float> &w, int64_t width,
+                       double *result) {
+      for (int64_t t = 0; t < numTokens; ++t)
+        for (int64_t o = 0; o < width; ++o) {
+          double y =
+              dotRef(x.data() + t * hidden, w.data() + o * hidden, hidden);
+          result[t * width + o] =
+              clip > 0 ? std::clamp<double>(y, -clip, clip) : y;
+        }
+    };
+    project(wq, qWidth(), q.data());
+    project(wk, kvWidth(), ref.k.data());
+    project(wv, kvWidth(), ref.v.data());
+
+    // Normalises groups of `size` values of `row` with weights w.
+    auto rmsNorm = [&](double *row, int64_t width, int64_t size,
+                       const std::vector<float> &w) {
+      for (int64_t g = 0; g < width; g += size) {
+        double sum = 0.0;
+        for (int64_t i = 0; i < size; ++i)
+          sum += row[g + i] * row[g + i];
+        double rms = std::sqrt(sum / size + normEps);
+        for (int64_t i = 0; i < size; ++i)
+          row[g + i] = row[g + i] / rms * w[i];
+      }
+    };
+    auto rope = [&](double *row, int64_t width, int64_t position) {
+      for (int64_t h = 0; h < width; h += headDim)
+        for (int64_t i = 0; i < half; ++i) {
+          double angle =
+              position * std::pow(double(ropeTheta), -2.0 * i / headDim);
+          double a = row[h + i], b = row[h + i + half];
+          row[h + i] = a * std::cos(angle) - b * std::sin(angle);
+          row[h + i + half] = b * std::cos(angle) + a * std::sin(angle);
+        }
+    };
+    for (int64_t t = 0; t < numTokens; ++t) {
+      double *qRow = q.data() + t * qWidth();
+      double *kRow = ref.k.data() + t * kvWidth();
+      if (normKind != 0) {
+        int64_t qSize = normKind == 1 ? qWidth() : headDim;
+        int64_t kSize = normKind == 1 ? kvWidth() : headDim;
+        rmsNorm(qRow, qWidth(), qSize, qNorm);
+        rmsNorm(kRow, kvWidth(), kSize, kNorm);
+      }
+      rope(qRow, qWidth(), t);
+      rope(kRow, kvWidth(), t);
+    }
+
+    std::vector<double> heads(qWidth()), p(numTokens);
+    for (int64_t t = 0; t < numTokens; ++t) {
+      for (int64_t h = 0; h < numHeads; ++h) {
+        int64_t g = h / (numHeads / numKvHeads);
+        const double *qHead = q.data() + t * qWidth() + h * headDim;
+        double maxScore = -std::numeric_limits<double>::infinity();
+        double sum = 0.0;
+        for (int64_t j = 0; j <= t; ++j) {
+          p[j] = 0.0;
+          for (int64_t c = 0; c < headDim; ++c)
+            p[j] += qHead[c] * ref.k[j * kvWidth() + g * headDim + c];
+          p[j] /= std::sqrt(double(headDim));
+          maxScore = std::max(maxScore, p[j]);
+        }
+        for (int64_t j = 0; j <= t; ++j)
+          sum += p[j] = std::exp(p[j] - maxScore);
+        for (int64_t c = 0; c < headDim; ++c) {
+          double o = 0.0;
+          for (int64_t j = 0; j <= t; ++j)
+            o += p[j] / sum * ref.v[j * kvWidth() + g * headDim + c];
+          heads[h * headDim + c] = o;
+        }
+      }
+      for (int64_t o = 0; o < hidden; ++o) {
+        double y = 0.0;
+        for (int64_t i = 0; i < qWidth(); ++i)
+          y += heads[i] * wo[o * qWidth() + i];
+        ref.out[t * hidden + o] = y;
+      }
+    }
+    return ref;
+  }
+
+  /// Checks out [count, d] of tokens [first, first + count) and the cache
+  /// rows [0, first + count) against `ref`.
+  void expectMatches(const Reference &ref, const std::vector<float> &out,
+                     int64_t first, int64_t count) const {
+    expectClose(out.data(), ref.out.data() + first * hidden, count * hidden);
+    int64_t rows = (first + count) * kvWidth();
+    expectClose(kCache.data(), ref.k.data(), rows);
+    expectClose(vCache.data(), ref.v.data(), rows);
+  }
+};
+
+class AttentionTest : public testing::TestWithParam<AttentionParam> {};
+
+TEST_P(AttentionTest, PrefillMatchesReference) {
+  AttentionCase c(GetParam(), 5, 24, 8, 7, 41);
+  std::vector<float> out = c.run(0, 5);
+  c.expectMatches(c.reference(), out, 0, 5);
+}
+
+TEST_P(AttentionTest, PrefillEqualsDecode) {
+  AttentionCase c(GetParam(), 5, 24, 8, 7, 43);
+  std::vector<float> prefill = c.run(0, 5);
+  std::vector<float> prefillK = c.kCache, prefillV = c.vCache;
+  c.resetCache();
+  for (int64_t t = 0; t < 5; ++t) {
+    std::vector<float> out = c.run(t, 1);
+    for (int64_t i = 0; i < c.hidden; ++i)
+      ASSERT_NEAR(out[i], prefill[t * c.hidden + i], 1e-5)
+          << "token " << t << ", element " << i;
+  }
+  for (size_t i = 0; i < prefillK.size(); ++i) {
+    ASSERT_EQ(std::isnan(c.kCache[i]), std::isnan(prefillK[i]));
+    if (!std::isnan(prefillK[i])) {
+      ASSERT_NEAR(c.kCache[i], prefillK[i], 1e-5) << i;
+      ASSERT_NEAR(c.vCache[i], prefillV[i], 1e-5) << i;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    CpuDecoderKernels, AttentionTest,
+    testing::Values(
+        // GQA (two query heads per kv head), each norm, clip off and on.
+        AttentionParam{4, 2, 0, 0.0f}, AttentionParam{4, 2, 1, 0.0f},
+        AttentionParam{4, 2, 2, 0.0f}, AttentionParam{4, 2, 0, 0.5f},
+        AttentionParam{4, 2, 1, 0.5f}, AttentionParam{4, 2, 2, 0.5f},
+        // MHA and MQA.
+        AttentionParam{4, 4, 0, 0.0f}, AttentionParam{4, 4, 1, 0.5f},
+        AttentionParam{4, 4, 2, 0.0f}, AttentionParam{4, 1, 2, 0.5f}),
+    [](const testing::TestParamInfo<AttentionParam> &info) {
+      const AttentionParam &p = info.param;
+      return "H" + std::to_string(p.numHeads) + "KV" +
+             std::to_string(p.numKvHeads) + "Norm" +
+             std::to_string(p.normKind) + (p.clip > 0 ? "Clip" : "");
+    });
+
+TEST(CpuDecoderKernels, AttentionChunkedPrefill) {
+  // Chunks across the 16-query blocks, a decode step between them, and
+  // Qwen3's theta so that the later positions turn the rotations far.
+  AttentionCase c({8, 2, 2, 0.0f}, 40, 32, 16, 48, 47);
+  c.ropeTheta = 1e6f;
+  AttentionCase::Reference ref = c.reference();
+  int64_t first = 0;
+  for (int64_t count : {17, 1, 22}) {
+    std::vector<float> out = c.run(first, count);
+    c.expectMatches(ref, out, first, count);
+    first += count;
+  }
+}
+
+TEST(CpuDecoderKernels, AttentionIsCausal) {
+  AttentionCase c({4, 2, 1, 0.0f}, 5, 24, 8, 5, 53);
+  std::vector<float> before = c.run(0, 5);
+  for (int64_t i = 0; i < c.hidden; ++i)
+    c.x[4 * c.hidden + i] += 1.0f;
+  c.resetCache();
+  std::vector<float> after = c.run(0, 5);
+  // Tokens 0..3 keep their bits; token 4 changes.
+  std::vector<float> firstBefore(before.begin(), before.begin() + 4 * c.hidden);
+  std::vector<float> firstAfter(after.begin(), after.begin() + 4 * c.hidden);
+  expectBitwiseEqual(firstAfter, firstBefore);
+  EXPECT_NE(std::memcmp(after.data() + 4 * c.hidden,
+                        before.data() + 4 * c.hidden, c.hidden * sizeof(float)),
+            0);
+}
+
+TEST(CpuDecoderKernels, AttentionRejectsBadPositions) {
+  AttentionCase c({4, 2, 0, 0.0f}, 5, 24, 8, 4, 59);
+  std::vector<float> ok = c.run(0, 3);
+  EXPECT_FALSE(
+      std::any_of(ok.begin(), ok.end(), [](float v) { return std::isnan(v); }));
+  const std::vector<float> kCache = c.kCache, vCache = c.vCache;
+  for (std::vector<int32_t> positions : std::vector<std::vector<int32_t>>{
+           {3, 4}, {4}, {-1, 0}, {0, 2}, {1, 0}}) {
+    EXPECT_TRUE(allNaN(c.runAt(0, positions))) << positions[0];
+    // Nothing written: bitwise equal caches, NaNs included.
+    EXPECT_EQ(std::memcmp(c.kCache.data(), kCache.data(),
+                          kCache.size() * sizeof(float)),
+              0);
+    EXPECT_EQ(std::memcmp(c.vCache.data(), vCache.data(),
+                          vCache.size() * sizeof(float)),
+              0);
+  }
+}
+
+TEST(CpuDecoderKernels, AttentionRejectsBadShapes) {
+  auto expectRejected = [](AttentionCase c) {
+    EXPECT_TRUE(allNaN(c.run(0, 2)));
+  };
+  // Heads not a multiple of kv heads (wq, wk stay consistent: 3*8, 2*8).
+  expectRejected(AttentionCase({3, 2, 0, 0.0f}, 2, 16, 8, 4, 61));
+  // An odd head_dim, which RoPE cannot split.
+  expectRejected(AttentionCase({2, 1, 0, 0.0f}, 2, 16, 7, 4, 61));
+  // An unknown norm kind.
+  AttentionCase badNorm({2, 1, 0, 0.0f}, 2, 16, 8, 4, 61);
+  badNorm.normKind = 3;
+  expectRejected(badNorm);
+  // A per-head norm weight of the full width.
+  AttentionCase badNormSize({2, 1, 1, 0.0f}, 2, 16, 8, 4, 61);
+  badNormSize.normKind = 2;
+  expectRejected(badNormSize);
+  // wq and wo have two heads, numHeads says one.
+  AttentionCase badHeads({2, 1, 0, 0.0f}, 2, 16, 8, 4, 61);
+  badHeads.numHeads = 1;
+  expectRejected(badHeads);
+  // A non-positive theta.
+  AttentionCase badTheta({2, 1, 0, 0.0f}, 2, 16, 8, 4, 61);
+  badTheta.ropeTheta = 0.0f;
+  expectRejected(badTheta);
+}
+
+TEST(CpuDecoderKernels, AttentionBitwiseDeterministic) {
+  // 37 tokens: three query blocks, the last partial.
+  AttentionCase c({8, 2, 2, 0.0f}, 37, 64, 32, 40, 67);
+  std::vector<float> expected = c.runWithThreads(1);
+  std::vector<float> expectedK = c.kCache, expectedV = c.vCache;
+  for (unsigned numThreads : {2u, 3u, 2u, 3u}) {
+    expectBitwiseEqual(c.runWithThreads(numThreads), expected);
+    expectBitwiseEqual(c.kCache, expectedK);
+    expectBitwiseEqual(c.vCache, expectedV);
+  }
+}
+
+} // namespace
