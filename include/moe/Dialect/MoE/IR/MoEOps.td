@@ -237,7 +237,7 @@ def MoE_AttentionOp : MoE_SymbolUserOp<"attention",
     optional causal mask, optional RMS norms of queries and keys (`q_norm`,
     `k_norm` with `norm_eps`: per head over [head_dim] as in Qwen3, or over
     the full projection width as in OLMoE) and optional clipping of q, k, v
-    to `clip_qkv` right after the projections. `q_proj` is
+    to `clip_qkv` (after the q/k norms, as OLMoE does). `q_proj` is
     [heads * head_dim, hidden], `k_proj` and `v_proj` are
     [kv_heads * head_dim, hidden], `o_proj` is [hidden, heads * head_dim].
     Keys and values are appended to KV cache slot `cache_slot` (one slot per
