@@ -59,21 +59,14 @@ void rotatePair(float *row, int64_t numHeads, int64_t headDim, int64_t i,
   }
 }
 
-/// Clamps, normalises and rotates one token's q [H*hd] and k, v [KV*hd].
+/// Normalises, clamps and rotates one token's q [H*hd] and k, v [KV*hd].
+/// The order is OLMoE's: q and k are normalised first, then q, k and v are
+/// clamped.
 void prepareToken(float *q, float *k, float *v, const float *qNorm,
                   const float *kNorm, int64_t position, const AttentionShape &s,
                   const AttentionOptions &o) {
   const int64_t qWidth = s.numHeads * s.headDim;
   const int64_t kvWidth = s.numKvHeads * s.headDim;
-  if (o.clip > 0.0f) {
-    auto clamp = [&](float *row, int64_t n) {
-      for (int64_t i = 0; i < n; ++i)
-        row[i] = std::clamp(row[i], -o.clip, o.clip);
-    };
-    clamp(q, qWidth);
-    clamp(k, kvWidth);
-    clamp(v, kvWidth);
-  }
   // rmsNorm is elementwise after its reduction, so it may work in place; a
   // per-head norm is a norm over H (or KV) rows of hd.
   if (o.norm == QkNorm::Full) {
@@ -82,6 +75,15 @@ void prepareToken(float *q, float *k, float *v, const float *qNorm,
   } else if (o.norm == QkNorm::PerHead) {
     rmsNorm(q, qNorm, q, s.numHeads, s.headDim, o.normEps);
     rmsNorm(k, kNorm, k, s.numKvHeads, s.headDim, o.normEps);
+  }
+  if (o.clip > 0.0f) {
+    auto clamp = [&](float *row, int64_t n) {
+      for (int64_t i = 0; i < n; ++i)
+        row[i] = std::clamp(row[i], -o.clip, o.clip);
+    };
+    clamp(q, qWidth);
+    clamp(k, kvWidth);
+    clamp(v, kvWidth);
   }
   // The angles in double: float would lose about position * 2^-24 radians.
   for (int64_t i = 0; i < s.headDim / 2; ++i) {

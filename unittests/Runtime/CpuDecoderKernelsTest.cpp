@@ -263,8 +263,7 @@ struct AttentionCase {
         for (int64_t o = 0; o < width; ++o) {
           double y =
               dotRef(x.data() + t * hidden, w.data() + o * hidden, hidden);
-          result[t * width + o] =
-              clip > 0 ? std::clamp<double>(y, -clip, clip) : y;
+          result[t * width + o] = y;
         }
     };
     project(wq, qWidth(), q.data());
@@ -301,6 +300,16 @@ struct AttentionCase {
         int64_t kSize = normKind == 1 ? kvWidth() : headDim;
         rmsNorm(qRow, qWidth(), qSize, qNorm);
         rmsNorm(kRow, kvWidth(), kSize, kNorm);
+      }
+      // OLMoE clamps after the q/k norms.
+      if (clip > 0) {
+        auto clamp = [&](double *row, int64_t width) {
+          for (int64_t i = 0; i < width; ++i)
+            row[i] = std::clamp<double>(row[i], -clip, clip);
+        };
+        clamp(qRow, qWidth());
+        clamp(kRow, kvWidth());
+        clamp(ref.v.data() + t * kvWidth(), kvWidth());
       }
       rope(qRow, qWidth(), t);
       rope(kRow, kvWidth(), t);
