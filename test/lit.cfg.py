@@ -32,6 +32,9 @@ llvm_config.add_tool_substitutions(tools, tool_dirs)
 import sys
 config.substitutions.append(("%python", sys.executable))
 
+config.substitutions.append(("%moe_obj_root", config.moe_obj_root))
+config.substitutions.append(("%moe_cxx", config.moe_cxx))
+
 # Building an application against a compiled model and the runtime.
 config.substitutions.append(("%moert_cxx", "%s -std=c++17 -I%s -I%s" % (
     config.moe_cxx, os.path.join(config.moe_src_root, "runtime", "include"),

@@ -66,6 +66,7 @@ public:
   Model &operator=(const Model &) = delete;
 
   moert_model_info info() const { return moert_model_get_info(model); }
+  moert_model *get() const { return model; }
   /// Safe to call from several threads at once.
   bool run(int64_t tokens, const float *hidden, const moert_outputs &outputs,
            std::string *error) {
@@ -76,6 +77,31 @@ public:
 private:
   explicit Model(moert_model *model) : model(model) {}
   moert_model *model;
+};
+/// A decoder's KV cache for one sequence.
+class Session {
+public:
+  static std::unique_ptr<Session> create(Model &model, std::string *error) {
+    moert_session *session = nullptr;
+    if (!detail::consume(moert_session_create(model.get(), &session), error))
+      return nullptr;
+    return std::unique_ptr<Session>(new Session(session));
+  }
+  ~Session() { moert_session_free(session); }
+  Session(const Session &) = delete;
+  Session &operator=(const Session &) = delete;
+
+  /// Runs `n` tokens at the next positions; logits is [n, vocab_size].
+  bool forward(const int32_t *tokens, int64_t n, float *logits,
+               std::string *error) {
+    return detail::consume(moert_session_forward(session, tokens, n, logits),
+                           error);
+  }
+  int64_t position() const { return moert_session_position(session); }
+
+private:
+  explicit Session(moert_session *session) : session(session) {}
+  moert_session *session;
 };
 } // namespace moert
 
