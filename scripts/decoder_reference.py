@@ -34,9 +34,42 @@ Differences between the three model types, as in their Hugging Face modeling cod
 All three: pre-norm residual decoder, rotate_half RoPE (applied after the q/k
 norms), grouped-query attention (head h reads kv head h // (H/KV)), causal
 softmax attention scaled by 1/sqrt(head_dim), final model.norm, lm_head.
+
+Contract extensions (MODEL_CONTRACT.md sections 1 and 2), for all three types:
+  * router_share_block B (default 1), router_decision "per_layer" | "block"
+    (PathMoE): layers [B*j, B*j+B) use the router of layer B*j, the only layer
+    of the block whose `<moe>.gate.weight` is in the checkpoint.  "per_layer":
+    every layer routes its own normed input (post_attention_layernorm) with the
+    shared router; "block": the head's expert ids and gates, computed on the
+    head's input, are reused by the other layers of the block within the same
+    loop pass.  (qwen3_moe: a MoE layer whose block head is a dense MLP layer is
+    an error.)
+  * num_loops K (default 1): the L decoder layers (attention + MoE) are applied
+    K times with shared weights.  Every (pass i, layer l) has its own KV cache,
+    slot i*L + l: attention at pass i, layer l attends over the keys and values
+    that the same (i, l) produced for the earlier tokens.
+  * exit_criterion "none" | "cosine" | "relative_l2", exit_threshold tau,
+    exit_min_loops M (default 1): after pass i, if i+1 >= M and i < K-1, each
+    still running token tests cos(h_after, h_before) >= tau, or
+    |h_after - h_before| / |h_after| <= tau, on its hidden state after and
+    before the pass.  ("max_prob" and "entropy" are rejected: not supported yet.)
+
+  THE FREEZE RULE.  A token that exits after pass i has its hidden state frozen
+  at its value after pass i.  In every later pass it still runs that pass's
+  layers, starting from its frozen state, so that its keys and values of those
+  passes exist for the later tokens to attend to; but that pass's result for
+  it is discarded and its state stays frozen.  Each token decides on its own,
+  a generated token too (it runs the passes and may exit like any other).  The
+  logits come from model.norm and lm_head on each token's final (possibly
+  frozen) state.  `exit_loop` is the pass after which a token stopped (K-1 if it
+  ran them all); it is written (I32 [B, S], the prefill tokens) when K > 1.
+  Because attention is causal, a token's exit decisions depend only on itself
+  and the tokens before it, so the full recomputation used here gives every
+  token the same decisions as a KV-cache decoder would.
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -61,7 +94,13 @@ INDEX_FILE = "model.safetensors.index.json"
 # k-th vs (k+1)-th probability gap in a generated case are at least these.
 MIN_LOGIT_GAP = 1e-3
 MIN_ROUTER_GAP = 1e-4
+MIN_EXIT_GAP = 1e-4       # every tested exit value is at least this far from tau
 MAX_ATTEMPTS = 200
+# With an exit criterion, draw a attempts use OUTPUT_SCALES[a % 4] on the
+# attention and MLP output projections (o_proj, the experts' and dense MLPs'
+# down projections): smaller ones make the states change less per pass, which
+# brings the passes' exit values together so that one tau can split the tokens.
+OUTPUT_SCALES = (1.0, 0.5, 0.25, 0.125)
 
 DEFAULT_ATOL = DEFAULT_RTOL = 1e-3  # the contract's fp32 tolerance
 
@@ -120,10 +159,18 @@ _TYPE_FIELDS = {
         "use_sliding_window": (bool, False),
     },
 }
-# Contract extensions (section 2) this reference does not implement: a config
-# asking for anything but the default is rejected rather than run wrongly.
-_EXTENSION_DEFAULTS = {"router_share_block": 1, "router_decision": "per_layer",
-                       "num_loops": 1, "exit_criterion": "none"}
+# Contract extensions (sections 1 and 2): name -> (type, default).
+_EXTENSION_FIELDS = {
+    "router_share_block": (int, 1),
+    "router_decision": (str, "per_layer"),
+    "num_loops": (int, 1),
+    "exit_criterion": (str, "none"),
+    "exit_threshold": (float, 0.0),
+    "exit_min_loops": (int, 1),
+}
+ROUTER_DECISIONS = ("per_layer", "block")
+EXIT_CRITERIA = ("none", "cosine", "relative_l2")
+UNSUPPORTED_EXIT_CRITERIA = ("max_prob", "entropy")
 
 
 @dataclass
@@ -149,6 +196,23 @@ class Model:
     tie_word_embeddings: bool
     sliding_window: int         # mixtral only; None = full causal attention
     sparse_layers: tuple = field(default=())  # per layer: MoE (True) or dense MLP
+    router_share_block: int = 1           # B (PathMoE)
+    router_decision: str = "per_layer"    # "per_layer" or "block"
+    num_loops: int = 1                    # K (looped decoder)
+    exit_criterion: str = "none"          # "none", "cosine" or "relative_l2"
+    exit_threshold: float = 0.0           # tau
+    exit_min_loops: int = 1
+
+    def router_head(self, layer):
+        """The layer whose router `layer` uses: the head of its PathMoE block."""
+        return self.router_share_block * (layer // self.router_share_block)
+
+    @property
+    def exit_passes(self):
+        """The loop passes after which the exit criterion is tested."""
+        if self.exit_criterion == "none":
+            return []
+        return [i for i in range(self.num_loops - 1) if i + 1 >= self.exit_min_loops]
 
     @property
     def moe_prefix(self):
@@ -194,10 +258,7 @@ def parse_config(raw):
         raise ContractError(f"config: field 'model_type' must be one of {list(MODEL_TYPES)}, "
                             f"got {model_type!r}")
     c = _read_fields(raw, {**_COMMON_FIELDS, **_TYPE_FIELDS[model_type]})
-    for name, default in _EXTENSION_DEFAULTS.items():
-        if raw.get(name, default) != default:
-            raise ContractError(f"config: field '{name}' = {raw[name]!r} is not supported by "
-                                "this reference (only the plain Hugging Face model)")
+    x = _read_extensions(raw)
     if c["hidden_act"] != "silu":
         raise ContractError(f"config: field 'hidden_act' must be 'silu', got {c['hidden_act']!r}")
     if c["rope_scaling"] is not None:
@@ -254,6 +315,12 @@ def parse_config(raw):
                 raise ContractError("config: missing required field 'intermediate_size' "
                                     "(the model has dense MLP layers)")
             dense_size = c["intermediate_size"]
+    for l in range(layers):
+        head = x["router_share_block"] * (l // x["router_share_block"])
+        if sparse[l] and not sparse[head]:
+            raise ContractError(f"config: layer {l} is a MoE layer but the head of its "
+                                f"router_share_block block, layer {head}, is a dense MLP layer "
+                                "(it has no router to share)")
     expert_size = c["moe_intermediate_size"] if model_type == "qwen3_moe" \
         else c["intermediate_size"]
     return Model(model_type=model_type, vocab_size=c["vocab_size"],
@@ -267,7 +334,28 @@ def parse_config(raw):
                  qk_norm={"mixtral": "none", "olmoe": "full", "qwen3_moe": "head"}[model_type],
                  attention_bias=c.get("attention_bias", False),
                  tie_word_embeddings=c["tie_word_embeddings"],
-                 sliding_window=c.get("sliding_window"), sparse_layers=sparse)
+                 sliding_window=c.get("sliding_window"), sparse_layers=sparse, **x)
+
+
+def _read_extensions(raw):
+    """The contract extension fields of a config dict, checked."""
+    criterion = raw.get("exit_criterion")
+    if criterion in UNSUPPORTED_EXIT_CRITERIA:
+        raise ContractError(f"config: field 'exit_criterion' = {criterion!r} is not supported "
+                            f"yet by this reference (supported: {', '.join(EXIT_CRITERIA)})")
+    x = _read_fields(raw, _EXTENSION_FIELDS)
+    for name, low in (("router_share_block", 1), ("num_loops", 1), ("exit_min_loops", 0)):
+        if x[name] < low:
+            raise ContractError(f"config: field '{name}' must be >= {low}, got {x[name]}")
+    for name, allowed in (("router_decision", ROUTER_DECISIONS),
+                          ("exit_criterion", EXIT_CRITERIA)):
+        if x[name] not in allowed:
+            raise ContractError(f"config: field '{name}' must be one of {list(allowed)}, "
+                                f"got {x[name]!r}")
+    if not math.isfinite(x["exit_threshold"]):
+        raise ContractError(f"config: field 'exit_threshold' must be finite, "
+                            f"got {x['exit_threshold']!r}")
+    return x
 
 
 def load_config(path):
@@ -338,7 +426,8 @@ def expected_weight_shapes(m):
             shapes[f"{p}.self_attn.k_norm.weight"] = (hd,)
         shapes[f"{p}.post_attention_layernorm.weight"] = (d,)
         if m.sparse_layers[l]:
-            shapes[f"{p}.{m.moe_prefix}.gate.weight"] = (m.num_experts, d)
+            if m.router_head(l) == l:  # PathMoE: only block heads hold a router
+                shapes[f"{p}.{m.moe_prefix}.gate.weight"] = (m.num_experts, d)
             gate, up, down = m.expert_proj
             for e in range(m.num_experts):
                 q = f"{p}.{m.moe_prefix}.experts.{e}"
@@ -503,6 +592,24 @@ class Stats:
     logit_gap: float = math.inf      # smallest top-2 logit gap of a greedy step
     clipped: int = 0                 # q/k/v elements clamped by clip_qkv
     clip_total: int = 0
+    exit_gap: float = math.inf       # smallest |exit value - tau| of a tested exit decision
+
+
+@dataclass
+class Trace:
+    """What one forward pass did, for the generator and the tests (prefill only).
+
+    states[0] is the embedding output and states[i+1] every token's kept hidden
+    state after loop pass i (frozen tokens keep theirs); outputs[i] is what pass
+    i computed for every token, frozen ones included (their discarded result);
+    exit_values[i] holds the criterion's value after pass i for the tokens that
+    tested it (NaN elsewhere); expert_ids[i][l] the ids layer l used in pass i
+    (None for a dense layer)."""
+    states: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    exit_values: np.ndarray = None   # [K, B, S]
+    exit_loop: np.ndarray = None     # [B, S]
+    expert_ids: list = field(default_factory=list)
 
 
 def qkv_states(m, W, layer, x, stats=None):
@@ -582,17 +689,31 @@ def swiglu(W, prefix, names, x):
         @ W[f"{prefix}.{down}.weight"].T
 
 
-def feed_forward(m, W, layer, x, stats=None):
-    """The sparse MoE block (or a qwen3_moe dense MLP) on x [B,S,d]."""
+def feed_forward(m, W, layer, x, stats=None, decisions=None):
+    """The sparse MoE block (or a qwen3_moe dense MLP) on x [B,S,d].
+
+    `decisions` (layer -> (ids, gates)) holds the routing of the layers already
+    run in this loop pass; this layer's is added.  With router_decision "block"
+    a layer that is not its block's head reuses the head's ids and gates."""
     shape = x.shape
     x = x.reshape(-1, shape[-1])
     p = f"model.layers.{layer}"
     if not m.sparse_layers[layer]:
         return swiglu(W, f"{p}.mlp", ("gate_proj", "up_proj", "down_proj"), x).reshape(shape)
+    decisions = {} if decisions is None else decisions
+    head = m.router_head(layer)
+    if m.router_decision == "block" and head != layer:
+        if head not in decisions:
+            raise ContractError(f"layer {layer}: the routing of its block head {head} is "
+                                "not known (run the layers of a pass in order)")
+        ids, gates = decisions[head]
+    else:
+        router = W[f"model.layers.{head}.{m.moe_prefix}.gate.weight"]
+        ids, gates, gap = route(m, x @ router.T)
+        if stats is not None and gap.size:
+            stats.router_gap = min(stats.router_gap, float(np.min(gap)))
+    decisions[layer] = (ids, gates)
     moe = f"{p}.{m.moe_prefix}"
-    ids, gates, gap = route(m, x @ W[f"{moe}.gate.weight"].T)
-    if stats is not None and gap.size:
-        stats.router_gap = min(stats.router_gap, float(np.min(gap)))
     out = np.zeros_like(x)
     for e in np.unique(ids):
         rows, slots = np.nonzero(ids == e)
@@ -601,19 +722,74 @@ def feed_forward(m, W, layer, x, stats=None):
     return out.reshape(shape)
 
 
-def forward(m, W, input_ids, stats=None):
-    """Prefill logits [B,S,V] (float64) of input_ids [B,S], each from position 0."""
-    input_ids = np.asarray(input_ids)
-    S = input_ids.shape[1]
-    cos, sin = rope_tables(np.arange(S), m.head_dim, m.rope_theta)
-    h = W["model.embed_tokens.weight"][input_ids]
+def decoder_pass(m, W, h, cos, sin, stats=None):
+    """One loop pass: the L decoder layers on the hidden states h [B,S,d].
+
+    Attention at layer l attends over the keys and values this same pass's
+    layer l computes for the earlier tokens (the KV slot i*L + l of pass i).
+    Returns the new states and the per-layer expert ids (None: dense layer)."""
     eps = m.rms_norm_eps
+    decisions = {}
     for l in range(m.num_layers):
         p = f"model.layers.{l}"
         h = h + attention(m, W, l, rmsnorm(h, W[f"{p}.input_layernorm.weight"], eps),
                           cos, sin, stats)
         h = h + feed_forward(m, W, l, rmsnorm(h, W[f"{p}.post_attention_layernorm.weight"], eps),
-                             stats)
+                             stats, decisions)
+    ids = [decisions[l][0].reshape(h.shape[:-1] + (-1,)) if l in decisions else None
+           for l in range(m.num_layers)]
+    return h, ids
+
+
+def exit_values(m, h_after, h_before):
+    """Per token: the exit criterion's value for one loop pass ([B,S,d] -> [B,S])."""
+    if m.exit_criterion == "cosine":
+        norms = np.linalg.norm(h_after, axis=-1) * np.linalg.norm(h_before, axis=-1)
+        return np.sum(h_after * h_before, axis=-1) / norms
+    return np.linalg.norm(h_after - h_before, axis=-1) / np.linalg.norm(h_after, axis=-1)
+
+
+def exit_satisfied(m, values, tau=None):
+    tau = m.exit_threshold if tau is None else tau
+    return values >= tau if m.exit_criterion == "cosine" else values <= tau
+
+
+def forward(m, W, input_ids, stats=None, trace=None):
+    """Prefill logits [B,S,V] (float64) of input_ids [B,S], each from position 0.
+
+    The L layers run num_loops times; tokens exit and freeze as the module
+    docstring's freeze rule says.  `trace`, when given, records the passes."""
+    input_ids = np.asarray(input_ids)
+    S = input_ids.shape[1]
+    K = m.num_loops
+    cos, sin = rope_tables(np.arange(S), m.head_dim, m.rope_theta)
+    h = W["model.embed_tokens.weight"][input_ids]
+    active = np.ones(input_ids.shape, dtype=bool)
+    exit_loop = np.full(input_ids.shape, K - 1, dtype=np.int32)
+    values_seen = np.full((K,) + input_ids.shape, np.nan)
+    if trace is not None:
+        trace.states, trace.outputs, trace.expert_ids = [h.copy()], [], []
+    for i in range(K):
+        out, ids = decoder_pass(m, W, h, cos, sin, stats)
+        leaving = np.zeros_like(active)
+        if i in m.exit_passes:
+            values = exit_values(m, out, h)
+            values_seen[i][active] = values[active]
+            if stats is not None and np.any(active):
+                gap = np.abs(values[active] - m.exit_threshold)
+                stats.exit_gap = min(stats.exit_gap, float(np.min(gap)))
+            leaving = active & exit_satisfied(m, values)
+            exit_loop[leaving] = i
+        # Running tokens take the pass's result; exited ones keep their frozen state.
+        h = np.where(active[..., None], out, h)
+        active &= ~leaving
+        if trace is not None:
+            trace.states.append(h.copy())
+            trace.outputs.append(out)
+            trace.expert_ids.append(ids)
+    if trace is not None:
+        trace.exit_values, trace.exit_loop = values_seen, exit_loop
+    eps = m.rms_norm_eps
     h = rmsnorm(h, W["model.norm.weight"], eps)
     head = W["model.embed_tokens.weight"] if m.tie_word_embeddings else W["lm_head.weight"]
     return h @ head.T
@@ -627,13 +803,14 @@ def greedy_token(last_logits):
     return ids, gap
 
 
-def generate(m, W, input_ids, steps, stats=None):
+def generate(m, W, input_ids, steps, stats=None, trace=None):
     """(prefill logits [B,S,V], generated [B,steps]) by greedy decoding that re-runs
-    the full forward pass over the growing sequences (no KV cache)."""
+    the full forward pass over the growing sequences (no KV cache).  `trace`
+    records the prefill pass; `stats` sees every pass (generated tokens' exits too)."""
     seq = np.asarray(input_ids, dtype=np.int64)
     prefill, generated = None, []
     for step in range(max(steps, 0) + 1):
-        logits = forward(m, W, seq, stats)
+        logits = forward(m, W, seq, stats, trace if prefill is None else None)
         if prefill is None:
             prefill = logits
         if step == steps:
@@ -662,20 +839,24 @@ def check_inputs(m, tensors):
     return ids
 
 
-def output_tensors(logits, generated):
+def output_tensors(logits, generated, exit_loop=None):
     out = {"logits": logits.astype(np.float32)}
     if generated is not None and generated.shape[1] > 0:
         out["generated"] = generated.astype(np.int32)
+    if exit_loop is not None:
+        out["exit_loop"] = exit_loop.astype(np.int32)
     return out
 
 
 def run_files(model_dir, inputs_path, outputs_path, steps, stats=None):
-    """Evaluate a checkpoint on an inputs file; write and return the outputs."""
+    """Evaluate a checkpoint on an inputs file; write and return the outputs
+    (exit_loop I32 [B, S] of the prefill tokens too when num_loops > 1)."""
     m, W = load_model(model_dir)
     ids = check_inputs(m, ref.read_safetensors(inputs_path))
-    with np.errstate(over="ignore", invalid="ignore"):
-        logits, generated = generate(m, W, ids, steps, stats)
-    out = output_tensors(logits, generated)
+    trace = Trace()
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        logits, generated = generate(m, W, ids, steps, stats, trace)
+    out = output_tensors(logits, generated, trace.exit_loop if m.num_loops > 1 else None)
     ref.write_safetensors(outputs_path, out, {"format": "pt"})
     return out
 
@@ -684,11 +865,13 @@ def run_files(model_dir, inputs_path, outputs_path, steps, stats=None):
 # tiny random checkpoints
 # ---------------------------------------------------------------------------
 
-def random_weights(m, rng):
+def random_weights(m, rng, output_scale=1.0):
     """float32 weights whose activations stay O(1) and whose logits are spread.
 
     OLMoE's q/k norm weights and v projection are larger so that clip_qkv = 8
-    clamps a few percent of q, k and v (otherwise the clamp would never act)."""
+    clamps a few percent of q, k and v (otherwise the clamp would never act).
+    output_scale multiplies the output projections (o_proj and the down
+    projections) after the draw, so the random stream does not depend on it."""
     d = m.hidden_size
     weights = {}
     for name, shape in expected_weight_shapes(m).items():
@@ -709,20 +892,112 @@ def random_weights(m, rng):
             value = 4.0 / math.sqrt(d) * rng.standard_normal(shape)
         else:  # projections: std 1/sqrt(fan_in)
             value = rng.standard_normal(shape) / math.sqrt(shape[1])
+        if output_scale != 1.0 and leaf in ("o_proj", "down_proj", "w2"):
+            value = value * output_scale
         weights[name] = value.astype(np.float32)
     return weights
 
 
-def try_draw(m, rng, batch, seq, steps):
-    """One random draw: (weights, input_ids, stats), or None if a margin is too small."""
-    weights = random_weights(m, rng)
+def exit_groups(m):
+    """(required, desired) exit_loop values a generated case's prefill tokens show:
+    the first tested pass and K-1 are required, every tested pass is desired."""
+    passes = m.exit_passes
+    return [passes[0], m.num_loops - 1], passes + [m.num_loops - 1]
+
+
+def _outcome(m, values, tau):
+    """exit_loop of every token for threshold tau, from exit values [K, N] of a
+    run without exits (the earliest satisfied tested pass wins)."""
+    outcome = np.full(values.shape[1], m.num_loops - 1)
+    for i in reversed(m.exit_passes):
+        outcome[exit_satisfied(m, values[i], tau)] = i
+    return outcome
+
+
+def choose_threshold(m, values):
+    """tau from the exit values [K, N] of a dry run in which no token exits, or None.
+
+    Candidates are the midpoints between the sorted tested values (rounded to 6
+    digits).  A candidate must leave every value at least MIN_EXIT_GAP away and
+    give the required groups (exit_groups) a token each; the best one has the
+    most desired groups filled, then the largest smallest group, then the
+    largest gap.  Exits change later passes' inputs (K > 2), so the real run is
+    checked again afterwards."""
+    required, desired = exit_groups(m)
+    tested = values[m.exit_passes]
+    finite = np.unique(tested[np.isfinite(tested)])
+    best, best_key = None, None
+    for tau in (finite[:-1] + finite[1:]) / 2:
+        tau = float(f"{tau:.6g}")
+        gap = float(np.min(np.abs(tested - tau)))
+        outcome = _outcome(m, values, tau)
+        sizes = [int(np.sum(outcome == g)) for g in desired]
+        if gap < MIN_EXIT_GAP or any(np.sum(outcome == g) == 0 for g in required):
+            continue
+        key = (sum(n > 0 for n in sizes), min(n for n in sizes if n > 0), gap)
+        if best_key is None or key > best_key:
+            best, best_key = tau, key
+    return best
+
+
+def try_draw(m, rng, batch, seq, steps, output_scale=1.0):
+    """One random draw: (weights, input_ids, stats, model, trace), or None if a
+    margin is too small (or, with exits, no threshold splits the prefill tokens).
+    The returned model carries the chosen exit_threshold."""
+    weights = random_weights(m, rng, output_scale)
     ids = rng.integers(0, m.vocab_size, size=(batch, seq)).astype(np.int32)
-    stats = Stats()
     W = {n: w.astype(np.float64) for n, w in weights.items()}
-    generate(m, W, ids, steps, stats)
+    if m.exit_passes:
+        never = math.inf if m.exit_criterion == "cosine" else -math.inf
+        dry = Trace()
+        forward(dataclasses.replace(m, exit_threshold=never), W, ids, trace=dry)
+        tau = choose_threshold(m, dry.exit_values.reshape(m.num_loops, -1))
+        if tau is None:
+            return None
+        m = dataclasses.replace(m, exit_threshold=tau)
+    stats, trace = Stats(), Trace()
+    generate(m, W, ids, steps, stats, trace)
     if stats.router_gap < MIN_ROUTER_GAP or stats.logit_gap < MIN_LOGIT_GAP:
         return None
-    return weights, ids, stats
+    if m.exit_passes:
+        if not stats.exit_gap >= MIN_EXIT_GAP:
+            return None
+        if any(np.sum(trace.exit_loop == g) == 0 for g in exit_groups(m)[0]):
+            return None
+    return weights, ids, stats, m, trace
+
+
+def extension_config(share_block=1, decision="per_layer", loops=1, criterion="none",
+                     min_loops=1):
+    """The contract extension fields gen writes: none for a plain model, else all six
+    (exit_threshold 0.0 here; gen replaces it with the chosen tau)."""
+    fields = {"router_share_block": share_block, "router_decision": decision,
+              "num_loops": loops, "exit_criterion": criterion, "exit_threshold": 0.0,
+              "exit_min_loops": min_loops}
+    defaults = {name: default for name, (_, default) in _EXTENSION_FIELDS.items()}
+    return {} if fields == defaults else fields
+
+
+def _draw(m, seed, batch, seq, steps):
+    """The first draw that meets every margin and, with exits, fills every desired
+    exit group; failing that, the first one that fills the required groups."""
+    fallback = None
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for attempt in range(MAX_ATTEMPTS):
+            scale = OUTPUT_SCALES[attempt % len(OUTPUT_SCALES)] if m.exit_passes else 1.0
+            drawn = try_draw(m, np.random.default_rng([seed, attempt]), batch, seq, steps,
+                             scale)
+            if drawn is None:
+                continue
+            drawn = drawn + (attempt, scale)
+            trace = drawn[4]
+            if all(np.any(trace.exit_loop == g) for g in exit_groups(m)[1]) \
+                    if m.exit_passes else True:
+                return drawn
+            fallback = fallback or drawn
+    if fallback is None:
+        raise ContractError(f"no draw met the margins in {MAX_ATTEMPTS} tries")
+    return fallback
 
 
 def generate_case(model_type, out_dir, seed=0, shards=1, batch=2, seq=5, steps=4,
@@ -732,13 +1007,13 @@ def generate_case(model_type, out_dir, seed=0, shards=1, batch=2, seq=5, steps=4
         raise ContractError("gen: --batch and --seq must be >= 1 and --generate >= 0")
     config = tiny_config(model_type, **(overrides or {}))
     m = parse_config(config)
-    for attempt in range(MAX_ATTEMPTS):
-        drawn = try_draw(m, np.random.default_rng([seed, attempt]), batch, seq, steps)
-        if drawn is not None:
-            break
-    else:
-        raise ContractError(f"no draw met the margins in {MAX_ATTEMPTS} tries")
-    weights, ids, stats = drawn
+    if m.exit_criterion != "none" and not m.exit_passes:
+        raise ContractError(f"gen: exit criterion '{m.exit_criterion}' with num_loops "
+                            f"{m.num_loops} and exit_min_loops {m.exit_min_loops} tests no "
+                            "pass (exits need num_loops >= 2 and exit_min_loops < num_loops)")
+    weights, ids, stats, m, trace, attempt, scale = _draw(m, seed, batch, seq, steps)
+    if m.exit_passes:
+        config["exit_threshold"] = m.exit_threshold
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
@@ -749,21 +1024,22 @@ def generate_case(model_type, out_dir, seed=0, shards=1, batch=2, seq=5, steps=4
     # The golden comes from the written files, exactly as `run` computes it.
     golden = run_files(out_dir, inputs_path, os.path.join(out_dir, "golden.safetensors"), steps)
     return {"model": m, "files": files, "attempt": attempt, "stats": stats,
-            "input_ids": ids, "golden": golden, "weights": weights}
+            "input_ids": ids, "golden": golden, "weights": weights, "config": config,
+            "output_scale": scale}
 
 
 # ---------------------------------------------------------------------------
 # compare
 # ---------------------------------------------------------------------------
 
-OUTPUT_DTYPES = {"logits": "F32", "generated": "I32"}
+OUTPUT_DTYPES = {"logits": "F32", "generated": "I32", "exit_loop": "I32"}
 
 
 def compare_files(golden_path, actual_path, atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL):
     """Print a summary per tensor and PASS or FAIL; return True on pass."""
     golden, actual = ref.read_safetensors(golden_path), ref.read_safetensors(actual_path)
     print(f"tolerance: logits |actual-golden| <= {atol:g} + {rtol:g}*|golden|; "
-          "generated exactly")
+          "generated and exit_loop exactly")
     failures = []
     for name in OUTPUT_DTYPES:
         if name not in golden:
@@ -785,12 +1061,12 @@ def compare_files(golden_path, actual_path, atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL
             continue
         r, a = golden[name].array, actual[name].array
         shape = list(r.shape)
-        if name == "generated":
+        if OUTPUT_DTYPES[name] == "I32":  # generated, exit_loop: exactly
             bad = a != r
             print(f"{name}: shape {shape} mismatches={int(np.sum(bad))}/{r.size}")
             if np.any(bad):
                 idx = tuple(int(i) for i in np.argwhere(bad)[0])
-                failures.append(f"tensor 'generated' differs at index {list(idx)}: actual "
+                failures.append(f"tensor '{name}' differs at index {list(idx)}: actual "
                                 f"{int(a[idx])}, expected {int(r[idx])}")
             continue
         r64, a64 = r.astype(np.float64), a.astype(np.float64)
@@ -825,9 +1101,15 @@ def _shape_line(tensors):
     return ", ".join(f"{n} {list(np.asarray(t).shape)}" for n, t in tensors.items())
 
 
+def _histogram(exit_loop, loops):
+    return np.bincount(np.asarray(exit_loop).reshape(-1), minlength=loops).tolist()
+
+
 def _cmd_gen(args):
+    overrides = extension_config(args.share_block, args.decision, args.loops,
+                                 args.exit_criterion, args.exit_min_loops)
     res = generate_case(args.model_type, args.out, args.seed, args.shards, args.batch,
-                        args.seq, args.generate)
+                        args.seq, args.generate, overrides)
     m, st = res["model"], res["stats"]
     print(f"wrote {args.model_type} case to {args.out} (seed {args.seed}, draw {res['attempt']})")
     print(f"  weights: {len(res['weights'])} tensors in {', '.join(res['files'])}")
@@ -837,12 +1119,24 @@ def _cmd_gen(args):
           f"min router top-k gap {st.router_gap:.3e}")
     if m.model_type == "olmoe" and m.clip_qkv is not None:
         print(f"  clip_qkv {m.clip_qkv:g} clamps {st.clipped}/{st.clip_total} q/k/v elements")
+    if overrides:
+        print("  extensions: " + ", ".join(f"{n}={res['config'][n]!r}" for n in overrides))
+    if m.exit_passes:
+        print(f"  exit threshold {m.exit_threshold!r} (output projections x"
+              f"{res['output_scale']:g}), min |exit value - tau| {st.exit_gap:.3e}")
+    if "exit_loop" in res["golden"]:
+        print(f"  exit_loop histogram (passes 0..{m.num_loops - 1}) "
+              f"{_histogram(res['golden']['exit_loop'], m.num_loops)}")
     return 0
 
 
 def _cmd_run(args):
     out = run_files(args.model, args.inputs, args.outputs, args.generate)
     print(f"wrote {args.outputs}: {_shape_line(out)}")
+    if "exit_loop" in out:
+        loops = load_config(os.path.join(args.model, "config.json")).num_loops
+        print(f"  exit_loop histogram (passes 0..{loops - 1}) "
+              f"{_histogram(out['exit_loop'], loops)}")
     return 0
 
 
@@ -864,9 +1158,19 @@ def build_parser():
                     "sizes), the weights (DIR/model.safetensors, or with --shards N "
                     "DIR/model-0000i-of-0000N.safetensors and DIR/model.safetensors.index.json), "
                     "DIR/inputs.safetensors (input_ids I32 [B, S]) and DIR/golden.safetensors "
-                    "(logits F32 [B, S, vocab]; generated I32 [B, N] when N > 0). Weights are "
-                    f"redrawn until every greedy top-2 logit gap is >= {MIN_LOGIT_GAP:g} and "
-                    f"every router top-k probability gap is >= {MIN_ROUTER_GAP:g}. Weight files a "
+                    "(logits F32 [B, S, vocab]; generated I32 [B, N] when N > 0; exit_loop "
+                    "I32 [B, S] when --loops > 1). Weights are "
+                    f"redrawn until every greedy top-2 logit gap is >= {MIN_LOGIT_GAP:g}, "
+                    f"every router top-k probability gap is >= {MIN_ROUTER_GAP:g} and every "
+                    f"tested exit value is >= {MIN_EXIT_GAP:g} away from the threshold. Any "
+                    "extension option writes all six contract extension fields "
+                    "(router_share_block, router_decision, num_loops, exit_criterion, "
+                    "exit_threshold, exit_min_loops) to the config. With an exit criterion "
+                    "the threshold is picked from a run without exits so that some prefill "
+                    "tokens exit after the first tested pass and some run every pass (and, "
+                    "where a draw allows, some exit after every other tested pass); the "
+                    "attention and MLP output projections are scaled down on some draws so "
+                    "that states change slowly enough. Weight files a "
                     "previous gen left in DIR (model.safetensors, model-*-of-*.safetensors, "
                     "the index) are removed first.")
     gen.add_argument("--model-type", required=True, choices=MODEL_TYPES)
@@ -878,15 +1182,30 @@ def build_parser():
     gen.add_argument("--seq", type=int, default=5, metavar="S", help="prompt length (default 5)")
     gen.add_argument("--generate", type=int, default=4, metavar="N",
                      help="greedy tokens to generate (default 4; 0: logits only)")
+    gen.add_argument("--share-block", type=int, default=1, metavar="B",
+                     help="router_share_block: layers [B*j, B*j+B) share layer B*j's router "
+                          "(default 1: independent routers)")
+    gen.add_argument("--decision", choices=ROUTER_DECISIONS, default="per_layer",
+                     help="router_decision: every layer routes with the shared router "
+                          "(per_layer, default) or reuses its block head's ids and gates "
+                          "(block)")
+    gen.add_argument("--loops", type=int, default=1, metavar="K",
+                     help="num_loops: apply the decoder layers K times (default 1)")
+    gen.add_argument("--exit-criterion", choices=EXIT_CRITERIA, default="none",
+                     help="exit_criterion (default none); the threshold is picked automatically")
+    gen.add_argument("--exit-min-loops", type=int, default=1, metavar="M",
+                     help="exit_min_loops: exits are tested after pass i only if i+1 >= M "
+                          "(default 1)")
     gen.set_defaults(func=_cmd_gen)
 
     run = sub.add_parser(
         "run", help="evaluate a checkpoint on inputs",
         description="Read DIR/config.json and DIR/model.safetensors (or the shards of "
                     "DIR/model.safetensors.index.json), run input_ids I32 [B, S] and write "
-                    "logits F32 [B, S, vocab] (prefill from position 0) and generated I32 [B, N] "
+                    "logits F32 [B, S, vocab] (prefill from position 0), generated I32 [B, N] "
                     "(greedy: argmax of the last logits, ties to the lowest id, appended, "
-                    "repeated; computed without a KV cache).")
+                    "repeated; computed without a KV cache) and, when num_loops > 1, "
+                    "exit_loop I32 [B, S] (the pass after which each prefill token stopped).")
     run.add_argument("--model", required=True, metavar="DIR", help="checkpoint directory")
     run.add_argument("--inputs", required=True, help="inputs .safetensors (input_ids)")
     run.add_argument("--outputs", required=True, help="outputs .safetensors to write")
@@ -897,7 +1216,8 @@ def build_parser():
     cmp = sub.add_parser(
         "compare", help="check outputs against a golden file",
         description="Check ACTUAL against GOLDEN: logits elementwise |a-g| <= atol + rtol*|g|, "
-                    "generated exactly equal (when the golden has it). Prints one summary "
+                    "generated and exit_loop exactly equal (each when the golden has it). "
+                    "Prints one summary "
                     "line per tensor, then PASS or FAIL: reason. Exit 0 on PASS, 1 on FAIL.")
     cmp.add_argument("--golden", required=True, help="golden .safetensors (from gen or run)")
     cmp.add_argument("--actual", required=True, help="backend output .safetensors")

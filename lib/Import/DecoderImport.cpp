@@ -29,6 +29,10 @@ struct DecoderConfig {
   bool normalizeTopK = false, tied = false;
   int64_t shareBlock = 1;
   RouterDecision decision = RouterDecision::per_layer;
+  int64_t numLoops = 1;
+  std::optional<ExitCriterion> exitCriterion;
+  float exitThreshold = 0.0f;
+  int64_t exitMinLoops = 1;
   Type weightType;
 };
 
@@ -89,6 +93,14 @@ LogicalResult DecoderReader::readFields(DecoderConfig &c) {
       {"per_layer", RouterDecision::per_layer},
       {"block", RouterDecision::block}};
   ok &= succeeded(readEnum("router_decision", decisions, c.decision));
+  ok &= succeeded(readPositiveInt("num_loops", c.numLoops));
+  const std::pair<StringRef, std::optional<ExitCriterion>> criteria[] = {
+      {"none", std::nullopt},
+      {"cosine", ExitCriterion::cosine},
+      {"relative_l2", ExitCriterion::relative_l2}};
+  ok &= succeeded(readEnum("exit_criterion", criteria, c.exitCriterion));
+  ok &= succeeded(readFloat("exit_threshold", c.exitThreshold));
+  ok &= succeeded(readPositiveInt("exit_min_loops", c.exitMinLoops));
   const std::pair<StringRef, bool> activations[] = {{"silu", true}};
   bool silu = true;
   ok &= succeeded(readEnum("hidden_act", activations, silu));
@@ -124,6 +136,20 @@ LogicalResult DecoderReader::readFields(DecoderConfig &c) {
                               {"rope_theta", c.ropeTheta}})
     if (!(value > 0.0f))
       return fieldError(field) << "= " << formatFloat(value) << " must be > 0";
+  if (c.exitCriterion == ExitCriterion::cosine &&
+      !(c.exitThreshold >= -1.0f && c.exitThreshold <= 1.0f))
+    return fieldError("exit_threshold")
+           << "= " << formatFloat(c.exitThreshold)
+           << " must be in [-1, 1] for exit_criterion 'cosine'";
+  if (c.exitCriterion == ExitCriterion::relative_l2 && !(c.exitThreshold >= 0))
+    return fieldError("exit_threshold")
+           << "= " << formatFloat(c.exitThreshold)
+           << " must be >= 0 for exit_criterion 'relative_l2'";
+  if (c.exitCriterion && c.exitMinLoops >= c.numLoops)
+    emitWarning(fieldLoc("exit_criterion"))
+        << "exit_criterion never fires because exit_min_loops ("
+        << c.exitMinLoops << ") >= num_loops (" << c.numLoops
+        << "); importing without early exits";
   if (c.clipQkv < 0.0f)
     return fieldError("clip_qkv")
            << "= " << formatFloat(c.clipQkv) << " must be > 0 (or null)";
@@ -152,13 +178,6 @@ LogicalResult DecoderReader::checkUnsupported(const DecoderConfig &c) {
     if (!dense->getAsArray() || !dense->getAsArray()->empty())
       return fieldError("mlp_only_layers")
              << "must be empty: dense MLP layers are not supported yet";
-  int64_t loops = 1;
-  if (failed(readPositiveInt("num_loops", loops)))
-    return failure();
-  if (loops != 1 || present("exit_criterion"))
-    return emitError(fieldLoc(loops != 1 ? "num_loops" : "exit_criterion"))
-           << "looped decoders (num_loops, exit_*) are not supported yet; "
-              "looped moe_stack models are";
   return success();
 }
 
@@ -195,6 +214,8 @@ public:
     hiddenType = RankedTensorType::get({dyn, c.hidden}, builder.getF32Type());
     tokensType = RankedTensorType::get({dyn}, builder.getI32Type());
     logitsType = RankedTensorType::get({dyn, c.vocab}, builder.getF32Type());
+    exitLoopType = RankedTensorType::get({dyn}, builder.getI32Type());
+    maskType = RankedTensorType::get({dyn}, builder.getI1Type());
     idsType = RankedTensorType::get({dyn, c.topK}, builder.getI32Type());
     gatesType = RankedTensorType::get({dyn, c.topK}, builder.getF32Type());
   }
@@ -221,7 +242,8 @@ private:
   const DecoderConfig &c;
   Location configLoc;
   OpBuilder builder;
-  RankedTensorType hiddenType, tokensType, logitsType, idsType, gatesType;
+  RankedTensorType hiddenType, tokensType, logitsType, idsType, gatesType,
+      exitLoopType, maskType;
 };
 
 void DecoderEmitter::declareLayer(int64_t l) {
@@ -303,19 +325,38 @@ OwningOpRef<ModuleOp> DecoderEmitter::emit() {
   Location loc = named("forward");
   auto func = func::FuncOp::create(
       builder, loc, "forward",
-      builder.getFunctionType({tokensType, tokensType}, {logitsType}));
+      builder.getFunctionType({tokensType, tokensType},
+                              {logitsType, exitLoopType}));
   Block *entry = func.addEntryBlock();
   builder.setInsertionPointToStart(entry);
   Value hidden = EmbedOp::create(builder, named("model.embed_tokens"),
                                  hiddenType, entry->getArgument(0), "embed");
-  RouteOp route;
-  for (int64_t l = 0; l < c.layers; ++l)
-    hidden = emitLayer(l, hidden, entry->getArgument(1), route);
+  // The layers run in a moe.loop of num_loops passes (one for a plain
+  // decoder); each pass has its own KV caches, so the loop is unrolled.
+  auto loop = LoopOp::create(builder, named("model.layers"), hiddenType,
+                             exitLoopType, hidden, c.numLoops, LoopMode::unroll);
+  {
+    OpBuilder::InsertionGuard guard(builder);
+    Block *body = builder.createBlock(&loop.getBody(), {}, {hiddenType},
+                                      {loop.getLoc()});
+    Value state = body->getArgument(0);
+    RouteOp route;
+    for (int64_t l = 0; l < c.layers; ++l)
+      state = emitLayer(l, state, entry->getArgument(1), route);
+    SmallVector<Value, 2> results = {state};
+    if (c.exitCriterion && c.exitMinLoops < c.numLoops)
+      results.push_back(ExitOp::create(
+          builder, loop.getLoc(), maskType, state, body->getArgument(0),
+          *c.exitCriterion, APFloat(c.exitThreshold), c.exitMinLoops,
+          /*lm_head=*/nullptr));
+    YieldOp::create(builder, loop.getLoc(), results);
+  }
   Value normed = RmsNormOp::create(builder, named("model.norm"), hiddenType,
-                                   hidden, "final_norm", APFloat(c.eps));
+                                   loop.getResult(), "final_norm",
+                                   APFloat(c.eps));
   Value logits = UnembedOp::create(builder, named("lm_head"), logitsType,
                                    normed, c.tied ? "embed" : "lm_head");
-  func::ReturnOp::create(builder, loc, logits);
+  func::ReturnOp::create(builder, loc, ValueRange{logits, loop.getExitLoop()});
   return module;
 }
 } // namespace

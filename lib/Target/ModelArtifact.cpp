@@ -51,14 +51,20 @@ FailureOr<ModelManifest> mlir::moe::describeModel(ModuleOp module) {
       auto maxPositions =
           module->getAttrOfType<IntegerAttr>("moe.max_positions");
       manifest.maxPositions = maxPositions ? maxPositions.getInt() : 4096;
-      SmallVector<AttentionOp> attentions(func.getOps<AttentionOp>());
+      // Caches are pass-major: pass p's slot s is p * slots + s.
+      auto loops = func.getBody().getOps<LoopOp>();
+      if (loops.empty())
+        return func.emitError("a decoder's layers must run in a moe.loop");
+      LoopOp loop = *loops.begin();
+      SmallVector<AttentionOp> attentions(loop.getBody().getOps<AttentionOp>());
       llvm::sort(attentions, [](AttentionOp a, AttentionOp b) {
         return a.getCacheSlot() < b.getCacheSlot();
       });
-      for (AttentionOp a : attentions)
-        manifest.cacheWidths.push_back(a.getNumKvHeads() * a.getHeadDim());
+      manifest.passes = loop.getPasses();
       manifest.layers = attentions.size();
-      manifest.passes = 1;
+      for (int64_t p = 0; p < manifest.passes; ++p)
+        for (AttentionOp a : attentions)
+          manifest.cacheWidths.push_back(a.getNumKvHeads() * a.getHeadDim());
       break;
     }
     auto loops = func.getBody().getOps<LoopOp>();

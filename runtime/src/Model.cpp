@@ -273,7 +273,7 @@ moert_status moert_session_create(moert_model *model, moert_session **out) {
 
 moert_status moert_session_forward(moert_session *session,
                                    const int32_t *tokens, int64_t n,
-                                   float *logits) {
+                                   float *logits, int32_t *exit_loop) {
   if (!session || !tokens || !logits)
     return makeStatus(MOERT_INVALID_ARGUMENT,
                       "moert_session_forward: null argument");
@@ -297,9 +297,14 @@ moert_status moert_session_forward(moert_session *session,
   std::vector<int32_t> positions(n);
   for (int64_t i = 0; i < n; ++i)
     positions[i] = int32_t(session->position + i);
+  std::vector<int32_t> exitScratch;
+  if (!exit_loop) {
+    exitScratch.resize(n);
+    exit_loop = exitScratch.data();
+  }
   llvm::SmallVector<Descriptor> descriptors = {
       Descriptor(tokens, {n}), Descriptor(positions.data(), {n}),
-      Descriptor(logits, {n, info.vocab_size})};
+      Descriptor(logits, {n, info.vocab_size}), Descriptor(exit_loop, {n})};
   for (size_t slot = 0; slot < model->cacheWidths.size(); ++slot)
     for (int kv = 0; kv < 2; ++kv)
       descriptors.emplace_back(

@@ -196,7 +196,7 @@ llvm::Error runDecoder(ModuleOp module, const moe::ModelManifest &manifest) {
   if (!loaded)
     return loaded.takeError();
   std::vector<float> logits(batch * seq * vocab), step(vocab);
-  std::vector<int32_t> generated(batch * steps);
+  std::vector<int32_t> generated(batch * steps), exitLoop(batch * seq);
   double prefillSeconds = 0, decodeSeconds = 0;
   for (int64_t b = 0; b < batch; ++b) {
     moert_session *raw = nullptr;
@@ -207,7 +207,8 @@ llvm::Error runDecoder(ModuleOp module, const moe::ModelManifest &manifest) {
         raw, moert_session_free);
     auto start = std::chrono::steady_clock::now();
     if (llvm::Error err = check(moert_session_forward(
-            raw, ids->data() + b * seq, seq, logits.data() + b * seq * vocab)))
+            raw, ids->data() + b * seq, seq, logits.data() + b * seq * vocab,
+            exitLoop.data() + b * seq)))
       return err;
     auto mid = std::chrono::steady_clock::now();
     const float *last = logits.data() + (b * seq + seq - 1) * vocab;
@@ -216,14 +217,24 @@ llvm::Error runDecoder(ModuleOp module, const moe::ModelManifest &manifest) {
       generated[b * steps + i] = next;
       if (i + 1 == steps)
         break;
-      if (llvm::Error err =
-              check(moert_session_forward(raw, &next, 1, step.data())))
+      if (llvm::Error err = check(
+              moert_session_forward(raw, &next, 1, step.data(), nullptr)))
         return err;
       last = step.data();
     }
     auto end = std::chrono::steady_clock::now();
     prefillSeconds += std::chrono::duration<double>(mid - start).count();
     decodeSeconds += std::chrono::duration<double>(end - mid).count();
+  }
+  if (stats && manifest.passes > 1) {
+    std::vector<int64_t> perPass(manifest.passes, 0);
+    for (int32_t pass : exitLoop)
+      if (pass >= 0 && pass < manifest.passes)
+        ++perPass[pass];
+    llvm::outs() << "stats: prompt tokens stopping after each pass:";
+    for (int64_t n : perPass)
+      llvm::outs() << " " << n;
+    llvm::outs() << "\n";
   }
   if (stats)
     llvm::outs() << llvm::format(
@@ -236,7 +247,8 @@ llvm::Error runDecoder(ModuleOp module, const moe::ModelManifest &manifest) {
         batch * std::max<int64_t>(steps - 1, 0) /
             std::max(decodeSeconds, 1e-9));
   std::vector<moert::TensorToWrite> tensors = {
-      {"logits", moert::DType::F32, {batch, seq, vocab}, bytesOf(logits)}};
+      {"logits", moert::DType::F32, {batch, seq, vocab}, bytesOf(logits)},
+      {"exit_loop", moert::DType::I32, {batch, seq}, bytesOf(exitLoop)}};
   if (steps)
     tensors.push_back(
         {"generated", moert::DType::I32, {batch, steps}, bytesOf(generated)});

@@ -98,6 +98,7 @@ private:
   /// Decoders: the KV cache buffers of each attention op's cache slot, and
   /// a one-element stand-in for absent optional weights.
   DenseMap<int64_t, std::pair<Value, Value>> kvCaches;
+  int64_t slotsPerPass = 0;
   Value absentWeight;
 };
 } // namespace
@@ -323,11 +324,23 @@ LogicalResult ModelLowering::lower(func::FuncOp func) {
 LogicalResult ModelLowering::lowerDecoder(func::FuncOp func) {
   MLIRContext *ctx = func.getContext();
   loc = func.getLoc();
-  auto logitsType = cast<RankedTensorType>(func.getResultTypes()[0]);
-  if (!func.getOps<LoopOp>().empty())
-    return func.emitError("convert-moe-to-cpu: looped decoders are not "
-                          "supported yet");
-  SmallVector<AttentionOp> attentions(func.getOps<AttentionOp>());
+  FunctionType type = func.getFunctionType();
+  auto logitsType = dyn_cast<RankedTensorType>(type.getResult(0));
+  auto loops = llvm::to_vector(func.getBody().getOps<LoopOp>());
+  if (type.getNumResults() != 2 || loops.size() != 1 ||
+      type.getResult(1) != loops[0].getExitLoop().getType())
+    return func.emitError("convert-moe-to-cpu expects a decoder function "
+                          "(tokens, positions) -> (logits, exit_loop) whose "
+                          "layers run in one moe.loop, as moe-import emits");
+  LoopOp loop = loops[0];
+  if (loop.getMode() != LoopMode::unroll)
+    return loop.emitError("convert-moe-to-cpu: a decoder loop must be "
+                          "unrolled (each pass has its own KV caches)");
+  if (loop.getCompactExits())
+    return loop.emitError("convert-moe-to-cpu: a decoder loop cannot compact "
+                          "exited tokens (attention mixes tokens)");
+  // Pass p's attention with cache slot s uses cache p * slotsPerPass + s.
+  SmallVector<AttentionOp> attentions(loop.getBody().getOps<AttentionOp>());
   llvm::sort(attentions, [](AttentionOp a, AttentionOp b) {
     return a.getCacheSlot() < b.getCacheSlot();
   });
@@ -336,16 +349,19 @@ LogicalResult ModelLowering::lowerDecoder(func::FuncOp func) {
       return attentions[i].emitError("convert-moe-to-cpu: decoder cache "
                                      "slots must be 0, 1, ... in order, one "
                                      "per attention");
+  slotsPerPass = attentions.size();
   Type f32 = builder.getF32Type(), i32 = builder.getI32Type();
   int64_t dyn = ShapedType::kDynamic;
   SmallVector<Type> inputs = {MemRefType::get({dyn}, i32),
                               MemRefType::get({dyn}, i32),
                               MemRefType::get({dyn, logitsType.getDimSize(1)},
-                                              f32)};
-  for (AttentionOp a : attentions) {
-    int64_t width = a.getNumKvHeads() * a.getHeadDim();
-    inputs.append(2, MemRefType::get({dyn, width}, f32));
-  }
+                                              f32),
+                              MemRefType::get({dyn}, i32)};
+  for (int64_t pass = 0; pass < static_cast<int64_t>(loop.getPasses()); ++pass)
+    for (AttentionOp a : attentions) {
+      int64_t width = a.getNumKvHeads() * a.getHeadDim();
+      inputs.append(2, MemRefType::get({dyn, width}, f32));
+    }
   for (WeightOp w : weights)
     inputs.push_back(MemRefType::get(w.getTensorType().getShape(), f32));
 
@@ -355,12 +371,14 @@ LogicalResult ModelLowering::lowerDecoder(func::FuncOp func) {
   lowered->setAttr(kCInterface, builder.getUnitAttr());
   Block *entry = lowered.addEntryBlock();
   builder.setInsertionPointToStart(entry);
-  for (auto [i, a] : llvm::enumerate(attentions))
-    kvCaches[a.getCacheSlot()] = {entry->getArgument(3 + 2 * i),
-                                  entry->getArgument(4 + 2 * i)};
-  for (auto [w, arg] : llvm::zip(
-           weights, entry->getArguments().drop_front(3 + 2 * attentions.size())))
+  int64_t caches = loop.getPasses() * slotsPerPass;
+  for (int64_t slot = 0; slot < caches; ++slot)
+    kvCaches[slot] = {entry->getArgument(4 + 2 * slot),
+                      entry->getArgument(5 + 2 * slot)};
+  for (auto [w, arg] :
+       llvm::zip(weights, entry->getArguments().drop_front(4 + 2 * caches)))
     weightArgs[WeightOp(w).getSymNameAttr()] = arg;
+  exitLoopArg = entry->getArgument(3);
 
   tokens = memref::DimOp::create(builder, loc, entry->getArgument(0), 0);
   rows = tokens;
@@ -375,6 +393,8 @@ LogicalResult ModelLowering::lowerDecoder(func::FuncOp func) {
   auto ret = cast<func::ReturnOp>(func.getBody().front().getTerminator());
   memref::CopyOp::create(builder, loc, view(ret.getOperand(0)),
                          entry->getArgument(2));
+  if (ret.getOperand(1) != loop.getExitLoop())
+    return func.emitError("the second result must be the loop's exit_loop");
   for (Value buffer : allocations)
     memref::DeallocOp::create(builder, loc, buffer);
   func::ReturnOp::create(builder, loc);
@@ -539,11 +559,13 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
         return success();
       })
       .Case([&](AttentionOp attention) -> LogicalResult {
-        auto cache = kvCaches.find(attention.getCacheSlot());
+        int64_t slot = attention.getCacheSlot() +
+                       staticPassIndex.value_or(0) * slotsPerPass;
+        auto cache = kvCaches.find(slot);
         if (cache == kvCaches.end())
           return attention.emitError("convert-moe-to-cpu: no KV cache for "
                                      "slot ")
-                 << attention.getCacheSlot();
+                 << slot;
         // Norm kind 1: full-width norms (OLMoE); 2: per head (Qwen3).
         int64_t normKind = 0;
         if (auto qNorm = attention.getQNormAttr()) {
@@ -629,8 +651,14 @@ void ModelLowering::emitLoop(LoopOp loop) {
   Value activeAll = allocate(
       MemRefType::get({ShapedType::kDynamic}, builder.getI32Type()));
   int64_t passes = loop.getPasses();
-  call("moert_loop_init", {activeAll, exitLoopArg, traceIdsArg, traceGatesArg,
-                           constI64(passes)});
+  // Decoders record no routing trace: hand the kernel empty ones.
+  Value traceIds = traceIdsArg, traceGates = traceGatesArg;
+  if (!traceIds) {
+    traceIds = allocate(MemRefType::get({0, 0, 1}, builder.getI32Type()));
+    traceGates = allocate(MemRefType::get({0, 0, 1}, builder.getF32Type()));
+  }
+  call("moert_loop_init",
+       {activeAll, exitLoopArg, traceIds, traceGates, constI64(passes)});
 
   if (loop.getMode() == LoopMode::unroll) {
     // Every pass specialised: constant pass index and trace steps, exit

@@ -86,11 +86,13 @@ moert_status moert_model_run(moert_model *model, int64_t tokens,
 typedef struct moert_session moert_session;
 moert_status moert_session_create(moert_model *model, moert_session **out);
 /* Runs `tokens` [n] at the session's next positions (0 for the first call:
- * prefill; then one token at a time: decode), appending to its KV cache, and
- * writes logits [n, vocab_size]. Running past max_positions is an error. */
+ * prefill; then one token at a time: decode), appending to its KV caches,
+ * and writes logits [n, vocab_size] and, unless it is NULL, exit_loop [n]:
+ * the loop pass after which each token stopped (looped decoders; passes - 1
+ * for a token that ran them all). Running past max_positions is an error. */
 moert_status moert_session_forward(moert_session *session,
                                    const int32_t *tokens, int64_t n,
-                                   float *logits);
+                                   float *logits, int32_t *exit_loop);
 int64_t moert_session_position(const moert_session *session);
 void moert_session_free(moert_session *session);
 

@@ -91,11 +91,12 @@ public:
   Session(const Session &) = delete;
   Session &operator=(const Session &) = delete;
 
-  /// Runs `n` tokens at the next positions; logits is [n, vocab_size].
+  /// Runs `n` tokens at the next positions; logits is [n, vocab_size],
+  /// exitLoop (optional) [n].
   bool forward(const int32_t *tokens, int64_t n, float *logits,
-               std::string *error) {
-    return detail::consume(moert_session_forward(session, tokens, n, logits),
-                           error);
+               std::string *error, int32_t *exitLoop = nullptr) {
+    return detail::consume(
+        moert_session_forward(session, tokens, n, logits, exitLoop), error);
   }
   int64_t position() const { return moert_session_position(session); }
 

@@ -48,6 +48,14 @@ struct LoopResidencyPass
   }
 
   void decide(LoopOp loop) {
+    // Attention appends to a KV cache per layer and pass: the passes differ
+    // in which caches they use, so each must be its own copy.
+    if (!loop.getBody().getOps<AttentionOp>().empty()) {
+      loop.setMode(LoopMode::unroll);
+      loop.emitRemark("moe-loop-residency: unroll: each pass has its own KV "
+                      "caches");
+      return;
+    }
     int64_t bytes = bodyWeightBytes(loop);
     int64_t ops = llvm::range_size(loop.getBody().front().without_terminator());
     int64_t passes = loop.getPasses();

@@ -91,6 +91,7 @@ def MoELoopResidency : Pass<"moe-loop-residency", "::mlir::func::FuncOp"> {
     trace steps, no loop bookkeeping). For `mode = auto` a cost model decides
     and a remark says which and why:
 
+    - unroll when the body has attention (each pass has its own KV caches);
     - resident when the weights the body touches fit `cache-bytes` (passes
       after the first find them cached, and code stays small);
     - otherwise unroll, when passes x body ops stay within `max-unrolled-ops`;
