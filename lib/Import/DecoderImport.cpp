@@ -97,7 +97,9 @@ LogicalResult DecoderReader::readFields(DecoderConfig &c) {
   const std::pair<StringRef, std::optional<ExitCriterion>> criteria[] = {
       {"none", std::nullopt},
       {"cosine", ExitCriterion::cosine},
-      {"relative_l2", ExitCriterion::relative_l2}};
+      {"relative_l2", ExitCriterion::relative_l2},
+      {"max_prob", ExitCriterion::max_prob},
+      {"entropy", ExitCriterion::entropy}};
   ok &= succeeded(readEnum("exit_criterion", criteria, c.exitCriterion));
   ok &= succeeded(readFloat("exit_threshold", c.exitThreshold));
   ok &= succeeded(readPositiveInt("exit_min_loops", c.exitMinLoops));
@@ -145,6 +147,15 @@ LogicalResult DecoderReader::readFields(DecoderConfig &c) {
     return fieldError("exit_threshold")
            << "= " << formatFloat(c.exitThreshold)
            << " must be >= 0 for exit_criterion 'relative_l2'";
+  if (c.exitCriterion == ExitCriterion::max_prob &&
+      !(c.exitThreshold >= 0.0f && c.exitThreshold <= 1.0f))
+    return fieldError("exit_threshold")
+           << "= " << formatFloat(c.exitThreshold)
+           << " must be in [0, 1] for exit_criterion 'max_prob'";
+  if (c.exitCriterion == ExitCriterion::entropy && !(c.exitThreshold >= 0))
+    return fieldError("exit_threshold")
+           << "= " << formatFloat(c.exitThreshold)
+           << " must be >= 0 for exit_criterion 'entropy'";
   if (c.exitCriterion && c.exitMinLoops >= c.numLoops)
     emitWarning(fieldLoc("exit_criterion"))
         << "exit_criterion never fires because exit_min_loops ("
@@ -345,10 +356,20 @@ OwningOpRef<ModuleOp> DecoderEmitter::emit() {
       state = emitLayer(l, state, entry->getArgument(1), route);
     SmallVector<Value, 2> results = {state};
     if (c.exitCriterion && c.exitMinLoops < c.numLoops)
+    {
+      // The LM-head criteria read the next-token distribution of the state.
+      bool onHead = *c.exitCriterion == ExitCriterion::max_prob ||
+                    *c.exitCriterion == ExitCriterion::entropy;
+      auto symbol = [&](StringRef name) {
+        return onHead ? FlatSymbolRefAttr::get(builder.getContext(), name)
+                      : FlatSymbolRefAttr();
+      };
       results.push_back(ExitOp::create(
           builder, loop.getLoc(), maskType, state, body->getArgument(0),
           *c.exitCriterion, APFloat(c.exitThreshold), c.exitMinLoops,
-          /*lm_head=*/nullptr));
+          symbol(c.tied ? "embed" : "lm_head"), symbol("final_norm"),
+          APFloat(c.eps)));
+    }
     YieldOp::create(builder, loop.getLoc(), results);
   }
   Value normed = RmsNormOp::create(builder, named("model.norm"), hiddenType,

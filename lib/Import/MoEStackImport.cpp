@@ -291,7 +291,8 @@ void StackEmitter::emitPass(LoopOp loop) {
     results.push_back(ExitOp::create(builder, loop.getLoc(), maskType, hidden,
                                      body->getArgument(0), *c.exitCriterion,
                                      APFloat(c.exitThreshold), c.exitMinLoops,
-                                     /*lm_head=*/nullptr));
+                                     /*lm_head=*/nullptr, /*lm_norm=*/nullptr,
+                                     APFloat(c.eps)));
   YieldOp::create(builder, loop.getLoc(), results);
 }
 

@@ -223,6 +223,41 @@ bool moert::cpu::attention(const float *x, const int32_t *positions,
   return true;
 }
 
+bool moert::cpu::exitTestLmHead(const float *h, const float *norm,
+                                float normEps, const float *lmHead,
+                                int8_t *exits, int64_t numTokens,
+                                int64_t hidden, int64_t vocab,
+                                int32_t criterion, float tau) noexcept {
+  std::fill(exits, exits + numTokens, int8_t(0));
+  std::unique_ptr<float[]> normed(new (std::nothrow) float[numTokens * hidden]);
+  std::unique_ptr<float[]> logits(new (std::nothrow) float[numTokens * vocab]);
+  if (!normed || !logits)
+    return false;
+  if (norm)
+    rmsNorm(h, norm, normed.get(), numTokens, hidden, normEps);
+  else
+    std::copy(h, h + numTokens * hidden, normed.get());
+  gemmABt(normed.get(), hidden, lmHead, hidden, logits.get(), vocab, numTokens,
+          vocab, hidden);
+  for (int64_t t = 0; t < numTokens; ++t) {
+    const float *row = logits.get() + t * vocab;
+    double maxLogit = *std::max_element(row, row + vocab), sum = 0.0;
+    for (int64_t v = 0; v < vocab; ++v)
+      sum += std::exp(double(row[v]) - maxLogit);
+    // max p = 1 / sum; entropy = log(sum) - sum_v p_v (x_v - max).
+    double weighted = 0.0;
+    for (int64_t v = 0; v < vocab; ++v) {
+      double shifted = double(row[v]) - maxLogit;
+      weighted += std::exp(shifted) / sum * shifted;
+    }
+    double value = criterion == 2 ? 1.0 / sum : std::log(sum) - weighted;
+    if (!std::isfinite(value))
+      continue;
+    exits[t] = criterion == 2 ? value >= tau : value <= tau;
+  }
+  return true;
+}
+
 //===----------------------------------------------------------------------===//
 // C interface
 //===----------------------------------------------------------------------===//
@@ -235,6 +270,22 @@ void _mlir_ciface_moert_embed(StridedMemRefType<int32_t, 1> *tokens,
     return fill(out, kNaN);
   embed(dataOf(tokens), dataOf(table), dataOf(out), numTokens, table->sizes[0],
         hidden);
+}
+
+void _mlir_ciface_moert_exit_test_lm(StridedMemRefType<float, 2> *h,
+                                     StridedMemRefType<float, 1> *norm,
+                                     int32_t hasNorm, float normEps,
+                                     StridedMemRefType<float, 2> *lmHead,
+                                     StridedMemRefType<int8_t, 1> *exits,
+                                     int32_t criterion, float tau) {
+  int64_t numTokens = h->sizes[0], hidden = h->sizes[1];
+  int64_t vocab = lmHead->sizes[0];
+  if (lmHead->sizes[1] != hidden || exits->sizes[0] != numTokens ||
+      (hasNorm && norm->sizes[0] != hidden))
+    return fill(exits, int8_t(0));
+  exitTestLmHead(dataOf(h), hasNorm ? dataOf(norm) : nullptr, normEps,
+                 dataOf(lmHead), dataOf(exits), numTokens, hidden, vocab,
+                 criterion, tau);
 }
 
 void _mlir_ciface_moert_unembed(StridedMemRefType<float, 2> *x,

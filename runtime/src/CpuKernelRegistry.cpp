@@ -21,7 +21,7 @@ llvm::ArrayRef<KernelSymbol> moert::cpu::kernelSymbols() {
       MOERT_KERNEL(moert_grouped_matmul), MOERT_KERNEL(moert_glu),
       MOERT_KERNEL(moert_combine),       MOERT_KERNEL(moert_fused_experts),
       MOERT_KERNEL(moert_embed),         MOERT_KERNEL(moert_unembed),
-      MOERT_KERNEL(moert_attention),
+      MOERT_KERNEL(moert_attention),      MOERT_KERNEL(moert_exit_test_lm),
   };
   return table;
 }

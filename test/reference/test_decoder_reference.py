@@ -307,12 +307,306 @@ class CheckpointTest(unittest.TestCase):
         self.assertEqual(rc, 2)
         self.assertIn("model.layers.1.mlp.gate.weight", out)
 
+    def test_gen_extensions(self):
+        for model_type, extra, loops in (
+                ("mixtral", ["--share-block", "2", "--decision", "block"], 1),
+                ("olmoe", ["--loops", "2", "--exit-criterion", "cosine"], 2),
+                ("qwen3_moe", ["--loops", "3", "--exit-criterion", "relative_l2",
+                               "--share-block", "2"], 3)):
+            path = self.gen(model_type, f"{model_type}-ext", *extra)
+            with open(os.path.join(path, "config.json")) as f:
+                config = json.load(f)
+            fields = {n: config[n] for n in ("router_share_block", "router_decision", "num_loops",
+                                             "exit_criterion", "exit_threshold",
+                                             "exit_min_loops")}
+            self.assertEqual(fields["num_loops"], loops)
+            m = dec.load_config(os.path.join(path, "config.json"))
+            golden = self.read(os.path.join(path, "golden.safetensors"))
+            if loops == 1:
+                self.assertEqual(fields["router_decision"], "block")
+                self.assertNotIn("exit_loop", golden)
+                self.assertNotIn("model.layers.1.block_sparse_moe.gate.weight",
+                                 self.read(os.path.join(path, "model.safetensors")))
+            else:
+                self.assertEqual(golden["exit_loop"].dtype, np.int32)
+                self.assertEqual(golden["exit_loop"].shape, (2, 4))
+                # some exit after pass 0, some run every pass
+                self.assertIn(0, golden["exit_loop"])
+                self.assertIn(loops - 1, golden["exit_loop"])
+                self.assertNotEqual(fields["exit_threshold"], 0.0)
+                self.assertEqual(m.exit_passes, list(range(loops - 1)))
+            inputs = os.path.join(path, "inputs.safetensors")
+            out = self.run_cli(path, inputs, f"{model_type}-ext.safetensors")
+            rc, text = quiet_main(["compare", "--golden", os.path.join(path, "golden.safetensors"),
+                                   "--actual", out])
+            self.assertEqual(rc, 0, text)
+            self.assertEqual("exit_loop:" in text, loops > 1)
+
+    def test_gen_without_a_tested_pass_is_an_error(self):
+        path = os.path.join(self.tmp, "none")
+        rc, out = quiet_main(["gen", "--model-type", "olmoe", "--out", path, "--loops", "2",
+                              "--exit-criterion", "cosine", "--exit-min-loops", "2"])
+        self.assertEqual(rc, 2, out)
+        self.assertIn("tests no pass", out)
+
     def test_regenerating_replaces_stale_weight_files(self):
         path = self.gen("mixtral", "regen", "--shards", "2")
         self.gen("mixtral", "regen")
         self.assertNotIn("model.safetensors.index.json", os.listdir(path))
         self.gen("mixtral", "regen", "--shards", "2")
         self.assertNotIn("model.safetensors", os.listdir(path))
+
+
+def extended_model(model_type, seed=0, output_scale=1.0, **overrides):
+    """A tiny model with contract extension fields and its float64 weights."""
+    m = dec.parse_config(dec.tiny_config(model_type, **overrides))
+    weights = dec.random_weights(m, np.random.default_rng(seed), output_scale)
+    return m, {n: w.astype(np.float64) for n, w in weights.items()}
+
+
+def with_fields(m, **fields):
+    """The same model with other extension values (same weights apply)."""
+    import dataclasses
+    return dataclasses.replace(m, **fields)
+
+
+def hand_cosine(a, b):
+    a, b = a.tolist(), b.tolist()
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+class ExtensionConfigTest(unittest.TestCase):
+    def test_defaults_and_values(self):
+        m = dec.parse_config(dec.tiny_config("olmoe"))
+        self.assertEqual((m.router_share_block, m.router_decision, m.num_loops, m.exit_criterion,
+                          m.exit_threshold, m.exit_min_loops), (1, "per_layer", 1, "none", 0.0, 1))
+        m = dec.parse_config(dec.tiny_config("mixtral", router_share_block=2,
+                                              router_decision="block", num_loops=3,
+                                              exit_criterion="cosine", exit_threshold=0.9,
+                                              exit_min_loops=2))
+        self.assertEqual([m.router_head(l) for l in range(2)], [0, 0])
+        self.assertEqual(m.exit_passes, [1])  # after pass 1 only: i+1 >= 2 and i < K-1
+
+    def test_bad_fields_are_rejected(self):
+        for overrides, needle in (({"exit_criterion": "max_prob"}, "not supported yet"),
+                                  ({"exit_criterion": "entropy"}, "not supported yet"),
+                                  ({"exit_criterion": "l1"}, "exit_criterion"),
+                                  ({"router_decision": "path"}, "router_decision"),
+                                  ({"router_share_block": 0}, "router_share_block"),
+                                  ({"num_loops": 0}, "num_loops"),
+                                  ({"num_loops": 2.0}, "num_loops"),
+                                  ({"exit_min_loops": -1}, "exit_min_loops")):
+            with self.assertRaises(dec.ContractError, msg=str(overrides)) as cm:
+                dec.parse_config(dec.tiny_config("qwen3_moe", **overrides))
+            self.assertIn(needle, str(cm.exception))
+
+    def test_a_dense_block_head_is_rejected(self):
+        with self.assertRaises(dec.ContractError) as cm:
+            dec.parse_config(dec.tiny_config("qwen3_moe", mlp_only_layers=[0],
+                                              router_share_block=2))
+        self.assertIn("layer 0, is a dense MLP layer", str(cm.exception))
+
+    def test_only_block_heads_hold_a_router(self):
+        for model_type, moe in (("mixtral", "block_sparse_moe"), ("olmoe", "mlp"),
+                                ("qwen3_moe", "mlp")):
+            m = dec.parse_config(dec.tiny_config(model_type, num_hidden_layers=5,
+                                                  router_share_block=2))
+            gates = sorted(n for n in dec.expected_weight_shapes(m) if n.endswith(".gate.weight"))
+            self.assertEqual(gates, [f"model.layers.{l}.{moe}.gate.weight" for l in (0, 2, 4)])
+
+
+class PathMoETest(unittest.TestCase):
+    IDS = np.array([[5, 17, 42, 8, 60, 3], [1, 2, 30, 4, 50, 6]])
+
+    def test_block_decision_reuses_the_head_ids(self):
+        for model_type in MODEL_TYPES:
+            block, W = extended_model(model_type, seed=6, router_share_block=2,
+                                      router_decision="block", num_loops=2)
+            per_layer = with_fields(block, router_decision="per_layer")
+            tb, tp = dec.Trace(), dec.Trace()
+            lb = dec.forward(block, W, self.IDS, trace=tb)
+            lp = dec.forward(per_layer, W, self.IDS, trace=tp)  # W has no layer-1 router
+            for i in range(2):  # within each pass, layer 1 takes layer 0's ids
+                np.testing.assert_array_equal(tb.expert_ids[i][1], tb.expert_ids[i][0])
+            # ... of that pass: the second pass routes again
+            self.assertTrue(np.any(tb.expert_ids[1][0] != tb.expert_ids[0][0]), model_type)
+            # per_layer: layer 1 routes its own input with layer 0's router
+            np.testing.assert_array_equal(tp.expert_ids[0][0], tb.expert_ids[0][0])
+            self.assertTrue(np.any(tp.expert_ids[0][1] != tp.expert_ids[0][0]), model_type)
+            self.assertGreater(np.max(np.abs(lb - lp)), 1e-3, model_type)
+
+    def test_per_layer_routes_with_the_head_router(self):
+        # per_layer with B=2 equals B=1 whose layer-1 router is a copy of layer 0's
+        for model_type in MODEL_TYPES:
+            shared, W = extended_model(model_type, seed=7, router_share_block=2)
+            plain = dec.parse_config(dec.tiny_config(model_type))
+            moe = "block_sparse_moe" if model_type == "mixtral" else "mlp"
+            W1 = dict(W)
+            W1[f"model.layers.1.{moe}.gate.weight"] = W[f"model.layers.0.{moe}.gate.weight"]
+            np.testing.assert_array_equal(dec.forward(shared, W, self.IDS),
+                                          dec.forward(plain, W1, self.IDS))
+
+
+class LoopTest(unittest.TestCase):
+    IDS = np.array([[5, 17, 42, 8, 60, 3, 71], [1, 2, 30, 4, 50, 6, 88]])
+
+    @staticmethod
+    def unrolled(m, W):
+        """The K-loop model written out as a K*L-layer model with num_loops 1:
+        layer i*L + l is a copy of layer l (its own attention, so its own cache)."""
+        L, K = m.num_layers, m.num_loops
+        W2 = {}
+        for name, w in W.items():
+            parts = name.split(".")
+            if parts[:2] == ["model", "layers"]:
+                for i in range(K):
+                    W2[".".join(parts[:2] + [str(i * L + int(parts[2]))] + parts[3:])] = w
+            else:
+                W2[name] = w
+        return with_fields(m, num_layers=K * L, num_loops=1,
+                           sparse_layers=m.sparse_layers * K), W2
+
+    def test_two_loops_without_exits_equal_the_unrolled_model(self):
+        for model_type, fields in (("mixtral", {}),
+                                   ("olmoe", {"router_share_block": 2,
+                                              "router_decision": "block"}),
+                                   ("qwen3_moe", {"router_share_block": 2})):
+            m, W = extended_model(model_type, seed=8, num_loops=2, **fields)
+            m2, W2 = self.unrolled(m, W)
+            self.assertEqual(len(W2) - len(W), len([n for n in W if ".layers." in n]))
+            np.testing.assert_allclose(dec.forward(m, W, self.IDS), dec.forward(m2, W2, self.IDS),
+                                       rtol=1e-12, atol=1e-12, err_msg=model_type)
+            prefill, gen = dec.generate(m, W, self.IDS, 3)
+            prefill2, gen2 = dec.generate(m2, W2, self.IDS, 3)
+            np.testing.assert_array_equal(gen, gen2)
+            # and they differ from one pass
+            self.assertGreater(np.max(np.abs(prefill - dec.forward(
+                with_fields(m, num_loops=1), W, self.IDS))), 1e-3)
+            # an exit criterion that never fires changes nothing
+            never = with_fields(m, exit_criterion="cosine", exit_threshold=2.0)
+            t = dec.Trace()
+            np.testing.assert_array_equal(dec.forward(never, W, self.IDS, trace=t), prefill)
+            self.assertEqual(t.exit_loop.tolist(), [[1] * 7] * 2)
+
+
+class FreezeRuleTest(unittest.TestCase):
+    """K = 3 with cosine exits, checked against a hand-written loop."""
+    IDS = np.array([[5, 17, 42, 8, 60, 3, 71, 23], [1, 2, 30, 4, 50, 6, 88, 9]])
+
+    def setup_model(self, model_type):
+        m, W = extended_model(model_type, seed=9, output_scale=0.25, num_loops=3,
+                              exit_criterion="cosine")
+        dry = dec.Trace()
+        dec.forward(with_fields(m, exit_threshold=2.0), W, self.IDS, trace=dry)
+        v0, v1 = dry.exit_values[0], dry.exit_values[1]
+        # a tau under which a token exits after pass 0 and a later token of the same
+        # sequence runs all three passes (the test needs both)
+        for tau in sorted(np.concatenate([v0.ravel(), v1.ravel()]) - 1e-6):
+            first = v0 >= tau
+            full = (v0 < tau) & (v1 < tau)
+            for b in range(self.IDS.shape[0]):
+                exited = np.nonzero(first[b])[0]
+                later = [t for t in np.nonzero(full[b])[0] if exited.size and t > exited[0]]
+                if later:
+                    return with_fields(m, exit_threshold=float(tau)), W, b, int(exited[0]), \
+                        int(later[0])
+        self.fail(f"{model_type}: no threshold gives an early and a late token")
+
+    @staticmethod
+    def layers(m, W, h):
+        """One pass of the L layers over hidden states h [B,S,d], from the layer pieces."""
+        cos, sin = dec.rope_tables(np.arange(h.shape[1]), m.head_dim, m.rope_theta)
+        eps, decisions = m.rms_norm_eps, {}
+        for l in range(m.num_layers):
+            p = f"model.layers.{l}"
+            h = h + dec.attention(m, W, l, dec.rmsnorm(h, W[f"{p}.input_layernorm.weight"], eps),
+                                  cos, sin)
+            h = h + dec.feed_forward(m, W, l, dec.rmsnorm(
+                h, W[f"{p}.post_attention_layernorm.weight"], eps), None, decisions)
+        return h
+
+    def hand_loop(self, m, W, frozen_input_for_pass2=True):
+        """The freeze rule written out: returns (logits, exit_loop)."""
+        B, S = self.IDS.shape
+        h = W["model.embed_tokens.weight"][self.IDS]
+        exit_loop = [[2] * S for _ in range(B)]
+        for i in range(3):
+            start = h.copy()
+            if i == 2 and not frozen_input_for_pass2:  # the wrong rule, for contrast
+                start = self.unfrozen
+            out = self.layers(m, W, start)
+            if i == 1:
+                self.unfrozen = out
+            for b in range(B):
+                for t in range(S):
+                    if exit_loop[b][t] < i:
+                        continue  # exited earlier: the pass's result is discarded
+                    h[b, t] = out[b, t]
+                    if i < 2 and hand_cosine(out[b, t], start[b, t]) >= m.exit_threshold:
+                        exit_loop[b][t] = i
+        w = W["model.norm.weight"].tolist()
+        logits = np.zeros(self.IDS.shape + (m.vocab_size,))
+        for b in range(B):
+            for t in range(S):
+                n = [x * wi for x, wi in zip(hand_rms(h[b, t].tolist(), m.rms_norm_eps), w)]
+                logits[b, t] = matvec(W["lm_head.weight"].tolist(), n)
+        return logits, exit_loop
+
+    def test_frozen_state_and_later_kv(self):
+        for model_type in MODEL_TYPES:
+            m, W, b, early, late = self.setup_model(model_type)
+            trace = dec.Trace()
+            logits = dec.forward(m, W, self.IDS, trace=trace)
+            self.assertEqual(trace.exit_loop[b, early], 0, model_type)
+            self.assertEqual(trace.exit_loop[b, late], 2, model_type)
+            # the exited token's state stays what it was after pass 0 ...
+            for i in (2, 3):
+                np.testing.assert_array_equal(trace.states[i][b, early], trace.states[1][b, early])
+            # ... although later passes computed something else for it
+            self.assertGreater(np.max(np.abs(trace.outputs[2][b, early] -
+                                             trace.states[1][b, early])), 1e-3)
+            # the whole model agrees with the hand-written loop
+            hand, hand_exit = self.hand_loop(m, W)
+            self.assertEqual(trace.exit_loop.tolist(), hand_exit, model_type)
+            np.testing.assert_allclose(logits, hand, rtol=1e-9, atol=1e-9, err_msg=model_type)
+            # the exited token's logits are model.norm + lm_head of its state after pass 0
+            n = [x * w for x, w in zip(hand_rms(trace.states[1][b, early].tolist(),
+                                                m.rms_norm_eps), W["model.norm.weight"].tolist())]
+            np.testing.assert_allclose(logits[b, early], matvec(W["lm_head.weight"].tolist(), n),
+                                       rtol=1e-9, atol=1e-9)
+            # the late token's logits depend on the K/V the exited token's pass 2 computed
+            # from its frozen state: starting that pass from its unfrozen state differs
+            wrong, _ = self.hand_loop(m, W, frozen_input_for_pass2=False)
+            self.assertGreater(np.max(np.abs(wrong[b, late] - logits[b, late])), 1e-6,
+                               model_type)
+            np.testing.assert_allclose(wrong[b, :early + 1], logits[b, :early + 1],
+                                       rtol=1e-9, atol=1e-9)
+
+    def test_exit_min_loops(self):
+        m, W, b, early, late = self.setup_model("olmoe")
+        base = dec.Trace()
+        dec.forward(m, W, self.IDS, trace=base)
+        self.assertTrue(np.any(base.exit_loop == 0))
+        later = dec.Trace()
+        dec.forward(with_fields(m, exit_min_loops=2), W, self.IDS, trace=later)
+        self.assertTrue(np.all(later.exit_loop >= 1))
+        self.assertTrue(np.all(np.isnan(later.exit_values[0])))  # pass 0 not tested
+        self.assertTrue(np.any(later.exit_loop == 1))
+        for min_loops in (3, 7):  # no pass is tested: the plain three-pass model
+            t = dec.Trace()
+            logits = dec.forward(with_fields(m, exit_min_loops=min_loops), W, self.IDS, trace=t)
+            self.assertTrue(np.all(t.exit_loop == 2))
+            np.testing.assert_array_equal(
+                logits, dec.forward(with_fields(m, exit_criterion="none"), W, self.IDS))
+
+    def test_decisions_depend_only_on_earlier_tokens(self):
+        # so the prefix's exits in a longer sequence (generation) are the prefill's
+        m, W, b, early, late = self.setup_model("qwen3_moe")
+        short, longer = dec.Trace(), dec.Trace()
+        dec.forward(m, W, self.IDS[:, :5], trace=short)
+        dec.forward(m, W, self.IDS, trace=longer)
+        np.testing.assert_array_equal(longer.exit_loop[:, :5], short.exit_loop)
 
 
 class CompareTest(unittest.TestCase):
@@ -364,6 +658,32 @@ class CompareTest(unittest.TestCase):
         rc, out = self.compare(self.ref_logits, None)
         self.assertEqual(rc, 1, out)
         self.assertIn("missing from the actual file", out)
+
+    def test_exit_loop_is_compared_exactly_when_golden_has_it(self):
+        exit_loop = np.array([[0, 1, 1], [1, 0, 1]], dtype=np.int32)
+        ref.write_safetensors(self.golden, {"logits": self.ref_logits,
+                                            "generated": self.generated, "exit_loop": exit_loop})
+        actual = os.path.join(self.tmp, "actual.safetensors")
+
+        def compare(tensors):
+            ref.write_safetensors(actual, {"logits": self.ref_logits,
+                                           "generated": self.generated, **tensors})
+            return quiet_main(["compare", "--golden", self.golden, "--actual", actual])
+
+        rc, out = compare({"exit_loop": exit_loop})
+        self.assertEqual(rc, 0, out)
+        self.assertIn("exit_loop: shape [2, 3] mismatches=0/6", out)
+        other = exit_loop.copy()
+        other[1, 1] = 1
+        rc, out = compare({"exit_loop": other})
+        self.assertEqual(rc, 1, out)
+        self.assertIn("FAIL: tensor 'exit_loop' differs at index [1, 1]: actual 1, expected 0",
+                      out)
+        rc, out = compare({})
+        self.assertEqual(rc, 1, out)
+        self.assertIn("tensor 'exit_loop' is missing from the actual file", out)
+        rc, out = compare({"exit_loop": exit_loop.astype(np.float32)})
+        self.assertEqual(rc, 1, out)
 
     def test_nan_fails(self):
         bad = self.ref_logits.copy()

@@ -535,11 +535,20 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
         // An unrolled pass after which no exit can fire tests nothing.
         if (staticPassIndex && !exitCanFire(exit, *staticPassIndex))
           return success();
-        Value h = view(exit.getHidden()), prev = view(exit.getPrevious());
-        call("moert_exit_test",
-             {h, prev, define(exit.getExits()),
-              constI32(static_cast<int64_t>(exit.getCriterion())),
-              constF32(exit.getThreshold())});
+        Value h = view(exit.getHidden());
+        Value criterion = constI32(static_cast<int64_t>(exit.getCriterion()));
+        if (exit.getLmHeadAttr()) {
+          bool hasNorm = bool(exit.getLmNormAttr());
+          Value norm = hasNorm ? weight(exit.getLmNormAttr()) : absentWeight;
+          call("moert_exit_test_lm",
+               {h, norm, constI32(hasNorm), constF32(exit.getLmNormEps()),
+                weight(exit.getLmHeadAttr()), define(exit.getExits()),
+                criterion, constF32(exit.getThreshold())});
+          return success();
+        }
+        Value prev = view(exit.getPrevious());
+        call("moert_exit_test", {h, prev, define(exit.getExits()), criterion,
+                                 constF32(exit.getThreshold())});
         return success();
       })
       .Case([&](LoopOp loop) {

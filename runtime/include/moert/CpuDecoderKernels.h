@@ -72,6 +72,17 @@ bool attention(const float *x, const int32_t *positions, const float *wq,
                const AttentionOptions &options,
                unsigned numThreads = 0) noexcept;
 
+/// Looped decoders' exit test on the next-token distribution: for each of
+/// `numTokens` rows of h [n, d], p = softmax(rmsnorm(h, norm) @ lmHead^T)
+/// (no norm when `norm` is null); exits[t] = 1 when max p >= tau
+/// (criterion 2, max_prob) or the entropy of p in nats <= tau (criterion 3).
+/// A non-finite distribution never exits. Fails (no exits) if scratch memory
+/// is short.
+bool exitTestLmHead(const float *h, const float *norm, float normEps,
+                    const float *lmHead, int8_t *exits, int64_t numTokens,
+                    int64_t hidden, int64_t vocab, int32_t criterion,
+                    float tau) noexcept;
+
 } // namespace moert::cpu
 
 // The C interface, under the conventions of CpuKernels.h. qNorm and kNorm are
@@ -93,6 +104,13 @@ void _mlir_ciface_moert_attention(
     StridedMemRefType<float, 2> *out, int64_t numHeads, int64_t numKvHeads,
     int64_t headDim, float ropeTheta, float clip, int32_t normKind,
     float normEps);
+/// exitTestLmHead; `norm` is ignored unless hasNorm.
+void _mlir_ciface_moert_exit_test_lm(StridedMemRefType<float, 2> *h,
+                                     StridedMemRefType<float, 1> *norm,
+                                     int32_t hasNorm, float normEps,
+                                     StridedMemRefType<float, 2> *lmHead,
+                                     StridedMemRefType<int8_t, 1> *exits,
+                                     int32_t criterion, float tau);
 }
 
 #endif // MOERT_CPUDECODERKERNELS_H

@@ -331,6 +331,9 @@ LogicalResult ExitOp::verify() {
   }
   bool needsHead = getCriterion() == ExitCriterion::max_prob ||
                    getCriterion() == ExitCriterion::entropy;
+  if (getLmNormAttr() && !needsHead)
+    return emitOpError("lm_norm belongs to the LM-head criteria (max_prob, "
+                       "entropy)");
   if (needsHead != bool(getLmHeadAttr()))
     return emitOpError() << "criterion "
                          << stringifyExitCriterion(getCriterion())
@@ -342,6 +345,10 @@ LogicalResult ExitOp::verify() {
 }
 
 LogicalResult ExitOp::verifySymbolUses(SymbolTableCollection &tables) {
+  if (getLmNormAttr() &&
+      failed(verifyWeightUse(*this, tables, getLmNormAttr(), "lm_norm",
+                             {hiddenSize(getHidden())}, "[hidden]")))
+    return failure();
   if (!getLmHeadAttr())
     return success();
   return verifyWeightUse(*this, tables, getLmHeadAttr(), "lm_head",

@@ -176,8 +176,10 @@ def MoE_ExitOp : MoE_SymbolUserOp<"exit", [
 
     - `cosine`: cos(hidden, previous) >= threshold
     - `relative_l2`: |hidden - previous| / |hidden| <= threshold
-    - `max_prob` / `entropy`: on `softmax(rms_norm(hidden) @ lm_head^T)`,
-      max >= threshold / entropy <= threshold; these need `lm_head`.
+    - `max_prob` / `entropy`: on the next-token distribution
+      `softmax(rms_norm(hidden, lm_norm) @ lm_head^T)` (without `lm_norm`,
+      of `hidden` itself): max >= threshold / entropy (nats) <= threshold;
+      these need `lm_head`.
 
     The result may only be yielded, which is what keeps exits at loop
     boundaries.
@@ -185,12 +187,16 @@ def MoE_ExitOp : MoE_SymbolUserOp<"exit", [
   let arguments = (ins MoE_Hidden:$hidden, MoE_Hidden:$previous,
       MoE_ExitCriterionAttr:$criterion, F32Attr:$threshold,
       DefaultValuedAttr<I64Attr, "1">:$min_passes,
-      OptionalAttr<FlatSymbolRefAttr>:$lm_head);
+      OptionalAttr<FlatSymbolRefAttr>:$lm_head,
+      OptionalAttr<FlatSymbolRefAttr>:$lm_norm,
+      DefaultValuedAttr<F32Attr, "1.0e-6">:$lm_norm_eps);
   let results = (outs MoE_TokenMask:$exits);
   let assemblyFormat = [{
     $hidden `,` $previous `criterion` `=` `` $criterion
     `threshold` `=` $threshold (`min_passes` `=` $min_passes^)?
-    (`lm_head` $lm_head^)? attr-dict `:` type($hidden) `->` type($exits)
+    (`lm_head` $lm_head^)? (`lm_norm` $lm_norm^)?
+    (`lm_norm_eps` `=` $lm_norm_eps^)? attr-dict
+    `:` type($hidden) `->` type($exits)
   }];
   let hasVerifier = 1;
 }
