@@ -169,8 +169,9 @@ _EXTENSION_FIELDS = {
     "exit_min_loops": (int, 1),
 }
 ROUTER_DECISIONS = ("per_layer", "block")
-EXIT_CRITERIA = ("none", "cosine", "relative_l2")
-UNSUPPORTED_EXIT_CRITERIA = ("max_prob", "entropy")
+EXIT_CRITERIA = ("none", "cosine", "relative_l2", "max_prob", "entropy")
+# Criteria that exit when the value is at least tau (the others: at most).
+EXIT_AT_LEAST = ("cosine", "max_prob")
 
 
 @dataclass
@@ -339,10 +340,6 @@ def parse_config(raw):
 
 def _read_extensions(raw):
     """The contract extension fields of a config dict, checked."""
-    criterion = raw.get("exit_criterion")
-    if criterion in UNSUPPORTED_EXIT_CRITERIA:
-        raise ContractError(f"config: field 'exit_criterion' = {criterion!r} is not supported "
-                            f"yet by this reference (supported: {', '.join(EXIT_CRITERIA)})")
     x = _read_fields(raw, _EXTENSION_FIELDS)
     for name, low in (("router_share_block", 1), ("num_loops", 1), ("exit_min_loops", 0)):
         if x[name] < low:
@@ -741,8 +738,19 @@ def decoder_pass(m, W, h, cos, sin, stats=None):
     return h, ids
 
 
-def exit_values(m, h_after, h_before):
-    """Per token: the exit criterion's value for one loop pass ([B,S,d] -> [B,S])."""
+def exit_values(m, h_after, h_before, W):
+    """Per token: the exit criterion's value for one loop pass ([B,S,d] -> [B,S]).
+    max_prob and entropy (nats) read the next-token distribution of the state
+    after the pass: softmax(lm_head(model.norm(h)))."""
+    if m.exit_criterion in ("max_prob", "entropy"):
+        head = W["model.embed_tokens.weight"] if m.tie_word_embeddings else W["lm_head.weight"]
+        logits = rmsnorm(h_after, W["model.norm.weight"], m.rms_norm_eps) @ head.T
+        logits = logits - logits.max(axis=-1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=-1, keepdims=True)
+        if m.exit_criterion == "max_prob":
+            return p.max(axis=-1)
+        return -np.sum(p * np.log(np.maximum(p, 1e-300)), axis=-1)
     if m.exit_criterion == "cosine":
         norms = np.linalg.norm(h_after, axis=-1) * np.linalg.norm(h_before, axis=-1)
         return np.sum(h_after * h_before, axis=-1) / norms
@@ -751,7 +759,7 @@ def exit_values(m, h_after, h_before):
 
 def exit_satisfied(m, values, tau=None):
     tau = m.exit_threshold if tau is None else tau
-    return values >= tau if m.exit_criterion == "cosine" else values <= tau
+    return values >= tau if m.exit_criterion in EXIT_AT_LEAST else values <= tau
 
 
 def forward(m, W, input_ids, stats=None, trace=None):
@@ -773,7 +781,7 @@ def forward(m, W, input_ids, stats=None, trace=None):
         out, ids = decoder_pass(m, W, h, cos, sin, stats)
         leaving = np.zeros_like(active)
         if i in m.exit_passes:
-            values = exit_values(m, out, h)
+            values = exit_values(m, out, h, W)
             values_seen[i][active] = values[active]
             if stats is not None and np.any(active):
                 gap = np.abs(values[active] - m.exit_threshold)
@@ -948,7 +956,7 @@ def try_draw(m, rng, batch, seq, steps, output_scale=1.0):
     ids = rng.integers(0, m.vocab_size, size=(batch, seq)).astype(np.int32)
     W = {n: w.astype(np.float64) for n, w in weights.items()}
     if m.exit_passes:
-        never = math.inf if m.exit_criterion == "cosine" else -math.inf
+        never = math.inf if m.exit_criterion in EXIT_AT_LEAST else -math.inf
         dry = Trace()
         forward(dataclasses.replace(m, exit_threshold=never), W, ids, trace=dry)
         tau = choose_threshold(m, dry.exit_values.reshape(m.num_loops, -1))

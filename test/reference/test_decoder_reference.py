@@ -389,9 +389,7 @@ class ExtensionConfigTest(unittest.TestCase):
         self.assertEqual(m.exit_passes, [1])  # after pass 1 only: i+1 >= 2 and i < K-1
 
     def test_bad_fields_are_rejected(self):
-        for overrides, needle in (({"exit_criterion": "max_prob"}, "not supported yet"),
-                                  ({"exit_criterion": "entropy"}, "not supported yet"),
-                                  ({"exit_criterion": "l1"}, "exit_criterion"),
+        for overrides, needle in (({"exit_criterion": "l1"}, "exit_criterion"),
                                   ({"router_decision": "path"}, "router_decision"),
                                   ({"router_share_block": 0}, "router_share_block"),
                                   ({"num_loops": 0}, "num_loops"),
@@ -400,6 +398,35 @@ class ExtensionConfigTest(unittest.TestCase):
             with self.assertRaises(dec.ContractError, msg=str(overrides)) as cm:
                 dec.parse_config(dec.tiny_config("qwen3_moe", **overrides))
             self.assertIn(needle, str(cm.exception))
+
+    def test_lm_head_exit_values(self):
+        """max_prob and entropy of softmax(lm_head(model.norm(h))), by hand."""
+        import math
+        rng = np.random.default_rng(3)
+        for criterion in ("max_prob", "entropy"):
+            m = dec.parse_config(dec.tiny_config("mixtral", num_loops=2,
+                                                  exit_criterion=criterion,
+                                                  exit_threshold=0.5))
+            d, V = m.hidden_size, m.vocab_size
+            W = {"model.norm.weight": 1 + 0.1 * rng.standard_normal(d),
+                 "lm_head.weight": rng.standard_normal((V, d)),
+                 "model.embed_tokens.weight": rng.standard_normal((V, d))}
+            h = rng.standard_normal((1, 2, d))
+            got = dec.exit_values(m, h, h * 0.5, W)
+            for t in range(2):
+                row = [float(v) for v in h[0, t]]
+                rms = math.sqrt(sum(v * v for v in row) / d + m.rms_norm_eps)
+                normed = [row[i] / rms * W["model.norm.weight"][i] for i in range(d)]
+                logits = [sum(normed[i] * W["lm_head.weight"][v][i] for i in range(d))
+                          for v in range(V)]
+                top = max(logits)
+                z = sum(math.exp(x - top) for x in logits)
+                p = [math.exp(x - top) / z for x in logits]
+                want = max(p) if criterion == "max_prob" else -sum(q * math.log(q) for q in p)
+                self.assertAlmostEqual(float(got[0, t]), want, places=9)
+            # max_prob exits at or above tau, entropy at or below.
+            self.assertEqual(bool(dec.exit_satisfied(m, np.array([0.6]))[0]),
+                             criterion == "max_prob")
 
     def test_a_dense_block_head_is_rejected(self):
         with self.assertRaises(dec.ContractError) as cm:
