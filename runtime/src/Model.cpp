@@ -9,6 +9,7 @@
 
 #include <memory>
 #include <new>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -127,9 +128,51 @@ llvm::Error parseManifest(llvm::StringRef text, moert_model &model) {
   return llvm::Error::success();
 }
 
+/// Newer Hugging Face checkpoints store an expert group fused:
+/// `<prefix>.experts.gate_up_proj` [E, 2f, d] (gate rows first, then up) and
+/// `<prefix>.experts.down_proj` [E, d, f]. Reads a `{e}` source from there
+/// when the per-expert tensors are absent; returns std::nullopt when the
+/// source has no fused form in this checkpoint.
+std::optional<llvm::Expected<std::vector<float>>>
+loadFusedExperts(const moert::WeightFiles &files, const WeightSpec &spec,
+                 std::set<std::string> &used) {
+  llvm::StringRef source = spec.source;
+  auto [prefix, rest] = source.split(".experts.{e}.");
+  if (rest.empty() || spec.shape.size() != 3)
+    return std::nullopt;
+  bool down = rest == "down_proj.weight";
+  bool gate = rest == "gate_proj.weight";
+  if (!down && !gate && rest != "up_proj.weight")
+    return std::nullopt;
+  std::string fused =
+      (prefix + ".experts." + (down ? "down_proj" : "gate_up_proj")).str();
+  if (!files.has(fused))
+    return std::nullopt;
+  int64_t experts = spec.shape[0], rows = spec.shape[1], cols = spec.shape[2];
+  llvm::SmallVector<int64_t, 3> shape = {experts, down ? rows : 2 * rows, cols};
+  auto tensor = files.get(fused, spec.dtype, shape);
+  if (!tensor)
+    return llvm::Expected<std::vector<float>>(tensor.takeError());
+  auto data = moert::readAsF32(*tensor);
+  if (!data)
+    return llvm::Expected<std::vector<float>>(data.takeError());
+  used.insert(fused);
+  if (down)
+    return llvm::Expected<std::vector<float>>(std::move(*data));
+  // Take each expert's gate (first f rows) or up (next f rows) half.
+  std::vector<float> values;
+  values.reserve(experts * rows * cols);
+  for (int64_t e = 0; e < experts; ++e) {
+    const float *begin = data->data() + (e * 2 + (gate ? 0 : 1)) * rows * cols;
+    values.insert(values.end(), begin, begin + rows * cols);
+  }
+  return llvm::Expected<std::vector<float>>(std::move(values));
+}
+
 /// Reads one weight as f32, stacking the per-expert tensors of a `{e}`
-/// source; records the tensor names it used.
-llvm::Expected<std::vector<float>> loadWeight(const moert::WeightFiles &file,
+/// source (or slicing the fused expert tensors); records the tensor names it
+/// used.
+llvm::Expected<std::vector<float>> loadWeight(const moert::WeightFiles &files,
                                               const WeightSpec &spec,
                                               std::set<std::string> &used) {
   llvm::ArrayRef<int64_t> shape = spec.shape;
@@ -140,12 +183,15 @@ llvm::Expected<std::vector<float>> loadWeight(const moert::WeightFiles &file,
       names.push_back(
           std::string(spec.source).replace(pos, 3, std::to_string(e)));
     shape = shape.drop_front();
+    if (!files.has(names.front()))
+      if (auto fused = loadFusedExperts(files, spec, used))
+        return std::move(*fused);
   } else {
     names.push_back(spec.source);
   }
   std::vector<float> values;
   for (const std::string &name : names) {
-    auto tensor = file.get(name, spec.dtype, shape);
+    auto tensor = files.get(name, spec.dtype, shape);
     if (!tensor)
       return tensor.takeError();
     auto data = moert::readAsF32(*tensor);

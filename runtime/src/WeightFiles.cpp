@@ -95,6 +95,11 @@ WeightFiles::get(llvm::StringRef name, DType dtype,
   return files[it->second]->get(name, dtype, shape);
 }
 
+bool WeightFiles::has(llvm::StringRef name) const {
+  return shardOf.empty() ? files.front()->find(name) != nullptr
+                         : shardOf.count(name) != 0;
+}
+
 std::vector<std::pair<const TensorView *, std::string>>
 WeightFiles::tensors() const {
   std::vector<std::pair<const TensorView *, std::string>> all;

@@ -24,6 +24,8 @@ public:
   /// The tensor `name` with the given dtype and shape, from its shard.
   llvm::Expected<const TensorView &> get(llvm::StringRef name, DType dtype,
                                          llvm::ArrayRef<int64_t> shape) const;
+  /// Whether the checkpoint has a tensor of that name.
+  bool has(llvm::StringRef name) const;
   /// Every tensor of every file, with the file it is in.
   std::vector<std::pair<const TensorView *, std::string>> tensors() const;
 
