@@ -9,19 +9,13 @@
 //===----------------------------------------------------------------------===//
 #include "moe/Conversion/Passes.h"
 #include "moe/Dialect/MoE/IR/MoEOps.h"
-#include "moe/Import/ModelFile.h"
+#include "moe/Tools/CompilerSession.h"
 #include "moe/Target/ModelArtifact.h"
 
-#include "mlir/Dialect/ControlFlow/IR/ControlFlow.h"
-#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/Pass/PassManager.h"
-#include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
-#include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/InitLLVM.h"
-#include "llvm/Support/SourceMgr.h"
-#include "llvm/Support/TargetSelect.h"
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/WithColor.h"
 
@@ -76,27 +70,9 @@ int main(int argc, char **argv) {
   if (!isCIdentifier(symbolName))
     return fail("--name '" + symbolName + "' is not a C identifier");
 
-  llvm::InitializeNativeTarget();
-  llvm::InitializeNativeTargetAsmPrinter();
-  DialectRegistry registry;
-  registry.insert<moe::MoEDialect, func::FuncDialect, arith::ArithDialect,
-                  memref::MemRefDialect, scf::SCFDialect,
-                  cf::ControlFlowDialect, LLVM::LLVMDialect>();
-  registerBuiltinDialectTranslation(registry);
-  registerLLVMDialectTranslation(registry);
-  MLIRContext ctx(registry);
-  llvm::SourceMgr sourceMgr;
-  SourceMgrDiagnosticHandler diagnostics(sourceMgr, &ctx);
-  // The optimising passes explain their decisions as remarks; a user sees
-  // them with --remarks (handlers run newest first).
-  ctx.printOpOnDiagnostic(false);
-  ctx.getDiagEngine().registerHandler([](Diagnostic &diag) {
-    return success(diag.getSeverity() == DiagnosticSeverity::Remark &&
-                   !showRemarks);
-  });
-
-  FailureOr<OwningOpRef<ModuleOp>> module =
-      moe::readModelFile(modelPath, &ctx, sourceMgr);
+  moe::CompilerSession session(showRemarks);
+  MLIRContext &ctx = session.getContext();
+  FailureOr<OwningOpRef<ModuleOp>> module = session.readModel(modelPath);
   if (failed(module))
     return 1;
   FailureOr<moe::ModelManifest> manifest = moe::describeModel(**module);

@@ -12,25 +12,19 @@
 
 #include "moe/Conversion/Passes.h"
 #include "moe/Dialect/MoE/IR/MoEOps.h"
-#include "moe/Import/ModelFile.h"
+#include "moe/Tools/CompilerSession.h"
 #include "moe/Target/ModelArtifact.h"
 #include "moert/CpuKernelRegistry.h"
 #include "moert/Safetensors.h"
 #include "moert/moert.h"
 
-#include "mlir/Dialect/ControlFlow/IR/ControlFlow.h"
-#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/ExecutionEngine/ExecutionEngine.h"
 #include "mlir/ExecutionEngine/OptUtils.h"
 #include "mlir/Pass/PassManager.h"
-#include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
-#include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/Format.h"
 #include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/MemoryBuffer.h"
-#include "llvm/Support/SourceMgr.h"
-#include "llvm/Support/TargetSelect.h"
 #include "llvm/Support/WithColor.h"
 
 #include <chrono>
@@ -368,27 +362,8 @@ int main(int argc, char **argv) {
     return fail("--device cuda: this build has no CUDA backend yet; "
                 "run with --device cpu (moe-run never falls back silently)");
 
-  llvm::InitializeNativeTarget();
-  llvm::InitializeNativeTargetAsmPrinter();
-  DialectRegistry registry;
-  registry.insert<moe::MoEDialect, func::FuncDialect, arith::ArithDialect,
-                  memref::MemRefDialect, scf::SCFDialect,
-                  cf::ControlFlowDialect, LLVM::LLVMDialect>();
-  registerBuiltinDialectTranslation(registry);
-  registerLLVMDialectTranslation(registry);
-  MLIRContext ctx(registry);
-  llvm::SourceMgr sourceMgr;
-  SourceMgrDiagnosticHandler diagnostics(sourceMgr, &ctx);
-  // The optimising passes explain their decisions as remarks; a user sees
-  // them with --remarks (handlers run newest first).
-  ctx.printOpOnDiagnostic(false);
-  ctx.getDiagEngine().registerHandler([](Diagnostic &diag) {
-    return success(diag.getSeverity() == DiagnosticSeverity::Remark &&
-                   !showRemarks);
-  });
-
-  FailureOr<OwningOpRef<ModuleOp>> module =
-      moe::readModelFile(modelPath, &ctx, sourceMgr);
+  moe::CompilerSession session(showRemarks);
+  FailureOr<OwningOpRef<ModuleOp>> module = session.readModel(modelPath);
   if (failed(module))
     return 1;
   if (llvm::Error err = run(**module))

@@ -7,6 +7,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "KernelTestUtils.h"
 #include "moert/CpuDecoderKernels.h"
 #include "moert/CpuKernels.h"
 
@@ -22,6 +23,8 @@
 #include <vector>
 
 using namespace moert::cpu;
+using moert::testing::memref;
+using moert::testing::randomVector;
 
 namespace {
 
@@ -31,23 +34,6 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 //===----------------------------------------------------------------------===//
 // Helpers
 //===----------------------------------------------------------------------===//
-
-/// A row-major memref descriptor over `data`.
-template <typename T, int N>
-StridedMemRefType<T, N> memref(std::vector<T> &data,
-                               std::array<int64_t, N> sizes) {
-  StridedMemRefType<T, N> m;
-  m.basePtr = m.data = data.data();
-  m.offset = 0;
-  int64_t stride = 1;
-  for (int i = N - 1; i >= 0; --i) {
-    m.sizes[i] = sizes[i];
-    m.strides[i] = stride;
-    stride *= sizes[i];
-  }
-  EXPECT_EQ(stride, static_cast<int64_t>(data.size()));
-  return m;
-}
 
 std::vector<float> randomVector(size_t n, float scale, unsigned seed,
                                 float offset = 0.0f) {

@@ -7,6 +7,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "KernelTestUtils.h"
 #include "moert/CpuPlanKernels.h"
 
 #include "gtest/gtest.h"
@@ -20,36 +21,12 @@
 #include <vector>
 
 using namespace moert::cpu;
+using moert::testing::memref;
+using moert::testing::randomVector;
 
 namespace {
 
 constexpr double kTolerance = 1e-4;
-
-/// A row-major memref descriptor over `data`.
-template <typename T, int N>
-StridedMemRefType<T, N> memref(std::vector<T> &data,
-                               std::array<int64_t, N> sizes) {
-  StridedMemRefType<T, N> m;
-  m.basePtr = m.data = data.data();
-  m.offset = 0;
-  int64_t stride = 1;
-  for (int i = N - 1; i >= 0; --i) {
-    m.sizes[i] = sizes[i];
-    m.strides[i] = stride;
-    stride *= sizes[i];
-  }
-  EXPECT_EQ(stride, static_cast<int64_t>(data.size()));
-  return m;
-}
-
-std::vector<float> randomVector(size_t n, float scale, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-scale, scale);
-  std::vector<float> v(n);
-  for (float &value : v)
-    value = dist(rng);
-  return v;
-}
 
 void expectNear(float actual, double expected, const char *what, int64_t i) {
   ASSERT_NEAR(actual, expected, kTolerance + kTolerance * std::fabs(expected))

@@ -1,0 +1,33 @@
+//===- CompilerSession.h - what moe-run and moe-compile share ---*- C++ -*-===//
+#ifndef MOE_TOOLS_COMPILERSESSION_H
+#define MOE_TOOLS_COMPILERSESSION_H
+
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/Diagnostics.h"
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/IR/OwningOpRef.h"
+#include "llvm/Support/SourceMgr.h"
+
+namespace mlir::moe {
+
+/// A context with the dialects and LLVM IR translations that compiling a
+/// model needs, the native target initialised, and diagnostics printed
+/// against the model's source. The optimising passes explain their decisions
+/// as remarks; they are shown only when `showRemarks` is set.
+class CompilerSession {
+public:
+  explicit CompilerSession(bool showRemarks);
+
+  MLIRContext &getContext() { return context; }
+  /// Reads a .mlir model or imports a config.json (readModelFile).
+  FailureOr<OwningOpRef<ModuleOp>> readModel(StringRef path);
+
+private:
+  MLIRContext context;
+  llvm::SourceMgr sourceMgr;
+  SourceMgrDiagnosticHandler diagnostics;
+};
+
+} // namespace mlir::moe
+
+#endif // MOE_TOOLS_COMPILERSESSION_H

@@ -1,0 +1,45 @@
+//===- CompilerSession.cpp - what moe-run and moe-compile share -----------===//
+#include "moe/Tools/CompilerSession.h"
+#include "moe/Dialect/MoE/IR/MoEDialect.h"
+#include "moe/Import/ModelFile.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/ControlFlow/IR/ControlFlow.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
+#include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
+#include "llvm/Support/TargetSelect.h"
+
+using namespace mlir;
+
+namespace {
+DialectRegistry compilerDialects() {
+  DialectRegistry registry;
+  registry.insert<moe::MoEDialect, func::FuncDialect, arith::ArithDialect,
+                  memref::MemRefDialect, scf::SCFDialect,
+                  cf::ControlFlowDialect, LLVM::LLVMDialect>();
+  registerBuiltinDialectTranslation(registry);
+  registerLLVMDialectTranslation(registry);
+  return registry;
+}
+} // namespace
+
+moe::CompilerSession::CompilerSession(bool showRemarks)
+    : context(compilerDialects()), diagnostics(sourceMgr, &context) {
+  llvm::InitializeNativeTarget();
+  llvm::InitializeNativeTargetAsmPrinter();
+  context.printOpOnDiagnostic(false);
+  // Handlers run newest first: this one swallows remarks unless asked.
+  context.getDiagEngine().registerHandler([showRemarks](Diagnostic &diag) {
+    return success(diag.getSeverity() == DiagnosticSeverity::Remark &&
+                   !showRemarks);
+  });
+}
+
+FailureOr<OwningOpRef<ModuleOp>>
+moe::CompilerSession::readModel(StringRef path) {
+  return readModelFile(path, &context, sourceMgr);
+}

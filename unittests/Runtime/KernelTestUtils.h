@@ -1,0 +1,43 @@
+//===- KernelTestUtils.h - helpers shared by the CPU kernel tests -*- C++ -*-===//
+#ifndef MOE_UNITTESTS_RUNTIME_KERNELTESTUTILS_H
+#define MOE_UNITTESTS_RUNTIME_KERNELTESTUTILS_H
+
+#include "mlir/ExecutionEngine/CRunnerUtils.h"
+#include "gtest/gtest.h"
+
+#include <array>
+#include <random>
+#include <vector>
+
+namespace moert::testing {
+
+/// A row-major memref descriptor over `data`.
+template <typename T, int N>
+StridedMemRefType<T, N> memref(std::vector<T> &data,
+                               std::array<int64_t, N> sizes) {
+  StridedMemRefType<T, N> m;
+  m.basePtr = m.data = data.data();
+  m.offset = 0;
+  int64_t stride = 1;
+  for (int i = N - 1; i >= 0; --i) {
+    m.sizes[i] = sizes[i];
+    m.strides[i] = stride;
+    stride *= sizes[i];
+  }
+  EXPECT_EQ(stride, static_cast<int64_t>(data.size()));
+  return m;
+}
+
+/// `n` floats uniform in [-scale, scale], reproducible from `seed`.
+inline std::vector<float> randomVector(size_t n, float scale, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-scale, scale);
+  std::vector<float> v(n);
+  for (float &value : v)
+    value = dist(rng);
+  return v;
+}
+
+} // namespace moert::testing
+
+#endif // MOE_UNITTESTS_RUNTIME_KERNELTESTUTILS_H
