@@ -76,6 +76,18 @@ struct moert_session {
 };
 
 namespace {
+/// Calls the compiled entry point with `descriptors` (its leading arguments)
+/// followed by the model's weights.
+void runCompiled(moert_model &model,
+                 llvm::SmallVectorImpl<Descriptor> &descriptors) {
+  for (size_t i = 0; i < model.specs.size(); ++i)
+    descriptors.emplace_back(model.weights[i].data(), model.specs[i].shape);
+  llvm::SmallVector<void *> pointers;
+  for (Descriptor &d : descriptors)
+    pointers.push_back(d.get());
+  model.compiled->run(pointers.data());
+}
+
 llvm::Error parseManifest(llvm::StringRef text, moert_model &model) {
   auto fail = [](const llvm::Twine &why) {
     return llvm::createStringError(llvm::inconvertibleErrorCode(),
@@ -284,12 +296,7 @@ moert_status moert_model_run(moert_model *model, int64_t tokens,
       Descriptor(out->exit_loop, {tokens}),
       Descriptor(out->expert_ids, {steps, tokens, info.top_k}),
       Descriptor(out->expert_gates, {steps, tokens, info.top_k})};
-  for (size_t i = 0; i < model->specs.size(); ++i)
-    descriptors.emplace_back(model->weights[i].data(), model->specs[i].shape);
-  llvm::SmallVector<void *> pointers;
-  for (Descriptor &d : descriptors)
-    pointers.push_back(d.get());
-  model->compiled->run(pointers.data());
+  runCompiled(*model, descriptors);
   return nullptr;
 }
 
@@ -356,12 +363,7 @@ moert_status moert_session_forward(moert_session *session,
       descriptors.emplace_back(
           session->caches[2 * slot + kv].get(),
           llvm::ArrayRef<int64_t>{info.max_positions, model->cacheWidths[slot]});
-  for (size_t i = 0; i < model->specs.size(); ++i)
-    descriptors.emplace_back(model->weights[i].data(), model->specs[i].shape);
-  llvm::SmallVector<void *> pointers;
-  for (Descriptor &d : descriptors)
-    pointers.push_back(d.get());
-  model->compiled->run(pointers.data());
+  runCompiled(*model, descriptors);
   session->position += n;
   return nullptr;
 }

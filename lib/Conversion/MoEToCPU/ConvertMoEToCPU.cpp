@@ -51,6 +51,7 @@ public:
   LogicalResult lowerDecoder(func::FuncOp func);
 
 private:
+  Block *createLoweredFunction(func::FuncOp func, SmallVector<Type> inputs);
   LogicalResult checkForm(func::FuncOp func);
   LogicalResult checkLoopBody(LoopOp loop);
   LogicalResult emitOp(Operation *op);
@@ -271,7 +272,6 @@ LogicalResult ModelLowering::checkForm(func::FuncOp func) {
 LogicalResult ModelLowering::lower(func::FuncOp func) {
   if (failed(checkForm(func)))
     return failure();
-  MLIRContext *ctx = func.getContext();
   loc = func.getLoc();
   auto hidden = cast<RankedTensorType>(func.getFunctionType().getInput(0));
   int64_t d = hidden.getDimSize(1);
@@ -283,15 +283,7 @@ LogicalResult ModelLowering::lower(func::FuncOp func) {
                               MemRefType::get({dyn}, i32),
                               MemRefType::get({dyn, dyn, topK}, i32),
                               MemRefType::get({dyn, dyn, topK}, f32)};
-  for (WeightOp w : weights)
-    inputs.push_back(MemRefType::get(w.getTensorType().getShape(), f32));
-
-  builder.setInsertionPoint(func);
-  auto lowered = func::FuncOp::create(builder, loc, func.getName(),
-                                      FunctionType::get(ctx, inputs, {}));
-  lowered->setAttr(kCInterface, builder.getUnitAttr());
-  Block *entry = lowered.addEntryBlock();
-  builder.setInsertionPointToStart(entry);
+  Block *entry = createLoweredFunction(func, inputs);
 
   Value hiddenIn = entry->getArgument(0), hiddenOut = entry->getArgument(1);
   exitLoopArg = entry->getArgument(2);
@@ -318,11 +310,28 @@ LogicalResult ModelLowering::lower(func::FuncOp func) {
   return success();
 }
 
+/// Creates the buffer-level function that replaces `func`: `inputs`, then
+/// one f32 buffer per weight, with MLIR's C interface; returns its entry
+/// block, with the builder at its start.
+Block *ModelLowering::createLoweredFunction(func::FuncOp func,
+                                            SmallVector<Type> inputs) {
+  for (WeightOp w : weights)
+    inputs.push_back(
+        MemRefType::get(w.getTensorType().getShape(), builder.getF32Type()));
+  builder.setInsertionPoint(func);
+  auto lowered = func::FuncOp::create(
+      builder, loc, func.getName(),
+      FunctionType::get(func.getContext(), inputs, {}));
+  lowered->setAttr(kCInterface, builder.getUnitAttr());
+  Block *entry = lowered.addEntryBlock();
+  builder.setInsertionPointToStart(entry);
+  return entry;
+}
+
 /// A decoder `@f(tokens, positions) -> logits` becomes
 /// `@f(tokens, positions, logits, k0, v0, k1, v1, ..., weights...)`: the
 /// KV caches, [max positions, kv_heads * head_dim] each, in cache-slot order.
 LogicalResult ModelLowering::lowerDecoder(func::FuncOp func) {
-  MLIRContext *ctx = func.getContext();
   loc = func.getLoc();
   FunctionType type = func.getFunctionType();
   auto logitsType = dyn_cast<RankedTensorType>(type.getResult(0));
@@ -362,15 +371,7 @@ LogicalResult ModelLowering::lowerDecoder(func::FuncOp func) {
       int64_t width = a.getNumKvHeads() * a.getHeadDim();
       inputs.append(2, MemRefType::get({dyn, width}, f32));
     }
-  for (WeightOp w : weights)
-    inputs.push_back(MemRefType::get(w.getTensorType().getShape(), f32));
-
-  builder.setInsertionPoint(func);
-  auto lowered = func::FuncOp::create(builder, loc, func.getName(),
-                                      FunctionType::get(ctx, inputs, {}));
-  lowered->setAttr(kCInterface, builder.getUnitAttr());
-  Block *entry = lowered.addEntryBlock();
-  builder.setInsertionPointToStart(entry);
+  Block *entry = createLoweredFunction(func, inputs);
   int64_t caches = loop.getPasses() * slotsPerPass;
   for (int64_t slot = 0; slot < caches; ++slot)
     kvCaches[slot] = {entry->getArgument(4 + 2 * slot),
