@@ -22,28 +22,30 @@
 using namespace mlir;
 namespace cl = llvm::cl;
 
+static cl::OptionCategory compileCategory("moe-compile options");
+
 static cl::opt<std::string> modelPath(cl::Positional, cl::Required,
-                                      cl::desc("<model.mlir | config.json>"));
+                                      cl::cat(compileCategory), cl::desc("<model.mlir | config.json>"));
 static cl::opt<bool>
     showRemarks("remarks",
-                cl::desc("Print the optimising passes' remarks (what they "
+                cl::cat(compileCategory), cl::desc("Print the optimising passes' remarks (what they "
                          "did and why)"));
 static cl::opt<unsigned>
     optLevel("opt-level", cl::init(1), cl::value_desc("0|1"),
-             cl::desc("0: lower the model as written; 1 (default): run the "
+             cl::cat(compileCategory), cl::desc("0: lower the model as written; 1 (default): run the "
                       "moe optimising passes first"));
 static cl::opt<std::string> target("target", cl::init("cpu"),
                                    cl::value_desc("cpu|cuda"),
-                                   cl::desc("Code generation target (cpu)"));
+                                   cl::cat(compileCategory), cl::desc("Code generation target (cpu)"));
 static cl::opt<std::string> outputPath("o", cl::Required,
                                        cl::value_desc("file.o"),
-                                       cl::desc("Object file to write"));
+                                       cl::cat(compileCategory), cl::desc("Object file to write"));
 static cl::opt<std::string>
     headerPath("header", cl::value_desc("file.h"),
-               cl::desc("C header declaring the compiled model"));
+               cl::cat(compileCategory), cl::desc("C header declaring the compiled model"));
 static cl::opt<std::string>
     symbolName("name", cl::init("moe_model"), cl::value_desc("symbol"),
-               cl::desc("C symbol of the compiled model (default moe_model)"));
+               cl::cat(compileCategory), cl::desc("C symbol of the compiled model (default moe_model)"));
 
 static int fail(const llvm::Twine &message) {
   llvm::WithColor::error(llvm::errs(), "moe-compile") << message << "\n";
@@ -57,6 +59,7 @@ static bool isCIdentifier(StringRef name) {
 
 int main(int argc, char **argv) {
   llvm::InitLLVM init(argc, argv);
+  cl::HideUnrelatedOptions(compileCategory);
   cl::ParseCommandLineOptions(
       argc, argv,
       "moe-compile: compile a moe model to an object file and a C header\n\n"

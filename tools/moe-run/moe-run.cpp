@@ -33,39 +33,41 @@
 using namespace mlir;
 namespace cl = llvm::cl;
 
+static cl::OptionCategory runCategory("moe-run options");
+
 static cl::opt<std::string> modelPath(cl::Positional, cl::Required,
-                                      cl::desc("<model.mlir | config.json>"));
+                                      cl::cat(runCategory), cl::desc("<model.mlir | config.json>"));
 static cl::opt<std::string>
     weightsPath("weights", cl::Required, cl::value_desc("file"),
-                cl::desc("Weights (.safetensors), named as the model's "
+                cl::cat(runCategory), cl::desc("Weights (.safetensors), named as the model's "
                          "moe.weight sources"));
 static cl::opt<std::string>
     inputsPath("inputs", cl::Required, cl::value_desc("file"),
-               cl::desc("Inputs (.safetensors) with hidden_states F32 [T, d]"));
+               cl::cat(runCategory), cl::desc("Inputs (.safetensors): hidden_states F32 [T, d], or "
+                        "input_ids I32 [B, S] for decoders"));
 static cl::opt<std::string> outputsPath(
     "outputs", cl::Required, cl::value_desc("file"),
-    cl::desc("Where to write hidden_states, exit_loop, expert_ids and "
-             "expert_gates (.safetensors)"));
+    cl::cat(runCategory), cl::desc("Where to write the outputs (.safetensors; see above)"));
 static cl::opt<unsigned>
     generate("generate", cl::init(0), cl::value_desc("N"),
-             cl::desc("Decoders: after the prefill, greedily generate N "
+             cl::cat(runCategory), cl::desc("Decoders: after the prefill, greedily generate N "
                       "tokens per sequence with the KV cache (output "
                       "'generated' I32 [batch, N])"));
 static cl::opt<unsigned>
     repeat("repeat", cl::init(1), cl::value_desc("N"),
-           cl::desc("Run the model N times and print the median and minimum "
+           cl::cat(runCategory), cl::desc("Run the model N times and print the median and minimum "
                     "run time (for benchmarks)"));
 static cl::opt<bool>
     showRemarks("remarks",
-                cl::desc("Print the optimising passes' remarks (what they "
+                cl::cat(runCategory), cl::desc("Print the optimising passes' remarks (what they "
                          "did and why)"));
 static cl::opt<unsigned>
     optLevel("opt-level", cl::init(1), cl::value_desc("0|1"),
-             cl::desc("0: lower the model as written; 1 (default): run the "
+             cl::cat(runCategory), cl::desc("0: lower the model as written; 1 (default): run the "
                       "moe optimising passes first"));
 static cl::opt<std::string>
     device("device", cl::init("cpu"), cl::value_desc("cpu|cuda"),
-           cl::desc("Device to run on (default cpu)"));
+           cl::cat(runCategory), cl::desc("Device to run on (default cpu)"));
 // LLVM registers its own -stats (pass statistics) while parsing, so
 // --stats is taken out of argv before cl::ParseCommandLineOptions.
 static bool stats = false;
@@ -345,15 +347,24 @@ int main(int argc, char **argv) {
     else
       args.push_back(argv[i]);
   }
+  cl::HideUnrelatedOptions(runCategory);
   cl::ParseCommandLineOptions(
       args.size(), args.data(),
-      "moe-run: compile a moe model for the CPU and run it on a batch of "
-      "tokens\n\nMODEL is a .mlir file in the moe dialect or a moe_stack "
-      "config.json.\nOutputs follow the model contract: hidden_states, "
-      "exit_loop, expert_ids,\nexpert_gates, plus non_finite_input (1 for a "
-      "token whose input had NaN/Inf).\n\n  --stats  print expert load per "
-      "layer, distinct expert paths, path\n           entropy, cross-layer "
-      "consistency, exits per pass and wall time\n");
+      "moe-run: compile a moe model for the CPU and run it\n\n"
+      "MODEL is a .mlir file in the moe dialect or a config.json (moe_stack, "
+      "mixtral,\nolmoe, qwen3_moe). WEIGHTS is a .safetensors file, a "
+      "model.safetensors.index.json\nor a directory holding either.\n\n"
+      "moe_stack models: inputs hidden_states F32 [T, d]; outputs "
+      "hidden_states,\n  exit_loop, expert_ids, expert_gates (the model "
+      "contract's), and non_finite_input\n  (1 for a token whose input had "
+      "NaN/Inf).\n"
+      "Decoders: inputs input_ids I32 [B, S]; outputs logits [B, S, V], "
+      "exit_loop [B, S],\n  and with --generate N the greedy tokens "
+      "generated [B, N].\n\n"
+      "  --stats  moe_stack: expert load per layer, distinct expert paths, "
+      "path entropy,\n           cross-layer consistency, exits per pass, "
+      "wall time; decoders: exits per\n           pass and prefill/decode "
+      "tokens per second\n");
   auto fail = [](const llvm::Twine &message) {
     llvm::WithColor::error(llvm::errs(), "moe-run") << message << "\n";
     return 1;
