@@ -9,8 +9,8 @@
 //===----------------------------------------------------------------------===//
 #include "moe/Conversion/Passes.h"
 #include "moe/Dialect/MoE/IR/MoEOps.h"
-#include "moe/Tools/CompilerSession.h"
 #include "moe/Target/ModelArtifact.h"
+#include "moe/Tools/CompilerSession.h"
 
 #include "mlir/Pass/PassManager.h"
 #include "llvm/Support/CommandLine.h"
@@ -25,27 +25,32 @@ namespace cl = llvm::cl;
 static cl::OptionCategory compileCategory("moe-compile options");
 
 static cl::opt<std::string> modelPath(cl::Positional, cl::Required,
-                                      cl::cat(compileCategory), cl::desc("<model.mlir | config.json>"));
+                                      cl::cat(compileCategory),
+                                      cl::desc("<model.mlir | config.json>"));
 static cl::opt<bool>
-    showRemarks("remarks",
-                cl::cat(compileCategory), cl::desc("Print the optimising passes' remarks (what they "
+    showRemarks("remarks", cl::cat(compileCategory),
+                cl::desc("Print the optimising passes' remarks (what they "
                          "did and why)"));
 static cl::opt<unsigned>
     optLevel("opt-level", cl::init(1), cl::value_desc("0|1"),
-             cl::cat(compileCategory), cl::desc("0: lower the model as written; 1 (default): run the "
+             cl::cat(compileCategory),
+             cl::desc("0: lower the model as written; 1 (default): run the "
                       "moe optimising passes first"));
 static cl::opt<std::string> target("target", cl::init("cpu"),
                                    cl::value_desc("cpu|cuda"),
-                                   cl::cat(compileCategory), cl::desc("Code generation target (cpu)"));
+                                   cl::cat(compileCategory),
+                                   cl::desc("Code generation target (cpu)"));
 static cl::opt<std::string> outputPath("o", cl::Required,
                                        cl::value_desc("file.o"),
-                                       cl::cat(compileCategory), cl::desc("Object file to write"));
+                                       cl::cat(compileCategory),
+                                       cl::desc("Object file to write"));
 static cl::opt<std::string>
-    headerPath("header", cl::value_desc("file.h"),
-               cl::cat(compileCategory), cl::desc("C header declaring the compiled model"));
+    headerPath("header", cl::value_desc("file.h"), cl::cat(compileCategory),
+               cl::desc("C header declaring the compiled model"));
 static cl::opt<std::string>
     symbolName("name", cl::init("moe_model"), cl::value_desc("symbol"),
-               cl::cat(compileCategory), cl::desc("C symbol of the compiled model (default moe_model)"));
+               cl::cat(compileCategory),
+               cl::desc("C symbol of the compiled model (default moe_model)"));
 
 static int fail(const llvm::Twine &message) {
   llvm::WithColor::error(llvm::errs(), "moe-compile") << message << "\n";
@@ -54,7 +59,8 @@ static int fail(const llvm::Twine &message) {
 
 static bool isCIdentifier(StringRef name) {
   return !name.empty() && !llvm::isDigit(name.front()) &&
-         llvm::all_of(name, [](char c) { return llvm::isAlnum(c) || c == '_'; });
+         llvm::all_of(name,
+                      [](char c) { return llvm::isAlnum(c) || c == '_'; });
 }
 
 int main(int argc, char **argv) {

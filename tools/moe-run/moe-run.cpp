@@ -12,8 +12,8 @@
 
 #include "moe/Conversion/Passes.h"
 #include "moe/Dialect/MoE/IR/MoEOps.h"
-#include "moe/Tools/CompilerSession.h"
 #include "moe/Target/ModelArtifact.h"
+#include "moe/Tools/CompilerSession.h"
 #include "moert/CpuKernelRegistry.h"
 #include "moert/Safetensors.h"
 #include "moert/moert.h"
@@ -36,38 +36,43 @@ namespace cl = llvm::cl;
 static cl::OptionCategory runCategory("moe-run options");
 
 static cl::opt<std::string> modelPath(cl::Positional, cl::Required,
-                                      cl::cat(runCategory), cl::desc("<model.mlir | config.json>"));
+                                      cl::cat(runCategory),
+                                      cl::desc("<model.mlir | config.json>"));
 static cl::opt<std::string>
     weightsPath("weights", cl::Required, cl::value_desc("file"),
-                cl::cat(runCategory), cl::desc("Weights (.safetensors), named as the model's "
-                         "moe.weight sources"));
+                cl::cat(runCategory),
+                cl::desc("Weights: .safetensors, model.safetensors.index.json, "
+                         "or a checkpoint directory"));
 static cl::opt<std::string>
     inputsPath("inputs", cl::Required, cl::value_desc("file"),
-               cl::cat(runCategory), cl::desc("Inputs (.safetensors): hidden_states F32 [T, d], or "
+               cl::cat(runCategory),
+               cl::desc("Inputs (.safetensors): hidden_states F32 [T, d], or "
                         "input_ids I32 [B, S] for decoders"));
 static cl::opt<std::string> outputsPath(
-    "outputs", cl::Required, cl::value_desc("file"),
-    cl::cat(runCategory), cl::desc("Where to write the outputs (.safetensors; see above)"));
+    "outputs", cl::Required, cl::value_desc("file"), cl::cat(runCategory),
+    cl::desc("Where to write the outputs (.safetensors; see above)"));
 static cl::opt<unsigned>
-    generate("generate", cl::init(0), cl::value_desc("N"),
-             cl::cat(runCategory), cl::desc("Decoders: after the prefill, greedily generate N "
+    generate("generate", cl::init(0), cl::value_desc("N"), cl::cat(runCategory),
+             cl::desc("Decoders: after the prefill, greedily generate N "
                       "tokens per sequence with the KV cache (output "
                       "'generated' I32 [batch, N])"));
 static cl::opt<unsigned>
-    repeat("repeat", cl::init(1), cl::value_desc("N"),
-           cl::cat(runCategory), cl::desc("Run the model N times and print the median and minimum "
+    repeat("repeat", cl::init(1), cl::value_desc("N"), cl::cat(runCategory),
+           cl::desc("Run the model N times and print the median and minimum "
                     "run time (for benchmarks)"));
 static cl::opt<bool>
-    showRemarks("remarks",
-                cl::cat(runCategory), cl::desc("Print the optimising passes' remarks (what they "
+    showRemarks("remarks", cl::cat(runCategory),
+                cl::desc("Print the optimising passes' remarks (what they "
                          "did and why)"));
 static cl::opt<unsigned>
     optLevel("opt-level", cl::init(1), cl::value_desc("0|1"),
-             cl::cat(runCategory), cl::desc("0: lower the model as written; 1 (default): run the "
+             cl::cat(runCategory),
+             cl::desc("0: lower the model as written; 1 (default): run the "
                       "moe optimising passes first"));
-static cl::opt<std::string>
-    device("device", cl::init("cpu"), cl::value_desc("cpu|cuda"),
-           cl::cat(runCategory), cl::desc("Device to run on (default cpu)"));
+static cl::opt<std::string> device("device", cl::init("cpu"),
+                                   cl::value_desc("cpu|cuda"),
+                                   cl::cat(runCategory),
+                                   cl::desc("Device to run on (default cpu)"));
 // LLVM registers its own -stats (pass statistics) while parsing, so
 // --stats is taken out of argv before cl::ParseCommandLineOptions.
 static bool stats = false;
@@ -95,8 +100,7 @@ llvm::orc::SymbolMap kernelSymbols(llvm::orc::MangleAndInterner interner) {
   return map;
 }
 
-template <typename T>
-ArrayRef<uint8_t> bytesOf(const std::vector<T> &v) {
+template <typename T> ArrayRef<uint8_t> bytesOf(const std::vector<T> &v) {
   return {reinterpret_cast<const uint8_t *>(v.data()), v.size() * sizeof(T)};
 }
 
@@ -131,8 +135,8 @@ struct LoadedModel {
   std::unique_ptr<ExecutionEngine> engine;
   std::unique_ptr<moert_context, void (*)(moert_context *)> ctx{
       nullptr, moert_context_free};
-  std::unique_ptr<moert_model, void (*)(moert_model *)> model{
-      nullptr, moert_model_free};
+  std::unique_ptr<moert_model, void (*)(moert_model *)> model{nullptr,
+                                                              moert_model_free};
 };
 
 llvm::Expected<LoadedModel> load(ModuleOp module,
@@ -151,8 +155,8 @@ llvm::Expected<LoadedModel> load(ModuleOp module,
     return err;
   loaded.ctx.reset(ctx);
   moert_model *model = nullptr;
-  if (llvm::Error err = check(
-          moert_model_load(ctx, compiled, weightsPath.c_str(), &model)))
+  if (llvm::Error err =
+          check(moert_model_load(ctx, compiled, weightsPath.c_str(), &model)))
     return err;
   loaded.model.reset(model);
   return loaded;
@@ -213,8 +217,8 @@ llvm::Error runDecoder(ModuleOp module, const moe::ModelManifest &manifest) {
       generated[b * steps + i] = next;
       if (i + 1 == steps)
         break;
-      if (llvm::Error err = check(
-              moert_session_forward(raw, &next, 1, step.data(), nullptr)))
+      if (llvm::Error err =
+              check(moert_session_forward(raw, &next, 1, step.data(), nullptr)))
         return err;
       last = step.data();
     }
@@ -234,7 +238,8 @@ llvm::Error runDecoder(ModuleOp module, const moe::ModelManifest &manifest) {
   }
   if (stats)
     llvm::outs() << llvm::format(
-        "stats: %lld sequences; prefill %lld tokens in %.3f ms (%.1f tokens/s); "
+        "stats: %lld sequences; prefill %lld tokens in %.3f ms (%.1f "
+        "tokens/s); "
         "decode %lld tokens in %.3f ms (%.1f tokens/s)\n",
         (long long)batch, (long long)(batch * seq), prefillSeconds * 1e3,
         batch * seq / std::max(prefillSeconds, 1e-9),
@@ -305,9 +310,9 @@ llvm::Error run(ModuleOp module) {
     if (llvm::Error err =
             check(moert_model_run(model, tokens, hiddenIn->data(), &outputs)))
       return err;
-    times.push_back(std::chrono::duration<double>(
-                        std::chrono::steady_clock::now() - start)
-                        .count());
+    times.push_back(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count());
   }
   llvm::sort(times);
   double seconds = times[times.size() / 2];
@@ -328,9 +333,13 @@ llvm::Error run(ModuleOp module) {
   std::vector<moert::TensorToWrite> tensors = {
       {"hidden_states", moert::DType::F32, {tokens, d}, bytesOf(hidden)},
       {"exit_loop", moert::DType::I32, {tokens}, bytesOf(exitLoop)},
-      {"expert_ids", moert::DType::I32, {steps, tokens, manifest->topK},
+      {"expert_ids",
+       moert::DType::I32,
+       {steps, tokens, manifest->topK},
        bytesOf(ids)},
-      {"expert_gates", moert::DType::F32, {steps, tokens, manifest->topK},
+      {"expert_gates",
+       moert::DType::F32,
+       {steps, tokens, manifest->topK},
        bytesOf(gates)},
       {"non_finite_input", moert::DType::I32, {tokens}, bytesOf(nonFinite)}};
   return moert::writeSafetensors(outputsPath, tensors);
