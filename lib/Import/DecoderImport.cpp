@@ -38,20 +38,50 @@ struct DecoderConfig {
 
 /// Fields a Hugging Face config carries that do not change the forward pass
 /// (or are checked separately); they are read silently.
-constexpr llvm::StringLiteral kKnownFields[] = {
-    "model_type", "architectures", "vocab_size", "hidden_size",
-    "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
-    "num_attention_heads", "num_key_value_heads", "head_dim",
-    "num_local_experts", "num_experts", "num_experts_per_tok",
-    "norm_topk_prob", "rms_norm_eps", "rope_theta", "rope_scaling",
-    "max_position_embeddings", "tie_word_embeddings", "hidden_act",
-    "torch_dtype", "clip_qkv", "attention_bias", "attention_dropout",
-    "decoder_sparse_step", "mlp_only_layers", "sliding_window",
-    "use_sliding_window", "max_window_layers", "router_jitter_noise",
-    "router_aux_loss_coef", "output_router_logits", "bos_token_id",
-    "eos_token_id", "pad_token_id", "initializer_range", "use_cache",
-    "transformers_version", "router_share_block", "router_decision",
-    "num_loops", "exit_criterion", "exit_threshold", "exit_min_loops"};
+constexpr llvm::StringLiteral kKnownFields[] = {"model_type",
+                                                "architectures",
+                                                "vocab_size",
+                                                "hidden_size",
+                                                "intermediate_size",
+                                                "moe_intermediate_size",
+                                                "num_hidden_layers",
+                                                "num_attention_heads",
+                                                "num_key_value_heads",
+                                                "head_dim",
+                                                "num_local_experts",
+                                                "num_experts",
+                                                "num_experts_per_tok",
+                                                "norm_topk_prob",
+                                                "rms_norm_eps",
+                                                "rope_theta",
+                                                "rope_scaling",
+                                                "max_position_embeddings",
+                                                "tie_word_embeddings",
+                                                "hidden_act",
+                                                "torch_dtype",
+                                                "clip_qkv",
+                                                "attention_bias",
+                                                "attention_dropout",
+                                                "decoder_sparse_step",
+                                                "mlp_only_layers",
+                                                "sliding_window",
+                                                "use_sliding_window",
+                                                "max_window_layers",
+                                                "router_jitter_noise",
+                                                "router_aux_loss_coef",
+                                                "output_router_logits",
+                                                "bos_token_id",
+                                                "eos_token_id",
+                                                "pad_token_id",
+                                                "initializer_range",
+                                                "use_cache",
+                                                "transformers_version",
+                                                "router_share_block",
+                                                "router_decision",
+                                                "num_loops",
+                                                "exit_criterion",
+                                                "exit_threshold",
+                                                "exit_min_loops"};
 
 class DecoderReader : public JsonConfig {
 public:
@@ -119,8 +149,9 @@ LogicalResult DecoderReader::readFields(DecoderConfig &c) {
   if (!c.headDim) {
     if (c.hidden % c.heads)
       return fieldError("hidden_size")
-             << "= " << c.hidden << " is not a multiple of num_attention_heads ("
-             << c.heads << "); give head_dim";
+             << "= " << c.hidden
+             << " is not a multiple of num_attention_heads (" << c.heads
+             << "); give head_dim";
     c.headDim = c.hidden / c.heads;
   }
   if (c.heads % c.kvHeads)
@@ -134,8 +165,9 @@ LogicalResult DecoderReader::readFields(DecoderConfig &c) {
   if (c.headDim % 2)
     return fieldError("head_dim")
            << "= " << c.headDim << " must be even for rotary embeddings";
-  for (auto [field, value] : {std::pair<StringRef, float>{"rms_norm_eps", c.eps},
-                              {"rope_theta", c.ropeTheta}})
+  for (auto [field, value] :
+       {std::pair<StringRef, float>{"rms_norm_eps", c.eps},
+        {"rope_theta", c.ropeTheta}})
     if (!(value > 0.0f))
       return fieldError(field) << "= " << formatFloat(value) << " must be > 0";
   if (c.exitCriterion == ExitCriterion::cosine &&
@@ -274,14 +306,15 @@ void DecoderEmitter::declareLayer(int64_t l) {
     weight(sym(l, "k_norm"), {perHead ? c.headDim : kv},
            tensor(l, "self_attn.k_norm.weight"));
   }
-  weight(sym(l, "post_norm"), {d}, tensor(l, "post_attention_layernorm.weight"));
+  weight(sym(l, "post_norm"), {d},
+         tensor(l, "post_attention_layernorm.weight"));
   StringRef moe = mixtral ? "block_sparse_moe" : "mlp";
   if (l % c.shareBlock == 0)
     weight(sym(l, "router"), {e, d}, tensor(l, (moe + ".gate.weight").str()));
   auto expert = [&](StringRef hf, StringRef mixtralName) {
-    return tensor(l, (moe + ".experts.{e}." + (mixtral ? mixtralName : hf) +
-                      ".weight")
-                         .str());
+    return tensor(
+        l, (moe + ".experts.{e}." + (mixtral ? mixtralName : hf) + ".weight")
+               .str());
   };
   weight(sym(l, "gate"), {e, f, d}, expert("gate_proj", "w1"));
   weight(sym(l, "up"), {e, f, d}, expert("up_proj", "w3"));
@@ -334,29 +367,29 @@ OwningOpRef<ModuleOp> DecoderEmitter::emit() {
     weight("lm_head", {c.vocab, c.hidden}, "lm_head.weight");
 
   Location loc = named("forward");
-  auto func = func::FuncOp::create(
-      builder, loc, "forward",
-      builder.getFunctionType({tokensType, tokensType},
-                              {logitsType, exitLoopType}));
+  auto func =
+      func::FuncOp::create(builder, loc, "forward",
+                           builder.getFunctionType({tokensType, tokensType},
+                                                   {logitsType, exitLoopType}));
   Block *entry = func.addEntryBlock();
   builder.setInsertionPointToStart(entry);
   Value hidden = EmbedOp::create(builder, named("model.embed_tokens"),
                                  hiddenType, entry->getArgument(0), "embed");
   // The layers run in a moe.loop of num_loops passes (one for a plain
   // decoder); each pass has its own KV caches, so the loop is unrolled.
-  auto loop = LoopOp::create(builder, named("model.layers"), hiddenType,
-                             exitLoopType, hidden, c.numLoops, LoopMode::unroll);
+  auto loop =
+      LoopOp::create(builder, named("model.layers"), hiddenType, exitLoopType,
+                     hidden, c.numLoops, LoopMode::unroll);
   {
     OpBuilder::InsertionGuard guard(builder);
-    Block *body = builder.createBlock(&loop.getBody(), {}, {hiddenType},
-                                      {loop.getLoc()});
+    Block *body =
+        builder.createBlock(&loop.getBody(), {}, {hiddenType}, {loop.getLoc()});
     Value state = body->getArgument(0);
     RouteOp route;
     for (int64_t l = 0; l < c.layers; ++l)
       state = emitLayer(l, state, entry->getArgument(1), route);
     SmallVector<Value, 2> results = {state};
-    if (c.exitCriterion && c.exitMinLoops < c.numLoops)
-    {
+    if (c.exitCriterion && c.exitMinLoops < c.numLoops) {
       // The LM-head criteria read the next-token distribution of the state.
       bool onHead = *c.exitCriterion == ExitCriterion::max_prob ||
                     *c.exitCriterion == ExitCriterion::entropy;
@@ -364,17 +397,17 @@ OwningOpRef<ModuleOp> DecoderEmitter::emit() {
         return onHead ? FlatSymbolRefAttr::get(builder.getContext(), name)
                       : FlatSymbolRefAttr();
       };
-      results.push_back(ExitOp::create(
-          builder, loop.getLoc(), maskType, state, body->getArgument(0),
-          *c.exitCriterion, APFloat(c.exitThreshold), c.exitMinLoops,
-          symbol(c.tied ? "embed" : "lm_head"), symbol("final_norm"),
-          APFloat(c.eps)));
+      results.push_back(ExitOp::create(builder, loop.getLoc(), maskType, state,
+                                       body->getArgument(0), *c.exitCriterion,
+                                       APFloat(c.exitThreshold), c.exitMinLoops,
+                                       symbol(c.tied ? "embed" : "lm_head"),
+                                       symbol("final_norm"), APFloat(c.eps)));
     }
     YieldOp::create(builder, loop.getLoc(), results);
   }
-  Value normed = RmsNormOp::create(builder, named("model.norm"), hiddenType,
-                                   loop.getResult(), "final_norm",
-                                   APFloat(c.eps));
+  Value normed =
+      RmsNormOp::create(builder, named("model.norm"), hiddenType,
+                        loop.getResult(), "final_norm", APFloat(c.eps));
   Value logits = UnembedOp::create(builder, named("lm_head"), logitsType,
                                    normed, c.tied ? "embed" : "lm_head");
   func::ReturnOp::create(builder, loc, ValueRange{logits, loop.getExitLoop()});

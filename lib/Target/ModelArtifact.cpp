@@ -22,10 +22,11 @@ std::string ModelManifest::toJSON() const {
     ws.push_back(llvm::json::Object{{"source", w.source},
                                     {"dtype", w.dtype},
                                     {"shape", llvm::json::Array(w.shape)}});
-  llvm::json::Object root{{"entry", entry},          {"hidden_size", hiddenSize},
-                          {"passes", passes},        {"layers", layers},
-                          {"top_k", topK},           {"experts", experts},
-                          {"weights", std::move(ws)}};
+  llvm::json::Object root{
+      {"entry", entry},          {"hidden_size", hiddenSize},
+      {"passes", passes},        {"layers", layers},
+      {"top_k", topK},           {"experts", experts},
+      {"weights", std::move(ws)}};
   if (decoder) {
     root["kind"] = "decoder";
     root["vocab_size"] = vocabSize;
@@ -98,10 +99,9 @@ FailureOr<ModelManifest> mlir::moe::describeModel(ModuleOp module) {
     return module.emitError("the model has no function with a moe.loop");
   for (WeightOp w : module.getOps<WeightOp>()) {
     RankedTensorType type = w.getTensorType();
-    manifest.weights.push_back(
-        {w.getSource().value_or(w.getSymName()).str(),
-         type.getElementType().isBF16() ? "BF16" : "F32",
-         SmallVector<int64_t>(type.getShape())});
+    manifest.weights.push_back({w.getSource().value_or(w.getSymName()).str(),
+                                type.getElementType().isBF16() ? "BF16" : "F32",
+                                SmallVector<int64_t>(type.getShape())});
   }
   return manifest;
 }
@@ -113,8 +113,7 @@ mlir::moe::translateModel(Operation *lowered, llvm::LLVMContext &context,
       translateModuleToLLVMIR(lowered, context, symbol);
   if (!module)
     return nullptr;
-  llvm::Function *entry =
-      module->getFunction("_mlir_ciface_" + manifest.entry);
+  llvm::Function *entry = module->getFunction("_mlir_ciface_" + manifest.entry);
   if (!entry)
     return nullptr;
   // Only the record and its entry point are exported, so that several
@@ -125,8 +124,8 @@ mlir::moe::translateModel(Operation *lowered, llvm::LLVMContext &context,
 
   std::string json = manifest.toJSON();
   auto *manifestData = new llvm::GlobalVariable(
-      *module, llvm::ArrayType::get(llvm::Type::getInt8Ty(context),
-                                    json.size() + 1),
+      *module,
+      llvm::ArrayType::get(llvm::Type::getInt8Ty(context), json.size() + 1),
       /*isConstant=*/true, llvm::GlobalValue::PrivateLinkage,
       llvm::ConstantDataArray::getString(context, json),
       (symbol + "_manifest").str());
@@ -171,8 +170,8 @@ llvm::Error mlir::moe::emitObjectFile(llvm::Module &module, StringRef path) {
   std::error_code ec;
   llvm::ToolOutputFile out(path, ec, llvm::sys::fs::OF_None);
   if (ec)
-    return llvm::createStringError(ec, "cannot write '" + path + "': " +
-                                           ec.message());
+    return llvm::createStringError(ec, "cannot write '" + path +
+                                           "': " + ec.message());
   llvm::legacy::PassManager pm;
   if (machine->addPassesToEmitFile(pm, out.os(), nullptr,
                                    llvm::CodeGenFileType::ObjectFile))

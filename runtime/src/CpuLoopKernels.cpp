@@ -48,8 +48,7 @@ void _mlir_ciface_moert_scatter_rows(StridedMemRefType<float, 2> *src,
   size_t rowBytes = sizeof(float) * src->sizes[1];
   for (int64_t i = 0; i < index->sizes[0]; ++i) {
     int32_t token = index->data[index->offset + i * index->strides[0]];
-    std::memcpy(rowPtr(dst, token), rowPtr(src, byToken ? token : i),
-                rowBytes);
+    std::memcpy(rowPtr(dst, token), rowPtr(src, byToken ? token : i), rowBytes);
   }
 }
 

@@ -1,7 +1,7 @@
 //===- Model.cpp - the moe runtime C API ----------------------------------===//
-#include "moert/moert.h"
-#include "moert/Safetensors.h"
 #include "WeightFiles.h"
+#include "moert/Safetensors.h"
+#include "moert/moert.h"
 
 #include "llvm/ADT/SmallVector.h"
 #include "llvm/ADT/StringRef.h"
@@ -232,9 +232,8 @@ moert_status moert_context_create(const char *device, moert_context **out) {
                       "device 'cuda': this build of the runtime has no CUDA "
                       "backend; use 'cpu' (there is no silent CPU fallback)");
   if (name != "cpu")
-    return makeStatus(MOERT_INVALID_ARGUMENT,
-                      "unknown device '" + name.str() +
-                          "' (expected cpu or cuda)");
+    return makeStatus(MOERT_INVALID_ARGUMENT, "unknown device '" + name.str() +
+                                                  "' (expected cpu or cuda)");
   *out = new moert_context{name.str()};
   return nullptr;
 }
@@ -343,8 +342,8 @@ moert_status moert_session_forward(moert_session *session,
   for (int64_t i = 0; i < n; ++i)
     if (tokens[i] < 0 || tokens[i] >= info.vocab_size)
       return makeStatus(MOERT_INVALID_ARGUMENT,
-                        "token id " + std::to_string(tokens[i]) +
-                            " at index " + std::to_string(i) +
+                        "token id " + std::to_string(tokens[i]) + " at index " +
+                            std::to_string(i) +
                             " is outside the vocabulary [0, " +
                             std::to_string(info.vocab_size) + ")");
   std::vector<int32_t> positions(n);
@@ -362,7 +361,8 @@ moert_status moert_session_forward(moert_session *session,
     for (int kv = 0; kv < 2; ++kv)
       descriptors.emplace_back(
           session->caches[2 * slot + kv].get(),
-          llvm::ArrayRef<int64_t>{info.max_positions, model->cacheWidths[slot]});
+          llvm::ArrayRef<int64_t>{info.max_positions,
+                                  model->cacheWidths[slot]});
   runCompiled(*model, descriptors);
   session->position += n;
   return nullptr;

@@ -55,7 +55,8 @@ llvm::Expected<WeightFiles> WeightFiles::open(llvm::StringRef userPath) {
     return fail("'" + *resolved +
                 "': invalid JSON: " + llvm::toString(index.takeError()));
   const llvm::json::Object *root = index->getAsObject();
-  const llvm::json::Object *map = root ? root->getObject("weight_map") : nullptr;
+  const llvm::json::Object *map =
+      root ? root->getObject("weight_map") : nullptr;
   if (!map)
     return fail("'" + *resolved + "': no \"weight_map\" object");
   llvm::StringRef dir = llvm::sys::path::parent_path(*resolved);
@@ -74,8 +75,8 @@ llvm::Expected<WeightFiles> WeightFiles::open(llvm::StringRef userPath) {
     auto file = SafetensorsFile::open(shard);
     if (!file)
       return fail("'" + *resolved + "': shard '" + name + "' (holding '" +
-                  tensors.front() + "') cannot be read: " +
-                  llvm::toString(file.takeError()));
+                  tensors.front() +
+                  "') cannot be read: " + llvm::toString(file.takeError()));
     for (const std::string &tensor : tensors)
       weights.shardOf[tensor] = weights.files.size();
     weights.files.push_back(std::move(*file));

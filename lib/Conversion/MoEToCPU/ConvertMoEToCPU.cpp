@@ -29,10 +29,9 @@ constexpr StringLiteral kCInterface = "llvm.emit_c_interface";
 /// type with dynamic sizes, strides and offset: one declaration fits all.
 MemRefType anyView(Type elementType, int64_t rank) {
   SmallVector<int64_t> dynamic(rank, ShapedType::kDynamic);
-  return MemRefType::get(
-      dynamic, elementType,
-      StridedLayoutAttr::get(elementType.getContext(), ShapedType::kDynamic,
-                             dynamic));
+  return MemRefType::get(dynamic, elementType,
+                         StridedLayoutAttr::get(elementType.getContext(),
+                                                ShapedType::kDynamic, dynamic));
 }
 
 /// The buffers of a !moe.plan value (see moert/CpuPlanKernels.h).
@@ -55,9 +54,10 @@ private:
   LogicalResult checkForm(func::FuncOp func);
   LogicalResult checkLoopBody(LoopOp loop);
   LogicalResult emitOp(Operation *op);
-  void emitLoop(LoopOp loop);
-  Value emitPass(LoopOp loop, Value pass, std::optional<int64_t> staticPass,
-                 Value count, Value activeAll);
+  LogicalResult emitLoop(LoopOp loop);
+  FailureOr<Value> emitPass(LoopOp loop, Value pass,
+                            std::optional<int64_t> staticPass, Value count,
+                            Value activeAll);
   void recordStep(Value ids, Value gates);
   bool exitCanFire(ExitOp exit, int64_t pass) const;
 
@@ -69,7 +69,8 @@ private:
   Value weight(FlatSymbolRefAttr symbol) {
     return weightArgs.lookup(symbol.getAttr());
   }
-  Operation *call(StringRef kernel, ValueRange operands, TypeRange results = {});
+  Operation *call(StringRef kernel, ValueRange operands,
+                  TypeRange results = {});
   Value constI32(int64_t v);
   Value constI64(int64_t v);
   Value constIndex(int64_t v);
@@ -127,9 +128,8 @@ Operation *ModelLowering::call(StringRef kernel, ValueRange operands,
       continue;
     }
     MemRefType target = anyView(type.getElementType(), type.getRank());
-    args.push_back(type == target
-                       ? v
-                       : memref::CastOp::create(builder, loc, target, v));
+    args.push_back(
+        type == target ? v : memref::CastOp::create(builder, loc, target, v));
   }
   auto fnType = builder.getFunctionType(ValueRange(args).getTypes(), results);
   if (!module.lookupSymbol<func::FuncOp>(kernel)) {
@@ -181,11 +181,9 @@ Value ModelLowering::view(Value tensor) {
 Value ModelLowering::define(Value tensor, std::optional<PlanType> plan) {
   auto type = cast<RankedTensorType>(tensor.getType());
   // Masks are bytes for the kernels; activations are computed in f32.
-  Type element = type.getElementType().isInteger(1)
-                     ? builder.getI8Type()
-                     : type.getElementType().isInteger(32)
-                           ? type.getElementType()
-                           : builder.getF32Type();
+  Type element = type.getElementType().isInteger(1)    ? builder.getI8Type()
+                 : type.getElementType().isInteger(32) ? type.getElementType()
+                                                       : builder.getF32Type();
   SmallVector<int64_t> shape(type.getShape());
   shape[0] = ShapedType::kDynamic;
   if (plan)
@@ -219,11 +217,10 @@ LogicalResult ModelLowering::checkLoopBody(LoopOp loop) {
         return op.emitError("convert-moe-to-cpu: a loop body may only use "
                             "values of its own pass");
     if (isa<ExpertsOp, FusedExpertsOp, CombineOp>(op)) {
-      Value ids = isa<ExpertsOp>(op)
-                      ? cast<ExpertsOp>(op).getIds()
-                      : op.getOperand(1).getDefiningOp<PlanOp>()
-                            ? op.getOperand(1).getDefiningOp<PlanOp>().getIds()
-                            : Value();
+      Value ids = isa<ExpertsOp>(op) ? cast<ExpertsOp>(op).getIds()
+                  : op.getOperand(1).getDefiningOp<PlanOp>()
+                      ? op.getOperand(1).getDefiningOp<PlanOp>().getIds()
+                      : Value();
       if (!ids)
         return op.emitError("convert-moe-to-cpu: the plan of a layer must "
                             "come from moe.plan in the loop body");
@@ -248,8 +245,7 @@ LogicalResult ModelLowering::checkForm(func::FuncOp func) {
   auto hidden = type.getNumInputs() == 1
                     ? dyn_cast<RankedTensorType>(type.getInput(0))
                     : RankedTensorType();
-  if (!hidden || type.getNumResults() != 2 ||
-      type.getResult(0) != hidden ||
+  if (!hidden || type.getNumResults() != 2 || type.getResult(0) != hidden ||
       !isa<RankedTensorType>(type.getResult(1)))
     return func.emitError("convert-moe-to-cpu expects a model function "
                           "(hidden) -> (hidden, exit_loop), as moe-import "
@@ -278,11 +274,10 @@ LogicalResult ModelLowering::lower(func::FuncOp func) {
   Type f32 = builder.getF32Type(), i32 = builder.getI32Type();
   int64_t dyn = ShapedType::kDynamic;
 
-  SmallVector<Type> inputs = {MemRefType::get({dyn, d}, f32),
-                              MemRefType::get({dyn, d}, f32),
-                              MemRefType::get({dyn}, i32),
-                              MemRefType::get({dyn, dyn, topK}, i32),
-                              MemRefType::get({dyn, dyn, topK}, f32)};
+  SmallVector<Type> inputs = {
+      MemRefType::get({dyn, d}, f32), MemRefType::get({dyn, d}, f32),
+      MemRefType::get({dyn}, i32), MemRefType::get({dyn, dyn, topK}, i32),
+      MemRefType::get({dyn, dyn, topK}, f32)};
   Block *entry = createLoweredFunction(func, inputs);
 
   Value hiddenIn = entry->getArgument(0), hiddenOut = entry->getArgument(1);
@@ -319,9 +314,9 @@ Block *ModelLowering::createLoweredFunction(func::FuncOp func,
     inputs.push_back(
         MemRefType::get(w.getTensorType().getShape(), builder.getF32Type()));
   builder.setInsertionPoint(func);
-  auto lowered = func::FuncOp::create(
-      builder, loc, func.getName(),
-      FunctionType::get(func.getContext(), inputs, {}));
+  auto lowered =
+      func::FuncOp::create(builder, loc, func.getName(),
+                           FunctionType::get(func.getContext(), inputs, {}));
   lowered->setAttr(kCInterface, builder.getUnitAttr());
   Block *entry = lowered.addEntryBlock();
   builder.setInsertionPointToStart(entry);
@@ -361,11 +356,10 @@ LogicalResult ModelLowering::lowerDecoder(func::FuncOp func) {
   slotsPerPass = attentions.size();
   Type f32 = builder.getF32Type(), i32 = builder.getI32Type();
   int64_t dyn = ShapedType::kDynamic;
-  SmallVector<Type> inputs = {MemRefType::get({dyn}, i32),
-                              MemRefType::get({dyn}, i32),
-                              MemRefType::get({dyn, logitsType.getDimSize(1)},
-                                              f32),
-                              MemRefType::get({dyn}, i32)};
+  SmallVector<Type> inputs = {
+      MemRefType::get({dyn}, i32), MemRefType::get({dyn}, i32),
+      MemRefType::get({dyn, logitsType.getDimSize(1)}, f32),
+      MemRefType::get({dyn}, i32)};
   for (int64_t pass = 0; pass < static_cast<int64_t>(loop.getPasses()); ++pass)
     for (AttentionOp a : attentions) {
       int64_t width = a.getNumKvHeads() * a.getHeadDim();
@@ -407,14 +401,13 @@ LogicalResult ModelLowering::lowerDecoder(func::FuncOp func) {
 void ModelLowering::recordStep(Value ids, Value gates) {
   if (!traceIdsArg) // decoders return logits, not a routing trace
     return;
-  Value step =
-      staticPassIndex
-          ? constI64(*staticPassIndex * layersPerPass + layerInPass)
-          : arith::AddIOp::create(
-                builder, loc,
-                arith::MulIOp::create(builder, loc, passIndex,
-                                      constI64(layersPerPass)),
-                constI64(layerInPass));
+  Value step = staticPassIndex
+                   ? constI64(*staticPassIndex * layersPerPass + layerInPass)
+                   : arith::AddIOp::create(
+                         builder, loc,
+                         arith::MulIOp::create(builder, loc, passIndex,
+                                               constI64(layersPerPass)),
+                         constI64(layerInPass));
   ++layerInPass;
   call("moert_record_step", {ids, gates, activeTokens, traceIdsArg,
                              traceGatesArg, step, constI32(byToken)});
@@ -431,9 +424,9 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
   return TypeSwitch<Operation *, LogicalResult>(op)
       .Case([&](RmsNormOp norm) {
         Value in = view(norm.getInput());
-        call("moert_rms_norm", {in, weight(norm.getWeightAttr()),
-                                define(norm.getResult()),
-                                constF32(norm.getEps())});
+        call("moert_rms_norm",
+             {in, weight(norm.getWeightAttr()), define(norm.getResult()),
+              constF32(norm.getEps())});
         return success();
       })
       .Case([&](RouteOp route) {
@@ -450,8 +443,8 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
         Value ids = view(experts.getIds()), gates = view(experts.getGates());
         call("moert_experts",
              {in, ids, gates, weight(experts.getGateProjAttr()),
-              weight(experts.getUpProjAttr()), weight(experts.getDownProjAttr()),
-              define(experts.getResult()),
+              weight(experts.getUpProjAttr()),
+              weight(experts.getDownProjAttr()), define(experts.getResult()),
               constI32(static_cast<int64_t>(experts.getActivation()))});
         recordStep(ids, gates);
         return success();
@@ -485,9 +478,9 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
       .Case([&](GroupedMatmulOp matmul) {
         PlanType type = matmul.getPlan().getType();
         Value in = view(matmul.getInput());
-        call("moert_grouped_matmul",
-             {in, plans[matmul.getPlan()].offsets,
-              weight(matmul.getWeightAttr()), define(matmul.getResult(), type)});
+        call("moert_grouped_matmul", {in, plans[matmul.getPlan()].offsets,
+                                      weight(matmul.getWeightAttr()),
+                                      define(matmul.getResult(), type)});
         return success();
       })
       .Case([&](GluOp glu) {
@@ -552,10 +545,7 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
                                  constF32(exit.getThreshold())});
         return success();
       })
-      .Case([&](LoopOp loop) {
-        emitLoop(loop);
-        return success();
-      })
+      .Case([&](LoopOp loop) { return emitLoop(loop); })
       .Case([&](EmbedOp embed) {
         Value tokenIds = view(embed.getTokens());
         call("moert_embed", {tokenIds, weight(embed.getTableAttr()),
@@ -616,9 +606,9 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
 
 /// Emits one pass over the first `count` tokens of `activeAll`; returns how
 /// many are still active after it.
-Value ModelLowering::emitPass(LoopOp loop, Value pass,
-                              std::optional<int64_t> staticPass, Value count,
-                              Value activeAll) {
+FailureOr<Value> ModelLowering::emitPass(LoopOp loop, Value pass,
+                                         std::optional<int64_t> staticPass,
+                                         Value count, Value activeAll) {
   passIndex = pass;
   staticPassIndex = staticPass;
   layerInPass = 0;
@@ -634,11 +624,12 @@ Value ModelLowering::emitPass(LoopOp loop, Value pass,
     call("moert_gather_rows", {state, activeTokens, passInput});
 
   for (Operation &op : loop.getBody().front().without_terminator())
-    (void)emitOp(&op); // checkForm has vetted every op of the body
+    if (failed(emitOp(&op)))
+      return failure();
 
   YieldOp yield = loop.getYield();
-  call("moert_scatter_rows", {view(yield.getValues()[0]), activeTokens, state,
-                              constI32(byToken)});
+  call("moert_scatter_rows",
+       {view(yield.getValues()[0]), activeTokens, state, constI32(byToken)});
   ExitOp exit = loop.getExit();
   if (!exit || (staticPass && !exitCanFire(exit, *staticPass)))
     return count;
@@ -649,17 +640,17 @@ Value ModelLowering::emitPass(LoopOp loop, Value pass,
        pass, constI64(exit.getMinPasses()), constI64(loop.getPasses()),
        constI32(byToken)},
       builder.getI64Type());
-  return arith::IndexCastOp::create(builder, loc, builder.getIndexType(),
-                                    update->getResult(0));
+  return Value(arith::IndexCastOp::create(builder, loc, builder.getIndexType(),
+                                          update->getResult(0)));
 }
 
-void ModelLowering::emitLoop(LoopOp loop) {
+LogicalResult ModelLowering::emitLoop(LoopOp loop) {
   Value state = define(loop.getResult());
   memref::CopyOp::create(builder, loc, view(loop.getInit()), state);
   buffers[loop.getExitLoop()] = exitLoopArg;
   // Indices of the still-active tokens, compacted after every pass.
-  Value activeAll = allocate(
-      MemRefType::get({ShapedType::kDynamic}, builder.getI32Type()));
+  Value activeAll =
+      allocate(MemRefType::get({ShapedType::kDynamic}, builder.getI32Type()));
   int64_t passes = loop.getPasses();
   // Decoders record no routing trace: hand the kernel empty ones.
   Value traceIds = traceIdsArg, traceGates = traceGatesArg;
@@ -674,22 +665,29 @@ void ModelLowering::emitLoop(LoopOp loop) {
     // Every pass specialised: constant pass index and trace steps, exit
     // tests only after the passes where one can fire.
     Value count = tokens;
-    for (int64_t i = 0; i < passes; ++i)
-      count = emitPass(loop, constI64(i), i, count, activeAll);
+    for (int64_t i = 0; i < passes; ++i) {
+      FailureOr<Value> next = emitPass(loop, constI64(i), i, count, activeAll);
+      if (failed(next))
+        return failure();
+      count = *next;
+    }
   } else {
-    auto forOp = scf::ForOp::create(builder, loc, constIndex(0),
-                                    constIndex(passes), constIndex(1),
-                                    ValueRange{tokens});
+    auto forOp =
+        scf::ForOp::create(builder, loc, constIndex(0), constIndex(passes),
+                           constIndex(1), ValueRange{tokens});
     OpBuilder::InsertionGuard guard(builder);
     builder.setInsertionPointToStart(forOp.getBody());
-    Value pass = arith::IndexCastOp::create(
-        builder, loc, builder.getI64Type(), forOp.getInductionVar());
-    Value remaining = emitPass(loop, pass, std::nullopt,
-                               forOp.getRegionIterArgs()[0], activeAll);
-    scf::YieldOp::create(builder, loc, remaining);
+    Value pass = arith::IndexCastOp::create(builder, loc, builder.getI64Type(),
+                                            forOp.getInductionVar());
+    FailureOr<Value> remaining = emitPass(
+        loop, pass, std::nullopt, forOp.getRegionIterArgs()[0], activeAll);
+    if (failed(remaining))
+      return failure();
+    scf::YieldOp::create(builder, loc, *remaining);
   }
   rows = tokens;
   staticPassIndex.reset();
+  return success();
 }
 
 namespace {

@@ -54,8 +54,8 @@ FailureOr<RankedTensorType> lookupWeight(Operation *op,
   auto weight =
       symbolTable.lookupNearestSymbolFrom<WeightOp>(op, symbol.getAttr());
   if (!weight)
-    return op->emitOpError() << role << " " << symbol
-                             << " does not name a moe.weight";
+    return op->emitOpError()
+           << role << " " << symbol << " does not name a moe.weight";
   return weight.getTensorType();
 }
 
@@ -83,7 +83,9 @@ LogicalResult verifyWeightUse(Operation *op, SymbolTableCollection &tables,
   return checkWeightShape(op, symbol, role, *type, expected, meaning);
 }
 
-int64_t tokens(Value v) { return cast<RankedTensorType>(v.getType()).getDimSize(0); }
+int64_t tokens(Value v) {
+  return cast<RankedTensorType>(v.getType()).getDimSize(0);
+}
 int64_t hiddenSize(Value v) {
   return cast<RankedTensorType>(v.getType()).getDimSize(1);
 }
@@ -165,9 +167,9 @@ LogicalResult RouteOp::verifySymbolUses(SymbolTableCollection &tables) {
     if (!other || other == *this)
       continue;
     if (other.getTopK() != getTopK() || other.getScoring() != getScoring()) {
-      InFlightDiagnostic diag =
-          emitOpError() << "routes sharing router " << getRouterAttr()
-                        << " must agree on top_k and scoring";
+      InFlightDiagnostic diag = emitOpError()
+                                << "routes sharing router " << getRouterAttr()
+                                << " must agree on top_k and scoring";
       diag.attachNote(other.getLoc()) << "other route of the router is here";
       return diag;
     }
@@ -188,8 +190,7 @@ LogicalResult ExpertsOp::verify() {
                          << " must have the same shape [tokens, top_k]";
   if (!dimsAgree(ids.getDimSize(0), tokens(getInput())))
     return emitOpError() << "ids route " << ids.getDimSize(0)
-                         << " tokens, but the input has "
-                         << tokens(getInput());
+                         << " tokens, but the input has " << tokens(getInput());
   return success();
 }
 
@@ -272,9 +273,9 @@ LogicalResult LoopOp::verifyRegions() {
     return yield.emitOpError(
         "must yield the hidden state and, optionally, an exit mask");
   if (values[0].getType() != getInit().getType())
-    return yield.emitOpError() << "yields hidden state " << values[0].getType()
-                               << ", but the loop carries "
-                               << getInit().getType();
+    return yield.emitOpError()
+           << "yields hidden state " << values[0].getType()
+           << ", but the loop carries " << getInit().getType();
   if (values.size() == 2 && !values[1].getDefiningOp<ExitOp>())
     return yield.emitOpError(
         "second operand must be the exit mask of a moe.exit in this body");
@@ -301,8 +302,7 @@ LogicalResult ExitOp::verify() {
     return emitOpError("exits must have one entry per token");
   int64_t minPasses = getMinPasses();
   if (minPasses < 1)
-    return emitOpError() << "min_passes must be at least 1, got "
-                         << minPasses;
+    return emitOpError() << "min_passes must be at least 1, got " << minPasses;
   if (minPasses >= static_cast<int64_t>(loop.getPasses()))
     return emitOpError() << "min_passes = " << getMinPasses()
                          << " leaves no pass boundary to exit at in a loop of "
@@ -445,9 +445,8 @@ LogicalResult AttentionOp::verifySymbolUses(SymbolTableCollection &tables) {
 // Kernel level
 //===----------------------------------------------------------------------===//
 
-LogicalResult
-PlanType::verify(function_ref<InFlightDiagnostic()> emitError, int64_t experts,
-                 int64_t topK, int64_t tile) {
+LogicalResult PlanType::verify(function_ref<InFlightDiagnostic()> emitError,
+                               int64_t experts, int64_t topK, int64_t tile) {
   if (experts < 1 || topK < 1 || tile < 1)
     return emitError() << "plan experts, top_k and tile must be at least 1";
   if (topK > experts)
@@ -511,8 +510,7 @@ LogicalResult GroupedMatmulOp::verify() {
   return success();
 }
 
-LogicalResult
-GroupedMatmulOp::verifySymbolUses(SymbolTableCollection &tables) {
+LogicalResult GroupedMatmulOp::verifySymbolUses(SymbolTableCollection &tables) {
   return verifyWeightUse(*this, tables, getWeightAttr(), "weight",
                          {getPlan().getType().getExperts(),
                           hiddenSize(getResult()), hiddenSize(getInput())},
@@ -533,16 +531,14 @@ LogicalResult FusedExpertsOp::verify() {
     return failure();
   if (!dimsAgree(tokens(getGates()), tokens(getInput())))
     return emitOpError() << "gates route " << tokens(getGates())
-                         << " tokens, but the input has "
-                         << tokens(getInput());
+                         << " tokens, but the input has " << tokens(getInput());
   return success();
 }
 
 LogicalResult FusedExpertsOp::verifySymbolUses(SymbolTableCollection &tables) {
-  return verifyExpertWeights(*this, tables, getGateProjAttr(),
-                             getUpProjAttr(), getDownProjAttr(),
-                             getPlan().getType().getExperts(),
-                             hiddenSize(getInput()));
+  return verifyExpertWeights(
+      *this, tables, getGateProjAttr(), getUpProjAttr(), getDownProjAttr(),
+      getPlan().getType().getExperts(), hiddenSize(getInput()));
 }
 
 #define GET_OP_CLASSES

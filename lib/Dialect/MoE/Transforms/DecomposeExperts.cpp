@@ -45,8 +45,8 @@ struct DecomposeExpertsPass
     Value x = DispatchOp::create(b, loc, rows(inputType.getDimSize(1)),
                                  op.getInput(), plan);
     RankedTensorType ffnRows = rows(gateType.getDimSize(1));
-    Value g = GroupedMatmulOp::create(b, loc, ffnRows, x, plan,
-                                      op.getGateProjAttr());
+    Value g =
+        GroupedMatmulOp::create(b, loc, ffnRows, x, plan, op.getGateProjAttr());
     Value u =
         GroupedMatmulOp::create(b, loc, ffnRows, x, plan, op.getUpProjAttr());
     Value a = GluOp::create(b, loc, g.getType(), g, u, op.getActivationAttr());

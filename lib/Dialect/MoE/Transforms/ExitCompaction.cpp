@@ -18,9 +18,8 @@ struct ExitCompactionPass
         return;
       // Compaction drops exited tokens from the batch; that is only exact
       // when no op lets one token's result depend on another token.
-      WalkResult mixing = loop.getBody().walk([](AttentionOp attention) {
-        return WalkResult::interrupt();
-      });
+      WalkResult mixing = loop.getBody().walk(
+          [](AttentionOp attention) { return WalkResult::interrupt(); });
       if (mixing.wasInterrupted()) {
         loop.emitRemark("moe-exit-compaction: not compacting: moe.attention "
                         "in the body mixes tokens");

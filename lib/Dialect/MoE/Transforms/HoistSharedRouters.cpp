@@ -73,8 +73,7 @@ struct HoistSharedRoutersPass
         dup.erase();
       }
       kept.emitRemark() << "router " << kept.getRouterAttr() << ": "
-                        << group.size()
-                        << " identical routes merged into one";
+                        << group.size() << " identical routes merged into one";
     }
   }
 

@@ -69,14 +69,16 @@ struct LoopResidencyPass
          << mib(cacheBytes) << "), so passes after the first find them cached";
     } else if (unrolled <= maxUnrolledOps) {
       mode = LoopMode::unroll;
-      os << "the body's weights (" << mib(bytes) << ") exceed the cache budget ("
-         << mib(cacheBytes) << ") so residency gains nothing, and " << passes
-         << " passes x " << ops << " ops = " << unrolled
-         << " <= max-unrolled-ops (" << maxUnrolledOps << ")";
+      os << "the body's weights (" << mib(bytes)
+         << ") exceed the cache budget (" << mib(cacheBytes)
+         << ") so residency gains nothing, and " << passes << " passes x "
+         << ops << " ops = " << unrolled << " <= max-unrolled-ops ("
+         << maxUnrolledOps << ")";
     } else {
       mode = LoopMode::resident;
-      os << "unrolling " << passes << " passes x " << ops << " ops = "
-         << unrolled << " exceeds max-unrolled-ops (" << maxUnrolledOps << ")";
+      os << "unrolling " << passes << " passes x " << ops
+         << " ops = " << unrolled << " exceeds max-unrolled-ops ("
+         << maxUnrolledOps << ")";
     }
     loop.setMode(mode);
     loop.emitRemark() << "moe-loop-residency: " << stringifyLoopMode(mode)

@@ -44,8 +44,7 @@ struct RouterGroup {
   llvm::SmallPtrSet<Operation *, 4> routes;
 };
 
-struct MoEPathStatsPass
-    : public moe::impl::MoEPathStatsBase<MoEPathStatsPass> {
+struct MoEPathStatsPass : public moe::impl::MoEPathStatsBase<MoEPathStatsPass> {
   void runOnOperation() override {
     func::FuncOp func = getOperation();
     llvm::MapVector<StringAttr, RouterGroup> groups;
