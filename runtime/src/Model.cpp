@@ -1,4 +1,5 @@
 //===- Model.cpp - the moe runtime C API ----------------------------------===//
+#include "CudaDriver.h"
 #include "WeightFiles.h"
 #include "moert/Safetensors.h"
 #include "moert/moert.h"
@@ -227,10 +228,19 @@ void moert_status_free(moert_status status) { delete status; }
 
 moert_status moert_context_create(const char *device, moert_context **out) {
   llvm::StringRef name = device ? device : "";
-  if (name == "cuda")
+  if (name == "cuda") {
+    // Say exactly what is missing; never fall back to the CPU silently.
+    moert::CudaProbe probe = moert::probeCudaDriver();
+    std::string why =
+        probe.devices
+            ? std::to_string(probe.devices) +
+                  " CUDA device(s) found, but this build of the runtime has "
+                  "no CUDA backend yet"
+            : probe.problem;
     return makeStatus(MOERT_UNAVAILABLE,
-                      "device 'cuda': this build of the runtime has no CUDA "
-                      "backend; use 'cpu' (there is no silent CPU fallback)");
+                      "device 'cuda': " + why +
+                          "; use 'cpu' (there is no silent CPU fallback)");
+  }
   if (name != "cpu")
     return makeStatus(MOERT_INVALID_ARGUMENT, "unknown device '" + name.str() +
                                                   "' (expected cpu or cuda)");

@@ -378,9 +378,11 @@ int main(int argc, char **argv) {
     llvm::WithColor::error(llvm::errs(), "moe-run") << message << "\n";
     return 1;
   };
-  if (device == "cuda")
-    return fail("--device cuda: this build has no CUDA backend yet; "
-                "run with --device cpu (moe-run never falls back silently)");
+  // Ask the runtime first: a device it cannot use should not cost a compile.
+  moert_context *probe = nullptr;
+  if (llvm::Error err = check(moert_context_create(device.c_str(), &probe)))
+    return fail(llvm::toString(std::move(err)));
+  moert_context_free(probe);
 
   moe::CompilerSession session(showRemarks);
   FailureOr<OwningOpRef<ModuleOp>> module = session.readModel(modelPath);
