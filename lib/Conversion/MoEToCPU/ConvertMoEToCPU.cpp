@@ -101,7 +101,14 @@ private:
   /// a one-element stand-in for absent optional weights.
   DenseMap<int64_t, std::pair<Value, Value>> kvCaches;
   int64_t slotsPerPass = 0;
-  Value absentWeight;
+  Value absentWeightBuffer;
+  /// A one-element stand-in for an absent optional weight, allocated on
+  /// first use.
+  Value absentWeight() {
+    if (!absentWeightBuffer)
+      absentWeightBuffer = allocate(MemRefType::get({1}, builder.getF32Type()));
+    return absentWeightBuffer;
+  }
 };
 } // namespace
 
@@ -231,11 +238,6 @@ LogicalResult ModelLowering::checkLoopBody(LoopOp loop) {
       topK = k;
       ++layersPerPass;
     }
-    if (auto exit = dyn_cast<ExitOp>(op))
-      if (exit.getCriterion() != ExitCriterion::cosine &&
-          exit.getCriterion() != ExitCriterion::relative_l2)
-        return exit.emitError("the CPU backend supports the cosine and "
-                              "relative_l2 exit criteria of moe_stack models");
   }
   return success();
 }
@@ -380,7 +382,6 @@ LogicalResult ModelLowering::lowerDecoder(func::FuncOp func) {
   lastAllocation = tokens.getDefiningOp();
   buffers[func.getArgument(0)] = entry->getArgument(0);
   buffers[func.getArgument(1)] = entry->getArgument(1);
-  absentWeight = allocate(MemRefType::get({1}, f32));
 
   for (Operation &op : func.getBody().front().without_terminator())
     if (failed(emitOp(&op)))
@@ -533,7 +534,7 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
         Value criterion = constI32(static_cast<int64_t>(exit.getCriterion()));
         if (exit.getLmHeadAttr()) {
           bool hasNorm = bool(exit.getLmNormAttr());
-          Value norm = hasNorm ? weight(exit.getLmNormAttr()) : absentWeight;
+          Value norm = hasNorm ? weight(exit.getLmNormAttr()) : absentWeight();
           call("moert_exit_test_lm",
                {h, norm, constI32(hasNorm), constF32(exit.getLmNormEps()),
                 weight(exit.getLmHeadAttr()), define(exit.getExits()),
@@ -577,7 +578,7 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
                          : 1;
         }
         auto optional = [&](FlatSymbolRefAttr sym) {
-          return sym ? weight(sym) : absentWeight;
+          return sym ? weight(sym) : absentWeight();
         };
         Value in = view(attention.getInput());
         Value positions = view(attention.getPositions());
