@@ -57,10 +57,7 @@ FailureOr<ModelManifest> mlir::moe::describeModel(ModuleOp module) {
       if (loops.empty())
         return func.emitError("a decoder's layers must run in a moe.loop");
       LoopOp loop = *loops.begin();
-      SmallVector<AttentionOp> attentions(loop.getBody().getOps<AttentionOp>());
-      llvm::sort(attentions, [](AttentionOp a, AttentionOp b) {
-        return a.getCacheSlot() < b.getCacheSlot();
-      });
+      SmallVector<AttentionOp> attentions = loop.getAttentionsBySlot();
       manifest.passes = loop.getPasses();
       manifest.layers = attentions.size();
       for (int64_t p = 0; p < manifest.passes; ++p)
@@ -76,22 +73,13 @@ FailureOr<ModelManifest> mlir::moe::describeModel(ModuleOp module) {
     manifest.hiddenSize =
         cast<RankedTensorType>(loop.getInit().getType()).getDimSize(1);
     manifest.passes = loop.getPasses();
-    // A layer is an expert group, whole or decomposed (its combine, or its
-    // fused kernel).
     for (Operation &op : loop.getBody().front()) {
-      if (auto experts = dyn_cast<ExpertsOp>(op)) {
-        ++manifest.layers;
-        manifest.topK =
-            cast<RankedTensorType>(experts.getIds().getType()).getDimSize(1);
-        auto gate = SymbolTable::lookupNearestSymbolFrom<WeightOp>(
-            experts, experts.getGateProjAttr().getAttr());
-        manifest.experts = gate.getTensorType().getDimSize(0);
-      } else if (isa<FusedExpertsOp, CombineOp>(op)) {
-        auto plan = cast<PlanType>(op.getOperand(1).getType());
-        ++manifest.layers;
-        manifest.topK = plan.getTopK();
-        manifest.experts = plan.getExperts();
-      }
+      if (!isExpertLayer(&op))
+        continue;
+      ++manifest.layers;
+      manifest.topK = cast<RankedTensorType>(getExpertLayerIds(&op).getType())
+                          .getDimSize(1);
+      manifest.experts = getExpertLayerExperts(&op);
     }
     break;
   }

@@ -223,11 +223,8 @@ LogicalResult ModelLowering::checkLoopBody(LoopOp loop) {
       if (!loop.getBody().isAncestor(operand.getParentRegion()))
         return op.emitError("convert-moe-to-cpu: a loop body may only use "
                             "values of its own pass");
-    if (isa<ExpertsOp, FusedExpertsOp, CombineOp>(op)) {
-      Value ids = isa<ExpertsOp>(op) ? cast<ExpertsOp>(op).getIds()
-                  : op.getOperand(1).getDefiningOp<PlanOp>()
-                      ? op.getOperand(1).getDefiningOp<PlanOp>().getIds()
-                      : Value();
+    if (isExpertLayer(&op)) {
+      Value ids = getExpertLayerIds(&op);
       if (!ids)
         return op.emitError("convert-moe-to-cpu: the plan of a layer must "
                             "come from moe.plan in the loop body");
@@ -261,7 +258,7 @@ LogicalResult ModelLowering::checkForm(func::FuncOp func) {
   if (ret.getOperand(1) != loops[0].getExitLoop())
     return func.emitError("the second result must be the loop's exit_loop");
   for (Operation &op : func.getBody().front())
-    if (isa<ExpertsOp, FusedExpertsOp, CombineOp>(op))
+    if (isExpertLayer(&op))
       return op.emitError("convert-moe-to-cpu expects every expert group "
                           "inside the moe.loop");
   return checkLoopBody(loops[0]);
@@ -346,15 +343,7 @@ LogicalResult ModelLowering::lowerDecoder(func::FuncOp func) {
     return loop.emitError("convert-moe-to-cpu: a decoder loop cannot compact "
                           "exited tokens (attention mixes tokens)");
   // Pass p's attention with cache slot s uses cache p * slotsPerPass + s.
-  SmallVector<AttentionOp> attentions(loop.getBody().getOps<AttentionOp>());
-  llvm::sort(attentions, [](AttentionOp a, AttentionOp b) {
-    return a.getCacheSlot() < b.getCacheSlot();
-  });
-  for (size_t i = 0; i < attentions.size(); ++i)
-    if (attentions[i].getCacheSlot() != i)
-      return attentions[i].emitError("convert-moe-to-cpu: decoder cache "
-                                     "slots must be 0, 1, ... in order, one "
-                                     "per attention");
+  SmallVector<AttentionOp> attentions = loop.getAttentionsBySlot();
   slotsPerPass = attentions.size();
   Type f32 = builder.getF32Type(), i32 = builder.getI32Type();
   int64_t dyn = ShapedType::kDynamic;
@@ -500,8 +489,7 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
         Value in = view(combine.getInput()), gates = view(combine.getGates());
         call("moert_combine", {in, prefix(plan.slotRow, rows), gates,
                                define(combine.getResult())});
-        recordStep(view(combine.getPlan().getDefiningOp<PlanOp>().getIds()),
-                   gates);
+        recordStep(view(getExpertLayerIds(combine)), gates);
         return success();
       })
       .Case([&](FusedExpertsOp fused) {
@@ -514,8 +502,7 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
               weight(fused.getGateProjAttr()), weight(fused.getUpProjAttr()),
               weight(fused.getDownProjAttr()), define(fused.getResult()),
               constI32(static_cast<int64_t>(fused.getActivation()))});
-        recordStep(view(fused.getPlan().getDefiningOp<PlanOp>().getIds()),
-                   gates);
+        recordStep(view(getExpertLayerIds(fused)), gates);
         return success();
       })
       .Case([&](arith::AddFOp add) -> LogicalResult {

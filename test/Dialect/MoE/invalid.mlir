@@ -1374,3 +1374,30 @@
     "func.return"() : () -> ()
   }) : () -> ()
 }) : () -> ()
+
+// -----
+
+// A loop body's attention ops use cache slots 0, 1, ... once each.
+"builtin.module"() ({
+  "moe.weight"() <{sym_name = "norm", type = tensor<16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "router", type = tensor<4x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "gate", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "up", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "down", type = tensor<4x16x32xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "embed", type = tensor<100x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "wq", type = tensor<16x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "wkv", type = tensor<8x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "wo", type = tensor<16x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "qn", type = tensor<4xf32>}> : () -> ()
+  "func.func"() <{function_type = (tensor<8x16xf32>) -> (), sym_name = "f"}> ({
+  ^bb0(%h: tensor<8x16xf32>):
+    %p = "test.positions"() : () -> tensor<8xi32>
+    %r:2 = "moe.loop"(%h) <{passes = 3 : i64}> ({
+    ^bb0(%h0: tensor<8x16xf32>):
+      // expected-error @+1 {{'moe.attention' op cache_slot = 1: the attention ops of a loop body must use cache slots 0, 1, ... once each}}
+      %a = "moe.attention"(%h0, %p) <{head_dim = 4 : i64, k_proj = @wkv, num_heads = 4 : i64, num_kv_heads = 2 : i64, o_proj = @wo, q_proj = @wq, v_proj = @wkv, cache_slot = 1 : i64}> : (tensor<8x16xf32>, tensor<8xi32>) -> tensor<8x16xf32>
+      "moe.yield"(%h0) : (tensor<8x16xf32>) -> ()
+    }) : (tensor<8x16xf32>) -> (tensor<8x16xf32>, tensor<8xi32>)
+    "func.return"() : () -> ()
+  }) : () -> ()
+}) : () -> ()

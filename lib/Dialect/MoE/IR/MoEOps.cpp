@@ -247,6 +247,14 @@ ExitOp LoopOp::getExit() {
   return yield.getValues()[1].getDefiningOp<ExitOp>();
 }
 
+SmallVector<AttentionOp> LoopOp::getAttentionsBySlot() {
+  SmallVector<AttentionOp> attentions(getBody().getOps<AttentionOp>());
+  llvm::sort(attentions, [](AttentionOp a, AttentionOp b) {
+    return a.getCacheSlot() < b.getCacheSlot();
+  });
+  return attentions;
+}
+
 LogicalResult LoopOp::verify() {
   if (static_cast<int64_t>(getPasses()) < 1)
     return emitOpError() << "passes must be at least 1, got "
@@ -279,6 +287,13 @@ LogicalResult LoopOp::verifyRegions() {
   if (values.size() == 2 && !values[1].getDefiningOp<ExitOp>())
     return yield.emitOpError(
         "second operand must be the exit mask of a moe.exit in this body");
+  // Every pass appends to its own KV caches, numbered from the body's slots.
+  for (auto [index, attention] : llvm::enumerate(getAttentionsBySlot()))
+    if (attention.getCacheSlot() != index)
+      return attention.emitOpError()
+             << "cache_slot = " << attention.getCacheSlot()
+             << ": the attention ops of a loop body must use cache slots 0, "
+                "1, ... once each";
   return success();
 }
 
@@ -539,6 +554,30 @@ LogicalResult FusedExpertsOp::verifySymbolUses(SymbolTableCollection &tables) {
   return verifyExpertWeights(
       *this, tables, getGateProjAttr(), getUpProjAttr(), getDownProjAttr(),
       getPlan().getType().getExperts(), hiddenSize(getInput()));
+}
+
+//===----------------------------------------------------------------------===//
+// Expert layers, whole or decomposed
+//===----------------------------------------------------------------------===//
+
+bool mlir::moe::isExpertLayer(Operation *op) {
+  return isa<ExpertsOp, CombineOp, FusedExpertsOp>(op);
+}
+
+Value mlir::moe::getExpertLayerIds(Operation *layer) {
+  if (auto experts = dyn_cast<ExpertsOp>(layer))
+    return experts.getIds();
+  auto plan = layer->getOperand(1).getDefiningOp<PlanOp>();
+  return plan ? plan.getIds() : Value();
+}
+
+int64_t mlir::moe::getExpertLayerExperts(Operation *layer) {
+  if (auto experts = dyn_cast<ExpertsOp>(layer)) {
+    auto gate = SymbolTable::lookupNearestSymbolFrom<WeightOp>(
+        experts, experts.getGateProjAttr().getAttr());
+    return gate ? gate.getTensorType().getDimSize(0) : ShapedType::kDynamic;
+  }
+  return cast<PlanType>(layer->getOperand(1).getType()).getExperts();
 }
 
 #define GET_OP_CLASSES

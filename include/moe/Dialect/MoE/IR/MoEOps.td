@@ -162,6 +162,9 @@ def MoE_LoopOp : MoE_Op<"loop", [
     YieldOp getYield();
     /// The exit test at the end of the body, if the loop has one.
     ExitOp getExit();
+    /// The body's attention ops in cache-slot order; the verifier makes
+    /// their slots 0, 1, ... (each pass then has its own set of caches).
+    ::llvm::SmallVector<AttentionOp> getAttentionsBySlot();
   }];
 }
 
