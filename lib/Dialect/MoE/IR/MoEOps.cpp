@@ -247,6 +247,8 @@ ExitOp LoopOp::getExit() {
   return yield.getValues()[1].getDefiningOp<ExitOp>();
 }
 
+SmallVector<Region *> LoopOp::getLoopRegions() { return {&getBody()}; }
+
 SmallVector<AttentionOp> LoopOp::getAttentionsBySlot() {
   SmallVector<AttentionOp> attentions(getBody().getOps<AttentionOp>());
   llvm::sort(attentions, [](AttentionOp a, AttentionOp b) {

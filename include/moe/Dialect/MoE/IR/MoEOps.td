@@ -7,6 +7,7 @@ include "moe/Dialect/MoE/IR/MoEAttrs.td"
 include "moe/Dialect/MoE/IR/MoETypes.td"
 include "mlir/IR/SymbolInterfaces.td"
 include "mlir/Interfaces/ControlFlowInterfaces.td"
+include "mlir/Interfaces/LoopLikeInterface.td"
 include "mlir/Interfaces/SideEffectInterfaces.td"
 
 // Activations are [tokens, hidden]; the token count may be dynamic.
@@ -130,7 +131,7 @@ def MoE_ExpertsOp : MoE_SymbolUserOp<"experts",
 
 def MoE_LoopOp : MoE_Op<"loop", [
     AllTypesMatch<["init", "result"]>, RecursiveMemoryEffects,
-    SingleBlock]> {
+    SingleBlock, DeclareOpInterfaceMethods<LoopLikeOpInterface>]> {
   let summary = "a block of layers applied `passes` times with shared weights";
   let description = [{
     Runs the body `passes` times; the body's argument is the hidden state at
