@@ -1,12 +1,20 @@
 //===- CpuLoopKernels.cpp - token bookkeeping for looped models -----------===//
+//
+// Buffers are contiguous row-major, as everywhere in the kernel library.
+//
+//===----------------------------------------------------------------------===//
 #include "moert/CpuLoopKernels.h"
 
+#include "CpuKernelsInternal.h"
+
+#include <algorithm>
 #include <cstring>
 
+using moert::cpu::detail::dataOf;
+
 namespace {
-template <typename T, int N>
-T *rowPtr(StridedMemRefType<T, N> *m, int64_t row) {
-  return m->data + m->offset + row * m->strides[0];
+template <typename T> T *row(StridedMemRefType<T, 2> *m, int64_t r) {
+  return dataOf(m) + r * m->sizes[1];
 }
 } // namespace
 
@@ -16,19 +24,13 @@ void _mlir_ciface_moert_loop_init(StridedMemRefType<int32_t, 1> *active,
                                   StridedMemRefType<int32_t, 3> *traceIds,
                                   StridedMemRefType<float, 3> *traceGates,
                                   int64_t passes) {
-  for (int64_t t = 0; t < active->sizes[0]; ++t) {
-    active->data[active->offset + t * active->strides[0]] = int32_t(t);
-    exitLoop->data[exitLoop->offset + t * exitLoop->strides[0]] =
-        int32_t(passes - 1);
-  }
-  // The trace buffers come from the caller as contiguous row-major arrays.
+  int32_t *tokens = dataOf(active);
+  for (int64_t t = 0; t < active->sizes[0]; ++t)
+    tokens[t] = int32_t(t);
+  std::fill_n(dataOf(exitLoop), exitLoop->sizes[0], int32_t(passes - 1));
   int64_t n = traceIds->sizes[0] * traceIds->sizes[1] * traceIds->sizes[2];
-  int32_t *ids = traceIds->data + traceIds->offset;
-  float *gates = traceGates->data + traceGates->offset;
-  for (int64_t i = 0; i < n; ++i) {
-    ids[i] = -1;
-    gates[i] = 0.0f;
-  }
+  std::fill_n(dataOf(traceIds), n, -1);
+  std::fill_n(dataOf(traceGates), n, 0.0f);
 }
 
 void _mlir_ciface_moert_gather_rows(StridedMemRefType<float, 2> *src,
@@ -36,9 +38,7 @@ void _mlir_ciface_moert_gather_rows(StridedMemRefType<float, 2> *src,
                                     StridedMemRefType<float, 2> *dst) {
   size_t rowBytes = sizeof(float) * dst->sizes[1];
   for (int64_t i = 0; i < dst->sizes[0]; ++i)
-    std::memcpy(rowPtr(dst, i),
-                rowPtr(src, index->data[index->offset + i * index->strides[0]]),
-                rowBytes);
+    std::memcpy(row(dst, i), row(src, dataOf(index)[i]), rowBytes);
 }
 
 void _mlir_ciface_moert_scatter_rows(StridedMemRefType<float, 2> *src,
@@ -47,8 +47,8 @@ void _mlir_ciface_moert_scatter_rows(StridedMemRefType<float, 2> *src,
                                      int32_t byToken) {
   size_t rowBytes = sizeof(float) * src->sizes[1];
   for (int64_t i = 0; i < index->sizes[0]; ++i) {
-    int32_t token = index->data[index->offset + i * index->strides[0]];
-    std::memcpy(rowPtr(dst, token), rowPtr(src, byToken ? token : i), rowBytes);
+    int32_t token = dataOf(index)[i];
+    std::memcpy(row(dst, token), row(src, byToken ? token : i), rowBytes);
   }
 }
 
@@ -58,21 +58,13 @@ void _mlir_ciface_moert_record_step(StridedMemRefType<int32_t, 2> *ids,
                                     StridedMemRefType<int32_t, 3> *traceIds,
                                     StridedMemRefType<float, 3> *traceGates,
                                     int64_t step, int32_t byToken) {
-  int64_t k = ids->sizes[1];
-  for (int64_t active = 0; active < index->sizes[0]; ++active) {
-    int64_t token = index->data[index->offset + active * index->strides[0]];
-    int64_t i = byToken ? token : active;
-    int32_t *idsOut = traceIds->data + traceIds->offset +
-                      step * traceIds->strides[0] +
-                      token * traceIds->strides[1];
-    float *gatesOut = traceGates->data + traceGates->offset +
-                      step * traceGates->strides[0] +
-                      token * traceGates->strides[1];
-    for (int64_t j = 0; j < k; ++j) {
-      idsOut[j * traceIds->strides[2]] = rowPtr(ids, i)[j * ids->strides[1]];
-      gatesOut[j * traceGates->strides[2]] =
-          rowPtr(gates, i)[j * gates->strides[1]];
-    }
+  int64_t tokens = traceIds->sizes[1], k = ids->sizes[1];
+  int32_t *idsOut = dataOf(traceIds) + step * tokens * k;
+  float *gatesOut = dataOf(traceGates) + step * tokens * k;
+  for (int64_t i = 0; i < index->sizes[0]; ++i) {
+    int64_t token = dataOf(index)[i], source = byToken ? token : i;
+    std::copy_n(row(ids, source), k, idsOut + token * k);
+    std::copy_n(row(gates, source), k, gatesOut + token * k);
   }
 }
 
@@ -86,17 +78,14 @@ int64_t _mlir_ciface_moert_exit_update(StridedMemRefType<int8_t, 1> *exits,
   // after the last pass (every token stops there anyway).
   if (pass + 1 < minPasses || pass >= passes - 1)
     return count;
-  int32_t *ids = active->data + active->offset;
+  int32_t *tokens = dataOf(active);
   int64_t kept = 0;
   for (int64_t i = 0; i < count; ++i) {
-    int32_t token = ids[i * active->strides[0]];
-    int64_t row = byToken ? token : i;
-    if (exits->data[exits->offset + row * exits->strides[0]]) {
-      exitLoop->data[exitLoop->offset + token * exitLoop->strides[0]] =
-          int32_t(pass);
-      continue;
-    }
-    ids[kept++ * active->strides[0]] = token;
+    int32_t token = tokens[i];
+    if (dataOf(exits)[byToken ? token : i])
+      dataOf(exitLoop)[token] = int32_t(pass);
+    else
+      tokens[kept++] = token;
   }
   return kept;
 }
@@ -104,11 +93,8 @@ int64_t _mlir_ciface_moert_exit_update(StridedMemRefType<int8_t, 1> *exits,
 void _mlir_ciface_moert_add(StridedMemRefType<float, 2> *a,
                             StridedMemRefType<float, 2> *b,
                             StridedMemRefType<float, 2> *out) {
-  for (int64_t i = 0; i < out->sizes[0]; ++i) {
-    const float *x = rowPtr(a, i), *y = rowPtr(b, i);
-    float *z = rowPtr(out, i);
-    for (int64_t j = 0; j < out->sizes[1]; ++j)
-      z[j] = x[j] + y[j];
-  }
+  int64_t n = out->sizes[0] * out->sizes[1];
+  std::transform(dataOf(a), dataOf(a) + n, dataOf(b), dataOf(out),
+                 [](float x, float y) { return x + y; });
 }
 }

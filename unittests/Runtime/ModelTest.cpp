@@ -4,6 +4,7 @@
 // the runtime's side of the ABI: weight binding, descriptor layout, errors.
 //
 //===----------------------------------------------------------------------===//
+#include "mlir/ExecutionEngine/CRunnerUtils.h"
 #include "moert/Safetensors.h"
 #include "moert/moert.hpp"
 
@@ -15,33 +16,29 @@
 #include <thread>
 
 namespace {
-/// A memref descriptor of rank N as the compiled entry point receives it.
-template <int N> struct Desc {
-  float *base, *data;
-  int64_t offset, sizes[N], strides[N];
-};
+template <typename T, int N> using Desc = StridedMemRefType<T, N>;
 
 // hidden_out = hidden_in + norm (the model's only weight), exit_loop = 0,
 // trace ids = token index, gates = 1. Checks the layout on the way.
 void fakeRun(void **descriptors) {
-  auto *in = static_cast<Desc<2> *>(descriptors[0]);
-  auto *out = static_cast<Desc<2> *>(descriptors[1]);
-  auto *exitLoop = static_cast<Desc<1> *>(descriptors[2]);
-  auto *ids = static_cast<Desc<3> *>(descriptors[3]);
-  auto *gates = static_cast<Desc<3> *>(descriptors[4]);
-  auto *norm = static_cast<Desc<1> *>(descriptors[5]);
+  auto *in = static_cast<Desc<float, 2> *>(descriptors[0]);
+  auto *out = static_cast<Desc<float, 2> *>(descriptors[1]);
+  auto *exitLoop = static_cast<Desc<int32_t, 1> *>(descriptors[2]);
+  auto *ids = static_cast<Desc<int32_t, 3> *>(descriptors[3]);
+  auto *gates = static_cast<Desc<float, 3> *>(descriptors[4]);
+  auto *norm = static_cast<Desc<float, 1> *>(descriptors[5]);
   int64_t t = in->sizes[0], d = in->sizes[1];
   if (in->strides[0] != d || in->strides[1] != 1 || norm->sizes[0] != d ||
       ids->sizes[1] != t || ids->strides[1] != ids->sizes[2])
     return; // leaves the outputs untouched, which the tests detect
   for (int64_t i = 0; i < t; ++i) {
-    reinterpret_cast<int32_t *>(exitLoop->data)[i] = 0;
+    exitLoop->data[i] = 0;
     for (int64_t j = 0; j < d; ++j)
       out->data[i * d + j] = in->data[i * d + j] + norm->data[j];
   }
   int64_t trace = ids->sizes[0] * ids->sizes[1] * ids->sizes[2];
   for (int64_t i = 0; i < trace; ++i) {
-    reinterpret_cast<int32_t *>(ids->data)[i] = int32_t(i / ids->sizes[2]);
+    ids->data[i] = int32_t(i / ids->sizes[2]);
     gates->data[i] = 1.0f;
   }
 }

@@ -85,9 +85,9 @@ struct HoistSharedRoutersPass
                                 Attribute(TypeAttr::get(p.getType())));
         },
         [](PlanOp kept, size_t count) {
-          InFlightDiagnostic remark =
-              kept.emitRemark() << "one routing plan serves " << count
-                                << " layers";
+          InFlightDiagnostic remark = kept.emitRemark()
+                                      << "one routing plan serves " << count
+                                      << " layers";
           if (auto route = kept.getIds().getDefiningOp<RouteOp>())
             remark << " of router " << route.getRouterAttr();
         });
