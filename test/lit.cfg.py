@@ -19,7 +19,7 @@ llvm_config.with_system_environment(["HOME", "INCLUDE", "LIB", "TMP", "TEMP"])
 llvm_config.use_default_substitutions()
 
 tool_dirs = [config.moe_tools_dir, config.llvm_tools_dir]
-tools = ["moe-opt", "moe-import", "moe-run", "moe-compile", "not", "split-file", "llvm-nm"]
+tools = ["moe-opt", "moe-import", "moe-run", "moe-compile", "not", "split-file", "llvm-nm", "count"]
 # The libFuzzer targets exist in builds configured with MOE_ENABLE_FUZZERS
 # (scripts/setup.sh does); elsewhere their bounded runs are unsupported.
 if config.moe_enable_fuzzers:
