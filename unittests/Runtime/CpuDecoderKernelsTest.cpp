@@ -7,8 +7,8 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "KernelTestUtils.h"
 #include "moert/CpuDecoderKernels.h"
+#include "KernelTestUtils.h"
 #include "moert/CpuKernels.h"
 
 #include "gtest/gtest.h"
@@ -23,6 +23,8 @@
 #include <vector>
 
 using namespace moert::cpu;
+using moert::testing::allNaN;
+using moert::testing::expectBitwiseEqual;
 using moert::testing::memref;
 using moert::testing::randomVector;
 
@@ -51,18 +53,6 @@ void expectClose(const float *actual, const double *expected, size_t n,
     ASSERT_NEAR(actual[i], expected[i],
                 tolerance + tolerance * std::fabs(expected[i]))
         << "at element " << i;
-}
-
-void expectBitwiseEqual(const std::vector<float> &actual,
-                        const std::vector<float> &expected) {
-  ASSERT_EQ(actual.size(), expected.size());
-  EXPECT_EQ(std::memcmp(actual.data(), expected.data(),
-                        actual.size() * sizeof(float)),
-            0);
-}
-
-bool allNaN(const std::vector<float> &v) {
-  return std::all_of(v.begin(), v.end(), [](float x) { return std::isnan(x); });
 }
 
 double dotRef(const float *a, const float *b, int64_t n) {

@@ -6,8 +6,8 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "KernelTestUtils.h"
 #include "moert/CpuKernels.h"
+#include "KernelTestUtils.h"
 
 #include "gtest/gtest.h"
 
@@ -21,6 +21,8 @@
 #include <vector>
 
 using namespace moert::cpu;
+using moert::testing::allNaN;
+using moert::testing::expectBitwiseEqual;
 using moert::testing::memref;
 using moert::testing::randomVector;
 

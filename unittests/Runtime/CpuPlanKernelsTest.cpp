@@ -7,8 +7,8 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "KernelTestUtils.h"
 #include "moert/CpuPlanKernels.h"
+#include "KernelTestUtils.h"
 
 #include "gtest/gtest.h"
 
@@ -21,6 +21,8 @@
 #include <vector>
 
 using namespace moert::cpu;
+using moert::testing::allNaN;
+using moert::testing::expectBitwiseEqual;
 using moert::testing::memref;
 using moert::testing::randomVector;
 
@@ -31,18 +33,6 @@ constexpr double kTolerance = 1e-4;
 void expectNear(float actual, double expected, const char *what, int64_t i) {
   ASSERT_NEAR(actual, expected, kTolerance + kTolerance * std::fabs(expected))
       << what << " at " << i;
-}
-
-void expectBitwiseEqual(const std::vector<float> &actual,
-                        const std::vector<float> &expected) {
-  ASSERT_EQ(actual.size(), expected.size());
-  EXPECT_EQ(std::memcmp(actual.data(), expected.data(),
-                        actual.size() * sizeof(float)),
-            0);
-}
-
-bool allNaN(const std::vector<float> &v) {
-  return std::all_of(v.begin(), v.end(), [](float x) { return std::isnan(x); });
 }
 
 bool allEqual(const std::vector<int32_t> &v, int32_t value) {

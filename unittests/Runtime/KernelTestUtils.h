@@ -1,11 +1,15 @@
-//===- KernelTestUtils.h - helpers shared by the CPU kernel tests -*- C++ -*-===//
+//===- KernelTestUtils.h - helpers shared by the CPU kernel tests -*- C++
+//-*-===//
 #ifndef MOE_UNITTESTS_RUNTIME_KERNELTESTUTILS_H
 #define MOE_UNITTESTS_RUNTIME_KERNELTESTUTILS_H
 
 #include "mlir/ExecutionEngine/CRunnerUtils.h"
 #include "gtest/gtest.h"
 
+#include <algorithm>
 #include <array>
+#include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -36,6 +40,18 @@ inline std::vector<float> randomVector(size_t n, float scale, unsigned seed) {
   for (float &value : v)
     value = dist(rng);
   return v;
+}
+
+inline void expectBitwiseEqual(const std::vector<float> &actual,
+                               const std::vector<float> &expected) {
+  ASSERT_EQ(actual.size(), expected.size());
+  EXPECT_EQ(std::memcmp(actual.data(), expected.data(),
+                        actual.size() * sizeof(float)),
+            0);
+}
+
+inline bool allNaN(const std::vector<float> &v) {
+  return std::all_of(v.begin(), v.end(), [](float x) { return std::isnan(x); });
 }
 
 } // namespace moert::testing
