@@ -227,14 +227,6 @@ class Model:
         return ("gate_proj", "up_proj", "down_proj")
 
 
-def _has_type(value, kind):
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, kind)
-
-
 def _read_fields(raw, fields):
     values = {}
     for name, (kind, default) in fields.items():
@@ -243,7 +235,7 @@ def _read_fields(raw, fields):
             if default is REQUIRED:
                 raise ContractError(f"config: missing required field '{name}'")
             value = default
-        elif not _has_type(value, kind):
+        elif not ref.has_type(value, kind):
             raise ContractError(f"config: field '{name}' must be of type {kind.__name__}, "
                                 f"got {value!r}")
         values[name] = float(value) if kind is float and value is not None else value
@@ -308,7 +300,7 @@ def parse_config(raw):
         if step < 1:
             raise ContractError("config: field 'decoder_sparse_step' must be >= 1")
         only = c["mlp_only_layers"] or []
-        if not all(_has_type(v, int) for v in only):
+        if not all(ref.has_type(v, int) for v in only):
             raise ContractError("config: field 'mlp_only_layers' must be a list of ints")
         sparse = tuple(l not in only and (l + 1) % step == 0 for l in range(layers))
         if not all(sparse):
@@ -1094,11 +1086,7 @@ def compare_files(golden_path, actual_path, atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL
             failures.append(f"tensor 'logits' differs at index {list(idx)}: actual "
                             f"{float(a[idx])!r}, expected {float(r[idx])!r} "
                             f"(|diff| {float(err[idx]):.3e} > tol {float(bound[idx]):.3e})")
-    for msg in failures:
-        print(f"FAIL: {msg}")
-    if not failures:
-        print("PASS")
-    return not failures
+    return ref.report(failures)
 
 
 # ---------------------------------------------------------------------------
@@ -1238,12 +1226,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ContractError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return ref.run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ def read_safetensors(path):
 
 
 def _int_list(value):
-    return isinstance(value, list) and all(_has_type(v, int) and v >= 0 for v in value)
+    return isinstance(value, list) and all(has_type(v, int) and v >= 0 for v in value)
 
 
 def _decode_tensor(path, name, info, data):
@@ -169,7 +169,8 @@ MIN_VALUES = {"hidden_size": 1, "num_hidden_layers": 1, "num_experts": 1,
               "rms_norm_eps": 0.0}
 
 
-def _has_type(value, kind):
+def has_type(value, kind):
+    """JSON type check that, like Python, keeps bools apart from numbers."""
     if kind is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is int:
@@ -190,7 +191,7 @@ def parse_config(raw):
         cfg[name] = raw.get(name, default)
     types = {**REQUIRED_FIELDS, **{n: k for n, (k, _) in OPTIONAL_FIELDS.items()}}
     for name, kind in types.items():
-        if not _has_type(cfg[name], kind):
+        if not has_type(cfg[name], kind):
             raise ContractError(f"config: field '{name}' must be of type {kind.__name__}, "
                                 f"got {cfg[name]!r}")
     for name in sorted(set(raw) - set(types)):
@@ -669,6 +670,11 @@ def compare_files(golden_path, actual_path, bf16):
     print(f"tolerance atol=rtol={tol:g}; near-tie tokens exempt: {exempt_list}")
     failures = [msg for name in OUTPUT_NAMES
                 if (msg := compare_tensor(name, golden, actual, exempt, tol))]
+    return report(failures)
+
+
+def report(failures):
+    """Print the verdict of a comparison; True when it passed."""
     for msg in failures:
         print(f"FAIL: {msg}")
     if not failures:
@@ -747,13 +753,18 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def run_cli(parser, argv=None):
+    """Run the subcommand `parser` selects; a bad file or field exits 2."""
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (ContractError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def main(argv=None):
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":
