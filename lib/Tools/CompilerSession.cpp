@@ -1,5 +1,6 @@
 //===- CompilerSession.cpp - what moe-run and moe-compile share -----------===//
 #include "moe/Tools/CompilerSession.h"
+#include "moe/Conversion/Passes.h"
 #include "moe/Dialect/MoE/IR/MoEDialect.h"
 #include "moe/Import/ModelFile.h"
 
@@ -9,6 +10,7 @@
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Pass/PassManager.h"
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
 #include "llvm/Support/TargetSelect.h"
@@ -42,4 +44,13 @@ moe::CompilerSession::CompilerSession(bool showRemarks)
 FailureOr<OwningOpRef<ModuleOp>>
 moe::CompilerSession::readModel(StringRef path) {
   return readModelFile(path, &context, sourceMgr);
+}
+
+LogicalResult moe::CompilerSession::lowerForCPU(ModuleOp module,
+                                                unsigned optLevel) {
+  PassManager pm(&context);
+  MoECPUPipelineOptions options;
+  options.optLevel = optLevel;
+  buildMoECPUPipeline(pm, options);
+  return pm.run(module);
 }

@@ -12,7 +12,6 @@
 #include "moe/Target/ModelArtifact.h"
 #include "moe/Tools/CompilerSession.h"
 
-#include "mlir/Pass/PassManager.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/InitLLVM.h"
@@ -69,7 +68,8 @@ int main(int argc, char **argv) {
   cl::ParseCommandLineOptions(
       argc, argv,
       "moe-compile: compile a moe model to an object file and a C header\n\n"
-      "MODEL is a .mlir file in the moe dialect or a moe_stack config.json.\n"
+      "MODEL is a .mlir file in the moe dialect or a config.json (moe_stack, "
+      "mixtral,\nolmoe, qwen3_moe).\n"
       "Link the object with the moe runtime; see runtime/include/moert/"
       "moert.h.\n");
   if (target == "cuda")
@@ -80,18 +80,13 @@ int main(int argc, char **argv) {
     return fail("--name '" + symbolName + "' is not a C identifier");
 
   moe::CompilerSession session(showRemarks);
-  MLIRContext &ctx = session.getContext();
   FailureOr<OwningOpRef<ModuleOp>> module = session.readModel(modelPath);
   if (failed(module))
     return 1;
   FailureOr<moe::ModelManifest> manifest = moe::describeModel(**module);
   if (failed(manifest))
     return 1;
-  PassManager pm(&ctx);
-  moe::MoECPUPipelineOptions pipelineOptions;
-  pipelineOptions.optLevel = optLevel;
-  moe::buildMoECPUPipeline(pm, pipelineOptions);
-  if (failed(pm.run(**module)))
+  if (failed(session.lowerForCPU(**module, optLevel)))
     return 1;
 
   llvm::LLVMContext llvmContext;

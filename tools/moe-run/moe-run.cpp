@@ -20,7 +20,6 @@
 
 #include "mlir/ExecutionEngine/ExecutionEngine.h"
 #include "mlir/ExecutionEngine/OptUtils.h"
-#include "mlir/Pass/PassManager.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/Format.h"
 #include "llvm/Support/InitLLVM.h"
@@ -109,12 +108,9 @@ constexpr StringLiteral kSymbol = "moe_model";
 /// Lowers and JIT-compiles the model into the same artifact moe-compile
 /// writes to an object file.
 llvm::Expected<std::unique_ptr<ExecutionEngine>>
-compile(ModuleOp module, const moe::ModelManifest &manifest) {
-  PassManager pm(module.getContext());
-  moe::MoECPUPipelineOptions pipelineOptions;
-  pipelineOptions.optLevel = optLevel;
-  moe::buildMoECPUPipeline(pm, pipelineOptions);
-  if (failed(pm.run(module)))
+compile(moe::CompilerSession &session, ModuleOp module,
+        const moe::ModelManifest &manifest) {
+  if (failed(session.lowerForCPU(module, optLevel)))
     return makeError("lowering the model for the CPU failed");
   auto optimize = makeOptimizingTransformer(3, 0, nullptr);
   ExecutionEngineOptions options;
@@ -139,10 +135,10 @@ struct LoadedModel {
                                                               moert_model_free};
 };
 
-llvm::Expected<LoadedModel> load(ModuleOp module,
+llvm::Expected<LoadedModel> load(moe::CompilerSession &session, ModuleOp module,
                                  const moe::ModelManifest &manifest) {
   LoadedModel loaded;
-  auto engine = compile(module, manifest);
+  auto engine = compile(session, module, manifest);
   if (!engine)
     return engine.takeError();
   loaded.engine = std::move(*engine);
@@ -172,7 +168,8 @@ int32_t argmax(const float *logits, int64_t vocab) {
 }
 
 /// Decoders: prefill each sequence of input_ids [B, S], then greedy decoding.
-llvm::Error runDecoder(ModuleOp module, const moe::ModelManifest &manifest) {
+llvm::Error runDecoder(moe::CompilerSession &session, ModuleOp module,
+                       const moe::ModelManifest &manifest) {
   auto inputsFile = moert::SafetensorsFile::open(inputsPath);
   if (!inputsFile)
     return inputsFile.takeError();
@@ -192,7 +189,7 @@ llvm::Error runDecoder(ModuleOp module, const moe::ModelManifest &manifest) {
                      " generated ones exceeds max_position_embeddings (" +
                      llvm::Twine(manifest.maxPositions) + ")");
 
-  auto loaded = load(module, manifest);
+  auto loaded = load(session, module, manifest);
   if (!loaded)
     return loaded.takeError();
   std::vector<float> logits(batch * seq * vocab), step(vocab);
@@ -256,12 +253,12 @@ llvm::Error runDecoder(ModuleOp module, const moe::ModelManifest &manifest) {
   return moert::writeSafetensors(outputsPath, tensors);
 }
 
-llvm::Error run(ModuleOp module) {
+llvm::Error run(moe::CompilerSession &session, ModuleOp module) {
   FailureOr<moe::ModelManifest> manifest = moe::describeModel(module);
   if (failed(manifest))
     return makeError("cannot run this module");
   if (manifest->decoder)
-    return runDecoder(module, *manifest);
+    return runDecoder(session, module, *manifest);
 
   // Inputs first: a bad input file should not cost a compile.
   auto inputsFile = moert::SafetensorsFile::open(inputsPath);
@@ -280,7 +277,7 @@ llvm::Error run(ModuleOp module) {
     return hiddenIn.takeError();
   int64_t tokens = input->shape[0];
 
-  auto loaded = load(module, *manifest);
+  auto loaded = load(session, module, *manifest);
   if (!loaded)
     return loaded.takeError();
   moert_model *model = loaded->model.get();
@@ -388,7 +385,7 @@ int main(int argc, char **argv) {
   FailureOr<OwningOpRef<ModuleOp>> module = session.readModel(modelPath);
   if (failed(module))
     return 1;
-  if (llvm::Error err = run(**module))
+  if (llvm::Error err = run(session, **module))
     return fail(llvm::toString(std::move(err)));
   return 0;
 }

@@ -21,6 +21,9 @@ public:
   MLIRContext &getContext() { return context; }
   /// Reads a .mlir model or imports a config.json (readModelFile).
   FailureOr<OwningOpRef<ModuleOp>> readModel(StringRef path);
+  /// Runs moe-cpu-pipeline (its optimising passes at optLevel >= 1) on
+  /// `module`, leaving it in the LLVM dialect.
+  LogicalResult lowerForCPU(ModuleOp module, unsigned optLevel);
 
 private:
   MLIRContext context;
