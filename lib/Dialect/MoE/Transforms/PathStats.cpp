@@ -53,8 +53,11 @@ struct MoEPathStatsPass : public moe::impl::MoEPathStatsBase<MoEPathStatsPass> {
     std::optional<int64_t> experts, topK;
     bool uniformShape = true;
 
-    func.walk([&](ExpertsOp layer) {
-      auto route = layer.getIds().getDefiningOp<RouteOp>();
+    func.walk([&](Operation *layer) {
+      if (!isExpertLayer(layer))
+        return;
+      Value ids = getExpertLayerIds(layer);
+      auto route = ids ? ids.getDefiningOp<RouteOp>() : RouteOp();
       if (!route)
         return;
       auto router = SymbolTable::lookupNearestSymbolFrom<WeightOp>(

@@ -18,8 +18,9 @@ def MoEPathStats : Pass<"moe-path-stats", "::mlir::func::FuncOp"> {
       decides) and with the model's sharing (layers of a block-decision group
       reuse one decision).
 
-    A layer is a `moe.experts` op; its router is the `moe.route` that
-    produces its ids.
+    A layer is an expert group (`moe.experts`, or after decomposition its
+    `moe.combine` or `moe.fused_experts`); its router is the `moe.route`
+    that produces its ids.
   }];
   let dependentDialects = ["::mlir::moe::MoEDialect"];
 }
