@@ -2,6 +2,7 @@
 #include "CudaDriver.h"
 
 #include <dlfcn.h>
+#include <memory>
 
 using namespace moert;
 
@@ -25,8 +26,8 @@ std::string errorName(void *driver, CUresult code) {
 
 CudaProbe moert::probeCudaDriver() {
   CudaProbe probe;
-  // The driver stays loaded: a later CUDA backend uses the same handle.
   void *driver = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  std::unique_ptr<void, int (*)(void *)> unload(driver, dlclose);
   if (!driver) {
     const char *why = dlerror();
     probe.problem = std::string("no NVIDIA driver: libcuda.so.1 cannot be "
