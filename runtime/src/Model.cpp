@@ -134,8 +134,12 @@ llvm::Error parseManifest(llvm::StringRef text, moert_model &model) {
     WeightSpec spec{source->str(),
                     *dtype == "BF16" ? moert::DType::BF16 : moert::DType::F32,
                     {}};
-    for (const llvm::json::Value &d : *shape)
-      spec.shape.push_back(d.getAsInteger().value_or(-1));
+    for (const llvm::json::Value &d : *shape) {
+      std::optional<int64_t> size = d.getAsInteger();
+      if (!size || *size < 0)
+        return fail("weight '" + spec.source + "' has a bad shape");
+      spec.shape.push_back(*size);
+    }
     model.specs.push_back(std::move(spec));
   }
   return llvm::Error::success();

@@ -172,6 +172,13 @@ TEST_F(ModelTest, BadArguments) {
   moert_compiled_model broken = {"{\"entry\": 1}", fakeRun};
   EXPECT_FALSE(moert::Model::load(*ctx, broken, normWeights(), &error));
   EXPECT_EQ(error, "invalid model manifest: missing a field");
+  moert_compiled_model badShape = {
+      R"({"entry": "forward", "hidden_size": 3, "passes": 1, "layers": 1,
+          "top_k": 1, "experts": 2,
+          "weights": [{"source": "w", "dtype": "F32", "shape": [-3]}]})",
+      fakeRun};
+  EXPECT_FALSE(moert::Model::load(*ctx, badShape, normWeights(), &error));
+  EXPECT_EQ(error, "invalid model manifest: weight 'w' has a bad shape");
 
   auto model = moert::Model::load(*ctx, kFakeModel, normWeights(), &error);
   ASSERT_TRUE(model) << error;

@@ -12,6 +12,7 @@
 #include "moe/Dialect/MoE/IR/MoEOps.h"
 
 #include "mlir/IR/BuiltinOps.h"
+#include "llvm/ADT/StringSet.h"
 #include "llvm/ADT/TypeSwitch.h"
 
 namespace mlir::moe {
@@ -84,6 +85,7 @@ private:
   /// that loop passes reuse them.
   Operation *lastAllocation = nullptr;
   SmallVector<Value> allocations;
+  llvm::StringSet<> declaredKernels;
 
   DenseMap<Value, Value> buffers;
   /// Plan-ordered tensors and the plan that orders their rows.
@@ -139,7 +141,9 @@ Operation *ModelLowering::call(StringRef kernel, ValueRange operands,
         type == target ? v : memref::CastOp::create(builder, loc, target, v));
   }
   auto fnType = builder.getFunctionType(ValueRange(args).getTypes(), results);
-  if (!module.lookupSymbol<func::FuncOp>(kernel)) {
+  // Declared once per module; a set, not a symbol-table scan per call.
+  if (declaredKernels.insert(kernel).second &&
+      !module.lookupSymbol<func::FuncOp>(kernel)) {
     OpBuilder::InsertionGuard guard(builder);
     builder.setInsertionPointToStart(module.getBody());
     auto decl = func::FuncOp::create(builder, loc, kernel, fnType);
