@@ -17,7 +17,22 @@
 
 using namespace mlir;
 
+llvm::cl::OptionCategory &moe::getCompilerOptionsCategory() {
+  static llvm::cl::OptionCategory category("compiler options");
+  return category;
+}
+
 namespace {
+llvm::cl::opt<unsigned>
+    optLevel("opt-level", llvm::cl::init(1), llvm::cl::value_desc("0|1"),
+             llvm::cl::cat(moe::getCompilerOptionsCategory()),
+             llvm::cl::desc("0: lower the model as written; 1 (default): run "
+                            "the moe optimising passes first"));
+llvm::cl::opt<bool>
+    showRemarks("remarks", llvm::cl::cat(moe::getCompilerOptionsCategory()),
+                llvm::cl::desc("Print the optimising passes' remarks (what "
+                               "they did and why)"));
+
 DialectRegistry compilerDialects() {
   DialectRegistry registry;
   registry.insert<moe::MoEDialect, func::FuncDialect, arith::ArithDialect,
@@ -29,13 +44,13 @@ DialectRegistry compilerDialects() {
 }
 } // namespace
 
-moe::CompilerSession::CompilerSession(bool showRemarks)
+moe::CompilerSession::CompilerSession()
     : context(compilerDialects()), diagnostics(sourceMgr, &context) {
   llvm::InitializeNativeTarget();
   llvm::InitializeNativeTargetAsmPrinter();
   context.printOpOnDiagnostic(false);
   // Handlers run newest first: this one swallows remarks unless asked.
-  context.getDiagEngine().registerHandler([showRemarks](Diagnostic &diag) {
+  context.getDiagEngine().registerHandler([](Diagnostic &diag) {
     return success(diag.getSeverity() == DiagnosticSeverity::Remark &&
                    !showRemarks);
   });
@@ -46,8 +61,7 @@ moe::CompilerSession::readModel(StringRef path) {
   return readModelFile(path, &context, sourceMgr);
 }
 
-LogicalResult moe::CompilerSession::lowerForCPU(ModuleOp module,
-                                                unsigned optLevel) {
+LogicalResult moe::CompilerSession::lowerForCPU(ModuleOp module) {
   PassManager pm(&context);
   MoECPUPipelineOptions options;
   options.optLevel = optLevel;

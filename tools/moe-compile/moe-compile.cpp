@@ -26,15 +26,6 @@ static cl::OptionCategory compileCategory("moe-compile options");
 static cl::opt<std::string> modelPath(cl::Positional, cl::Required,
                                       cl::cat(compileCategory),
                                       cl::desc("<model.mlir | config.json>"));
-static cl::opt<bool>
-    showRemarks("remarks", cl::cat(compileCategory),
-                cl::desc("Print the optimising passes' remarks (what they "
-                         "did and why)"));
-static cl::opt<unsigned>
-    optLevel("opt-level", cl::init(1), cl::value_desc("0|1"),
-             cl::cat(compileCategory),
-             cl::desc("0: lower the model as written; 1 (default): run the "
-                      "moe optimising passes first"));
 static cl::opt<std::string> target("target", cl::init("cpu"),
                                    cl::value_desc("cpu|cuda"),
                                    cl::cat(compileCategory),
@@ -64,7 +55,8 @@ static bool isCIdentifier(StringRef name) {
 
 int main(int argc, char **argv) {
   llvm::InitLLVM init(argc, argv);
-  cl::HideUnrelatedOptions(compileCategory);
+  cl::HideUnrelatedOptions(
+      {&compileCategory, &moe::getCompilerOptionsCategory()});
   cl::ParseCommandLineOptions(
       argc, argv,
       "moe-compile: compile a moe model to an object file and a C header\n\n"
@@ -79,14 +71,14 @@ int main(int argc, char **argv) {
   if (!isCIdentifier(symbolName))
     return fail("--name '" + symbolName + "' is not a C identifier");
 
-  moe::CompilerSession session(showRemarks);
+  moe::CompilerSession session;
   FailureOr<OwningOpRef<ModuleOp>> module = session.readModel(modelPath);
   if (failed(module))
     return 1;
   FailureOr<moe::ModelManifest> manifest = moe::describeModel(**module);
   if (failed(manifest))
     return 1;
-  if (failed(session.lowerForCPU(**module, optLevel)))
+  if (failed(session.lowerForCPU(**module)))
     return 1;
 
   llvm::LLVMContext llvmContext;

@@ -59,15 +59,6 @@ static cl::opt<unsigned>
     repeat("repeat", cl::init(1), cl::value_desc("N"), cl::cat(runCategory),
            cl::desc("Run the model N times and print the median and minimum "
                     "run time (for benchmarks)"));
-static cl::opt<bool>
-    showRemarks("remarks", cl::cat(runCategory),
-                cl::desc("Print the optimising passes' remarks (what they "
-                         "did and why)"));
-static cl::opt<unsigned>
-    optLevel("opt-level", cl::init(1), cl::value_desc("0|1"),
-             cl::cat(runCategory),
-             cl::desc("0: lower the model as written; 1 (default): run the "
-                      "moe optimising passes first"));
 static cl::opt<std::string> device("device", cl::init("cpu"),
                                    cl::value_desc("cpu|cuda"),
                                    cl::cat(runCategory),
@@ -110,7 +101,7 @@ constexpr StringLiteral kSymbol = "moe_model";
 llvm::Expected<std::unique_ptr<ExecutionEngine>>
 compile(moe::CompilerSession &session, ModuleOp module,
         const moe::ModelManifest &manifest) {
-  if (failed(session.lowerForCPU(module, optLevel)))
+  if (failed(session.lowerForCPU(module)))
     return makeError("lowering the model for the CPU failed");
   auto optimize = makeOptimizingTransformer(3, 0, nullptr);
   ExecutionEngineOptions options;
@@ -353,7 +344,7 @@ int main(int argc, char **argv) {
     else
       args.push_back(argv[i]);
   }
-  cl::HideUnrelatedOptions(runCategory);
+  cl::HideUnrelatedOptions({&runCategory, &moe::getCompilerOptionsCategory()});
   cl::ParseCommandLineOptions(
       args.size(), args.data(),
       "moe-run: compile a moe model for the CPU and run it\n\n"
@@ -381,7 +372,7 @@ int main(int argc, char **argv) {
     return fail(llvm::toString(std::move(err)));
   moert_context_free(probe);
 
-  moe::CompilerSession session(showRemarks);
+  moe::CompilerSession session;
   FailureOr<OwningOpRef<ModuleOp>> module = session.readModel(modelPath);
   if (failed(module))
     return 1;

@@ -6,24 +6,29 @@
 #include "mlir/IR/Diagnostics.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/IR/OwningOpRef.h"
+#include "llvm/Support/CommandLine.h"
 #include "llvm/Support/SourceMgr.h"
 
 namespace mlir::moe {
 
+/// The command-line options every compiling tool shares (--opt-level,
+/// --remarks), in this category.
+llvm::cl::OptionCategory &getCompilerOptionsCategory();
+
 /// A context with the dialects and LLVM IR translations that compiling a
 /// model needs, the native target initialised, and diagnostics printed
 /// against the model's source. The optimising passes explain their decisions
-/// as remarks; they are shown only when `showRemarks` is set.
+/// as remarks; they are shown only with --remarks.
 class CompilerSession {
 public:
-  explicit CompilerSession(bool showRemarks);
+  CompilerSession();
 
   MLIRContext &getContext() { return context; }
   /// Reads a .mlir model or imports a config.json (readModelFile).
   FailureOr<OwningOpRef<ModuleOp>> readModel(StringRef path);
-  /// Runs moe-cpu-pipeline (its optimising passes at optLevel >= 1) on
+  /// Runs moe-cpu-pipeline (its optimising passes unless --opt-level=0) on
   /// `module`, leaving it in the LLVM dialect.
-  LogicalResult lowerForCPU(ModuleOp module, unsigned optLevel);
+  LogicalResult lowerForCPU(ModuleOp module);
 
 private:
   MLIRContext context;
