@@ -1,18 +1,97 @@
-//===- CudaDriver.h - is there a usable CUDA driver and GPU? ----*- C++ -*-===//
+//===- CudaDriver.h - the CUDA driver API, loaded at run time ---*- C++ -*-===//
+//
+// The runtime reaches the driver through dlopen, so that it builds without
+// the CUDA toolkit and runs (device "cpu") on machines without a driver. The
+// few cuda.h types are spelled out here; the entry points are those cuda.h
+// maps the API names to (cuMemAlloc is the symbol cuMemAlloc_v2, ...).
+//
+//===----------------------------------------------------------------------===//
 #ifndef MOERT_CUDADRIVER_H
 #define MOERT_CUDADRIVER_H
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 
-namespace moert {
-/// What the machine offers for device "cuda": the number of CUDA devices, or
-/// why there are none usable (no driver library, cuInit failing, ...). The
-/// driver is loaded at run time, so the runtime builds and runs without one.
-struct CudaProbe {
-  int devices = 0;
-  std::string problem; ///< empty when devices > 0
+namespace moert::cuda {
+using CUresult = int;
+using CUdevice = int;
+using CUdeviceptr = unsigned long long;
+using CUcontext = struct CUctx_st *;
+using CUmodule = struct CUmod_st *;
+using CUfunction = struct CUfunc_st *;
+using CUstream = struct CUstream_st *;
+using CUevent = struct CUevent_st *;
+
+enum : int {
+  CUDA_SUCCESS = 0,
+  CUDA_ERROR_NO_BINARY_FOR_GPU = 209,
+  CUDA_ERROR_UNSUPPORTED_PTX_VERSION = 222,
+  CU_STREAM_NON_BLOCKING = 1,
+  CU_EVENT_DISABLE_TIMING = 2,
+  CU_MEM_ATTACH_GLOBAL = 1,
+  CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75,
+  CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76,
+  CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED = 115,
 };
-CudaProbe probeCudaDriver();
-} // namespace moert
+
+/// The driver entry points the runtime uses. The optional ones are null when
+/// the driver lacks them (the stream-ordered allocator came with CUDA 11.2).
+struct Driver {
+  CUresult (*cuInit)(unsigned);
+  CUresult (*cuDriverGetVersion)(int *);
+  CUresult (*cuGetErrorName)(CUresult, const char **);
+  CUresult (*cuGetErrorString)(CUresult, const char **);
+  CUresult (*cuDeviceGetCount)(int *);
+  CUresult (*cuDeviceGet)(CUdevice *, int);
+  CUresult (*cuDeviceGetName)(char *, int, CUdevice);
+  CUresult (*cuDeviceGetAttribute)(int *, int, CUdevice);
+  CUresult (*cuDevicePrimaryCtxRetain)(CUcontext *, CUdevice);
+  CUresult (*cuDevicePrimaryCtxRelease)(CUdevice);
+  CUresult (*cuCtxPushCurrent)(CUcontext);
+  CUresult (*cuCtxPopCurrent)(CUcontext *);
+  CUresult (*cuStreamCreate)(CUstream *, unsigned);
+  CUresult (*cuStreamDestroy)(CUstream);
+  CUresult (*cuStreamSynchronize)(CUstream);
+  CUresult (*cuStreamWaitEvent)(CUstream, CUevent, unsigned);
+  CUresult (*cuEventCreate)(CUevent *, unsigned);
+  CUresult (*cuEventDestroy)(CUevent);
+  CUresult (*cuEventSynchronize)(CUevent);
+  CUresult (*cuEventRecord)(CUevent, CUstream);
+  CUresult (*cuMemAlloc)(CUdeviceptr *, size_t);
+  CUresult (*cuMemAllocManaged)(CUdeviceptr *, size_t, unsigned);
+  CUresult (*cuMemFree)(CUdeviceptr);
+  CUresult (*cuMemcpyHtoD)(CUdeviceptr, const void *, size_t);
+  CUresult (*cuMemcpyHtoDAsync)(CUdeviceptr, const void *, size_t, CUstream);
+  CUresult (*cuMemcpyDtoHAsync)(void *, CUdeviceptr, size_t, CUstream);
+  CUresult (*cuMemcpyAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
+  CUresult (*cuMemsetD32Async)(CUdeviceptr, unsigned, size_t, CUstream);
+  CUresult (*cuMemsetD16Async)(CUdeviceptr, unsigned short, size_t, CUstream);
+  CUresult (*cuModuleLoadData)(CUmodule *, const void *);
+  CUresult (*cuModuleUnload)(CUmodule);
+  CUresult (*cuModuleGetFunction)(CUfunction *, CUmodule, const char *);
+  CUresult (*cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned,
+                             unsigned, unsigned, unsigned, unsigned, CUstream,
+                             void **, void **);
+  // Optional.
+  CUresult (*cuMemAllocAsync)(CUdeviceptr *, size_t, CUstream);
+  CUresult (*cuMemFreeAsync)(CUdeviceptr, CUstream);
+
+  /// "CUDA_ERROR_OUT_OF_MEMORY (out of memory)", or the number if the driver
+  /// does not know the code.
+  std::string errorName(CUresult code) const;
+  /// "<call> failed: <errorName>".
+  std::string failure(const std::string &call, CUresult code) const;
+};
+
+/// The environment variable that names the driver library instead of
+/// libcuda.so.1: a testing hook (the unit tests point it at a fake driver).
+inline constexpr const char *kDriverVariable = "MOERT_CUDA_DRIVER";
+
+/// Loads the driver library (once per path; it stays loaded, as unloading a
+/// driver that may have live contexts is unsafe) and resolves its entry
+/// points. On failure returns null and says what is missing in `problem`.
+const Driver *loadDriver(std::string &problem);
+} // namespace moert::cuda
 
 #endif // MOERT_CUDADRIVER_H

@@ -1,10 +1,11 @@
 //===- Model.cpp - the moe runtime C API ----------------------------------===//
-#include "CudaDriver.h"
+#include "CudaBackend.h"
 #include "WeightFiles.h"
 #include "moert/Safetensors.h"
 #include "moert/moert.h"
 
 #include "llvm/ADT/SmallVector.h"
+#include "llvm/ADT/StringExtras.h"
 #include "llvm/ADT/StringRef.h"
 #include "llvm/Support/JSON.h"
 
@@ -21,7 +22,8 @@ struct moert_status_t {
 };
 
 struct moert_context {
-  std::string device;
+  std::string device;                        ///< "cpu" or "cuda"
+  std::unique_ptr<moert::cuda::Device> cuda; ///< for "cuda"
 };
 
 namespace {
@@ -62,9 +64,12 @@ private:
 struct moert_model {
   const moert_compiled_model *compiled;
   moert_model_info info;
+  std::string target = "cpu";       ///< "cpu" or "cuda"
+  std::string gpuArchs;             ///< cuda: what the binary was built for
   std::vector<int64_t> cacheWidths; ///< decoders: per cache slot
   std::vector<WeightSpec> specs;
-  std::vector<std::vector<float>> weights;
+  std::vector<std::vector<float>> weights;       ///< cpu
+  std::unique_ptr<moert::cuda::DeviceModel> cuda; ///< cuda: device weights
 };
 
 struct moert_session {
@@ -78,11 +83,13 @@ struct moert_session {
 
 namespace {
 /// Calls the compiled entry point with `descriptors` (its leading arguments)
-/// followed by the model's weights.
+/// followed by the model's weights (in device memory for cuda).
 void runCompiled(moert_model &model,
                  llvm::SmallVectorImpl<Descriptor> &descriptors) {
   for (size_t i = 0; i < model.specs.size(); ++i)
-    descriptors.emplace_back(model.weights[i].data(), model.specs[i].shape);
+    descriptors.emplace_back(model.cuda ? model.cuda->weights()[i]
+                                        : model.weights[i].data(),
+                             model.specs[i].shape);
   llvm::SmallVector<void *> pointers;
   for (Descriptor &d : descriptors)
     pointers.push_back(d.get());
@@ -114,6 +121,18 @@ llvm::Error parseManifest(llvm::StringRef text, moert_model &model) {
       !weights)
     return fail("missing a field");
   info.is_decoder = root->getString("kind") == "decoder";
+  if (std::optional<llvm::StringRef> target = root->getString("target"))
+    model.target = target->str();
+  if (model.target != "cpu" && model.target != "cuda")
+    return fail("unknown target '" + model.target + "' (expected cpu or cuda)");
+  // What moe-compile --target cuda builds unless the manifest says.
+  model.gpuArchs = "sm_90a and sm_80";
+  if (const llvm::json::Array *archs = root->getArray("gpu_archs")) {
+    llvm::SmallVector<std::string> names;
+    for (const llvm::json::Value &a : *archs)
+      names.push_back(a.getAsString().value_or("?").str());
+    model.gpuArchs = llvm::join(names, ", ");
+  }
   if (info.is_decoder) {
     const llvm::json::Array *widths = root->getArray("cache_widths");
     if (!integer("vocab_size", info.vocab_size) ||
@@ -232,26 +251,39 @@ void moert_status_free(moert_status status) { delete status; }
 
 moert_status moert_context_create(const char *device, moert_context **out) {
   llvm::StringRef name = device ? device : "";
+  if (!out)
+    return makeStatus(MOERT_INVALID_ARGUMENT,
+                      "moert_context_create: null argument");
   if (name == "cuda") {
     // Say exactly what is missing; never fall back to the CPU silently.
-    moert::CudaProbe probe = moert::probeCudaDriver();
-    std::string why =
-        probe.devices
-            ? std::to_string(probe.devices) +
-                  " CUDA device(s) found, but this build of the runtime has "
-                  "no CUDA backend yet"
-            : probe.problem;
-    return makeStatus(MOERT_UNAVAILABLE,
-                      "device 'cuda': " + why +
-                          "; use 'cpu' (there is no silent CPU fallback)");
+    std::string problem;
+    auto cuda = moert::cuda::Device::create(problem);
+    if (!cuda)
+      return makeStatus(MOERT_UNAVAILABLE,
+                        "device 'cuda': " + problem +
+                            "; use 'cpu' (there is no silent CPU fallback)");
+    *out = new moert_context{name.str(), std::move(cuda)};
+    return nullptr;
   }
   if (name != "cpu")
     return makeStatus(MOERT_INVALID_ARGUMENT, "unknown device '" + name.str() +
                                                   "' (expected cpu or cuda)");
-  *out = new moert_context{name.str()};
+  *out = new moert_context{name.str(), nullptr};
   return nullptr;
 }
 void moert_context_free(moert_context *ctx) { delete ctx; }
+
+moert_status moert_context_set_cuda_stream(moert_context *ctx, void *stream) {
+  if (!ctx)
+    return makeStatus(MOERT_INVALID_ARGUMENT,
+                      "moert_context_set_cuda_stream: null context");
+  if (!ctx->cuda)
+    return makeStatus(MOERT_INVALID_ARGUMENT,
+                      "moert_context_set_cuda_stream: the context's device is "
+                      "'" + ctx->device + "', not 'cuda'");
+  ctx->cuda->setStream(static_cast<moert::cuda::CUstream>(stream));
+  return nullptr;
+}
 
 moert_status moert_model_load(moert_context *ctx,
                               const moert_compiled_model *compiled,
@@ -264,6 +296,26 @@ moert_status moert_model_load(moert_context *ctx,
   model->compiled = compiled;
   if (llvm::Error err = parseManifest(compiled->manifest, *model))
     return fromError(std::move(err), MOERT_INVALID_ARGUMENT);
+  if (model->target != ctx->device)
+    return makeStatus(MOERT_INVALID_ARGUMENT,
+                      "moert_model_load: the model was compiled for target '" +
+                          model->target + "' but the context's device is '" +
+                          ctx->device + "'; create the context with device '" +
+                          model->target + "' or compile the model with "
+                          "moe-compile --target " + ctx->device);
+  if (ctx->cuda) {
+    if (!compiled->gpu_binary || compiled->gpu_binary_size <= 0)
+      return makeStatus(MOERT_INVALID_ARGUMENT,
+                        "moert_model_load: the model's manifest says target "
+                        "'cuda' but its record has no gpu_binary");
+    // The kernels first: a GPU they cannot run on should not cost a read
+    // of the weights.
+    auto cuda = moert::cuda::DeviceModel::load(
+        *ctx->cuda, compiled->gpu_binary, model->gpuArchs);
+    if (!cuda)
+      return fromError(cuda.takeError(), MOERT_UNAVAILABLE);
+    model->cuda = std::move(*cuda);
+  }
 
   auto files = moert::WeightFiles::open(weights_path);
   if (!files)
@@ -273,7 +325,13 @@ moert_status moert_model_load(moert_context *ctx,
     auto values = loadWeight(*files, spec, used);
     if (!values)
       return fromError(values.takeError(), MOERT_INVALID_ARGUMENT);
-    model->weights.push_back(std::move(*values));
+    if (!model->cuda) {
+      model->weights.push_back(std::move(*values));
+      continue;
+    }
+    // On cuda the host copy goes once it is on the device.
+    if (llvm::Error err = model->cuda->addWeight(spec.source, *values))
+      return fromError(std::move(err), MOERT_INTERNAL);
   }
   for (const auto &[tensor, file] : files->tensors())
     if (!used.count(tensor->name))
@@ -303,13 +361,36 @@ moert_status moert_model_run(moert_model *model, int64_t tokens,
                       "moert_model_run: tokens must be at least 1");
   const moert_model_info &info = model->info;
   int64_t steps = info.passes * info.layers;
-  llvm::SmallVector<Descriptor> descriptors = {
-      Descriptor(hidden, {tokens, info.hidden_size}),
-      Descriptor(out->hidden_states, {tokens, info.hidden_size}),
-      Descriptor(out->exit_loop, {tokens}),
-      Descriptor(out->expert_ids, {steps, tokens, info.top_k}),
-      Descriptor(out->expert_gates, {steps, tokens, info.top_k})};
-  runCompiled(*model, descriptors);
+  llvm::SmallVector<int64_t, 3> shapes[] = {{tokens, info.hidden_size},
+                                            {tokens, info.hidden_size},
+                                            {tokens},
+                                            {steps, tokens, info.top_k},
+                                            {steps, tokens, info.top_k}};
+  void *host[] = {const_cast<float *>(hidden), out->hidden_states,
+                  out->exit_loop, out->expert_ids, out->expert_gates};
+  if (!model->cuda) {
+    llvm::SmallVector<Descriptor> descriptors;
+    for (int i = 0; i < 5; ++i)
+      descriptors.emplace_back(host[i], shapes[i]);
+    runCompiled(*model, descriptors);
+    return nullptr;
+  }
+  // Every element is 4 bytes (f32 or i32); hidden_in is the only input.
+  moert::cuda::DeviceModel::Buffer buffers[5];
+  for (int i = 0; i < 5; ++i) {
+    int64_t elements = 1;
+    for (int64_t size : shapes[i])
+      elements *= size;
+    buffers[i] = {host[i], size_t(elements) * 4, i == 0, i != 0};
+  }
+  llvm::Error err = model->cuda->run(buffers, [&] {
+    llvm::SmallVector<Descriptor> descriptors;
+    for (int i = 0; i < 5; ++i)
+      descriptors.emplace_back(buffers[i].device, shapes[i]);
+    runCompiled(*model, descriptors);
+  });
+  if (err)
+    return fromError(std::move(err), MOERT_INTERNAL);
   return nullptr;
 }
 
@@ -321,6 +402,11 @@ moert_status moert_session_create(moert_model *model, moert_session **out) {
     return makeStatus(MOERT_INVALID_ARGUMENT,
                       "moert_session_create: this model is not a decoder; "
                       "run it with moert_model_run");
+  if (model->cuda)
+    return makeStatus(MOERT_UNAVAILABLE,
+                      "moert_session_create: decoder models do not run on "
+                      "cuda yet; compile the model with moe-compile --target "
+                      "cpu and run it on a 'cpu' context");
   auto session = std::make_unique<moert_session>();
   session->model = model;
   for (int64_t width : model->cacheWidths)

@@ -48,7 +48,7 @@ const moert_compiled_model kFakeModel = {
         "top_k": 1, "experts": 2,
         "weights": [{"source": "model.norm.weight", "dtype": "F32",
                      "shape": [3]}]})",
-    fakeRun};
+    fakeRun, nullptr, 0};
 
 class ModelTest : public ::testing::Test {
 protected:
@@ -169,14 +169,14 @@ TEST_F(ModelTest, WeightErrorsNameTheTensor) {
 TEST_F(ModelTest, BadArguments) {
   std::string error;
   auto ctx = moert::Context::create("cpu", &error);
-  moert_compiled_model broken = {"{\"entry\": 1}", fakeRun};
+  moert_compiled_model broken = {"{\"entry\": 1}", fakeRun, nullptr, 0};
   EXPECT_FALSE(moert::Model::load(*ctx, broken, normWeights(), &error));
   EXPECT_EQ(error, "invalid model manifest: missing a field");
   moert_compiled_model badShape = {
       R"({"entry": "forward", "hidden_size": 3, "passes": 1, "layers": 1,
           "top_k": 1, "experts": 2,
           "weights": [{"source": "w", "dtype": "F32", "shape": [-3]}]})",
-      fakeRun};
+      fakeRun, nullptr, 0};
   EXPECT_FALSE(moert::Model::load(*ctx, badShape, normWeights(), &error));
   EXPECT_EQ(error, "invalid model manifest: weight 'w' has a bad shape");
 

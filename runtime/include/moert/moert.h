@@ -20,12 +20,19 @@ extern "C" {
 #endif
 
 /* What moe-compile emits for one model: a JSON manifest (entry point, shapes,
- * weights and their safetensors names) and the entry point, which takes the
- * memref descriptors of: hidden_in, hidden_out, exit_loop, expert_ids,
- * expert_gates, then every weight in manifest order. */
+ * weights and their safetensors names, "target": "cpu" or "cuda"; absent
+ * means cpu) and the entry point, which takes the memref descriptors of:
+ * hidden_in, hidden_out, exit_loop, expert_ids, expert_gates, then every
+ * weight in manifest order. For a cuda model every data pointer is a device
+ * pointer, and gpu_binary holds its kernels: a CUDA fatbinary (or cubin or
+ * PTX) of gpu_binary_size bytes, loaded with cuModuleLoadData. CPU models
+ * have NULL and 0 there; the runtime reads the two fields only for cuda
+ * models. */
 typedef struct moert_compiled_model {
   const char *manifest;
   void (*run)(void **descriptors);
+  const void *gpu_binary;
+  int64_t gpu_binary_size;
 } moert_compiled_model;
 
 typedef enum moert_status_code {
@@ -42,9 +49,19 @@ const char *moert_status_get_message(moert_status status);
 void moert_status_free(moert_status status);
 
 typedef struct moert_context moert_context;
-/* device: "cpu" (or "cuda", which reports MOERT_UNAVAILABLE in this build). */
+/* device: "cpu", or "cuda": the first GPU of the CUDA driver (libcuda.so.1,
+ * loaded at run time; the environment variable MOERT_CUDA_DRIVER names
+ * another library, a testing hook). Without a driver or GPU "cuda" is
+ * MOERT_UNAVAILABLE with a message that says what is missing; there is no
+ * silent CPU fallback. Free a context after the models loaded into it. */
 moert_status moert_context_create(const char *device, moert_context **out);
 void moert_context_free(moert_context *ctx);
+/* Later runs on a "cuda" context launch on `stream`, a CUstream of the
+ * primary context of device 0 (e.g. a cudaStream_t made on device 0), after
+ * the work already queued on it; NULL restores the context's own stream.
+ * Runs still return only when their outputs are on the host.
+ * MOERT_INVALID_ARGUMENT on a "cpu" context. */
+moert_status moert_context_set_cuda_stream(moert_context *ctx, void *stream);
 
 /* Model shape facts from the manifest. A decoder (is_decoder != 0) maps
  * token ids to logits over vocab_size and keeps a KV cache of up to
@@ -58,7 +75,9 @@ typedef struct moert_model_info {
 typedef struct moert_model moert_model;
 /* Binds every weight by its safetensors name (a {e} source stacks the
  * experts); a missing, misshaped or unexpected tensor is an error naming it.
- * bf16 weights are widened to f32 once here. */
+ * bf16 weights are widened to f32 once here. A model compiled for cuda
+ * needs a "cuda" context (its weights are copied to the GPU and its kernels
+ * loaded here), a cpu model a "cpu" one. */
 moert_status moert_model_load(moert_context *ctx,
                               const moert_compiled_model *compiled,
                               const char *weights_path, moert_model **out);
@@ -76,13 +95,17 @@ typedef struct moert_outputs {
 } moert_outputs;
 
 /* Runs the model. Safe to call concurrently on one loaded model: weights are
- * read-only and every run allocates its own scratch buffers. */
+ * read-only and every run allocates its own scratch buffers. The buffers
+ * are host memory on cuda too: the run copies them to and from the GPU and
+ * returns when the outputs are written; a CUDA failure is a status naming
+ * the failed call and the CUDA error. */
 moert_status moert_model_run(moert_model *model, int64_t tokens,
                              const float *hidden_states,
                              const moert_outputs *outputs);
 
 /* Decoders: one session per sequence holds its KV cache. A session is used
- * by one thread at a time; sessions of one model run concurrently. */
+ * by one thread at a time; sessions of one model run concurrently. Decoders
+ * run on the CPU only for now (MOERT_UNAVAILABLE on cuda). */
 typedef struct moert_session moert_session;
 moert_status moert_session_create(moert_model *model, moert_session **out);
 /* Runs `tokens` [n] at the session's next positions (0 for the first call:

@@ -1,0 +1,59 @@
+//===- GpuRuntime.h - MLIR's GPU runtime ABI, defined by libmoert -*- C++ -*-=//
+//
+// The host code of a model compiled for CUDA calls these (the signatures are
+// those `mlir-translate` of MLIR 22 emits for gpu.launch_func, gpu.alloc,
+// ...). libmoert implements them on the CUDA driver API, acting in the launch
+// scope that moert_model_run sets around the model's entry point: streams
+// are the run's stream, functions are looked up in the model's module (the
+// module argument is ignored), and the first CUDA error is kept for the
+// run's status, after which every call but the frees does nothing (an
+// allocation returns null, a launch is skipped). Outside a scope every call
+// does nothing and returns null.
+//
+// A JIT resolves them through gpuRuntimeSymbols(); an application linking a
+// compiled object resolves them through the linker.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOERT_GPURUNTIME_H
+#define MOERT_GPURUNTIME_H
+
+#include "llvm/ADT/ArrayRef.h"
+
+#include <cstddef>
+#include <cstdint>
+
+extern "C" {
+void *mgpuStreamCreate();
+void mgpuStreamDestroy(void *stream);
+void mgpuStreamSynchronize(void *stream);
+void mgpuStreamWaitEvent(void *stream, void *event);
+void *mgpuEventCreate();
+void mgpuEventDestroy(void *event);
+void mgpuEventSynchronize(void *event);
+void mgpuEventRecord(void *event, void *stream);
+void *mgpuMemAlloc(uint64_t sizeBytes, void *stream, bool isHostShared);
+void mgpuMemFree(void *ptr, void *stream);
+void mgpuMemcpy(void *dst, void *src, size_t sizeBytes, void *stream);
+void mgpuMemset32(void *dst, unsigned int value, size_t count, void *stream);
+void mgpuMemset16(void *dst, unsigned short value, size_t count,
+                  void *stream);
+void *mgpuModuleLoad(void *data, size_t gpuBlobSize);
+void *mgpuModuleLoadJIT(void *data, int optLevel);
+void mgpuModuleUnload(void *module);
+void *mgpuModuleGetFunction(void *module, const char *name);
+void mgpuLaunchKernel(void *function, intptr_t gridX, intptr_t gridY,
+                      intptr_t gridZ, intptr_t blockX, intptr_t blockY,
+                      intptr_t blockZ, int32_t smem, void *stream,
+                      void **params, void **extra, size_t paramsCount);
+}
+
+namespace moert::cuda {
+struct RuntimeSymbol {
+  const char *name;
+  void *address;
+};
+/// Every mgpu* function above, for a JIT's symbol map.
+llvm::ArrayRef<RuntimeSymbol> gpuRuntimeSymbols();
+} // namespace moert::cuda
+
+#endif // MOERT_GPURUNTIME_H

@@ -1,0 +1,508 @@
+//===- CudaBackend.cpp - device "cuda": contexts, models, runs ------------===//
+#include "CudaBackend.h"
+#include "moert/GpuRuntime.h"
+
+using namespace moert::cuda;
+
+namespace {
+llvm::Error failure(const llvm::Twine &message) {
+  return llvm::createStringError(llvm::inconvertibleErrorCode(), message);
+}
+
+CUdeviceptr devicePointer(const void *p) {
+  return static_cast<CUdeviceptr>(reinterpret_cast<uintptr_t>(p));
+}
+void *hostView(CUdeviceptr p) {
+  return reinterpret_cast<void *>(static_cast<uintptr_t>(p));
+}
+
+/// Device memory for one run: stream-ordered where the device has the
+/// allocator, else plain (cuMemFree synchronises, so both are safe).
+CUresult allocate(const Device &dev, CUdeviceptr *p, size_t bytes,
+                  CUstream stream, const char *&call) {
+  const Driver &drv = dev.driver();
+  if (dev.hasAsyncAllocator()) {
+    call = "cuMemAllocAsync";
+    return drv.cuMemAllocAsync(p, bytes, stream);
+  }
+  call = "cuMemAlloc";
+  return drv.cuMemAlloc(p, bytes);
+}
+CUresult release(const Device &dev, CUdeviceptr p, CUstream stream,
+                 const char *&call) {
+  const Driver &drv = dev.driver();
+  if (dev.hasAsyncAllocator()) {
+    call = "cuMemFreeAsync";
+    return drv.cuMemFreeAsync(p, stream);
+  }
+  call = "cuMemFree";
+  return drv.cuMemFree(p);
+}
+
+/// What the mgpu* functions act in: set by DeviceModel::run on its thread.
+struct LaunchScope {
+  DeviceModel &model;
+  CUstream stream;
+  std::string error; ///< the first failure
+  std::vector<void *> managed; ///< host-shared allocations (cuMemFree)
+
+  const Device &device() const { return model.device(); }
+  const Driver &driver() const { return model.device().driver(); }
+  /// Records the first failure; true on success.
+  bool check(CUresult result, llvm::function_ref<std::string()> call) {
+    if (result == CUDA_SUCCESS)
+      return true;
+    if (error.empty())
+      error = driver().failure(call(), result);
+    return false;
+  }
+  void fail(std::string message) {
+    if (error.empty())
+      error = std::move(message);
+  }
+};
+thread_local LaunchScope *activeScope = nullptr;
+
+/// The scope, if calls are to act: inside one and before its first error.
+LaunchScope *acting() {
+  return activeScope && activeScope->error.empty() ? activeScope : nullptr;
+}
+
+class ScopeGuard {
+public:
+  explicit ScopeGuard(LaunchScope &scope) : previous(activeScope) {
+    activeScope = &scope;
+  }
+  ~ScopeGuard() { activeScope = previous; }
+
+private:
+  LaunchScope *previous;
+};
+} // namespace
+
+//===----------------------------------------------------------------------===//
+// Device
+//===----------------------------------------------------------------------===//
+
+std::unique_ptr<Device> Device::create(std::string &problem) {
+  const Driver *drv = loadDriver(problem);
+  if (!drv)
+    return nullptr;
+  if (CUresult r = drv->cuInit(0)) {
+    problem = "the CUDA driver failed to initialise: " +
+              drv->failure("cuInit", r);
+    return nullptr;
+  }
+  int count = 0;
+  if (CUresult r = drv->cuDeviceGetCount(&count)) {
+    problem = drv->failure("cuDeviceGetCount", r);
+    return nullptr;
+  }
+  if (count == 0) {
+    problem = "the CUDA driver reports no device";
+    return nullptr;
+  }
+  std::unique_ptr<Device> dev(new Device);
+  dev->drv = drv;
+  if (CUresult r = drv->cuDeviceGet(&dev->device, 0)) {
+    problem = drv->failure("cuDeviceGet(0)", r);
+    return nullptr;
+  }
+  char name[256] = {};
+  if (drv->cuDeviceGetName(name, sizeof(name) - 1, dev->device) == 0)
+    dev->name = name;
+  int major = 0, minor = 0, pools = 0;
+  drv->cuDeviceGetAttribute(
+      &major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev->device);
+  drv->cuDeviceGetAttribute(
+      &minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev->device);
+  dev->capability = major * 10 + minor;
+  if (drv->cuMemAllocAsync &&
+      drv->cuDeviceGetAttribute(
+          &pools, CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED, dev->device) ==
+          CUDA_SUCCESS)
+    dev->asyncAllocator = pools != 0;
+  if (CUresult r = drv->cuDevicePrimaryCtxRetain(&dev->ctx, dev->device)) {
+    dev->ctx = nullptr;
+    problem = drv->failure("cuDevicePrimaryCtxRetain", r) + " on " +
+              dev->describe();
+    return nullptr;
+  }
+  CurrentContext current(*dev);
+  if (!current.problem().empty()) {
+    problem = current.problem();
+    return nullptr;
+  }
+  if (CUresult r = drv->cuStreamCreate(&dev->ownStream,
+                                       CU_STREAM_NON_BLOCKING)) {
+    dev->ownStream = nullptr;
+    problem = drv->failure("cuStreamCreate", r) + " on " + dev->describe();
+    return nullptr;
+  }
+  return dev;
+}
+
+Device::~Device() {
+  if (ownStream) {
+    CurrentContext current(*this);
+    if (current.problem().empty())
+      drv->cuStreamDestroy(ownStream);
+  }
+  if (ctx)
+    drv->cuDevicePrimaryCtxRelease(device);
+}
+
+std::string Device::describe() const {
+  std::string text = "sm_" + std::to_string(capability);
+  return name.empty() ? text : text + ", " + name;
+}
+
+CurrentContext::CurrentContext(const Device &device) : device(device) {
+  if (CUresult r = device.driver().cuCtxPushCurrent(device.context()))
+    error = device.driver().failure("cuCtxPushCurrent", r);
+  else
+    pushed = true;
+}
+
+CurrentContext::~CurrentContext() {
+  if (pushed)
+    device.driver().cuCtxPopCurrent(nullptr);
+}
+
+//===----------------------------------------------------------------------===//
+// DeviceModel
+//===----------------------------------------------------------------------===//
+
+llvm::Expected<std::unique_ptr<DeviceModel>>
+DeviceModel::load(Device &device, const void *binary,
+                  const std::string &archs) {
+  const Driver &drv = device.driver();
+  CurrentContext current(device);
+  if (!current.problem().empty())
+    return failure(current.problem());
+  std::unique_ptr<DeviceModel> model(new DeviceModel(device));
+  CUresult r = drv.cuModuleLoadData(&model->mod, binary);
+  if (r == CUDA_SUCCESS)
+    return std::move(model);
+  model->mod = nullptr;
+  std::string call = drv.failure("cuModuleLoadData", r);
+  if (r == CUDA_ERROR_NO_BINARY_FOR_GPU)
+    return failure("the model's kernels have no binary for this GPU (" +
+                   device.describe() + "); it was compiled for " + archs +
+                   " (" + call + ")");
+  if (r == CUDA_ERROR_UNSUPPORTED_PTX_VERSION) {
+    int version = 0;
+    drv.cuDriverGetVersion(&version);
+    return failure("the model's PTX is newer than this NVIDIA driver "
+                   "supports (CUDA " +
+                   std::to_string(version / 1000) + "." +
+                   std::to_string(version % 1000 / 10) +
+                   "); update the driver (" + call + ")");
+  }
+  return failure("cannot load the model's kernels on " + device.describe() +
+                 ": " + call);
+}
+
+DeviceModel::~DeviceModel() {
+  const Driver &drv = dev.driver();
+  CurrentContext current(dev);
+  if (!current.problem().empty())
+    return; // nothing can be freed without the context
+  for (void *p : weightPointers)
+    if (p)
+      drv.cuMemFree(devicePointer(p));
+  if (mod)
+    drv.cuModuleUnload(mod);
+}
+
+llvm::Error DeviceModel::addWeight(const std::string &name,
+                                   llvm::ArrayRef<float> values) {
+  size_t bytes = values.size() * sizeof(float);
+  if (bytes == 0) {
+    weightPointers.push_back(nullptr);
+    return llvm::Error::success();
+  }
+  const Driver &drv = dev.driver();
+  CurrentContext current(dev);
+  if (!current.problem().empty())
+    return failure(current.problem());
+  CUdeviceptr p = 0;
+  auto fail = [&](const char *call, CUresult r) {
+    return failure("cannot copy weight '" + name + "' (" +
+                   std::to_string(bytes) + " bytes) to " + dev.describe() +
+                   ": " + drv.failure(call, r));
+  };
+  if (CUresult r = drv.cuMemAlloc(&p, bytes))
+    return fail("cuMemAlloc", r);
+  weightPointers.push_back(hostView(p));
+  if (CUresult r = drv.cuMemcpyHtoD(p, values.data(), bytes))
+    return fail("cuMemcpyHtoD", r);
+  return llvm::Error::success();
+}
+
+CUfunction DeviceModel::function(const char *name, std::string &error) {
+  std::lock_guard<std::mutex> lock(functionsMutex);
+  auto it = functions.find(name);
+  if (it != functions.end())
+    return it->second;
+  const Driver &drv = dev.driver();
+  CUfunction f = nullptr;
+  if (CUresult r = drv.cuModuleGetFunction(&f, mod, name)) {
+    error = drv.failure(std::string("cuModuleGetFunction('") + name + "')", r);
+    return nullptr;
+  }
+  functions[name] = f;
+  return f;
+}
+
+std::string DeviceModel::functionName(CUfunction function) {
+  std::lock_guard<std::mutex> lock(functionsMutex);
+  for (const auto &entry : functions)
+    if (entry.second == function)
+      return entry.first().str();
+  return "?";
+}
+
+llvm::Error DeviceModel::run(llvm::MutableArrayRef<Buffer> buffers,
+                             llvm::function_ref<void()> entry) {
+  const Driver &drv = dev.driver();
+  CurrentContext current(dev);
+  if (!current.problem().empty())
+    return failure("moert_model_run on cuda: " + current.problem());
+  LaunchScope scope{*this, dev.stream(), {}, {}};
+  CUstream stream = scope.stream;
+  // The first failure; later steps still synchronise and free.
+  std::string error;
+  auto check = [&](CUresult r, llvm::function_ref<std::string()> call) {
+    if (r != CUDA_SUCCESS && error.empty())
+      error = drv.failure(call(), r);
+    return r == CUDA_SUCCESS;
+  };
+  for (Buffer &b : buffers) {
+    b.device = nullptr;
+    if (!error.empty() || b.bytes == 0)
+      continue;
+    CUdeviceptr p = 0;
+    const char *call;
+    if (!check(allocate(dev, &p, b.bytes, stream, call), [&] {
+          return std::string(call) + " of " + std::to_string(b.bytes) +
+                 " bytes";
+        }))
+      continue;
+    b.device = hostView(p);
+    if (b.copyIn)
+      check(drv.cuMemcpyHtoDAsync(p, b.host, b.bytes, stream),
+            [] { return "cuMemcpyHtoDAsync"; });
+  }
+  if (error.empty()) {
+    ScopeGuard guard(scope);
+    entry();
+    error = scope.error;
+  }
+  if (error.empty())
+    for (Buffer &b : buffers)
+      if (b.copyOut && b.device)
+        check(drv.cuMemcpyDtoHAsync(b.host, devicePointer(b.device), b.bytes,
+                                    stream),
+              [] { return "cuMemcpyDtoHAsync"; });
+  // Kernel faults surface here, asynchronously.
+  check(drv.cuStreamSynchronize(stream),
+        [] { return "cuStreamSynchronize after the model's kernels"; });
+  for (Buffer &b : buffers)
+    if (b.device) {
+      const char *call;
+      check(release(dev, devicePointer(b.device), stream, call),
+            [&] { return std::string(call); });
+      b.device = nullptr;
+    }
+  if (!error.empty())
+    return failure("moert_model_run on cuda (" + dev.describe() +
+                   "): " + error);
+  return llvm::Error::success();
+}
+
+//===----------------------------------------------------------------------===//
+// MLIR's GPU runtime ABI
+//===----------------------------------------------------------------------===//
+
+extern "C" {
+void *mgpuStreamCreate() {
+  LaunchScope *s = acting();
+  return s ? s->stream : nullptr;
+}
+
+// The run's stream belongs to the context or the user, never to the model.
+void mgpuStreamDestroy(void *) {}
+
+void mgpuStreamSynchronize(void *stream) {
+  if (LaunchScope *s = acting())
+    s->check(s->driver().cuStreamSynchronize(static_cast<CUstream>(stream)),
+             [] { return "cuStreamSynchronize"; });
+}
+
+void mgpuStreamWaitEvent(void *stream, void *event) {
+  if (LaunchScope *s = acting(); s && event)
+    s->check(s->driver().cuStreamWaitEvent(static_cast<CUstream>(stream),
+                                           static_cast<CUevent>(event), 0),
+             [] { return "cuStreamWaitEvent"; });
+}
+
+void *mgpuEventCreate() {
+  LaunchScope *s = acting();
+  CUevent event = nullptr;
+  if (!s || !s->check(s->driver().cuEventCreate(&event,
+                                                CU_EVENT_DISABLE_TIMING),
+                      [] { return "cuEventCreate"; }))
+    return nullptr;
+  return event;
+}
+
+void mgpuEventDestroy(void *event) {
+  // Runs after an error too: the event is valid and would leak.
+  if (activeScope && event)
+    activeScope->check(
+        activeScope->driver().cuEventDestroy(static_cast<CUevent>(event)),
+        [] { return "cuEventDestroy"; });
+}
+
+void mgpuEventSynchronize(void *event) {
+  if (LaunchScope *s = acting(); s && event)
+    s->check(s->driver().cuEventSynchronize(static_cast<CUevent>(event)),
+             [] { return "cuEventSynchronize"; });
+}
+
+void mgpuEventRecord(void *event, void *stream) {
+  if (LaunchScope *s = acting(); s && event)
+    s->check(s->driver().cuEventRecord(static_cast<CUevent>(event),
+                                       static_cast<CUstream>(stream)),
+             [] { return "cuEventRecord"; });
+}
+
+void *mgpuMemAlloc(uint64_t sizeBytes, void *stream, bool isHostShared) {
+  LaunchScope *s = acting();
+  if (!s || sizeBytes == 0)
+    return nullptr;
+  CUdeviceptr p = 0;
+  const char *call = "cuMemAllocManaged";
+  CUresult r =
+      isHostShared
+          ? s->driver().cuMemAllocManaged(&p, sizeBytes, CU_MEM_ATTACH_GLOBAL)
+          : allocate(s->device(), &p, sizeBytes, static_cast<CUstream>(stream),
+                     call);
+  if (!s->check(r, [&] {
+        return std::string(call) + " of " + std::to_string(sizeBytes) +
+               " bytes";
+      }))
+    return nullptr;
+  if (isHostShared)
+    s->managed.push_back(hostView(p));
+  return hostView(p);
+}
+
+void mgpuMemFree(void *ptr, void *stream) {
+  // Runs after an error too: the pointer came from a successful allocation,
+  // and a run that fails must not leak device memory.
+  LaunchScope *s = activeScope;
+  if (!s || !ptr)
+    return;
+  const char *call = "cuMemFree";
+  CUresult r;
+  auto managed = llvm::find(s->managed, ptr);
+  if (managed != s->managed.end()) {
+    s->managed.erase(managed);
+    r = s->driver().cuMemFree(devicePointer(ptr));
+  } else {
+    r = release(s->device(), devicePointer(ptr), static_cast<CUstream>(stream),
+                call);
+  }
+  s->check(r, [&] { return std::string(call); });
+}
+
+void mgpuMemcpy(void *dst, void *src, size_t sizeBytes, void *stream) {
+  if (LaunchScope *s = acting(); s && sizeBytes)
+    s->check(s->driver().cuMemcpyAsync(devicePointer(dst), devicePointer(src),
+                                       sizeBytes,
+                                       static_cast<CUstream>(stream)),
+             [&] {
+               return "cuMemcpyAsync of " + std::to_string(sizeBytes) +
+                      " bytes";
+             });
+}
+
+void mgpuMemset32(void *dst, unsigned int value, size_t count, void *stream) {
+  if (LaunchScope *s = acting(); s && count)
+    s->check(s->driver().cuMemsetD32Async(devicePointer(dst), value, count,
+                                          static_cast<CUstream>(stream)),
+             [] { return "cuMemsetD32Async"; });
+}
+
+void mgpuMemset16(void *dst, unsigned short value, size_t count,
+                  void *stream) {
+  if (LaunchScope *s = acting(); s && count)
+    s->check(s->driver().cuMemsetD16Async(devicePointer(dst), value, count,
+                                          static_cast<CUstream>(stream)),
+             [] { return "cuMemsetD16Async"; });
+}
+
+// moert_model_load has loaded the model's one module; code that loads it
+// again gets that one, and unloading is the runtime's business.
+void *mgpuModuleLoad(void *, size_t) {
+  LaunchScope *s = acting();
+  return s ? s->model.module() : nullptr;
+}
+void *mgpuModuleLoadJIT(void *, int) {
+  LaunchScope *s = acting();
+  return s ? s->model.module() : nullptr;
+}
+void mgpuModuleUnload(void *) {}
+
+void *mgpuModuleGetFunction(void *, const char *name) {
+  LaunchScope *s = acting();
+  if (!s || !name)
+    return nullptr;
+  std::string error;
+  CUfunction f = s->model.function(name, error);
+  if (!f)
+    s->fail(std::move(error));
+  return f;
+}
+
+void mgpuLaunchKernel(void *function, intptr_t gridX, intptr_t gridY,
+                      intptr_t gridZ, intptr_t blockX, intptr_t blockY,
+                      intptr_t blockZ, int32_t smem, void *stream,
+                      void **params, void **extra, size_t) {
+  LaunchScope *s = acting();
+  if (!s || !function)
+    return;
+  auto f = static_cast<CUfunction>(function);
+  s->check(s->driver().cuLaunchKernel(
+               f, unsigned(gridX), unsigned(gridY), unsigned(gridZ),
+               unsigned(blockX), unsigned(blockY), unsigned(blockZ),
+               unsigned(smem), static_cast<CUstream>(stream), params, extra),
+           [&] {
+             return "cuLaunchKernel of '" + s->model.functionName(f) +
+                    "' (grid " + std::to_string(gridX) + "x" +
+                    std::to_string(gridY) + "x" + std::to_string(gridZ) +
+                    ", block " + std::to_string(blockX) + "x" +
+                    std::to_string(blockY) + "x" + std::to_string(blockZ) +
+                    ", " + std::to_string(smem) + " bytes shared)";
+           });
+}
+} // extern "C"
+
+llvm::ArrayRef<RuntimeSymbol> moert::cuda::gpuRuntimeSymbols() {
+#define MOERT_SYMBOL(f) {#f, reinterpret_cast<void *>(&f)}
+  static const RuntimeSymbol symbols[] = {
+      MOERT_SYMBOL(mgpuStreamCreate),      MOERT_SYMBOL(mgpuStreamDestroy),
+      MOERT_SYMBOL(mgpuStreamSynchronize), MOERT_SYMBOL(mgpuStreamWaitEvent),
+      MOERT_SYMBOL(mgpuEventCreate),       MOERT_SYMBOL(mgpuEventDestroy),
+      MOERT_SYMBOL(mgpuEventSynchronize),  MOERT_SYMBOL(mgpuEventRecord),
+      MOERT_SYMBOL(mgpuMemAlloc),          MOERT_SYMBOL(mgpuMemFree),
+      MOERT_SYMBOL(mgpuMemcpy),            MOERT_SYMBOL(mgpuMemset32),
+      MOERT_SYMBOL(mgpuMemset16),          MOERT_SYMBOL(mgpuModuleLoad),
+      MOERT_SYMBOL(mgpuModuleLoadJIT),     MOERT_SYMBOL(mgpuModuleUnload),
+      MOERT_SYMBOL(mgpuModuleGetFunction), MOERT_SYMBOL(mgpuLaunchKernel),
+  };
+#undef MOERT_SYMBOL
+  return symbols;
+}

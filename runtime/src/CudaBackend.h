@@ -1,0 +1,124 @@
+//===- CudaBackend.h - device "cuda": contexts, models, runs ----*- C++ -*-===//
+//
+// A CUDA model's host code (compiled by moe-compile --target cuda) calls
+// MLIR's GPU runtime ABI (mgpuLaunchKernel, mgpuMemAlloc, ...), which libmoert
+// defines in CudaBackend.cpp on the driver API. Those calls act in a
+// thread-local launch scope that DeviceModel::run sets around the entry
+// point: the model's module, the stream to launch on, and the first CUDA
+// error, which the run then returns as its status.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOERT_CUDABACKEND_H
+#define MOERT_CUDABACKEND_H
+
+#include "CudaDriver.h"
+
+#include "llvm/ADT/ArrayRef.h"
+#include "llvm/ADT/STLFunctionalExtras.h"
+#include "llvm/ADT/StringMap.h"
+#include "llvm/Support/Error.h"
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace moert::cuda {
+/// The CUDA side of a "cuda" context: device 0's primary context and a
+/// non-blocking stream of its own.
+class Device {
+public:
+  /// Creates it, or returns null and says exactly what is missing.
+  static std::unique_ptr<Device> create(std::string &problem);
+  ~Device();
+  Device(const Device &) = delete;
+  Device &operator=(const Device &) = delete;
+
+  const Driver &driver() const { return *drv; }
+  CUcontext context() const { return ctx; }
+  /// The stream runs launch on: the user's, else the device's own.
+  CUstream stream() const {
+    CUstream user = userStream.load();
+    return user ? user : ownStream;
+  }
+  void setStream(CUstream user) { userStream.store(user); }
+  bool hasAsyncAllocator() const { return asyncAllocator; }
+  /// e.g. "sm_90, NVIDIA H200".
+  std::string describe() const;
+  int computeCapability() const { return capability; }
+
+private:
+  Device() = default;
+  const Driver *drv = nullptr;
+  CUdevice device = 0;
+  CUcontext ctx = nullptr;
+  CUstream ownStream = nullptr;
+  std::atomic<CUstream> userStream{nullptr};
+  std::string name;
+  int capability = 0;
+  bool asyncAllocator = false;
+};
+
+/// Makes a device's context current on this thread while it lives.
+class CurrentContext {
+public:
+  explicit CurrentContext(const Device &device);
+  ~CurrentContext();
+  /// Why the context could not be made current; empty if it is.
+  const std::string &problem() const { return error; }
+
+private:
+  const Device &device;
+  bool pushed = false;
+  std::string error;
+};
+
+/// A model's device side: its kernels' module, its weights in device memory
+/// and the functions looked up so far.
+class DeviceModel {
+public:
+  /// Loads the module from `binary` (a fatbinary, cubin or PTX). `archs`
+  /// names what it was compiled for, for the message when it has nothing
+  /// for this GPU.
+  static llvm::Expected<std::unique_ptr<DeviceModel>>
+  load(Device &device, const void *binary, const std::string &archs);
+  ~DeviceModel();
+  DeviceModel(const DeviceModel &) = delete;
+  DeviceModel &operator=(const DeviceModel &) = delete;
+
+  /// Copies one weight (in manifest order) to device memory.
+  llvm::Error addWeight(const std::string &name, llvm::ArrayRef<float> values);
+  llvm::ArrayRef<void *> weights() const { return weightPointers; }
+
+  /// A host buffer of one run, mirrored in device memory for the run.
+  struct Buffer {
+    void *host;
+    size_t bytes;
+    bool copyIn, copyOut;
+    void *device = nullptr; ///< set by run() before it calls `entry`
+  };
+  /// Allocates `buffers` on the device, copies the inputs in, calls `entry`
+  /// in a launch scope on the device's stream, synchronises, copies the
+  /// outputs back and frees the buffers. The error names the failing call.
+  llvm::Error run(llvm::MutableArrayRef<Buffer> buffers,
+                  llvm::function_ref<void()> entry);
+
+  /// The function `name` of the module (cached); null with `error` set.
+  CUfunction function(const char *name, std::string &error);
+  /// The name of a function returned by function(), for messages.
+  std::string functionName(CUfunction function);
+  Device &device() const { return dev; }
+  CUmodule module() const { return mod; }
+
+private:
+  explicit DeviceModel(Device &device) : dev(device) {}
+  Device &dev;
+  CUmodule mod = nullptr;
+  std::vector<void *> weightPointers;
+  std::mutex functionsMutex;
+  llvm::StringMap<CUfunction> functions;
+};
+} // namespace moert::cuda
+
+#endif // MOERT_CUDABACKEND_H
