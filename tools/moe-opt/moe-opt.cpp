@@ -27,12 +27,14 @@ int main(int argc, char **argv) {
                   mlir::linalg::LinalgDialect, mlir::scf::SCFDialect,
                   mlir::memref::MemRefDialect, mlir::cf::ControlFlowDialect,
                   mlir::LLVM::LLVMDialect>();
+  mlir::moe::registerGPUPipelineDependencies(registry);
   mlir::registerCanonicalizerPass();
   mlir::registerCSEPass();
   mlir::registerSymbolDCEPass();
   mlir::moe::registerMoEPasses();
   mlir::moe::registerMoEConversionPasses();
   mlir::moe::registerMoECPUPipeline();
+  mlir::moe::registerMoEGPUPipelines();
   return mlir::asMainReturnCode(
       mlir::MlirOptMain(argc, argv, "moe compiler optimiser\n", registry));
 }

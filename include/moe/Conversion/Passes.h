@@ -4,6 +4,8 @@
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Dialect/Math/IR/Math.h"
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/Pass/Pass.h"
@@ -40,6 +42,48 @@ void registerMoECPUPipeline();
 /// Adds that pipeline to `pm`.
 void buildMoECPUPipeline(OpPassManager &pm,
                          const MoECPUPipelineOptions &options = {});
+struct MoECUDAPipelineOptions
+    : public PassPipelineOptions<MoECUDAPipelineOptions> {
+  ListOption<std::string> chips{
+      *this, "chip",
+      llvm::cl::desc("GPU architectures to compile the kernels for, each to "
+                     "PTX (default sm_90a,sm_80)")};
+  Option<unsigned> optLevel{
+      *this, "opt-level",
+      llvm::cl::desc("0: only decompose and fuse the expert groups (the GPU "
+                     "kernels need fused experts); 1: all moe optimising "
+                     "passes"),
+      llvm::cl::init(1)};
+  Option<int64_t> tile{*this, "tile",
+                       llvm::cl::desc("GEMM row tile of routing plans"),
+                       llvm::cl::init(16)};
+  /// The chips to compile for, defaults applied.
+  SmallVector<std::string> getChips() const {
+    if (chips.empty())
+      return {"sm_90a", "sm_80"};
+    return SmallVector<std::string>(chips.begin(), chips.end());
+  }
+};
+
+/// Registers `moe-cuda-pipeline`: the optimising passes, convert-moe-to-gpu,
+/// NVVM targets for every chip, the lowering of kernels to NVVM and of the
+/// host to LLVM, and gpu-module-to-binary to PTX (format isa: moe-compile
+/// assembles it with ptxas into the artifact's fatbinary). Also registers
+/// `moe-gpu-emulation-pipeline`, which runs the same kernels on the CPU
+/// (moe-emulate-gpu) for tests on machines without a GPU.
+void registerMoEGPUPipelines();
+/// Adds what moe-cuda-pipeline needs to a context's registry: the gpu, nvvm
+/// and math dialects, the NVVM target (PTX through LLVM's NVPTX backend),
+/// the to-LLVM conversion interfaces convert-gpu-to-nvvm uses, and the LLVM
+/// IR translations.
+void registerGPUPipelineDependencies(DialectRegistry &registry);
+void buildMoECUDAPipeline(OpPassManager &pm,
+                          const MoECUDAPipelineOptions &options = {});
+void buildMoEGPUEmulationPipeline(OpPassManager &pm,
+                                  const MoECPUPipelineOptions &options = {});
+/// The upstream passes that take a module of host code (func, memref, scf,
+/// arith, math) to the LLVM dialect: the end of moe-cpu-pipeline.
+void buildHostToLLVMPipeline(OpPassManager &pm);
 } // namespace mlir::moe
 
 #endif // MOE_CONVERSION_PASSES_H

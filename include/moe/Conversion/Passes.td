@@ -36,4 +36,47 @@ def ConvertMoEToCPU : Pass<"convert-moe-to-cpu", "::mlir::ModuleOp"> {
   ];
 }
 
+def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
+  let summary = "Lower a moe model to GPU kernels and their launches";
+  let description = [{
+    Builds the host program of convert-moe-to-cpu (the same function
+    signature, buffers, pass loop, token compaction and routing trace) and
+    replaces each CPU kernel call with launches of kernels generated into
+    `gpu.module @moe_kernels`, specialised for the call: static shapes,
+    activation, scoring, plan tile and exit threshold are constants of the
+    kernel. Buffers become `gpu.alloc`s; the work of each straight-line
+    stretch is queued on one stream (`gpu.wait async` ... `gpu.wait`), and the
+    host waits only to read how many tokens are still active after an exit
+    test, and at the end. Every pointer the function receives is a device
+    pointer.
+
+    Experts must be in fused form (`moe.fused_experts`, as
+    moe-fuse-dispatch-gemm makes them); decoder models are rejected (no
+    attention kernels yet).
+  }];
+  let dependentDialects = [
+    "::mlir::arith::ArithDialect", "::mlir::func::FuncDialect",
+    "::mlir::gpu::GPUDialect", "::mlir::math::MathDialect",
+    "::mlir::memref::MemRefDialect", "::mlir::scf::SCFDialect"
+  ];
+}
+
+def MoEEmulateGPU : Pass<"moe-emulate-gpu", "::mlir::ModuleOp"> {
+  let summary = "Run the kernels of a gpu.module on the CPU, one thread at a time";
+  let description = [{
+    For testing GPU code generation on machines without a GPU: every
+    `gpu.func` kernel becomes a `func.func` that takes its block id, block
+    size and thread id as trailing index arguments, and every
+    `gpu.launch_func` becomes loops over the grid and the block that call it.
+    `gpu.alloc`, `gpu.dealloc` and `gpu.memcpy` become their memref
+    counterparts and `gpu.wait` disappears. Only one-dimensional kernels that
+    use no shared memory, barriers or warp-level operations (those of
+    convert-moe-to-gpu) can be emulated; anything else is an error.
+  }];
+  let dependentDialects = [
+    "::mlir::func::FuncDialect", "::mlir::memref::MemRefDialect",
+    "::mlir::scf::SCFDialect"
+  ];
+}
+
 #endif // MOE_CONVERSION_PASSES_TD

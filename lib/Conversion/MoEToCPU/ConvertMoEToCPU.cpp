@@ -8,6 +8,7 @@
 // Plan-ordered tensors have planRows(rows) rows instead.
 //
 //===----------------------------------------------------------------------===//
+#include "moe/Conversion/KernelProgram.h"
 #include "moe/Conversion/Passes.h"
 #include "moe/Dialect/MoE/IR/MoEOps.h"
 
@@ -682,29 +683,34 @@ LogicalResult ModelLowering::emitLoop(LoopOp loop) {
   return success();
 }
 
+LogicalResult mlir::moe::lowerModelsToKernelCalls(ModuleOp module) {
+  SmallVector<WeightOp> weights(module.getOps<WeightOp>());
+  SmallVector<func::FuncOp> models, decoders;
+  for (func::FuncOp func : module.getOps<func::FuncOp>()) {
+    if (func.isExternal())
+      continue;
+    if (!func.getOps<EmbedOp>().empty())
+      decoders.push_back(func);
+    else if (!func.getOps<LoopOp>().empty())
+      models.push_back(func);
+  }
+  for (func::FuncOp func : models)
+    if (failed(ModelLowering(module, weights).lower(func)))
+      return failure();
+  for (func::FuncOp func : decoders)
+    if (failed(ModelLowering(module, weights).lowerDecoder(func)))
+      return failure();
+  for (WeightOp w : weights)
+    w.erase();
+  return success();
+}
+
 namespace {
 struct ConvertMoEToCPUPass
     : public moe::impl::ConvertMoEToCPUBase<ConvertMoEToCPUPass> {
   void runOnOperation() override {
-    ModuleOp module = getOperation();
-    SmallVector<WeightOp> weights(module.getOps<WeightOp>());
-    SmallVector<func::FuncOp> models, decoders;
-    for (func::FuncOp func : module.getOps<func::FuncOp>()) {
-      if (func.isExternal())
-        continue;
-      if (!func.getOps<EmbedOp>().empty())
-        decoders.push_back(func);
-      else if (!func.getOps<LoopOp>().empty())
-        models.push_back(func);
-    }
-    for (func::FuncOp func : models)
-      if (failed(ModelLowering(module, weights).lower(func)))
-        return signalPassFailure();
-    for (func::FuncOp func : decoders)
-      if (failed(ModelLowering(module, weights).lowerDecoder(func)))
-        return signalPassFailure();
-    for (WeightOp w : weights)
-      w.erase();
+    if (failed(lowerModelsToKernelCalls(getOperation())))
+      signalPassFailure();
   }
 };
 } // namespace

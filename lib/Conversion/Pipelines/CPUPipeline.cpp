@@ -24,11 +24,16 @@ void mlir::moe::buildMoECPUPipeline(OpPassManager &pm,
   if (options.optLevel > 0)
     buildMoEOptimizePipeline(pm, options.tile);
   pm.addPass(createConvertMoEToCPU());
+  buildHostToLLVMPipeline(pm);
+}
+
+void mlir::moe::buildHostToLLVMPipeline(OpPassManager &pm) {
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createSCFToControlFlowPass());
   pm.addPass(memref::createExpandStridedMetadataPass());
   pm.addPass(createLowerAffinePass());
   pm.addPass(createFinalizeMemRefToLLVMConversionPass());
+  pm.addPass(createConvertMathToLLVMPass());
   pm.addPass(createArithToLLVMConversionPass());
   pm.addPass(createConvertControlFlowToLLVMPass());
   pm.addPass(createConvertFuncToLLVMPass());

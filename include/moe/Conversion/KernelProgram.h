@@ -1,0 +1,23 @@
+//===- KernelProgram.h - a model as a host program of kernel calls -*- C++ -*-===//
+//
+// Both backends run the same host program: buffers, the pass loop, token
+// compaction and the routing trace, around calls of `moert_*` kernels
+// (see moert/CpuKernels.h for what each computes). convert-moe-to-cpu links
+// the calls to the CPU kernel library; convert-moe-to-gpu replaces each call
+// with launches of GPU kernels specialised for its operands.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOE_CONVERSION_KERNELPROGRAM_H
+#define MOE_CONVERSION_KERNELPROGRAM_H
+
+#include "mlir/IR/BuiltinOps.h"
+
+namespace mlir::moe {
+/// Rewrites every model and decoder function of `module` into its host
+/// program: memref buffers (memref.alloc / copy / dealloc), scf loops, and
+/// `func.call @moert_*` of private kernel declarations whose memref operands
+/// are cast to fully dynamic strided views. Removes the weight symbols.
+LogicalResult lowerModelsToKernelCalls(ModuleOp module);
+} // namespace mlir::moe
+
+#endif // MOE_CONVERSION_KERNELPROGRAM_H

@@ -1,0 +1,169 @@
+//===- EmulateGPU.cpp - run gpu.module kernels on the CPU -----------------===//
+//
+// The GPU kernels of convert-moe-to-gpu are grids of independent threads, so
+// running the threads one after another on the CPU computes what the GPU
+// computes (up to the order of atomic updates). This lets the suite check
+// the generated kernels' arithmetic against the NumPy reference on machines
+// without a GPU; the NVVM lowering itself is checked by ptxas.
+//
+//===----------------------------------------------------------------------===//
+#include "moe/Conversion/Passes.h"
+
+#include "mlir/IR/Matchers.h"
+
+namespace mlir::moe {
+#define GEN_PASS_DEF_MOEEMULATEGPU
+#include "moe/Conversion/Passes.h.inc"
+} // namespace mlir::moe
+
+using namespace mlir;
+
+namespace {
+/// Turns `kernel` into a host function `@<module>_<kernel>(args..., block
+/// id, block size, thread id)` inserted before `module`.
+FailureOr<func::FuncOp> emulateKernel(gpu::GPUFuncOp kernel,
+                                      gpu::GPUModuleOp module) {
+  if (!kernel.getWorkgroupAttributions().empty() ||
+      !kernel.getPrivateAttributions().empty())
+    return kernel.emitError("moe-emulate-gpu: kernels with memory "
+                            "attributions cannot be emulated");
+  OpBuilder b(module);
+  Type indexType = b.getIndexType();
+  SmallVector<Type> inputs(kernel.getArgumentTypes());
+  inputs.append(3, indexType);
+  auto fn = func::FuncOp::create(
+      b, kernel.getLoc(), (module.getName() + "_" + kernel.getName()).str(),
+      b.getFunctionType(inputs, {}));
+  fn.setPrivate();
+  Region &body = fn.getBody();
+  body.takeBody(kernel.getBody());
+  Block &entry = body.front();
+  Value blockId = entry.addArgument(indexType, kernel.getLoc());
+  Value blockSize = entry.addArgument(indexType, kernel.getLoc());
+  Value threadId = entry.addArgument(indexType, kernel.getLoc());
+
+  WalkResult result = fn.walk([&](Operation *op) -> WalkResult {
+    auto dimensionX = [&](gpu::Dimension d) -> LogicalResult {
+      if (d == gpu::Dimension::x)
+        return success();
+      return op->emitError("moe-emulate-gpu: only one-dimensional kernels "
+                           "can be emulated");
+    };
+    if (auto id = dyn_cast<gpu::BlockIdOp>(op)) {
+      if (failed(dimensionX(id.getDimension())))
+        return WalkResult::interrupt();
+      id.replaceAllUsesWith(blockId);
+      id.erase();
+    } else if (auto dim = dyn_cast<gpu::BlockDimOp>(op)) {
+      if (failed(dimensionX(dim.getDimension())))
+        return WalkResult::interrupt();
+      dim.replaceAllUsesWith(blockSize);
+      dim.erase();
+    } else if (auto tid = dyn_cast<gpu::ThreadIdOp>(op)) {
+      if (failed(dimensionX(tid.getDimension())))
+        return WalkResult::interrupt();
+      tid.replaceAllUsesWith(threadId);
+      tid.erase();
+    } else if (auto ret = dyn_cast<gpu::ReturnOp>(op)) {
+      OpBuilder rb(ret);
+      func::ReturnOp::create(rb, ret.getLoc());
+      ret.erase();
+    } else if (isa_and_nonnull<gpu::GPUDialect>(op->getDialect())) {
+      op->emitError("moe-emulate-gpu: cannot emulate this operation");
+      return WalkResult::interrupt();
+    }
+    return WalkResult::advance();
+  });
+  if (result.wasInterrupted())
+    return failure();
+  return fn;
+}
+
+/// Rewrites the host side: launches become loops over blocks and threads,
+/// device memory ops their memref counterparts, and stream tokens vanish.
+LogicalResult emulateHost(ModuleOp module,
+                          const DenseMap<Operation *, func::FuncOp> &kernels) {
+  SmallVector<Operation *> erase;
+  WalkResult result = module.walk<WalkOrder::PreOrder>([&](Operation *op)
+                                                           -> WalkResult {
+    if (isa<gpu::GPUModuleOp>(op))
+      return WalkResult::skip();
+    OpBuilder b(op);
+    Location loc = op->getLoc();
+    if (auto launch = dyn_cast<gpu::LaunchFuncOp>(op)) {
+      Operation *kernel =
+          SymbolTable::lookupNearestSymbolFrom(op, launch.getKernel());
+      auto fn = kernels.lookup(kernel);
+      gpu::KernelDim3 grid = launch.getGridSizeOperandValues();
+      gpu::KernelDim3 block = launch.getBlockSizeOperandValues();
+      if (!fn || !matchPattern(grid.y, m_One()) ||
+          !matchPattern(grid.z, m_One()) || !matchPattern(block.y, m_One()) ||
+          !matchPattern(block.z, m_One())) {
+        launch.emitError("moe-emulate-gpu: only launches of emulated "
+                         "one-dimensional kernels can be emulated");
+        return WalkResult::interrupt();
+      }
+      Value zero = arith::ConstantIndexOp::create(b, loc, 0);
+      Value one = arith::ConstantIndexOp::create(b, loc, 1);
+      SmallVector<Value> operands(launch.getKernelOperands());
+      scf::ForOp::create(
+          b, loc, zero, grid.x, one, ValueRange{},
+          [&](OpBuilder &ob, Location l, Value blockId, ValueRange) {
+            scf::ForOp::create(
+                ob, l, zero, block.x, one, ValueRange{},
+                [&](OpBuilder &ib, Location il, Value threadId, ValueRange) {
+                  SmallVector<Value> args(operands);
+                  llvm::append_range(args,
+                                     ValueRange{blockId, block.x, threadId});
+                  func::CallOp::create(ib, il, fn, args);
+                  scf::YieldOp::create(ib, il);
+                });
+            scf::YieldOp::create(ob, l);
+          });
+    } else if (auto alloc = dyn_cast<gpu::AllocOp>(op)) {
+      auto buffer = memref::AllocOp::create(b, loc, alloc.getType(),
+                                            alloc.getDynamicSizes());
+      alloc.getMemref().replaceAllUsesWith(buffer);
+    } else if (auto dealloc = dyn_cast<gpu::DeallocOp>(op)) {
+      memref::DeallocOp::create(b, loc, dealloc.getMemref());
+    } else if (auto copy = dyn_cast<gpu::MemcpyOp>(op)) {
+      memref::CopyOp::create(b, loc, copy.getSrc(), copy.getDst());
+    } else if (!isa<gpu::WaitOp>(op)) {
+      if (isa_and_nonnull<gpu::GPUDialect>(op->getDialect())) {
+        op->emitError("moe-emulate-gpu: cannot emulate this operation");
+        return WalkResult::interrupt();
+      }
+      return WalkResult::advance();
+    }
+    erase.push_back(op);
+    return WalkResult::advance();
+  });
+  if (result.wasInterrupted())
+    return failure();
+  // Consumers of a token come after its producer: erase them first.
+  for (Operation *op : llvm::reverse(erase))
+    op->erase();
+  return success();
+}
+
+struct MoEEmulateGPUPass
+    : public moe::impl::MoEEmulateGPUBase<MoEEmulateGPUPass> {
+  void runOnOperation() override {
+    ModuleOp module = getOperation();
+    DenseMap<Operation *, func::FuncOp> kernels;
+    for (auto gpuModule : module.getOps<gpu::GPUModuleOp>())
+      for (auto kernel : gpuModule.getOps<gpu::GPUFuncOp>()) {
+        FailureOr<func::FuncOp> fn = emulateKernel(kernel, gpuModule);
+        if (failed(fn))
+          return signalPassFailure();
+        kernels[kernel] = *fn;
+      }
+    if (failed(emulateHost(module, kernels)))
+      return signalPassFailure();
+    for (auto gpuModule :
+         llvm::to_vector(module.getOps<gpu::GPUModuleOp>()))
+      gpuModule.erase();
+    module->removeAttr(gpu::GPUDialect::getContainerModuleAttrName());
+  }
+};
+} // namespace

@@ -1,0 +1,110 @@
+//===- GPUPipeline.cpp - moe-cuda-pipeline and its CPU emulation ----------===//
+#include "moe/Conversion/Passes.h"
+#include "moe/Dialect/MoE/Transforms/Passes.h"
+
+#include "mlir/Conversion/ArithToLLVM/ArithToLLVM.h"
+#include "mlir/Conversion/ControlFlowToLLVM/ControlFlowToLLVM.h"
+#include "mlir/Conversion/FuncToLLVM/ConvertFuncToLLVM.h"
+#include "mlir/Conversion/GPUToNVVM/GPUToNVVM.h"
+#include "mlir/Conversion/IndexToLLVM/IndexToLLVM.h"
+#include "mlir/Conversion/MathToLLVM/MathToLLVM.h"
+#include "mlir/Conversion/MemRefToLLVM/MemRefToLLVM.h"
+#include "mlir/Conversion/NVVMToLLVM/NVVMToLLVM.h"
+#include "mlir/Conversion/Passes.h"
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Target/LLVM/NVVM/Target.h"
+#include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
+#include "mlir/Target/LLVMIR/Dialect/GPU/GPUToLLVMIRTranslation.h"
+#include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
+#include "mlir/Target/LLVMIR/Dialect/NVVM/NVVMToLLVMIRTranslation.h"
+#include "mlir/Dialect/GPU/Transforms/Passes.h"
+#include "mlir/Dialect/MemRef/Transforms/Passes.h"
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Pass/PassRegistry.h"
+#include "mlir/Transforms/Passes.h"
+
+using namespace mlir;
+
+namespace {
+/// The GPU kernels exist for fused expert groups only, so even opt-level 0
+/// decomposes and fuses them.
+void addGPUExpertForm(OpPassManager &pm, unsigned optLevel, int64_t tile) {
+  if (optLevel > 0)
+    return moe::buildMoEOptimizePipeline(pm, tile);
+  OpPassManager &fpm = pm.nest<func::FuncOp>();
+  fpm.addPass(moe::createMoEDecomposeExperts({tile}));
+  fpm.addPass(moe::createMoEFuseDispatchGemm());
+}
+} // namespace
+
+void mlir::moe::buildMoECUDAPipeline(OpPassManager &pm,
+                                     const MoECUDAPipelineOptions &options) {
+  addGPUExpertForm(pm, options.optLevel, options.tile);
+  pm.addPass(createConvertMoEToGPU());
+  pm.addPass(createCanonicalizerPass());
+  pm.addPass(createCSEPass());
+  // One NVVM target per chip; gpu-module-to-binary makes one PTX object for
+  // each. PTX ISA 8.0 (CUDA 12) covers sm_80 and sm_90a.
+  for (const std::string &chip : options.getChips()) {
+    GpuNVVMAttachTargetOptions target;
+    target.chip = chip;
+    target.features = "+ptx80";
+    target.optLevel = 3;
+    pm.addPass(createGpuNVVMAttachTarget(target));
+  }
+  pm.addPass(createSCFToControlFlowPass());
+  pm.addPass(memref::createExpandStridedMetadataPass());
+  pm.addPass(createLowerAffinePass());
+  pm.addNestedPass<gpu::GPUModuleOp>(createConvertGpuOpsToNVVMOps());
+  pm.addPass(createCanonicalizerPass());
+  pm.addPass(createCSEPass());
+  pm.addPass(createFinalizeMemRefToLLVMConversionPass());
+  pm.addPass(createConvertMathToLLVMPass());
+  pm.addPass(createArithToLLVMConversionPass());
+  pm.addPass(createConvertControlFlowToLLVMPass());
+  pm.addPass(createConvertFuncToLLVMPass());
+  pm.addPass(createGpuToLLVMConversionPass());
+  pm.addPass(createReconcileUnrealizedCastsPass());
+  GpuModuleToBinaryPassOptions binary;
+  binary.compilationTarget = "isa";
+  pm.addPass(createGpuModuleToBinaryPass(binary));
+}
+
+void mlir::moe::buildMoEGPUEmulationPipeline(
+    OpPassManager &pm, const MoECPUPipelineOptions &options) {
+  addGPUExpertForm(pm, options.optLevel, options.tile);
+  pm.addPass(createConvertMoEToGPU());
+  pm.addPass(createMoEEmulateGPU());
+  buildHostToLLVMPipeline(pm);
+}
+
+void mlir::moe::registerMoEGPUPipelines() {
+  PassPipelineRegistration<MoECUDAPipelineOptions>(
+      "moe-cuda-pipeline",
+      "Lower a moe model for NVIDIA GPUs: specialised kernels as PTX for "
+      "each chip, host code in the LLVM dialect",
+      buildMoECUDAPipeline);
+  PassPipelineRegistration<MoECPUPipelineOptions>(
+      "moe-gpu-emulation-pipeline",
+      "Lower a moe model through the GPU kernels, then run them on the CPU "
+      "one thread at a time (testing without a GPU)",
+      buildMoEGPUEmulationPipeline);
+}
+
+void mlir::moe::registerGPUPipelineDependencies(DialectRegistry &registry) {
+  registry.insert<gpu::GPUDialect, NVVM::NVVMDialect, math::MathDialect,
+                  LLVM::LLVMDialect>();
+  NVVM::registerNVVMTargetInterfaceExternalModels(registry);
+  arith::registerConvertArithToLLVMInterface(registry);
+  cf::registerConvertControlFlowToLLVMInterface(registry);
+  registerConvertFuncToLLVMInterface(registry);
+  index::registerConvertIndexToLLVMInterface(registry);
+  registerConvertMathToLLVMInterface(registry);
+  registerConvertMemRefToLLVMInterface(registry);
+  registerConvertNVVMToLLVMInterface(registry);
+  NVVM::registerConvertGpuToNVVMInterface(registry);
+  registerBuiltinDialectTranslation(registry);
+  registerLLVMDialectTranslation(registry);
+  registerGPUDialectTranslation(registry);
+  registerNVVMDialectTranslation(registry);
+}
