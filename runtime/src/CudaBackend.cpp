@@ -43,7 +43,7 @@ CUresult release(const Device &dev, CUdeviceptr p, CUstream stream,
 struct LaunchScope {
   DeviceModel &model;
   CUstream stream;
-  std::string error; ///< the first failure
+  std::string error;           ///< the first failure
   std::vector<void *> managed; ///< host-shared allocations (cuMemFree)
 
   const Device &device() const { return model.device(); }
@@ -89,8 +89,8 @@ std::unique_ptr<Device> Device::create(std::string &problem) {
   if (!drv)
     return nullptr;
   if (CUresult r = drv->cuInit(0)) {
-    problem = "the CUDA driver failed to initialise: " +
-              drv->failure("cuInit", r);
+    problem =
+        "the CUDA driver failed to initialise: " + drv->failure("cuInit", r);
     return nullptr;
   }
   int count = 0;
@@ -118,14 +118,14 @@ std::unique_ptr<Device> Device::create(std::string &problem) {
       &minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev->device);
   dev->capability = major * 10 + minor;
   if (drv->cuMemAllocAsync &&
-      drv->cuDeviceGetAttribute(
-          &pools, CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED, dev->device) ==
-          CUDA_SUCCESS)
+      drv->cuDeviceGetAttribute(&pools,
+                                CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED,
+                                dev->device) == CUDA_SUCCESS)
     dev->asyncAllocator = pools != 0;
   if (CUresult r = drv->cuDevicePrimaryCtxRetain(&dev->ctx, dev->device)) {
     dev->ctx = nullptr;
-    problem = drv->failure("cuDevicePrimaryCtxRetain", r) + " on " +
-              dev->describe();
+    problem =
+        drv->failure("cuDevicePrimaryCtxRetain", r) + " on " + dev->describe();
     return nullptr;
   }
   CurrentContext current(*dev);
@@ -133,8 +133,8 @@ std::unique_ptr<Device> Device::create(std::string &problem) {
     problem = current.problem();
     return nullptr;
   }
-  if (CUresult r = drv->cuStreamCreate(&dev->ownStream,
-                                       CU_STREAM_NON_BLOCKING)) {
+  if (CUresult r =
+          drv->cuStreamCreate(&dev->ownStream, CU_STREAM_NON_BLOCKING)) {
     dev->ownStream = nullptr;
     problem = drv->failure("cuStreamCreate", r) + " on " + dev->describe();
     return nullptr;
@@ -350,9 +350,9 @@ void mgpuStreamWaitEvent(void *stream, void *event) {
 void *mgpuEventCreate() {
   LaunchScope *s = acting();
   CUevent event = nullptr;
-  if (!s || !s->check(s->driver().cuEventCreate(&event,
-                                                CU_EVENT_DISABLE_TIMING),
-                      [] { return "cuEventCreate"; }))
+  if (!s ||
+      !s->check(s->driver().cuEventCreate(&event, CU_EVENT_DISABLE_TIMING),
+                [] { return "cuEventCreate"; }))
     return nullptr;
   return event;
 }
@@ -420,13 +420,12 @@ void mgpuMemFree(void *ptr, void *stream) {
 
 void mgpuMemcpy(void *dst, void *src, size_t sizeBytes, void *stream) {
   if (LaunchScope *s = acting(); s && sizeBytes)
-    s->check(s->driver().cuMemcpyAsync(devicePointer(dst), devicePointer(src),
-                                       sizeBytes,
-                                       static_cast<CUstream>(stream)),
-             [&] {
-               return "cuMemcpyAsync of " + std::to_string(sizeBytes) +
-                      " bytes";
-             });
+    s->check(
+        s->driver().cuMemcpyAsync(devicePointer(dst), devicePointer(src),
+                                  sizeBytes, static_cast<CUstream>(stream)),
+        [&] {
+          return "cuMemcpyAsync of " + std::to_string(sizeBytes) + " bytes";
+        });
 }
 
 void mgpuMemset32(void *dst, unsigned int value, size_t count, void *stream) {
@@ -436,8 +435,7 @@ void mgpuMemset32(void *dst, unsigned int value, size_t count, void *stream) {
              [] { return "cuMemsetD32Async"; });
 }
 
-void mgpuMemset16(void *dst, unsigned short value, size_t count,
-                  void *stream) {
+void mgpuMemset16(void *dst, unsigned short value, size_t count, void *stream) {
   if (LaunchScope *s = acting(); s && count)
     s->check(s->driver().cuMemsetD16Async(devicePointer(dst), value, count,
                                           static_cast<CUstream>(stream)),
@@ -491,17 +489,27 @@ void mgpuLaunchKernel(void *function, intptr_t gridX, intptr_t gridY,
 } // extern "C"
 
 llvm::ArrayRef<RuntimeSymbol> moert::cuda::gpuRuntimeSymbols() {
-#define MOERT_SYMBOL(f) {#f, reinterpret_cast<void *>(&f)}
+#define MOERT_SYMBOL(f)                                                        \
+  { #f, reinterpret_cast < void *>(&f) }
   static const RuntimeSymbol symbols[] = {
-      MOERT_SYMBOL(mgpuStreamCreate),      MOERT_SYMBOL(mgpuStreamDestroy),
-      MOERT_SYMBOL(mgpuStreamSynchronize), MOERT_SYMBOL(mgpuStreamWaitEvent),
-      MOERT_SYMBOL(mgpuEventCreate),       MOERT_SYMBOL(mgpuEventDestroy),
-      MOERT_SYMBOL(mgpuEventSynchronize),  MOERT_SYMBOL(mgpuEventRecord),
-      MOERT_SYMBOL(mgpuMemAlloc),          MOERT_SYMBOL(mgpuMemFree),
-      MOERT_SYMBOL(mgpuMemcpy),            MOERT_SYMBOL(mgpuMemset32),
-      MOERT_SYMBOL(mgpuMemset16),          MOERT_SYMBOL(mgpuModuleLoad),
-      MOERT_SYMBOL(mgpuModuleLoadJIT),     MOERT_SYMBOL(mgpuModuleUnload),
-      MOERT_SYMBOL(mgpuModuleGetFunction), MOERT_SYMBOL(mgpuLaunchKernel),
+      MOERT_SYMBOL(mgpuStreamCreate),
+      MOERT_SYMBOL(mgpuStreamDestroy),
+      MOERT_SYMBOL(mgpuStreamSynchronize),
+      MOERT_SYMBOL(mgpuStreamWaitEvent),
+      MOERT_SYMBOL(mgpuEventCreate),
+      MOERT_SYMBOL(mgpuEventDestroy),
+      MOERT_SYMBOL(mgpuEventSynchronize),
+      MOERT_SYMBOL(mgpuEventRecord),
+      MOERT_SYMBOL(mgpuMemAlloc),
+      MOERT_SYMBOL(mgpuMemFree),
+      MOERT_SYMBOL(mgpuMemcpy),
+      MOERT_SYMBOL(mgpuMemset32),
+      MOERT_SYMBOL(mgpuMemset16),
+      MOERT_SYMBOL(mgpuModuleLoad),
+      MOERT_SYMBOL(mgpuModuleLoadJIT),
+      MOERT_SYMBOL(mgpuModuleUnload),
+      MOERT_SYMBOL(mgpuModuleGetFunction),
+      MOERT_SYMBOL(mgpuLaunchKernel),
   };
 #undef MOERT_SYMBOL
   return symbols;

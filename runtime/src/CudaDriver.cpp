@@ -14,8 +14,7 @@ std::string Driver::errorName(CUresult code) const {
   if (cuGetErrorName(code, &name) != CUDA_SUCCESS || !name)
     return "CUDA error " + std::to_string(code);
   std::string result = name;
-  if (cuGetErrorString && cuGetErrorString(code, &text) == CUDA_SUCCESS &&
-      text)
+  if (cuGetErrorString && cuGetErrorString(code, &text) == CUDA_SUCCESS && text)
     result += std::string(" (") + text + ")";
   return result;
 }
@@ -81,9 +80,8 @@ const char *resolveAll(void *lib, Driver &d) {
 const Driver *moert::cuda::loadDriver(std::string &problem) {
   const char *override = std::getenv(kDriverVariable);
   std::string path = override && *override ? override : "libcuda.so.1";
-  std::string what = override && *override
-                         ? std::string(kDriverVariable) + "=" + path
-                         : path;
+  std::string what =
+      override && *override ? std::string(kDriverVariable) + "=" + path : path;
 
   static std::mutex mutex;
   static std::map<std::string, std::unique_ptr<Driver>> loaded;

@@ -5,7 +5,6 @@
 #include "moert/moert.h"
 
 #include "llvm/ADT/SmallVector.h"
-#include "llvm/ADT/StringExtras.h"
 #include "llvm/ADT/StringRef.h"
 #include "llvm/Support/JSON.h"
 
@@ -68,7 +67,7 @@ struct moert_model {
   std::string gpuArchs;             ///< cuda: what the binary was built for
   std::vector<int64_t> cacheWidths; ///< decoders: per cache slot
   std::vector<WeightSpec> specs;
-  std::vector<std::vector<float>> weights;       ///< cpu
+  std::vector<std::vector<float>> weights;        ///< cpu
   std::unique_ptr<moert::cuda::DeviceModel> cuda; ///< cuda: device weights
 };
 
@@ -128,10 +127,12 @@ llvm::Error parseManifest(llvm::StringRef text, moert_model &model) {
   // What moe-compile --target cuda builds unless the manifest says.
   model.gpuArchs = "sm_90a and sm_80";
   if (const llvm::json::Array *archs = root->getArray("gpu_archs")) {
-    llvm::SmallVector<std::string> names;
-    for (const llvm::json::Value &a : *archs)
-      names.push_back(a.getAsString().value_or("?").str());
-    model.gpuArchs = llvm::join(names, ", ");
+    model.gpuArchs.clear();
+    for (size_t i = 0; i < archs->size(); ++i)
+      model.gpuArchs += (i == 0                   ? ""
+                         : i + 1 == archs->size() ? " and "
+                                                  : ", ") +
+                        (*archs)[i].getAsString().value_or("?").str();
   }
   if (info.is_decoder) {
     const llvm::json::Array *widths = root->getArray("cache_widths");
@@ -280,7 +281,8 @@ moert_status moert_context_set_cuda_stream(moert_context *ctx, void *stream) {
   if (!ctx->cuda)
     return makeStatus(MOERT_INVALID_ARGUMENT,
                       "moert_context_set_cuda_stream: the context's device is "
-                      "'" + ctx->device + "', not 'cuda'");
+                      "'" +
+                          ctx->device + "', not 'cuda'");
   ctx->cuda->setStream(static_cast<moert::cuda::CUstream>(stream));
   return nullptr;
 }
@@ -301,8 +303,10 @@ moert_status moert_model_load(moert_context *ctx,
                       "moert_model_load: the model was compiled for target '" +
                           model->target + "' but the context's device is '" +
                           ctx->device + "'; create the context with device '" +
-                          model->target + "' or compile the model with "
-                          "moe-compile --target " + ctx->device);
+                          model->target +
+                          "' or compile the model with "
+                          "moe-compile --target " +
+                          ctx->device);
   if (ctx->cuda) {
     if (!compiled->gpu_binary || compiled->gpu_binary_size <= 0)
       return makeStatus(MOERT_INVALID_ARGUMENT,
@@ -310,8 +314,8 @@ moert_status moert_model_load(moert_context *ctx,
                         "'cuda' but its record has no gpu_binary");
     // The kernels first: a GPU they cannot run on should not cost a read
     // of the weights.
-    auto cuda = moert::cuda::DeviceModel::load(
-        *ctx->cuda, compiled->gpu_binary, model->gpuArchs);
+    auto cuda = moert::cuda::DeviceModel::load(*ctx->cuda, compiled->gpu_binary,
+                                               model->gpuArchs);
     if (!cuda)
       return fromError(cuda.takeError(), MOERT_UNAVAILABLE);
     model->cuda = std::move(*cuda);

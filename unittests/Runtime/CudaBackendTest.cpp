@@ -1,0 +1,667 @@
+//===- CudaBackendTest.cpp - device "cuda" and the mgpu* ABI --------------===//
+//
+// The runtime's CUDA path runs here against a fake driver (FakeCuda.h, a
+// libcuda.so.1 over host memory that MOERT_CUDA_DRIVER points the runtime
+// at), with a hand-written stand-in for a model's host code that calls the
+// mgpu* functions as MLIR's lowering does. RealGpu runs the same host code
+// with a PTX kernel on a real GPU, and skips where there is none.
+//
+//===----------------------------------------------------------------------===//
+#include "FakeCuda.h"
+
+#include "mlir/ExecutionEngine/CRunnerUtils.h"
+#include "moert/GpuRuntime.h"
+#include "moert/Safetensors.h"
+#include "moert/moert.hpp"
+
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/Path.h"
+#include "gtest/gtest.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <dlfcn.h>
+#include <thread>
+
+namespace {
+template <typename T, int N> using Desc = StridedMemRefType<T, N>;
+
+/// What the host code of a model compiled for CUDA does: everything through
+/// the mgpu* ABI, on device pointers. hidden_out = hidden_in + norm (by the
+/// kernel `kernel`, on a device copy of hidden_in), exit_loop = 0,
+/// expert_ids = 7, expert_gates = 1 (by memsets).
+void hostCode(void **descriptors, const char *kernel) {
+  auto *in = static_cast<Desc<float, 2> *>(descriptors[0]);
+  auto *out = static_cast<Desc<float, 2> *>(descriptors[1]);
+  auto *exitLoop = static_cast<Desc<int32_t, 1> *>(descriptors[2]);
+  auto *ids = static_cast<Desc<int32_t, 3> *>(descriptors[3]);
+  auto *gates = static_cast<Desc<float, 3> *>(descriptors[4]);
+  auto *norm = static_cast<Desc<float, 1> *>(descriptors[5]);
+  int64_t n = in->sizes[0] * in->sizes[1], d = in->sizes[1];
+  int64_t trace = ids->sizes[0] * ids->sizes[1] * ids->sizes[2];
+
+  void *stream = mgpuStreamCreate();
+  void *function = mgpuModuleGetFunction(nullptr, kernel);
+  void *copy = mgpuMemAlloc(n * 4, stream, /*isHostShared=*/false);
+  mgpuMemcpy(copy, in->data, n * 4, stream);
+  void *event = mgpuEventCreate();
+  mgpuEventRecord(event, stream);
+  mgpuStreamWaitEvent(stream, event);
+  void *shared = mgpuMemAlloc(4, stream, /*isHostShared=*/true);
+  mgpuMemset16(shared, 0x1234, 2, stream);
+  mgpuMemset32(exitLoop->data, 0, exitLoop->sizes[0], stream);
+  mgpuMemset32(ids->data, 7, trace, stream);
+  mgpuMemset32(gates->data, 0x3f800000, trace, stream); // 1.0f
+  float *normData = norm->data, *outData = out->data;
+  void *params[] = {&copy, &normData, &outData, &n, &d};
+  mgpuLaunchKernel(function, (n + 127) / 128, 1, 1, 128, 1, 1, 0, stream,
+                   params, nullptr, 5);
+  mgpuEventSynchronize(event);
+  mgpuEventDestroy(event);
+  mgpuMemFree(shared, stream);
+  mgpuMemFree(copy, stream);
+  mgpuStreamSynchronize(stream);
+  mgpuStreamDestroy(stream);
+}
+void addNormHostCode(void **descriptors) { hostCode(descriptors, "add_norm"); }
+void missingKernelHostCode(void **descriptors) {
+  hostCode(descriptors, "no_such_kernel");
+}
+
+/// The fake driver's add_norm: the PTX kernel below, on the host.
+void addNormKernel(void **params) {
+  const float *in = *static_cast<float **>(params[0]);
+  const float *norm = *static_cast<float **>(params[1]);
+  float *out = *static_cast<float **>(params[2]);
+  int64_t n = *static_cast<int64_t *>(params[3]);
+  int64_t d = *static_cast<int64_t *>(params[4]);
+  for (int64_t i = 0; i < n; ++i)
+    out[i] = in[i] + norm[i % d];
+}
+const FakeCudaKernel kFakeKernels[] = {{"add_norm", addNormKernel}};
+const FakeCudaBinary kFakeBinary = {"moert-fake-cubn", kFakeKernels, 1};
+
+// add_norm for a real GPU (PTX ISA 7.0, so drivers from CUDA 11 on JIT it).
+const char kAddNormPtx[] = R"(.version 7.0
+.target sm_80
+.address_size 64
+.visible .entry add_norm(.param .u64 in, .param .u64 norm, .param .u64 out,
+                         .param .u64 n, .param .u64 d)
+{
+  .reg .pred %p;
+  .reg .f32 %f<3>;
+  .reg .b32 %r<3>;
+  .reg .b64 %rd<12>;
+  ld.param.u64 %rd1, [in];
+  ld.param.u64 %rd2, [norm];
+  ld.param.u64 %rd3, [out];
+  ld.param.u64 %rd4, [n];
+  ld.param.u64 %rd5, [d];
+  mov.u32 %r1, %ctaid.x;
+  mov.u32 %r2, %ntid.x;
+  mul.wide.u32 %rd6, %r1, %r2;
+  mov.u32 %r1, %tid.x;
+  cvt.u64.u32 %rd7, %r1;
+  add.s64 %rd6, %rd6, %rd7;
+  setp.ge.s64 %p, %rd6, %rd4;
+  @%p bra DONE;
+  rem.s64 %rd7, %rd6, %rd5;
+  shl.b64 %rd8, %rd6, 2;
+  shl.b64 %rd9, %rd7, 2;
+  add.s64 %rd10, %rd1, %rd8;
+  ld.global.f32 %f1, [%rd10];
+  add.s64 %rd11, %rd2, %rd9;
+  ld.global.f32 %f2, [%rd11];
+  add.f32 %f1, %f1, %f2;
+  add.s64 %rd10, %rd3, %rd8;
+  st.global.f32 [%rd10], %f1;
+DONE:
+  ret;
+}
+)";
+
+// The manifest of a model with one weight; `extra` adds fields.
+#define MANIFEST(extra)                                                        \
+  "{\"entry\": \"forward\", \"hidden_size\": 3, \"passes\": 1, "               \
+  "\"layers\": 1, \"top_k\": 1, \"experts\": 2, " extra                        \
+  " \"weights\": [{\"source\": \"model.norm.weight\", \"dtype\": \"F32\", "    \
+  "\"shape\": [3]}]}"
+
+const moert_compiled_model kCudaModel = {MANIFEST(R"("target": "cuda",)"),
+                                         addNormHostCode, &kFakeBinary,
+                                         sizeof(kFakeBinary)};
+const moert_compiled_model kCpuModel = {MANIFEST(""), addNormHostCode, nullptr,
+                                        0};
+
+const char *const kFakeVariables[] = {
+    "MOERT_CUDA_DRIVER", "MOERT_FAKE_CUDA_FAIL", "MOERT_FAKE_CUDA_DEVICES",
+    "MOERT_FAKE_CUDA_SM", "MOERT_FAKE_CUDA_POOLS"};
+
+class CudaTest : public ::testing::Test {
+protected:
+  void SetUp() override {
+    for (const char *name : kFakeVariables)
+      unsetenv(name);
+    ASSERT_FALSE(llvm::sys::fs::createUniqueDirectory("moert-cuda", dir));
+    llvm::SmallString<128> path(dir);
+    llvm::sys::path::append(path, "w.safetensors");
+    weights = std::string(path);
+    ASSERT_FALSE(bool(moert::writeSafetensors(
+        weights, {{"model.norm.weight",
+                   moert::DType::F32,
+                   {3},
+                   {reinterpret_cast<const uint8_t *>(norm), 12}}})));
+  }
+  void TearDown() override {
+    for (const char *name : kFakeVariables)
+      unsetenv(name);
+    llvm::sys::fs::remove_directories(dir);
+  }
+
+  /// Runs 2 tokens and checks the outputs.
+  void runAndCheck(moert::Model &model) {
+    float in[6] = {0, 0, 0, 10, 20, 30}, out[6] = {};
+    int32_t exitLoop[2] = {-1, -1}, ids[2] = {};
+    float gates[2] = {};
+    moert_outputs outputs{out, exitLoop, ids, gates};
+    std::string error;
+    ASSERT_TRUE(model.run(2, in, outputs, &error)) << error;
+    EXPECT_EQ(std::vector<float>(out, out + 6),
+              (std::vector<float>{1, 2, 3, 11, 22, 33}));
+    EXPECT_EQ(std::vector<int32_t>(exitLoop, exitLoop + 2),
+              (std::vector<int32_t>{0, 0}));
+    EXPECT_EQ(std::vector<int32_t>(ids, ids + 2), (std::vector<int32_t>{7, 7}));
+    EXPECT_EQ(std::vector<float>(gates, gates + 2), (std::vector<float>{1, 1}));
+  }
+  /// Runs 2 tokens, expecting an error.
+  std::string runError(moert::Model &model) {
+    float in[6] = {}, out[6];
+    int32_t exitLoop[2], ids[2];
+    float gates[2];
+    moert_outputs outputs{out, exitLoop, ids, gates};
+    std::string error;
+    EXPECT_FALSE(model.run(2, in, outputs, &error));
+    return error;
+  }
+
+  llvm::SmallString<128> dir;
+  std::string weights;
+  const float norm[3] = {1.0f, 2.0f, 3.0f};
+};
+
+/// Tests against the fake driver.
+class FakeCudaTest : public CudaTest {
+protected:
+  void SetUp() override {
+    CudaTest::SetUp();
+    setenv("MOERT_CUDA_DRIVER", MOERT_FAKE_CUDA_DRIVER, 1);
+    fake = dlopen(MOERT_FAKE_CUDA_DRIVER, RTLD_NOW | RTLD_LOCAL);
+    ASSERT_TRUE(fake) << dlerror();
+    getCounters = reinterpret_cast<FakeCudaGetCounters>(
+        dlsym(fake, FAKE_CUDA_COUNTERS_SYMBOL));
+    ASSERT_TRUE(getCounters);
+  }
+  void TearDown() override {
+    if (fake)
+      dlclose(fake);
+    CudaTest::TearDown();
+  }
+  FakeCudaCounters counters() { return getCounters(); }
+  void expectNothingLive() {
+    FakeCudaCounters c = counters();
+    EXPECT_EQ(c.allocations, 0);
+    EXPECT_EQ(c.streams, 0);
+    EXPECT_EQ(c.events, 0);
+    EXPECT_EQ(c.modules, 0);
+    EXPECT_EQ(c.primaryRefs, 0);
+    EXPECT_EQ(c.contextDepth, 0);
+  }
+  template <typename F> F fakeSymbol(const char *name) {
+    return reinterpret_cast<F>(dlsym(fake, name));
+  }
+
+  void *fake = nullptr;
+  FakeCudaGetCounters getCounters = nullptr;
+};
+
+TEST_F(FakeCudaTest, LoadsRunsAndFreesEverything) {
+  std::string error;
+  {
+    auto ctx = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(ctx) << error;
+    EXPECT_EQ(counters().primaryRefs, 1);
+    EXPECT_EQ(counters().streams, 1); // the context's own
+    auto model = moert::Model::load(*ctx, kCudaModel, weights, &error);
+    ASSERT_TRUE(model) << error;
+    EXPECT_EQ(counters().allocations, 1); // the weight, on the device
+    EXPECT_EQ(counters().modules, 1);
+    int launches = counters().launches;
+    runAndCheck(*model);
+    runAndCheck(*model); // the function cache serves the second run
+    EXPECT_EQ(counters().launches, launches + 2);
+    EXPECT_EQ(counters().allocations, 1); // the runs' buffers are freed
+    EXPECT_EQ(counters().events, 0);
+    EXPECT_EQ(counters().contextDepth, 0); // pushed and popped
+  }
+  expectNothingLive();
+}
+
+TEST_F(FakeCudaTest, WithoutTheStreamOrderedAllocator) {
+  // The fake's cuMemAllocAsync fails then, so a pass means cuMemAlloc.
+  setenv("MOERT_FAKE_CUDA_POOLS", "0", 1);
+  std::string error;
+  {
+    auto ctx = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(ctx) << error;
+    auto model = moert::Model::load(*ctx, kCudaModel, weights, &error);
+    ASSERT_TRUE(model) << error;
+    runAndCheck(*model);
+    setenv("MOERT_FAKE_CUDA_FAIL", "cuMemAlloc@2=2", 1);
+    EXPECT_EQ(runError(*model),
+              "moert_model_run on cuda (sm_90, Fake GPU): cuMemAlloc of 24 "
+              "bytes failed: CUDA_ERROR_OUT_OF_MEMORY (out of memory)");
+    EXPECT_EQ(counters().allocations, 1);
+  }
+  expectNothingLive();
+}
+
+TEST_F(FakeCudaTest, ConcurrentRuns) {
+  std::string error;
+  auto ctx = moert::Context::create("cuda", &error);
+  ASSERT_TRUE(ctx) << error;
+  auto model = moert::Model::load(*ctx, kCudaModel, weights, &error);
+  ASSERT_TRUE(model) << error;
+  std::vector<std::thread> threads;
+  std::vector<int> ok(8, 0);
+  for (int i = 0; i < 8; ++i)
+    threads.emplace_back([&, i] {
+      for (int r = 0; r < 20; ++r) {
+        float in[3] = {float(i), 0, 0}, out[3] = {};
+        int32_t exitLoop[1], ids[1];
+        float gates[1];
+        moert_outputs outputs{out, exitLoop, ids, gates};
+        ok[i] += model->run(1, in, outputs, nullptr) && out[0] == i + 1.0f &&
+                 out[2] == 3.0f;
+      }
+    });
+  for (std::thread &t : threads)
+    t.join();
+  EXPECT_EQ(ok, std::vector<int>(8, 20));
+  EXPECT_EQ(counters().allocations, 1);
+}
+
+TEST_F(FakeCudaTest, UserStream) {
+  std::string error;
+  auto ctx = moert::Context::create("cuda", &error);
+  ASSERT_TRUE(ctx) << error;
+  auto model = moert::Model::load(*ctx, kCudaModel, weights, &error);
+  ASSERT_TRUE(model) << error;
+  auto streamCreate = fakeSymbol<int (*)(void **, unsigned)>("cuStreamCreate");
+  auto streamDestroy = fakeSymbol<int (*)(void *)>("cuStreamDestroy_v2");
+  void *user = nullptr;
+  ASSERT_EQ(streamCreate(&user, 0), 0);
+
+  moert_status status = moert_context_set_cuda_stream(ctx->get(), user);
+  ASSERT_EQ(status, nullptr) << moert_status_get_message(status);
+  runAndCheck(*model);
+  EXPECT_EQ(counters().lastStream, user);
+  status = moert_context_set_cuda_stream(ctx->get(), nullptr);
+  ASSERT_EQ(status, nullptr) << moert_status_get_message(status);
+  runAndCheck(*model);
+  EXPECT_NE(counters().lastStream, user);
+  EXPECT_NE(counters().lastStream, nullptr); // the context's own
+  EXPECT_EQ(streamDestroy(user), 0);
+}
+
+TEST_F(FakeCudaTest, OutOfMemoryLoadingWeights) {
+  setenv("MOERT_FAKE_CUDA_FAIL", "cuMemAlloc=2", 1);
+  std::string error;
+  {
+    auto ctx = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(ctx) << error;
+    moert_model *model = nullptr;
+    moert_status status =
+        moert_model_load(ctx->get(), &kCudaModel, weights.c_str(), &model);
+    EXPECT_EQ(moert_status_get_code(status), MOERT_INTERNAL);
+    EXPECT_STREQ(moert_status_get_message(status),
+                 "cannot copy weight 'model.norm.weight' (12 bytes) to sm_90, "
+                 "Fake GPU: cuMemAlloc failed: CUDA_ERROR_OUT_OF_MEMORY (out "
+                 "of memory)");
+    moert_status_free(status);
+    EXPECT_EQ(counters().modules, 0); // unloaded again
+  }
+  expectNothingLive();
+}
+
+TEST_F(FakeCudaTest, OutOfMemoryInTheModelsHostCode) {
+  std::string error;
+  {
+    auto ctx = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(ctx) << error;
+    auto model = moert::Model::load(*ctx, kCudaModel, weights, &error);
+    ASSERT_TRUE(model) << error;
+    int launches = counters().launches;
+    // The runtime allocates the run's 5 buffers, then the host code its copy
+    // of hidden_in: the first error stops the launch, not the frees.
+    setenv("MOERT_FAKE_CUDA_FAIL", "cuMemAllocAsync@6=2", 1);
+    EXPECT_EQ(
+        runError(*model),
+        "moert_model_run on cuda (sm_90, Fake GPU): cuMemAllocAsync of 24 "
+        "bytes failed: CUDA_ERROR_OUT_OF_MEMORY (out of memory)");
+    EXPECT_EQ(counters().launches, launches);
+    EXPECT_EQ(counters().allocations, 1);
+    EXPECT_EQ(counters().events, 0);
+    // The runtime's own buffers: the host code does not run at all.
+    setenv("MOERT_FAKE_CUDA_FAIL", "cuMemAllocAsync@3=2", 1);
+    EXPECT_EQ(runError(*model),
+              "moert_model_run on cuda (sm_90, Fake GPU): cuMemAllocAsync of 8 "
+              "bytes failed: CUDA_ERROR_OUT_OF_MEMORY (out of memory)");
+    EXPECT_EQ(counters().launches, launches);
+    EXPECT_EQ(counters().allocations, 1);
+    unsetenv("MOERT_FAKE_CUDA_FAIL");
+    runAndCheck(*model);
+  }
+  expectNothingLive();
+}
+
+TEST_F(FakeCudaTest, LaunchAndKernelFaults) {
+  std::string error;
+  {
+    auto ctx = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(ctx) << error;
+    auto model = moert::Model::load(*ctx, kCudaModel, weights, &error);
+    ASSERT_TRUE(model) << error;
+    setenv("MOERT_FAKE_CUDA_FAIL", "cuLaunchKernel=719", 1);
+    EXPECT_EQ(runError(*model),
+              "moert_model_run on cuda (sm_90, Fake GPU): cuLaunchKernel of "
+              "'add_norm' (grid 1x1x1, block 128x1x1, 0 bytes shared) failed: "
+              "CUDA_ERROR_LAUNCH_FAILED (unspecified launch failure)");
+    EXPECT_EQ(counters().allocations, 1);
+    EXPECT_EQ(counters().events, 0);
+    // A fault surfaces asynchronously, at the host code's synchronisation.
+    setenv("MOERT_FAKE_CUDA_FAIL", "cuStreamSynchronize=700", 1);
+    EXPECT_EQ(runError(*model),
+              "moert_model_run on cuda (sm_90, Fake GPU): cuStreamSynchronize "
+              "failed: CUDA_ERROR_ILLEGAL_ADDRESS (an illegal memory access "
+              "was encountered)");
+    EXPECT_EQ(counters().allocations, 1);
+    // An unknown code still names the call.
+    setenv("MOERT_FAKE_CUDA_FAIL", "cuMemcpyDtoHAsync=12345", 1);
+    EXPECT_EQ(runError(*model),
+              "moert_model_run on cuda (sm_90, Fake GPU): cuMemcpyDtoHAsync "
+              "failed: CUDA error 12345");
+    unsetenv("MOERT_FAKE_CUDA_FAIL");
+    runAndCheck(*model);
+  }
+  expectNothingLive();
+}
+
+TEST_F(FakeCudaTest, MissingKernel) {
+  std::string error;
+  auto ctx = moert::Context::create("cuda", &error);
+  ASSERT_TRUE(ctx) << error;
+  moert_compiled_model missing = kCudaModel;
+  missing.run = missingKernelHostCode;
+  auto model = moert::Model::load(*ctx, missing, weights, &error);
+  ASSERT_TRUE(model) << error;
+  int launches = counters().launches;
+  EXPECT_EQ(runError(*model), "moert_model_run on cuda (sm_90, Fake GPU): "
+                              "cuModuleGetFunction('no_such_kernel') failed: "
+                              "CUDA_ERROR_NOT_FOUND (named symbol not found)");
+  EXPECT_EQ(counters().launches, launches);
+  EXPECT_EQ(counters().allocations, 1);
+}
+
+TEST_F(FakeCudaTest, KernelsWithoutABinaryForThisGpu) {
+  setenv("MOERT_FAKE_CUDA_SM", "75", 1);
+  setenv("MOERT_FAKE_CUDA_FAIL", "cuModuleLoadData=209", 1);
+  std::string error;
+  {
+    auto ctx = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(ctx) << error;
+    moert_model *model = nullptr;
+    moert_status status =
+        moert_model_load(ctx->get(), &kCudaModel, weights.c_str(), &model);
+    EXPECT_EQ(moert_status_get_code(status), MOERT_UNAVAILABLE);
+    EXPECT_STREQ(moert_status_get_message(status),
+                 "the model's kernels have no binary for this GPU (sm_75, "
+                 "Fake GPU); it was compiled for sm_90a and sm_80 "
+                 "(cuModuleLoadData failed: CUDA_ERROR_NO_BINARY_FOR_GPU (no "
+                 "kernel image is available for execution on the device))");
+    moert_status_free(status);
+
+    moert_compiled_model archs = kCudaModel;
+    archs.manifest = MANIFEST(
+        R"("target": "cuda", "gpu_archs": ["sm_90a", "sm_80", "compute_80"],)");
+    EXPECT_FALSE(moert::Model::load(*ctx, archs, weights, &error));
+    EXPECT_NE(error.find("it was compiled for sm_90a, sm_80 and compute_80 "),
+              std::string::npos)
+        << error;
+
+    unsetenv("MOERT_FAKE_CUDA_FAIL");
+    moert_compiled_model garbage = kCudaModel;
+    garbage.gpu_binary = "not a fatbinary";
+    EXPECT_FALSE(moert::Model::load(*ctx, garbage, weights, &error));
+    EXPECT_EQ(error, "cannot load the model's kernels on sm_75, Fake GPU: "
+                     "cuModuleLoadData failed: CUDA_ERROR_INVALID_IMAGE "
+                     "(device kernel image is invalid)");
+  }
+  expectNothingLive();
+}
+
+TEST_F(FakeCudaTest, ContextErrors) {
+  std::string error;
+  const std::string suffix = "; use 'cpu' (there is no silent CPU fallback)";
+  setenv("MOERT_FAKE_CUDA_DEVICES", "0", 1);
+  EXPECT_FALSE(moert::Context::create("cuda", &error));
+  EXPECT_EQ(error, "device 'cuda': the CUDA driver reports no device" + suffix);
+  unsetenv("MOERT_FAKE_CUDA_DEVICES");
+
+  setenv("MOERT_FAKE_CUDA_FAIL", "cuInit=100", 1);
+  moert_context *ctx = nullptr;
+  moert_status status = moert_context_create("cuda", &ctx);
+  EXPECT_EQ(moert_status_get_code(status), MOERT_UNAVAILABLE);
+  EXPECT_EQ(moert_status_get_message(status),
+            "device 'cuda': the CUDA driver failed to initialise: cuInit "
+            "failed: CUDA_ERROR_NO_DEVICE (no CUDA-capable device is "
+            "detected)" +
+                suffix);
+  moert_status_free(status);
+
+  setenv("MOERT_FAKE_CUDA_FAIL", "cuStreamCreate=2", 1);
+  EXPECT_FALSE(moert::Context::create("cuda", &error));
+  EXPECT_EQ(error, "device 'cuda': cuStreamCreate failed: "
+                   "CUDA_ERROR_OUT_OF_MEMORY (out of memory) on sm_90, Fake "
+                   "GPU" +
+                       suffix);
+  expectNothingLive(); // the primary context is released again
+  unsetenv("MOERT_FAKE_CUDA_FAIL");
+
+  setenv("MOERT_CUDA_DRIVER", "/nonexistent/libcuda.so.1", 1);
+  EXPECT_FALSE(moert::Context::create("cuda", &error));
+  EXPECT_EQ(error.rfind("device 'cuda': no NVIDIA driver: "
+                        "MOERT_CUDA_DRIVER=/nonexistent/libcuda.so.1 cannot "
+                        "be loaded (",
+                        0),
+            0u)
+      << error;
+  setenv("MOERT_CUDA_DRIVER", "libm.so.6", 1);
+  EXPECT_FALSE(moert::Context::create("cuda", &error));
+  EXPECT_EQ(error, "device 'cuda': the NVIDIA driver library "
+                   "MOERT_CUDA_DRIVER=libm.so.6 lacks cuInit (the driver is "
+                   "too old or not NVIDIA's)" +
+                       suffix);
+}
+
+TEST_F(FakeCudaTest, TargetsMustMatchTheContext) {
+  std::string error;
+  auto ctx = moert::Context::create("cuda", &error);
+  ASSERT_TRUE(ctx) << error;
+  moert_model *model = nullptr;
+  moert_status status =
+      moert_model_load(ctx->get(), &kCpuModel, weights.c_str(), &model);
+  EXPECT_EQ(moert_status_get_code(status), MOERT_INVALID_ARGUMENT);
+  EXPECT_STREQ(moert_status_get_message(status),
+               "moert_model_load: the model was compiled for target 'cpu' but "
+               "the context's device is 'cuda'; create the context with device "
+               "'cpu' or compile the model with moe-compile --target cuda");
+  moert_status_free(status);
+
+  moert_compiled_model noBinary = kCudaModel;
+  noBinary.gpu_binary = nullptr;
+  EXPECT_FALSE(moert::Model::load(*ctx, noBinary, weights, &error));
+  EXPECT_EQ(error, "moert_model_load: the model's manifest says target 'cuda' "
+                   "but its record has no gpu_binary");
+  EXPECT_EQ(counters().modules, 0);
+}
+
+TEST_F(FakeCudaTest, DecodersDoNotRunOnCudaYet) {
+  std::string error;
+  auto ctx = moert::Context::create("cuda", &error);
+  ASSERT_TRUE(ctx) << error;
+  moert_compiled_model decoder = kCudaModel;
+  decoder.manifest = MANIFEST(R"("target": "cuda", "kind": "decoder",
+      "vocab_size": 4, "max_positions": 8, "cache_widths": [2],)");
+  auto model = moert::Model::load(*ctx, decoder, weights, &error);
+  ASSERT_TRUE(model) << error;
+  moert_session *session = nullptr;
+  moert_status status = moert_session_create(model->get(), &session);
+  EXPECT_EQ(moert_status_get_code(status), MOERT_UNAVAILABLE);
+  EXPECT_STREQ(moert_status_get_message(status),
+               "moert_session_create: decoder models do not run on cuda yet; "
+               "compile the model with moe-compile --target cpu and run it on "
+               "a 'cpu' context");
+  moert_status_free(status);
+}
+
+/// Every mgpu* function outside a launch scope: nothing reaches the driver.
+void callEveryMgpuFunction() {
+  int word = 0;
+  void *p = &word;
+  EXPECT_EQ(mgpuStreamCreate(), nullptr);
+  mgpuStreamSynchronize(p);
+  mgpuStreamWaitEvent(p, p);
+  mgpuStreamDestroy(p);
+  EXPECT_EQ(mgpuEventCreate(), nullptr);
+  mgpuEventRecord(p, p);
+  mgpuEventSynchronize(p);
+  mgpuEventDestroy(p);
+  EXPECT_EQ(mgpuMemAlloc(64, p, false), nullptr);
+  EXPECT_EQ(mgpuMemAlloc(64, p, true), nullptr);
+  mgpuMemcpy(p, p, 4, p);
+  mgpuMemset32(p, 1, 1, p);
+  mgpuMemset16(p, 1, 2, p);
+  mgpuMemFree(p, p);
+  EXPECT_EQ(mgpuModuleLoad(p, 4), nullptr);
+  EXPECT_EQ(mgpuModuleLoadJIT(p, 2), nullptr);
+  mgpuModuleUnload(p);
+  EXPECT_EQ(mgpuModuleGetFunction(p, "add_norm"), nullptr);
+  void *params[] = {p};
+  mgpuLaunchKernel(p, 1, 1, 1, 1, 1, 1, 0, p, params, nullptr, 1);
+  EXPECT_EQ(word, 0);
+}
+
+TEST_F(FakeCudaTest, MgpuOutsideARunDoesNothing) {
+  std::string error;
+  auto ctx = moert::Context::create("cuda", &error);
+  ASSERT_TRUE(ctx) << error;
+  int calls = counters().driverCalls;
+  callEveryMgpuFunction();
+  EXPECT_EQ(counters().driverCalls, calls);
+  EXPECT_EQ(moert::cuda::gpuRuntimeSymbols().size(), 18u);
+}
+
+TEST_F(CudaTest, MgpuWithoutADriverDoesNothing) { callEveryMgpuFunction(); }
+
+TEST_F(CudaTest, CpuContextErrors) {
+  std::string error;
+  auto ctx = moert::Context::create("cpu", &error);
+  ASSERT_TRUE(ctx) << error;
+  moert_model *model = nullptr;
+  moert_status status =
+      moert_model_load(ctx->get(), &kCudaModel, weights.c_str(), &model);
+  EXPECT_EQ(moert_status_get_code(status), MOERT_INVALID_ARGUMENT);
+  EXPECT_STREQ(moert_status_get_message(status),
+               "moert_model_load: the model was compiled for target 'cuda' "
+               "but the context's device is 'cpu'; create the context with "
+               "device 'cuda' or compile the model with moe-compile --target "
+               "cpu");
+  moert_status_free(status);
+
+  moert_compiled_model unknown = kCpuModel;
+  unknown.manifest = MANIFEST(R"("target": "tpu",)");
+  EXPECT_FALSE(moert::Model::load(*ctx, unknown, weights, &error));
+  EXPECT_EQ(error,
+            "invalid model manifest: unknown target 'tpu' (expected cpu or "
+            "cuda)");
+
+  status = moert_context_set_cuda_stream(ctx->get(), nullptr);
+  EXPECT_EQ(moert_status_get_code(status), MOERT_INVALID_ARGUMENT);
+  EXPECT_STREQ(moert_status_get_message(status),
+               "moert_context_set_cuda_stream: the context's device is 'cpu', "
+               "not 'cuda'");
+  moert_status_free(status);
+  status = moert_context_set_cuda_stream(nullptr, nullptr);
+  EXPECT_EQ(moert_status_get_code(status), MOERT_INVALID_ARGUMENT);
+  moert_status_free(status);
+}
+
+TEST_F(CudaTest, NoDriverHere) {
+  // The default driver name, as on a machine without NVIDIA's driver.
+  std::string error;
+  auto ctx = moert::Context::create("cuda", &error);
+  if (ctx)
+    GTEST_SKIP() << "this machine has a CUDA driver and device";
+  EXPECT_EQ(error.rfind("device 'cuda': ", 0), 0u) << error;
+  EXPECT_TRUE(error.find("libcuda.so.1 cannot be loaded") !=
+                  std::string::npos ||
+              error.find("cuInit") != std::string::npos ||
+              error.find("no device") != std::string::npos)
+      << error;
+}
+
+TEST_F(CudaTest, RealGpu) {
+  std::string error;
+  auto ctx = moert::Context::create("cuda", &error);
+  if (!ctx)
+    GTEST_SKIP() << "no usable CUDA device: " << error;
+  moert_compiled_model ptx = kCudaModel;
+  ptx.gpu_binary = kAddNormPtx;
+  ptx.gpu_binary_size = sizeof(kAddNormPtx);
+  auto model = moert::Model::load(*ctx, ptx, weights, &error);
+  ASSERT_TRUE(model) << error;
+  runAndCheck(*model);
+
+  // Many tokens, several blocks, and concurrent runs.
+  std::vector<std::thread> threads;
+  std::vector<int> ok(4, 0);
+  for (int i = 0; i < 4; ++i)
+    threads.emplace_back([&, i] {
+      int64_t tokens = 1000 + i;
+      std::vector<float> in(tokens * 3), out(tokens * 3);
+      for (size_t j = 0; j < in.size(); ++j)
+        in[j] = float(j);
+      std::vector<int32_t> exitLoop(tokens), ids(tokens);
+      std::vector<float> gates(tokens);
+      moert_outputs outputs{out.data(), exitLoop.data(), ids.data(),
+                            gates.data()};
+      if (!model->run(tokens, in.data(), outputs, nullptr))
+        return;
+      bool same = true;
+      for (size_t j = 0; j < in.size(); ++j)
+        same &= out[j] == in[j] + norm[j % 3];
+      ok[i] = same && ids.back() == 7 && gates.back() == 1.0f;
+    });
+  for (std::thread &t : threads)
+    t.join();
+  EXPECT_EQ(ok, std::vector<int>(4, 1));
+
+  moert_compiled_model missing = ptx;
+  missing.run = missingKernelHostCode;
+  auto broken = moert::Model::load(*ctx, missing, weights, &error);
+  ASSERT_TRUE(broken) << error;
+  EXPECT_NE(runError(*broken).find("cuModuleGetFunction('no_such_kernel') "
+                                   "failed: CUDA_ERROR_NOT_FOUND"),
+            std::string::npos);
+}
+} // namespace

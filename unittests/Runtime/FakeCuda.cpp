@@ -1,0 +1,446 @@
+//===- FakeCuda.cpp - a fake CUDA driver for the runtime's tests ----------===//
+//
+// See FakeCuda.h. Built as a shared library named libcuda.so.1 (without a
+// soname, so that it never stands in for a real driver loaded by name).
+//
+//===----------------------------------------------------------------------===//
+#include "FakeCuda.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+
+namespace {
+using CUresult = int;
+enum : CUresult {
+  SUCCESS = 0,
+  INVALID_VALUE = 1,
+  NOT_INITIALIZED = 3,
+  INVALID_IMAGE = 200,
+  INVALID_CONTEXT = 201,
+  INVALID_HANDLE = 400,
+  NOT_FOUND = 500,
+};
+
+struct ErrorText {
+  CUresult code;
+  const char *name, *text;
+};
+constexpr ErrorText kErrors[] = {
+    {0, "CUDA_SUCCESS", "no error"},
+    {1, "CUDA_ERROR_INVALID_VALUE", "invalid argument"},
+    {2, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory"},
+    {3, "CUDA_ERROR_NOT_INITIALIZED", "initialization error"},
+    {100, "CUDA_ERROR_NO_DEVICE", "no CUDA-capable device is detected"},
+    {200, "CUDA_ERROR_INVALID_IMAGE", "device kernel image is invalid"},
+    {201, "CUDA_ERROR_INVALID_CONTEXT", "invalid device context"},
+    {209, "CUDA_ERROR_NO_BINARY_FOR_GPU",
+     "no kernel image is available for execution on the device"},
+    {222, "CUDA_ERROR_UNSUPPORTED_PTX_VERSION",
+     "the provided PTX was compiled with an unsupported toolchain."},
+    {400, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"},
+    {500, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
+    {700, "CUDA_ERROR_ILLEGAL_ADDRESS",
+     "an illegal memory access was encountered"},
+    {719, "CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure"},
+    {801, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"},
+};
+
+struct Module {
+  const FakeCudaBinary *binary;
+};
+
+std::mutex mutex;
+bool initialised = false;
+std::map<uintptr_t, size_t> allocations; ///< base -> bytes
+std::set<void *> streams, events;
+std::set<Module *> modules;
+int primaryRefs = 0, launches = 0, driverCalls = 0;
+void *lastStream = nullptr;
+std::map<std::string, int> callCounts; ///< since the fail spec changed
+std::string lastFailSpec;
+thread_local int contextDepth = 0;
+char primaryContext; // its address is the context handle
+
+int envInt(const char *name, int fallback) {
+  const char *value = std::getenv(name);
+  return value && *value ? std::atoi(value) : fallback;
+}
+
+/// Counts the call and returns what MOERT_FAKE_CUDA_FAIL makes it return.
+CUresult injected(const std::string &call) {
+  std::lock_guard<std::mutex> lock(mutex);
+  ++driverCalls;
+  const char *env = std::getenv("MOERT_FAKE_CUDA_FAIL");
+  std::string spec = env ? env : "";
+  if (spec != lastFailSpec) {
+    lastFailSpec = spec;
+    callCounts.clear();
+  }
+  int nth = ++callCounts[call];
+  size_t pos = 0;
+  while (pos < spec.size()) {
+    size_t end = spec.find(',', pos);
+    std::string item = spec.substr(pos, end - pos);
+    pos = end == std::string::npos ? spec.size() : end + 1;
+    size_t eq = item.find('=');
+    if (eq == std::string::npos)
+      continue;
+    std::string name = item.substr(0, eq);
+    int only = 0;
+    if (size_t at = name.find('@'); at != std::string::npos) {
+      only = std::atoi(name.c_str() + at + 1);
+      name.resize(at);
+    }
+    if (name == call && (only == 0 || only == nth))
+      return std::atoi(item.c_str() + eq + 1);
+  }
+  return SUCCESS;
+}
+
+/// True if [p, p + bytes) lies in a live allocation.
+bool isDevice(uintptr_t p, size_t bytes) {
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = allocations.upper_bound(p);
+  if (it == allocations.begin())
+    return false;
+  --it;
+  return p + bytes <= it->first + it->second;
+}
+
+bool knownStream(void *stream) {
+  std::lock_guard<std::mutex> lock(mutex);
+  return !stream || streams.count(stream);
+}
+
+CUresult allocate(unsigned long long *p, size_t bytes) {
+  if (!p || bytes == 0)
+    return INVALID_VALUE;
+  if (contextDepth == 0)
+    return INVALID_CONTEXT;
+  void *memory = std::malloc(bytes);
+  if (!memory)
+    return 2;
+  std::lock_guard<std::mutex> lock(mutex);
+  allocations[reinterpret_cast<uintptr_t>(memory)] = bytes;
+  *p = reinterpret_cast<uintptr_t>(memory);
+  return SUCCESS;
+}
+
+CUresult release(unsigned long long p) {
+  if (contextDepth == 0)
+    return INVALID_CONTEXT;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!allocations.erase(p))
+    return INVALID_VALUE;
+  std::free(reinterpret_cast<void *>(uintptr_t(p)));
+  return SUCCESS;
+}
+
+/// The checks every call that works in a context makes first.
+#define FAKE_CALL(name)                                                        \
+  if (CUresult injectedResult = injected(name))                                \
+    return injectedResult;                                                     \
+  if (!initialised)                                                            \
+    return NOT_INITIALIZED;
+#define FAKE_IN_CONTEXT(name)                                                  \
+  FAKE_CALL(name)                                                              \
+  if (contextDepth == 0)                                                       \
+    return INVALID_CONTEXT;
+} // namespace
+
+#define EXPORT extern "C" __attribute__((visibility("default")))
+
+EXPORT FakeCudaCounters fakeCudaCounters() {
+  std::lock_guard<std::mutex> lock(mutex);
+  return {int(allocations.size()),
+          int(streams.size()),
+          int(events.size()),
+          int(modules.size()),
+          primaryRefs,
+          launches,
+          driverCalls,
+          lastStream,
+          contextDepth};
+}
+
+EXPORT CUresult cuInit(unsigned flags) {
+  if (CUresult r = injected("cuInit"))
+    return r;
+  if (flags)
+    return INVALID_VALUE;
+  initialised = true;
+  return SUCCESS;
+}
+EXPORT CUresult cuDriverGetVersion(int *version) {
+  *version = 13000;
+  return SUCCESS;
+}
+EXPORT CUresult cuGetErrorName(CUresult code, const char **name) {
+  for (const ErrorText &e : kErrors)
+    if (e.code == code)
+      return *name = e.name, SUCCESS;
+  *name = nullptr;
+  return INVALID_VALUE;
+}
+EXPORT CUresult cuGetErrorString(CUresult code, const char **text) {
+  for (const ErrorText &e : kErrors)
+    if (e.code == code)
+      return *text = e.text, SUCCESS;
+  *text = nullptr;
+  return INVALID_VALUE;
+}
+
+EXPORT CUresult cuDeviceGetCount(int *count) {
+  FAKE_CALL("cuDeviceGetCount")
+  *count = envInt("MOERT_FAKE_CUDA_DEVICES", 1);
+  return SUCCESS;
+}
+EXPORT CUresult cuDeviceGet(int *device, int ordinal) {
+  FAKE_CALL("cuDeviceGet")
+  if (ordinal < 0 || ordinal >= envInt("MOERT_FAKE_CUDA_DEVICES", 1))
+    return 101; // CUDA_ERROR_INVALID_DEVICE
+  *device = ordinal;
+  return SUCCESS;
+}
+EXPORT CUresult cuDeviceGetName(char *name, int length, int) {
+  FAKE_CALL("cuDeviceGetName")
+  std::strncpy(name, "Fake GPU", size_t(length));
+  return SUCCESS;
+}
+EXPORT CUresult cuDeviceGetAttribute(int *value, int attribute, int) {
+  FAKE_CALL("cuDeviceGetAttribute")
+  int sm = envInt("MOERT_FAKE_CUDA_SM", 90);
+  switch (attribute) {
+  case 75: // compute capability major
+    return *value = sm / 10, SUCCESS;
+  case 76: // minor
+    return *value = sm % 10, SUCCESS;
+  case 115: // memory pools supported
+    return *value = envInt("MOERT_FAKE_CUDA_POOLS", 1), SUCCESS;
+  default:
+    return INVALID_VALUE;
+  }
+}
+
+EXPORT CUresult cuDevicePrimaryCtxRetain(void **ctx, int) {
+  FAKE_CALL("cuDevicePrimaryCtxRetain")
+  std::lock_guard<std::mutex> lock(mutex);
+  ++primaryRefs;
+  *ctx = &primaryContext;
+  return SUCCESS;
+}
+EXPORT CUresult cuDevicePrimaryCtxRelease_v2(int) {
+  FAKE_CALL("cuDevicePrimaryCtxRelease")
+  std::lock_guard<std::mutex> lock(mutex);
+  if (primaryRefs == 0)
+    return INVALID_CONTEXT;
+  --primaryRefs;
+  return SUCCESS;
+}
+EXPORT CUresult cuCtxPushCurrent_v2(void *ctx) {
+  FAKE_CALL("cuCtxPushCurrent")
+  if (ctx != &primaryContext)
+    return INVALID_CONTEXT;
+  ++contextDepth;
+  return SUCCESS;
+}
+EXPORT CUresult cuCtxPopCurrent_v2(void **ctx) {
+  FAKE_CALL("cuCtxPopCurrent")
+  if (contextDepth == 0)
+    return INVALID_CONTEXT;
+  --contextDepth;
+  if (ctx)
+    *ctx = &primaryContext;
+  return SUCCESS;
+}
+
+// Streams and events are tokens: all work is done when it is queued.
+EXPORT CUresult cuStreamCreate(void **stream, unsigned) {
+  FAKE_CALL("cuStreamCreate")
+  std::lock_guard<std::mutex> lock(mutex);
+  *stream = new char;
+  streams.insert(*stream);
+  return SUCCESS;
+}
+EXPORT CUresult cuStreamDestroy_v2(void *stream) {
+  FAKE_CALL("cuStreamDestroy")
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!streams.erase(stream))
+    return INVALID_HANDLE;
+  delete static_cast<char *>(stream);
+  return SUCCESS;
+}
+EXPORT CUresult cuStreamSynchronize(void *stream) {
+  FAKE_IN_CONTEXT("cuStreamSynchronize")
+  return knownStream(stream) ? SUCCESS : INVALID_HANDLE;
+}
+EXPORT CUresult cuEventCreate(void **event, unsigned) {
+  FAKE_IN_CONTEXT("cuEventCreate")
+  std::lock_guard<std::mutex> lock(mutex);
+  *event = new char;
+  events.insert(*event);
+  return SUCCESS;
+}
+EXPORT CUresult cuEventDestroy_v2(void *event) {
+  FAKE_CALL("cuEventDestroy")
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!events.erase(event))
+    return INVALID_HANDLE;
+  delete static_cast<char *>(event);
+  return SUCCESS;
+}
+EXPORT CUresult cuEventSynchronize(void *event) {
+  FAKE_CALL("cuEventSynchronize")
+  std::lock_guard<std::mutex> lock(mutex);
+  return events.count(event) ? SUCCESS : INVALID_HANDLE;
+}
+EXPORT CUresult cuEventRecord(void *event, void *stream) {
+  FAKE_IN_CONTEXT("cuEventRecord")
+  if (!knownStream(stream))
+    return INVALID_HANDLE;
+  std::lock_guard<std::mutex> lock(mutex);
+  return events.count(event) ? SUCCESS : INVALID_HANDLE;
+}
+EXPORT CUresult cuStreamWaitEvent(void *stream, void *event, unsigned) {
+  FAKE_IN_CONTEXT("cuStreamWaitEvent")
+  if (!knownStream(stream))
+    return INVALID_HANDLE;
+  std::lock_guard<std::mutex> lock(mutex);
+  return events.count(event) ? SUCCESS : INVALID_HANDLE;
+}
+
+EXPORT CUresult cuMemAlloc_v2(unsigned long long *p, size_t bytes) {
+  FAKE_CALL("cuMemAlloc")
+  return allocate(p, bytes);
+}
+EXPORT CUresult cuMemAllocManaged(unsigned long long *p, size_t bytes,
+                                  unsigned) {
+  FAKE_CALL("cuMemAllocManaged")
+  return allocate(p, bytes);
+}
+EXPORT CUresult cuMemAllocAsync(unsigned long long *p, size_t bytes,
+                                void *stream) {
+  FAKE_CALL("cuMemAllocAsync")
+  if (envInt("MOERT_FAKE_CUDA_POOLS", 1) == 0)
+    return 801; // CUDA_ERROR_NOT_SUPPORTED
+  if (!knownStream(stream))
+    return INVALID_HANDLE;
+  return allocate(p, bytes);
+}
+EXPORT CUresult cuMemFree_v2(unsigned long long p) {
+  FAKE_CALL("cuMemFree")
+  return release(p);
+}
+EXPORT CUresult cuMemFreeAsync(unsigned long long p, void *stream) {
+  FAKE_CALL("cuMemFreeAsync")
+  if (!knownStream(stream))
+    return INVALID_HANDLE;
+  return release(p);
+}
+EXPORT CUresult cuMemcpyHtoD_v2(unsigned long long dst, const void *src,
+                                size_t bytes) {
+  FAKE_IN_CONTEXT("cuMemcpyHtoD")
+  if (!isDevice(dst, bytes))
+    return INVALID_VALUE;
+  std::memcpy(reinterpret_cast<void *>(uintptr_t(dst)), src, bytes);
+  return SUCCESS;
+}
+EXPORT CUresult cuMemcpyHtoDAsync_v2(unsigned long long dst, const void *src,
+                                     size_t bytes, void *stream) {
+  FAKE_IN_CONTEXT("cuMemcpyHtoDAsync")
+  if (!isDevice(dst, bytes) || !knownStream(stream))
+    return INVALID_VALUE;
+  std::memcpy(reinterpret_cast<void *>(uintptr_t(dst)), src, bytes);
+  return SUCCESS;
+}
+EXPORT CUresult cuMemcpyDtoHAsync_v2(void *dst, unsigned long long src,
+                                     size_t bytes, void *stream) {
+  FAKE_IN_CONTEXT("cuMemcpyDtoHAsync")
+  if (!isDevice(src, bytes) || !knownStream(stream))
+    return INVALID_VALUE;
+  std::memcpy(dst, reinterpret_cast<void *>(uintptr_t(src)), bytes);
+  return SUCCESS;
+}
+// Unified addressing: either side may be host or device memory.
+EXPORT CUresult cuMemcpyAsync(unsigned long long dst, unsigned long long src,
+                              size_t bytes, void *stream) {
+  FAKE_IN_CONTEXT("cuMemcpyAsync")
+  if (!knownStream(stream))
+    return INVALID_HANDLE;
+  std::memcpy(reinterpret_cast<void *>(uintptr_t(dst)),
+              reinterpret_cast<void *>(uintptr_t(src)), bytes);
+  return SUCCESS;
+}
+EXPORT CUresult cuMemsetD32Async(unsigned long long dst, unsigned value,
+                                 size_t count, void *stream) {
+  FAKE_IN_CONTEXT("cuMemsetD32Async")
+  if (!isDevice(dst, count * 4) || !knownStream(stream))
+    return INVALID_VALUE;
+  auto *p = reinterpret_cast<uint32_t *>(uintptr_t(dst));
+  for (size_t i = 0; i < count; ++i)
+    p[i] = value;
+  return SUCCESS;
+}
+EXPORT CUresult cuMemsetD16Async(unsigned long long dst, unsigned short value,
+                                 size_t count, void *stream) {
+  FAKE_IN_CONTEXT("cuMemsetD16Async")
+  if (!isDevice(dst, count * 2) || !knownStream(stream))
+    return INVALID_VALUE;
+  auto *p = reinterpret_cast<uint16_t *>(uintptr_t(dst));
+  for (size_t i = 0; i < count; ++i)
+    p[i] = value;
+  return SUCCESS;
+}
+
+EXPORT CUresult cuModuleLoadData(void **module, const void *image) {
+  FAKE_IN_CONTEXT("cuModuleLoadData")
+  if (!image || std::memcmp(image, kFakeCudaMagic, sizeof(kFakeCudaMagic)))
+    return INVALID_IMAGE;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto *m = new Module{static_cast<const FakeCudaBinary *>(image)};
+  modules.insert(m);
+  *module = m;
+  return SUCCESS;
+}
+EXPORT CUresult cuModuleUnload(void *module) {
+  FAKE_IN_CONTEXT("cuModuleUnload")
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!modules.erase(static_cast<Module *>(module)))
+    return INVALID_HANDLE;
+  delete static_cast<Module *>(module);
+  return SUCCESS;
+}
+EXPORT CUresult cuModuleGetFunction(void **function, void *module,
+                                    const char *name) {
+  FAKE_CALL("cuModuleGetFunction")
+  std::lock_guard<std::mutex> lock(mutex);
+  auto *m = static_cast<Module *>(module);
+  if (!modules.count(m))
+    return INVALID_HANDLE;
+  for (int i = 0; i < m->binary->count; ++i)
+    if (!std::strcmp(m->binary->kernels[i].name, name))
+      return *function = const_cast<FakeCudaKernel *>(&m->binary->kernels[i]),
+             SUCCESS;
+  return NOT_FOUND;
+}
+EXPORT CUresult cuLaunchKernel(void *function, unsigned gx, unsigned gy,
+                               unsigned gz, unsigned bx, unsigned by,
+                               unsigned bz, unsigned, void *stream,
+                               void **params, void **) {
+  FAKE_IN_CONTEXT("cuLaunchKernel")
+  if (!function || !gx || !gy || !gz || !bx || !by || !bz)
+    return INVALID_VALUE;
+  if (!knownStream(stream))
+    return INVALID_HANDLE;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    ++launches;
+    lastStream = stream;
+  }
+  static_cast<FakeCudaKernel *>(function)->run(params);
+  return SUCCESS;
+}

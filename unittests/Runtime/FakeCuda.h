@@ -1,0 +1,54 @@
+//===- FakeCuda.h - a fake CUDA driver for the runtime's tests --*- C++ -*-===//
+//
+// libcuda.so.1 built from FakeCuda.cpp implements the driver entry points
+// the runtime uses over host memory, so that the runtime's CUDA path runs in
+// CI without a GPU (point MOERT_CUDA_DRIVER at it). Device memory is
+// malloc'ed, copies are memcpy, streams are synchronous, a "module" is a
+// FakeCudaBinary and a kernel is a host function called with the launch's
+// parameters. It checks what a real driver would reject: device pointers
+// outside live allocations, unknown streams, work without a current context.
+//
+// Environment (read at each call):
+//   MOERT_FAKE_CUDA_FAIL     "cuMemAlloc=2,cuModuleLoadData@1=209": the call
+//                            (API name, no _v2) returns the CUresult, on
+//                            every call or on its N-th from when the variable
+//                            was last changed
+//   MOERT_FAKE_CUDA_DEVICES  device count (default 1)
+//   MOERT_FAKE_CUDA_SM       compute capability, e.g. 75 (default 90)
+//   MOERT_FAKE_CUDA_POOLS    0: no stream-ordered allocator (default 1)
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOERT_UNITTESTS_FAKECUDA_H
+#define MOERT_UNITTESTS_FAKECUDA_H
+
+#include <cstring>
+
+struct FakeCudaKernel {
+  const char *name;
+  void (*run)(void **params);
+};
+
+/// What cuModuleLoadData accepts: starts with kFakeCudaMagic.
+struct FakeCudaBinary {
+  char magic[16];
+  const FakeCudaKernel *kernels;
+  int count;
+};
+inline constexpr char kFakeCudaMagic[16] = "moert-fake-cubn";
+
+/// The fake's bookkeeping, for tests (dlsym them from the loaded library).
+struct FakeCudaCounters {
+  int allocations;  ///< live device allocations
+  int streams;      ///< live streams
+  int events;       ///< live events
+  int modules;      ///< loaded modules
+  int primaryRefs;  ///< primary context retains not released
+  int launches;     ///< kernels launched so far
+  int driverCalls;  ///< entry points called so far
+  void *lastStream; ///< the stream of the last launch
+  int contextDepth; ///< contexts pushed on the calling thread
+};
+using FakeCudaGetCounters = FakeCudaCounters (*)();
+#define FAKE_CUDA_COUNTERS_SYMBOL "fakeCudaCounters"
+
+#endif // MOERT_UNITTESTS_FAKECUDA_H
