@@ -7,6 +7,7 @@
 // with a PTX kernel on a real GPU, and skips where there is none.
 //
 //===----------------------------------------------------------------------===//
+#include "CudaDriver.h"
 #include "FakeCuda.h"
 
 #include "mlir/ExecutionEngine/CRunnerUtils.h"
@@ -296,9 +297,11 @@ TEST_F(FakeCudaTest, UserStream) {
   ASSERT_TRUE(ctx) << error;
   auto model = moert::Model::load(*ctx, kCudaModel, weights, &error);
   ASSERT_TRUE(model) << error;
-  auto streamCreate = fakeSymbol<int (*)(void **, unsigned)>("cuStreamCreate");
-  auto streamDestroy = fakeSymbol<int (*)(void *)>("cuStreamDestroy_v2");
-  void *user = nullptr;
+  using namespace moert::cuda;
+  auto streamCreate =
+      fakeSymbol<CUresult (*)(CUstream *, unsigned)>("cuStreamCreate");
+  auto streamDestroy = fakeSymbol<CUresult (*)(CUstream)>("cuStreamDestroy_v2");
+  CUstream user = nullptr;
   ASSERT_EQ(streamCreate(&user, 0), 0);
 
   moert_status status = moert_context_set_cuda_stream(ctx->get(), user);

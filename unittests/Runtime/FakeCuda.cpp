@@ -5,6 +5,9 @@
 //
 //===----------------------------------------------------------------------===//
 #include "FakeCuda.h"
+// The runtime's spelling of the driver types, so that the signatures match
+// exactly (UBSan checks calls through function pointers).
+#include "CudaDriver.h"
 
 #include <cstdint>
 #include <cstdlib>
@@ -13,8 +16,9 @@
 #include <set>
 #include <string>
 
+using namespace moert::cuda;
+
 namespace {
-using CUresult = int;
 enum : CUresult {
   SUCCESS = 0,
   INVALID_VALUE = 1,
@@ -56,10 +60,11 @@ struct Module {
 std::mutex mutex;
 bool initialised = false;
 std::map<uintptr_t, size_t> allocations; ///< base -> bytes
-std::set<void *> streams, events;
+std::set<CUstream> streams;
+std::set<CUevent> events;
 std::set<Module *> modules;
 int primaryRefs = 0, launches = 0, driverCalls = 0;
-void *lastStream = nullptr;
+CUstream lastStream = nullptr;
 std::map<std::string, int> callCounts; ///< since the fail spec changed
 std::string lastFailSpec;
 thread_local int contextDepth = 0;
@@ -111,12 +116,12 @@ bool isDevice(uintptr_t p, size_t bytes) {
   return p + bytes <= it->first + it->second;
 }
 
-bool knownStream(void *stream) {
+bool knownStream(CUstream stream) {
   std::lock_guard<std::mutex> lock(mutex);
   return !stream || streams.count(stream);
 }
 
-CUresult allocate(unsigned long long *p, size_t bytes) {
+CUresult allocate(CUdeviceptr *p, size_t bytes) {
   if (!p || bytes == 0)
     return INVALID_VALUE;
   if (contextDepth == 0)
@@ -130,7 +135,7 @@ CUresult allocate(unsigned long long *p, size_t bytes) {
   return SUCCESS;
 }
 
-CUresult release(unsigned long long p) {
+CUresult release(CUdeviceptr p) {
   if (contextDepth == 0)
     return INVALID_CONTEXT;
   std::lock_guard<std::mutex> lock(mutex);
@@ -163,7 +168,7 @@ EXPORT FakeCudaCounters fakeCudaCounters() {
           primaryRefs,
           launches,
           driverCalls,
-          lastStream,
+          static_cast<void *>(lastStream),
           contextDepth};
 }
 
@@ -199,19 +204,19 @@ EXPORT CUresult cuDeviceGetCount(int *count) {
   *count = envInt("MOERT_FAKE_CUDA_DEVICES", 1);
   return SUCCESS;
 }
-EXPORT CUresult cuDeviceGet(int *device, int ordinal) {
+EXPORT CUresult cuDeviceGet(CUdevice *device, int ordinal) {
   FAKE_CALL("cuDeviceGet")
   if (ordinal < 0 || ordinal >= envInt("MOERT_FAKE_CUDA_DEVICES", 1))
     return 101; // CUDA_ERROR_INVALID_DEVICE
   *device = ordinal;
   return SUCCESS;
 }
-EXPORT CUresult cuDeviceGetName(char *name, int length, int) {
+EXPORT CUresult cuDeviceGetName(char *name, int length, CUdevice) {
   FAKE_CALL("cuDeviceGetName")
   std::strncpy(name, "Fake GPU", size_t(length));
   return SUCCESS;
 }
-EXPORT CUresult cuDeviceGetAttribute(int *value, int attribute, int) {
+EXPORT CUresult cuDeviceGetAttribute(int *value, int attribute, CUdevice) {
   FAKE_CALL("cuDeviceGetAttribute")
   int sm = envInt("MOERT_FAKE_CUDA_SM", 90);
   switch (attribute) {
@@ -226,14 +231,14 @@ EXPORT CUresult cuDeviceGetAttribute(int *value, int attribute, int) {
   }
 }
 
-EXPORT CUresult cuDevicePrimaryCtxRetain(void **ctx, int) {
+EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice) {
   FAKE_CALL("cuDevicePrimaryCtxRetain")
   std::lock_guard<std::mutex> lock(mutex);
   ++primaryRefs;
-  *ctx = &primaryContext;
+  *ctx = reinterpret_cast<CUcontext>(&primaryContext);
   return SUCCESS;
 }
-EXPORT CUresult cuDevicePrimaryCtxRelease_v2(int) {
+EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice) {
   FAKE_CALL("cuDevicePrimaryCtxRelease")
   std::lock_guard<std::mutex> lock(mutex);
   if (primaryRefs == 0)
@@ -241,71 +246,71 @@ EXPORT CUresult cuDevicePrimaryCtxRelease_v2(int) {
   --primaryRefs;
   return SUCCESS;
 }
-EXPORT CUresult cuCtxPushCurrent_v2(void *ctx) {
+EXPORT CUresult cuCtxPushCurrent_v2(CUcontext ctx) {
   FAKE_CALL("cuCtxPushCurrent")
-  if (ctx != &primaryContext)
+  if (ctx != reinterpret_cast<CUcontext>(&primaryContext))
     return INVALID_CONTEXT;
   ++contextDepth;
   return SUCCESS;
 }
-EXPORT CUresult cuCtxPopCurrent_v2(void **ctx) {
+EXPORT CUresult cuCtxPopCurrent_v2(CUcontext *ctx) {
   FAKE_CALL("cuCtxPopCurrent")
   if (contextDepth == 0)
     return INVALID_CONTEXT;
   --contextDepth;
   if (ctx)
-    *ctx = &primaryContext;
+    *ctx = reinterpret_cast<CUcontext>(&primaryContext);
   return SUCCESS;
 }
 
 // Streams and events are tokens: all work is done when it is queued.
-EXPORT CUresult cuStreamCreate(void **stream, unsigned) {
+EXPORT CUresult cuStreamCreate(CUstream *stream, unsigned) {
   FAKE_CALL("cuStreamCreate")
   std::lock_guard<std::mutex> lock(mutex);
-  *stream = new char;
+  *stream = reinterpret_cast<CUstream>(new char);
   streams.insert(*stream);
   return SUCCESS;
 }
-EXPORT CUresult cuStreamDestroy_v2(void *stream) {
+EXPORT CUresult cuStreamDestroy_v2(CUstream stream) {
   FAKE_CALL("cuStreamDestroy")
   std::lock_guard<std::mutex> lock(mutex);
   if (!streams.erase(stream))
     return INVALID_HANDLE;
-  delete static_cast<char *>(stream);
+  delete reinterpret_cast<char *>(stream);
   return SUCCESS;
 }
-EXPORT CUresult cuStreamSynchronize(void *stream) {
+EXPORT CUresult cuStreamSynchronize(CUstream stream) {
   FAKE_IN_CONTEXT("cuStreamSynchronize")
   return knownStream(stream) ? SUCCESS : INVALID_HANDLE;
 }
-EXPORT CUresult cuEventCreate(void **event, unsigned) {
+EXPORT CUresult cuEventCreate(CUevent *event, unsigned) {
   FAKE_IN_CONTEXT("cuEventCreate")
   std::lock_guard<std::mutex> lock(mutex);
-  *event = new char;
+  *event = reinterpret_cast<CUevent>(new char);
   events.insert(*event);
   return SUCCESS;
 }
-EXPORT CUresult cuEventDestroy_v2(void *event) {
+EXPORT CUresult cuEventDestroy_v2(CUevent event) {
   FAKE_CALL("cuEventDestroy")
   std::lock_guard<std::mutex> lock(mutex);
   if (!events.erase(event))
     return INVALID_HANDLE;
-  delete static_cast<char *>(event);
+  delete reinterpret_cast<char *>(event);
   return SUCCESS;
 }
-EXPORT CUresult cuEventSynchronize(void *event) {
+EXPORT CUresult cuEventSynchronize(CUevent event) {
   FAKE_CALL("cuEventSynchronize")
   std::lock_guard<std::mutex> lock(mutex);
   return events.count(event) ? SUCCESS : INVALID_HANDLE;
 }
-EXPORT CUresult cuEventRecord(void *event, void *stream) {
+EXPORT CUresult cuEventRecord(CUevent event, CUstream stream) {
   FAKE_IN_CONTEXT("cuEventRecord")
   if (!knownStream(stream))
     return INVALID_HANDLE;
   std::lock_guard<std::mutex> lock(mutex);
   return events.count(event) ? SUCCESS : INVALID_HANDLE;
 }
-EXPORT CUresult cuStreamWaitEvent(void *stream, void *event, unsigned) {
+EXPORT CUresult cuStreamWaitEvent(CUstream stream, CUevent event, unsigned) {
   FAKE_IN_CONTEXT("cuStreamWaitEvent")
   if (!knownStream(stream))
     return INVALID_HANDLE;
@@ -313,17 +318,15 @@ EXPORT CUresult cuStreamWaitEvent(void *stream, void *event, unsigned) {
   return events.count(event) ? SUCCESS : INVALID_HANDLE;
 }
 
-EXPORT CUresult cuMemAlloc_v2(unsigned long long *p, size_t bytes) {
+EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t bytes) {
   FAKE_CALL("cuMemAlloc")
   return allocate(p, bytes);
 }
-EXPORT CUresult cuMemAllocManaged(unsigned long long *p, size_t bytes,
-                                  unsigned) {
+EXPORT CUresult cuMemAllocManaged(CUdeviceptr *p, size_t bytes, unsigned) {
   FAKE_CALL("cuMemAllocManaged")
   return allocate(p, bytes);
 }
-EXPORT CUresult cuMemAllocAsync(unsigned long long *p, size_t bytes,
-                                void *stream) {
+EXPORT CUresult cuMemAllocAsync(CUdeviceptr *p, size_t bytes, CUstream stream) {
   FAKE_CALL("cuMemAllocAsync")
   if (envInt("MOERT_FAKE_CUDA_POOLS", 1) == 0)
     return 801; // CUDA_ERROR_NOT_SUPPORTED
@@ -331,17 +334,17 @@ EXPORT CUresult cuMemAllocAsync(unsigned long long *p, size_t bytes,
     return INVALID_HANDLE;
   return allocate(p, bytes);
 }
-EXPORT CUresult cuMemFree_v2(unsigned long long p) {
+EXPORT CUresult cuMemFree_v2(CUdeviceptr p) {
   FAKE_CALL("cuMemFree")
   return release(p);
 }
-EXPORT CUresult cuMemFreeAsync(unsigned long long p, void *stream) {
+EXPORT CUresult cuMemFreeAsync(CUdeviceptr p, CUstream stream) {
   FAKE_CALL("cuMemFreeAsync")
   if (!knownStream(stream))
     return INVALID_HANDLE;
   return release(p);
 }
-EXPORT CUresult cuMemcpyHtoD_v2(unsigned long long dst, const void *src,
+EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src,
                                 size_t bytes) {
   FAKE_IN_CONTEXT("cuMemcpyHtoD")
   if (!isDevice(dst, bytes))
@@ -349,16 +352,16 @@ EXPORT CUresult cuMemcpyHtoD_v2(unsigned long long dst, const void *src,
   std::memcpy(reinterpret_cast<void *>(uintptr_t(dst)), src, bytes);
   return SUCCESS;
 }
-EXPORT CUresult cuMemcpyHtoDAsync_v2(unsigned long long dst, const void *src,
-                                     size_t bytes, void *stream) {
+EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src,
+                                     size_t bytes, CUstream stream) {
   FAKE_IN_CONTEXT("cuMemcpyHtoDAsync")
   if (!isDevice(dst, bytes) || !knownStream(stream))
     return INVALID_VALUE;
   std::memcpy(reinterpret_cast<void *>(uintptr_t(dst)), src, bytes);
   return SUCCESS;
 }
-EXPORT CUresult cuMemcpyDtoHAsync_v2(void *dst, unsigned long long src,
-                                     size_t bytes, void *stream) {
+EXPORT CUresult cuMemcpyDtoHAsync_v2(void *dst, CUdeviceptr src, size_t bytes,
+                                     CUstream stream) {
   FAKE_IN_CONTEXT("cuMemcpyDtoHAsync")
   if (!isDevice(src, bytes) || !knownStream(stream))
     return INVALID_VALUE;
@@ -366,8 +369,8 @@ EXPORT CUresult cuMemcpyDtoHAsync_v2(void *dst, unsigned long long src,
   return SUCCESS;
 }
 // Unified addressing: either side may be host or device memory.
-EXPORT CUresult cuMemcpyAsync(unsigned long long dst, unsigned long long src,
-                              size_t bytes, void *stream) {
+EXPORT CUresult cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t bytes,
+                              CUstream stream) {
   FAKE_IN_CONTEXT("cuMemcpyAsync")
   if (!knownStream(stream))
     return INVALID_HANDLE;
@@ -375,8 +378,8 @@ EXPORT CUresult cuMemcpyAsync(unsigned long long dst, unsigned long long src,
               reinterpret_cast<void *>(uintptr_t(src)), bytes);
   return SUCCESS;
 }
-EXPORT CUresult cuMemsetD32Async(unsigned long long dst, unsigned value,
-                                 size_t count, void *stream) {
+EXPORT CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned value, size_t count,
+                                 CUstream stream) {
   FAKE_IN_CONTEXT("cuMemsetD32Async")
   if (!isDevice(dst, count * 4) || !knownStream(stream))
     return INVALID_VALUE;
@@ -385,8 +388,8 @@ EXPORT CUresult cuMemsetD32Async(unsigned long long dst, unsigned value,
     p[i] = value;
   return SUCCESS;
 }
-EXPORT CUresult cuMemsetD16Async(unsigned long long dst, unsigned short value,
-                                 size_t count, void *stream) {
+EXPORT CUresult cuMemsetD16Async(CUdeviceptr dst, unsigned short value,
+                                 size_t count, CUstream stream) {
   FAKE_IN_CONTEXT("cuMemsetD16Async")
   if (!isDevice(dst, count * 2) || !knownStream(stream))
     return INVALID_VALUE;
@@ -396,40 +399,42 @@ EXPORT CUresult cuMemsetD16Async(unsigned long long dst, unsigned short value,
   return SUCCESS;
 }
 
-EXPORT CUresult cuModuleLoadData(void **module, const void *image) {
+EXPORT CUresult cuModuleLoadData(CUmodule *module, const void *image) {
   FAKE_IN_CONTEXT("cuModuleLoadData")
   if (!image || std::memcmp(image, kFakeCudaMagic, sizeof(kFakeCudaMagic)))
     return INVALID_IMAGE;
   std::lock_guard<std::mutex> lock(mutex);
   auto *m = new Module{static_cast<const FakeCudaBinary *>(image)};
   modules.insert(m);
-  *module = m;
+  *module = reinterpret_cast<CUmodule>(m);
   return SUCCESS;
 }
-EXPORT CUresult cuModuleUnload(void *module) {
+EXPORT CUresult cuModuleUnload(CUmodule module) {
   FAKE_IN_CONTEXT("cuModuleUnload")
   std::lock_guard<std::mutex> lock(mutex);
-  if (!modules.erase(static_cast<Module *>(module)))
+  auto *m = reinterpret_cast<Module *>(module);
+  if (!modules.erase(m))
     return INVALID_HANDLE;
-  delete static_cast<Module *>(module);
+  delete m;
   return SUCCESS;
 }
-EXPORT CUresult cuModuleGetFunction(void **function, void *module,
+EXPORT CUresult cuModuleGetFunction(CUfunction *function, CUmodule module,
                                     const char *name) {
   FAKE_CALL("cuModuleGetFunction")
   std::lock_guard<std::mutex> lock(mutex);
-  auto *m = static_cast<Module *>(module);
+  auto *m = reinterpret_cast<Module *>(module);
   if (!modules.count(m))
     return INVALID_HANDLE;
   for (int i = 0; i < m->binary->count; ++i)
     if (!std::strcmp(m->binary->kernels[i].name, name))
-      return *function = const_cast<FakeCudaKernel *>(&m->binary->kernels[i]),
+      return *function = reinterpret_cast<CUfunction>(
+                 const_cast<FakeCudaKernel *>(&m->binary->kernels[i])),
              SUCCESS;
   return NOT_FOUND;
 }
-EXPORT CUresult cuLaunchKernel(void *function, unsigned gx, unsigned gy,
+EXPORT CUresult cuLaunchKernel(CUfunction function, unsigned gx, unsigned gy,
                                unsigned gz, unsigned bx, unsigned by,
-                               unsigned bz, unsigned, void *stream,
+                               unsigned bz, unsigned, CUstream stream,
                                void **params, void **) {
   FAKE_IN_CONTEXT("cuLaunchKernel")
   if (!function || !gx || !gy || !gz || !bx || !by || !bz)
@@ -441,6 +446,6 @@ EXPORT CUresult cuLaunchKernel(void *function, unsigned gx, unsigned gy,
     ++launches;
     lastStream = stream;
   }
-  static_cast<FakeCudaKernel *>(function)->run(params);
+  reinterpret_cast<FakeCudaKernel *>(function)->run(params);
   return SUCCESS;
 }
