@@ -27,7 +27,7 @@ std::string ModelManifest::toJSON() const {
       {"entry", entry},          {"hidden_size", hiddenSize},
       {"passes", passes},        {"layers", layers},
       {"top_k", topK},           {"experts", experts},
-      {"weights", std::move(ws)}};
+      {"target", target},        {"weights", std::move(ws)}};
   if (decoder) {
     root["kind"] = "decoder";
     root["vocab_size"] = vocabSize;
@@ -111,6 +111,28 @@ mlir::moe::translateModel(Operation *lowered, llvm::LLVMContext &context,
     if (!fn.isDeclaration())
       fn.setLinkage(llvm::GlobalValue::InternalLinkage);
 
+  // A model lowered for CUDA embeds its kernels (gpu.binary). MLIR loads
+  // them from a global constructor at program start, before any runtime
+  // context exists and even on machines without a GPU; the runtime loads
+  // them per model instead, from the record's gpu_binary.
+  llvm::Constant *binary = llvm::ConstantPointerNull::get(
+      llvm::PointerType::getUnqual(context));
+  int64_t binarySize = 0;
+  for (StringRef list : {"llvm.global_ctors", "llvm.global_dtors"})
+    if (llvm::GlobalVariable *g = module->getGlobalVariable(list))
+      g->eraseFromParent();
+  for (llvm::GlobalVariable &g : module->globals())
+    if (g.getName().ends_with("_binary") && g.hasInitializer() &&
+        g.isConstant()) {
+      if (auto *data = dyn_cast<llvm::ConstantDataSequential>(
+              g.getInitializer())) {
+        binary = &g;
+        binarySize = data->getNumElements() * data->getElementByteSize();
+      }
+    }
+  if (manifest.target == "cuda" && binarySize == 0)
+    return nullptr;
+
   std::string json = manifest.toJSON();
   auto *manifestData = new llvm::GlobalVariable(
       *module,
@@ -133,11 +155,16 @@ mlir::moe::translateModel(Operation *lowered, llvm::LLVMContext &context,
   b.CreateCall(entry, args);
   b.CreateRetVoid();
 
-  auto *recordType = llvm::StructType::get(context, {ptr, ptr});
+  // moert_compiled_model: manifest, run, gpu_binary, gpu_binary_size.
+  auto *i64 = llvm::Type::getInt64Ty(context);
+  auto *recordType = llvm::StructType::get(context, {ptr, ptr, ptr, i64});
   new llvm::GlobalVariable(
       *module, recordType, /*isConstant=*/true,
       llvm::GlobalValue::ExternalLinkage,
-      llvm::ConstantStruct::get(recordType, {manifestData, run}), symbol);
+      llvm::ConstantStruct::get(
+          recordType, {manifestData, run, binary,
+                       llvm::ConstantInt::get(i64, binarySize)}),
+      symbol);
   return module;
 }
 

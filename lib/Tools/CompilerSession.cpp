@@ -40,6 +40,7 @@ DialectRegistry compilerDialects() {
                   cf::ControlFlowDialect, LLVM::LLVMDialect>();
   registerBuiltinDialectTranslation(registry);
   registerLLVMDialectTranslation(registry);
+  moe::registerGPUPipelineDependencies(registry);
   return registry;
 }
 } // namespace
@@ -66,5 +67,32 @@ LogicalResult moe::CompilerSession::lowerForCPU(ModuleOp module) {
   MoECPUPipelineOptions options;
   options.optLevel = optLevel;
   buildMoECPUPipeline(pm, options);
+  return pm.run(module);
+}
+
+LogicalResult
+moe::CompilerSession::lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
+                                   SmallVectorImpl<KernelResources> *report) {
+  PassManager pm(&context);
+  MoECUDAPipelineOptions options;
+  options.optLevel = optLevel;
+  options.chips = SmallVector<std::string>(chips);
+  buildMoECUDAPipeline(pm, options);
+  if (failed(pm.run(module)))
+    return failure();
+  FailureOr<SmallVector<KernelResources>> kernels =
+      assembleCudaBinaries(module);
+  if (failed(kernels))
+    return failure();
+  if (report)
+    report->assign(kernels->begin(), kernels->end());
+  return success();
+}
+
+LogicalResult moe::CompilerSession::lowerForGPUEmulation(ModuleOp module) {
+  PassManager pm(&context);
+  MoECPUPipelineOptions options;
+  options.optLevel = optLevel;
+  buildMoEGPUEmulationPipeline(pm, options);
   return pm.run(module);
 }

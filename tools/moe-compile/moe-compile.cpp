@@ -1,10 +1,13 @@
 //===- moe-compile.cpp - compile a moe model to an object and a header ----===//
 //
-// moe-compile MODEL --target cpu -o model.o --header model.h [--name SYM]
+// moe-compile MODEL [--target cpu|cuda] -o model.o --header model.h
+//             [--name SYM] [--chip sm_90a,sm_80] [--kernel-report]
 //
 // The object defines `const moert_compiled_model SYM` (default moe_model);
 // an application includes the header, links the object with the runtime
-// (libMoERuntime, libMoECpuKernels) and loads it with moert_model_load.
+// (libMoERuntime, libMoECpuKernels) and loads it with moert_model_load. For
+// --target cuda the object embeds the kernels as a CUDA fatbinary (a cubin
+// per chip plus PTX), assembled with the CUDA toolkit's ptxas.
 //
 //===----------------------------------------------------------------------===//
 #include "moe/Conversion/Passes.h"
@@ -29,7 +32,19 @@ static cl::opt<std::string> modelPath(cl::Positional, cl::Required,
 static cl::opt<std::string> target("target", cl::init("cpu"),
                                    cl::value_desc("cpu|cuda"),
                                    cl::cat(compileCategory),
-                                   cl::desc("Code generation target (cpu)"));
+                                   cl::desc("Code generation target: cpu "
+                                            "(default) or cuda (NVIDIA GPUs; "
+                                            "needs the CUDA toolkit)"));
+static cl::list<std::string>
+    chips("chip", cl::CommaSeparated, cl::value_desc("sm_XY,..."),
+          cl::cat(compileCategory),
+          cl::desc("--target cuda: GPU architectures to build cubins for "
+                   "(default sm_90a,sm_80; PTX of the oldest is embedded "
+                   "too, for newer GPUs)"));
+static cl::opt<bool> kernelReport(
+    "kernel-report", cl::cat(compileCategory),
+    cl::desc("--target cuda: print every kernel's registers, spills, stack "
+             "and shared memory per chip, as ptxas reports them"));
 static cl::opt<std::string> outputPath("o", cl::Required,
                                        cl::value_desc("file.o"),
                                        cl::cat(compileCategory),
@@ -64,10 +79,11 @@ int main(int argc, char **argv) {
       "mixtral,\nolmoe, qwen3_moe).\n"
       "Link the object with the moe runtime; see runtime/include/moert/"
       "moert.h.\n");
-  if (target == "cuda")
-    return fail("--target cuda: this build has no CUDA code generation yet");
-  if (target != "cpu")
+  if (target != "cpu" && target != "cuda")
     return fail("unknown --target '" + target + "' (expected cpu or cuda)");
+  bool cuda = target == "cuda";
+  if (!cuda && (kernelReport || !chips.empty()))
+    return fail("--kernel-report and --chip need --target cuda");
   if (!isCIdentifier(symbolName))
     return fail("--name '" + symbolName + "' is not a C identifier");
 
@@ -78,8 +94,23 @@ int main(int argc, char **argv) {
   FailureOr<moe::ModelManifest> manifest = moe::describeModel(**module);
   if (failed(manifest))
     return 1;
-  if (failed(session.lowerForCPU(**module)))
+  if (cuda) {
+    manifest->target = "cuda";
+    SmallVector<moe::KernelResources> kernels;
+    SmallVector<std::string> chipList(chips.begin(), chips.end());
+    if (failed(session.lowerForCUDA(**module, chipList, &kernels)))
+      return 1;
+    if (kernelReport)
+      llvm::outs() << moe::formatKernelReport(kernels);
+    for (const moe::KernelResources &k : kernels)
+      if (k.spillStoreBytes || k.spillLoadBytes)
+        llvm::WithColor::warning(llvm::errs(), "moe-compile")
+            << "kernel " << k.kernel << " spills registers on " << k.chip
+            << " (" << k.spillStoreBytes << " bytes stored, "
+            << k.spillLoadBytes << " loaded)\n";
+  } else if (failed(session.lowerForCPU(**module))) {
     return 1;
+  }
 
   llvm::LLVMContext llvmContext;
   std::unique_ptr<llvm::Module> llvmModule =

@@ -15,6 +15,7 @@
 #include "moe/Target/ModelArtifact.h"
 #include "moe/Tools/CompilerSession.h"
 #include "moert/CpuKernelRegistry.h"
+#include "moert/GpuRuntime.h"
 #include "moert/Safetensors.h"
 #include "moert/moert.h"
 
@@ -63,6 +64,12 @@ static cl::opt<std::string> device("device", cl::init("cpu"),
                                    cl::value_desc("cpu|cuda"),
                                    cl::cat(runCategory),
                                    cl::desc("Device to run on (default cpu)"));
+static cl::opt<bool> gpuEmulation(
+    "gpu-emulation", cl::cat(runCategory),
+    cl::desc("Compile through the CUDA kernels (convert-moe-to-gpu) but run "
+             "them on the CPU, one GPU thread after another: checks the GPU "
+             "code generation on machines without a GPU (slow; small models "
+             "only; needs --device cpu)"));
 // LLVM registers its own -stats (pass statistics) while parsing, so
 // --stats is taken out of argv before cl::ParseCommandLineOptions.
 static bool stats = false;
@@ -90,6 +97,17 @@ llvm::orc::SymbolMap kernelSymbols(llvm::orc::MangleAndInterner interner) {
   return map;
 }
 
+/// MLIR's GPU runtime ABI, which libmoert implements on the CUDA driver.
+llvm::orc::SymbolMap gpuRuntimeSymbols(llvm::orc::MangleAndInterner interner) {
+  llvm::orc::SymbolMap map;
+  for (const moert::cuda::RuntimeSymbol &symbol :
+       moert::cuda::gpuRuntimeSymbols())
+    map[interner(symbol.name)] = {
+        llvm::orc::ExecutorAddr::fromPtr(symbol.address),
+        llvm::JITSymbolFlags::Exported};
+  return map;
+}
+
 template <typename T> ArrayRef<uint8_t> bytesOf(const std::vector<T> &v) {
   return {reinterpret_cast<const uint8_t *>(v.data()), v.size() * sizeof(T)};
 }
@@ -100,9 +118,17 @@ constexpr StringLiteral kSymbol = "moe_model";
 /// writes to an object file.
 llvm::Expected<std::unique_ptr<ExecutionEngine>>
 compile(moe::CompilerSession &session, ModuleOp module,
-        const moe::ModelManifest &manifest) {
-  if (failed(session.lowerForCPU(module)))
+        moe::ModelManifest manifest) {
+  if (device == "cuda") {
+    manifest.target = "cuda";
+    if (failed(session.lowerForCUDA(module, {})))
+      return makeError("lowering the model for CUDA failed");
+  } else if (gpuEmulation) {
+    if (failed(session.lowerForGPUEmulation(module)))
+      return makeError("lowering the model through the GPU kernels failed");
+  } else if (failed(session.lowerForCPU(module))) {
     return makeError("lowering the model for the CPU failed");
+  }
   auto optimize = makeOptimizingTransformer(3, 0, nullptr);
   ExecutionEngineOptions options;
   options.transformer = optimize;
@@ -114,6 +140,7 @@ compile(moe::CompilerSession &session, ModuleOp module,
   if (!engine)
     return engine.takeError();
   (*engine)->registerSymbols(kernelSymbols);
+  (*engine)->registerSymbols(gpuRuntimeSymbols);
   return std::move(*engine);
 }
 
@@ -366,6 +393,9 @@ int main(int argc, char **argv) {
     llvm::WithColor::error(llvm::errs(), "moe-run") << message << "\n";
     return 1;
   };
+  if (gpuEmulation && device != "cpu")
+    return fail("--gpu-emulation runs the GPU kernels on the CPU: it needs "
+                "--device cpu");
   // Ask the runtime first: a device it cannot use should not cost a compile.
   moert_context *probe = nullptr;
   if (llvm::Error err = check(moert_context_create(device.c_str(), &probe)))

@@ -23,6 +23,8 @@ namespace mlir::moe {
 /// (lowering erases the weight symbols).
 struct ModelManifest {
   std::string entry; ///< the model function
+  std::string target = "cpu"; ///< "cpu" or "cuda" (device pointers, kernels
+                              ///< in the record's gpu_binary)
   int64_t hiddenSize = 0, passes = 0, layers = 0, topK = 0, experts = 0;
   /// Decoders (tokens -> logits): vocabulary, KV cache length, and the width
   /// (kv_heads * head_dim) of each cache slot's K and V buffers.
@@ -41,8 +43,10 @@ struct ModelManifest {
 /// Describes the model function of `module` (the one with a moe.loop).
 FailureOr<ModelManifest> describeModel(ModuleOp module);
 
-/// Translates a module lowered by moe-cpu-pipeline to LLVM IR and adds the
-/// manifest, `<symbol>_run` and the `<symbol>` compiled-model record.
+/// Translates a module lowered by moe-cpu-pipeline (or by moe-cuda-pipeline,
+/// its PTX assembled by assembleCudaBinaries) to LLVM IR and adds the
+/// manifest, `<symbol>_run` and the `<symbol>` compiled-model record, whose
+/// gpu_binary points at the embedded kernels of a cuda model.
 std::unique_ptr<llvm::Module> translateModel(Operation *lowered,
                                              llvm::LLVMContext &context,
                                              const ModelManifest &manifest,

@@ -2,6 +2,8 @@
 #ifndef MOE_TOOLS_COMPILERSESSION_H
 #define MOE_TOOLS_COMPILERSESSION_H
 
+#include "moe/Target/CudaBinary.h"
+
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/Diagnostics.h"
 #include "mlir/IR/MLIRContext.h"
@@ -29,6 +31,14 @@ public:
   /// Runs moe-cpu-pipeline (its optimising passes unless --opt-level=0) on
   /// `module`, leaving it in the LLVM dialect.
   LogicalResult lowerForCPU(ModuleOp module);
+  /// Runs moe-cuda-pipeline for `chips` (empty: sm_90a and sm_80) and
+  /// assembles the kernels into the fatbinary the artifact embeds; `report`
+  /// receives ptxas's resources of every kernel.
+  LogicalResult lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
+                             SmallVectorImpl<KernelResources> *report = {});
+  /// Runs moe-gpu-emulation-pipeline: the GPU kernels, run on the CPU one
+  /// thread at a time (for testing the GPU code generation without a GPU).
+  LogicalResult lowerForGPUEmulation(ModuleOp module);
 
 private:
   MLIRContext context;

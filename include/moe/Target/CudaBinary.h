@@ -1,0 +1,43 @@
+//===- CudaBinary.h - PTX to the artifact's CUDA fatbinary ------*- C++ -*-===//
+//
+// moe-cuda-pipeline leaves a gpu.binary with one PTX object per chip. This
+// assembles each with the CUDA toolkit's ptxas (which also reports every
+// kernel's registers, spills and shared memory) and packs the cubins, plus
+// the PTX of the oldest chip for GPUs newer than every cubin, into one
+// fatbinary with the toolkit's fatbinary tool. The runtime loads it with
+// cuModuleLoadData, which picks the image for the device.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOE_TARGET_CUDABINARY_H
+#define MOE_TARGET_CUDABINARY_H
+
+#include "mlir/IR/BuiltinOps.h"
+
+#include <string>
+
+namespace mlir::moe {
+
+/// What ptxas reports for one kernel on one chip.
+struct KernelResources {
+  std::string chip, kernel;
+  int64_t registers = 0, barriers = 0, stackFrameBytes = 0,
+          spillStoreBytes = 0, spillLoadBytes = 0, sharedBytes = 0,
+          constantBytes = 0;
+};
+
+/// Replaces the PTX objects of every gpu.binary in `module` by one fatbinary
+/// object (cubins for each chip plus PTX). `toolkit` is the CUDA toolkit
+/// root; empty means $CUDA_HOME, then /usr/local/cuda, then PATH. A missing
+/// tool or a kernel ptxas rejects is an error on `module` naming it.
+FailureOr<SmallVector<KernelResources>>
+assembleCudaBinaries(ModuleOp module, StringRef toolkit = "");
+
+/// A table of `resources`, one line per kernel and chip.
+std::string formatKernelReport(ArrayRef<KernelResources> resources);
+
+/// Parses `ptxas -v` output for `chip` (exposed for tests).
+SmallVector<KernelResources> parsePtxasInfo(StringRef log, StringRef chip);
+
+} // namespace mlir::moe
+
+#endif // MOE_TARGET_CUDABINARY_H
