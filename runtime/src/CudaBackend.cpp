@@ -240,6 +240,18 @@ llvm::Error DeviceModel::addWeight(const std::string &name,
   return llvm::Error::success();
 }
 
+llvm::Error DeviceModel::finishLoading() {
+  const Driver &drv = dev.driver();
+  CurrentContext current(dev);
+  if (!current.problem().empty())
+    return failure(current.problem());
+  // The copies ran on the legacy default stream.
+  if (CUresult r = drv.cuStreamSynchronize(nullptr))
+    return failure("cannot copy the weights to " + dev.describe() + ": " +
+                   drv.failure("cuStreamSynchronize", r));
+  return llvm::Error::success();
+}
+
 CUfunction DeviceModel::function(const char *name, std::string &error) {
   std::lock_guard<std::mutex> lock(functionsMutex);
   auto it = functions.find(name);

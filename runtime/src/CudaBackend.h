@@ -89,6 +89,9 @@ public:
 
   /// Copies one weight (in manifest order) to device memory.
   llvm::Error addWeight(const std::string &name, llvm::ArrayRef<float> values);
+  /// Waits for the weight copies: a copy from pageable memory may still be
+  /// in flight when it returns, and runs use streams that do not wait for it.
+  llvm::Error finishLoading();
   llvm::ArrayRef<void *> weights() const { return weightPointers; }
 
   /// A host buffer of one run, mirrored in device memory for the run.

@@ -337,6 +337,9 @@ moert_status moert_model_load(moert_context *ctx,
     if (llvm::Error err = model->cuda->addWeight(spec.source, *values))
       return fromError(std::move(err), MOERT_INTERNAL);
   }
+  if (model->cuda)
+    if (llvm::Error err = model->cuda->finishLoading())
+      return fromError(std::move(err), MOERT_INTERNAL);
   for (const auto &[tensor, file] : files->tensors())
     if (!used.count(tensor->name))
       return makeStatus(MOERT_INVALID_ARGUMENT,

@@ -332,6 +332,12 @@ TEST_F(FakeCudaTest, OutOfMemoryLoadingWeights) {
                  "of memory)");
     moert_status_free(status);
     EXPECT_EQ(counters().modules, 0); // unloaded again
+
+    setenv("MOERT_FAKE_CUDA_FAIL", "cuStreamSynchronize=700", 1);
+    EXPECT_FALSE(moert::Model::load(*ctx, kCudaModel, weights, &error));
+    EXPECT_EQ(error, "cannot copy the weights to sm_90, Fake GPU: "
+                     "cuStreamSynchronize failed: CUDA_ERROR_ILLEGAL_ADDRESS "
+                     "(an illegal memory access was encountered)");
   }
   expectNothingLive();
 }
