@@ -622,11 +622,18 @@ TEST_F(CudaTest, NoDriverHere) {
   if (ctx)
     GTEST_SKIP() << "this machine has a CUDA driver and device";
   EXPECT_EQ(error.rfind("device 'cuda': ", 0), 0u) << error;
-  EXPECT_TRUE(error.find("libcuda.so.1 cannot be loaded") !=
+  EXPECT_NE(error.find("; use 'cpu' (there is no silent CPU fallback)"),
+            std::string::npos)
+      << error;
+  EXPECT_TRUE(error.find("no NVIDIA driver: libcuda.so.1 cannot be loaded") !=
                   std::string::npos ||
               error.find("cuInit") != std::string::npos ||
               error.find("no device") != std::string::npos)
       << error;
+  moert_context *raw = nullptr;
+  moert_status status = moert_context_create("cuda", &raw);
+  EXPECT_EQ(moert_status_get_code(status), MOERT_UNAVAILABLE);
+  moert_status_free(status);
 }
 
 TEST_F(CudaTest, RealGpu) {
