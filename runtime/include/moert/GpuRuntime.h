@@ -3,12 +3,20 @@
 // The host code of a model compiled for CUDA calls these (the signatures are
 // those `mlir-translate` of MLIR 22 emits for gpu.launch_func, gpu.alloc,
 // ...). libmoert implements them on the CUDA driver API, acting in the launch
-// scope that moert_model_run sets around the model's entry point: streams
-// are the run's stream, functions are looked up in the model's module (the
-// module argument is ignored), and the first CUDA error is kept for the
-// run's status, after which every call but the frees does nothing (an
-// allocation returns null, a launch is skipped). Outside a scope every call
-// does nothing and returns null.
+// scope that moert_model_run sets around the model's entry point (with the
+// model's CUDA context current):
+//  - mgpuStreamCreate returns the run's stream (the context's or the one set
+//    with moert_context_set_cuda_stream); mgpuStreamDestroy does nothing;
+//  - functions are looked up by name in the module moert_model_load loaded
+//    (the module argument is ignored; mgpuModuleLoad returns that module and
+//    mgpuModuleUnload does nothing);
+//  - allocations are stream-ordered (cuMemAllocAsync) where the device
+//    supports it, copies are cuMemcpyAsync (unified addressing);
+//  - the first CUDA error is kept for the run's status, naming the call;
+//    after it every call but mgpuMemFree and mgpuEventDestroy does nothing
+//    (an allocation returns null, a launch is skipped), so the host code
+//    runs to its end without touching bad pointers and without leaking.
+// Outside a scope every call does nothing and returns null.
 //
 // A JIT resolves them through gpuRuntimeSymbols(); an application linking a
 // compiled object resolves them through the linker.
