@@ -455,6 +455,7 @@ class Case:
     tokens: int
     down_scale: float = 1.0      # < 1 makes each pass a small change (spread exit values)
     margin: float = 1e-3         # decision margins a generated case must keep
+    same_tokens: bool = False    # every token the same row: the busiest expert gets them all
 
 
 def _dims(d, f, E, k, L):
@@ -488,6 +489,9 @@ CASES = {
     "looped_pathmoe_block": Case({**_dims(16, 24, 4, 2, 2), "num_loops": 2,
                                   "router_share_block": 2, "router_decision": "block"},
                                  tokens=7),
+    # Skewed routing: every token picks the same experts (one expert gets all
+    # 64 tokens, the others none), the worst case for plans and grouped GEMMs.
+    "skewed": Case(_dims(32, 48, 8, 2, 2), tokens=64, same_tokens=True),
 }
 
 MAX_ATTEMPTS = 200
@@ -557,6 +561,8 @@ def try_case(case, rng):
     stored = stored_weights(cfg, random_weights(cfg, rng, case.down_scale))
     weights = file_values(stored)
     x = rng.standard_normal((case.tokens, cfg["hidden_size"])).astype(np.float32)
+    if case.same_tokens:
+        x[:] = x[0]
     config = {"model_type": "moe_stack", **case.config}
     if tested_passes(cfg):
         dry = dict(cfg, exit_threshold=_never_exit_threshold(cfg["exit_criterion"]))

@@ -44,3 +44,33 @@ config.substitutions.append(("%moert_link", " ".join([
     os.path.join(config.moe_obj_root, "runtime", "libMoECpuKernels.a"),
     "-L" + config.llvm_lib_dir, "-Wl,-rpath," + config.llvm_lib_dir,
     "-lLLVM", "-lpthread"])))
+
+# CUDA: the toolkit (ptxas, fatbinary) lets every model compile for the GPU
+# here; tests that run on a GPU need a device and are reported unsupported
+# (skipped) without one.
+import shutil
+import subprocess
+cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+cuda_bin = [os.path.join(cuda_home, "bin"), "/usr/local/cuda/bin"]
+def find_cuda_tool(name):
+    for d in cuda_bin:
+        if os.access(os.path.join(d, name), os.X_OK):
+            return os.path.join(d, name)
+    return shutil.which(name)
+if find_cuda_tool("ptxas") and find_cuda_tool("fatbinary"):
+    config.available_features.add("ptxas")
+def has_cuda_device():
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return False
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+if has_cuda_device():
+    config.available_features.add("cuda-device")
+    sanitizer = find_cuda_tool("compute-sanitizer")
+    if sanitizer:
+        config.available_features.add("compute-sanitizer")
+        config.substitutions.append(("%compute_sanitizer", sanitizer))

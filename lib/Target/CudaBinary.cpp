@@ -33,24 +33,29 @@ LogicalResult makeTemp(Operation *op, StringRef suffix, TempFile &file) {
   return success();
 }
 
-/// The toolkit program `name`: in `toolkit`/bin, $CUDA_HOME/bin,
-/// /usr/local/cuda/bin, then PATH.
+/// The toolkit program `name`: in `toolkit`/bin if a toolkit is given,
+/// else in $CUDA_HOME/bin, /usr/local/cuda/bin, then PATH.
 FailureOr<std::string> findTool(Operation *op, StringRef name,
                                 StringRef toolkit) {
   SmallVector<std::string> dirs;
-  if (!toolkit.empty())
+  if (!toolkit.empty()) {
     dirs.push_back((toolkit + "/bin").str());
-  if (const char *home = std::getenv("CUDA_HOME"))
-    dirs.push_back(std::string(home) + "/bin");
-  dirs.push_back("/usr/local/cuda/bin");
+  } else {
+    if (const char *home = std::getenv("CUDA_HOME"))
+      dirs.push_back(std::string(home) + "/bin");
+    dirs.push_back("/usr/local/cuda/bin");
+  }
   SmallVector<StringRef> paths(dirs.begin(), dirs.end());
   if (auto found = llvm::sys::findProgramByName(name, paths))
     return *found;
-  if (auto found = llvm::sys::findProgramByName(name))
-    return *found;
+  if (toolkit.empty())
+    if (auto found = llvm::sys::findProgramByName(name))
+      return *found;
   return op->emitError("CUDA code generation needs the CUDA toolkit's '")
          << name << "', which is not in " << llvm::join(dirs, ", ")
-         << " or on PATH; install the toolkit or set CUDA_HOME";
+         << (toolkit.empty() ? " or on PATH" : "")
+         << "; install the toolkit, or point --cuda-toolkit or CUDA_HOME at "
+            "it";
 }
 
 /// Runs `program` with `args`; its stderr goes to `log`. On failure the

@@ -28,6 +28,8 @@ std::string ModelManifest::toJSON() const {
       {"passes", passes},        {"layers", layers},
       {"top_k", topK},           {"experts", experts},
       {"target", target},        {"weights", std::move(ws)}};
+  if (!gpuArchs.empty())
+    root["gpu_archs"] = llvm::json::Array(gpuArchs);
   if (decoder) {
     root["kind"] = "decoder";
     root["vocab_size"] = vocabSize;

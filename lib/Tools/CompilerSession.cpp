@@ -33,6 +33,13 @@ llvm::cl::opt<bool>
                 llvm::cl::desc("Print the optimising passes' remarks (what "
                                "they did and why)"));
 
+llvm::cl::opt<std::string> cudaToolkit(
+    "cuda-toolkit", llvm::cl::value_desc("dir"),
+    llvm::cl::cat(moe::getCompilerOptionsCategory()),
+    llvm::cl::desc("CUDA code generation: the toolkit whose ptxas and "
+                   "fatbinary to use (default: $CUDA_HOME, /usr/local/cuda, "
+                   "PATH)"));
+
 DialectRegistry compilerDialects() {
   DialectRegistry registry;
   registry.insert<moe::MoEDialect, func::FuncDialect, arith::ArithDialect,
@@ -77,11 +84,12 @@ moe::CompilerSession::lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
   MoECUDAPipelineOptions options;
   options.optLevel = optLevel;
   options.chips = SmallVector<std::string>(chips);
+  options.toolkit = cudaToolkit;
   buildMoECUDAPipeline(pm, options);
   if (failed(pm.run(module)))
     return failure();
   FailureOr<SmallVector<KernelResources>> kernels =
-      assembleCudaBinaries(module);
+      assembleCudaBinaries(module, cudaToolkit);
   if (failed(kernels))
     return failure();
   if (report)

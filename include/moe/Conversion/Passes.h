@@ -57,6 +57,10 @@ struct MoECUDAPipelineOptions
   Option<int64_t> tile{*this, "tile",
                        llvm::cl::desc("GEMM row tile of routing plans"),
                        llvm::cl::init(16)};
+  Option<std::string> toolkit{
+      *this, "toolkit",
+      llvm::cl::desc("CUDA toolkit root, for libdevice (default $CUDA_HOME, "
+                     "else /usr/local/cuda)")};
   /// The chips to compile for, defaults applied.
   SmallVector<std::string> getChips() const {
     if (chips.empty())

@@ -231,6 +231,7 @@ private:
   OpBuilder host;
   Location loc = host.getUnknownLoc();
   Value token;
+  Block *entryBlock = nullptr;
   llvm::StringMap<gpu::GPUFuncOp> kernels;
   unsigned kernelCount = 0;
 };
@@ -320,7 +321,8 @@ void GPUProgram::launch(gpu::GPUFuncOp fn, Value n, ValueRange args) {
 
 LogicalResult GPUProgram::rewrite(func::FuncOp func) {
   loc = func.getLoc();
-  return rewriteBlock(func.getBody().front());
+  entryBlock = &func.getBody().front();
+  return rewriteBlock(*entryBlock);
 }
 
 LogicalResult GPUProgram::rewriteBlock(Block &block) {
@@ -511,6 +513,8 @@ LogicalResult GPUProgram::rewriteKernelCall(func::CallOp call,
             k.store(p, gates, {t, j});
             return k.fadd(sum, p);
           });
+      if (!normalize && scaling == 1.0)
+        return;
       k.forEach(zero, k.index(topK), [&](Value j) {
         Value g = k.load(gates, {t, j});
         if (normalize)
@@ -897,7 +901,13 @@ LogicalResult GPUProgram::rewriteKernelCall(func::CallOp call,
           k.store(result, args[5], {k.index(0)});
         });
     launch(fn, hostIndex(1), args);
-    Value hostKept = memref::AllocaOp::create(host, loc, MemRefType::get({1}, i64));
+    // On the host stack once per function, not per pass.
+    Value hostKept;
+    {
+      OpBuilder::InsertionGuard guard(host);
+      host.setInsertionPointToStart(entryBlock);
+      hostKept = memref::AllocaOp::create(host, loc, MemRefType::get({1}, i64));
+    }
     token = gpu::MemcpyOp::create(host, loc,
                                   host.getType<gpu::AsyncTokenType>(),
                                   {stream()}, hostKept, kept)
@@ -928,6 +938,17 @@ struct ConvertMoEToGPUPass
                        "for the CPU");
         return signalPassFailure();
       }
+    // The GPU kernels implement expert groups in fused form only.
+    WalkResult unfused = module.walk([](Operation *op) {
+      if (!isa<ExpertsOp, DispatchOp, GroupedMatmulOp, GluOp, CombineOp>(op))
+        return WalkResult::advance();
+      op->emitError("convert-moe-to-gpu needs fused expert groups "
+                    "(moe.fused_experts): run moe-decompose-experts and "
+                    "moe-fuse-dispatch-gemm first, as moe-cuda-pipeline does");
+      return WalkResult::interrupt();
+    });
+    if (unfused.wasInterrupted())
+      return signalPassFailure();
     if (failed(lowerModelsToKernelCalls(module)))
       return signalPassFailure();
 

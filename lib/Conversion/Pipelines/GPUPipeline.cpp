@@ -23,6 +23,8 @@
 #include "mlir/Pass/PassRegistry.h"
 #include "mlir/Transforms/Passes.h"
 
+#include <cstdlib>
+
 using namespace mlir;
 
 namespace {
@@ -67,6 +69,13 @@ void mlir::moe::buildMoECUDAPipeline(OpPassManager &pm,
   pm.addPass(createReconcileUnrealizedCastsPass());
   GpuModuleToBinaryPassOptions binary;
   binary.compilationTarget = "isa";
+  // libdevice (expf, sqrtf, ...) is linked from the toolkit; MLIR finds it
+  // only through this path, not through PATH.
+  binary.toolkitPath = options.toolkit;
+  if (binary.toolkitPath.empty()) {
+    const char *home = std::getenv("CUDA_HOME");
+    binary.toolkitPath = home && *home ? home : "/usr/local/cuda";
+  }
   pm.addPass(createGpuModuleToBinaryPass(binary));
 }
 

@@ -1,0 +1,92 @@
+// RUN: moe-opt %s -split-input-file -moe-emulate-gpu -verify-diagnostics | FileCheck %s
+
+// A kernel becomes a host function taking block id, block size and thread
+// id; its launch becomes loops over the grid and the block; device memory
+// operations become memref ones and stream tokens vanish.
+// CHECK-NOT: gpu.container_module
+// CHECK-LABEL: func.func private @kernels_double(
+// CHECK-SAME: %[[N:.*]]: index, %[[A:.*]]: memref<?xf32>, %[[BID:.*]]: index, %[[BDIM:.*]]: index, %[[TID:.*]]: index)
+// CHECK: %[[BASE:.*]] = arith.muli %[[BID]], %[[BDIM]] : index
+// CHECK: %[[I:.*]] = arith.addi %[[BASE]], %[[TID]] : index
+// CHECK: arith.cmpi ult, %[[I]], %[[N]]
+// CHECK: return
+// CHECK-NOT: gpu.
+// CHECK-LABEL: func.func @host(
+// CHECK-SAME: %[[H:.*]]: memref<?xf32>)
+// CHECK: %[[D:.*]] = memref.alloc(%{{.*}}) : memref<?xf32>
+// CHECK: memref.copy %[[H]], %[[D]]
+// CHECK: scf.for %[[B:.*]] = %{{.*}} to %[[GRID:.*]] step
+// CHECK:   scf.for %[[T:.*]] = %{{.*}} to %[[BLOCK:.*]] step
+// CHECK:     func.call @kernels_double(%{{.*}}, %[[D]], %[[B]], %[[BLOCK]], %[[T]])
+// CHECK: memref.copy %[[D]], %[[H]]
+// CHECK: memref.dealloc %[[D]]
+// CHECK-NOT: gpu.
+// CHECK: return
+module attributes {gpu.container_module} {
+  gpu.module @kernels {
+    gpu.func @double(%n: index, %a: memref<?xf32>) kernel {
+      %b = gpu.block_id x
+      %d = gpu.block_dim x
+      %t = gpu.thread_id x
+      %base = arith.muli %b, %d : index
+      %i = arith.addi %base, %t : index
+      %in = arith.cmpi ult, %i, %n : index
+      scf.if %in {
+        %v = memref.load %a[%i] : memref<?xf32>
+        %w = arith.addf %v, %v : f32
+        memref.store %w, %a[%i] : memref<?xf32>
+      }
+      gpu.return
+    }
+  }
+  func.func @host(%h: memref<?xf32>) {
+    %c0 = arith.constant 0 : index
+    %c1 = arith.constant 1 : index
+    %c256 = arith.constant 256 : index
+    %n = memref.dim %h, %c0 : memref<?xf32>
+    %s = gpu.wait async
+    %d, %t0 = gpu.alloc async [%s] (%n) : memref<?xf32>
+    %t1 = gpu.memcpy async [%t0] %d, %h : memref<?xf32>, memref<?xf32>
+    %t2 = gpu.launch_func async [%t1] @kernels::@double blocks in (%n, %c1, %c1) threads in (%c256, %c1, %c1) args(%n : index, %d : memref<?xf32>)
+    %t3 = gpu.memcpy async [%t2] %h, %d : memref<?xf32>, memref<?xf32>
+    %t4 = gpu.dealloc async [%t3] %d : memref<?xf32>
+    gpu.wait [%t4]
+    return
+  }
+}
+
+// -----
+
+module attributes {gpu.container_module} {
+  gpu.module @kernels {
+    gpu.func @rows(%a: memref<?xf32>) kernel {
+      // expected-error @+1 {{moe-emulate-gpu: only one-dimensional kernels can be emulated}}
+      %y = gpu.thread_id y
+      gpu.return
+    }
+  }
+}
+
+// -----
+
+module attributes {gpu.container_module} {
+  gpu.module @kernels {
+    gpu.func @sync(%a: memref<?xf32>) kernel {
+      // Threads run one after another: a barrier cannot be honoured.
+      // expected-error @+1 {{moe-emulate-gpu: cannot emulate this operation}}
+      gpu.barrier
+      gpu.return
+    }
+  }
+}
+
+// -----
+
+module attributes {gpu.container_module} {
+  gpu.module @kernels {
+    // expected-error @+1 {{moe-emulate-gpu: kernels with memory attributions cannot be emulated}}
+    gpu.func @shared(%a: memref<?xf32>) workgroup(%s: memref<32xf32, #gpu.address_space<workgroup>>) kernel {
+      gpu.return
+    }
+  }
+}

@@ -1,0 +1,151 @@
+// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu -verify-diagnostics | FileCheck %s
+
+moe.weight @norm : tensor<8xf32>
+moe.weight @router : tensor<4x8xf32>
+moe.weight @gate : tensor<4x16x8xf32>
+moe.weight @up : tensor<4x16x8xf32>
+moe.weight @down : tensor<4x8x16xf32>
+
+// The host program is convert-moe-to-cpu's, with the same signature (every
+// pointer a device pointer): buffers become stream-ordered device
+// allocations and each kernel call one or more launches on one stream.
+// CHECK: module attributes {gpu.container_module}
+// CHECK-NOT: func.func private @moert_
+// CHECK-LABEL: func.func @compacting(
+// CHECK-SAME: %[[IN:.*]]: memref<?x8xf32>, %[[OUT:.*]]: memref<?x8xf32>, %[[EXIT:.*]]: memref<?xi32>,
+// CHECK-SAME: attributes {llvm.emit_c_interface}
+// The count of active tokens is read back into one host slot per function.
+// CHECK: %[[KEPT_HOST:.*]] = memref.alloca() : memref<1xi64>
+// CHECK: %[[S0:.*]] = gpu.wait async
+// CHECK: %[[STATE:.*]], %[[T0:.*]] = gpu.alloc async [%[[S0]]] (%{{.*}}) : memref<?x8xf32>
+// CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@copy_0 {{.*}} args(%{{.*}} : index, %[[IN]] : memref<?x8xf32>, %[[STATE]] : memref<?x8xf32>)
+// CHECK: gpu.launch_func async {{.*}} @moe_kernels::@loop_init_1
+// CHECK: %[[INIT:.*]] = gpu.launch_func async {{.*}} @moe_kernels::@trace_init_2
+// The host waits before the pass loop; each pass queues its own stretch.
+// CHECK: gpu.wait [%[[INIT]]]
+// CHECK: scf.for %{{.*}} = %{{.*}} to %{{.*}} step %{{.*}} iter_args(%[[N:.*]] = %{{.*}}) -> (index) {
+// CHECK:   gpu.wait async
+// CHECK:   @moe_kernels::@gather_rows_3
+// CHECK:   memref.subview %{{.*}}[0, 0] [%[[N]], 8] [1, 1]
+// CHECK:   @moe_kernels::@rms_norm_4
+// CHECK:   @moe_kernels::@route_5
+// The plan's counters live for the plan only.
+// CHECK:   %[[CURSOR:.*]], %{{.*}} = gpu.alloc async [%{{.*}}] () : memref<4xi32>
+// CHECK:   @moe_kernels::@plan_init_6
+// CHECK:   @moe_kernels::@plan_count_7
+// CHECK:   @moe_kernels::@plan_scan_8
+// CHECK:   @moe_kernels::@plan_scatter_9
+// CHECK:   gpu.dealloc async [%{{.*}}] %[[CURSOR]] : memref<4xi32>
+// CHECK:   @moe_kernels::@experts_gate_up_10
+// CHECK:   @moe_kernels::@experts_down_11
+// CHECK:   @moe_kernels::@experts_combine_12
+// CHECK:   @moe_kernels::@record_step_13
+// CHECK:   @moe_kernels::@add_14
+// CHECK:   @moe_kernels::@exit_test_15
+// CHECK:   @moe_kernels::@scatter_rows_16
+// CHECK:   %[[KEPT:.*]], %{{.*}} = gpu.alloc async [%{{.*}}] () : memref<1xi64>
+// CHECK:   %[[UPDATED:.*]] = gpu.launch_func async [%{{.*}}] @moe_kernels::@exit_update_17 {{.*}} args(%c1{{.*}} : index,
+// CHECK:   %[[COPIED:.*]] = gpu.memcpy async [%[[UPDATED]]] %[[KEPT_HOST]], %[[KEPT]]
+// CHECK:   %[[FREED:.*]] = gpu.dealloc async [%[[COPIED]]] %[[KEPT]]
+// CHECK:   gpu.wait [%[[FREED]]]
+// CHECK:   %[[COUNT:.*]] = memref.load %[[KEPT_HOST]]
+// CHECK:   %[[NEXT:.*]] = arith.index_cast %[[COUNT]] : i64 to index
+// CHECK:   scf.yield %[[NEXT]] : index
+// CHECK: }
+// CHECK: @moe_kernels::@rms_norm_18
+// CHECK: @moe_kernels::@copy_0 {{.*}} %[[OUT]] : memref<?x8xf32>
+// CHECK: gpu.dealloc async [%{{.*}}] %[[STATE]]
+// CHECK: gpu.wait [%{{.*}}]
+// CHECK-NEXT: return
+
+// Kernels are specialised per call: shapes and parameters are constants.
+// CHECK: gpu.module @moe_kernels {
+// CHECK-LABEL: gpu.func @route_5(
+// CHECK-SAME: %{{.*}}: index, %[[X:.*]]: memref<?x8xf32, strided<[8, 1]>>, %[[W:.*]]: memref<4x8xf32>,
+// CHECK-SAME: kernel
+// CHECK: %[[BID:.*]] = gpu.block_id x
+// CHECK: %[[BDIM:.*]] = gpu.block_dim x
+// CHECK: %[[BASE:.*]] = arith.muli %[[BID]], %[[BDIM]]
+// CHECK: %[[TID:.*]] = gpu.thread_id x
+// CHECK: %[[TOKEN:.*]] = arith.addi %[[BASE]], %[[TID]]
+// One thread per token: 4 expert logits, sigmoid scores, top-2.
+// CHECK: memref.alloca() : memref<4xf32>
+// CHECK: memref.load %[[X]][%[[TOKEN]], %{{.*}}]
+// CHECK: math.exp
+// CHECK: arith.cmpf ogt
+// CHECK: gpu.return
+// Slots are counted and handed rows with atomics.
+// CHECK-LABEL: gpu.func @plan_count_7(
+// CHECK: memref.atomic_rmw addi
+// CHECK-LABEL: gpu.func @plan_scatter_9(
+// CHECK: memref.atomic_rmw addi
+// The gate/up GEMM gathers token rows through the plan and applies SiLU.
+// CHECK-LABEL: gpu.func @experts_gate_up_10(
+// CHECK-SAME: %{{.*}}: memref<4x16x8xf32>, %{{.*}}: memref<4x16x8xf32>, %{{.*}}: memref<?x16xf32>)
+// CHECK: arith.cmpi sge
+// CHECK: scf.if
+// CHECK: math.exp
+// CHECK-LABEL: gpu.func @exit_update_17(
+func.func @compacting(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
+  %h, %exit = moe.loop %x passes = 3 mode = resident compact_exits : tensor<?x8xf32> -> tensor<?xi32> {
+  ^bb0(%h0: tensor<?x8xf32>):
+    %n = moe.rms_norm %h0, @norm : tensor<?x8xf32>
+    %ids, %gates = moe.route %n, @router top_k = 2 scoring = sigmoid : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+    %p = moe.plan %ids : tensor<?x2xi32> -> !moe.plan<experts = 4, top_k = 2, tile = 16>
+    %y = moe.fused_experts %n, %p, %gates gate @gate up @up down @down : tensor<?x8xf32>, !moe.plan<experts = 4, top_k = 2, tile = 16>, tensor<?x2xf32>
+    %h1 = arith.addf %h0, %y : tensor<?x8xf32>
+    %m = moe.exit %h1, %h0 criterion = cosine threshold = 0.99 : tensor<?x8xf32> -> tensor<?xi1>
+    moe.yield %h1, %m : tensor<?x8xf32>, tensor<?xi1>
+  }
+  %out = moe.rms_norm %h, @norm : tensor<?x8xf32>
+  return %out, %exit : tensor<?x8xf32>, tensor<?xi32>
+}
+
+// -----
+
+moe.weight @norm : tensor<8xf32>
+moe.weight @router : tensor<4x8xf32>
+moe.weight @gate : tensor<4x16x8xf32>
+moe.weight @up : tensor<4x16x8xf32>
+moe.weight @down : tensor<4x8x16xf32>
+
+// Two unrolled passes: the second specialisation of each kernel is reused,
+// and GELU is baked into the expert kernel.
+// CHECK-LABEL: func.func @unrolled(
+// CHECK-NOT: scf.for
+// CHECK-COUNT-2: @moe_kernels::@experts_gate_up_[[GELU:[0-9]+]] blocks
+// CHECK-LABEL: gpu.func @experts_gate_up_
+// CHECK-SAME: moe.signature = "experts_gate_up(1)
+// CHECK: arith.constant 4.471500e-02 : f32
+func.func @unrolled(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
+  %h, %exit = moe.loop %x passes = 2 mode = unroll : tensor<?x8xf32> -> tensor<?xi32> {
+  ^bb0(%h0: tensor<?x8xf32>):
+    %n = moe.rms_norm %h0, @norm : tensor<?x8xf32>
+    %ids, %gates = moe.route %n, @router top_k = 2 : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+    %p = moe.plan %ids : tensor<?x2xi32> -> !moe.plan<experts = 4, top_k = 2, tile = 16>
+    %y = moe.fused_experts %n, %p, %gates gate @gate up @up down @down activation = gelu : tensor<?x8xf32>, !moe.plan<experts = 4, top_k = 2, tile = 16>, tensor<?x2xf32>
+    %h1 = arith.addf %h0, %y : tensor<?x8xf32>
+    moe.yield %h1 : tensor<?x8xf32>
+  }
+  return %h, %exit : tensor<?x8xf32>, tensor<?xi32>
+}
+
+// -----
+
+moe.weight @norm : tensor<8xf32>
+moe.weight @router : tensor<4x8xf32>
+moe.weight @gate : tensor<4x16x8xf32>
+moe.weight @up : tensor<4x16x8xf32>
+moe.weight @down : tensor<4x8x16xf32>
+
+// Whole expert groups have no GPU kernel: moe-cuda-pipeline fuses them.
+func.func @unfused(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
+  %h, %exit = moe.loop %x passes = 1 mode = unroll : tensor<?x8xf32> -> tensor<?xi32> {
+  ^bb0(%h0: tensor<?x8xf32>):
+    %ids, %gates = moe.route %h0, @router top_k = 2 : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+    // expected-error @+1 {{convert-moe-to-gpu needs fused expert groups (moe.fused_experts): run moe-decompose-experts and moe-fuse-dispatch-gemm first, as moe-cuda-pipeline does}}
+    %y = moe.experts %h0, %ids, %gates gate @gate up @up down @down : tensor<?x8xf32>, tensor<?x2xi32>, tensor<?x2xf32>
+    moe.yield %y : tensor<?x8xf32>
+  }
+  return %h, %exit : tensor<?x8xf32>, tensor<?xi32>
+}
