@@ -97,8 +97,10 @@ int main(int argc, char **argv) {
   if (cuda) {
     manifest->target = "cuda";
     SmallVector<moe::KernelResources> kernels;
-    SmallVector<std::string> chipList(chips.begin(), chips.end());
-    if (failed(session.lowerForCUDA(**module, chipList, &kernels)))
+    moe::MoECUDAPipelineOptions cudaOptions;
+    cudaOptions.chips = SmallVector<std::string>(chips.begin(), chips.end());
+    manifest->gpuArchs = cudaOptions.getChips();
+    if (failed(session.lowerForCUDA(**module, manifest->gpuArchs, &kernels)))
       return 1;
     if (kernelReport)
       llvm::outs() << moe::formatKernelReport(kernels);

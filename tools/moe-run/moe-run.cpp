@@ -121,7 +121,8 @@ compile(moe::CompilerSession &session, ModuleOp module,
         moe::ModelManifest manifest) {
   if (device == "cuda") {
     manifest.target = "cuda";
-    if (failed(session.lowerForCUDA(module, {})))
+    manifest.gpuArchs = moe::MoECUDAPipelineOptions().getChips();
+    if (failed(session.lowerForCUDA(module, manifest.gpuArchs)))
       return makeError("lowering the model for CUDA failed");
   } else if (gpuEmulation) {
     if (failed(session.lowerForGPUEmulation(module)))
