@@ -203,7 +203,8 @@ struct AttentionCase {
     _mlir_ciface_moert_attention(&xM, &positionsM, &wqM, &wkM, &wvM, &woM,
                                  &qNormM, &kNormM, &kCacheM, &vCacheM, &outM,
                                  numHeads, numKvHeads, headDim, ropeTheta, clip,
-                                 normKind, normEps);
+                                 normKind, normEps, /*scale=*/0.0f,
+                                 /*ropeInterleaved=*/0);
     return out;
   }
 
