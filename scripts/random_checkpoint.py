@@ -5,8 +5,14 @@
 
 OUTDIR gets weights.safetensors (every tensor the model contract requires,
 scaled so activations stay O(1)) and inputs.safetensors (hidden_states F32
-[T, d]). The bundled example uses it so that no weight file is checked in."""
+[T, d]). The bundled example uses it so that no weight file is checked in.
+
+A LoopLM config (model_type loop-lm or loop-moe) gets a checkpoint directory
+instead: config.json, model.safetensors with the checkpoints' tensor names,
+inputs.safetensors (input_ids I32 [2, T]) and golden.safetensors (prefill
+logits, 4 greedy tokens, exit_loop) from scripts/looplm_reference.py."""
 import argparse
+import json
 import os
 import sys
 
@@ -38,6 +44,14 @@ def main():
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    with open(args.config) as f:
+        model_type = json.load(f).get("model_type")
+    if model_type in ("loop-lm", "loop-moe"):
+        import looplm_reference
+        with open(args.config) as f:
+            looplm_reference.gen_case(json.load(f), args.outdir, args.seed,
+                                      seq=min(args.tokens, 5))
+        return
     cfg = ref.load_config(args.config)
     rng = np.random.default_rng(args.seed)
     os.makedirs(args.outdir, exist_ok=True)

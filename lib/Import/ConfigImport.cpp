@@ -6,7 +6,7 @@
 using namespace mlir;
 
 StringRef moe::supportedModelTypes() {
-  return "moe_stack, mixtral, olmoe, qwen3_moe";
+  return "moe_stack, mixtral, olmoe, qwen3_moe, loop-lm (or loop-moe)";
 }
 
 FailureOr<OwningOpRef<ModuleOp>>
@@ -23,6 +23,8 @@ moe::importModelConfig(StringRef jsonText, StringRef sourceName,
     return importMoEStackConfig(jsonText, sourceName, ctx);
   if (**type == "mixtral" || **type == "olmoe" || **type == "qwen3_moe")
     return importDecoderConfig(jsonText, sourceName, ctx);
+  if (**type == "loop-lm" || **type == "loop-moe")
+    return importLoopLMConfig(jsonText, sourceName, ctx);
   return emitError(config.fieldLoc("model_type"))
          << "unsupported model_type '" << **type
          << "' (supported: " << supportedModelTypes() << ")";

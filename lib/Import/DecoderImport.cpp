@@ -268,6 +268,9 @@ private:
   Location named(const Twine &name) {
     return NameLoc::get(builder.getStringAttr(name), configLoc);
   }
+  FlatSymbolRefAttr symbolRef(StringRef name) {
+    return FlatSymbolRefAttr::get(builder.getContext(), name);
+  }
   std::string sym(int64_t l, StringRef role) {
     return ("l" + Twine(l) + "_" + role).str();
   }
@@ -325,7 +328,7 @@ Value DecoderEmitter::emitLayer(int64_t l, Value hidden, Value positions,
                                 RouteOp &route) {
   Location loc = named("model.layers." + Twine(l));
   Value normed = RmsNormOp::create(builder, loc, hiddenType, hidden,
-                                   sym(l, "input_norm"), APFloat(c.eps));
+                                   symbolRef(sym(l, "input_norm")), APFloat(c.eps));
   bool norms = c.kind != DecoderKind::Mixtral;
   auto symbolOrNull = [&](bool present, StringRef role) {
     return present ? FlatSymbolRefAttr::get(builder.getContext(), sym(l, role))
@@ -337,10 +340,10 @@ Value DecoderEmitter::emitLayer(int64_t l, Value hidden, Value positions,
       APFloat(c.ropeTheta), /*causal=*/true, symbolOrNull(norms, "q_norm"),
       symbolOrNull(norms, "k_norm"),
       c.clipQkv > 0.0f ? builder.getF32FloatAttr(c.clipQkv) : FloatAttr(),
-      /*cache_slot=*/l, APFloat(c.eps));
+      /*cache_slot=*/l, APFloat(c.eps), /*scale=*/FloatAttr());
   hidden = arith::AddFOp::create(builder, loc, hidden, attention);
   normed = RmsNormOp::create(builder, loc, hiddenType, hidden,
-                             sym(l, "post_norm"), APFloat(c.eps));
+                             symbolRef(sym(l, "post_norm")), APFloat(c.eps));
   int64_t head = l - l % c.shareBlock;
   if (c.decision == RouterDecision::per_layer || l == head)
     route = RouteOp::create(builder, loc, idsType, gatesType, normed,
@@ -407,7 +410,7 @@ OwningOpRef<ModuleOp> DecoderEmitter::emit() {
   }
   Value normed =
       RmsNormOp::create(builder, named("model.norm"), hiddenType,
-                        loop.getResult(), "final_norm", APFloat(c.eps));
+                        loop.getResult(), symbolRef("final_norm"), APFloat(c.eps));
   Value logits = UnembedOp::create(builder, named("lm_head"), logitsType,
                                    normed, c.tied ? "embed" : "lm_head");
   func::ReturnOp::create(builder, loc, ValueRange{logits, loop.getExitLoop()});

@@ -262,7 +262,8 @@ Value StackEmitter::emitLayer(int64_t l, Value hidden, RouteOp &route) {
   Location loc = named("model.layers." + Twine(l));
   int64_t head = l - l % c.shareBlock;
   Value normed = RmsNormOp::create(builder, loc, hiddenType, hidden,
-                                   layerSymbol(l, "norm"), APFloat(c.eps));
+                                   FlatSymbolRefAttr::get(builder.getContext(), layerSymbol(l, "norm")),
+                                   APFloat(c.eps));
   // With a block decision only the head routes; the other layers of the
   // block reuse its ids and gates from this pass.
   if (c.decision == RouterDecision::per_layer || l == head)
@@ -308,7 +309,9 @@ void StackEmitter::emitForward() {
                              exitLoopType, entry->getArgument(0), c.numLoops);
   emitPass(loop);
   Value out = RmsNormOp::create(builder, named("model.norm"), hiddenType,
-                                loop.getResult(), "final_norm", APFloat(c.eps));
+                                loop.getResult(),
+                                FlatSymbolRefAttr::get(builder.getContext(), "final_norm"),
+                                APFloat(c.eps));
   func::ReturnOp::create(builder, loc, ValueRange{out, loop.getExitLoop()});
 }
 

@@ -20,9 +20,14 @@ using namespace mlir::moe;
 std::string ModelManifest::toJSON() const {
   llvm::json::Array ws;
   for (const Weight &w : weights)
-    ws.push_back(llvm::json::Object{{"source", w.source},
-                                    {"dtype", w.dtype},
-                                    {"shape", llvm::json::Array(w.shape)}});
+  {
+    llvm::json::Object o{{"source", w.source},
+                         {"dtype", w.dtype},
+                         {"shape", llvm::json::Array(w.shape)}};
+    if (w.transpose) // stored with its last two dimensions swapped
+      o["transpose"] = true;
+    ws.push_back(std::move(o));
+  }
   llvm::json::Object root{
       {"entry", entry},          {"hidden_size", hiddenSize},
       {"passes", passes},        {"layers", layers},
@@ -66,6 +71,13 @@ FailureOr<ModelManifest> mlir::moe::describeModel(ModuleOp module) {
       for (int64_t p = 0; p < manifest.passes; ++p)
         for (AttentionOp a : attentions)
           manifest.cacheWidths.push_back(a.getNumKvHeads() * a.getHeadDim());
+      // Then the attentions outside the loop (head/tail layers), by slot.
+      SmallVector<AttentionOp> outer(func.getBody().getOps<AttentionOp>());
+      llvm::sort(outer, [](AttentionOp a, AttentionOp b) {
+        return a.getCacheSlot() < b.getCacheSlot();
+      });
+      for (AttentionOp a : outer)
+        manifest.cacheWidths.push_back(a.getNumKvHeads() * a.getHeadDim());
       break;
     }
     auto loops = func.getBody().getOps<LoopOp>();
@@ -92,7 +104,8 @@ FailureOr<ModelManifest> mlir::moe::describeModel(ModuleOp module) {
     RankedTensorType type = w.getTensorType();
     manifest.weights.push_back({w.getSource().value_or(w.getSymName()).str(),
                                 type.getElementType().isBF16() ? "BF16" : "F32",
-                                SmallVector<int64_t>(type.getShape())});
+                                SmallVector<int64_t>(type.getShape()),
+                                w.getTransposed()});
   }
   return manifest;
 }

@@ -48,14 +48,17 @@ bool positionsValid(const int32_t *positions, int64_t numTokens,
 
 /// Rotates the pair (i, i + hd/2) of each of the `numHeads` heads in `row` by
 /// the angle whose cosine and sine are c and s.
+/// Rotates pair i of every head: elements (i, i + hd/2) (rotate_half), or
+/// (2i, 2i + 1) when interleaved.
 void rotatePair(float *row, int64_t numHeads, int64_t headDim, int64_t i,
-                float c, float s) {
-  int64_t half = headDim / 2;
+                float c, float s, bool interleaved) {
+  int64_t first = interleaved ? 2 * i : i;
+  int64_t second = interleaved ? 2 * i + 1 : i + headDim / 2;
   for (int64_t h = 0; h < numHeads; ++h) {
     float *u = row + h * headDim;
-    float a = u[i], b = u[i + half];
-    u[i] = a * c - b * s;
-    u[i + half] = b * c + a * s;
+    float a = u[first], b = u[second];
+    u[first] = a * c - b * s;
+    u[second] = b * c + a * s;
   }
 }
 
@@ -93,8 +96,8 @@ void prepareToken(float *q, float *k, float *v, const float *qNorm,
                                 static_cast<double>(s.headDim));
     float c = static_cast<float>(std::cos(angle));
     float sn = static_cast<float>(std::sin(angle));
-    rotatePair(q, s.numHeads, s.headDim, i, c, sn);
-    rotatePair(k, s.numKvHeads, s.headDim, i, c, sn);
+    rotatePair(q, s.numHeads, s.headDim, i, c, sn, o.ropeInterleaved);
+    rotatePair(k, s.numKvHeads, s.headDim, i, c, sn, o.ropeInterleaved);
   }
 }
 
@@ -142,7 +145,7 @@ bool moert::cpu::attention(const float *x, const int32_t *positions,
   };
   bool valid = s.numHeads > 0 && s.numKvHeads > 0 &&
                s.numHeads % s.numKvHeads == 0 && hd > 0 && hd % 2 == 0 &&
-               o.ropeTheta > 0.0f &&
+               o.ropeTheta > 0.0f && o.scale >= 0.0f && std::isfinite(o.scale) &&
                (o.norm == QkNorm::None || o.norm == QkNorm::Full ||
                 o.norm == QkNorm::PerHead) &&
                positionsValid(positions, n, s.maxPositions);
@@ -177,7 +180,8 @@ bool moert::cpu::attention(const float *x, const int32_t *positions,
                  kNorm, first + t, s, o);
   });
 
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const float scale =
+      o.scale > 0.0f ? o.scale : 1.0f / std::sqrt(static_cast<float>(hd));
   parallelForWorkers(numItems, numWorkers, [&](int64_t worker, int64_t item) {
     int64_t kvHead = item % s.numKvHeads;
     int64_t token0 = (item / s.numKvHeads) * blockTokens;
@@ -227,13 +231,14 @@ bool moert::cpu::exitTestLmHead(const float *h, const float *norm,
                                 float normEps, const float *lmHead,
                                 int8_t *exits, int64_t numTokens,
                                 int64_t hidden, int64_t vocab,
-                                int32_t criterion, float tau) noexcept {
+                                int32_t criterion, float tau,
+                                bool unitNorm) noexcept {
   std::fill(exits, exits + numTokens, int8_t(0));
   std::unique_ptr<float[]> normed(new (std::nothrow) float[numTokens * hidden]);
   std::unique_ptr<float[]> logits(new (std::nothrow) float[numTokens * vocab]);
   if (!normed || !logits)
     return false;
-  if (norm)
+  if (norm || unitNorm)
     rmsNorm(h, norm, normed.get(), numTokens, hidden, normEps);
   else
     std::copy(h, h + numTokens * hidden, normed.get());
@@ -281,11 +286,11 @@ void _mlir_ciface_moert_exit_test_lm(StridedMemRefType<float, 2> *h,
   int64_t numTokens = h->sizes[0], hidden = h->sizes[1];
   int64_t vocab = lmHead->sizes[0];
   if (lmHead->sizes[1] != hidden || exits->sizes[0] != numTokens ||
-      (hasNorm && norm->sizes[0] != hidden))
+      (hasNorm == 1 && norm->sizes[0] != hidden) || hasNorm < 0 || hasNorm > 2)
     return fill(exits, int8_t(0));
-  exitTestLmHead(dataOf(h), hasNorm ? dataOf(norm) : nullptr, normEps,
+  exitTestLmHead(dataOf(h), hasNorm == 1 ? dataOf(norm) : nullptr, normEps,
                  dataOf(lmHead), dataOf(exits), numTokens, hidden, vocab,
-                 criterion, tau);
+                 criterion, tau, /*unitNorm=*/hasNorm == 2);
 }
 
 void _mlir_ciface_moert_unembed(StridedMemRefType<float, 2> *x,
@@ -307,7 +312,7 @@ void _mlir_ciface_moert_attention(
     StridedMemRefType<float, 2> *kCache, StridedMemRefType<float, 2> *vCache,
     StridedMemRefType<float, 2> *out, int64_t numHeads, int64_t numKvHeads,
     int64_t headDim, float ropeTheta, float clip, int32_t normKind,
-    float normEps) {
+    float normEps, float scale, int32_t ropeInterleaved) {
   AttentionShape s{x->sizes[0], x->sizes[1], numHeads,
                    numKvHeads,  headDim,     kCache->sizes[0]};
   int64_t qWidth = wq->sizes[0], kvWidth = wk->sizes[0];
@@ -336,5 +341,6 @@ void _mlir_ciface_moert_attention(
             dataOf(wo), usesNorms ? dataOf(qNorm) : nullptr,
             usesNorms ? dataOf(kNorm) : nullptr, dataOf(kCache), dataOf(vCache),
             dataOf(out), s,
-            {ropeTheta, clip, static_cast<QkNorm>(normKind), normEps});
+            {ropeTheta, clip, static_cast<QkNorm>(normKind), normEps, scale,
+             ropeInterleaved != 0});
 }

@@ -118,7 +118,7 @@ void moert::cpu::rmsNorm(const float *x, const float *w, float *out,
         detail::dot(xRow, xRow, hidden) / static_cast<float>(hidden);
     float rms = std::sqrt(meanSquare + eps);
     for (int64_t i = 0; i < hidden; ++i)
-      out[t * hidden + i] = xRow[i] / rms * w[i];
+      out[t * hidden + i] = w ? xRow[i] / rms * w[i] : xRow[i] / rms;
   }
 }
 
@@ -192,10 +192,13 @@ void _mlir_ciface_moert_rms_norm(StridedMemRefType<float, 2> *x,
                                  StridedMemRefType<float, 1> *w,
                                  StridedMemRefType<float, 2> *out, float eps) {
   int64_t numTokens = x->sizes[0], hidden = x->sizes[1];
-  if (w->sizes[0] != hidden || out->sizes[0] != numTokens ||
+  // An empty weight is the norm without gain.
+  bool unit = w->sizes[0] == 0;
+  if ((!unit && w->sizes[0] != hidden) || out->sizes[0] != numTokens ||
       out->sizes[1] != hidden)
     return fill(out, kNaN);
-  rmsNorm(dataOf(x), dataOf(w), dataOf(out), numTokens, hidden, eps);
+  rmsNorm(dataOf(x), unit ? nullptr : dataOf(w), dataOf(out), numTokens,
+          hidden, eps);
 }
 
 void _mlir_ciface_moert_route(StridedMemRefType<float, 2> *x,

@@ -30,6 +30,9 @@ struct WeightSpec {
   std::string source;
   moert::DType dtype;
   std::vector<int64_t> shape;
+  /// The manifest's "transpose": the file stores each matrix with its last
+  /// two dimensions swapped (LoopLM's [E, in, out] expert weights).
+  bool transpose = false;
 };
 
 moert_status makeStatus(moert_status_code code, std::string message) {
@@ -153,7 +156,8 @@ llvm::Error parseManifest(llvm::StringRef text, moert_model &model) {
       return fail("a weight lacks source, dtype or shape");
     WeightSpec spec{source->str(),
                     *dtype == "BF16" ? moert::DType::BF16 : moert::DType::F32,
-                    {}};
+                    {},
+                    obj->getBoolean("transpose").value_or(false)};
     for (const llvm::json::Value &d : *shape) {
       std::optional<int64_t> size = d.getAsInteger();
       if (!size || *size < 0)
@@ -212,29 +216,48 @@ loadFusedExperts(const moert::WeightFiles &files, const WeightSpec &spec,
 llvm::Expected<std::vector<float>> loadWeight(const moert::WeightFiles &files,
                                               const WeightSpec &spec,
                                               std::set<std::string> &used) {
-  llvm::ArrayRef<int64_t> shape = spec.shape;
+  llvm::SmallVector<int64_t, 4> shape(spec.shape.begin(), spec.shape.end());
   std::vector<std::string> names;
   size_t pos = spec.source.find("{e}");
   if (pos != std::string::npos) {
     for (int64_t e = 0; e < shape[0]; ++e)
       names.push_back(
           std::string(spec.source).replace(pos, 3, std::to_string(e)));
-    shape = shape.drop_front();
+    shape.erase(shape.begin());
     if (!files.has(names.front()))
       if (auto fused = loadFusedExperts(files, spec, used))
         return std::move(*fused);
   } else {
     names.push_back(spec.source);
   }
+  // A transposed weight is stored [..., cols, rows] for a [..., rows, cols]
+  // weight; each matrix is transposed back after reading.
+  size_t rank = shape.size();
+  if (spec.transpose && rank < 2)
+    return llvm::createStringError("weight '" + spec.source +
+                                   "' is marked transposed but is no matrix");
+  llvm::SmallVector<int64_t, 4> stored = shape;
+  if (spec.transpose)
+    std::swap(stored[rank - 2], stored[rank - 1]);
   std::vector<float> values;
   for (const std::string &name : names) {
-    auto tensor = files.get(name, spec.dtype, shape);
+    auto tensor = files.get(name, spec.dtype, stored);
     if (!tensor)
       return tensor.takeError();
     auto data = moert::readAsF32(*tensor);
     if (!data)
       return data.takeError();
-    values.insert(values.end(), data->begin(), data->end());
+    if (spec.transpose) {
+      int64_t rows = shape[rank - 2], cols = shape[rank - 1];
+      size_t base = values.size();
+      values.resize(base + data->size());
+      for (size_t m = 0; m < data->size(); m += rows * cols)
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < cols; ++c)
+            values[base + m + r * cols + c] = (*data)[m + c * rows + r];
+    } else {
+      values.insert(values.end(), data->begin(), data->end());
+    }
     used.insert(name);
   }
   return values;

@@ -1,7 +1,7 @@
 //===- moe-import.cpp - import a model config.json as moe IR --------------===//
 //
-// Reads a model config.json (moe_stack, mixtral, olmoe, qwen3_moe) and prints
-// the moe dialect module for it.
+// Reads a model config.json (moe_stack, mixtral, olmoe, qwen3_moe, loop-lm)
+// and prints the moe dialect module for it.
 // Diagnostics point into the JSON file (file:line:col) with the offending
 // line quoted; the exit status is 1 on any error, and -o leaves no file then.
 //
@@ -47,7 +47,7 @@ int main(int argc, char **argv) {
       "safetensors tensor and a\n@forward function. Supported model_type "
       "values: moe_stack (its layers run\nin a moe.loop), mixtral, olmoe and "
       "qwen3_moe (tokens and positions to logits,\none KV cache slot per "
-      "layer).\n");
+      "layer), and loop-lm / loop-moe (LoopLM checkpoints).\n");
 
   std::string errorMessage;
   std::unique_ptr<llvm::MemoryBuffer> input =

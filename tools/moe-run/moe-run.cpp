@@ -377,7 +377,7 @@ int main(int argc, char **argv) {
       args.size(), args.data(),
       "moe-run: compile a moe model for the CPU and run it\n\n"
       "MODEL is a .mlir file in the moe dialect or a config.json (moe_stack, "
-      "mixtral,\nolmoe, qwen3_moe). WEIGHTS is a .safetensors file, a "
+      "mixtral,\nolmoe, qwen3_moe, loop-lm). WEIGHTS is a .safetensors file, a "
       "model.safetensors.index.json\nor a directory holding either.\n\n"
       "moe_stack models: inputs hidden_states F32 [T, d]; outputs "
       "hidden_states,\n  exit_loop, expert_ids, expert_gates (the model "

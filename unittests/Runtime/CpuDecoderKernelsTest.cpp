@@ -137,6 +137,8 @@ struct AttentionCase {
   float ropeTheta = 10000.0f, clip;
   int32_t normKind;
   float normEps = 1e-6f;
+  float scale = 0.0f;       ///< 0: 1/sqrt(head_dim)
+  bool interleaved = false; ///< RoPE on pairs (2i, 2i+1), as LoopLM
   std::vector<float> x, wq, wk, wv, wo, qNorm, kNorm, kCache, vCache;
 
   int64_t qWidth() const { return numHeads * headDim; }
@@ -203,7 +205,7 @@ struct AttentionCase {
     _mlir_ciface_moert_attention(&xM, &positionsM, &wqM, &wkM, &wvM, &woM,
                                  &qNormM, &kNormM, &kCacheM, &vCacheM, &outM,
                                  numHeads, numKvHeads, headDim, ropeTheta, clip,
-                                 normKind, normEps);
+                                 normKind, normEps, scale, interleaved);
     return out;
   }
 
@@ -218,7 +220,9 @@ struct AttentionCase {
         x.data(), positions.data(), wq.data(), wk.data(), wv.data(), wo.data(),
         qNorm.data(), kNorm.data(), kCache.data(), vCache.data(), out.data(),
         {numTokens, hidden, numHeads, numKvHeads, headDim, maxPositions},
-        {ropeTheta, clip, static_cast<QkNorm>(normKind), normEps}, numThreads));
+        {ropeTheta, clip, static_cast<QkNorm>(normKind), normEps, scale,
+         interleaved},
+        numThreads));
     return out;
   }
 
@@ -263,9 +267,11 @@ struct AttentionCase {
         for (int64_t i = 0; i < half; ++i) {
           double angle =
               position * std::pow(double(ropeTheta), -2.0 * i / headDim);
-          double a = row[h + i], b = row[h + i + half];
-          row[h + i] = a * std::cos(angle) - b * std::sin(angle);
-          row[h + i + half] = b * std::cos(angle) + a * std::sin(angle);
+          int64_t u = interleaved ? 2 * i : i;
+          int64_t v = interleaved ? 2 * i + 1 : i + half;
+          double a = row[h + u], b = row[h + v];
+          row[h + u] = a * std::cos(angle) - b * std::sin(angle);
+          row[h + v] = b * std::cos(angle) + a * std::sin(angle);
         }
     };
     for (int64_t t = 0; t < numTokens; ++t) {
@@ -302,7 +308,7 @@ struct AttentionCase {
           p[j] = 0.0;
           for (int64_t c = 0; c < headDim; ++c)
             p[j] += qHead[c] * ref.k[j * kvWidth() + g * headDim + c];
-          p[j] /= std::sqrt(double(headDim));
+          p[j] *= scale > 0.0f ? double(scale) : 1.0 / std::sqrt(double(headDim));
           maxScore = std::max(maxScore, p[j]);
         }
         for (int64_t j = 0; j <= t; ++j)
@@ -385,6 +391,21 @@ TEST(CpuDecoderKernels, AttentionChunkedPrefill) {
   AttentionCase::Reference ref = c.reference();
   int64_t first = 0;
   for (int64_t count : {17, 1, 22}) {
+    std::vector<float> out = c.run(first, count);
+    c.expectMatches(ref, out, first, count);
+    first += count;
+  }
+}
+
+TEST(CpuDecoderKernels, AttentionLoopLM) {
+  // LoopLM's muP attention: scores scaled by 1/head_dim, RoPE on interleaved
+  // pairs; prefill, then decode steps through the C interface.
+  AttentionCase c({4, 4, 0, 0.0f}, 20, 32, 8, 24, 53);
+  c.scale = 1.0f / 8.0f;
+  c.interleaved = true;
+  AttentionCase::Reference ref = c.reference();
+  int64_t first = 0;
+  for (int64_t count : {17, 1, 2}) {
     std::vector<float> out = c.run(first, count);
     c.expectMatches(ref, out, first, count);
     first += count;

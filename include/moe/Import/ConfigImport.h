@@ -13,7 +13,7 @@
 
 namespace mlir::moe {
 
-/// "moe_stack, mixtral, olmoe, qwen3_moe", for messages.
+/// "moe_stack, mixtral, olmoe, qwen3_moe, loop-lm (or loop-moe)", for messages.
 StringRef supportedModelTypes();
 
 /// Imports a config of any supported model_type; errors (at the offending
@@ -28,6 +28,13 @@ FailureOr<OwningOpRef<ModuleOp>> importModelConfig(StringRef jsonText,
 FailureOr<OwningOpRef<ModuleOp>> importDecoderConfig(StringRef jsonText,
                                                      StringRef sourceName,
                                                      MLIRContext *ctx);
+
+/// Imports a LoopLM (`loop-lm`, or `loop-moe`) config: head layers, a stack
+/// of layers looped num_stacks times, tail layers, with the checkpoints'
+/// state-dict names (see LoopLMImport.cpp).
+FailureOr<OwningOpRef<ModuleOp>> importLoopLMConfig(StringRef jsonText,
+                                                    StringRef sourceName,
+                                                    MLIRContext *ctx);
 
 } // namespace mlir::moe
 

@@ -35,6 +35,8 @@ struct ModelManifest {
   struct Weight {
     std::string source, dtype;
     SmallVector<int64_t> shape;
+    /// The file stores it with the last two dimensions swapped.
+    bool transpose = false;
   };
   SmallVector<Weight> weights;
 

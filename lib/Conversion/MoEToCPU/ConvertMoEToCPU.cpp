@@ -104,7 +104,15 @@ private:
   /// a one-element stand-in for absent optional weights.
   DenseMap<int64_t, std::pair<Value, Value>> kvCaches;
   int64_t slotsPerPass = 0;
-  Value absentWeightBuffer;
+  /// The caches of attentions outside the loop follow the loop's.
+  int64_t outerCacheBase = 0;
+  Value absentWeightBuffer, unitNormBuffer;
+  /// An empty weight: the kernels' norm without gain.
+  Value unitNormWeight() {
+    if (!unitNormBuffer)
+      unitNormBuffer = allocate(MemRefType::get({0}, builder.getF32Type()));
+    return unitNormBuffer;
+  }
   /// A one-element stand-in for an absent optional weight, allocated on
   /// first use.
   Value absentWeight() {
@@ -356,13 +364,29 @@ LogicalResult ModelLowering::lowerDecoder(func::FuncOp func) {
       MemRefType::get({dyn}, i32), MemRefType::get({dyn}, i32),
       MemRefType::get({dyn, logitsType.getDimSize(1)}, f32),
       MemRefType::get({dyn}, i32)};
+  // Attentions outside the loop (LoopLM's head and tail layers) have one
+  // cache each, after the loop's, in their own slot order.
+  SmallVector<AttentionOp> outer(func.getBody().getOps<AttentionOp>());
+  llvm::sort(outer, [](AttentionOp a, AttentionOp b) {
+    return a.getCacheSlot() < b.getCacheSlot();
+  });
+  for (auto [index, a] : llvm::enumerate(outer))
+    if (a.getCacheSlot() != index)
+      return a.emitError("convert-moe-to-cpu: the attentions outside the "
+                         "loop must number their cache slots 0..")
+             << outer.size() - 1;
+  auto appendCache = [&](AttentionOp a) {
+    int64_t width = a.getNumKvHeads() * a.getHeadDim();
+    inputs.append(2, MemRefType::get({dyn, width}, f32));
+  };
   for (int64_t pass = 0; pass < static_cast<int64_t>(loop.getPasses()); ++pass)
-    for (AttentionOp a : attentions) {
-      int64_t width = a.getNumKvHeads() * a.getHeadDim();
-      inputs.append(2, MemRefType::get({dyn, width}, f32));
-    }
+    for (AttentionOp a : attentions)
+      appendCache(a);
+  for (AttentionOp a : outer)
+    appendCache(a);
   Block *entry = createLoweredFunction(func, inputs);
-  int64_t caches = loop.getPasses() * slotsPerPass;
+  outerCacheBase = loop.getPasses() * slotsPerPass;
+  int64_t caches = outerCacheBase + outer.size();
   for (int64_t slot = 0; slot < caches; ++slot)
     kvCaches[slot] = {entry->getArgument(4 + 2 * slot),
                       entry->getArgument(5 + 2 * slot)};
@@ -420,7 +444,10 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
       .Case([&](RmsNormOp norm) {
         Value in = view(norm.getInput());
         call("moert_rms_norm",
-             {in, weight(norm.getWeightAttr()), define(norm.getResult()),
+             {in,
+              norm.getWeightAttr() ? weight(norm.getWeightAttr())
+                                   : unitNormWeight(),
+              define(norm.getResult()),
               constF32(norm.getEps())});
         return success();
       })
@@ -527,8 +554,10 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
         if (exit.getLmHeadAttr()) {
           bool hasNorm = bool(exit.getLmNormAttr());
           Value norm = hasNorm ? weight(exit.getLmNormAttr()) : absentWeight();
+          // 1: the lm_norm weight, 2: a norm without gain, 0: none.
+          int64_t normKind = hasNorm ? 1 : exit.getLmNormUnit() ? 2 : 0;
           call("moert_exit_test_lm",
-               {h, norm, constI32(hasNorm), constF32(exit.getLmNormEps()),
+               {h, norm, constI32(normKind), constF32(exit.getLmNormEps()),
                 weight(exit.getLmHeadAttr()), define(exit.getExits()),
                 criterion, constF32(exit.getThreshold())});
           return success();
@@ -552,8 +581,11 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
         return success();
       })
       .Case([&](AttentionOp attention) -> LogicalResult {
-        int64_t slot = attention.getCacheSlot() +
-                       staticPassIndex.value_or(0) * slotsPerPass;
+        int64_t slot =
+            attention->getParentOfType<LoopOp>()
+                ? attention.getCacheSlot() +
+                      staticPassIndex.value_or(0) * slotsPerPass
+                : outerCacheBase + attention.getCacheSlot();
         auto cache = kvCaches.find(slot);
         if (cache == kvCaches.end())
           return attention.emitError("convert-moe-to-cpu: no KV cache for "
@@ -589,7 +621,9 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
               constI64(attention.getNumKvHeads()),
               constI64(attention.getHeadDim()),
               constF32(attention.getRopeTheta()), constF32(APFloat(clip)),
-              constI32(normKind), constF32(attention.getNormEps())});
+              constI32(normKind), constF32(attention.getNormEps()),
+              constF32(attention.getScale().value_or(APFloat(0.0f))),
+              constI32(attention.getRopeInterleaved())});
         return success();
       })
       .Default([&](Operation *other) {

@@ -49,17 +49,21 @@ struct AttentionOptions {
   float clip; ///< q, k and v are clamped to [-clip, clip] if clip > 0
   QkNorm norm;
   float normEps;
+  float scale = 0.0f;           ///< score scale; 0 means 1/sqrt(hd)
+  bool ropeInterleaved = false; ///< rotate pairs (2i, 2i+1), as LoopLM does
 };
 
 /// Causal self-attention of n tokens of one sequence at the consecutive
 /// positions positions[0] .. positions[0] + n - 1:
 ///  - q = x wq^T [n, H*hd], k = x wk^T, v = x wv^T [n, KV*hd], clamped, with
-///    q and k normalised as `norm` says and rotated by RoPE (non-interleaved,
+///    q and k normalised as `norm` says and rotated by RoPE (pair i is
+///    elements (i, i + hd/2), or (2i, 2i+1) with ropeInterleaved;
 ///    inv_freq[i] = theta^(-2i/hd));
 ///  - the k and v rows are stored into kCache and vCache [maxPositions, KV*hd]
 ///    at their positions;
 ///  - head h of the token at position p attends to cache positions 0..p of kv
-///    head h / (H/KV) with softmax(q.k / sqrt(hd));
+///    head h / (H/KV) with softmax(q.k * scale), scale 1/sqrt(hd) unless
+///    options.scale > 0;
 ///  - out [n, d] = the heads' outputs [n, H*hd] @ wo^T, wo [d, H*hd].
 /// Cache rows below positions[0] must hold the sequence's earlier tokens.
 /// Fails, with NaN in `out` and the caches untouched, if the positions are not
@@ -74,14 +78,15 @@ bool attention(const float *x, const int32_t *positions, const float *wq,
 
 /// Looped decoders' exit test on the next-token distribution: for each of
 /// `numTokens` rows of h [n, d], p = softmax(rmsnorm(h, norm) @ lmHead^T)
-/// (no norm when `norm` is null); exits[t] = 1 when max p >= tau
+/// (no norm when `norm` is null, a norm without gain when unitNorm too);
+/// exits[t] = 1 when max p >= tau
 /// (criterion 2, max_prob) or the entropy of p in nats <= tau (criterion 3).
 /// A non-finite distribution never exits. Fails (no exits) if scratch memory
 /// is short.
 bool exitTestLmHead(const float *h, const float *norm, float normEps,
                     const float *lmHead, int8_t *exits, int64_t numTokens,
                     int64_t hidden, int64_t vocab, int32_t criterion,
-                    float tau) noexcept;
+                    float tau, bool unitNorm = false) noexcept;
 
 } // namespace moert::cpu
 
@@ -103,8 +108,9 @@ void _mlir_ciface_moert_attention(
     StridedMemRefType<float, 2> *kCache, StridedMemRefType<float, 2> *vCache,
     StridedMemRefType<float, 2> *out, int64_t numHeads, int64_t numKvHeads,
     int64_t headDim, float ropeTheta, float clip, int32_t normKind,
-    float normEps);
-/// exitTestLmHead; `norm` is ignored unless hasNorm.
+    float normEps, float scale, int32_t ropeInterleaved);
+/// exitTestLmHead; `norm` is used when hasNorm is 1, a norm without gain is
+/// applied when it is 2, none when 0.
 void _mlir_ciface_moert_exit_test_lm(StridedMemRefType<float, 2> *h,
                                      StridedMemRefType<float, 1> *norm,
                                      int32_t hasNorm, float normEps,

@@ -55,6 +55,8 @@ void gemmABt(const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
              unsigned numThreads = 0) noexcept;
 
 /// out[t,:] = x[t,:] / sqrt(mean(x[t,:]^2) + eps) * w[:]; x, out are [T, d].
+/// A null w is a norm without gain (w = 1); so is an empty w in the C
+/// interface.
 void rmsNorm(const float *x, const float *w, float *out, int64_t numTokens,
              int64_t hidden, float eps) noexcept;
 

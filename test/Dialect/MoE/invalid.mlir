@@ -1401,3 +1401,78 @@
     "func.return"() : () -> ()
   }) : () -> ()
 }) : () -> ()
+
+// -----
+
+// A transposed weight must be a matrix (after the '{e}' dimension).
+"builtin.module"() ({
+  // expected-error @+1 {{'moe.weight' op transposed swaps the last two dimensions of the stored tensor, so it needs a matrix (rank >= 2, after the '{e}' dimension)}}
+  "moe.weight"() <{sym_name = "w", type = tensor<4x16xf32>, source = "experts.{e}.norm", transposed}> : () -> ()
+}) : () -> ()
+
+// -----
+
+// The attention scale is positive.
+"builtin.module"() ({
+  "moe.weight"() <{sym_name = "wq", type = tensor<16x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "wkv", type = tensor<8x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "wo", type = tensor<16x16xf32>}> : () -> ()
+  "func.func"() <{function_type = (tensor<8x16xf32>, tensor<8xi32>) -> (), sym_name = "f"}> ({
+  ^bb0(%h: tensor<8x16xf32>, %p: tensor<8xi32>):
+    // expected-error @+1 {{'moe.attention' op scale must be positive and finite}}
+    %a = "moe.attention"(%h, %p) <{head_dim = 4 : i64, k_proj = @wkv, num_heads = 4 : i64, num_kv_heads = 2 : i64, o_proj = @wo, q_proj = @wq, v_proj = @wkv, scale = 0.0 : f32, rope_interleaved}> : (tensor<8x16xf32>, tensor<8xi32>) -> tensor<8x16xf32>
+    "func.return"() : () -> ()
+  }) : () -> ()
+}) : () -> ()
+
+// -----
+
+// Attentions outside a loop (LoopLM head and tail layers) need distinct slots.
+"builtin.module"() ({
+  "moe.weight"() <{sym_name = "wq", type = tensor<16x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "wkv", type = tensor<8x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "wo", type = tensor<16x16xf32>}> : () -> ()
+  "func.func"() <{function_type = (tensor<8x16xf32>, tensor<8xi32>) -> (), sym_name = "f"}> ({
+  ^bb0(%h: tensor<8x16xf32>, %p: tensor<8xi32>):
+    // expected-error @+1 {{'moe.attention' op cache_slot = 1 is also used by another attention outside the loop; each needs its own KV cache slot}}
+    %a = "moe.attention"(%h, %p) <{head_dim = 4 : i64, k_proj = @wkv, num_heads = 4 : i64, num_kv_heads = 2 : i64, o_proj = @wo, q_proj = @wq, v_proj = @wkv, cache_slot = 1 : i64}> : (tensor<8x16xf32>, tensor<8xi32>) -> tensor<8x16xf32>
+    %b = "moe.attention"(%a, %p) <{head_dim = 4 : i64, k_proj = @wkv, num_heads = 4 : i64, num_kv_heads = 2 : i64, o_proj = @wo, q_proj = @wq, v_proj = @wkv, cache_slot = 1 : i64}> : (tensor<8x16xf32>, tensor<8xi32>) -> tensor<8x16xf32>
+    "func.return"() : () -> ()
+  }) : () -> ()
+}) : () -> ()
+
+// -----
+
+// A gain-less LM-head norm excludes an lm_norm weight.
+"builtin.module"() ({
+  "moe.weight"() <{sym_name = "norm", type = tensor<16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "head", type = tensor<100x16xf32>}> : () -> ()
+  "func.func"() <{function_type = (tensor<8x16xf32>) -> (), sym_name = "f"}> ({
+  ^bb0(%h: tensor<8x16xf32>):
+    %r:2 = "moe.loop"(%h) <{passes = 3 : i64}> ({
+    ^bb0(%h0: tensor<8x16xf32>):
+      %h1 = "moe.rms_norm"(%h0) : (tensor<8x16xf32>) -> tensor<8x16xf32>
+      // expected-error @+1 {{'moe.exit' op lm_norm_unit (a norm without gain) and an lm_norm weight exclude each other}}
+      %m = "moe.exit"(%h1, %h0) <{criterion = #moe<criterion max_prob>, threshold = 0.5 : f32, lm_head = @head, lm_norm = @norm, lm_norm_unit}> : (tensor<8x16xf32>, tensor<8x16xf32>) -> tensor<8xi1>
+      "moe.yield"(%h1, %m) : (tensor<8x16xf32>, tensor<8xi1>) -> ()
+    }) : (tensor<8x16xf32>) -> (tensor<8x16xf32>, tensor<8xi32>)
+    "func.return"() : () -> ()
+  }) : () -> ()
+}) : () -> ()
+
+// -----
+
+// lm_norm_unit belongs to the LM-head criteria.
+"builtin.module"() ({
+  "func.func"() <{function_type = (tensor<8x16xf32>) -> (), sym_name = "f"}> ({
+  ^bb0(%h: tensor<8x16xf32>):
+    %r:2 = "moe.loop"(%h) <{passes = 3 : i64}> ({
+    ^bb0(%h0: tensor<8x16xf32>):
+      %h1 = "moe.rms_norm"(%h0) : (tensor<8x16xf32>) -> tensor<8x16xf32>
+      // expected-error @+1 {{'moe.exit' op lm_norm belongs to the LM-head criteria (max_prob, entropy)}}
+      %m = "moe.exit"(%h1, %h0) <{criterion = #moe<criterion cosine>, threshold = 0.9 : f32, lm_norm_unit}> : (tensor<8x16xf32>, tensor<8x16xf32>) -> tensor<8xi1>
+      "moe.yield"(%h1, %m) : (tensor<8x16xf32>, tensor<8xi1>) -> ()
+    }) : (tensor<8x16xf32>) -> (tensor<8x16xf32>, tensor<8xi32>)
+    "func.return"() : () -> ()
+  }) : () -> ()
+}) : () -> ()

@@ -20,6 +20,9 @@ moe.weight @wk : tensor<8x16xf32>
 moe.weight @wv : tensor<8x16xf32>
 moe.weight @wo : tensor<16x16xf32>
 moe.weight @qn : tensor<4xf32>
+// LoopLM stores expert weights [E, in, out]: bound transposed.
+// CHECK: moe.weight @w1 : tensor<4x32x16xf32> source "model.stack.layers.0.experts_w1" transposed{{$}}
+moe.weight @w1 : tensor<4x32x16xf32> source "model.stack.layers.0.experts_w1" transposed
 
 // CHECK-LABEL: func.func @layer
 func.func @layer(%h: tensor<?x16xf32>) -> tensor<?x16xf32> {
@@ -83,6 +86,18 @@ func.func @lm_exit(%x: tensor<4x16xf32>) -> tensor<4x16xf32> {
   return %h : tensor<4x16xf32>
 }
 
+// CHECK-LABEL: func.func @lm_exit_unit_norm
+func.func @lm_exit_unit_norm(%x: tensor<4x16xf32>) -> tensor<4x16xf32> {
+  %h, %exit = moe.loop %x passes = 2 mode = unroll : tensor<4x16xf32> -> tensor<4xi32> {
+  ^bb0(%h0: tensor<4x16xf32>):
+    %h1 = moe.rms_norm %h0 : tensor<4x16xf32>
+    // CHECK: moe.exit {{.*}} criterion = max_prob threshold = 5.000000e-01 lm_head @lm_head lm_norm_unit lm_norm_eps = 9.99999974E-6 : tensor<4x16xf32> -> tensor<4xi1>
+    %m = moe.exit %h1, %h0 criterion = max_prob threshold = 0.5 lm_head @lm_head lm_norm_unit lm_norm_eps = 1.0e-5 : tensor<4x16xf32> -> tensor<4xi1>
+    moe.yield %h1, %m : tensor<4x16xf32>, tensor<4xi1>
+  }
+  return %h : tensor<4x16xf32>
+}
+
 // CHECK-LABEL: func.func @decoder
 func.func @decoder(%tokens: tensor<?xi32>, %pos: tensor<?xi32>) -> tensor<?x100xf32> {
   // CHECK: %[[E:.*]] = moe.embed %{{.*}}, @embed : tensor<?xi32> -> tensor<?x16xf32>
@@ -91,8 +106,13 @@ func.func @decoder(%tokens: tensor<?xi32>, %pos: tensor<?xi32>) -> tensor<?x100x
   %a = moe.attention %e, %pos q @wq k @wk v @wv o @wo heads = 4 kv_heads = 2 head_dim = 4 rope_theta = 1.0e6 causal q_norm @qn k_norm @qn clip_qkv = 8.0 cache_slot = 3 : tensor<?x16xf32>, tensor<?xi32>
   // CHECK: moe.attention {{.*}} heads = 4 kv_heads = 4 head_dim = 4 : tensor<?x16xf32>, tensor<?xi32>
   %b = moe.attention %a, %pos q @wq k @wq v @wq o @wo heads = 4 kv_heads = 4 head_dim = 4 : tensor<?x16xf32>, tensor<?xi32>
+  // LoopLM: gain-less norms, interleaved RoPE, scores scaled by 1/head_dim.
+  // CHECK: %[[N:.*]] = moe.rms_norm %{{.*}} eps = 9.99999974E-6 : tensor<?x16xf32>
+  %n = moe.rms_norm %b eps = 1.0e-5 : tensor<?x16xf32>
+  // CHECK: moe.attention %[[N]], %{{.*}} head_dim = 4 rope_interleaved scale = 2.500000e-01 causal cache_slot = 1 : tensor<?x16xf32>, tensor<?xi32>
+  %c = moe.attention %n, %pos q @wq k @wq v @wq o @wo heads = 4 kv_heads = 4 head_dim = 4 rope_interleaved scale = 0.25 causal cache_slot = 1 : tensor<?x16xf32>, tensor<?xi32>
   // CHECK: moe.unembed %{{.*}}, @lm_head : tensor<?x16xf32> -> tensor<?x100xf32>
-  %l = moe.unembed %b, @lm_head : tensor<?x16xf32> -> tensor<?x100xf32>
+  %l = moe.unembed %c, @lm_head : tensor<?x16xf32> -> tensor<?x100xf32>
   return %l : tensor<?x100xf32>
 }
 

@@ -11,6 +11,8 @@
 #include "llvm/ADT/STLExtras.h"
 #include "llvm/Support/Format.h"
 
+#include <cmath>
+
 using namespace mlir;
 using namespace mlir::moe;
 
@@ -103,6 +105,12 @@ LogicalResult WeightOp::verify() {
   if (source && source->contains("{e}") && getTensorType().getRank() < 2)
     return emitOpError("source with '{e}' stacks experts along the first "
                        "dimension, so the weight needs rank >= 2");
+  int64_t matrixRank = getTensorType().getRank() -
+                       (source && source->contains("{e}") ? 1 : 0);
+  if (getTransposed() && matrixRank < 2)
+    return emitOpError("transposed swaps the last two dimensions of the "
+                       "stored tensor, so it needs a matrix (rank >= 2, "
+                       "after the '{e}' dimension)");
   return success();
 }
 
@@ -117,6 +125,8 @@ LogicalResult RmsNormOp::verify() {
 }
 
 LogicalResult RmsNormOp::verifySymbolUses(SymbolTableCollection &tables) {
+  if (!getWeightAttr())
+    return success();
   return verifyWeightUse(*this, tables, getWeightAttr(), "norm weight",
                          {hiddenSize(getInput())}, "[hidden]");
 }
@@ -348,9 +358,12 @@ LogicalResult ExitOp::verify() {
   }
   bool needsHead = getCriterion() == ExitCriterion::max_prob ||
                    getCriterion() == ExitCriterion::entropy;
-  if (getLmNormAttr() && !needsHead)
+  if ((getLmNormAttr() || getLmNormUnit()) && !needsHead)
     return emitOpError("lm_norm belongs to the LM-head criteria (max_prob, "
                        "entropy)");
+  if (getLmNormAttr() && getLmNormUnit())
+    return emitOpError("lm_norm_unit (a norm without gain) and an lm_norm "
+                       "weight exclude each other");
   if (needsHead != bool(getLmHeadAttr()))
     return emitOpError() << "criterion "
                          << stringifyExitCriterion(getCriterion())
@@ -417,6 +430,19 @@ LogicalResult AttentionOp::verify() {
     return emitOpError("clip_qkv must be positive");
   if (!(getRopeTheta().convertToDouble() > 0.0))
     return emitOpError("rope_theta must be positive");
+  if (getScale() && !(getScale()->convertToDouble() > 0.0 &&
+                      std::isfinite(getScale()->convertToDouble())))
+    return emitOpError("scale must be positive and finite");
+  // Outside a loop, each attention of the function has a cache of its own.
+  if (!(*this)->getParentOfType<LoopOp>())
+    for (Operation &other : *(*this)->getBlock()) {
+      auto sibling = dyn_cast<AttentionOp>(&other);
+      if (sibling && sibling != *this &&
+          sibling.getCacheSlot() == getCacheSlot())
+        return emitOpError() << "cache_slot = " << getCacheSlot()
+                             << " is also used by another attention outside "
+                                "the loop; each needs its own KV cache slot";
+    }
   if (!dimsAgree(cast<RankedTensorType>(getPositions().getType()).getDimSize(0),
                  tokens(getInput())))
     return emitOpError("positions must have one entry per token");

@@ -33,7 +33,10 @@ def MoE_WeightOp : MoE_Op<"weight", [Symbol]> {
     one symbol share the parameter (a PathMoE router shared by a block, or the
     weights of a looped block shared by every pass). `source` is the tensor's
     name in the safetensors file; a `{e}` in it stacks the tensors of experts
-    `e = 0 .. N-1` along the first dimension.
+    `e = 0 .. N-1` along the first dimension. `transposed` says the file
+    stores the tensor (each expert's, with `{e}`) with its last two dimensions
+    swapped, as LoopLM's `in x out` expert weights are: the loader transposes
+    it back to `type`.
 
     ```mlir
     moe.weight @router0 : tensor<8x64xf32> source "model.layers.0.mlp.gate.weight"
@@ -43,8 +46,12 @@ def MoE_WeightOp : MoE_Op<"weight", [Symbol]> {
   }];
   let arguments = (ins SymbolNameAttr:$sym_name,
                        TypeAttrOf<MoE_WeightTensor>:$type,
-                       OptionalAttr<StrAttr>:$source);
-  let assemblyFormat = "$sym_name `:` $type (`source` $source^)? attr-dict";
+                       OptionalAttr<StrAttr>:$source,
+                       UnitAttr:$transposed);
+  let assemblyFormat = [{
+    $sym_name `:` $type (`source` $source^)? (`transposed` $transposed^)?
+    attr-dict
+  }];
   let extraClassDeclaration = [{
     ::mlir::RankedTensorType getTensorType() {
       return ::llvm::cast<::mlir::RankedTensorType>(getType());
@@ -59,16 +66,18 @@ def MoE_WeightOp : MoE_Op<"weight", [Symbol]> {
 
 def MoE_RmsNormOp : MoE_SymbolUserOp<"rms_norm",
     [Pure, AllTypesMatch<["input", "result"]>]> {
-  let summary = "RMS normalisation with a learned scale";
+  let summary = "RMS normalisation, with a learned scale or without one";
   let description = [{
     `result = input / sqrt(mean(input^2) + eps) * weight` per token; the weight
-    symbol has shape [hidden].
+    symbol has shape [hidden]. Without `weight` the scale is 1 (LoopLM's
+    muP norms have no gain).
   }];
-  let arguments = (ins MoE_Hidden:$input, FlatSymbolRefAttr:$weight,
+  let arguments = (ins MoE_Hidden:$input,
+                       OptionalAttr<FlatSymbolRefAttr>:$weight,
                        DefaultValuedAttr<F32Attr, "1.0e-6">:$eps);
   let results = (outs MoE_Hidden:$result);
   let assemblyFormat = [{
-    $input `,` $weight (`eps` `=` $eps^)? attr-dict `:` type($input)
+    $input (`,` $weight^)? (`eps` `=` $eps^)? attr-dict `:` type($input)
   }];
   let hasVerifier = 1;
 }
@@ -182,8 +191,9 @@ def MoE_ExitOp : MoE_SymbolUserOp<"exit", [
     - `relative_l2`: |hidden - previous| / |hidden| <= threshold
     - `max_prob` / `entropy`: on the next-token distribution
       `softmax(rms_norm(hidden, lm_norm) @ lm_head^T)` (without `lm_norm`,
-      of `hidden` itself): max >= threshold / entropy (nats) <= threshold;
-      these need `lm_head`.
+      of `hidden` itself; with `lm_norm_unit`, of the gain-less RMS norm of
+      `hidden`): max >= threshold / entropy (nats) <= threshold; these need
+      `lm_head`.
 
     The result may only be yielded, which is what keeps exits at loop
     boundaries.
@@ -193,12 +203,14 @@ def MoE_ExitOp : MoE_SymbolUserOp<"exit", [
       DefaultValuedAttr<I64Attr, "1">:$min_passes,
       OptionalAttr<FlatSymbolRefAttr>:$lm_head,
       OptionalAttr<FlatSymbolRefAttr>:$lm_norm,
-      DefaultValuedAttr<F32Attr, "1.0e-6">:$lm_norm_eps);
+      DefaultValuedAttr<F32Attr, "1.0e-6">:$lm_norm_eps,
+      UnitAttr:$lm_norm_unit);
   let results = (outs MoE_TokenMask:$exits);
   let assemblyFormat = [{
     $hidden `,` $previous `criterion` `=` `` $criterion
     `threshold` `=` $threshold (`min_passes` `=` $min_passes^)?
     (`lm_head` $lm_head^)? (`lm_norm` $lm_norm^)?
+    (`lm_norm_unit` $lm_norm_unit^)?
     (`lm_norm_eps` `=` $lm_norm_eps^)? attr-dict
     `:` type($hidden) `->` type($exits)
   }];
@@ -243,15 +255,20 @@ def MoE_AttentionOp : MoE_SymbolUserOp<"attention",
   let summary = "multi-head attention with GQA, RoPE and a KV cache";
   let description = [{
     Grouped-query attention over the tokens of one sequence at `positions`,
-    with rotary embeddings (`rope_theta`, Hugging Face rotate_half layout), an
+    with rotary embeddings (`rope_theta`; Hugging Face rotate_half layout, or
+    with `rope_interleaved` the pairs (2i, 2i+1) as LoopLM rotates them), an
     optional causal mask, optional RMS norms of queries and keys (`q_norm`,
     `k_norm` with `norm_eps`: per head over [head_dim] as in Qwen3, or over
     the full projection width as in OLMoE) and optional clipping of q, k, v
     to `clip_qkv` (after the q/k norms, as OLMoE does). `q_proj` is
     [heads * head_dim, hidden], `k_proj` and `v_proj` are
     [kv_heads * head_dim, hidden], `o_proj` is [hidden, heads * head_dim].
-    Keys and values are appended to KV cache slot `cache_slot` (one slot per
-    layer and loop pass).
+    Scores are scaled by `scale` (default 1/sqrt(head_dim); LoopLM's muP
+    attention uses 1/head_dim).
+    Keys and values are appended to KV cache slot `cache_slot`: inside the
+    decoder's moe.loop one slot per layer and pass (the body's slots are
+    0..N-1); outside it (LoopLM's head and tail layers) the attentions of the
+    function number their own slots 0..M-1, whose caches follow the loop's.
   }];
   let arguments = (ins MoE_Hidden:$input, MoE_TokenIds:$positions,
       FlatSymbolRefAttr:$q_proj, FlatSymbolRefAttr:$k_proj,
@@ -263,12 +280,15 @@ def MoE_AttentionOp : MoE_SymbolUserOp<"attention",
       OptionalAttr<FlatSymbolRefAttr>:$k_norm,
       OptionalAttr<F32Attr>:$clip_qkv,
       DefaultValuedAttr<I64Attr, "0">:$cache_slot,
-      DefaultValuedAttr<F32Attr, "1.0e-6">:$norm_eps);
+      DefaultValuedAttr<F32Attr, "1.0e-6">:$norm_eps,
+      OptionalAttr<F32Attr>:$scale,
+      UnitAttr:$rope_interleaved);
   let results = (outs MoE_Hidden:$result);
   let assemblyFormat = [{
     $input `,` $positions `q` $q_proj `k` $k_proj `v` $v_proj `o` $o_proj
     `heads` `=` $num_heads `kv_heads` `=` $num_kv_heads
     `head_dim` `=` $head_dim (`rope_theta` `=` $rope_theta^)?
+    (`rope_interleaved` $rope_interleaved^)? (`scale` `=` $scale^)?
     (`causal` $causal^)? (`q_norm` $q_norm^)? (`k_norm` $k_norm^)?
     (`clip_qkv` `=` $clip_qkv^)? (`cache_slot` `=` $cache_slot^)?
     (`norm_eps` `=` $norm_eps^)? attr-dict
