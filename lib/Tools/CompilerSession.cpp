@@ -13,7 +13,10 @@
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
+#include "llvm/Support/FileSystem.h"
 #include "llvm/Support/TargetSelect.h"
+
+#include <cstdlib>
 
 using namespace mlir;
 
@@ -80,11 +83,24 @@ LogicalResult moe::CompilerSession::lowerForCPU(ModuleOp module) {
 LogicalResult
 moe::CompilerSession::lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
                                    SmallVectorImpl<KernelResources> *report) {
+  // The kernels link the toolkit's libdevice (expf, sqrtf, ...): check for
+  // it up front, with a message that says which option to fix.
+  std::string toolkit = cudaToolkit;
+  if (toolkit.empty()) {
+    const char *home = std::getenv("CUDA_HOME");
+    toolkit = home && *home ? home : "/usr/local/cuda";
+  }
+  std::string libdevice = toolkit + "/nvvm/libdevice/libdevice.10.bc";
+  if (!llvm::sys::fs::is_regular_file(libdevice))
+    return module.emitError("no CUDA toolkit at '")
+           << toolkit << "' (" << libdevice
+           << " is missing): install the toolkit, or point --cuda-toolkit or "
+              "CUDA_HOME at it";
   PassManager pm(&context);
   MoECUDAPipelineOptions options;
   options.optLevel = optLevel;
   options.chips = SmallVector<std::string>(chips);
-  options.toolkit = cudaToolkit;
+  options.toolkit = toolkit;
   buildMoECUDAPipeline(pm, options);
   if (failed(pm.run(module)))
     return failure();

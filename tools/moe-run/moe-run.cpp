@@ -1,11 +1,12 @@
-//===- moe-run.cpp - compile a moe model for the CPU and run it -----------===//
+//===- moe-run.cpp - compile a moe model and run it (CPU or CUDA) ---------===//
 //
 // moe-run MODEL --weights W.safetensors --inputs X.safetensors
 //         --outputs Y.safetensors [--device cpu] [--stats]
 //
 // MODEL is a .mlir file in the moe dialect or a moe_stack config.json
-// (imported on the fly). The model is lowered with moe-cpu-pipeline and
-// JIT-compiled; its kernels come from the runtime linked into this tool.
+// (imported on the fly). The model is lowered with moe-cpu-pipeline (or
+// moe-cuda-pipeline for --device cuda) and JIT-compiled; its CPU kernels and
+// the CUDA backend come from the runtime linked into this tool.
 //
 //===----------------------------------------------------------------------===//
 #include "RunStats.h"
@@ -60,10 +61,11 @@ static cl::opt<unsigned>
     repeat("repeat", cl::init(1), cl::value_desc("N"), cl::cat(runCategory),
            cl::desc("Run the model N times and print the median and minimum "
                     "run time (for benchmarks)"));
-static cl::opt<std::string> device("device", cl::init("cpu"),
-                                   cl::value_desc("cpu|cuda"),
-                                   cl::cat(runCategory),
-                                   cl::desc("Device to run on (default cpu)"));
+static cl::opt<std::string>
+    device("device", cl::init("cpu"), cl::value_desc("cpu|cuda"),
+           cl::cat(runCategory),
+           cl::desc("Device to run on (default cpu); cuda compiles the "
+                    "kernels for sm_90a and sm_80 and runs on the first GPU"));
 static cl::opt<bool> gpuEmulation(
     "gpu-emulation", cl::cat(runCategory),
     cl::desc("Compile through the CUDA kernels (convert-moe-to-gpu) but run "
@@ -375,7 +377,8 @@ int main(int argc, char **argv) {
   cl::HideUnrelatedOptions({&runCategory, &moe::getCompilerOptionsCategory()});
   cl::ParseCommandLineOptions(
       args.size(), args.data(),
-      "moe-run: compile a moe model for the CPU and run it\n\n"
+      "moe-run: compile a moe model and run it on the CPU (default) or an "
+      "NVIDIA GPU\n(--device cuda; moe_stack models)\n\n"
       "MODEL is a .mlir file in the moe dialect or a config.json (moe_stack, "
       "mixtral,\nolmoe, qwen3_moe, loop-lm). WEIGHTS is a .safetensors file, a "
       "model.safetensors.index.json\nor a directory holding either.\n\n"

@@ -432,6 +432,8 @@ LogicalResult GPUProgram::rewriteKernelCall(func::CallOp call,
       return failure();
     keyOs << eps;
     int64_t d = shapeOf(a[0])[1];
+    // An empty weight is a norm without gain (LoopLM).
+    bool gain = shapeOf(a[1])[0] != 0;
     auto fn = kernel("rms_norm", key, {a[0], a[1], a[2]},
                      [&](KernelBody &k, Value t, ValueRange args) {
                        Value x = args[0], w = args[1], out = args[2];
@@ -442,7 +444,9 @@ LogicalResult GPUProgram::rewriteKernelCall(func::CallOp call,
                                        k.f32(eps)));
                        k.forEach(k.index(0), n, [&](Value i) {
                          Value v = k.fdiv(k.load(x, {t, i}), rms);
-                         k.store(k.fmul(v, k.load(w, {i})), out, {t, i});
+                         if (gain)
+                           v = k.fmul(v, k.load(w, {i}));
+                         k.store(v, out, {t, i});
                        });
                      });
     launch(fn, hostDim(a[0], 0), {a[0], a[1], a[2]});
