@@ -275,12 +275,41 @@ std::string DeviceModel::functionName(CUfunction function) {
   return "?";
 }
 
-llvm::Error DeviceModel::run(llvm::MutableArrayRef<Buffer> buffers,
-                             llvm::function_ref<void()> entry) {
+llvm::Expected<void *> DeviceModel::allocatePersistent(size_t bytes,
+                                                       const llvm::Twine &what) {
+  if (bytes == 0)
+    return nullptr;
   const Driver &drv = dev.driver();
   CurrentContext current(dev);
   if (!current.problem().empty())
-    return failure("moert_model_run on cuda: " + current.problem());
+    return failure("cannot allocate " + what + " on " + dev.describe() + ": " +
+                   current.problem());
+  CUdeviceptr p = 0;
+  if (CUresult r = drv.cuMemAlloc(&p, bytes))
+    return failure("cannot allocate " + what + " on " + dev.describe() + ": " +
+                   drv.failure("cuMemAlloc of " + std::to_string(bytes) +
+                                   " bytes",
+                               r));
+  return hostView(p);
+}
+
+void DeviceModel::freePersistent(llvm::ArrayRef<void *> pointers) {
+  const Driver &drv = dev.driver();
+  CurrentContext current(dev);
+  if (!current.problem().empty())
+    return; // nothing can be freed without the context
+  for (void *p : pointers)
+    if (p)
+      drv.cuMemFree(devicePointer(p));
+}
+
+llvm::Error DeviceModel::run(llvm::MutableArrayRef<Buffer> buffers,
+                             llvm::function_ref<void()> entry,
+                             llvm::StringRef caller) {
+  const Driver &drv = dev.driver();
+  CurrentContext current(dev);
+  if (!current.problem().empty())
+    return failure(caller + " on cuda: " + current.problem());
   LaunchScope scope{*this, dev.stream(), {}, {}};
   CUstream stream = scope.stream;
   // The first failure; later steps still synchronise and free.
@@ -328,8 +357,7 @@ llvm::Error DeviceModel::run(llvm::MutableArrayRef<Buffer> buffers,
       b.device = nullptr;
     }
   if (!error.empty())
-    return failure("moert_model_run on cuda (" + dev.describe() +
-                   "): " + error);
+    return failure(caller + " on cuda (" + dev.describe() + "): " + error);
   return llvm::Error::success();
 }
 

@@ -4,8 +4,9 @@
 // MLIR's GPU runtime ABI (mgpuLaunchKernel, mgpuMemAlloc, ...), which libmoert
 // defines in CudaBackend.cpp on the driver API. Those calls act in a
 // thread-local launch scope that DeviceModel::run sets around the entry
-// point: the model's module, the stream to launch on, and the first CUDA
-// error, which the run then returns as its status.
+// point (for moert_model_run and moert_session_forward alike): the model's
+// module, the stream to launch on, and the first CUDA error, which the run
+// then returns as its status.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_CUDABACKEND_H
@@ -103,9 +104,20 @@ public:
   };
   /// Allocates `buffers` on the device, copies the inputs in, calls `entry`
   /// in a launch scope on the device's stream, synchronises, copies the
-  /// outputs back and frees the buffers. The error names the failing call.
+  /// outputs back and frees the buffers. The error names the failing call,
+  /// after "<caller> on cuda (<device>): ".
   llvm::Error run(llvm::MutableArrayRef<Buffer> buffers,
-                  llvm::function_ref<void()> entry);
+                  llvm::function_ref<void()> entry,
+                  llvm::StringRef caller = "moert_model_run");
+
+  /// Device memory that outlives runs (a session's KV caches): cuMemAlloc
+  /// with the context current, left uninitialised; null for 0 bytes. The
+  /// error names `what`, the call and the CUDA error.
+  llvm::Expected<void *> allocatePersistent(size_t bytes,
+                                            const llvm::Twine &what);
+  /// Frees memory from allocatePersistent (null entries are skipped) with
+  /// the context current. The caller has synchronised the runs using it.
+  void freePersistent(llvm::ArrayRef<void *> pointers);
 
   /// The function `name` of the module (cached); null with `error` set.
   CUfunction function(const char *name, std::string &error);

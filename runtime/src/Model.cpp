@@ -75,12 +75,21 @@ struct moert_model {
 };
 
 struct moert_session {
+  explicit moert_session(moert_model *model) : model(model) {}
+  ~moert_session() {
+    if (model->cuda)
+      model->cuda->freePersistent(caches);
+  }
+  moert_session(const moert_session &) = delete;
+  moert_session &operator=(const moert_session &) = delete;
+
   moert_model *model;
   int64_t position = 0;
-  /// K and V of every cache slot, [max_positions, width] each. Left
-  /// uninitialised: attention reads only positions it has written, so pages
-  /// past the sequence are never touched.
-  std::vector<std::unique_ptr<float[]>> caches;
+  /// K and V of every cache slot, [max_positions, width] each (in device
+  /// memory for cuda). Left uninitialised: attention reads only positions it
+  /// has written, so pages past the sequence are never touched.
+  std::vector<void *> caches;
+  std::vector<std::unique_ptr<float[]>> hostCaches; ///< cpu: owns `caches`
 };
 
 namespace {
@@ -96,6 +105,59 @@ void runCompiled(moert_model &model,
   for (Descriptor &d : descriptors)
     pointers.push_back(d.get());
   model.compiled->run(pointers.data());
+}
+
+/// What every target checks before a session forward: the arguments, the
+/// token ids and the room left for n more positions.
+moert_status checkForward(const moert_session *session, const int32_t *tokens,
+                          int64_t n, const float *logits) {
+  if (!session || !tokens || !logits)
+    return makeStatus(MOERT_INVALID_ARGUMENT,
+                      "moert_session_forward: null argument");
+  const moert_model_info &info = session->model->info;
+  if (n < 1)
+    return makeStatus(MOERT_INVALID_ARGUMENT,
+                      "moert_session_forward: tokens must be at least 1");
+  if (session->position + n > info.max_positions)
+    return makeStatus(MOERT_INVALID_ARGUMENT,
+                      "sequence of " + std::to_string(session->position + n) +
+                          " tokens exceeds max_position_embeddings (" +
+                          std::to_string(info.max_positions) + ")");
+  for (int64_t i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= info.vocab_size)
+      return makeStatus(MOERT_INVALID_ARGUMENT,
+                        "token id " + std::to_string(tokens[i]) + " at index " +
+                            std::to_string(i) +
+                            " is outside the vocabulary [0, " +
+                            std::to_string(info.vocab_size) + ")");
+  return nullptr;
+}
+
+/// The positions of a forward's n tokens: the session's next ones.
+std::vector<int32_t> nextPositions(const moert_session &session, int64_t n) {
+  std::vector<int32_t> positions(n);
+  for (int64_t i = 0; i < n; ++i)
+    positions[i] = int32_t(session.position + i);
+  return positions;
+}
+
+/// A forward's leading descriptors over `data` (host pointers on cpu,
+/// device pointers on cuda): tokens [n], positions [n], logits [n, vocab],
+/// exit_loop [n], then K and V [max_positions, width] of every cache slot.
+llvm::SmallVector<Descriptor> forwardDescriptors(const moert_session &session,
+                                                 int64_t n,
+                                                 void *const data[4]) {
+  const moert_model &model = *session.model;
+  const moert_model_info &info = model.info;
+  llvm::SmallVector<Descriptor> descriptors = {
+      Descriptor(data[0], {n}), Descriptor(data[1], {n}),
+      Descriptor(data[2], {n, info.vocab_size}), Descriptor(data[3], {n})};
+  for (size_t slot = 0; slot < model.cacheWidths.size(); ++slot)
+    for (int kv = 0; kv < 2; ++kv)
+      descriptors.emplace_back(session.caches[2 * slot + kv],
+                               llvm::ArrayRef<int64_t>{
+                                   info.max_positions, model.cacheWidths[slot]});
+  return descriptors;
 }
 
 llvm::Error parseManifest(llvm::StringRef text, moert_model &model) {
@@ -432,22 +494,30 @@ moert_status moert_session_create(moert_model *model, moert_session **out) {
     return makeStatus(MOERT_INVALID_ARGUMENT,
                       "moert_session_create: this model is not a decoder; "
                       "run it with moert_model_run");
-  if (model->cuda)
-    return makeStatus(MOERT_UNAVAILABLE,
-                      "moert_session_create: decoder models do not run on "
-                      "cuda yet; compile the model with moe-compile --target "
-                      "cpu and run it on a 'cpu' context");
-  auto session = std::make_unique<moert_session>();
-  session->model = model;
+  auto session = std::make_unique<moert_session>(model);
+  int64_t positions = model->info.max_positions;
   for (int64_t width : model->cacheWidths)
     for (int kv = 0; kv < 2; ++kv) {
-      session->caches.emplace_back(
-          new (std::nothrow) float[model->info.max_positions * width]);
-      if (!session->caches.back())
-        return makeStatus(MOERT_INTERNAL,
-                          "cannot allocate a KV cache of " +
-                              std::to_string(model->info.max_positions) +
-                              " positions");
+      if (model->cuda) {
+        // Device memory once per session; its destructor frees what the
+        // loop got so far.
+        auto cache = model->cuda->allocatePersistent(
+            size_t(positions * width) * sizeof(float),
+            "a KV cache of " + llvm::Twine(positions) + " positions");
+        if (!cache)
+          return makeStatus(MOERT_INTERNAL,
+                            "moert_session_create on cuda: " +
+                                llvm::toString(cache.takeError()));
+        session->caches.push_back(*cache);
+        continue;
+      }
+      session->hostCaches.emplace_back(new (std::nothrow)
+                                           float[positions * width]);
+      if (!session->hostCaches.back())
+        return makeStatus(MOERT_INTERNAL, "cannot allocate a KV cache of " +
+                                              std::to_string(positions) +
+                                              " positions");
+      session->caches.push_back(session->hostCaches.back().get());
     }
   *out = session.release();
   return nullptr;
@@ -456,44 +526,48 @@ moert_status moert_session_create(moert_model *model, moert_session **out) {
 moert_status moert_session_forward(moert_session *session,
                                    const int32_t *tokens, int64_t n,
                                    float *logits, int32_t *exit_loop) {
-  if (!session || !tokens || !logits)
-    return makeStatus(MOERT_INVALID_ARGUMENT,
-                      "moert_session_forward: null argument");
+  if (moert_status status = checkForward(session, tokens, n, logits))
+    return status;
   moert_model *model = session->model;
-  const moert_model_info &info = model->info;
-  if (n < 1)
-    return makeStatus(MOERT_INVALID_ARGUMENT,
-                      "moert_session_forward: tokens must be at least 1");
-  if (session->position + n > info.max_positions)
-    return makeStatus(MOERT_INVALID_ARGUMENT,
-                      "sequence of " + std::to_string(session->position + n) +
-                          " tokens exceeds max_position_embeddings (" +
-                          std::to_string(info.max_positions) + ")");
-  for (int64_t i = 0; i < n; ++i)
-    if (tokens[i] < 0 || tokens[i] >= info.vocab_size)
-      return makeStatus(MOERT_INVALID_ARGUMENT,
-                        "token id " + std::to_string(tokens[i]) + " at index " +
-                            std::to_string(i) +
-                            " is outside the vocabulary [0, " +
-                            std::to_string(info.vocab_size) + ")");
-  std::vector<int32_t> positions(n);
-  for (int64_t i = 0; i < n; ++i)
-    positions[i] = int32_t(session->position + i);
-  std::vector<int32_t> exitScratch;
-  if (!exit_loop) {
-    exitScratch.resize(n);
-    exit_loop = exitScratch.data();
+  std::vector<int32_t> positions = nextPositions(*session, n);
+  if (!model->cuda) {
+    std::vector<int32_t> exitScratch;
+    if (!exit_loop) {
+      exitScratch.resize(n);
+      exit_loop = exitScratch.data();
+    }
+    void *data[4] = {const_cast<int32_t *>(tokens), positions.data(), logits,
+                     exit_loop};
+    llvm::SmallVector<Descriptor> descriptors =
+        forwardDescriptors(*session, n, data);
+    runCompiled(*model, descriptors);
+    session->position += n;
+    return nullptr;
   }
-  llvm::SmallVector<Descriptor> descriptors = {
-      Descriptor(tokens, {n}), Descriptor(positions.data(), {n}),
-      Descriptor(logits, {n, info.vocab_size}), Descriptor(exit_loop, {n})};
-  for (size_t slot = 0; slot < model->cacheWidths.size(); ++slot)
-    for (int kv = 0; kv < 2; ++kv)
-      descriptors.emplace_back(
-          session->caches[2 * slot + kv].get(),
-          llvm::ArrayRef<int64_t>{info.max_positions,
-                                  model->cacheWidths[slot]});
-  runCompiled(*model, descriptors);
+  // tokens and positions go in, logits (and exit_loop if asked for) come
+  // out; the entry writes exit_loop on the device either way. Every element
+  // is 4 bytes.
+  size_t bytes = size_t(n) * 4;
+  moert::cuda::DeviceModel::Buffer buffers[4] = {
+      {const_cast<int32_t *>(tokens), bytes, true, false},
+      {positions.data(), bytes, true, false},
+      {logits, bytes * size_t(model->info.vocab_size), false, true},
+      {exit_loop, bytes, false, exit_loop != nullptr}};
+  llvm::Error err = model->cuda->run(
+      buffers,
+      [&] {
+        void *data[4];
+        for (int i = 0; i < 4; ++i)
+          data[i] = buffers[i].device;
+        llvm::SmallVector<Descriptor> descriptors =
+            forwardDescriptors(*session, n, data);
+        runCompiled(*model, descriptors);
+      },
+      "moert_session_forward");
+  // A failed forward leaves the position: a retry rewrites the same cache
+  // rows, and attention never reads past them.
+  if (err)
+    return fromError(std::move(err), MOERT_INTERNAL);
   session->position += n;
   return nullptr;
 }

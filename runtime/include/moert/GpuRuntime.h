@@ -3,8 +3,8 @@
 // The host code of a model compiled for CUDA calls these (the signatures are
 // those `mlir-translate` of MLIR 22 emits for gpu.launch_func, gpu.alloc,
 // ...). libmoert implements them on the CUDA driver API, acting in the launch
-// scope that moert_model_run sets around the model's entry point (with the
-// model's CUDA context current):
+// scope that moert_model_run (and moert_session_forward, for decoders) sets
+// around the model's entry point (with the model's CUDA context current):
 //  - mgpuStreamCreate returns the run's stream (the context's or the one set
 //    with moert_context_set_cuda_stream); mgpuStreamDestroy does nothing;
 //  - functions are looked up by name in the module moert_model_load loaded

@@ -104,8 +104,14 @@ moert_status moert_model_run(moert_model *model, int64_t tokens,
                              const moert_outputs *outputs);
 
 /* Decoders: one session per sequence holds its KV cache. A session is used
- * by one thread at a time; sessions of one model run concurrently. Decoders
- * run on the CPU only for now (MOERT_UNAVAILABLE on cuda). */
+ * by one thread at a time; sessions of one model run concurrently. A decoder
+ * compiled for cuda keeps its session's KV caches in device memory
+ * (allocated at create, freed at free; free sessions before their model);
+ * its entry takes tokens, positions, logits, exit_loop, the K and V cache of
+ * every slot in manifest order ([max_positions, width] each), then the
+ * weights, all as device pointers. Each forward still takes and returns host
+ * buffers, and a CUDA failure is a status naming the call and the error, as
+ * for moert_model_run; a failed forward leaves the session's position. */
 typedef struct moert_session moert_session;
 moert_status moert_session_create(moert_model *model, moert_session **out);
 /* Runs `tokens` [n] at the session's next positions (0 for the first call:
