@@ -21,6 +21,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <atomic>
 #include <dlfcn.h>
 #include <thread>
 
@@ -79,8 +80,141 @@ void addNormKernel(void **params) {
   for (int64_t i = 0; i < n; ++i)
     out[i] = in[i] + norm[i % d];
 }
-const FakeCudaKernel kFakeKernels[] = {{"add_norm", addNormKernel}};
-const FakeCudaBinary kFakeBinary = {"moert-fake-cubn", kFakeKernels, 1};
+//===----------------------------------------------------------------------===//
+// A decoder stand-in: cache_widths [2, 3], vocab 4, the weight norm [3].
+//===----------------------------------------------------------------------===//
+
+/// What one forward of the stand-in works on: host memory on cpu, the
+/// fake's device memory on cuda.
+struct DecoderData {
+  const int32_t *tokens, *positions;
+  float *logits;
+  int32_t *exitLoop;
+  float *k0, *v0, *k1, *v1; ///< [maxPositions, 2], [.., 2], [.., 3], [.., 3]
+  const float *norm;
+  int64_t n, vocab, maxPositions;
+};
+
+/// Token t at position p appends K0[p] = {t, p}, V0[p] = {2t, 1},
+/// K1[p] = {t + 1, 0, 0}, V1[p] = {0, 0, 3t} and attends to every row up to
+/// p: logits[v] = norm[v % 3] + sum over q <= p of (K0[q][0] (v + 1) +
+/// K0[q][1] + V0[q][0] + V0[q][1] + K1[q][0] + V1[q][2]), i.e.
+/// norm[v % 3] + sum (t_q (v + 7) + q + 2); exit_loop = t % 2.
+void decoderStep(const DecoderData &d) {
+  for (int64_t i = 0; i < d.n; ++i) {
+    int64_t p = d.positions[i];
+    float t = float(d.tokens[i]);
+    float *k0 = d.k0 + p * 2, *v0 = d.v0 + p * 2;
+    float *k1 = d.k1 + p * 3, *v1 = d.v1 + p * 3;
+    k0[0] = t, k0[1] = float(p);
+    v0[0] = 2 * t, v0[1] = 1;
+    k1[0] = t + 1, k1[1] = k1[2] = 0;
+    v1[0] = v1[1] = 0, v1[2] = 3 * t;
+    for (int64_t v = 0; v < d.vocab; ++v) {
+      float sum = d.norm[v % 3];
+      for (int64_t q = 0; q <= p; ++q)
+        sum += d.k0[q * 2] * float(v + 1) + d.k0[q * 2 + 1] + d.v0[q * 2] +
+               d.v0[q * 2 + 1] + d.k1[q * 3] + d.v1[q * 3 + 2];
+      d.logits[i * d.vocab + v] = sum;
+    }
+    d.exitLoop[i] = d.tokens[i] % 2;
+  }
+}
+
+/// Problems the stand-ins saw: misshaped descriptors, or (on cuda) data
+/// pointers outside device memory.
+std::atomic<int> standInProblems{0};
+FakeCudaIsDeviceMemory fakeIsDevice = nullptr;
+
+/// Reads the entry's descriptors, checking the ABI's shapes: tokens,
+/// positions, logits, exit_loop, K0, V0, K1, V1, norm.
+DecoderData decoderData(void **descriptors) {
+  auto *tokens = static_cast<Desc<int32_t, 1> *>(descriptors[0]);
+  auto *positions = static_cast<Desc<int32_t, 1> *>(descriptors[1]);
+  auto *logits = static_cast<Desc<float, 2> *>(descriptors[2]);
+  auto *exitLoop = static_cast<Desc<int32_t, 1> *>(descriptors[3]);
+  Desc<float, 2> *caches[4];
+  for (int i = 0; i < 4; ++i)
+    caches[i] = static_cast<Desc<float, 2> *>(descriptors[4 + i]);
+  auto *norm = static_cast<Desc<float, 1> *>(descriptors[8]);
+  int64_t n = tokens->sizes[0], maxPositions = caches[0]->sizes[0];
+  bool ok = positions->sizes[0] == n && logits->sizes[0] == n &&
+            logits->sizes[1] == 4 && logits->strides[0] == 4 &&
+            exitLoop->sizes[0] == n && norm->sizes[0] == 3;
+  for (int i = 0; i < 4; ++i)
+    ok &= caches[i]->sizes[0] == maxPositions &&
+          caches[i]->sizes[1] == (i < 2 ? 2 : 3) &&
+          caches[i]->strides[0] == caches[i]->sizes[1];
+  if (!ok)
+    ++standInProblems;
+  return {tokens->data,   positions->data, logits->data,   exitLoop->data,
+          caches[0]->data, caches[1]->data, caches[2]->data, caches[3]->data,
+          norm->data,     n,               4,              maxPositions};
+}
+
+/// The cpu decoder's entry: the step on the descriptors' host memory.
+void cpuDecoderHostCode(void **descriptors) {
+  decoderStep(decoderData(descriptors));
+}
+
+/// The fake driver's decoder_step: checks that it was given device memory,
+/// then runs the step.
+void decoderStepKernel(void **params) {
+  DecoderData d = *static_cast<DecoderData *>(params[0]);
+  size_t n = size_t(d.n), rows = size_t(d.maxPositions);
+  const std::pair<const void *, size_t> regions[] = {
+      {d.tokens, n * 4},  {d.positions, n * 4},   {d.logits, n * 16},
+      {d.exitLoop, n * 4}, {d.k0, rows * 8},      {d.v0, rows * 8},
+      {d.k1, rows * 12},   {d.v1, rows * 12},     {d.norm, 12}};
+  for (const auto &[p, bytes] : regions)
+    if (!fakeIsDevice || !fakeIsDevice(p, bytes)) {
+      ++standInProblems;
+      return;
+    }
+  decoderStep(d);
+}
+
+/// The cuda decoder's host code: a scratch allocation (as lowered code
+/// makes) and one launch of decoder_step, through the mgpu* ABI.
+void cudaDecoderHostCode(void **descriptors) {
+  DecoderData d = decoderData(descriptors);
+  void *stream = mgpuStreamCreate();
+  void *function = mgpuModuleGetFunction(nullptr, "decoder_step");
+  void *scratch = mgpuMemAlloc(uint64_t(d.n) * 4, stream, false);
+  void *params[] = {&d};
+  mgpuLaunchKernel(function, 1, 1, 1, 32, 1, 1, 0, stream, params, nullptr,
+                   1);
+  mgpuMemFree(scratch, stream);
+  mgpuStreamSynchronize(stream);
+  mgpuStreamDestroy(stream);
+}
+
+/// The stand-in run directly on host caches: what a session must produce.
+class DecoderReference {
+public:
+  explicit DecoderReference(int64_t maxPositions)
+      : maxPositions(maxPositions), k0(maxPositions * 2), v0(maxPositions * 2),
+        k1(maxPositions * 3), v1(maxPositions * 3) {}
+  void forward(const int32_t *tokens, int64_t n, float *logits,
+               int32_t *exitLoop) {
+    std::vector<int32_t> positions(n);
+    for (int64_t i = 0; i < n; ++i)
+      positions[i] = int32_t(position + i);
+    decoderStep({tokens, positions.data(), logits, exitLoop, k0.data(),
+                 v0.data(), k1.data(), v1.data(), norm, n, 4, maxPositions});
+    position += n;
+  }
+  int64_t position = 0;
+
+private:
+  const float norm[3] = {1.0f, 2.0f, 3.0f};
+  int64_t maxPositions;
+  std::vector<float> k0, v0, k1, v1;
+};
+
+const FakeCudaKernel kFakeKernels[] = {{"add_norm", addNormKernel},
+                                       {"decoder_step", decoderStepKernel}};
+const FakeCudaBinary kFakeBinary = {"moert-fake-cubn", kFakeKernels, 2};
 
 // add_norm for a real GPU (PTX ISA 7.0, so drivers from CUDA 11 on JIT it).
 const char kAddNormPtx[] = R"(.version 7.0
@@ -133,6 +267,15 @@ const moert_compiled_model kCudaModel = {MANIFEST(R"("target": "cuda",)"),
                                          sizeof(kFakeBinary)};
 const moert_compiled_model kCpuModel = {MANIFEST(""), addNormHostCode, nullptr,
                                         0};
+
+#define DECODER_FIELDS                                                         \
+  R"("kind": "decoder", "vocab_size": 4, "max_positions": 8,)"               \
+  R"( "cache_widths": [2, 3],)"
+const moert_compiled_model kCudaDecoder = {
+    MANIFEST(R"("target": "cuda",)" DECODER_FIELDS), cudaDecoderHostCode,
+    &kFakeBinary, sizeof(kFakeBinary)};
+const moert_compiled_model kCpuDecoder = {MANIFEST(DECODER_FIELDS),
+                                          cpuDecoderHostCode, nullptr, 0};
 
 const char *const kFakeVariables[] = {
     "MOERT_CUDA_DRIVER", "MOERT_FAKE_CUDA_FAIL", "MOERT_FAKE_CUDA_DEVICES",
@@ -201,8 +344,15 @@ protected:
     getCounters = reinterpret_cast<FakeCudaGetCounters>(
         dlsym(fake, FAKE_CUDA_COUNTERS_SYMBOL));
     ASSERT_TRUE(getCounters);
+    fakeIsDevice = reinterpret_cast<FakeCudaIsDeviceMemory>(
+        dlsym(fake, FAKE_CUDA_IS_DEVICE_MEMORY_SYMBOL));
+    ASSERT_TRUE(fakeIsDevice);
+    standInProblems = 0;
   }
   void TearDown() override {
+    EXPECT_EQ(standInProblems, 0) << "a stand-in saw a misshaped descriptor "
+                                     "or a pointer outside device memory";
+    fakeIsDevice = nullptr;
     if (fake)
       dlclose(fake);
     CudaTest::TearDown();
@@ -524,23 +674,283 @@ TEST_F(FakeCudaTest, TargetsMustMatchTheContext) {
   EXPECT_EQ(counters().modules, 0);
 }
 
-TEST_F(FakeCudaTest, DecodersDoNotRunOnCudaYet) {
+/// Runs `tokens` through `session` and through `reference`, expecting the
+/// same logits and exit_loop; returns an empty string or what differed.
+std::string forwardAndCompare(moert::Session &session,
+                              DecoderReference &reference,
+                              const std::vector<int32_t> &tokens,
+                              bool withExitLoop = true) {
+  int64_t n = int64_t(tokens.size());
+  std::vector<float> logits(n * 4, -1.0f), expected(n * 4);
+  std::vector<int32_t> exitLoop(n, -1), expectedExit(n);
   std::string error;
-  auto ctx = moert::Context::create("cuda", &error);
-  ASSERT_TRUE(ctx) << error;
-  moert_compiled_model decoder = kCudaModel;
-  decoder.manifest = MANIFEST(R"("target": "cuda", "kind": "decoder",
-      "vocab_size": 4, "max_positions": 8, "cache_widths": [2],)");
-  auto model = moert::Model::load(*ctx, decoder, weights, &error);
-  ASSERT_TRUE(model) << error;
-  moert_session *session = nullptr;
-  moert_status status = moert_session_create(model->get(), &session);
-  EXPECT_EQ(moert_status_get_code(status), MOERT_UNAVAILABLE);
-  EXPECT_STREQ(moert_status_get_message(status),
-               "moert_session_create: decoder models do not run on cuda yet; "
-               "compile the model with moe-compile --target cpu and run it on "
-               "a 'cpu' context");
+  if (!session.forward(tokens.data(), n, logits.data(), &error,
+                       withExitLoop ? exitLoop.data() : nullptr))
+    return "forward failed: " + error;
+  reference.forward(tokens.data(), n, expected.data(), expectedExit.data());
+  if (logits != expected)
+    return "logits differ at position " + std::to_string(reference.position);
+  if (withExitLoop && exitLoop != expectedExit)
+    return "exit_loop differs at position " +
+           std::to_string(reference.position);
+  if (session.position() != reference.position)
+    return "position " + std::to_string(session.position()) + ", expected " +
+           std::to_string(reference.position);
+  return "";
+}
+
+TEST_F(FakeCudaTest, DecoderSessions) {
+  std::string error;
+  {
+    auto ctx = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(ctx) << error;
+    auto model = moert::Model::load(*ctx, kCudaDecoder, weights, &error);
+    ASSERT_TRUE(model) << error;
+    EXPECT_EQ(counters().allocations, 1); // the weight
+    {
+      auto session = moert::Session::create(*model, &error);
+      ASSERT_TRUE(session) << error;
+      EXPECT_EQ(counters().allocations, 5); // K and V of both slots
+      EXPECT_EQ(counters().contextDepth, 0);
+      DecoderReference reference(8);
+      int launches = counters().launches;
+      // Prefill, then two decodes: each reads the rows the earlier ones
+      // appended, so equal logits mean the caches persist.
+      EXPECT_EQ(forwardAndCompare(*session, reference, {3, 1, 2}), "");
+      EXPECT_EQ(forwardAndCompare(*session, reference, {0}), "");
+      EXPECT_EQ(forwardAndCompare(*session, reference, {2}, false), "");
+      EXPECT_EQ(session->position(), 5);
+      EXPECT_EQ(counters().launches, launches + 3);
+      EXPECT_EQ(counters().allocations, 5); // the forwards' buffers are freed
+      EXPECT_EQ(counters().contextDepth, 0);
+
+      // The closed form of the stand-in, for the last decode: tokens
+      // 3 1 2 0 2 at positions 0..4.
+      float logits[4];
+      int32_t next = 1;
+      ASSERT_TRUE(session->forward(&next, 1, logits, &error)) << error;
+      const int32_t sequence[] = {3, 1, 2, 0, 2, 1};
+      for (int v = 0; v < 4; ++v) {
+        float expected = norm[v % 3];
+        for (int q = 0; q < 6; ++q)
+          expected += float(sequence[q] * (v + 7) + q + 2);
+        EXPECT_EQ(logits[v], expected) << "v = " << v;
+      }
+    }
+    EXPECT_EQ(counters().allocations, 1); // the session's caches are freed
+    EXPECT_EQ(counters().contextDepth, 0);
+  }
+  expectNothingLive();
+}
+
+TEST_F(FakeCudaTest, DecoderSessionsMatchTheCpu) {
+  std::string error;
+  auto cpu = moert::Context::create("cpu", &error);
+  ASSERT_TRUE(cpu) << error;
+  auto cuda = moert::Context::create("cuda", &error);
+  ASSERT_TRUE(cuda) << error;
+  auto cpuModel = moert::Model::load(*cpu, kCpuDecoder, weights, &error);
+  ASSERT_TRUE(cpuModel) << error;
+  auto cudaModel = moert::Model::load(*cuda, kCudaDecoder, weights, &error);
+  ASSERT_TRUE(cudaModel) << error;
+  auto onCpu = moert::Session::create(*cpuModel, &error);
+  ASSERT_TRUE(onCpu) << error;
+  auto onCuda = moert::Session::create(*cudaModel, &error);
+  ASSERT_TRUE(onCuda) << error;
+  DecoderReference cpuReference(8), cudaReference(8);
+  for (const std::vector<int32_t> &tokens :
+       {std::vector<int32_t>{1, 2, 3, 0, 1, 2}, {3}, {0}}) {
+    EXPECT_EQ(forwardAndCompare(*onCpu, cpuReference, tokens), "");
+    EXPECT_EQ(forwardAndCompare(*onCuda, cudaReference, tokens), "");
+  }
+  EXPECT_EQ(onCuda->position(), 8);
+
+  // The same argument errors, from the shared checks; none moves the
+  // position.
+  auto bothFail = [&](const int32_t *tokens, int64_t n, float *logits) {
+    std::string cpuError, cudaError;
+    EXPECT_FALSE(onCpu->forward(tokens, n, logits, &cpuError));
+    EXPECT_FALSE(onCuda->forward(tokens, n, logits, &cudaError));
+    EXPECT_EQ(cpuError, cudaError);
+    return cudaError;
+  };
+  int32_t one = 1;
+  float logits[4];
+  EXPECT_EQ(bothFail(&one, 1, logits),
+            "sequence of 9 tokens exceeds max_position_embeddings (8)");
+  EXPECT_EQ(bothFail(&one, 0, logits),
+            "moert_session_forward: tokens must be at least 1");
+  EXPECT_EQ(bothFail(&one, 1, nullptr),
+            "moert_session_forward: null argument");
+  EXPECT_EQ(onCpu->position(), 8);
+  EXPECT_EQ(onCuda->position(), 8);
+
+  // A fresh session: token ids outside the vocabulary, then past the end
+  // in a prefill.
+  onCpu = moert::Session::create(*cpuModel, &error);
+  ASSERT_TRUE(onCpu) << error;
+  onCuda = moert::Session::create(*cudaModel, &error);
+  ASSERT_TRUE(onCuda) << error;
+  int32_t bad[2] = {1, 4};
+  EXPECT_EQ(bothFail(bad, 2, logits),
+            "token id 4 at index 1 is outside the vocabulary [0, 4)");
+  std::vector<int32_t> nine(9, 1);
+  std::vector<float> many(9 * 4);
+  EXPECT_EQ(bothFail(nine.data(), 9, many.data()),
+            "sequence of 9 tokens exceeds max_position_embeddings (8)");
+  EXPECT_EQ(onCuda->position(), 0);
+
+  moert_session *raw = nullptr;
+  moert_status status = moert_session_create(cudaModel->get(), nullptr);
+  EXPECT_EQ(moert_status_get_code(status), MOERT_INVALID_ARGUMENT);
   moert_status_free(status);
+  auto stack = moert::Model::load(*cuda, kCudaModel, weights, &error);
+  ASSERT_TRUE(stack) << error;
+  status = moert_session_create(stack->get(), &raw);
+  EXPECT_STREQ(moert_status_get_message(status),
+               "moert_session_create: this model is not a decoder; run it "
+               "with moert_model_run");
+  moert_status_free(status);
+}
+
+TEST_F(FakeCudaTest, OutOfMemoryCreatingASession) {
+  std::string error;
+  {
+    auto ctx = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(ctx) << error;
+    auto model = moert::Model::load(*ctx, kCudaDecoder, weights, &error);
+    ASSERT_TRUE(model) << error;
+    // The caches: K0, V0 (64 bytes each), K1, V1 (96); the third fails.
+    setenv("MOERT_FAKE_CUDA_FAIL", "cuMemAlloc@3=2", 1);
+    moert_session *session = nullptr;
+    moert_status status = moert_session_create(model->get(), &session);
+    EXPECT_EQ(moert_status_get_code(status), MOERT_INTERNAL);
+    EXPECT_STREQ(moert_status_get_message(status),
+                 "moert_session_create on cuda: cannot allocate a KV cache of "
+                 "8 positions on sm_90, Fake GPU: cuMemAlloc of 96 bytes "
+                 "failed: CUDA_ERROR_OUT_OF_MEMORY (out of memory)");
+    moert_status_free(status);
+    EXPECT_EQ(session, nullptr);
+    EXPECT_EQ(counters().allocations, 1); // the two made are freed again
+    EXPECT_EQ(counters().contextDepth, 0);
+    unsetenv("MOERT_FAKE_CUDA_FAIL");
+    auto retry = moert::Session::create(*model, &error);
+    ASSERT_TRUE(retry) << error;
+    DecoderReference reference(8);
+    EXPECT_EQ(forwardAndCompare(*retry, reference, {1, 2}), "");
+  }
+  expectNothingLive();
+}
+
+TEST_F(FakeCudaTest, CudaFailuresInAForward) {
+  std::string error;
+  {
+    auto ctx = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(ctx) << error;
+    auto model = moert::Model::load(*ctx, kCudaDecoder, weights, &error);
+    ASSERT_TRUE(model) << error;
+    auto session = moert::Session::create(*model, &error);
+    ASSERT_TRUE(session) << error;
+    DecoderReference reference(8);
+    EXPECT_EQ(forwardAndCompare(*session, reference, {1, 2}), "");
+    int launches = counters().launches;
+    int32_t tokens[3] = {3, 0, 1};
+    float logits[12];
+    auto failure = [&] {
+      std::string message;
+      EXPECT_FALSE(session->forward(tokens, 3, logits, &message));
+      EXPECT_EQ(session->position(), 2); // a failed forward leaves it
+      EXPECT_EQ(counters().allocations, 5);
+      EXPECT_EQ(counters().contextDepth, 0);
+      return message;
+    };
+    // The forward's buffers: tokens, positions, logits (48 bytes), ...
+    setenv("MOERT_FAKE_CUDA_FAIL", "cuMemAllocAsync@3=2", 1);
+    EXPECT_EQ(failure(),
+              "moert_session_forward on cuda (sm_90, Fake GPU): "
+              "cuMemAllocAsync of 48 bytes failed: CUDA_ERROR_OUT_OF_MEMORY "
+              "(out of memory)");
+    // ... exit_loop, then the host code's scratch.
+    setenv("MOERT_FAKE_CUDA_FAIL", "cuMemAllocAsync@5=2", 1);
+    EXPECT_EQ(failure(),
+              "moert_session_forward on cuda (sm_90, Fake GPU): "
+              "cuMemAllocAsync of 12 bytes failed: CUDA_ERROR_OUT_OF_MEMORY "
+              "(out of memory)");
+    EXPECT_EQ(counters().launches, launches);
+    setenv("MOERT_FAKE_CUDA_FAIL", "cuLaunchKernel=719", 1);
+    EXPECT_EQ(failure(),
+              "moert_session_forward on cuda (sm_90, Fake GPU): "
+              "cuLaunchKernel of 'decoder_step' (grid 1x1x1, block 32x1x1, 0 "
+              "bytes shared) failed: CUDA_ERROR_LAUNCH_FAILED (unspecified "
+              "launch failure)");
+    setenv("MOERT_FAKE_CUDA_FAIL", "cuMemcpyHtoDAsync@2=700", 1);
+    EXPECT_EQ(failure(), "moert_session_forward on cuda (sm_90, Fake GPU): "
+                         "cuMemcpyHtoDAsync failed: CUDA_ERROR_ILLEGAL_ADDRESS "
+                         "(an illegal memory access was encountered)");
+    setenv("MOERT_FAKE_CUDA_FAIL", "cuMemcpyDtoHAsync=700", 1);
+    EXPECT_EQ(failure(), "moert_session_forward on cuda (sm_90, Fake GPU): "
+                         "cuMemcpyDtoHAsync failed: CUDA_ERROR_ILLEGAL_ADDRESS "
+                         "(an illegal memory access was encountered)");
+    // The retry runs at the same positions and rewrites the same rows.
+    unsetenv("MOERT_FAKE_CUDA_FAIL");
+    EXPECT_EQ(forwardAndCompare(*session, reference, {3, 0, 1}), "");
+    EXPECT_EQ(forwardAndCompare(*session, reference, {2}), "");
+
+    // Without the stream-ordered allocator the forward's buffers come from
+    // cuMemAlloc too.
+    setenv("MOERT_FAKE_CUDA_POOLS", "0", 1);
+    auto plain = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(plain) << error;
+    auto plainModel = moert::Model::load(*plain, kCudaDecoder, weights, &error);
+    ASSERT_TRUE(plainModel) << error;
+    auto plainSession = moert::Session::create(*plainModel, &error);
+    ASSERT_TRUE(plainSession) << error;
+    setenv("MOERT_FAKE_CUDA_FAIL", "cuMemAlloc@1=2", 1);
+    int32_t token = 1;
+    EXPECT_FALSE(plainSession->forward(&token, 1, logits, &error));
+    EXPECT_EQ(error, "moert_session_forward on cuda (sm_90, Fake GPU): "
+                     "cuMemAlloc of 4 bytes failed: CUDA_ERROR_OUT_OF_MEMORY "
+                     "(out of memory)");
+    unsetenv("MOERT_FAKE_CUDA_FAIL");
+    DecoderReference plainReference(8);
+    EXPECT_EQ(forwardAndCompare(*plainSession, plainReference, {1, 3}), "");
+  }
+  expectNothingLive();
+}
+
+TEST_F(FakeCudaTest, ConcurrentDecoderSessions) {
+  std::string error;
+  {
+    auto ctx = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(ctx) << error;
+    auto model = moert::Model::load(*ctx, kCudaDecoder, weights, &error);
+    ASSERT_TRUE(model) << error;
+    std::vector<std::string> problems(2);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 2; ++i)
+      threads.emplace_back([&, i] {
+        for (int round = 0; round < 50 && problems[i].empty(); ++round) {
+          std::string why;
+          auto session = moert::Session::create(*model, &why);
+          if (!session) {
+            problems[i] = why;
+            return;
+          }
+          DecoderReference reference(8);
+          // Different sequences per thread, so crossed caches would show.
+          std::vector<int32_t> prompt = {i, (i + round) % 4, 3 - i};
+          problems[i] = forwardAndCompare(*session, reference, prompt);
+          for (int step = 0; step < 5 && problems[i].empty(); ++step)
+            problems[i] = forwardAndCompare(
+                *session, reference, {int32_t((step * (i + 1) + round) % 4)});
+        }
+      });
+    for (std::thread &t : threads)
+      t.join();
+    EXPECT_EQ(problems, std::vector<std::string>(2));
+    EXPECT_EQ(counters().allocations, 1);
+  }
+  expectNothingLive();
 }
 
 /// Every mgpu* function outside a launch scope: nothing reaches the driver.

@@ -172,6 +172,10 @@ EXPORT FakeCudaCounters fakeCudaCounters() {
           contextDepth};
 }
 
+EXPORT bool fakeCudaIsDeviceMemory(const void *p, size_t bytes) {
+  return p && isDevice(reinterpret_cast<uintptr_t>(p), bytes);
+}
+
 EXPORT CUresult cuInit(unsigned flags) {
   if (CUresult r = injected("cuInit"))
     return r;

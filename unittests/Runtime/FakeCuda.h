@@ -21,6 +21,7 @@
 #ifndef MOERT_UNITTESTS_FAKECUDA_H
 #define MOERT_UNITTESTS_FAKECUDA_H
 
+#include <cstddef>
 #include <cstring>
 
 struct FakeCudaKernel {
@@ -50,5 +51,9 @@ struct FakeCudaCounters {
 };
 using FakeCudaGetCounters = FakeCudaCounters (*)();
 #define FAKE_CUDA_COUNTERS_SYMBOL "fakeCudaCounters"
+/// Whether [p, p + bytes) lies in one live device allocation, for kernels
+/// that check they were given device pointers.
+using FakeCudaIsDeviceMemory = bool (*)(const void *p, size_t bytes);
+#define FAKE_CUDA_IS_DEVICE_MEMORY_SYMBOL "fakeCudaIsDeviceMemory"
 
 #endif // MOERT_UNITTESTS_FAKECUDA_H
