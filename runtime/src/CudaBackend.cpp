@@ -275,8 +275,8 @@ std::string DeviceModel::functionName(CUfunction function) {
   return "?";
 }
 
-llvm::Expected<void *> DeviceModel::allocatePersistent(size_t bytes,
-                                                       const llvm::Twine &what) {
+llvm::Expected<void *>
+DeviceModel::allocatePersistent(size_t bytes, const llvm::Twine &what) {
   if (bytes == 0)
     return nullptr;
   const Driver &drv = dev.driver();
@@ -286,10 +286,9 @@ llvm::Expected<void *> DeviceModel::allocatePersistent(size_t bytes,
                    current.problem());
   CUdeviceptr p = 0;
   if (CUresult r = drv.cuMemAlloc(&p, bytes))
-    return failure("cannot allocate " + what + " on " + dev.describe() + ": " +
-                   drv.failure("cuMemAlloc of " + std::to_string(bytes) +
-                                   " bytes",
-                               r));
+    return failure(
+        "cannot allocate " + what + " on " + dev.describe() + ": " +
+        drv.failure("cuMemAlloc of " + std::to_string(bytes) + " bytes", r));
   return hostView(p);
 }
 

@@ -154,9 +154,9 @@ llvm::SmallVector<Descriptor> forwardDescriptors(const moert_session &session,
       Descriptor(data[2], {n, info.vocab_size}), Descriptor(data[3], {n})};
   for (size_t slot = 0; slot < model.cacheWidths.size(); ++slot)
     for (int kv = 0; kv < 2; ++kv)
-      descriptors.emplace_back(session.caches[2 * slot + kv],
-                               llvm::ArrayRef<int64_t>{
-                                   info.max_positions, model.cacheWidths[slot]});
+      descriptors.emplace_back(
+          session.caches[2 * slot + kv],
+          llvm::ArrayRef<int64_t>{info.max_positions, model.cacheWidths[slot]});
   return descriptors;
 }
 
@@ -511,8 +511,8 @@ moert_status moert_session_create(moert_model *model, moert_session **out) {
         session->caches.push_back(*cache);
         continue;
       }
-      session->hostCaches.emplace_back(new (std::nothrow)
-                                           float[positions * width]);
+      session->hostCaches.emplace_back(
+          new (std::nothrow) float[positions * width]);
       if (!session->hostCaches.back())
         return makeStatus(MOERT_INTERNAL, "cannot allocate a KV cache of " +
                                               std::to_string(positions) +

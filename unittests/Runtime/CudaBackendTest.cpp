@@ -19,9 +19,9 @@
 #include "llvm/Support/Path.h"
 #include "gtest/gtest.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <atomic>
 #include <dlfcn.h>
 #include <thread>
 
@@ -147,9 +147,18 @@ DecoderData decoderData(void **descriptors) {
           caches[i]->strides[0] == caches[i]->sizes[1];
   if (!ok)
     ++standInProblems;
-  return {tokens->data,   positions->data, logits->data,   exitLoop->data,
-          caches[0]->data, caches[1]->data, caches[2]->data, caches[3]->data,
-          norm->data,     n,               4,              maxPositions};
+  return {tokens->data,
+          positions->data,
+          logits->data,
+          exitLoop->data,
+          caches[0]->data,
+          caches[1]->data,
+          caches[2]->data,
+          caches[3]->data,
+          norm->data,
+          n,
+          4,
+          maxPositions};
 }
 
 /// The cpu decoder's entry: the step on the descriptors' host memory.
@@ -163,9 +172,9 @@ void decoderStepKernel(void **params) {
   DecoderData d = *static_cast<DecoderData *>(params[0]);
   size_t n = size_t(d.n), rows = size_t(d.maxPositions);
   const std::pair<const void *, size_t> regions[] = {
-      {d.tokens, n * 4},  {d.positions, n * 4},   {d.logits, n * 16},
-      {d.exitLoop, n * 4}, {d.k0, rows * 8},      {d.v0, rows * 8},
-      {d.k1, rows * 12},   {d.v1, rows * 12},     {d.norm, 12}};
+      {d.tokens, n * 4},   {d.positions, n * 4}, {d.logits, n * 16},
+      {d.exitLoop, n * 4}, {d.k0, rows * 8},     {d.v0, rows * 8},
+      {d.k1, rows * 12},   {d.v1, rows * 12},    {d.norm, 12}};
   for (const auto &[p, bytes] : regions)
     if (!fakeIsDevice || !fakeIsDevice(p, bytes)) {
       ++standInProblems;
@@ -182,8 +191,7 @@ void cudaDecoderHostCode(void **descriptors) {
   void *function = mgpuModuleGetFunction(nullptr, "decoder_step");
   void *scratch = mgpuMemAlloc(uint64_t(d.n) * 4, stream, false);
   void *params[] = {&d};
-  mgpuLaunchKernel(function, 1, 1, 1, 32, 1, 1, 0, stream, params, nullptr,
-                   1);
+  mgpuLaunchKernel(function, 1, 1, 1, 32, 1, 1, 0, stream, params, nullptr, 1);
   mgpuMemFree(scratch, stream);
   mgpuStreamSynchronize(stream);
   mgpuStreamDestroy(stream);
@@ -269,7 +277,7 @@ const moert_compiled_model kCpuModel = {MANIFEST(""), addNormHostCode, nullptr,
                                         0};
 
 #define DECODER_FIELDS                                                         \
-  R"("kind": "decoder", "vocab_size": 4, "max_positions": 8,)"               \
+  R"("kind": "decoder", "vocab_size": 4, "max_positions": 8,)"                 \
   R"( "cache_widths": [2, 3],)"
 const moert_compiled_model kCudaDecoder = {
     MANIFEST(R"("target": "cuda",)" DECODER_FIELDS), cudaDecoderHostCode,
@@ -780,8 +788,7 @@ TEST_F(FakeCudaTest, DecoderSessionsMatchTheCpu) {
             "sequence of 9 tokens exceeds max_position_embeddings (8)");
   EXPECT_EQ(bothFail(&one, 0, logits),
             "moert_session_forward: tokens must be at least 1");
-  EXPECT_EQ(bothFail(&one, 1, nullptr),
-            "moert_session_forward: null argument");
+  EXPECT_EQ(bothFail(&one, 1, nullptr), "moert_session_forward: null argument");
   EXPECT_EQ(onCpu->position(), 8);
   EXPECT_EQ(onCuda->position(), 8);
 
