@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 import numpy as np
 
@@ -369,10 +370,9 @@ def cuda_time(fn, reps, warmup=3):
 def copy_bandwidth_gbs():
     """Device-to-device copy of 1 GiB, read + write bytes over the median."""
     n = 1 << 30
-    a = torch.empty(n, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    median, _ = cuda_time(lambda: b.copy_(a), 10)
-    del a, b
+    buffers = [torch.empty(n, dtype=torch.uint8, device="cuda") for _ in range(2)]
+    median, _ = cuda_time(lambda: buffers[1].copy_(buffers[0]), 10)
+    buffers.clear()
     torch.cuda.empty_cache()
     return 2 * n / (median * 1e-3) / 1e9
 
@@ -463,13 +463,22 @@ def layer_rows(args, clock, notes, env):
                                           f"the time budget ({clock.left():.0f} s left)")
                         notes.append(f"{name} T={T}: {row['skipped']}")
                         continue
-                one_row(args, row, s, model, config, weights, work, T, fns,
-                        reasons, clock, env)
+                try:
+                    one_row(args, row, s, model, config, weights, work, T, fns,
+                            reasons, clock, env)
+                except Exception as e:  # one broken row must not end the run
+                    traceback.print_exc()
+                    row["skipped"] = f"failed: {type(e).__name__}: {str(e)[:200]}"
+                    notes.append(f"{name} T={T}: {row['skipped']}")
+                    continue
                 ours = row.get("ours", {})
                 if "median_ms" in ours:
                     prev = (T, ours["median_ms"],
                             max(0.0, ours["wall_s"] - ours["median_ms"] * (ours["runs"] + 1) / 1e3))
                 print(f"[{name}] T={T}: " + summary(row), flush=True)
+        except Exception as e:  # e.g. out of memory generating the weights
+            traceback.print_exc()
+            notes.append(f"{name}: failed: {type(e).__name__}: {str(e)[:200]}")
         finally:
             shutil.rmtree(work, ignore_errors=True)
             del model
@@ -915,7 +924,11 @@ def main(argv=None):
     layer = layer_rows(args, clock, notes, env)
     looped, looped_shape = ([], None)
     if args.looped_tokens:
-        looped, looped_shape = looped_rows(args, clock, notes, env)
+        try:
+            looped, looped_shape = looped_rows(args, clock, notes, env)
+        except Exception as e:
+            traceback.print_exc()
+            notes.append(f"looped benchmark failed: {type(e).__name__}: {str(e)[:200]}")
     command = "bash bench/gpu/run.sh" + ("".join(f" {a}" for a in (argv or sys.argv[1:])))
     result = {"bench": "gpu-layer", "commit": commit, "dirty_tree": dirty,
               "machine": env["machine"], "env": env, "tolerance": TOLERANCE,

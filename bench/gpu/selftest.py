@@ -15,7 +15,6 @@
   against each other.
 Prints 'N passed, N failed'."""
 import json
-import math
 import os
 import subprocess
 import sys
