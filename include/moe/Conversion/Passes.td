@@ -51,8 +51,9 @@ def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
     pointer.
 
     Experts must be in fused form (`moe.fused_experts`, as
-    moe-fuse-dispatch-gemm makes them); decoder models are rejected (no
-    attention kernels yet).
+    moe-fuse-dispatch-gemm makes them). Decoders get kernels for embedding,
+    attention over the KV caches (which are device buffers too), the LM head
+    and LM-head exits.
   }];
   let dependentDialects = [
     "::mlir::arith::ArithDialect", "::mlir::func::FuncDialect",

@@ -1,0 +1,416 @@
+//===- DecoderKernels.cpp - GPU kernels of the dense decoder ops ----------===//
+//
+// Token embedding, the LM head, causal self-attention over a KV cache and the
+// LM-head exit test, as moert/CpuDecoderKernels.h defines them, for the host
+// program of a decoder. Like the MoE kernels they are grids of independent
+// threads; attention is four launches: the q/k/v projections (k and v go
+// straight into the cache rows of their positions), per-token q/k norms,
+// clamping and RoPE, one thread per (token, head) over the cache with a
+// max-subtracted softmax, and the output projection.
+//
+//===----------------------------------------------------------------------===//
+#include "GPUProgram.h"
+
+using namespace mlir;
+using namespace mlir::moe::gpu_lowering;
+
+namespace {
+ArrayRef<int64_t> shapeOf(Value v) {
+  return cast<MemRefType>(v.getType()).getShape();
+}
+
+Value f64(KernelBody &k, double v) {
+  return arith::ConstantFloatOp::create(k.b, k.b.getF64Type(), APFloat(v));
+}
+Value nan32(KernelBody &k) {
+  return arith::ConstantFloatOp::create(
+      k.b, k.b.getF32Type(), APFloat::getNaN(APFloat::IEEEsingle()));
+}
+/// Whether 0 <= pos < rows (pos an i32, rows an index).
+Value inRange(KernelBody &k, Value pos, Value rows) {
+  Value p = k.toIndex(pos);
+  return arith::AndIOp::create(
+      k.b, k.cmp(arith::CmpIPredicate::sge, pos, k.i32(0)),
+      k.cmp(arith::CmpIPredicate::slt, p, rows));
+}
+/// sqrt(mean of squares + eps) of the `count` elements m[row, offset + i].
+Value rmsOf(KernelBody &k, Value m, Value row, Value offset, int64_t count,
+            double eps) {
+  Value ss = k.reduce(k.index(0), k.index(count), k.f32(0.0),
+                      [&](Value i, Value acc) {
+                        Value v = k.load(m, {row, k.add(i, offset)});
+                        return k.fadd(acc, k.fmul(v, v));
+                      });
+  return math::SqrtOp::create(
+      k.b, k.fadd(k.fdiv(ss, k.f32(double(count))), k.f32(eps)));
+}
+/// m[row, offset + i] = m[row, offset + i] / rms * w[i], i < count.
+void normalise(KernelBody &k, Value m, Value row, Value offset, int64_t count,
+               double eps, Value w) {
+  Value rms = rmsOf(k, m, row, offset, count, eps);
+  k.forEach(k.index(0), k.index(count), [&](Value i) {
+    SmallVector<Value> at = {row, k.add(i, offset)};
+    Value v = k.fdiv(k.load(m, at), rms);
+    k.store(k.fmul(v, k.load(w, {i})), m, at);
+  });
+}
+/// body(offset of head h) for each of `heads` heads of `headDim`.
+void forEachHead(KernelBody &k, int64_t heads, int64_t headDim,
+                 function_ref<void(Value)> body) {
+  k.forEach(k.index(0), k.index(heads),
+            [&](Value h) { body(k.mul(h, k.index(headDim))); });
+}
+
+LogicalResult emitEmbed(GPUProgram &p, StringRef, ArrayRef<Value> a,
+                        Operation *) {
+  // out[i, c] = table[tokens[i], c]; NaN for a token outside the vocabulary.
+  Value tokens = a[0], table = a[1], out = a[2];
+  int64_t vocab = shapeOf(table)[0], d = shapeOf(table)[1];
+  auto fn = p.kernel("embed", "", {tokens, table, out},
+                     [&](KernelBody &k, Value gid, ValueRange args) {
+                       Value i = k.div(gid, k.index(d)),
+                             c = k.rem(gid, k.index(d));
+                       Value tok = k.load(args[0], {i});
+                       Value valid = inRange(k, tok, k.index(vocab));
+                       Value v = k.select(
+                           valid,
+                           [&]() -> Value {
+                             return k.load(args[1], {k.toIndex(tok), c});
+                           },
+                           [&]() -> Value { return nan32(k); });
+                       k.store(v, args[2], {i, c});
+                     });
+  p.launch(fn, p.hostMul(p.hostDim(tokens, 0), p.hostIndex(d)),
+           {tokens, table, out});
+  return success();
+}
+
+LogicalResult emitUnembed(GPUProgram &p, StringRef, ArrayRef<Value> a,
+                          Operation *) {
+  // logits[i, v] = x[i] . w[v].
+  Value x = a[0], w = a[1], out = a[2];
+  int64_t vocab = shapeOf(w)[0], d = shapeOf(w)[1];
+  auto fn = p.kernel("unembed", "", {x, w, out},
+                     [&](KernelBody &k, Value gid, ValueRange args) {
+                       Value i = k.div(gid, k.index(vocab)),
+                             v = k.rem(gid, k.index(vocab));
+                       k.store(k.dot(args[0], {i}, args[1], {v}, k.index(d)),
+                               args[2], {i, v});
+                     });
+  p.launch(fn, p.hostMul(p.hostDim(x, 0), p.hostIndex(vocab)), {x, w, out});
+  return success();
+}
+
+LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
+                            Operation *) {
+  int64_t numHeads, numKvHeads, headDim, normKind, interleaved;
+  double theta, clip, eps, scale;
+  if (failed(p.requireInt(name, a[11], numHeads)) ||
+      failed(p.requireInt(name, a[12], numKvHeads)) ||
+      failed(p.requireInt(name, a[13], headDim)) ||
+      failed(p.requireFloat(name, a[14], theta)) ||
+      failed(p.requireFloat(name, a[15], clip)) ||
+      failed(p.requireInt(name, a[16], normKind)) ||
+      failed(p.requireFloat(name, a[17], eps)) ||
+      failed(p.requireFloat(name, a[18], scale)) ||
+      failed(p.requireInt(name, a[19], interleaved)))
+    return failure();
+  if (numHeads < 1 || numKvHeads < 1 || numHeads % numKvHeads ||
+      headDim < 2 || headDim % 2)
+    return emitError(p.getLoc(), "convert-moe-to-gpu: attention needs heads "
+                                 "divisible by kv heads and an even head "
+                                 "size");
+  if (scale <= 0.0)
+    scale = 1.0 / std::sqrt(static_cast<double>(headDim));
+  Value x = a[0], positions = a[1], wq = a[2], wk = a[3], wv = a[4],
+        wo = a[5], qNorm = a[6], kNorm = a[7], kCache = a[8], vCache = a[9],
+        out = a[10];
+  int64_t d = shapeOf(x)[1];
+  int64_t qWidth = numHeads * headDim, kvWidth = numKvHeads * headDim;
+  int64_t group = numHeads / numKvHeads;
+  std::string key;
+  llvm::raw_string_ostream(key)
+      << numHeads << "," << numKvHeads << "," << headDim << "," << theta << ","
+      << clip << "," << normKind << "," << eps << "," << scale << ","
+      << interleaved;
+  Value n = p.hostDim(x, 0);
+  Value q = p.scratch(
+      MemRefType::get({ShapedType::kDynamic, qWidth}, p.host().getF32Type()),
+      {n});
+
+  // q = x wq^T; k, v = x wk^T, x wv^T into the cache rows of the positions.
+  SmallVector<Value> projArgs = {x, positions, wq, wk, wv, kCache, vCache, q};
+  auto project = p.kernel(
+      "attention_qkv", key, projArgs,
+      [&](KernelBody &k, Value gid, ValueRange args) {
+        int64_t width = qWidth + 2 * kvWidth;
+        Value t = k.div(gid, k.index(width)), j = k.rem(gid, k.index(width));
+        Value pos = k.load(args[1], {t});
+        Value isQ = k.cmp(arith::CmpIPredicate::ult, j, k.index(qWidth));
+        auto op = scf::IfOp::create(k.b, isQ, /*withElseRegion=*/true);
+        OpBuilder::InsertionGuard guard(k.b);
+        k.b.setInsertionPoint(op.thenBlock()->getTerminator());
+        k.store(k.dot(args[0], {t}, args[2], {j}, k.index(d)), args[7], {t, j});
+        k.b.setInsertionPoint(op.elseBlock()->getTerminator());
+        k.ifThen(inRange(k, pos, k.dim(args[5], 0)), [&] {
+          Value row = k.toIndex(pos);
+          Value kv = arith::SubIOp::create(k.b, j, k.index(qWidth));
+          Value isK = k.cmp(arith::CmpIPredicate::ult, kv, k.index(kvWidth));
+          auto kOrV = scf::IfOp::create(k.b, isK, /*withElseRegion=*/true);
+          OpBuilder::InsertionGuard inner(k.b);
+          k.b.setInsertionPoint(kOrV.thenBlock()->getTerminator());
+          k.store(k.dot(args[0], {t}, args[3], {kv}, k.index(d)), args[5],
+                  {row, kv});
+          k.b.setInsertionPoint(kOrV.elseBlock()->getTerminator());
+          Value vj = arith::SubIOp::create(k.b, kv, k.index(kvWidth));
+          k.store(k.dot(args[0], {t}, args[4], {vj}, k.index(d)), args[6],
+                  {row, vj});
+        });
+      });
+  p.launch(project, p.hostMul(n, p.hostIndex(qWidth + 2 * kvWidth)),
+           projArgs);
+
+  // Per token: q/k norms, then clamping of q, k, v, then RoPE on q and k
+  // (OLMoE's order).
+  SmallVector<Value> prepArgs = {positions, qNorm, kNorm, kCache, vCache, q};
+  auto prepare = p.kernel(
+      "attention_prepare", key, prepArgs,
+      [&](KernelBody &k, Value t, ValueRange args) {
+        Value pos = k.load(args[0], {t});
+        k.ifThen(inRange(k, pos, k.dim(args[3], 0)), [&] {
+          Value row = k.toIndex(pos);
+          Value qm = args[5], kc = args[3], vc = args[4];
+          if (normKind == 1) {
+            normalise(k, qm, t, k.index(0), qWidth, eps, args[1]);
+            normalise(k, kc, row, k.index(0), kvWidth, eps, args[2]);
+          } else if (normKind == 2) {
+            forEachHead(k, numHeads, headDim, [&](Value base) {
+              normalise(k, qm, t, base, headDim, eps, args[1]);
+            });
+            forEachHead(k, numKvHeads, headDim, [&](Value base) {
+              normalise(k, kc, row, base, headDim, eps, args[2]);
+            });
+          }
+          if (clip > 0.0) {
+            auto clamp = [&](Value m, Value r, int64_t width) {
+              k.forEach(k.index(0), k.index(width), [&](Value i) {
+                Value v = k.load(m, {r, i});
+                v = arith::MinimumFOp::create(
+                    k.b, arith::MaximumFOp::create(k.b, v, k.f32(-clip)),
+                    k.f32(clip));
+                k.store(v, m, {r, i});
+              });
+            };
+            clamp(qm, t, qWidth);
+            clamp(kc, row, kvWidth);
+            clamp(vc, row, kvWidth);
+          }
+          // The angles in double: float would lose about position * 2^-24
+          // radians.
+          Value position = arith::SIToFPOp::create(k.b, k.b.getF64Type(), pos);
+          k.forEach(k.index(0), k.index(headDim / 2), [&](Value i) {
+            Value fi = arith::SIToFPOp::create(k.b, k.b.getF64Type(),
+                                               k.toI32(i));
+            Value exponent = arith::DivFOp::create(
+                k.b, arith::MulFOp::create(k.b, f64(k, -2.0), fi),
+                f64(k, double(headDim)));
+            Value angle = arith::MulFOp::create(
+                k.b, position,
+                math::PowFOp::create(k.b, f64(k, theta), exponent));
+            Value c = arith::TruncFOp::create(k.b, k.b.getF32Type(),
+                                              math::CosOp::create(k.b, angle));
+            Value s = arith::TruncFOp::create(k.b, k.b.getF32Type(),
+                                              math::SinOp::create(k.b, angle));
+            Value first = interleaved ? k.mul(i, k.index(2)) : i;
+            Value second = interleaved ? k.add(first, k.index(1))
+                                       : k.add(i, k.index(headDim / 2));
+            auto rotate = [&](Value m, Value r, int64_t heads) {
+              forEachHead(k, heads, headDim, [&](Value base) {
+                SmallVector<Value> at0 = {r, k.add(base, first)};
+                SmallVector<Value> at1 = {r, k.add(base, second)};
+                Value u0 = k.load(m, at0), u1 = k.load(m, at1);
+                k.store(k.fsub(k.fmul(u0, c), k.fmul(u1, s)), m, at0);
+                k.store(k.fadd(k.fmul(u1, c), k.fmul(u0, s)), m, at1);
+              });
+            };
+            rotate(qm, t, numHeads);
+            rotate(kc, row, numKvHeads);
+          });
+        });
+      });
+  p.launch(prepare, n, prepArgs);
+
+  // One thread per (token, head): softmax(q . k_j * scale) over cache
+  // positions 0..pos, then the weighted sum of v_j in ascending j; the
+  // output replaces the thread's own q row.
+  SmallVector<Value> coreArgs = {positions, kCache, vCache, q};
+  auto core = p.kernel(
+      "attention_core", key, coreArgs,
+      [&](KernelBody &k, Value gid, ValueRange args) {
+        Value t = k.div(gid, k.index(numHeads));
+        Value h = k.rem(gid, k.index(numHeads));
+        Value pos = k.load(args[0], {t});
+        Value qm = args[3], kc = args[1], vc = args[2];
+        Value qBase = k.mul(h, k.index(headDim));
+        Value kvBase = k.mul(k.div(h, k.index(group)), k.index(headDim));
+        Value valid = inRange(k, pos, k.dim(kc, 0));
+        auto op = scf::IfOp::create(k.b, valid, /*withElseRegion=*/true);
+        OpBuilder::InsertionGuard guard(k.b);
+        k.b.setInsertionPoint(op.elseBlock()->getTerminator());
+        k.forEach(k.index(0), k.index(headDim), [&](Value c) {
+          k.store(nan32(k), qm, {t, k.add(qBase, c)});
+        });
+        k.b.setInsertionPoint(op.thenBlock()->getTerminator());
+        Value keys = k.add(k.toIndex(pos), k.index(1));
+        auto score = [&](Value j) {
+          Value s = k.reduce(k.index(0), k.index(headDim), k.f32(0.0),
+                             [&](Value c, Value acc) {
+                               Value qv = k.load(qm, {t, k.add(qBase, c)});
+                               Value kv = k.load(kc, {j, k.add(kvBase, c)});
+                               return k.fadd(acc, k.fmul(qv, kv));
+                             });
+          return k.fmul(s, k.f32(scale));
+        };
+        Value max = k.reduce(k.index(1), keys, score(k.index(0)),
+                             [&](Value j, Value m) -> Value {
+                               return arith::MaximumFOp::create(k.b, m,
+                                                                score(j));
+                             });
+        auto acc = memref::AllocaOp::create(
+            k.b, MemRefType::get({headDim}, k.b.getF32Type()));
+        k.forEach(k.index(0), k.index(headDim),
+                  [&](Value c) { k.store(k.f32(0.0), acc, {c}); });
+        Value sum = k.reduce(k.index(0), keys, k.f32(0.0), [&](Value j,
+                                                                 Value s) {
+          Value e = math::ExpOp::create(k.b, k.fsub(score(j), max));
+          k.forEach(k.index(0), k.index(headDim), [&](Value c) {
+            Value v = k.load(vc, {j, k.add(kvBase, c)});
+            k.store(k.fadd(k.load(acc, {c}), k.fmul(e, v)), acc, {c});
+          });
+          return k.fadd(s, e);
+        });
+        k.forEach(k.index(0), k.index(headDim), [&](Value c) {
+          k.store(k.fdiv(k.load(acc, {c}), sum), qm, {t, k.add(qBase, c)});
+        });
+      });
+  p.launch(core, p.hostMul(n, p.hostIndex(numHeads)), coreArgs);
+
+  // out = heads wo^T.
+  SmallVector<Value> outArgs = {q, wo, out};
+  auto project2 = p.kernel("attention_out", key, outArgs,
+                           [&](KernelBody &k, Value gid, ValueRange args) {
+                             Value t = k.div(gid, k.index(d)),
+                                   m = k.rem(gid, k.index(d));
+                             k.store(k.dot(args[0], {t}, args[1], {m},
+                                           k.index(qWidth)),
+                                     args[2], {t, m});
+                           });
+  p.launch(project2, p.hostMul(n, p.hostIndex(d)), outArgs);
+  p.release(q);
+  return success();
+}
+
+LogicalResult emitExitTestLm(GPUProgram &p, StringRef name, ArrayRef<Value> a,
+                             Operation *) {
+  // p = softmax(lm_head(norm(h))); exit when max p >= tau (max_prob) or the
+  // entropy in nats <= tau; a non-finite value never exits. The
+  // distribution's sums are in double, as on the CPU.
+  int64_t normKind, criterion;
+  double eps, tau;
+  if (failed(p.requireInt(name, a[2], normKind)) ||
+      failed(p.requireFloat(name, a[3], eps)) ||
+      failed(p.requireInt(name, a[6], criterion)) ||
+      failed(p.requireFloat(name, a[7], tau)))
+    return failure();
+  Value h = a[0], norm = a[1], lmHead = a[4], exits = a[5];
+  int64_t d = shapeOf(h)[1], vocab = shapeOf(lmHead)[0];
+  std::string key;
+  llvm::raw_string_ostream(key)
+      << normKind << "," << eps << "," << criterion << "," << tau;
+  Value n = p.hostDim(h, 0);
+  Type f32 = p.host().getF32Type();
+  int64_t dyn = ShapedType::kDynamic;
+  Value logits = p.scratch(MemRefType::get({dyn, vocab}, f32), {n});
+  SmallVector<Value> logitArgs = {h, norm, lmHead, logits};
+  auto logitFn = p.kernel(
+      "exit_lm_logits", key, logitArgs,
+      [&](KernelBody &k, Value gid, ValueRange args) {
+        Value t = k.div(gid, k.index(vocab)), v = k.rem(gid, k.index(vocab));
+        Value rms =
+            normKind ? rmsOf(k, args[0], t, k.index(0), d, eps) : Value();
+        Value logit = k.reduce(
+            k.index(0), k.index(d), k.f32(0.0), [&](Value c, Value acc) {
+              Value x = k.load(args[0], {t, c});
+              if (normKind) {
+                x = k.fdiv(x, rms);
+                if (normKind == 1)
+                  x = k.fmul(x, k.load(args[1], {c}));
+              }
+              return k.fadd(acc, k.fmul(x, k.load(args[2], {v, c})));
+            });
+        k.store(logit, args[3], {t, v});
+      });
+  p.launch(logitFn, p.hostMul(n, p.hostIndex(vocab)), logitArgs);
+  SmallVector<Value> testArgs = {logits, exits};
+  auto test = p.kernel(
+      "exit_lm_test", key, testArgs,
+      [&](KernelBody &k, Value t, ValueRange args) {
+        ImplicitLocOpBuilder &b = k.b;
+        Type f64Type = b.getF64Type();
+        auto logitAt = [&](Value v) {
+          return arith::ExtFOp::create(b, f64Type, k.load(args[0], {t, v}));
+        };
+        Value max = k.reduce(k.index(1), k.index(vocab), logitAt(k.index(0)),
+                             [&](Value v, Value m) -> Value {
+                               return arith::MaximumFOp::create(b, m,
+                                                                logitAt(v));
+                             });
+        auto shifted = [&](Value v) {
+          return arith::SubFOp::create(b, logitAt(v), max).getResult();
+        };
+        Value sum = k.reduce(k.index(0), k.index(vocab), f64(k, 0.0),
+                             [&](Value v, Value s) -> Value {
+                               return arith::AddFOp::create(
+                                   b, s, math::ExpOp::create(b, shifted(v)));
+                             });
+        Value value;
+        if (criterion == 2) {
+          value = arith::DivFOp::create(b, f64(k, 1.0), sum);
+        } else {
+          Value weighted = k.reduce(
+              k.index(0), k.index(vocab), f64(k, 0.0),
+              [&](Value v, Value w) -> Value {
+                Value x = shifted(v);
+                Value pv =
+                    arith::DivFOp::create(b, math::ExpOp::create(b, x), sum);
+                return arith::AddFOp::create(b, w,
+                                             arith::MulFOp::create(b, pv, x));
+              });
+          value = arith::SubFOp::create(b, math::LogOp::create(b, sum),
+                                        weighted);
+        }
+        Value finite =
+            arith::CmpFOp::create(b, arith::CmpFPredicate::OEQ,
+                                  arith::SubFOp::create(b, value, value),
+                                  f64(k, 0.0));
+        Value pass = arith::CmpFOp::create(
+            b,
+            criterion == 2 ? arith::CmpFPredicate::OGE
+                           : arith::CmpFPredicate::OLE,
+            value, f64(k, tau));
+        Value exit = arith::AndIOp::create(b, finite, pass);
+        k.store(arith::ExtUIOp::create(b, b.getI8Type(), exit), args[1], {t});
+      });
+  p.launch(test, n, testArgs);
+  p.release(logits);
+  return success();
+}
+} // namespace
+
+void mlir::moe::gpu_lowering::addDecoderKernelEmitters(
+    llvm::StringMap<KernelEmitter> &emitters) {
+  emitters["moert_embed"] = emitEmbed;
+  emitters["moert_unembed"] = emitUnembed;
+  emitters["moert_attention"] = emitAttention;
+  emitters["moert_exit_test_lm"] = emitExitTestLm;
+}

@@ -1,0 +1,217 @@
+//===- GPUProgram.cpp - the host program on the GPU -----------------------===//
+#include "GPUProgram.h"
+
+#include "mlir/IR/Matchers.h"
+
+using namespace mlir;
+using namespace mlir::moe::gpu_lowering;
+
+namespace {
+constexpr int64_t kThreadsPerBlock = 256;
+} // namespace
+
+Value GPUProgram::stream() {
+  if (!token)
+    token = gpu::WaitOp::create(hostBuilder, loc, hostBuilder.getType<gpu::AsyncTokenType>(),
+                                {})
+                .getAsyncToken();
+  return token;
+}
+
+void GPUProgram::sync() {
+  if (!token)
+    return;
+  gpu::WaitOp::create(hostBuilder, loc, Type(), {token});
+  token = Value();
+}
+
+Value GPUProgram::scratch(MemRefType type, ValueRange sizes) {
+  auto alloc =
+      gpu::AllocOp::create(hostBuilder, loc, type, hostBuilder.getType<gpu::AsyncTokenType>(),
+                           {stream()}, sizes, {});
+  token = alloc.getAsyncToken();
+  return alloc.getMemref();
+}
+
+void GPUProgram::release(Value buffer) {
+  token = gpu::DeallocOp::create(hostBuilder, loc,
+                                 hostBuilder.getType<gpu::AsyncTokenType>(),
+                                 {stream()}, buffer)
+              .getAsyncToken();
+}
+
+gpu::GPUFuncOp GPUProgram::kernel(StringRef base, StringRef key,
+                                  ValueRange args, BodyFn body) {
+  std::string signature;
+  llvm::raw_string_ostream os(signature);
+  os << base << "(" << key << ")";
+  for (Value arg : args)
+    os << ", " << arg.getType();
+  auto found = kernels.find(signature);
+  if (found != kernels.end())
+    return found->second;
+
+  SmallVector<Type> types = {hostBuilder.getIndexType()};
+  for (Value arg : args)
+    types.push_back(arg.getType());
+  OpBuilder::InsertionGuard guard(hostBuilder);
+  hostBuilder.setInsertionPointToEnd(kernelModule.getBody());
+  ImplicitLocOpBuilder b(loc, hostBuilder);
+  auto fn = gpu::GPUFuncOp::create(
+      b, (base + "_" + Twine(kernelCount++)).str(),
+      hostBuilder.getFunctionType(types, {}));
+  fn->setAttr(gpu::GPUDialect::getKernelFuncAttrName(), hostBuilder.getUnitAttr());
+  fn->setAttr("moe.signature", hostBuilder.getStringAttr(signature));
+  b.setInsertionPointToStart(&fn.getBody().front());
+  KernelBody k(b);
+  Value gid = k.add(k.mul(gpu::BlockIdOp::create(b, gpu::Dimension::x),
+                          gpu::BlockDimOp::create(b, gpu::Dimension::x)),
+                    gpu::ThreadIdOp::create(b, gpu::Dimension::x));
+  Value n = fn.getArgument(0);
+  k.ifThen(k.cmp(arith::CmpIPredicate::ult, gid, n),
+           [&] { body(k, gid, fn.getArguments().drop_front()); });
+  gpu::ReturnOp::create(b);
+  kernels[signature] = fn;
+  return fn;
+}
+
+void GPUProgram::launch(gpu::GPUFuncOp fn, Value n, ValueRange args) {
+  // ceil(n / threads), at least one block: an empty grid is a launch error.
+  Value threads = hostIndex(kThreadsPerBlock);
+  Value blocks = arith::DivUIOp::create(
+      hostBuilder, loc,
+      arith::AddIOp::create(hostBuilder, loc, n, hostIndex(kThreadsPerBlock - 1)),
+      threads);
+  blocks = arith::MaxUIOp::create(hostBuilder, loc, blocks, hostIndex(1));
+  Value one = hostIndex(1);
+  SmallVector<Value> operands = {n};
+  llvm::append_range(operands, args);
+  auto op = gpu::LaunchFuncOp::create(
+      hostBuilder, loc, fn, {blocks, one, one}, {threads, one, one}, Value(),
+      operands, hostBuilder.getType<gpu::AsyncTokenType>(), {stream()});
+  token = op.getAsyncToken();
+}
+
+LogicalResult GPUProgram::rewrite(func::FuncOp func) {
+  loc = func.getLoc();
+  entryBlock = &func.getBody().front();
+  return rewriteBlock(*entryBlock);
+}
+
+LogicalResult GPUProgram::rewriteBlock(Block &block) {
+  token = Value();
+  for (Operation &op : llvm::make_early_inc_range(block)) {
+    hostBuilder.setInsertionPoint(&op);
+    if (auto call = dyn_cast<func::CallOp>(op)) {
+      if (failed(rewriteCall(call)))
+        return failure();
+      continue;
+    }
+    if (auto alloc = dyn_cast<memref::AllocOp>(op)) {
+      Value buffer = scratch(alloc.getType(), alloc.getDynamicSizes());
+      alloc.replaceAllUsesWith(buffer);
+      alloc.erase();
+      continue;
+    }
+    if (auto dealloc = dyn_cast<memref::DeallocOp>(op)) {
+      release(dealloc.getMemref());
+      dealloc.erase();
+      continue;
+    }
+    if (auto copy = dyn_cast<memref::CopyOp>(op)) {
+      if (failed(emit(nullptr, "moert_copy",
+                                   {copy.getSource(), copy.getTarget()})))
+        return failure();
+      copy.erase();
+      continue;
+    }
+    if (op.getNumRegions() || op.hasTrait<OpTrait::IsTerminator>()) {
+      // Nested blocks start streams of their own; the host continues only
+      // after the work queued before them.
+      sync();
+      for (Region &region : op.getRegions())
+        for (Block &nested : region)
+          if (failed(rewriteBlock(nested)))
+            return failure();
+      token = Value();
+    }
+  }
+  return success();
+}
+
+LogicalResult GPUProgram::rewriteCall(func::CallOp call) {
+  SmallVector<Value> args;
+  for (Value v : call.getOperands()) {
+    // The CPU kernels take fully dynamic views; the GPU kernels are
+    // specialised for the static types behind the casts.
+    if (auto cast = v.getDefiningOp<memref::CastOp>())
+      v = cast.getSource();
+    args.push_back(v);
+  }
+  if (failed(emit(call, call.getCallee(), args)))
+    return failure();
+  call.erase();
+  return success();
+}
+
+LogicalResult GPUProgram::emit(Operation *call, StringRef name,
+                               ArrayRef<Value> args) {
+  static const llvm::StringMap<KernelEmitter> emitters = [] {
+    llvm::StringMap<KernelEmitter> all;
+    addMoEKernelEmitters(all);
+    addDecoderKernelEmitters(all);
+    return all;
+  }();
+  auto emitter = emitters.find(name);
+  if (emitter == emitters.end())
+    return emitError(loc, "convert-moe-to-gpu: no GPU kernel for '")
+           << name << "' yet";
+  return emitter->second(*this, name, args, call);
+}
+
+LogicalResult GPUProgram::requireInt(StringRef kernelName, Value v,
+                                     int64_t &out) {
+  APInt value;
+  if (!matchPattern(v, m_ConstantInt(&value)))
+    return emitError(loc, "convert-moe-to-gpu: ")
+           << kernelName << " needs a constant parameter";
+  out = value.getSExtValue();
+  return success();
+}
+
+LogicalResult GPUProgram::requireFloat(StringRef kernelName, Value v,
+                                       double &out) {
+  FloatAttr attr;
+  if (!matchPattern(v, m_Constant(&attr)))
+    return emitError(loc, "convert-moe-to-gpu: ")
+           << kernelName << " needs a constant parameter";
+  out = attr.getValueAsDouble();
+  return success();
+}
+
+Value GPUProgram::hostNumElements(Value memref) {
+  auto type = cast<MemRefType>(memref.getType());
+  Value n = hostIndex(1);
+  for (int64_t i = 0; i < type.getRank(); ++i)
+    n = hostMul(n, hostDim(memref, i));
+  return n;
+}
+
+Value GPUProgram::readBack(Value device) {
+  auto type = cast<MemRefType>(device.getType());
+  // On the host stack once per function, not once per pass.
+  Value slot;
+  {
+    OpBuilder::InsertionGuard guard(hostBuilder);
+    hostBuilder.setInsertionPointToStart(entryBlock);
+    slot = memref::AllocaOp::create(hostBuilder, loc, type);
+  }
+  token = gpu::MemcpyOp::create(hostBuilder, loc,
+                                hostBuilder.getType<gpu::AsyncTokenType>(),
+                                {stream()}, slot, device)
+              .getAsyncToken();
+  release(device);
+  sync();
+  return memref::LoadOp::create(hostBuilder, loc, slot,
+                                ValueRange{hostIndex(0)});
+}

@@ -1,0 +1,228 @@
+//===- GPUProgram.h - the host program on the GPU, and its kernels -*- C++ -*-===//
+//
+// convert-moe-to-gpu rewrites the host program of KernelProgram.h: GPUProgram
+// turns its buffers into device allocations on one stream and hands every
+// `moert_*` kernel call to the emitter registered for it, which generates the
+// kernels that compute it (specialised for the call's types and constant
+// parameters) and launches them. KernelBody is the small DSL the emitters
+// write kernel bodies in.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOE_LIB_CONVERSION_MOETOGPU_GPUPROGRAM_H
+#define MOE_LIB_CONVERSION_MOETOGPU_GPUPROGRAM_H
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/ImplicitLocOpBuilder.h"
+#include "llvm/ADT/StringMap.h"
+
+namespace mlir::moe::gpu_lowering {
+
+/// Helpers for writing a kernel body: index and float arithmetic, loads,
+/// stores and structured loops at the builder's insertion point.
+class KernelBody {
+public:
+  explicit KernelBody(ImplicitLocOpBuilder &b) : b(b) {}
+
+  Value index(int64_t v) { return arith::ConstantIndexOp::create(b, v); }
+  Value f32(double v) {
+    return arith::ConstantFloatOp::create(b, b.getF32Type(),
+                                          APFloat(static_cast<float>(v)));
+  }
+  Value i32(int64_t v) { return arith::ConstantIntOp::create(b, v, 32); }
+  Value add(Value x, Value y) { return arith::AddIOp::create(b, x, y); }
+  Value mul(Value x, Value y) { return arith::MulIOp::create(b, x, y); }
+  Value div(Value x, Value y) { return arith::DivUIOp::create(b, x, y); }
+  Value rem(Value x, Value y) { return arith::RemUIOp::create(b, x, y); }
+  Value fadd(Value x, Value y) { return arith::AddFOp::create(b, x, y); }
+  Value fmul(Value x, Value y) { return arith::MulFOp::create(b, x, y); }
+  Value fdiv(Value x, Value y) { return arith::DivFOp::create(b, x, y); }
+  Value fsub(Value x, Value y) { return arith::SubFOp::create(b, x, y); }
+  Value toIndex(Value v) {
+    return arith::IndexCastOp::create(b, b.getIndexType(), v);
+  }
+  Value toI32(Value v) {
+    return arith::IndexCastOp::create(b, b.getI32Type(), v);
+  }
+  Value cmp(arith::CmpIPredicate p, Value x, Value y) {
+    return arith::CmpIOp::create(b, p, x, y);
+  }
+  Value load(Value memref, ValueRange indices) {
+    return memref::LoadOp::create(b, memref, indices);
+  }
+  void store(Value v, Value memref, ValueRange indices) {
+    memref::StoreOp::create(b, v, memref, indices);
+  }
+  Value dim(Value memref, int64_t i) {
+    auto type = cast<MemRefType>(memref.getType());
+    if (!type.isDynamicDim(i))
+      return index(type.getDimSize(i));
+    return memref::DimOp::create(b, memref, i);
+  }
+  /// 1 / (1 + exp(-z)).
+  Value sigmoid(Value z) {
+    Value e = math::ExpOp::create(b, arith::NegFOp::create(b, z));
+    return fdiv(f32(1.0), fadd(f32(1.0), e));
+  }
+  /// Whether `x` is neither infinite nor NaN: x - x is 0 exactly then.
+  Value isFinite(Value x) {
+    return arith::CmpFOp::create(b, arith::CmpFPredicate::OEQ, fsub(x, x),
+                                 f32(0.0));
+  }
+
+  /// for (i = lb; i < ub; ++i) body(i).
+  void forEach(Value lb, Value ub, function_ref<void(Value)> body) {
+    auto loop = scf::ForOp::create(b, lb, ub, index(1));
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPoint(loop.getBody()->getTerminator());
+    body(loop.getInductionVar());
+  }
+  /// acc = init; for (i = lb; i < ub; ++i) acc = body(i, acc); returns acc.
+  Value reduce(Value lb, Value ub, Value init,
+               function_ref<Value(Value, Value)> body) {
+    auto loop = scf::ForOp::create(
+        b, lb, ub, index(1), ValueRange{init},
+        [&](OpBuilder &nested, Location, Value iv, ValueRange args) {
+          OpBuilder::InsertionGuard guard(b);
+          b.setInsertionPoint(nested.getInsertionBlock(),
+                              nested.getInsertionPoint());
+          scf::YieldOp::create(b, body(iv, args[0]));
+        });
+    return loop.getResult(0);
+  }
+  /// Like reduce, with several accumulators.
+  SmallVector<Value> reduceAll(Value lb, Value ub, ValueRange inits,
+                               function_ref<SmallVector<Value>(Value,
+                                                               ValueRange)>
+                                   body) {
+    auto loop = scf::ForOp::create(
+        b, lb, ub, index(1), inits,
+        [&](OpBuilder &nested, Location, Value iv, ValueRange args) {
+          OpBuilder::InsertionGuard guard(b);
+          b.setInsertionPoint(nested.getInsertionBlock(),
+                              nested.getInsertionPoint());
+          scf::YieldOp::create(b, body(iv, args));
+        });
+    return SmallVector<Value>(loop.getResults());
+  }
+  void ifThen(Value cond, function_ref<void()> then) {
+    auto op = scf::IfOp::create(b, cond, /*withElseRegion=*/false);
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPoint(op.thenBlock()->getTerminator());
+    then();
+  }
+  /// cond ? then() : otherwise(), each evaluated only when taken.
+  Value select(Value cond, function_ref<Value()> then,
+               function_ref<Value()> otherwise) {
+    auto branch = [&](function_ref<Value()> fn) {
+      return [&, fn](OpBuilder &nested, Location) {
+        OpBuilder::InsertionGuard guard(b);
+        b.setInsertionPoint(nested.getInsertionBlock(),
+                            nested.getInsertionPoint());
+        scf::YieldOp::create(b, fn());
+      };
+    };
+    return scf::IfOp::create(b, cond, branch(then), branch(otherwise))
+        .getResult(0);
+  }
+  /// sum over i < n of a[aRow, i] * w[wIndex..., i], in order.
+  Value dot(Value a, ValueRange aRow, Value w, ValueRange wRow, Value n) {
+    return reduce(index(0), n, f32(0.0), [&](Value i, Value acc) {
+      SmallVector<Value> ai(aRow), wi(wRow);
+      ai.push_back(i);
+      wi.push_back(i);
+      return arith::AddFOp::create(
+          b, acc, arith::MulFOp::create(b, load(a, ai), load(w, wi)));
+    });
+  }
+
+  ImplicitLocOpBuilder &b;
+};
+
+/// Rewrites the host program of one module: kernel calls to launches,
+/// buffers to device allocations, on one stream.
+class GPUProgram {
+public:
+  using BodyFn = function_ref<void(KernelBody &, Value gid, ValueRange args)>;
+
+  GPUProgram(ModuleOp module, gpu::GPUModuleOp kernelModule)
+      : module(module), kernelModule(kernelModule),
+        hostBuilder(module.getContext()) {}
+
+  /// Rewrites one lowered model function.
+  LogicalResult rewrite(func::FuncOp func);
+
+  // For the kernel emitters, at the host insertion point of the call.
+
+  /// The kernel `base` specialised for `args`' types and `key` (its baked-in
+  /// constants), created on first use: (n: index, args...), one thread per
+  /// gid < n.
+  gpu::GPUFuncOp kernel(StringRef base, StringRef key, ValueRange args,
+                        BodyFn body);
+  /// Launches `fn` over `n` threads on the stream.
+  void launch(gpu::GPUFuncOp fn, Value n, ValueRange args);
+  /// A device buffer for the duration of one call (release it after).
+  Value scratch(MemRefType type, ValueRange sizes);
+  void release(Value buffer);
+  /// Copies the one-element scratch buffer `device` to the host, releases
+  /// it, waits for the stream and returns the value.
+  Value readBack(Value device);
+  /// The stream's latest token, starting a stream if none is open.
+  Value stream();
+  /// Waits for the stream; the host may read results after it.
+  void sync();
+
+  /// The constant behind a parameter operand of `kernelName`'s call.
+  LogicalResult requireInt(StringRef kernelName, Value v, int64_t &out);
+  LogicalResult requireFloat(StringRef kernelName, Value v, double &out);
+
+  OpBuilder &host() { return hostBuilder; }
+  Location getLoc() const { return loc; }
+  Value hostIndex(int64_t v) {
+    return arith::ConstantIndexOp::create(hostBuilder, loc, v);
+  }
+  Value hostMul(Value x, Value y) {
+    return arith::MulIOp::create(hostBuilder, loc, x, y);
+  }
+  Value hostAdd(Value x, Value y) {
+    return arith::AddIOp::create(hostBuilder, loc, x, y);
+  }
+  Value hostDim(Value memref, int64_t i) {
+    return memref::DimOp::create(hostBuilder, loc, memref, i);
+  }
+  Value hostNumElements(Value memref);
+
+private:
+  LogicalResult rewriteBlock(Block &block);
+  LogicalResult rewriteCall(func::CallOp call);
+  LogicalResult emit(Operation *call, StringRef name, ArrayRef<Value> args);
+
+  ModuleOp module;
+  gpu::GPUModuleOp kernelModule;
+  OpBuilder hostBuilder;
+  Location loc = hostBuilder.getUnknownLoc();
+  Value token;
+  Block *entryBlock = nullptr;
+  llvm::StringMap<gpu::GPUFuncOp> kernels;
+  unsigned kernelCount = 0;
+};
+
+/// Emits what computes one kernel call of the host program. `operands` are
+/// the call's, seen through the casts to dynamic views; a call with a result
+/// (moert_exit_update) has it replaced. `call` is null for memref.copy.
+using KernelEmitter = LogicalResult (*)(GPUProgram &program, StringRef name,
+                                        ArrayRef<Value> operands,
+                                        Operation *call);
+/// The emitters of the MoE layer and pass-loop kernels (MoEKernels.cpp) and
+/// of the dense decoder kernels (DecoderKernels.cpp).
+void addMoEKernelEmitters(llvm::StringMap<KernelEmitter> &emitters);
+void addDecoderKernelEmitters(llvm::StringMap<KernelEmitter> &emitters);
+
+} // namespace mlir::moe::gpu_lowering
+
+#endif // MOE_LIB_CONVERSION_MOETOGPU_GPUPROGRAM_H
