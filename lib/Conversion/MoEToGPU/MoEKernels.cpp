@@ -498,64 +498,88 @@ LogicalResult emitRecordStep(GPUProgram &p, StringRef name, ArrayRef<Value> a,
 }
 
 LogicalResult emitExitUpdate(GPUProgram &p, StringRef name, ArrayRef<Value> a,
-    Operation *call) {
+                             Operation *call) {
+  // A thread per active token: an exited token records the pass, the others
+  // take the next slot of a compacted copy of the active list, which is
+  // copied back; the host reads back how many stay active. The atomics
+  // reorder the active tokens, which no result depends on: every row is
+  // computed on its own and results are written back by token.
+  int64_t minPasses, passes, byToken;
+  if (failed(p.requireInt(name, a[5], minPasses)) ||
+      failed(p.requireInt(name, a[6], passes)) ||
+      failed(p.requireInt(name, a[7], byToken)))
+    return failure();
   std::string key;
-  llvm::raw_string_ostream keyOs(key);
-    // One thread compacts the active list in order (exited tokens record
-    // the pass); the host reads back how many stay active.
-    int64_t minPasses, passes, byToken;
-    if (failed(p.requireInt(name, a[5], minPasses)) ||
-        failed(p.requireInt(name, a[6], passes)) || failed(p.requireInt(name, a[7], byToken)))
-      return failure();
-    keyOs << minPasses << "," << passes << "," << byToken;
-    Type i64 = p.host().getI64Type();
-    Value kept = p.scratch(MemRefType::get({1}, i64), {});
-    SmallVector<Value> args = {a[0], a[1], a[2], a[3], a[4], kept};
-    auto fn = p.kernel(
-        "exit_update", key, args, [&](KernelBody &k, Value, ValueRange args) {
-          ImplicitLocOpBuilder &b = k.b;
-          Value exits = args[0], active = args[1], exitLoop = args[2];
-          Value count = args[3], pass = args[4];
-          auto c64 = [&](int64_t v) {
-            return arith::ConstantIntOp::create(b, v, 64).getResult();
-          };
-          Value tooEarly = arith::OrIOp::create(
-              b,
-              k.cmp(arith::CmpIPredicate::slt,
-                    arith::AddIOp::create(b, pass, c64(1)), c64(minPasses)),
-              k.cmp(arith::CmpIPredicate::sge, pass, c64(passes - 1)));
-          Value result = k.select(
-              tooEarly, [&]() -> Value { return count; },
-              [&]() -> Value {
-                Value pass32 = arith::TruncIOp::create(b, b.getI32Type(), pass);
-                Value n = k.reduce(
-                    k.index(0), k.toIndex(count), k.index(0),
-                    [&](Value i, Value keptSoFar) -> Value {
-                      Value tok = k.load(active, {i});
-                      Value tokIdx = k.toIndex(tok);
-                      Value exited = k.cmp(
-                          arith::CmpIPredicate::ne,
-                          k.load(exits, {byToken ? tokIdx : i}),
-                          arith::ConstantIntOp::create(b, 0, 8));
-                      return k.select(
-                          exited,
-                          [&]() -> Value {
-                            k.store(pass32, exitLoop, {tokIdx});
-                            return keptSoFar;
-                          },
-                          [&]() -> Value {
-                            k.store(tok, active, {keptSoFar});
-                            return k.add(keptSoFar, k.index(1));
-                          });
-                    });
-                return arith::IndexCastOp::create(b, b.getI64Type(), n);
-              });
-          k.store(result, args[5], {k.index(0)});
-        });
-    p.launch(fn, p.hostIndex(1), args);
-    Value result = p.readBack(kept);
-    call->getResult(0).replaceAllUsesWith(result);
-    return success();
+  llvm::raw_string_ostream(key)
+      << minPasses << "," << passes << "," << byToken;
+  Value exits = a[0], active = a[1], exitLoop = a[2], count = a[3],
+        pass = a[4];
+  Type i32 = p.host().getI32Type();
+  Value kept = p.scratch(MemRefType::get({1}, i32), {});
+  Value next = p.scratch(MemRefType::get({ShapedType::kDynamic}, i32),
+                         {p.hostDim(active, 0)});
+  Value n = arith::IndexCastOp::create(p.host(), p.getLoc(),
+                                       p.host().getIndexType(), count);
+
+  auto init = p.kernel("exit_update_init", "", {kept},
+                       [&](KernelBody &k, Value, ValueRange args) {
+                         k.store(k.i32(0), args[0], {k.index(0)});
+                       });
+  p.launch(init, p.hostIndex(1), {kept});
+
+  SmallVector<Value> scanArgs = {exits, active, exitLoop, next, kept, pass};
+  auto scan = p.kernel(
+      "exit_update", key, scanArgs,
+      [&](KernelBody &k, Value i, ValueRange args) {
+        ImplicitLocOpBuilder &b = k.b;
+        auto c64 = [&](int64_t v) {
+          return arith::ConstantIntOp::create(b, v, 64).getResult();
+        };
+        Value passArg = args[5];
+        // The contract tests exits after minPasses completed passes, and
+        // never after the last pass.
+        Value tested = arith::AndIOp::create(
+            b,
+            k.cmp(arith::CmpIPredicate::sge,
+                  arith::AddIOp::create(b, passArg, c64(1)), c64(minPasses)),
+            k.cmp(arith::CmpIPredicate::slt, passArg, c64(passes - 1)));
+        Value tok = k.load(args[1], {i});
+        Value tokIdx = k.toIndex(tok);
+        Value flagged =
+            k.cmp(arith::CmpIPredicate::ne,
+                  k.load(args[0], {byToken ? tokIdx : i}),
+                  arith::ConstantIntOp::create(b, 0, 8));
+        Value exited = arith::AndIOp::create(b, tested, flagged);
+        auto op = scf::IfOp::create(b, exited, /*withElseRegion=*/true);
+        OpBuilder::InsertionGuard guard(b);
+        b.setInsertionPoint(op.thenBlock()->getTerminator());
+        k.store(arith::TruncIOp::create(b, b.getI32Type(), passArg), args[2],
+                {tokIdx});
+        b.setInsertionPoint(op.elseBlock()->getTerminator());
+        Value slot = memref::AtomicRMWOp::create(
+            b, arith::AtomicRMWKind::addi, k.i32(1), args[4],
+            ValueRange{k.index(0)});
+        k.store(tok, args[3], {k.toIndex(slot)});
+      });
+  p.launch(scan, n, scanArgs);
+
+  auto copy = p.kernel("exit_update_copy", "", {next, kept, active},
+                       [&](KernelBody &k, Value i, ValueRange args) {
+                         Value keptCount =
+                             k.toIndex(k.load(args[1], {k.index(0)}));
+                         k.ifThen(k.cmp(arith::CmpIPredicate::ult, i,
+                                        keptCount),
+                                  [&] {
+                                    k.store(k.load(args[0], {i}), args[2],
+                                            {i});
+                                  });
+                       });
+  p.launch(copy, n, {next, kept, active});
+  p.release(next);
+  Value result = p.readBack(kept);
+  call->getResult(0).replaceAllUsesWith(arith::ExtSIOp::create(
+      p.host(), p.getLoc(), p.host().getI64Type(), result));
+  return success();
 }
 } // namespace
 

@@ -15,7 +15,7 @@ moe.weight @down : tensor<4x8x16xf32>
 // CHECK-SAME: %[[IN:.*]]: memref<?x8xf32>, %[[OUT:.*]]: memref<?x8xf32>, %[[EXIT:.*]]: memref<?xi32>,
 // CHECK-SAME: attributes {llvm.emit_c_interface}
 // The count of active tokens is read back into one host slot per function.
-// CHECK: %[[KEPT_HOST:.*]] = memref.alloca() : memref<1xi64>
+// CHECK: %[[KEPT_HOST:.*]] = memref.alloca() : memref<1xi32>
 // CHECK: %[[S0:.*]] = gpu.wait async
 // CHECK: %[[STATE:.*]], %[[T0:.*]] = gpu.alloc async [%[[S0]]] (%{{.*}}) : memref<?x8xf32>
 // CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@copy_0 {{.*}} args(%{{.*}} : index, %[[IN]] : memref<?x8xf32>, %[[STATE]] : memref<?x8xf32>)
@@ -43,16 +43,22 @@ moe.weight @down : tensor<4x8x16xf32>
 // CHECK:   @moe_kernels::@add_14
 // CHECK:   @moe_kernels::@exit_test_15
 // CHECK:   @moe_kernels::@scatter_rows_16
-// CHECK:   %[[KEPT:.*]], %{{.*}} = gpu.alloc async [%{{.*}}] () : memref<1xi64>
-// CHECK:   %[[UPDATED:.*]] = gpu.launch_func async [%{{.*}}] @moe_kernels::@exit_update_17 {{.*}} args(%c1{{.*}} : index,
-// CHECK:   %[[COPIED:.*]] = gpu.memcpy async [%[[UPDATED]]] %[[KEPT_HOST]], %[[KEPT]]
+// Compaction: a thread per active token; survivors take slots of a copy of
+// the active list through an atomic counter, which the host reads back.
+// CHECK:   %[[KEPT:.*]], %{{.*}} = gpu.alloc async [%{{.*}}] () : memref<1xi32>
+// CHECK:   %[[COPY:.*]], %{{.*}} = gpu.alloc async [%{{.*}}] (%{{.*}}) : memref<?xi32>
+// CHECK:   @moe_kernels::@exit_update_init_17 {{.*}} args(%{{.*}} : index, %[[KEPT]] : memref<1xi32>)
+// CHECK:   @moe_kernels::@exit_update_18 blocks in (%{{.*}}) threads in (%{{.*}}) args(%[[N2:.*]] : index,
+// CHECK:   @moe_kernels::@exit_update_copy_19 {{.*}} args(%[[N2]] : index, %[[COPY]] : memref<?xi32>, %[[KEPT]] : memref<1xi32>,
+// CHECK:   %[[COPIED:.*]] = gpu.memcpy async [%{{.*}}] %[[KEPT_HOST]], %[[KEPT]]
 // CHECK:   %[[FREED:.*]] = gpu.dealloc async [%[[COPIED]]] %[[KEPT]]
 // CHECK:   gpu.wait [%[[FREED]]]
-// CHECK:   %[[COUNT:.*]] = memref.load %[[KEPT_HOST]]
+// CHECK:   %[[COUNT32:.*]] = memref.load %[[KEPT_HOST]]
+// CHECK:   %[[COUNT:.*]] = arith.extsi %[[COUNT32]] : i32 to i64
 // CHECK:   %[[NEXT:.*]] = arith.index_cast %[[COUNT]] : i64 to index
 // CHECK:   scf.yield %[[NEXT]] : index
 // CHECK: }
-// CHECK: @moe_kernels::@rms_norm_18
+// CHECK: @moe_kernels::@rms_norm_20
 // CHECK: @moe_kernels::@copy_0 {{.*}} %[[OUT]] : memref<?x8xf32>
 // CHECK: gpu.dealloc async [%{{.*}}] %[[STATE]]
 // CHECK: gpu.wait [%{{.*}}]
@@ -85,7 +91,8 @@ moe.weight @down : tensor<4x8x16xf32>
 // CHECK: arith.cmpi sge
 // CHECK: scf.if
 // CHECK: math.exp
-// CHECK-LABEL: gpu.func @exit_update_17(
+// CHECK-LABEL: gpu.func @exit_update_18(
+// CHECK: memref.atomic_rmw addi
 func.func @compacting(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
   %h, %exit = moe.loop %x passes = 3 mode = resident compact_exits : tensor<?x8xf32> -> tensor<?xi32> {
   ^bb0(%h0: tensor<?x8xf32>):
