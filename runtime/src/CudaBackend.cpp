@@ -216,8 +216,8 @@ DeviceModel::~DeviceModel() {
 }
 
 llvm::Error DeviceModel::addWeight(const std::string &name,
-                                   llvm::ArrayRef<float> values) {
-  size_t bytes = values.size() * sizeof(float);
+                                   llvm::ArrayRef<uint8_t> data) {
+  size_t bytes = data.size();
   if (bytes == 0) {
     weightPointers.push_back(nullptr);
     return llvm::Error::success();
@@ -235,7 +235,7 @@ llvm::Error DeviceModel::addWeight(const std::string &name,
   if (CUresult r = drv.cuMemAlloc(&p, bytes))
     return fail("cuMemAlloc", r);
   weightPointers.push_back(hostView(p));
-  if (CUresult r = drv.cuMemcpyHtoD(p, values.data(), bytes))
+  if (CUresult r = drv.cuMemcpyHtoD(p, data.data(), bytes))
     return fail("cuMemcpyHtoD", r);
   return llvm::Error::success();
 }

@@ -88,8 +88,9 @@ public:
   DeviceModel(const DeviceModel &) = delete;
   DeviceModel &operator=(const DeviceModel &) = delete;
 
-  /// Copies one weight (in manifest order) to device memory.
-  llvm::Error addWeight(const std::string &name, llvm::ArrayRef<float> values);
+  /// Copies one weight (in manifest order) to device memory: its elements'
+  /// bytes as they are (f32, or bf16 for a BF16 device_dtype).
+  llvm::Error addWeight(const std::string &name, llvm::ArrayRef<uint8_t> bytes);
   /// Waits for the weight copies: a copy from pageable memory may still be
   /// in flight when it returns, and runs use streams that do not wait for it.
   llvm::Error finishLoading();

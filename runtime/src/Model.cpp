@@ -6,6 +6,8 @@
 
 #include "llvm/ADT/SmallVector.h"
 #include "llvm/ADT/StringRef.h"
+#include "llvm/ADT/bit.h"
+#include "llvm/Support/Endian.h"
 #include "llvm/Support/JSON.h"
 
 #include <memory>
@@ -33,6 +35,33 @@ struct WeightSpec {
   /// The manifest's "transpose": the file stores each matrix with its last
   /// two dimensions swapped (LoopLM's [E, in, out] expert weights).
   bool transpose = false;
+  /// The manifest's "device_dtype": what the entry reads, F32 (bf16 files
+  /// widened) or BF16 (raw bfloat16 bits; f32 files rounded to nearest even).
+  moert::DType deviceDType = moert::DType::F32;
+};
+
+/// One weight as the entry point reads it: `elements` row-major elements of
+/// `dtype` (f32, or raw bfloat16 bits), in host byte order.
+struct WeightBuffer {
+  moert::DType dtype = moert::DType::F32;
+  size_t elements = 0;
+  /// operator new[]'s alignment, enough for f32 elements.
+  std::unique_ptr<uint8_t[]> storage;
+
+  size_t bytes() const { return elements * moert::dtypeSize(dtype); }
+  void *data() const { return storage.get(); }
+  /// Uninitialised room for `elements` elements; an error naming `weight`
+  /// where there is no memory for them.
+  static llvm::Expected<WeightBuffer>
+  allocate(moert::DType dtype, size_t elements, const std::string &weight) {
+    WeightBuffer buffer{dtype, elements, nullptr};
+    buffer.storage.reset(new (std::nothrow) uint8_t[buffer.bytes()]);
+    if (!buffer.storage)
+      return llvm::createStringError("cannot allocate " +
+                                     std::to_string(buffer.bytes()) +
+                                     " bytes for weight '" + weight + "'");
+    return std::move(buffer);
+  }
 };
 
 moert_status makeStatus(moert_status_code code, std::string message) {
@@ -70,7 +99,7 @@ struct moert_model {
   std::string gpuArchs;             ///< cuda: what the binary was built for
   std::vector<int64_t> cacheWidths; ///< decoders: per cache slot
   std::vector<WeightSpec> specs;
-  std::vector<std::vector<float>> weights;        ///< cpu
+  std::vector<WeightBuffer> weights;              ///< cpu
   std::unique_ptr<moert::cuda::DeviceModel> cuda; ///< cuda: device weights
 };
 
@@ -220,6 +249,16 @@ llvm::Error parseManifest(llvm::StringRef text, moert_model &model) {
                     *dtype == "BF16" ? moert::DType::BF16 : moert::DType::F32,
                     {},
                     obj->getBoolean("transpose").value_or(false)};
+    if (const llvm::json::Value *device = obj->get("device_dtype")) {
+      std::optional<llvm::StringRef> name = device->getAsString();
+      if (name == "BF16")
+        spec.deviceDType = moert::DType::BF16;
+      else if (name != "F32")
+        return fail(
+            "weight '" + spec.source + "' has device_dtype " +
+            (name ? "'" + *name + "'" : llvm::Twine("that is no string")) +
+            " (expected F32 or BF16)");
+    }
     for (const llvm::json::Value &d : *shape) {
       std::optional<int64_t> size = d.getAsInteger();
       if (!size || *size < 0)
@@ -231,14 +270,24 @@ llvm::Error parseManifest(llvm::StringRef text, moert_model &model) {
   return llvm::Error::success();
 }
 
+/// A run of one file tensor's elements that goes next into a weight. With
+/// `rows` > 0 the run is [.., cols, rows] matrices that go in transposed,
+/// as [.., rows, cols].
+struct Piece {
+  const moert::TensorView *tensor;
+  size_t first, count;
+  int64_t rows = 0, cols = 0;
+};
+
 /// Newer Hugging Face checkpoints store an expert group fused:
 /// `<prefix>.experts.gate_up_proj` [E, 2f, d] (gate rows first, then up) and
-/// `<prefix>.experts.down_proj` [E, d, f]. Reads a `{e}` source from there
+/// `<prefix>.experts.down_proj` [E, d, f]. Plans a `{e}` source from there
 /// when the per-expert tensors are absent; returns std::nullopt when the
 /// source has no fused form in this checkpoint.
-std::optional<llvm::Expected<std::vector<float>>>
-loadFusedExperts(const moert::WeightFiles &files, const WeightSpec &spec,
-                 std::set<std::string> &used) {
+std::optional<llvm::Error>
+planFusedExperts(const moert::WeightFiles &files, const WeightSpec &spec,
+                 llvm::SmallVectorImpl<Piece> &pieces,
+                 std::vector<std::string> &names) {
   llvm::StringRef source = spec.source;
   auto [prefix, rest] = source.split(".experts.{e}.");
   if (rest.empty() || spec.shape.size() != 3)
@@ -255,45 +304,45 @@ loadFusedExperts(const moert::WeightFiles &files, const WeightSpec &spec,
   llvm::SmallVector<int64_t, 3> shape = {experts, down ? rows : 2 * rows, cols};
   auto tensor = files.get(fused, spec.dtype, shape);
   if (!tensor)
-    return llvm::Expected<std::vector<float>>(tensor.takeError());
-  auto data = moert::readAsF32(*tensor);
-  if (!data)
-    return llvm::Expected<std::vector<float>>(data.takeError());
-  used.insert(fused);
-  if (down)
-    return llvm::Expected<std::vector<float>>(std::move(*data));
-  // Take each expert's gate (first f rows) or up (next f rows) half.
-  std::vector<float> values;
-  values.reserve(experts * rows * cols);
-  for (int64_t e = 0; e < experts; ++e) {
-    const float *begin = data->data() + (e * 2 + (gate ? 0 : 1)) * rows * cols;
-    values.insert(values.end(), begin, begin + rows * cols);
+    return tensor.takeError();
+  names = {fused};
+  size_t matrix = size_t(rows * cols);
+  if (down) {
+    pieces.push_back({&*tensor, 0, size_t(experts) * matrix});
+    return llvm::Error::success();
   }
-  return llvm::Expected<std::vector<float>>(std::move(values));
+  // Each expert's gate (first f rows) or up (next f rows) half.
+  for (int64_t e = 0; e < experts; ++e)
+    pieces.push_back({&*tensor, (e * 2 + (gate ? 0 : 1)) * matrix, matrix});
+  return llvm::Error::success();
 }
 
-/// Reads one weight as f32, stacking the per-expert tensors of a `{e}`
-/// source (or slicing the fused expert tensors); records the tensor names it
-/// used.
-llvm::Expected<std::vector<float>> loadWeight(const moert::WeightFiles &files,
-                                              const WeightSpec &spec,
-                                              std::set<std::string> &used) {
+/// Finds the file tensors of one weight (checking their dtypes and shapes):
+/// its source, the per-expert tensors of a `{e}` source stacked, or a slice
+/// of the fused expert tensors; and the pieces of them that make the
+/// weight, in order.
+llvm::Error planWeight(const moert::WeightFiles &files, const WeightSpec &spec,
+                       llvm::SmallVectorImpl<Piece> &pieces,
+                       std::vector<std::string> &names) {
   llvm::SmallVector<int64_t, 4> shape(spec.shape.begin(), spec.shape.end());
-  std::vector<std::string> names;
   size_t pos = spec.source.find("{e}");
   if (pos != std::string::npos) {
+    if (shape.empty())
+      return llvm::createStringError(
+          "weight '" + spec.source +
+          "' has an {e} source but no expert dimension");
     for (int64_t e = 0; e < shape[0]; ++e)
       names.push_back(
           std::string(spec.source).replace(pos, 3, std::to_string(e)));
     shape.erase(shape.begin());
-    if (!files.has(names.front()))
-      if (auto fused = loadFusedExperts(files, spec, used))
+    if (!names.empty() && !files.has(names.front()))
+      if (auto fused = planFusedExperts(files, spec, pieces, names))
         return std::move(*fused);
   } else {
     names.push_back(spec.source);
   }
   // A transposed weight is stored [..., cols, rows] for a [..., rows, cols]
-  // weight; each matrix is transposed back after reading.
+  // weight; each matrix is transposed back as it is copied.
   size_t rank = shape.size();
   if (spec.transpose && rank < 2)
     return llvm::createStringError("weight '" + spec.source +
@@ -301,28 +350,93 @@ llvm::Expected<std::vector<float>> loadWeight(const moert::WeightFiles &files,
   llvm::SmallVector<int64_t, 4> stored = shape;
   if (spec.transpose)
     std::swap(stored[rank - 2], stored[rank - 1]);
-  std::vector<float> values;
   for (const std::string &name : names) {
     auto tensor = files.get(name, spec.dtype, stored);
     if (!tensor)
       return tensor.takeError();
-    auto data = moert::readAsF32(*tensor);
-    if (!data)
-      return data.takeError();
-    if (spec.transpose) {
-      int64_t rows = shape[rank - 2], cols = shape[rank - 1];
-      size_t base = values.size();
-      values.resize(base + data->size());
-      for (size_t m = 0; m < data->size(); m += rows * cols)
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t c = 0; c < cols; ++c)
-            values[base + m + r * cols + c] = (*data)[m + c * rows + r];
-    } else {
-      values.insert(values.end(), data->begin(), data->end());
-    }
-    used.insert(name);
+    Piece piece{&*tensor, 0, size_t(tensor->numElements())};
+    if (spec.transpose)
+      piece.rows = shape[rank - 2], piece.cols = shape[rank - 1];
+    pieces.push_back(piece);
   }
-  return values;
+  return llvm::Error::success();
+}
+
+/// Element i of an F32 or BF16 file tensor as T: float (bf16 widened,
+/// exactly) or uint16_t (the bits of a BF16 tensor as they are).
+template <typename T> T elementAt(const moert::TensorView &t, size_t i);
+template <> float elementAt<float>(const moert::TensorView &t, size_t i) {
+  return t.dtype == moert::DType::F32
+             ? llvm::bit_cast<float>(
+                   llvm::support::endian::read32le(t.data + 4 * i))
+             : moert::bf16ToF32(
+                   llvm::support::endian::read16le(t.data + 2 * i));
+}
+template <> uint16_t elementAt<uint16_t>(const moert::TensorView &t, size_t i) {
+  return llvm::support::endian::read16le(t.data + 2 * i);
+}
+
+/// Copies the pieces, one after the other, to `out`.
+template <typename T> void copyPieces(llvm::ArrayRef<Piece> pieces, T *out) {
+  for (const Piece &p : pieces) {
+    if (p.rows == 0) {
+      for (size_t i = 0; i < p.count; ++i)
+        out[i] = elementAt<T>(*p.tensor, p.first + i);
+    } else {
+      size_t rows = size_t(p.rows), cols = size_t(p.cols);
+      for (size_t m = 0; m < p.count; m += rows * cols)
+        for (size_t r = 0; r < rows; ++r)
+          for (size_t c = 0; c < cols; ++c)
+            out[m + r * cols + c] =
+                elementAt<T>(*p.tensor, p.first + m + c * rows + r);
+    }
+    out += p.count;
+  }
+}
+
+/// Rounds an f32 weight to bf16, to nearest even (NaNs stay NaNs).
+llvm::Expected<WeightBuffer> narrowToBF16(const WeightBuffer &f32,
+                                          const std::string &weight) {
+  auto bf16 = WeightBuffer::allocate(moert::DType::BF16, f32.elements, weight);
+  if (!bf16)
+    return bf16.takeError();
+  const auto *in = static_cast<const float *>(f32.data());
+  auto *out = static_cast<uint16_t *>(bf16->data());
+  for (size_t i = 0; i < f32.elements; ++i)
+    out[i] = moert::f32ToBF16(in[i]);
+  return bf16;
+}
+
+/// Reads one weight in its device dtype, stacking the per-expert tensors of
+/// a `{e}` source (or slicing the fused expert tensors) and transposing
+/// where the manifest says; records the tensor names it used. The elements
+/// are f32 (bf16 widened) while they are stacked and transposed, except
+/// that a BF16 file tensor bound as BF16 keeps its bits; rounding f32 to a
+/// BF16 device dtype is the last step.
+llvm::Expected<WeightBuffer> loadWeight(const moert::WeightFiles &files,
+                                        const WeightSpec &spec,
+                                        std::set<std::string> &used) {
+  llvm::SmallVector<Piece, 4> pieces;
+  std::vector<std::string> names;
+  if (llvm::Error err = planWeight(files, spec, pieces, names))
+    return std::move(err);
+  bool bits = spec.deviceDType == moert::DType::BF16 &&
+              spec.dtype == moert::DType::BF16;
+  size_t elements = 0;
+  for (const Piece &p : pieces)
+    elements += p.count;
+  auto buffer = WeightBuffer::allocate(
+      bits ? moert::DType::BF16 : moert::DType::F32, elements, spec.source);
+  if (!buffer)
+    return buffer.takeError();
+  if (bits)
+    copyPieces(pieces, static_cast<uint16_t *>(buffer->data()));
+  else
+    copyPieces(pieces, static_cast<float *>(buffer->data()));
+  used.insert(names.begin(), names.end());
+  if (buffer->dtype != spec.deviceDType)
+    return narrowToBF16(*buffer, spec.source);
+  return buffer;
 }
 } // namespace
 
@@ -419,7 +533,10 @@ moert_status moert_model_load(moert_context *ctx,
       continue;
     }
     // On cuda the host copy goes once it is on the device.
-    if (llvm::Error err = model->cuda->addWeight(spec.source, *values))
+    if (llvm::Error err = model->cuda->addWeight(
+            spec.source,
+            llvm::ArrayRef(static_cast<const uint8_t *>(values->data()),
+                           values->bytes())))
       return fromError(std::move(err), MOERT_INTERNAL);
   }
   if (model->cuda)

@@ -405,6 +405,72 @@ TEST_F(FakeCudaTest, LoadsRunsAndFreesEverything) {
   expectNothingLive();
 }
 
+/// The device pointers of the two weights a cuda run's host code was given.
+std::vector<const void *> seenDeviceWeights;
+void captureWeightsHostCode(void **descriptors) {
+  seenDeviceWeights.clear();
+  for (int w = 5; w < 7; ++w)
+    seenDeviceWeights.push_back(
+        static_cast<Desc<uint16_t, 1> *>(descriptors[w])->data);
+}
+
+TEST_F(FakeCudaTest, BF16DeviceWeightsAreUploadedAsBF16) {
+  // The fixture's norm {1, 2, 3} (F32 file) bound as BF16, and a BF16
+  // tensor stored [3, 2] bound transposed as BF16 [2, 3].
+  const uint16_t w[6] = {0x3f80, 0x7f81, 0x8000, 0x0001, 0xc0a0, 0xff80};
+  llvm::SmallString<128> path(dir);
+  llvm::sys::path::append(path, "bf16.safetensors");
+  ASSERT_FALSE(bool(moert::writeSafetensors(
+      path, {{"model.norm.weight",
+              moert::DType::F32,
+              {3},
+              {reinterpret_cast<const uint8_t *>(norm), 12}},
+             {"w",
+              moert::DType::BF16,
+              {3, 2},
+              {reinterpret_cast<const uint8_t *>(w), 12}}})));
+  moert_compiled_model compiled = {
+      R"({"entry": "forward", "hidden_size": 3, "passes": 1, "layers": 1,
+          "top_k": 1, "experts": 2, "target": "cuda", "weights": [
+        {"source": "model.norm.weight", "dtype": "F32", "shape": [3],
+         "device_dtype": "BF16"},
+        {"source": "w", "dtype": "BF16", "shape": [2, 3], "transpose": true,
+         "device_dtype": "BF16"}]})",
+      captureWeightsHostCode, &kFakeBinary, sizeof(kFakeBinary)};
+  std::string error;
+  {
+    auto ctx = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(ctx) << error;
+    auto model = moert::Model::load(*ctx, compiled, std::string(path), &error);
+    ASSERT_TRUE(model) << error;
+    EXPECT_EQ(counters().allocations, 2);
+    float in[3] = {}, out[3];
+    int32_t exitLoop[1], ids[1];
+    float gates[1];
+    moert_outputs outputs{out, exitLoop, ids, gates};
+    ASSERT_TRUE(model->run(1, in, outputs, &error)) << error;
+    ASSERT_EQ(seenDeviceWeights.size(), 2u);
+    // Each is one allocation of exactly 2 bytes per element.
+    const uint16_t normBits[3] = {0x3f80, 0x4000, 0x4040};
+    const uint16_t wBits[6] = {0x3f80, 0x8000, 0xc0a0, 0x7f81, 0x0001, 0xff80};
+    const void *normDevice = seenDeviceWeights[0];
+    const void *wDevice = seenDeviceWeights[1];
+    EXPECT_TRUE(fakeIsDevice(normDevice, 6));
+    EXPECT_FALSE(fakeIsDevice(normDevice, 7));
+    EXPECT_TRUE(fakeIsDevice(wDevice, 12));
+    EXPECT_FALSE(fakeIsDevice(wDevice, 13));
+    // The fake's device memory is host memory.
+    uint16_t seen[6];
+    std::memcpy(seen, normDevice, 6);
+    EXPECT_EQ(std::vector<uint16_t>(seen, seen + 3),
+              std::vector<uint16_t>(normBits, normBits + 3));
+    std::memcpy(seen, wDevice, 12);
+    EXPECT_EQ(std::vector<uint16_t>(seen, seen + 6),
+              std::vector<uint16_t>(wBits, wBits + 6));
+  }
+  expectNothingLive();
+}
+
 TEST_F(FakeCudaTest, WithoutTheStreamOrderedAllocator) {
   // The fake's cuMemAllocAsync fails then, so a pass means cuMemAlloc.
   setenv("MOERT_FAKE_CUDA_POOLS", "0", 1);

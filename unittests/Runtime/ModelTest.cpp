@@ -12,6 +12,7 @@
 #include "llvm/Support/Path.h"
 #include "gtest/gtest.h"
 
+#include <cmath>
 #include <cstring>
 #include <thread>
 
@@ -183,5 +184,176 @@ TEST_F(ModelTest, BadArguments) {
   moert_outputs missing{out, nullptr, ids, gates};
   EXPECT_FALSE(model->run(1, in, missing, &error));
   EXPECT_EQ(error, "moert_model_run: null argument");
+}
+
+//===----------------------------------------------------------------------===//
+// device_dtype: weights bound as bf16
+//===----------------------------------------------------------------------===//
+
+/// What a run saw of one weight: its sizes, strides and bytes.
+struct SeenWeight {
+  std::vector<int64_t> sizes, strides;
+  std::vector<uint8_t> bytes;
+};
+/// The rank and element size of each weight of the capturing stand-in.
+std::vector<std::pair<int, size_t>> captureLayout;
+std::vector<SeenWeight> seenWeights;
+
+/// Records the weights' descriptors (after the five leading ones).
+void captureRun(void **descriptors) {
+  seenWeights.clear();
+  for (size_t w = 0; w < captureLayout.size(); ++w) {
+    auto [rank, elementSize] = captureLayout[w];
+    const auto *words = static_cast<const int64_t *>(descriptors[5 + w]);
+    SeenWeight seen;
+    seen.sizes.assign(words + 3, words + 3 + rank);
+    seen.strides.assign(words + 3 + rank, words + 3 + 2 * rank);
+    int64_t elements = 1;
+    for (int64_t size : seen.sizes)
+      elements *= size;
+    const auto *data =
+        reinterpret_cast<const uint8_t *>(words[1]) + words[2] * elementSize;
+    seen.bytes.assign(data, data + elements * elementSize);
+    seenWeights.push_back(std::move(seen));
+  }
+}
+
+std::vector<uint8_t> bytesOf(const std::vector<uint16_t> &bits) {
+  std::vector<uint8_t> bytes(bits.size() * 2);
+  std::memcpy(bytes.data(), bits.data(), bytes.size());
+  return bytes;
+}
+
+float floatOf(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+TEST_F(ModelTest, BF16DeviceWeights) {
+  // a: BF16 file, BF16 device: the bits as they are (even a signalling NaN,
+  // which f32 rounding would quiet), [2, 3].
+  const uint16_t a[6] = {0x3f80, 0x7f81, 0x8000, 0x0001, 0xc0a0, 0xff80};
+  // b: F32 file, BF16 device: rounded to nearest even, [8].
+  const float b[8] = {
+      1.0f,
+      floatOf(0x3f808000), // 1 + 2^-8: a tie, down to the even 0x3f80
+      floatOf(0x3f818000), // a tie, up to the even 0x3f82
+      floatOf(0x3f80c000), // above half an ulp: up to 0x3f81
+      floatOf(0x3f807fff), // below half an ulp: down to 0x3f80
+      floatOf(0x7f800001), // a NaN whose payload truncation would lose
+      floatOf(0x7f7fffff), // the largest float rounds up to infinity
+      -1.5f};
+  const uint16_t bExpected[8] = {0x3f80, 0x3f80, 0x3f82, 0x3f81,
+                                 0x3f80, 0x7fc0, 0x7f80, 0xbfc0};
+  // c: BF16 file stored [3, 2], bound transposed as [2, 3] BF16.
+  const uint16_t c[6] = {1, 2, 3, 4, 5, 6}; // rows {1, 2}, {3, 4}, {5, 6}
+  const uint16_t cExpected[6] = {1, 3, 5, 2, 4, 6};
+  // d: two F32 experts stored [3, 2], stacked, transposed, then rounded:
+  // [2, 2, 3] BF16.
+  const float d0[6] = {1, 2, 3, 4, 5, 6}, d1[6] = {-1, -2, -3, -4, -5, -6};
+  std::vector<uint16_t> dExpected;
+  for (const float *expert : {d0, d1})
+    for (int r = 0; r < 2; ++r)
+      for (int col = 0; col < 3; ++col)
+        dExpected.push_back(moert::f32ToBF16(expert[col * 2 + r]));
+  // e: BF16 file, no device_dtype: widened to f32 as before.
+  const uint16_t e[2] = {0x3f80, 0xc0a0};
+  const float eExpected[2] = {1.0f, -5.0f};
+  // f: a fused gate_up_proj [2 experts, 2 * 1, 2] (BF16), the gate halves
+  // bound as BF16 [2, 1, 2].
+  const uint16_t f[8] = {10, 11, 20, 21, 30, 31, 40, 41};
+  const uint16_t fExpected[4] = {10, 11, 30, 31};
+
+  auto raw = [](const void *p, size_t n) {
+    return llvm::ArrayRef<uint8_t>(static_cast<const uint8_t *>(p), n);
+  };
+  using moert::DType;
+  std::string path = writeWeights(
+      "bf16.safetensors",
+      {{"a", DType::BF16, {2, 3}, raw(a, 12)},
+       {"b", DType::F32, {8}, raw(b, 32)},
+       {"c", DType::BF16, {3, 2}, raw(c, 12)},
+       {"d.0.w", DType::F32, {3, 2}, raw(d0, 24)},
+       {"d.1.w", DType::F32, {3, 2}, raw(d1, 24)},
+       {"e", DType::BF16, {2}, raw(e, 4)},
+       {"m.experts.gate_up_proj", DType::BF16, {2, 2, 2}, raw(f, 16)}});
+  moert_compiled_model model = {
+      R"({"entry": "forward", "hidden_size": 3, "passes": 1, "layers": 1,
+          "top_k": 1, "experts": 2, "weights": [
+        {"source": "a", "dtype": "BF16", "shape": [2, 3],
+         "device_dtype": "BF16"},
+        {"source": "b", "dtype": "F32", "shape": [8], "device_dtype": "BF16"},
+        {"source": "c", "dtype": "BF16", "shape": [2, 3], "transpose": true,
+         "device_dtype": "BF16"},
+        {"source": "d.{e}.w", "dtype": "F32", "shape": [2, 2, 3],
+         "transpose": true, "device_dtype": "BF16"},
+        {"source": "e", "dtype": "BF16", "shape": [2]},
+        {"source": "m.experts.{e}.gate_proj.weight", "dtype": "BF16",
+         "shape": [2, 1, 2], "device_dtype": "BF16"}]})",
+      captureRun, nullptr, 0};
+  captureLayout = {{2, 2}, {1, 2}, {2, 2}, {3, 2}, {1, 4}, {3, 2}};
+
+  std::string error;
+  auto ctx = moert::Context::create("cpu", &error);
+  ASSERT_TRUE(ctx) << error;
+  auto loaded = moert::Model::load(*ctx, model, path, &error);
+  ASSERT_TRUE(loaded) << error;
+  float in[3] = {}, out[3];
+  int32_t exitLoop[1], ids[1];
+  float gates[1];
+  moert_outputs outputs{out, exitLoop, ids, gates};
+  ASSERT_TRUE(loaded->run(1, in, outputs, &error)) << error;
+  ASSERT_EQ(seenWeights.size(), 6u);
+
+  EXPECT_EQ(seenWeights[0].bytes, bytesOf({a, a + 6}));
+  EXPECT_EQ(seenWeights[1].bytes, bytesOf({bExpected, bExpected + 8}));
+  EXPECT_EQ(seenWeights[2].bytes, bytesOf({cExpected, cExpected + 6}));
+  EXPECT_EQ(seenWeights[3].bytes, bytesOf(dExpected));
+  EXPECT_EQ(seenWeights[4].bytes, raw(eExpected, sizeof(eExpected)).vec());
+  EXPECT_EQ(seenWeights[5].bytes, bytesOf({fExpected, fExpected + 4}));
+  // Shapes and element strides are the manifest's, whatever the dtype.
+  EXPECT_EQ(seenWeights[0].sizes, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(seenWeights[0].strides, (std::vector<int64_t>{3, 1}));
+  EXPECT_EQ(seenWeights[3].sizes, (std::vector<int64_t>{2, 2, 3}));
+  EXPECT_EQ(seenWeights[3].strides, (std::vector<int64_t>{6, 3, 1}));
+  // The rounding is f32ToBF16's (BF16Test), NaN included.
+  EXPECT_TRUE(std::isnan(moert::bf16ToF32(bExpected[5])));
+}
+
+TEST_F(ModelTest, UnknownDeviceDTypeNamesTheWeight) {
+  std::string error;
+  auto ctx = moert::Context::create("cpu", &error);
+  moert_compiled_model model = {
+      R"({"entry": "forward", "hidden_size": 3, "passes": 1, "layers": 1,
+          "top_k": 1, "experts": 2,
+          "weights": [{"source": "model.norm.weight", "dtype": "F32",
+                       "shape": [3], "device_dtype": "F16"}]})",
+      fakeRun, nullptr, 0};
+  EXPECT_FALSE(moert::Model::load(*ctx, model, normWeights(), &error));
+  EXPECT_EQ(error, "invalid model manifest: weight 'model.norm.weight' has "
+                   "device_dtype 'F16' (expected F32 or BF16)");
+  model.manifest =
+      R"({"entry": "forward", "hidden_size": 3, "passes": 1, "layers": 1,
+          "top_k": 1, "experts": 2,
+          "weights": [{"source": "model.norm.weight", "dtype": "F32",
+                       "shape": [3], "device_dtype": 16}]})";
+  EXPECT_FALSE(moert::Model::load(*ctx, model, normWeights(), &error));
+  EXPECT_EQ(error, "invalid model manifest: weight 'model.norm.weight' has "
+                   "device_dtype that is no string (expected F32 or BF16)");
+  // "F32" is the default spelled out.
+  model.manifest =
+      R"({"entry": "forward", "hidden_size": 3, "passes": 1, "layers": 1,
+          "top_k": 1, "experts": 2,
+          "weights": [{"source": "model.norm.weight", "dtype": "F32",
+                       "shape": [3], "device_dtype": "F32"}]})";
+  auto loaded = moert::Model::load(*ctx, model, normWeights(), &error);
+  ASSERT_TRUE(loaded) << error;
+  float in[3] = {}, out[3] = {};
+  int32_t exitLoop[1], ids[1];
+  float gates[1];
+  moert_outputs outputs{out, exitLoop, ids, gates};
+  ASSERT_TRUE(loaded->run(1, in, outputs, &error)) << error;
+  EXPECT_EQ(std::vector<float>(out, out + 3), (std::vector<float>{1, 2, 3}));
 }
 } // namespace

@@ -27,7 +27,11 @@ extern "C" {
  * pointer, and gpu_binary holds its kernels: a CUDA fatbinary (or cubin or
  * PTX) of gpu_binary_size bytes, loaded with cuModuleLoadData. CPU models
  * have NULL and 0 there; the runtime reads the two fields only for cuda
- * models. */
+ * models. A weight's optional "device_dtype" says what the entry reads:
+ * "F32" (the default: f32, bf16 files widened) or "BF16" (raw bfloat16
+ * elements, row-major, the same shape and element strides; BF16 file
+ * tensors keep their bits, F32 ones are rounded to nearest even, NaN stays
+ * NaN); it applies after "transpose" and {e} stacking, on cpu and cuda. */
 typedef struct moert_compiled_model {
   const char *manifest;
   void (*run)(void **descriptors);
@@ -75,9 +79,10 @@ typedef struct moert_model_info {
 typedef struct moert_model moert_model;
 /* Binds every weight by its safetensors name (a {e} source stacks the
  * experts); a missing, misshaped or unexpected tensor is an error naming it.
- * bf16 weights are widened to f32 once here. A model compiled for cuda
- * needs a "cuda" context (its weights are copied to the GPU and its kernels
- * loaded here), a cpu model a "cpu" one. */
+ * bf16 weights are widened to f32 once here, unless their device_dtype is
+ * BF16 (then they stay bf16, and f32 ones are rounded). A model compiled for
+ * cuda needs a "cuda" context (its weights are copied to the GPU and its
+ * kernels loaded here), a cpu model a "cpu" one. */
 moert_status moert_model_load(moert_context *ctx,
                               const moert_compiled_model *compiled,
                               const char *weights_path, moert_model **out);
