@@ -27,8 +27,8 @@ struct TempFile {
 };
 
 LogicalResult makeTemp(Operation *op, StringRef suffix, TempFile &file) {
-  if (std::error_code ec = llvm::sys::fs::createTemporaryFile(
-          "moe-kernels", suffix, file.path))
+  if (std::error_code ec =
+          llvm::sys::fs::createTemporaryFile("moe-kernels", suffix, file.path))
     return op->emitError("cannot create a temporary file: ") << ec.message();
   return success();
 }
@@ -71,9 +71,9 @@ LogicalResult runTool(Operation *op, StringRef program,
   std::optional<StringRef> redirects[] = {std::nullopt, StringRef(errors.path),
                                           StringRef(errors.path)};
   std::string why;
-  int rc = llvm::sys::ExecuteAndWait(program, argv, std::nullopt, redirects,
-                                     /*SecondsToWait=*/0, /*MemoryLimit=*/0,
-                                     &why);
+  int rc =
+      llvm::sys::ExecuteAndWait(program, argv, std::nullopt, redirects,
+                                /*SecondsToWait=*/0, /*MemoryLimit=*/0, &why);
   if (auto text = llvm::MemoryBuffer::getFile(errors.path))
     log = (*text)->getBuffer().str();
   if (rc == 0)
@@ -132,8 +132,7 @@ SmallVector<KernelResources> mlir::moe::parsePtxasInfo(StringRef log,
   return kernels;
 }
 
-std::string
-mlir::moe::formatKernelReport(ArrayRef<KernelResources> resources) {
+std::string mlir::moe::formatKernelReport(ArrayRef<KernelResources> resources) {
   std::string text;
   llvm::raw_string_ostream os(text);
   os << llvm::formatv("{0,-8} {1,-28} {2,9} {3,12} {4,11} {5,11} {6,9}\n",
@@ -227,10 +226,10 @@ mlir::moe::assembleCudaBinaries(ModuleOp module, StringRef toolkit) {
       return binary.emitError("cannot read the fatbinary: ")
              << bytes.getError().message();
     MLIRContext *ctx = module.getContext();
-    auto object = gpu::ObjectAttr::get(
-        ctx, oldestTarget, gpu::CompilationTarget::Fatbin,
-        StringAttr::get(ctx, (*bytes)->getBuffer()), DictionaryAttr(),
-        gpu::KernelTableAttr());
+    auto object =
+        gpu::ObjectAttr::get(ctx, oldestTarget, gpu::CompilationTarget::Fatbin,
+                             StringAttr::get(ctx, (*bytes)->getBuffer()),
+                             DictionaryAttr(), gpu::KernelTableAttr());
     binary.setObjectsAttr(ArrayAttr::get(ctx, {object}));
   }
   return report;

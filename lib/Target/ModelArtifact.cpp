@@ -26,6 +26,8 @@ std::string ModelManifest::toJSON() const {
                          {"shape", llvm::json::Array(w.shape)}};
     if (w.transpose) // stored with its last two dimensions swapped
       o["transpose"] = true;
+    if (w.deviceDtype != "F32")
+      o["device_dtype"] = w.deviceDtype;
     ws.push_back(std::move(o));
   }
   llvm::json::Object root{

@@ -100,6 +100,7 @@ int main(int argc, char **argv) {
     moe::MoECUDAPipelineOptions cudaOptions;
     cudaOptions.chips = SmallVector<std::string>(chips.begin(), chips.end());
     manifest->gpuArchs = cudaOptions.getChips();
+    manifest->keepBF16Weights();
     if (failed(session.lowerForCUDA(**module, manifest->gpuArchs, &kernels)))
       return 1;
     if (kernelReport)

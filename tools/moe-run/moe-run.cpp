@@ -124,9 +124,11 @@ compile(moe::CompilerSession &session, ModuleOp module,
   if (device == "cuda") {
     manifest.target = "cuda";
     manifest.gpuArchs = moe::MoECUDAPipelineOptions().getChips();
+    manifest.keepBF16Weights();
     if (failed(session.lowerForCUDA(module, manifest.gpuArchs)))
       return makeError("lowering the model for CUDA failed");
   } else if (gpuEmulation) {
+    manifest.keepBF16Weights();
     if (failed(session.lowerForGPUEmulation(module)))
       return makeError("lowering the model through the GPU kernels failed");
   } else if (failed(session.lowerForCPU(module))) {

@@ -1,4 +1,5 @@
-//===- KernelProgram.h - a model as a host program of kernel calls -*- C++ -*-===//
+//===- KernelProgram.h - a model as a host program of kernel calls -*- C++
+//-*-===//
 //
 // Both backends run the same host program: buffers, the pass loop, token
 // compaction and the routing trace, around calls of `moert_*` kernels
@@ -13,11 +14,20 @@
 #include "mlir/IR/BuiltinOps.h"
 
 namespace mlir::moe {
+struct KernelProgramOptions {
+  /// Bind bf16 weights as bf16 buffers (the GPU kernels widen each element
+  /// as they load it) instead of f32 ones (the CPU kernels' form; the
+  /// runtime widens at load). The manifest's device_dtype must agree.
+  bool bf16Weights = false;
+};
+
 /// Rewrites every model and decoder function of `module` into its host
 /// program: memref buffers (memref.alloc / copy / dealloc), scf loops, and
 /// `func.call @moert_*` of private kernel declarations whose memref operands
 /// are cast to fully dynamic strided views. Removes the weight symbols.
-LogicalResult lowerModelsToKernelCalls(ModuleOp module);
+LogicalResult
+lowerModelsToKernelCalls(ModuleOp module,
+                         const KernelProgramOptions &options = {});
 } // namespace mlir::moe
 
 #endif // MOE_CONVERSION_KERNELPROGRAM_H

@@ -50,11 +50,20 @@ def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
     test, and at the end. Every pointer the function receives is a device
     pointer.
 
+    bf16 weights stay bf16 in device memory (half the bytes to stream); the
+    kernels widen each element to f32 as they load it and accumulate in f32
+    (`bf16-weights=false` binds them as f32 instead). A compiled model's
+    manifest marks such weights `"device_dtype": "BF16"`.
+
     Experts must be in fused form (`moe.fused_experts`, as
     moe-fuse-dispatch-gemm makes them). Decoders get kernels for embedding,
     attention over the KV caches (which are device buffers too), the LM head
     and LM-head exits.
   }];
+  let options = [
+    Option<"bf16Weights", "bf16-weights", "bool", /*default=*/"true",
+           "Keep bf16 weights bf16 on the device">
+  ];
   let dependentDialects = [
     "::mlir::arith::ArithDialect", "::mlir::func::FuncDialect",
     "::mlir::gpu::GPUDialect", "::mlir::math::MathDialect",

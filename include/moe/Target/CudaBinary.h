@@ -20,9 +20,8 @@ namespace mlir::moe {
 /// What ptxas reports for one kernel on one chip.
 struct KernelResources {
   std::string chip, kernel;
-  int64_t registers = 0, barriers = 0, stackFrameBytes = 0,
-          spillStoreBytes = 0, spillLoadBytes = 0, sharedBytes = 0,
-          constantBytes = 0;
+  int64_t registers = 0, barriers = 0, stackFrameBytes = 0, spillStoreBytes = 0,
+          spillLoadBytes = 0, sharedBytes = 0, constantBytes = 0;
 };
 
 /// Replaces the PTX objects of every gpu.binary in `module` by one fatbinary

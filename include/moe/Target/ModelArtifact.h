@@ -37,8 +37,18 @@ struct ModelManifest {
     SmallVector<int64_t> shape;
     /// The file stores it with the last two dimensions swapped.
     bool transpose = false;
+    /// The element type the compiled code reads: F32, or BF16 for bf16
+    /// weights of GPU code (convert-moe-to-gpu's bf16-weights).
+    std::string deviceDtype = "F32";
   };
   SmallVector<Weight> weights;
+
+  /// Marks the bf16 weights to be bound as bf16, as GPU code reads them.
+  void keepBF16Weights() {
+    for (Weight &w : weights)
+      if (w.dtype == "BF16")
+        w.deviceDtype = "BF16";
+  }
 
   std::string toJSON() const;
 };

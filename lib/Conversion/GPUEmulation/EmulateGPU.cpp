@@ -160,8 +160,7 @@ struct MoEEmulateGPUPass
       }
     if (failed(emulateHost(module, kernels)))
       return signalPassFailure();
-    for (auto gpuModule :
-         llvm::to_vector(module.getOps<gpu::GPUModuleOp>()))
+    for (auto gpuModule : llvm::to_vector(module.getOps<gpu::GPUModuleOp>()))
       gpuModule.erase();
     module->removeAttr(gpu::GPUDialect::getContainerModuleAttrName());
   }

@@ -45,8 +45,10 @@ struct PlanBuffers {
 /// number of token rows the current ops work on.
 class ModelLowering {
 public:
-  ModelLowering(ModuleOp module, ArrayRef<WeightOp> weights)
-      : module(module), weights(weights), builder(module.getContext()) {}
+  ModelLowering(ModuleOp module, ArrayRef<WeightOp> weights,
+                const KernelProgramOptions &options)
+      : module(module), weights(weights), options(options),
+        builder(module.getContext()) {}
 
   LogicalResult lower(func::FuncOp func);
   LogicalResult lowerDecoder(func::FuncOp func);
@@ -80,6 +82,7 @@ private:
 
   ModuleOp module;
   ArrayRef<WeightOp> weights;
+  KernelProgramOptions options;
   OpBuilder builder;
   Location loc = builder.getUnknownLoc();
   /// Allocations go to the function entry, each after the previous one, so
@@ -318,13 +321,18 @@ LogicalResult ModelLowering::lower(func::FuncOp func) {
 }
 
 /// Creates the buffer-level function that replaces `func`: `inputs`, then
-/// one f32 buffer per weight, with MLIR's C interface; returns its entry
-/// block, with the builder at its start.
+/// one buffer per weight (f32, or bf16 for bf16 weights when the options
+/// keep them), with MLIR's C interface; returns its entry block, with the
+/// builder at its start.
 Block *ModelLowering::createLoweredFunction(func::FuncOp func,
                                             SmallVector<Type> inputs) {
-  for (WeightOp w : weights)
-    inputs.push_back(
-        MemRefType::get(w.getTensorType().getShape(), builder.getF32Type()));
+  for (WeightOp w : weights) {
+    RankedTensorType type = w.getTensorType();
+    Type element = options.bf16Weights && type.getElementType().isBF16()
+                       ? type.getElementType()
+                       : builder.getF32Type();
+    inputs.push_back(MemRefType::get(type.getShape(), element));
+  }
   builder.setInsertionPoint(func);
   auto lowered =
       func::FuncOp::create(builder, loc, func.getName(),
@@ -717,7 +725,9 @@ LogicalResult ModelLowering::emitLoop(LoopOp loop) {
   return success();
 }
 
-LogicalResult mlir::moe::lowerModelsToKernelCalls(ModuleOp module) {
+LogicalResult
+mlir::moe::lowerModelsToKernelCalls(ModuleOp module,
+                                    const KernelProgramOptions &options) {
   SmallVector<WeightOp> weights(module.getOps<WeightOp>());
   SmallVector<func::FuncOp> models, decoders;
   for (func::FuncOp func : module.getOps<func::FuncOp>()) {
@@ -729,10 +739,10 @@ LogicalResult mlir::moe::lowerModelsToKernelCalls(ModuleOp module) {
       models.push_back(func);
   }
   for (func::FuncOp func : models)
-    if (failed(ModelLowering(module, weights).lower(func)))
+    if (failed(ModelLowering(module, weights, options).lower(func)))
       return failure();
   for (func::FuncOp func : decoders)
-    if (failed(ModelLowering(module, weights).lowerDecoder(func)))
+    if (failed(ModelLowering(module, weights, options).lowerDecoder(func)))
       return failure();
   for (WeightOp w : weights)
     w.erase();

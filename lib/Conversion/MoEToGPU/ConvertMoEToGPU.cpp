@@ -40,6 +40,7 @@ constexpr StringLiteral kKernelModule = "moe_kernels";
 namespace {
 struct ConvertMoEToGPUPass
     : public moe::impl::ConvertMoEToGPUBase<ConvertMoEToGPUPass> {
+  using ConvertMoEToGPUBase::ConvertMoEToGPUBase;
   void runOnOperation() override {
     ModuleOp module = getOperation();
     // The GPU kernels implement expert groups in fused form only.
@@ -53,7 +54,9 @@ struct ConvertMoEToGPUPass
     });
     if (unfused.wasInterrupted())
       return signalPassFailure();
-    if (failed(lowerModelsToKernelCalls(module)))
+    KernelProgramOptions options;
+    options.bf16Weights = bf16Weights;
+    if (failed(lowerModelsToKernelCalls(module, options)))
       return signalPassFailure();
 
     OpBuilder b(module.getContext());
@@ -63,8 +66,7 @@ struct ConvertMoEToGPUPass
     auto kernelModule =
         gpu::GPUModuleOp::create(b, module.getLoc(), kKernelModule);
     GPUProgram program(module, kernelModule);
-    for (func::FuncOp func :
-         llvm::to_vector(module.getOps<func::FuncOp>())) {
+    for (func::FuncOp func : llvm::to_vector(module.getOps<func::FuncOp>())) {
       if (func.isExternal())
         continue;
       if (failed(program.rewrite(func)))

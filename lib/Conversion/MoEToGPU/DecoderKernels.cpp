@@ -23,24 +23,24 @@ Value f64(KernelBody &k, double v) {
   return arith::ConstantFloatOp::create(k.b, k.b.getF64Type(), APFloat(v));
 }
 Value nan32(KernelBody &k) {
-  return arith::ConstantFloatOp::create(
-      k.b, k.b.getF32Type(), APFloat::getNaN(APFloat::IEEEsingle()));
+  return arith::ConstantFloatOp::create(k.b, k.b.getF32Type(),
+                                        APFloat::getNaN(APFloat::IEEEsingle()));
 }
 /// Whether 0 <= pos < rows (pos an i32, rows an index).
 Value inRange(KernelBody &k, Value pos, Value rows) {
   Value p = k.toIndex(pos);
-  return arith::AndIOp::create(
-      k.b, k.cmp(arith::CmpIPredicate::sge, pos, k.i32(0)),
-      k.cmp(arith::CmpIPredicate::slt, p, rows));
+  return arith::AndIOp::create(k.b,
+                               k.cmp(arith::CmpIPredicate::sge, pos, k.i32(0)),
+                               k.cmp(arith::CmpIPredicate::slt, p, rows));
 }
 /// sqrt(mean of squares + eps) of the `count` elements m[row, offset + i].
 Value rmsOf(KernelBody &k, Value m, Value row, Value offset, int64_t count,
             double eps) {
-  Value ss = k.reduce(k.index(0), k.index(count), k.f32(0.0),
-                      [&](Value i, Value acc) {
-                        Value v = k.load(m, {row, k.add(i, offset)});
-                        return k.fadd(acc, k.fmul(v, v));
-                      });
+  Value ss =
+      k.reduce(k.index(0), k.index(count), k.f32(0.0), [&](Value i, Value acc) {
+        Value v = k.load(m, {row, k.add(i, offset)});
+        return k.fadd(acc, k.fmul(v, v));
+      });
   return math::SqrtOp::create(
       k.b, k.fadd(k.fdiv(ss, k.f32(double(count))), k.f32(eps)));
 }
@@ -90,13 +90,12 @@ LogicalResult emitUnembed(GPUProgram &p, StringRef, ArrayRef<Value> a,
   // logits[i, v] = x[i] . w[v].
   Value x = a[0], w = a[1], out = a[2];
   int64_t vocab = shapeOf(w)[0], d = shapeOf(w)[1];
-  auto fn = p.kernel("unembed", "", {x, w, out},
-                     [&](KernelBody &k, Value gid, ValueRange args) {
-                       Value i = k.div(gid, k.index(vocab)),
-                             v = k.rem(gid, k.index(vocab));
-                       k.store(k.dot(args[0], {i}, args[1], {v}, k.index(d)),
-                               args[2], {i, v});
-                     });
+  auto fn = p.kernel(
+      "unembed", "", {x, w, out},
+      [&](KernelBody &k, Value gid, ValueRange args) {
+        Value i = k.div(gid, k.index(vocab)), v = k.rem(gid, k.index(vocab));
+        k.store(k.dot(args[0], {i}, args[1], {v}, k.index(d)), args[2], {i, v});
+      });
   p.launch(fn, p.hostMul(p.hostDim(x, 0), p.hostIndex(vocab)), {x, w, out});
   return success();
 }
@@ -115,16 +114,15 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
       failed(p.requireFloat(name, a[18], scale)) ||
       failed(p.requireInt(name, a[19], interleaved)))
     return failure();
-  if (numHeads < 1 || numKvHeads < 1 || numHeads % numKvHeads ||
-      headDim < 2 || headDim % 2)
+  if (numHeads < 1 || numKvHeads < 1 || numHeads % numKvHeads || headDim < 2 ||
+      headDim % 2)
     return emitError(p.getLoc(), "convert-moe-to-gpu: attention needs heads "
                                  "divisible by kv heads and an even head "
                                  "size");
   if (scale <= 0.0)
     scale = 1.0 / std::sqrt(static_cast<double>(headDim));
-  Value x = a[0], positions = a[1], wq = a[2], wk = a[3], wv = a[4],
-        wo = a[5], qNorm = a[6], kNorm = a[7], kCache = a[8], vCache = a[9],
-        out = a[10];
+  Value x = a[0], positions = a[1], wq = a[2], wk = a[3], wv = a[4], wo = a[5],
+        qNorm = a[6], kNorm = a[7], kCache = a[8], vCache = a[9], out = a[10];
   int64_t d = shapeOf(x)[1];
   int64_t qWidth = numHeads * headDim, kvWidth = numKvHeads * headDim;
   int64_t group = numHeads / numKvHeads;
@@ -167,8 +165,7 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                   {row, vj});
         });
       });
-  p.launch(project, p.hostMul(n, p.hostIndex(qWidth + 2 * kvWidth)),
-           projArgs);
+  p.launch(project, p.hostMul(n, p.hostIndex(qWidth + 2 * kvWidth)), projArgs);
 
   // Per token: q/k norms, then clamping of q, k, v, then RoPE on q and k
   // (OLMoE's order).
@@ -209,8 +206,8 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
           // radians.
           Value position = arith::SIToFPOp::create(k.b, k.b.getF64Type(), pos);
           k.forEach(k.index(0), k.index(headDim / 2), [&](Value i) {
-            Value fi = arith::SIToFPOp::create(k.b, k.b.getF64Type(),
-                                               k.toI32(i));
+            Value fi =
+                arith::SIToFPOp::create(k.b, k.b.getF64Type(), k.toI32(i));
             Value exponent = arith::DivFOp::create(
                 k.b, arith::MulFOp::create(k.b, f64(k, -2.0), fi),
                 f64(k, double(headDim)));
@@ -271,24 +268,24 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                              });
           return k.fmul(s, k.f32(scale));
         };
-        Value max = k.reduce(k.index(1), keys, score(k.index(0)),
-                             [&](Value j, Value m) -> Value {
-                               return arith::MaximumFOp::create(k.b, m,
-                                                                score(j));
-                             });
+        Value max =
+            k.reduce(k.index(1), keys, score(k.index(0)),
+                     [&](Value j, Value m) -> Value {
+                       return arith::MaximumFOp::create(k.b, m, score(j));
+                     });
         auto acc = memref::AllocaOp::create(
             k.b, MemRefType::get({headDim}, k.b.getF32Type()));
         k.forEach(k.index(0), k.index(headDim),
                   [&](Value c) { k.store(k.f32(0.0), acc, {c}); });
-        Value sum = k.reduce(k.index(0), keys, k.f32(0.0), [&](Value j,
-                                                                 Value s) {
-          Value e = math::ExpOp::create(k.b, k.fsub(score(j), max));
-          k.forEach(k.index(0), k.index(headDim), [&](Value c) {
-            Value v = k.load(vc, {j, k.add(kvBase, c)});
-            k.store(k.fadd(k.load(acc, {c}), k.fmul(e, v)), acc, {c});
-          });
-          return k.fadd(s, e);
-        });
+        Value sum =
+            k.reduce(k.index(0), keys, k.f32(0.0), [&](Value j, Value s) {
+              Value e = math::ExpOp::create(k.b, k.fsub(score(j), max));
+              k.forEach(k.index(0), k.index(headDim), [&](Value c) {
+                Value v = k.load(vc, {j, k.add(kvBase, c)});
+                k.store(k.fadd(k.load(acc, {c}), k.fmul(e, v)), acc, {c});
+              });
+              return k.fadd(s, e);
+            });
         k.forEach(k.index(0), k.index(headDim), [&](Value c) {
           k.store(k.fdiv(k.load(acc, {c}), sum), qm, {t, k.add(qBase, c)});
         });
@@ -297,14 +294,13 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
 
   // out = heads wo^T.
   SmallVector<Value> outArgs = {q, wo, out};
-  auto project2 = p.kernel("attention_out", key, outArgs,
-                           [&](KernelBody &k, Value gid, ValueRange args) {
-                             Value t = k.div(gid, k.index(d)),
-                                   m = k.rem(gid, k.index(d));
-                             k.store(k.dot(args[0], {t}, args[1], {m},
-                                           k.index(qWidth)),
-                                     args[2], {t, m});
-                           });
+  auto project2 =
+      p.kernel("attention_out", key, outArgs,
+               [&](KernelBody &k, Value gid, ValueRange args) {
+                 Value t = k.div(gid, k.index(d)), m = k.rem(gid, k.index(d));
+                 k.store(k.dot(args[0], {t}, args[1], {m}, k.index(qWidth)),
+                         args[2], {t, m});
+               });
   p.launch(project2, p.hostMul(n, p.hostIndex(d)), outArgs);
   p.release(q);
   return success();
@@ -360,11 +356,11 @@ LogicalResult emitExitTestLm(GPUProgram &p, StringRef name, ArrayRef<Value> a,
         auto logitAt = [&](Value v) {
           return arith::ExtFOp::create(b, f64Type, k.load(args[0], {t, v}));
         };
-        Value max = k.reduce(k.index(1), k.index(vocab), logitAt(k.index(0)),
-                             [&](Value v, Value m) -> Value {
-                               return arith::MaximumFOp::create(b, m,
-                                                                logitAt(v));
-                             });
+        Value max =
+            k.reduce(k.index(1), k.index(vocab), logitAt(k.index(0)),
+                     [&](Value v, Value m) -> Value {
+                       return arith::MaximumFOp::create(b, m, logitAt(v));
+                     });
         auto shifted = [&](Value v) {
           return arith::SubFOp::create(b, logitAt(v), max).getResult();
         };
@@ -386,18 +382,17 @@ LogicalResult emitExitTestLm(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                 return arith::AddFOp::create(b, w,
                                              arith::MulFOp::create(b, pv, x));
               });
-          value = arith::SubFOp::create(b, math::LogOp::create(b, sum),
-                                        weighted);
+          value =
+              arith::SubFOp::create(b, math::LogOp::create(b, sum), weighted);
         }
-        Value finite =
-            arith::CmpFOp::create(b, arith::CmpFPredicate::OEQ,
-                                  arith::SubFOp::create(b, value, value),
-                                  f64(k, 0.0));
-        Value pass = arith::CmpFOp::create(
-            b,
-            criterion == 2 ? arith::CmpFPredicate::OGE
-                           : arith::CmpFPredicate::OLE,
-            value, f64(k, tau));
+        Value finite = arith::CmpFOp::create(
+            b, arith::CmpFPredicate::OEQ,
+            arith::SubFOp::create(b, value, value), f64(k, 0.0));
+        Value pass =
+            arith::CmpFOp::create(b,
+                                  criterion == 2 ? arith::CmpFPredicate::OGE
+                                                 : arith::CmpFPredicate::OLE,
+                                  value, f64(k, tau));
         Value exit = arith::AndIOp::create(b, finite, pass);
         k.store(arith::ExtUIOp::create(b, b.getI8Type(), exit), args[1], {t});
       });

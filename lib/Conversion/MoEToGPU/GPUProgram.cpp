@@ -12,8 +12,8 @@ constexpr int64_t kThreadsPerBlock = 256;
 
 Value GPUProgram::stream() {
   if (!token)
-    token = gpu::WaitOp::create(hostBuilder, loc, hostBuilder.getType<gpu::AsyncTokenType>(),
-                                {})
+    token = gpu::WaitOp::create(hostBuilder, loc,
+                                hostBuilder.getType<gpu::AsyncTokenType>(), {})
                 .getAsyncToken();
   return token;
 }
@@ -26,9 +26,9 @@ void GPUProgram::sync() {
 }
 
 Value GPUProgram::scratch(MemRefType type, ValueRange sizes) {
-  auto alloc =
-      gpu::AllocOp::create(hostBuilder, loc, type, hostBuilder.getType<gpu::AsyncTokenType>(),
-                           {stream()}, sizes, {});
+  auto alloc = gpu::AllocOp::create(hostBuilder, loc, type,
+                                    hostBuilder.getType<gpu::AsyncTokenType>(),
+                                    {stream()}, sizes, {});
   token = alloc.getAsyncToken();
   return alloc.getMemref();
 }
@@ -57,10 +57,10 @@ gpu::GPUFuncOp GPUProgram::kernel(StringRef base, StringRef key,
   OpBuilder::InsertionGuard guard(hostBuilder);
   hostBuilder.setInsertionPointToEnd(kernelModule.getBody());
   ImplicitLocOpBuilder b(loc, hostBuilder);
-  auto fn = gpu::GPUFuncOp::create(
-      b, (base + "_" + Twine(kernelCount++)).str(),
-      hostBuilder.getFunctionType(types, {}));
-  fn->setAttr(gpu::GPUDialect::getKernelFuncAttrName(), hostBuilder.getUnitAttr());
+  auto fn = gpu::GPUFuncOp::create(b, (base + "_" + Twine(kernelCount++)).str(),
+                                   hostBuilder.getFunctionType(types, {}));
+  fn->setAttr(gpu::GPUDialect::getKernelFuncAttrName(),
+              hostBuilder.getUnitAttr());
   fn->setAttr("moe.signature", hostBuilder.getStringAttr(signature));
   b.setInsertionPointToStart(&fn.getBody().front());
   KernelBody k(b);
@@ -80,7 +80,8 @@ void GPUProgram::launch(gpu::GPUFuncOp fn, Value n, ValueRange args) {
   Value threads = hostIndex(kThreadsPerBlock);
   Value blocks = arith::DivUIOp::create(
       hostBuilder, loc,
-      arith::AddIOp::create(hostBuilder, loc, n, hostIndex(kThreadsPerBlock - 1)),
+      arith::AddIOp::create(hostBuilder, loc, n,
+                            hostIndex(kThreadsPerBlock - 1)),
       threads);
   blocks = arith::MaxUIOp::create(hostBuilder, loc, blocks, hostIndex(1));
   Value one = hostIndex(1);
@@ -120,7 +121,7 @@ LogicalResult GPUProgram::rewriteBlock(Block &block) {
     }
     if (auto copy = dyn_cast<memref::CopyOp>(op)) {
       if (failed(emit(nullptr, "moert_copy",
-                                   {copy.getSource(), copy.getTarget()})))
+                      {copy.getSource(), copy.getTarget()})))
         return failure();
       copy.erase();
       continue;

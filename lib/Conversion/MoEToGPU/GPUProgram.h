@@ -1,4 +1,5 @@
-//===- GPUProgram.h - the host program on the GPU, and its kernels -*- C++ -*-===//
+//===- GPUProgram.h - the host program on the GPU, and its kernels -*- C++
+//-*-===//
 //
 // convert-moe-to-gpu rewrites the host program of KernelProgram.h: GPUProgram
 // turns its buffers into device allocations on one stream and hands every
@@ -52,8 +53,12 @@ public:
   Value cmp(arith::CmpIPredicate p, Value x, Value y) {
     return arith::CmpIOp::create(b, p, x, y);
   }
+  /// An element of `memref`; bf16 elements (weights) are widened to f32.
   Value load(Value memref, ValueRange indices) {
-    return memref::LoadOp::create(b, memref, indices);
+    Value v = memref::LoadOp::create(b, memref, indices);
+    if (v.getType().isBF16())
+      v = arith::ExtFOp::create(b, b.getF32Type(), v);
+    return v;
   }
   void store(Value v, Value memref, ValueRange indices) {
     memref::StoreOp::create(b, v, memref, indices);
@@ -96,10 +101,9 @@ public:
     return loop.getResult(0);
   }
   /// Like reduce, with several accumulators.
-  SmallVector<Value> reduceAll(Value lb, Value ub, ValueRange inits,
-                               function_ref<SmallVector<Value>(Value,
-                                                               ValueRange)>
-                                   body) {
+  SmallVector<Value>
+  reduceAll(Value lb, Value ub, ValueRange inits,
+            function_ref<SmallVector<Value>(Value, ValueRange)> body) {
     auto loop = scf::ForOp::create(
         b, lb, ub, index(1), inits,
         [&](OpBuilder &nested, Location, Value iv, ValueRange args) {

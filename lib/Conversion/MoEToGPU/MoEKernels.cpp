@@ -22,13 +22,13 @@ ArrayRef<int64_t> shapeOf(Value v) {
 }
 
 LogicalResult emitCopy(GPUProgram &p, StringRef name, ArrayRef<Value> a,
-    Operation *call) {
+                       Operation *call) {
   std::string key;
   llvm::raw_string_ostream keyOs(key);
-    // dst[i...] = src[i...], any rank.
-    Value src = a[0], dst = a[1];
-    int64_t rank = cast<MemRefType>(dst.getType()).getRank();
-    auto fn = p.kernel("copy", "", {src, dst},
+  // dst[i...] = src[i...], any rank.
+  Value src = a[0], dst = a[1];
+  int64_t rank = cast<MemRefType>(dst.getType()).getRank();
+  auto fn = p.kernel("copy", "", {src, dst},
                      [&](KernelBody &k, Value gid, ValueRange args) {
                        SmallVector<Value> idx(rank);
                        Value rest = gid;
@@ -39,462 +39,458 @@ LogicalResult emitCopy(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                        }
                        k.store(k.load(args[0], idx), args[1], idx);
                      });
-    p.launch(fn, p.hostNumElements(dst), {src, dst});
-    return success();
+  p.launch(fn, p.hostNumElements(dst), {src, dst});
+  return success();
 }
 
 LogicalResult emitRmsNorm(GPUProgram &p, StringRef name, ArrayRef<Value> a,
-    Operation *call) {
+                          Operation *call) {
   std::string key;
   llvm::raw_string_ostream keyOs(key);
-    // One thread per token row: out = x / sqrt(mean(x^2) + eps) * w.
-    double eps;
-    if (failed(p.requireFloat(name, a[3], eps)))
-      return failure();
-    keyOs << eps;
-    int64_t d = shapeOf(a[0])[1];
-    // An empty weight is a norm without gain (LoopLM).
-    bool gain = shapeOf(a[1])[0] != 0;
-    auto fn = p.kernel("rms_norm", key, {a[0], a[1], a[2]},
-                     [&](KernelBody &k, Value t, ValueRange args) {
-                       Value x = args[0], w = args[1], out = args[2];
-                       Value n = k.index(d);
-                       Value ss = k.dot(x, {t}, x, {t}, n);
-                       Value rms = math::SqrtOp::create(
-                           k.b, k.fadd(k.fdiv(ss, k.f32(double(d))),
-                                       k.f32(eps)));
-                       k.forEach(k.index(0), n, [&](Value i) {
-                         Value v = k.fdiv(k.load(x, {t, i}), rms);
-                         if (gain)
-                           v = k.fmul(v, k.load(w, {i}));
-                         k.store(v, out, {t, i});
-                       });
-                     });
-    p.launch(fn, p.hostDim(a[0], 0), {a[0], a[1], a[2]});
-    return success();
+  // One thread per token row: out = x / sqrt(mean(x^2) + eps) * w.
+  double eps;
+  if (failed(p.requireFloat(name, a[3], eps)))
+    return failure();
+  keyOs << eps;
+  int64_t d = shapeOf(a[0])[1];
+  // An empty weight is a norm without gain (LoopLM).
+  bool gain = shapeOf(a[1])[0] != 0;
+  auto fn =
+      p.kernel("rms_norm", key, {a[0], a[1], a[2]},
+               [&](KernelBody &k, Value t, ValueRange args) {
+                 Value x = args[0], w = args[1], out = args[2];
+                 Value n = k.index(d);
+                 Value ss = k.dot(x, {t}, x, {t}, n);
+                 Value rms = math::SqrtOp::create(
+                     k.b, k.fadd(k.fdiv(ss, k.f32(double(d))), k.f32(eps)));
+                 k.forEach(k.index(0), n, [&](Value i) {
+                   Value v = k.fdiv(k.load(x, {t, i}), rms);
+                   if (gain)
+                     v = k.fmul(v, k.load(w, {i}));
+                   k.store(v, out, {t, i});
+                 });
+               });
+  p.launch(fn, p.hostDim(a[0], 0), {a[0], a[1], a[2]});
+  return success();
 }
 
 LogicalResult emitRoute(GPUProgram &p, StringRef name, ArrayRef<Value> a,
-    Operation *call) {
+                        Operation *call) {
   std::string key;
   llvm::raw_string_ostream keyOs(key);
-    // One thread per token: logits, softmax or sigmoid, top-k (ties: the
-    // lower expert), optional renormalisation and scaling.
-    int64_t scoring, normalize;
-    double scaling;
-    if (failed(p.requireInt(name, a[4], scoring)) ||
-        failed(p.requireInt(name, a[5], normalize)) ||
-        failed(p.requireFloat(name, a[6], scaling)))
-      return failure();
-    keyOs << scoring << "," << normalize << "," << scaling;
-    int64_t d = shapeOf(a[0])[1], e = shapeOf(a[1])[0], topK = shapeOf(a[2])[1];
-    auto fn = p.kernel("route", key, {a[0], a[1], a[2], a[3]},
-                     [&](KernelBody &k, Value t, ValueRange args) {
-      ImplicitLocOpBuilder &b = k.b;
-      Value x = args[0], w = args[1], ids = args[2], gates = args[3];
-      Value numE = k.index(e), zero = k.index(0);
-      auto probs = memref::AllocaOp::create(
-          b, MemRefType::get({e}, b.getF32Type()));
-      auto taken = memref::AllocaOp::create(
-          b, MemRefType::get({e}, b.getI32Type()));
-      k.forEach(zero, numE, [&](Value i) {
-        k.store(k.dot(x, {t}, w, {i}, k.index(d)), probs, {i});
-        k.store(k.i32(0), taken, {i});
-      });
-      if (scoring == 1) {
+  // One thread per token: logits, softmax or sigmoid, top-k (ties: the
+  // lower expert), optional renormalisation and scaling.
+  int64_t scoring, normalize;
+  double scaling;
+  if (failed(p.requireInt(name, a[4], scoring)) ||
+      failed(p.requireInt(name, a[5], normalize)) ||
+      failed(p.requireFloat(name, a[6], scaling)))
+    return failure();
+  keyOs << scoring << "," << normalize << "," << scaling;
+  int64_t d = shapeOf(a[0])[1], e = shapeOf(a[1])[0], topK = shapeOf(a[2])[1];
+  auto fn = p.kernel(
+      "route", key, {a[0], a[1], a[2], a[3]},
+      [&](KernelBody &k, Value t, ValueRange args) {
+        ImplicitLocOpBuilder &b = k.b;
+        Value x = args[0], w = args[1], ids = args[2], gates = args[3];
+        Value numE = k.index(e), zero = k.index(0);
+        auto probs =
+            memref::AllocaOp::create(b, MemRefType::get({e}, b.getF32Type()));
+        auto taken =
+            memref::AllocaOp::create(b, MemRefType::get({e}, b.getI32Type()));
         k.forEach(zero, numE, [&](Value i) {
-          k.store(k.sigmoid(k.load(probs, {i})), probs, {i});
+          k.store(k.dot(x, {t}, w, {i}, k.index(d)), probs, {i});
+          k.store(k.i32(0), taken, {i});
         });
-      } else {
-        Value max = k.reduce(k.index(1), numE, k.load(probs, {zero}),
-                             [&](Value i, Value m) -> Value {
-                               return arith::MaximumFOp::create(
-                                   b, m, k.load(probs, {i}));
-                             });
-        Value sum = k.reduce(zero, numE, k.f32(0.0), [&](Value i, Value s) {
-          Value p = math::ExpOp::create(b, k.fsub(k.load(probs, {i}), max));
-          k.store(p, probs, {i});
-          return k.fadd(s, p);
-        });
-        k.forEach(zero, numE, [&](Value i) {
-          k.store(k.fdiv(k.load(probs, {i}), sum), probs, {i});
-        });
-      }
-      Value noBest = k.index(-1);
-      Value total = k.reduce(
-          zero, k.index(topK), k.f32(0.0), [&](Value j, Value sum) {
-            Value best = k.reduce(zero, numE, noBest, [&](Value i, Value best) {
-              Value free = k.cmp(arith::CmpIPredicate::eq,
-                                 k.load(taken, {i}), k.i32(0));
-              Value none = k.cmp(arith::CmpIPredicate::eq, best, noBest);
-              Value bestP = k.load(
-                  probs, {arith::MaxSIOp::create(b, best, zero).getResult()});
-              Value greater = arith::CmpFOp::create(
-                  b, arith::CmpFPredicate::OGT, k.load(probs, {i}), bestP);
-              Value better = arith::AndIOp::create(
-                  b, free, arith::OrIOp::create(b, none, greater));
-              return arith::SelectOp::create(b, better, i, best).getResult();
-            });
-            Value p = k.load(probs, {best});
-            k.store(k.i32(1), taken, {best});
-            k.store(k.toI32(best), ids, {t, j});
-            k.store(p, gates, {t, j});
-            return k.fadd(sum, p);
+        if (scoring == 1) {
+          k.forEach(zero, numE, [&](Value i) {
+            k.store(k.sigmoid(k.load(probs, {i})), probs, {i});
           });
-      if (!normalize && scaling == 1.0)
-        return;
-      k.forEach(zero, k.index(topK), [&](Value j) {
-        Value g = k.load(gates, {t, j});
-        if (normalize)
-          g = k.fdiv(g, total);
-        k.store(k.fmul(g, k.f32(scaling)), gates, {t, j});
+        } else {
+          Value max = k.reduce(k.index(1), numE, k.load(probs, {zero}),
+                               [&](Value i, Value m) -> Value {
+                                 return arith::MaximumFOp::create(
+                                     b, m, k.load(probs, {i}));
+                               });
+          Value sum = k.reduce(zero, numE, k.f32(0.0), [&](Value i, Value s) {
+            Value p = math::ExpOp::create(b, k.fsub(k.load(probs, {i}), max));
+            k.store(p, probs, {i});
+            return k.fadd(s, p);
+          });
+          k.forEach(zero, numE, [&](Value i) {
+            k.store(k.fdiv(k.load(probs, {i}), sum), probs, {i});
+          });
+        }
+        Value noBest = k.index(-1);
+        Value total =
+            k.reduce(zero, k.index(topK), k.f32(0.0), [&](Value j, Value sum) {
+              Value best =
+                  k.reduce(zero, numE, noBest, [&](Value i, Value best) {
+                    Value free = k.cmp(arith::CmpIPredicate::eq,
+                                       k.load(taken, {i}), k.i32(0));
+                    Value none = k.cmp(arith::CmpIPredicate::eq, best, noBest);
+                    Value bestP = k.load(
+                        probs,
+                        {arith::MaxSIOp::create(b, best, zero).getResult()});
+                    Value greater =
+                        arith::CmpFOp::create(b, arith::CmpFPredicate::OGT,
+                                              k.load(probs, {i}), bestP);
+                    Value better = arith::AndIOp::create(
+                        b, free, arith::OrIOp::create(b, none, greater));
+                    return arith::SelectOp::create(b, better, i, best)
+                        .getResult();
+                  });
+              Value p = k.load(probs, {best});
+              k.store(k.i32(1), taken, {best});
+              k.store(k.toI32(best), ids, {t, j});
+              k.store(p, gates, {t, j});
+              return k.fadd(sum, p);
+            });
+        if (!normalize && scaling == 1.0)
+          return;
+        k.forEach(zero, k.index(topK), [&](Value j) {
+          Value g = k.load(gates, {t, j});
+          if (normalize)
+            g = k.fdiv(g, total);
+          k.store(k.fmul(g, k.f32(scaling)), gates, {t, j});
+        });
       });
-    });
-    p.launch(fn, p.hostDim(a[0], 0), {a[0], a[1], a[2], a[3]});
-    return success();
+  p.launch(fn, p.hostDim(a[0], 0), {a[0], a[1], a[2], a[3]});
+  return success();
 }
 
 LogicalResult emitPlan(GPUProgram &p, StringRef name, ArrayRef<Value> a,
-    Operation *call) {
+                       Operation *call) {
   std::string key;
   llvm::raw_string_ostream keyOs(key);
-    // Histogram, scan and scatter of the slots by expert (see
-    // moert/CpuPlanKernels.h for the layout); `cursor` counts, then hands
-    // out each segment's rows.
-    int64_t tile;
-    if (failed(p.requireInt(name, a[4], tile)))
-      return failure();
-    keyOs << tile;
-    Value ids = a[0], offsets = a[1], rowToken = a[2], slotRow = a[3];
-    int64_t e = shapeOf(offsets)[0] - 1, topK = shapeOf(ids)[1];
-    Value cursor = p.scratch(MemRefType::get({e}, p.host().getI32Type()), {});
-    Value rows = p.hostDim(rowToken, 0);
-    auto init = p.kernel("plan_init", key, {rowToken, cursor},
-                       [&](KernelBody &k, Value i, ValueRange args) {
-                         Value rowCount = k.dim(args[0], 0);
-                         Value isRow =
-                             k.cmp(arith::CmpIPredicate::ult, i, rowCount);
-                         k.ifThen(isRow, [&] {
-                           k.store(k.i32(-1), args[0], {i});
-                         });
-                         k.ifThen(k.cmp(arith::CmpIPredicate::uge, i,
-                                        rowCount),
-                                  [&] {
-                                    Value expert =
-                                        arith::SubIOp::create(k.b, i, rowCount);
-                                    k.store(k.i32(0), args[1], {expert});
-                                  });
-                       });
-    p.launch(init, arith::AddIOp::create(p.host(), p.getLoc(), rows, p.hostIndex(e)),
+  // Histogram, scan and scatter of the slots by expert (see
+  // moert/CpuPlanKernels.h for the layout); `cursor` counts, then hands
+  // out each segment's rows.
+  int64_t tile;
+  if (failed(p.requireInt(name, a[4], tile)))
+    return failure();
+  keyOs << tile;
+  Value ids = a[0], offsets = a[1], rowToken = a[2], slotRow = a[3];
+  int64_t e = shapeOf(offsets)[0] - 1, topK = shapeOf(ids)[1];
+  Value cursor = p.scratch(MemRefType::get({e}, p.host().getI32Type()), {});
+  Value rows = p.hostDim(rowToken, 0);
+  auto init =
+      p.kernel("plan_init", key, {rowToken, cursor},
+               [&](KernelBody &k, Value i, ValueRange args) {
+                 Value rowCount = k.dim(args[0], 0);
+                 Value isRow = k.cmp(arith::CmpIPredicate::ult, i, rowCount);
+                 k.ifThen(isRow, [&] { k.store(k.i32(-1), args[0], {i}); });
+                 k.ifThen(k.cmp(arith::CmpIPredicate::uge, i, rowCount), [&] {
+                   Value expert = arith::SubIOp::create(k.b, i, rowCount);
+                   k.store(k.i32(0), args[1], {expert});
+                 });
+               });
+  p.launch(init,
+           arith::AddIOp::create(p.host(), p.getLoc(), rows, p.hostIndex(e)),
            {rowToken, cursor});
-    // The expert of slot (t, j), and whether it is in range.
-    auto slotExpert = [&](KernelBody &k, Value idsArg, Value s, Value &t,
-                          Value &j, Value &expert) {
-      t = k.div(s, k.index(topK));
-      j = k.rem(s, k.index(topK));
-      Value id = k.load(idsArg, {t, j});
-      expert = k.toIndex(id);
-      return arith::AndIOp::create(
-          k.b, k.cmp(arith::CmpIPredicate::sge, id, k.i32(0)),
-          k.cmp(arith::CmpIPredicate::slt, id, k.i32(e)));
-    };
-    Value slots = p.hostMul(p.hostDim(ids, 0), p.hostIndex(topK));
-    auto count = p.kernel(
-        "plan_count", key, {ids, slotRow, cursor},
-        [&](KernelBody &k, Value s, ValueRange args) {
-          Value t, j, expert;
-          Value valid = slotExpert(k, args[0], s, t, j, expert);
-          auto op = scf::IfOp::create(k.b, valid, /*withElseRegion=*/true);
-          {
-            OpBuilder::InsertionGuard guard(k.b);
-            k.b.setInsertionPoint(op.thenBlock()->getTerminator());
-            memref::AtomicRMWOp::create(k.b, arith::AtomicRMWKind::addi,
-                                        k.i32(1), args[2], ValueRange{expert});
-            k.b.setInsertionPoint(op.elseBlock()->getTerminator());
-            k.store(k.i32(-1), args[1], {t, j});
-          }
-        });
-    p.launch(count, slots, {ids, slotRow, cursor});
-    auto scan = p.kernel("plan_scan", key, {offsets, cursor},
-                       [&](KernelBody &k, Value, ValueRange args) {
-                         Value t32 = k.i32(tile);
-                         Value end = k.reduce(
-                             k.index(0), k.index(e), k.i32(0),
-                             [&](Value i, Value acc) -> Value {
-                               k.store(acc, args[0], {i});
-                               Value c = k.load(args[1], {i});
-                               k.store(acc, args[1], {i});
-                               Value tiles = arith::CeilDivSIOp::create(
-                                   k.b, c, t32);
-                               return arith::AddIOp::create(
-                                   k.b, acc,
-                                   arith::MulIOp::create(k.b, tiles, t32));
-                             });
-                         k.store(end, args[0], {k.index(e)});
-                       });
-    p.launch(scan, p.hostIndex(1), {offsets, cursor});
-    auto scatter = p.kernel(
-        "plan_scatter", key, {ids, rowToken, slotRow, cursor},
-        [&](KernelBody &k, Value s, ValueRange args) {
-          Value t, j, expert;
-          Value valid = slotExpert(k, args[0], s, t, j, expert);
-          k.ifThen(valid, [&] {
-            Value row = memref::AtomicRMWOp::create(
-                k.b, arith::AtomicRMWKind::addi, k.i32(1), args[3],
-                ValueRange{expert});
-            k.store(k.toI32(t), args[1], {k.toIndex(row)});
-            k.store(row, args[2], {t, j});
-          });
-        });
-    p.launch(scatter, slots, {ids, rowToken, slotRow, cursor});
-    p.release(cursor);
-    return success();
+  // The expert of slot (t, j), and whether it is in range.
+  auto slotExpert = [&](KernelBody &k, Value idsArg, Value s, Value &t,
+                        Value &j, Value &expert) {
+    t = k.div(s, k.index(topK));
+    j = k.rem(s, k.index(topK));
+    Value id = k.load(idsArg, {t, j});
+    expert = k.toIndex(id);
+    return arith::AndIOp::create(
+        k.b, k.cmp(arith::CmpIPredicate::sge, id, k.i32(0)),
+        k.cmp(arith::CmpIPredicate::slt, id, k.i32(e)));
+  };
+  Value slots = p.hostMul(p.hostDim(ids, 0), p.hostIndex(topK));
+  auto count = p.kernel(
+      "plan_count", key, {ids, slotRow, cursor},
+      [&](KernelBody &k, Value s, ValueRange args) {
+        Value t, j, expert;
+        Value valid = slotExpert(k, args[0], s, t, j, expert);
+        auto op = scf::IfOp::create(k.b, valid, /*withElseRegion=*/true);
+        {
+          OpBuilder::InsertionGuard guard(k.b);
+          k.b.setInsertionPoint(op.thenBlock()->getTerminator());
+          memref::AtomicRMWOp::create(k.b, arith::AtomicRMWKind::addi, k.i32(1),
+                                      args[2], ValueRange{expert});
+          k.b.setInsertionPoint(op.elseBlock()->getTerminator());
+          k.store(k.i32(-1), args[1], {t, j});
+        }
+      });
+  p.launch(count, slots, {ids, slotRow, cursor});
+  auto scan = p.kernel(
+      "plan_scan", key, {offsets, cursor},
+      [&](KernelBody &k, Value, ValueRange args) {
+        Value t32 = k.i32(tile);
+        Value end = k.reduce(
+            k.index(0), k.index(e), k.i32(0), [&](Value i, Value acc) -> Value {
+              k.store(acc, args[0], {i});
+              Value c = k.load(args[1], {i});
+              k.store(acc, args[1], {i});
+              Value tiles = arith::CeilDivSIOp::create(k.b, c, t32);
+              return arith::AddIOp::create(
+                  k.b, acc, arith::MulIOp::create(k.b, tiles, t32));
+            });
+        k.store(end, args[0], {k.index(e)});
+      });
+  p.launch(scan, p.hostIndex(1), {offsets, cursor});
+  auto scatter = p.kernel("plan_scatter", key, {ids, rowToken, slotRow, cursor},
+                          [&](KernelBody &k, Value s, ValueRange args) {
+                            Value t, j, expert;
+                            Value valid =
+                                slotExpert(k, args[0], s, t, j, expert);
+                            k.ifThen(valid, [&] {
+                              Value row = memref::AtomicRMWOp::create(
+                                  k.b, arith::AtomicRMWKind::addi, k.i32(1),
+                                  args[3], ValueRange{expert});
+                              k.store(k.toI32(t), args[1], {k.toIndex(row)});
+                              k.store(row, args[2], {t, j});
+                            });
+                          });
+  p.launch(scatter, slots, {ids, rowToken, slotRow, cursor});
+  p.release(cursor);
+  return success();
 }
 
 LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
-    Operation *call) {
+                               Operation *call) {
   std::string key;
   llvm::raw_string_ostream keyOs(key);
-    // Per plan row r of expert e with token t: h[r] = act(Wg_e x_t) *
-    // (Wu_e x_t), y[r] = Wd_e h[r] (padding rows skipped); then per token
-    // out[t] = sum over ascending j of gates[t, j] * y[slotRow[t, j]].
-    int64_t act;
-    if (failed(p.requireInt(name, a[9], act)))
-      return failure();
-    keyOs << act;
-    Value x = a[0], rowToken = a[1], offsets = a[2], slotRow = a[3],
-          gates = a[4], wg = a[5], wu = a[6], wd = a[7], out = a[8];
-    ArrayRef<int64_t> wShape = shapeOf(wg);
-    int64_t e = wShape[0], f = wShape[1], d = wShape[2];
-    int64_t topK = shapeOf(slotRow)[1];
-    Value rows = p.hostDim(rowToken, 0);
-    Type f32 = p.host().getF32Type();
-    int64_t dyn = ShapedType::kDynamic;
-    Value h = p.scratch(MemRefType::get({dyn, f}, f32), {rows});
-    Value y = p.scratch(MemRefType::get({dyn, d}, f32), {rows});
-    // The expert whose segment holds row r: the number of segments that end
-    // at or before r.
-    auto expertOf = [&](KernelBody &k, Value offs, Value r) {
-      Value r32 = k.toI32(r);
-      return k.reduce(k.index(0), k.index(e), k.index(0),
-                      [&](Value i, Value acc) -> Value {
-                        Value end = k.load(offs, {k.add(i, k.index(1))});
-                        Value before =
-                            k.cmp(arith::CmpIPredicate::sle, end, r32);
-                        return arith::SelectOp::create(
-                            k.b, before, k.add(acc, k.index(1)), acc);
-                      });
-    };
-    auto up = p.kernel(
-        "experts_gate_up", key, {x, rowToken, offsets, wg, wu, h},
-        [&](KernelBody &k, Value gid, ValueRange args) {
-          Value r = k.div(gid, k.index(f)), c = k.rem(gid, k.index(f));
-          Value tok = k.load(args[1], {r});
-          k.ifThen(k.cmp(arith::CmpIPredicate::sge, tok, k.i32(0)), [&] {
-            Value t = k.toIndex(tok);
-            Value ex = expertOf(k, args[2], r);
-            Value zero = k.f32(0.0);
-            SmallVector<Value> gu = k.reduceAll(
-                k.index(0), k.index(d), {zero, zero},
-                [&](Value i, ValueRange acc) -> SmallVector<Value> {
-                  Value xv = k.load(args[0], {t, i});
-                  return {k.fadd(acc[0],
-                                 k.fmul(xv, k.load(args[3], {ex, c, i}))),
-                          k.fadd(acc[1],
-                                 k.fmul(xv, k.load(args[4], {ex, c, i})))};
-                });
-            Value g = gu[0], z = g;
-            if (act == 1) {
-              // tanh GELU as x * sigmoid(2y), y = sqrt(2/pi)(x + 0.044715x^3)
-              Value cube = k.fmul(k.fmul(g, g), g);
-              z = k.fmul(k.f32(2.0 * std::sqrt(2.0 / M_PI)),
-                         k.fadd(g, k.fmul(k.f32(0.044715), cube)));
-            }
-            k.store(k.fmul(k.fmul(g, k.sigmoid(z)), gu[1]), args[5], {r, c});
-          });
-        });
-    p.launch(up, p.hostMul(rows, p.hostIndex(f)), {x, rowToken, offsets, wg, wu, h});
-    auto down = p.kernel(
-        "experts_down", key, {h, rowToken, offsets, wd, y},
-        [&](KernelBody &k, Value gid, ValueRange args) {
-          Value r = k.div(gid, k.index(d)), c = k.rem(gid, k.index(d));
-          Value tok = k.load(args[1], {r});
-          k.ifThen(k.cmp(arith::CmpIPredicate::sge, tok, k.i32(0)), [&] {
-            Value ex = expertOf(k, args[2], r);
-            k.store(k.dot(args[0], {r}, args[3], {ex, c}, k.index(f)),
-                    args[4], {r, c});
-          });
-        });
-    p.launch(down, p.hostMul(rows, p.hostIndex(d)), {h, rowToken, offsets, wd, y});
-    auto combine = p.kernel(
-        "experts_combine", key, {y, slotRow, gates, out},
-        [&](KernelBody &k, Value gid, ValueRange args) {
-          Value t = k.div(gid, k.index(d)), c = k.rem(gid, k.index(d));
-          Value sum = k.reduce(
-              k.index(0), k.index(topK), k.f32(0.0), [&](Value j, Value acc) {
-                Value row = k.load(args[1], {t, j});
-                Value used = k.cmp(arith::CmpIPredicate::sge, row, k.i32(0));
-                return k.select(
-                    used,
-                    [&]() -> Value {
-                      Value v = k.load(args[0], {k.toIndex(row), c});
-                      return k.fadd(acc,
-                                    k.fmul(k.load(args[2], {t, j}), v));
-                    },
-                    [&]() -> Value { return acc; });
+  // Per plan row r of expert e with token t: h[r] = act(Wg_e x_t) *
+  // (Wu_e x_t), y[r] = Wd_e h[r] (padding rows skipped); then per token
+  // out[t] = sum over ascending j of gates[t, j] * y[slotRow[t, j]].
+  int64_t act;
+  if (failed(p.requireInt(name, a[9], act)))
+    return failure();
+  keyOs << act;
+  Value x = a[0], rowToken = a[1], offsets = a[2], slotRow = a[3], gates = a[4],
+        wg = a[5], wu = a[6], wd = a[7], out = a[8];
+  ArrayRef<int64_t> wShape = shapeOf(wg);
+  int64_t e = wShape[0], f = wShape[1], d = wShape[2];
+  int64_t topK = shapeOf(slotRow)[1];
+  Value rows = p.hostDim(rowToken, 0);
+  Type f32 = p.host().getF32Type();
+  int64_t dyn = ShapedType::kDynamic;
+  Value h = p.scratch(MemRefType::get({dyn, f}, f32), {rows});
+  Value y = p.scratch(MemRefType::get({dyn, d}, f32), {rows});
+  // The expert whose segment holds row r: the number of segments that end
+  // at or before r.
+  auto expertOf = [&](KernelBody &k, Value offs, Value r) {
+    Value r32 = k.toI32(r);
+    return k.reduce(k.index(0), k.index(e), k.index(0),
+                    [&](Value i, Value acc) -> Value {
+                      Value end = k.load(offs, {k.add(i, k.index(1))});
+                      Value before = k.cmp(arith::CmpIPredicate::sle, end, r32);
+                      return arith::SelectOp::create(
+                          k.b, before, k.add(acc, k.index(1)), acc);
+                    });
+  };
+  auto up = p.kernel(
+      "experts_gate_up", key, {x, rowToken, offsets, wg, wu, h},
+      [&](KernelBody &k, Value gid, ValueRange args) {
+        Value r = k.div(gid, k.index(f)), c = k.rem(gid, k.index(f));
+        Value tok = k.load(args[1], {r});
+        k.ifThen(k.cmp(arith::CmpIPredicate::sge, tok, k.i32(0)), [&] {
+          Value t = k.toIndex(tok);
+          Value ex = expertOf(k, args[2], r);
+          Value zero = k.f32(0.0);
+          SmallVector<Value> gu = k.reduceAll(
+              k.index(0), k.index(d), {zero, zero},
+              [&](Value i, ValueRange acc) -> SmallVector<Value> {
+                Value xv = k.load(args[0], {t, i});
+                return {
+                    k.fadd(acc[0], k.fmul(xv, k.load(args[3], {ex, c, i}))),
+                    k.fadd(acc[1], k.fmul(xv, k.load(args[4], {ex, c, i})))};
               });
-          k.store(sum, args[3], {t, c});
+          Value g = gu[0], z = g;
+          if (act == 1) {
+            // tanh GELU as x * sigmoid(2y), y = sqrt(2/pi)(x + 0.044715x^3)
+            Value cube = k.fmul(k.fmul(g, g), g);
+            z = k.fmul(k.f32(2.0 * std::sqrt(2.0 / M_PI)),
+                       k.fadd(g, k.fmul(k.f32(0.044715), cube)));
+          }
+          k.store(k.fmul(k.fmul(g, k.sigmoid(z)), gu[1]), args[5], {r, c});
         });
-    p.launch(combine, p.hostMul(p.hostDim(out, 0), p.hostIndex(d)),
+      });
+  p.launch(up, p.hostMul(rows, p.hostIndex(f)),
+           {x, rowToken, offsets, wg, wu, h});
+  auto down =
+      p.kernel("experts_down", key, {h, rowToken, offsets, wd, y},
+               [&](KernelBody &k, Value gid, ValueRange args) {
+                 Value r = k.div(gid, k.index(d)), c = k.rem(gid, k.index(d));
+                 Value tok = k.load(args[1], {r});
+                 k.ifThen(k.cmp(arith::CmpIPredicate::sge, tok, k.i32(0)), [&] {
+                   Value ex = expertOf(k, args[2], r);
+                   k.store(k.dot(args[0], {r}, args[3], {ex, c}, k.index(f)),
+                           args[4], {r, c});
+                 });
+               });
+  p.launch(down, p.hostMul(rows, p.hostIndex(d)),
+           {h, rowToken, offsets, wd, y});
+  auto combine = p.kernel(
+      "experts_combine", key, {y, slotRow, gates, out},
+      [&](KernelBody &k, Value gid, ValueRange args) {
+        Value t = k.div(gid, k.index(d)), c = k.rem(gid, k.index(d));
+        Value sum = k.reduce(
+            k.index(0), k.index(topK), k.f32(0.0), [&](Value j, Value acc) {
+              Value row = k.load(args[1], {t, j});
+              Value used = k.cmp(arith::CmpIPredicate::sge, row, k.i32(0));
+              return k.select(
+                  used,
+                  [&]() -> Value {
+                    Value v = k.load(args[0], {k.toIndex(row), c});
+                    return k.fadd(acc, k.fmul(k.load(args[2], {t, j}), v));
+                  },
+                  [&]() -> Value { return acc; });
+            });
+        k.store(sum, args[3], {t, c});
+      });
+  p.launch(combine, p.hostMul(p.hostDim(out, 0), p.hostIndex(d)),
            {y, slotRow, gates, out});
-    p.release(h);
-    p.release(y);
-    return success();
+  p.release(h);
+  p.release(y);
+  return success();
 }
 
 LogicalResult emitAdd(GPUProgram &p, StringRef name, ArrayRef<Value> a,
-    Operation *call) {
+                      Operation *call) {
   std::string key;
   llvm::raw_string_ostream keyOs(key);
-    int64_t d = shapeOf(a[2])[1];
-    auto fn = p.kernel("add", "", {a[0], a[1], a[2]},
-                     [&](KernelBody &k, Value gid, ValueRange args) {
-                       Value r = k.div(gid, k.index(d)),
-                             c = k.rem(gid, k.index(d));
-                       k.store(k.fadd(k.load(args[0], {r, c}),
-                                      k.load(args[1], {r, c})),
-                               args[2], {r, c});
-                     });
-    p.launch(fn, p.hostMul(p.hostDim(a[2], 0), p.hostIndex(d)), {a[0], a[1], a[2]});
-    return success();
+  int64_t d = shapeOf(a[2])[1];
+  auto fn = p.kernel(
+      "add", "", {a[0], a[1], a[2]},
+      [&](KernelBody &k, Value gid, ValueRange args) {
+        Value r = k.div(gid, k.index(d)), c = k.rem(gid, k.index(d));
+        k.store(k.fadd(k.load(args[0], {r, c}), k.load(args[1], {r, c})),
+                args[2], {r, c});
+      });
+  p.launch(fn, p.hostMul(p.hostDim(a[2], 0), p.hostIndex(d)),
+           {a[0], a[1], a[2]});
+  return success();
 }
 
 LogicalResult emitExitTest(GPUProgram &p, StringRef name, ArrayRef<Value> a,
-    Operation *call) {
+                           Operation *call) {
   std::string key;
   llvm::raw_string_ostream keyOs(key);
-    // One thread per token: cosine(h, prev) >= tau or |h - prev| / |h| <=
-    // tau; a non-finite measure never exits.
-    int64_t criterion;
-    double tau;
-    if (failed(p.requireInt(name, a[3], criterion)) ||
-        failed(p.requireFloat(name, a[4], tau)))
-      return failure();
-    keyOs << criterion << "," << tau;
-    int64_t d = shapeOf(a[0])[1];
-    auto fn = p.kernel(
-        "exit_test", key, {a[0], a[1], a[2]},
-        [&](KernelBody &k, Value t, ValueRange args) {
-          Value zero = k.f32(0.0);
-          SmallVector<Value> sums = k.reduceAll(
-              k.index(0), k.index(d), {zero, zero, zero, zero},
-              [&](Value i, ValueRange acc) -> SmallVector<Value> {
-                Value hv = k.load(args[0], {t, i}), pv = k.load(args[1], {t, i});
-                Value diff = k.fsub(hv, pv);
-                return {k.fadd(acc[0], k.fmul(hv, hv)),
-                        k.fadd(acc[1], k.fmul(pv, pv)),
-                        k.fadd(acc[2], k.fmul(hv, pv)),
-                        k.fadd(acc[3], k.fmul(diff, diff))};
-              });
-          Value hNorm = math::SqrtOp::create(k.b, sums[0]);
-          Value exit;
-          if (criterion == 0) {
-            Value pNorm = math::SqrtOp::create(k.b, sums[1]);
-            Value cosine = k.fdiv(sums[2], k.fmul(hNorm, pNorm));
-            exit = arith::CmpFOp::create(k.b, arith::CmpFPredicate::OGE,
-                                         cosine, k.f32(tau));
-            exit = arith::AndIOp::create(k.b, k.isFinite(cosine), exit);
-          } else {
-            Value relative =
-                k.fdiv(math::SqrtOp::create(k.b, sums[3]), hNorm);
-            exit = arith::CmpFOp::create(k.b, arith::CmpFPredicate::OLE,
-                                         relative, k.f32(tau));
-            exit = arith::AndIOp::create(k.b, k.isFinite(relative), exit);
-          }
-          k.store(arith::ExtUIOp::create(k.b, k.b.getI8Type(), exit), args[2],
-                  {t});
-        });
-    p.launch(fn, p.hostDim(a[0], 0), {a[0], a[1], a[2]});
-    return success();
+  // One thread per token: cosine(h, prev) >= tau or |h - prev| / |h| <=
+  // tau; a non-finite measure never exits.
+  int64_t criterion;
+  double tau;
+  if (failed(p.requireInt(name, a[3], criterion)) ||
+      failed(p.requireFloat(name, a[4], tau)))
+    return failure();
+  keyOs << criterion << "," << tau;
+  int64_t d = shapeOf(a[0])[1];
+  auto fn = p.kernel(
+      "exit_test", key, {a[0], a[1], a[2]},
+      [&](KernelBody &k, Value t, ValueRange args) {
+        Value zero = k.f32(0.0);
+        SmallVector<Value> sums = k.reduceAll(
+            k.index(0), k.index(d), {zero, zero, zero, zero},
+            [&](Value i, ValueRange acc) -> SmallVector<Value> {
+              Value hv = k.load(args[0], {t, i}), pv = k.load(args[1], {t, i});
+              Value diff = k.fsub(hv, pv);
+              return {k.fadd(acc[0], k.fmul(hv, hv)),
+                      k.fadd(acc[1], k.fmul(pv, pv)),
+                      k.fadd(acc[2], k.fmul(hv, pv)),
+                      k.fadd(acc[3], k.fmul(diff, diff))};
+            });
+        Value hNorm = math::SqrtOp::create(k.b, sums[0]);
+        Value exit;
+        if (criterion == 0) {
+          Value pNorm = math::SqrtOp::create(k.b, sums[1]);
+          Value cosine = k.fdiv(sums[2], k.fmul(hNorm, pNorm));
+          exit = arith::CmpFOp::create(k.b, arith::CmpFPredicate::OGE, cosine,
+                                       k.f32(tau));
+          exit = arith::AndIOp::create(k.b, k.isFinite(cosine), exit);
+        } else {
+          Value relative = k.fdiv(math::SqrtOp::create(k.b, sums[3]), hNorm);
+          exit = arith::CmpFOp::create(k.b, arith::CmpFPredicate::OLE, relative,
+                                       k.f32(tau));
+          exit = arith::AndIOp::create(k.b, k.isFinite(relative), exit);
+        }
+        k.store(arith::ExtUIOp::create(k.b, k.b.getI8Type(), exit), args[2],
+                {t});
+      });
+  p.launch(fn, p.hostDim(a[0], 0), {a[0], a[1], a[2]});
+  return success();
 }
 
 LogicalResult emitLoopInit(GPUProgram &p, StringRef name, ArrayRef<Value> a,
-    Operation *call) {
+                           Operation *call) {
   std::string key;
   llvm::raw_string_ostream keyOs(key);
-    // active = 0..T-1, exit_loop = passes - 1, trace = -1 / 0.
-    int64_t passes;
-    if (failed(p.requireInt(name, a[4], passes)))
-      return failure();
-    keyOs << passes;
-    auto tokensFn = p.kernel("loop_init", key, {a[0], a[1]},
+  // active = 0..T-1, exit_loop = passes - 1, trace = -1 / 0.
+  int64_t passes;
+  if (failed(p.requireInt(name, a[4], passes)))
+    return failure();
+  keyOs << passes;
+  auto tokensFn = p.kernel("loop_init", key, {a[0], a[1]},
                            [&](KernelBody &k, Value t, ValueRange args) {
                              k.store(k.toI32(t), args[0], {t});
                              k.store(k.i32(passes - 1), args[1], {t});
                            });
-    p.launch(tokensFn, p.hostDim(a[0], 0), {a[0], a[1]});
-    auto traceFn = p.kernel(
-        "trace_init", "", {a[2], a[3]},
-        [&](KernelBody &k, Value gid, ValueRange args) {
-          Value kk = k.dim(args[0], 2), tt = k.dim(args[0], 1);
-          Value j = k.rem(gid, kk), rest = k.div(gid, kk);
-          Value t = k.rem(rest, tt), s = k.div(rest, tt);
-          k.store(k.i32(-1), args[0], {s, t, j});
-          k.store(k.f32(0.0), args[1], {s, t, j});
-        });
-    p.launch(traceFn, p.hostNumElements(a[2]), {a[2], a[3]});
-    return success();
+  p.launch(tokensFn, p.hostDim(a[0], 0), {a[0], a[1]});
+  auto traceFn = p.kernel("trace_init", "", {a[2], a[3]},
+                          [&](KernelBody &k, Value gid, ValueRange args) {
+                            Value kk = k.dim(args[0], 2),
+                                  tt = k.dim(args[0], 1);
+                            Value j = k.rem(gid, kk), rest = k.div(gid, kk);
+                            Value t = k.rem(rest, tt), s = k.div(rest, tt);
+                            k.store(k.i32(-1), args[0], {s, t, j});
+                            k.store(k.f32(0.0), args[1], {s, t, j});
+                          });
+  p.launch(traceFn, p.hostNumElements(a[2]), {a[2], a[3]});
+  return success();
 }
 
 LogicalResult emitGatherRows(GPUProgram &p, StringRef name, ArrayRef<Value> a,
-    Operation *call) {
+                             Operation *call) {
   std::string key;
   llvm::raw_string_ostream keyOs(key);
-    // gather: dst[i] = src[index[i]]; scatter: dst[index[i]] = src[i] (or
-    // src[index[i]] when the pass ran on all tokens, byToken).
-    bool gather = name == "moert_gather_rows";
-    int64_t byToken = 0;
-    if (!gather && failed(p.requireInt(name, a[3], byToken)))
-      return failure();
-    keyOs << byToken;
-    Value src = a[0], index = a[1], dst = a[2];
-    int64_t d = shapeOf(src)[1];
-    auto fn = p.kernel(gather ? "gather_rows" : "scatter_rows", key,
-                     {src, index, dst},
-                     [&](KernelBody &k, Value gid, ValueRange args) {
-                       Value i = k.div(gid, k.index(d)),
-                             c = k.rem(gid, k.index(d));
-                       Value tok = k.toIndex(k.load(args[1], {i}));
-                       Value from = gather || byToken ? tok : i;
-                       Value to = gather ? i : tok;
-                       k.store(k.load(args[0], {from, c}), args[2], {to, c});
-                     });
-    p.launch(fn, p.hostMul(p.hostDim(index, 0), p.hostIndex(d)), {src, index, dst});
-    return success();
+  // gather: dst[i] = src[index[i]]; scatter: dst[index[i]] = src[i] (or
+  // src[index[i]] when the pass ran on all tokens, byToken).
+  bool gather = name == "moert_gather_rows";
+  int64_t byToken = 0;
+  if (!gather && failed(p.requireInt(name, a[3], byToken)))
+    return failure();
+  keyOs << byToken;
+  Value src = a[0], index = a[1], dst = a[2];
+  int64_t d = shapeOf(src)[1];
+  auto fn =
+      p.kernel(gather ? "gather_rows" : "scatter_rows", key, {src, index, dst},
+               [&](KernelBody &k, Value gid, ValueRange args) {
+                 Value i = k.div(gid, k.index(d)), c = k.rem(gid, k.index(d));
+                 Value tok = k.toIndex(k.load(args[1], {i}));
+                 Value from = gather || byToken ? tok : i;
+                 Value to = gather ? i : tok;
+                 k.store(k.load(args[0], {from, c}), args[2], {to, c});
+               });
+  p.launch(fn, p.hostMul(p.hostDim(index, 0), p.hostIndex(d)),
+           {src, index, dst});
+  return success();
 }
 
 LogicalResult emitRecordStep(GPUProgram &p, StringRef name, ArrayRef<Value> a,
-    Operation *call) {
+                             Operation *call) {
   std::string key;
   llvm::raw_string_ostream keyOs(key);
-    int64_t byToken;
-    if (failed(p.requireInt(name, a[6], byToken)))
-      return failure();
-    keyOs << byToken;
-    int64_t topK = shapeOf(a[0])[1];
-    SmallVector<Value> args = {a[0], a[1], a[2], a[3], a[4], a[5]};
-    auto fn = p.kernel(
-        "record_step", key, args,
-        [&](KernelBody &k, Value gid, ValueRange args) {
-          Value i = k.div(gid, k.index(topK)), j = k.rem(gid, k.index(topK));
-          Value tok = k.toIndex(k.load(args[2], {i}));
-          Value from = byToken ? tok : i;
-          Value step = k.toIndex(args[5]);
-          k.store(k.load(args[0], {from, j}), args[3], {step, tok, j});
-          k.store(k.load(args[1], {from, j}), args[4], {step, tok, j});
-        });
-    p.launch(fn, p.hostMul(p.hostDim(a[2], 0), p.hostIndex(topK)), args);
-    return success();
+  int64_t byToken;
+  if (failed(p.requireInt(name, a[6], byToken)))
+    return failure();
+  keyOs << byToken;
+  int64_t topK = shapeOf(a[0])[1];
+  SmallVector<Value> args = {a[0], a[1], a[2], a[3], a[4], a[5]};
+  auto fn = p.kernel(
+      "record_step", key, args, [&](KernelBody &k, Value gid, ValueRange args) {
+        Value i = k.div(gid, k.index(topK)), j = k.rem(gid, k.index(topK));
+        Value tok = k.toIndex(k.load(args[2], {i}));
+        Value from = byToken ? tok : i;
+        Value step = k.toIndex(args[5]);
+        k.store(k.load(args[0], {from, j}), args[3], {step, tok, j});
+        k.store(k.load(args[1], {from, j}), args[4], {step, tok, j});
+      });
+  p.launch(fn, p.hostMul(p.hostDim(a[2], 0), p.hostIndex(topK)), args);
+  return success();
 }
 
 LogicalResult emitExitUpdate(GPUProgram &p, StringRef name, ArrayRef<Value> a,
@@ -510,10 +506,8 @@ LogicalResult emitExitUpdate(GPUProgram &p, StringRef name, ArrayRef<Value> a,
       failed(p.requireInt(name, a[7], byToken)))
     return failure();
   std::string key;
-  llvm::raw_string_ostream(key)
-      << minPasses << "," << passes << "," << byToken;
-  Value exits = a[0], active = a[1], exitLoop = a[2], count = a[3],
-        pass = a[4];
+  llvm::raw_string_ostream(key) << minPasses << "," << passes << "," << byToken;
+  Value exits = a[0], active = a[1], exitLoop = a[2], count = a[3], pass = a[4];
   Type i32 = p.host().getI32Type();
   Value kept = p.scratch(MemRefType::get({1}, i32), {});
   Value next = p.scratch(MemRefType::get({ShapedType::kDynamic}, i32),
@@ -545,10 +539,9 @@ LogicalResult emitExitUpdate(GPUProgram &p, StringRef name, ArrayRef<Value> a,
             k.cmp(arith::CmpIPredicate::slt, passArg, c64(passes - 1)));
         Value tok = k.load(args[1], {i});
         Value tokIdx = k.toIndex(tok);
-        Value flagged =
-            k.cmp(arith::CmpIPredicate::ne,
-                  k.load(args[0], {byToken ? tokIdx : i}),
-                  arith::ConstantIntOp::create(b, 0, 8));
+        Value flagged = k.cmp(arith::CmpIPredicate::ne,
+                              k.load(args[0], {byToken ? tokIdx : i}),
+                              arith::ConstantIntOp::create(b, 0, 8));
         Value exited = arith::AndIOp::create(b, tested, flagged);
         auto op = scf::IfOp::create(b, exited, /*withElseRegion=*/true);
         OpBuilder::InsertionGuard guard(b);
@@ -556,24 +549,20 @@ LogicalResult emitExitUpdate(GPUProgram &p, StringRef name, ArrayRef<Value> a,
         k.store(arith::TruncIOp::create(b, b.getI32Type(), passArg), args[2],
                 {tokIdx});
         b.setInsertionPoint(op.elseBlock()->getTerminator());
-        Value slot = memref::AtomicRMWOp::create(
-            b, arith::AtomicRMWKind::addi, k.i32(1), args[4],
-            ValueRange{k.index(0)});
+        Value slot =
+            memref::AtomicRMWOp::create(b, arith::AtomicRMWKind::addi, k.i32(1),
+                                        args[4], ValueRange{k.index(0)});
         k.store(tok, args[3], {k.toIndex(slot)});
       });
   p.launch(scan, n, scanArgs);
 
-  auto copy = p.kernel("exit_update_copy", "", {next, kept, active},
-                       [&](KernelBody &k, Value i, ValueRange args) {
-                         Value keptCount =
-                             k.toIndex(k.load(args[1], {k.index(0)}));
-                         k.ifThen(k.cmp(arith::CmpIPredicate::ult, i,
-                                        keptCount),
-                                  [&] {
-                                    k.store(k.load(args[0], {i}), args[2],
-                                            {i});
-                                  });
-                       });
+  auto copy =
+      p.kernel("exit_update_copy", "", {next, kept, active},
+               [&](KernelBody &k, Value i, ValueRange args) {
+                 Value keptCount = k.toIndex(k.load(args[1], {k.index(0)}));
+                 k.ifThen(k.cmp(arith::CmpIPredicate::ult, i, keptCount),
+                          [&] { k.store(k.load(args[0], {i}), args[2], {i}); });
+               });
   p.launch(copy, n, {next, kept, active});
   p.release(next);
   Value result = p.readBack(kept);

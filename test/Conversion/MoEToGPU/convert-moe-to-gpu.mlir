@@ -1,4 +1,5 @@
 // RUN: moe-opt %s -split-input-file -convert-moe-to-gpu -verify-diagnostics | FileCheck %s
+// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=bf16-weights=false -verify-diagnostics | FileCheck %s --check-prefix=F32
 
 moe.weight @norm : tensor<8xf32>
 moe.weight @router : tensor<4x8xf32>
@@ -133,6 +134,37 @@ func.func @unrolled(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
     %y = moe.fused_experts %n, %p, %gates gate @gate up @up down @down activation = gelu : tensor<?x8xf32>, !moe.plan<experts = 4, top_k = 2, tile = 16>, tensor<?x2xf32>
     %h1 = arith.addf %h0, %y : tensor<?x8xf32>
     moe.yield %h1 : tensor<?x8xf32>
+  }
+  return %h, %exit : tensor<?x8xf32>, tensor<?xi32>
+}
+
+// -----
+
+moe.weight @norm : tensor<8xf32>
+moe.weight @router : tensor<4x8xf32>
+moe.weight @gate : tensor<4x16x8xbf16>
+moe.weight @up : tensor<4x16x8xbf16>
+moe.weight @down : tensor<4x8x16xbf16>
+
+// bf16 weights stay bf16 on the device; the kernels widen each element as
+// they load it and accumulate in f32. With bf16-weights=false they are f32
+// buffers (the runtime widens them at load).
+// CHECK-LABEL: func.func @bf16(
+// CHECK-SAME: %{{.*}}: memref<8xf32>, %{{.*}}: memref<4x8xf32>, %{{.*}}: memref<4x16x8xbf16>, %{{.*}}: memref<4x16x8xbf16>, %{{.*}}: memref<4x8x16xbf16>)
+// CHECK-LABEL: gpu.func @experts_gate_up_
+// CHECK-SAME: memref<4x16x8xbf16>, %{{.*}}: memref<4x16x8xbf16>, %{{.*}}: memref<?x16xf32>)
+// CHECK: %[[W:.*]] = memref.load %{{.*}} : memref<4x16x8xbf16>
+// CHECK: arith.extf %[[W]] : bf16 to f32
+// F32-LABEL: func.func @bf16(
+// F32-SAME: %{{.*}}: memref<4x16x8xf32>, %{{.*}}: memref<4x16x8xf32>, %{{.*}}: memref<4x8x16xf32>)
+// F32-NOT: bf16
+func.func @bf16(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
+  %h, %exit = moe.loop %x passes = 1 mode = unroll : tensor<?x8xf32> -> tensor<?xi32> {
+  ^bb0(%h0: tensor<?x8xf32>):
+    %ids, %gates = moe.route %h0, @router top_k = 2 : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+    %p = moe.plan %ids : tensor<?x2xi32> -> !moe.plan<experts = 4, top_k = 2, tile = 16>
+    %y = moe.fused_experts %h0, %p, %gates gate @gate up @up down @down : tensor<?x8xf32>, !moe.plan<experts = 4, top_k = 2, tile = 16>, tensor<?x2xf32>
+    moe.yield %y : tensor<?x8xf32>
   }
   return %h, %exit : tensor<?x8xf32>, tensor<?xi32>
 }
