@@ -43,7 +43,8 @@ int main(int argc, char **argv) {
     return fail("give at least one prompt token");
 
   std::string error;
-  auto ctx = moert::Context::create("cpu", &error);
+  // The device the model was compiled for (moe_add_model's DEVICE).
+  auto ctx = moert::Context::create(MOE_APP_DEVICE, &error);
   if (!ctx)
     return fail(error);
   auto model = moert::Model::load(*ctx, decoder_model, argv[1], &error);
