@@ -72,12 +72,20 @@ moe::CompilerSession::readModel(StringRef path) {
   return readModelFile(path, &context, sourceMgr);
 }
 
-LogicalResult moe::CompilerSession::lowerForCPU(ModuleOp module) {
+/// Runs a pipeline built with the CPU pipelines' options (--opt-level).
+static LogicalResult
+runHostPipeline(MLIRContext &context, ModuleOp module,
+                void (*build)(OpPassManager &,
+                              const moe::MoECPUPipelineOptions &)) {
   PassManager pm(&context);
-  MoECPUPipelineOptions options;
+  moe::MoECPUPipelineOptions options;
   options.optLevel = optLevel;
-  buildMoECPUPipeline(pm, options);
+  build(pm, options);
   return pm.run(module);
+}
+
+LogicalResult moe::CompilerSession::lowerForCPU(ModuleOp module) {
+  return runHostPipeline(context, module, buildMoECPUPipeline);
 }
 
 LogicalResult
@@ -114,9 +122,5 @@ moe::CompilerSession::lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
 }
 
 LogicalResult moe::CompilerSession::lowerForGPUEmulation(ModuleOp module) {
-  PassManager pm(&context);
-  MoECPUPipelineOptions options;
-  options.optLevel = optLevel;
-  buildMoEGPUEmulationPipeline(pm, options);
-  return pm.run(module);
+  return runHostPipeline(context, module, buildMoEGPUEmulationPipeline);
 }

@@ -21,11 +21,11 @@ ArrayRef<int64_t> shapeOf(Value v) {
   return cast<MemRefType>(v.getType()).getShape();
 }
 
+/// dst[i...] = src[i...], any rank.
 LogicalResult emitCopy(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                        Operation *call) {
   std::string key;
   llvm::raw_string_ostream keyOs(key);
-  // dst[i...] = src[i...], any rank.
   Value src = a[0], dst = a[1];
   int64_t rank = cast<MemRefType>(dst.getType()).getRank();
   auto fn = p.kernel("copy", "", {src, dst},
@@ -43,11 +43,11 @@ LogicalResult emitCopy(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   return success();
 }
 
+/// One thread per token row: out = x / sqrt(mean(x^2) + eps) * w.
 LogicalResult emitRmsNorm(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                           Operation *call) {
   std::string key;
   llvm::raw_string_ostream keyOs(key);
-  // One thread per token row: out = x / sqrt(mean(x^2) + eps) * w.
   double eps;
   if (failed(p.requireFloat(name, a[3], eps)))
     return failure();
@@ -74,12 +74,12 @@ LogicalResult emitRmsNorm(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   return success();
 }
 
+/// One thread per token: logits, softmax or sigmoid, top-k (ties: the
+/// lower expert), optional renormalisation and scaling.
 LogicalResult emitRoute(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                         Operation *call) {
   std::string key;
   llvm::raw_string_ostream keyOs(key);
-  // One thread per token: logits, softmax or sigmoid, top-k (ties: the
-  // lower expert), optional renormalisation and scaling.
   int64_t scoring, normalize;
   double scaling;
   if (failed(p.requireInt(name, a[4], scoring)) ||
@@ -159,13 +159,13 @@ LogicalResult emitRoute(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   return success();
 }
 
+/// Histogram, scan and scatter of the slots by expert (see
+/// moert/CpuPlanKernels.h for the layout); `cursor` counts, then hands
+/// out each segment's rows.
 LogicalResult emitPlan(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                        Operation *call) {
   std::string key;
   llvm::raw_string_ostream keyOs(key);
-  // Histogram, scan and scatter of the slots by expert (see
-  // moert/CpuPlanKernels.h for the layout); `cursor` counts, then hands
-  // out each segment's rows.
   int64_t tile;
   if (failed(p.requireInt(name, a[4], tile)))
     return failure();
@@ -250,13 +250,13 @@ LogicalResult emitPlan(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   return success();
 }
 
+/// Per plan row r of expert e with token t: h[r] = act(Wg_e x_t) *
+/// (Wu_e x_t), y[r] = Wd_e h[r] (padding rows skipped); then per token
+/// out[t] = sum over ascending j of gates[t, j] * y[slotRow[t, j]].
 LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                                Operation *call) {
   std::string key;
   llvm::raw_string_ostream keyOs(key);
-  // Per plan row r of expert e with token t: h[r] = act(Wg_e x_t) *
-  // (Wu_e x_t), y[r] = Wd_e h[r] (padding rows skipped); then per token
-  // out[t] = sum over ascending j of gates[t, j] * y[slotRow[t, j]].
   int64_t act;
   if (failed(p.requireInt(name, a[9], act)))
     return failure();
@@ -367,12 +367,12 @@ LogicalResult emitAdd(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   return success();
 }
 
+/// One thread per token: cosine(h, prev) >= tau or |h - prev| / |h| <=
+/// tau; a non-finite measure never exits.
 LogicalResult emitExitTest(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                            Operation *call) {
   std::string key;
   llvm::raw_string_ostream keyOs(key);
-  // One thread per token: cosine(h, prev) >= tau or |h - prev| / |h| <=
-  // tau; a non-finite measure never exits.
   int64_t criterion;
   double tau;
   if (failed(p.requireInt(name, a[3], criterion)) ||
@@ -415,11 +415,11 @@ LogicalResult emitExitTest(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   return success();
 }
 
+/// active = 0..T-1, exit_loop = passes - 1, trace = -1 / 0.
 LogicalResult emitLoopInit(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                            Operation *call) {
   std::string key;
   llvm::raw_string_ostream keyOs(key);
-  // active = 0..T-1, exit_loop = passes - 1, trace = -1 / 0.
   int64_t passes;
   if (failed(p.requireInt(name, a[4], passes)))
     return failure();
@@ -443,12 +443,12 @@ LogicalResult emitLoopInit(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   return success();
 }
 
+/// gather: dst[i] = src[index[i]]; scatter: dst[index[i]] = src[i] (or
+/// src[index[i]] when the pass ran on all tokens, byToken).
 LogicalResult emitGatherRows(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                              Operation *call) {
   std::string key;
   llvm::raw_string_ostream keyOs(key);
-  // gather: dst[i] = src[index[i]]; scatter: dst[index[i]] = src[i] (or
-  // src[index[i]] when the pass ran on all tokens, byToken).
   bool gather = name == "moert_gather_rows";
   int64_t byToken = 0;
   if (!gather && failed(p.requireInt(name, a[3], byToken)))
