@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Everything that needs an NVIDIA GPU, in one go, for a session that has one
+# (a few minutes of device time): build, the GPU lit tests (every reference
+# case and every decoder on --device cuda against the NumPy references,
+# compute-sanitizer memcheck with skewed routing, the CUDA example app), the
+# runtime's real-GPU unit test, then the GPU benchmarks (bench/gpu), whose
+# results land in bench/results. Prints what ran and what it found; exits
+# non-zero if a test failed.
+#
+#   bash scripts/gpu-check.sh [--no-bench] [BENCH_ARGS...]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+bench=1
+if [[ "${1:-}" == "--no-bench" ]]; then bench=0; shift; fi
+
+if ! nvidia-smi -L; then
+  echo "gpu-check: no NVIDIA GPU visible (nvidia-smi -L failed)"; exit 2
+fi
+export PATH="${CUDA_HOME:-/usr/local/cuda}/bin:$PATH"
+
+if [[ -f build/build.ninja ]]; then
+  cmake --build build || exit 1
+else
+  bash scripts/setup.sh || exit 1
+fi
+cmake --build build --target MoEUnitTests || exit 1
+
+status=0
+echo "== GPU lit tests"
+/usr/lib/llvm-22/bin/lit -v build/test/e2e/cuda build/test/e2e/decoder/app-cuda.test \
+  build/test/e2e/cuda-compile.test || status=1
+echo "== runtime on the real GPU"
+build/unittests/MoERuntimeTests --gtest_filter='*RealGpu*' || status=1
+
+if ((bench)); then
+  echo "== benchmarks"
+  bash bench/gpu/run.sh "$@" || status=1
+fi
+echo "gpu-check: $([[ $status == 0 ]] && echo all passed || echo FAILURES above)"
+exit $status
