@@ -72,20 +72,12 @@ moe::CompilerSession::readModel(StringRef path) {
   return readModelFile(path, &context, sourceMgr);
 }
 
-/// Runs a pipeline built with the CPU pipelines' options (--opt-level).
-static LogicalResult
-runHostPipeline(MLIRContext &context, ModuleOp module,
-                void (*build)(OpPassManager &,
-                              const moe::MoECPUPipelineOptions &)) {
-  PassManager pm(&context);
-  moe::MoECPUPipelineOptions options;
-  options.optLevel = optLevel;
-  build(pm, options);
-  return pm.run(module);
-}
-
 LogicalResult moe::CompilerSession::lowerForCPU(ModuleOp module) {
-  return runHostPipeline(context, module, buildMoECPUPipeline);
+  PassManager pm(&context);
+  MoECPUPipelineOptions options;
+  options.optLevel = optLevel;
+  buildMoECPUPipeline(pm, options);
+  return pm.run(module);
 }
 
 LogicalResult
@@ -122,5 +114,9 @@ moe::CompilerSession::lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
 }
 
 LogicalResult moe::CompilerSession::lowerForGPUEmulation(ModuleOp module) {
-  return runHostPipeline(context, module, buildMoEGPUEmulationPipeline);
+  PassManager pm(&context);
+  MoECUDAPipelineOptions options;
+  options.optLevel = optLevel;
+  buildMoEGPUEmulationPipeline(pm, options);
+  return pm.run(module);
 }

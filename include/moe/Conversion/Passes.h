@@ -54,9 +54,12 @@ struct MoECUDAPipelineOptions
                      "kernels need fused experts); 1: all moe optimising "
                      "passes"),
       llvm::cl::init(1)};
+  // The SIMT expert kernels compute a row at a time: padding a plan's
+  // segments to a tile would only add idle threads.
   Option<int64_t> tile{*this, "tile",
-                       llvm::cl::desc("GEMM row tile of routing plans"),
-                       llvm::cl::init(16)};
+                       llvm::cl::desc("GEMM row tile of routing plans (default "
+                                      "1: the GPU kernels need no padding)"),
+                       llvm::cl::init(1)};
   Option<std::string> toolkit{
       *this, "toolkit",
       llvm::cl::desc("CUDA toolkit root, for libdevice (default $CUDA_HOME, "
@@ -83,8 +86,10 @@ void registerMoEGPUPipelines();
 void registerGPUPipelineDependencies(DialectRegistry &registry);
 void buildMoECUDAPipeline(OpPassManager &pm,
                           const MoECUDAPipelineOptions &options = {});
+/// The emulation takes moe-cuda-pipeline's options (chip and toolkit are
+/// unused: no PTX is made), so that it runs the kernels the GPU would.
 void buildMoEGPUEmulationPipeline(OpPassManager &pm,
-                                  const MoECPUPipelineOptions &options = {});
+                                  const MoECUDAPipelineOptions &options = {});
 /// The upstream passes that take a module of host code (func, memref, scf,
 /// arith, math) to the LLVM dialect: the end of moe-cpu-pipeline.
 void buildHostToLLVMPipeline(OpPassManager &pm);

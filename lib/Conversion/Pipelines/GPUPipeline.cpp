@@ -80,7 +80,7 @@ void mlir::moe::buildMoECUDAPipeline(OpPassManager &pm,
 }
 
 void mlir::moe::buildMoEGPUEmulationPipeline(
-    OpPassManager &pm, const MoECPUPipelineOptions &options) {
+    OpPassManager &pm, const MoECUDAPipelineOptions &options) {
   addGPUExpertForm(pm, options.optLevel, options.tile);
   pm.addPass(createConvertMoEToGPU());
   pm.addPass(createMoEEmulateGPU());
@@ -93,7 +93,7 @@ void mlir::moe::registerMoEGPUPipelines() {
       "Lower a moe model for NVIDIA GPUs: specialised kernels as PTX for "
       "each chip, host code in the LLVM dialect",
       buildMoECUDAPipeline);
-  PassPipelineRegistration<MoECPUPipelineOptions>(
+  PassPipelineRegistration<MoECUDAPipelineOptions>(
       "moe-gpu-emulation-pipeline",
       "Lower a moe model through the GPU kernels, then run them on the CPU "
       "one thread at a time (testing without a GPU)",
