@@ -100,12 +100,13 @@ public:
         });
     return loop.getResult(0);
   }
-  /// Like reduce, with several accumulators.
+  /// Like reduce, with several accumulators and a step.
   SmallVector<Value>
   reduceAll(Value lb, Value ub, ValueRange inits,
-            function_ref<SmallVector<Value>(Value, ValueRange)> body) {
+            function_ref<SmallVector<Value>(Value, ValueRange)> body,
+            int64_t step = 1) {
     auto loop = scf::ForOp::create(
-        b, lb, ub, index(1), inits,
+        b, lb, ub, index(step), inits,
         [&](OpBuilder &nested, Location, Value iv, ValueRange args) {
           OpBuilder::InsertionGuard guard(b);
           b.setInsertionPoint(nested.getInsertionBlock(),

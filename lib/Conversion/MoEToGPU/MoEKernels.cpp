@@ -17,6 +17,11 @@ using namespace mlir;
 using namespace mlir::moe::gpu_lowering;
 
 namespace {
+/// Lanes that split one dot product of a decode-sized expert GEMM, and the
+/// plan rows up to which the split form is used.
+constexpr int64_t kLanes = 32;
+constexpr int64_t kSplitMaxRows = 64;
+
 ArrayRef<int64_t> shapeOf(Value v) {
   return cast<MemRefType>(v.getType()).getShape();
 }
@@ -255,12 +260,11 @@ LogicalResult emitPlan(GPUProgram &p, StringRef name, ArrayRef<Value> a,
 /// out[t] = sum over ascending j of gates[t, j] * y[slotRow[t, j]].
 LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                                Operation *call) {
-  std::string key;
-  llvm::raw_string_ostream keyOs(key);
   int64_t act;
   if (failed(p.requireInt(name, a[9], act)))
     return failure();
-  keyOs << act;
+  std::string key;
+  llvm::raw_string_ostream(key) << act;
   Value x = a[0], rowToken = a[1], offsets = a[2], slotRow = a[3], gates = a[4],
         wg = a[5], wu = a[6], wd = a[7], out = a[8];
   ArrayRef<int64_t> wShape = shapeOf(wg);
@@ -271,6 +275,25 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   int64_t dyn = ShapedType::kDynamic;
   Value h = p.scratch(MemRefType::get({dyn, f}, f32), {rows});
   Value y = p.scratch(MemRefType::get({dyn, d}, f32), {rows});
+  // Few rows (decode) leave a thread per output too little parallelism and
+  // read each weight row with one thread: there, 32 lanes split every dot
+  // product (lane l takes elements l, l + 32, ...: neighbouring lanes read
+  // neighbouring weights), and a second kernel adds the 32 partial sums in
+  // order (deterministic). Both forms are launched; the one that does not
+  // apply gets no rows.
+  OpBuilder &host = p.host();
+  Value small = arith::CmpIOp::create(host, p.getLoc(),
+                                      arith::CmpIPredicate::ule, rows,
+                                      p.hostIndex(kSplitMaxRows));
+  Value none = p.hostIndex(0);
+  Value splitRows =
+      arith::SelectOp::create(host, p.getLoc(), small, rows, none);
+  Value fullRows =
+      arith::SelectOp::create(host, p.getLoc(), small, none, rows);
+  Value partG = p.scratch(MemRefType::get({dyn, f, kLanes}, f32), {splitRows});
+  Value partU = p.scratch(MemRefType::get({dyn, f, kLanes}, f32), {splitRows});
+  Value partD = p.scratch(MemRefType::get({dyn, d, kLanes}, f32), {splitRows});
+
   // The expert whose segment holds row r: the number of segments that end
   // at or before r.
   auto expertOf = [&](KernelBody &k, Value offs, Value r) {
@@ -283,48 +306,131 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                           k.b, before, k.add(acc, k.index(1)), acc);
                     });
   };
+  // act(g) * u: both activations are g * sigmoid(z), SiLU with z = g, tanh
+  // GELU with z = 2 sqrt(2/pi) (g + 0.044715 g^3).
+  auto activate = [&](KernelBody &k, Value g, Value u) {
+    Value z = g;
+    if (act == 1) {
+      Value cube = k.fmul(k.fmul(g, g), g);
+      z = k.fmul(k.f32(2.0 * std::sqrt(2.0 / M_PI)),
+                 k.fadd(g, k.fmul(k.f32(0.044715), cube)));
+    }
+    return k.fmul(k.fmul(g, k.sigmoid(z)), u);
+  };
+  // The gate and up dots of row r, column c over x's elements lb, lb +
+  // step, ... (the row's token t, expert ex).
+  auto gateUp = [&](KernelBody &k, ValueRange args, Value t, Value ex,
+                    Value c, Value lb, int64_t step) {
+    Value zero = k.f32(0.0);
+    return k.reduceAll(
+        lb, k.index(d), {zero, zero},
+        [&](Value i, ValueRange acc) -> SmallVector<Value> {
+          Value xv = k.load(args[0], {t, i});
+          return {k.fadd(acc[0], k.fmul(xv, k.load(args[3], {ex, c, i}))),
+                  k.fadd(acc[1], k.fmul(xv, k.load(args[4], {ex, c, i})))};
+        },
+        step);
+  };
+  auto ifRowUsed = [&](KernelBody &k, Value tokens, Value r,
+                       function_ref<void(Value)> body) {
+    Value tok = k.load(tokens, {r});
+    k.ifThen(k.cmp(arith::CmpIPredicate::sge, tok, k.i32(0)),
+             [&] { body(k.toIndex(tok)); });
+  };
+  auto sumLanes = [&](KernelBody &k, Value part, Value r, Value c) {
+    return k.reduce(k.index(0), k.index(kLanes), k.f32(0.0),
+                    [&](Value l, Value acc) {
+                      return k.fadd(acc, k.load(part, {r, c, l}));
+                    });
+  };
+
+  SmallVector<Value> upArgs = {x, rowToken, offsets, wg, wu, h};
   auto up = p.kernel(
-      "experts_gate_up", key, {x, rowToken, offsets, wg, wu, h},
+      "experts_gate_up", key, upArgs,
       [&](KernelBody &k, Value gid, ValueRange args) {
         Value r = k.div(gid, k.index(f)), c = k.rem(gid, k.index(f));
-        Value tok = k.load(args[1], {r});
-        k.ifThen(k.cmp(arith::CmpIPredicate::sge, tok, k.i32(0)), [&] {
-          Value t = k.toIndex(tok);
-          Value ex = expertOf(k, args[2], r);
-          Value zero = k.f32(0.0);
-          SmallVector<Value> gu = k.reduceAll(
-              k.index(0), k.index(d), {zero, zero},
-              [&](Value i, ValueRange acc) -> SmallVector<Value> {
-                Value xv = k.load(args[0], {t, i});
-                return {
-                    k.fadd(acc[0], k.fmul(xv, k.load(args[3], {ex, c, i}))),
-                    k.fadd(acc[1], k.fmul(xv, k.load(args[4], {ex, c, i})))};
-              });
-          Value g = gu[0], z = g;
-          if (act == 1) {
-            // tanh GELU as x * sigmoid(2y), y = sqrt(2/pi)(x + 0.044715x^3)
-            Value cube = k.fmul(k.fmul(g, g), g);
-            z = k.fmul(k.f32(2.0 * std::sqrt(2.0 / M_PI)),
-                       k.fadd(g, k.fmul(k.f32(0.044715), cube)));
-          }
-          k.store(k.fmul(k.fmul(g, k.sigmoid(z)), gu[1]), args[5], {r, c});
+        ifRowUsed(k, args[1], r, [&](Value t) {
+          SmallVector<Value> gu =
+              gateUp(k, args, t, expertOf(k, args[2], r), c, k.index(0), 1);
+          k.store(activate(k, gu[0], gu[1]), args[5], {r, c});
         });
       });
-  p.launch(up, p.hostMul(rows, p.hostIndex(f)),
-           {x, rowToken, offsets, wg, wu, h});
-  auto down =
-      p.kernel("experts_down", key, {h, rowToken, offsets, wd, y},
-               [&](KernelBody &k, Value gid, ValueRange args) {
-                 Value r = k.div(gid, k.index(d)), c = k.rem(gid, k.index(d));
-                 Value tok = k.load(args[1], {r});
-                 k.ifThen(k.cmp(arith::CmpIPredicate::sge, tok, k.i32(0)), [&] {
-                   Value ex = expertOf(k, args[2], r);
-                   k.store(k.dot(args[0], {r}, args[3], {ex, c}, k.index(f)),
-                           args[4], {r, c});
-                 });
-               });
-  p.launch(down, p.hostMul(rows, p.hostIndex(d)),
-           {h, rowToken, offsets, wd, y});
+  p.launch(up, p.hostMul(fullRows, p.hostIndex(f)), upArgs);
+
+  SmallVector<Value> upSplitArgs = {x, rowToken, offsets, wg, wu, partG, partU};
+  auto upSplit = p.kernel(
+      "experts_gate_up_split", key, upSplitArgs,
+      [&](KernelBody &k, Value gid, ValueRange args) {
+        Value lane = k.rem(gid, k.index(kLanes));
+        Value rc = k.div(gid, k.index(kLanes));
+        Value r = k.div(rc, k.index(f)), c = k.rem(rc, k.index(f));
+        ifRowUsed(k, args[1], r, [&](Value t) {
+          SmallVector<Value> gu =
+              gateUp(k, args, t, expertOf(k, args[2], r), c, lane, kLanes);
+          k.store(gu[0], args[5], {r, c, lane});
+          k.store(gu[1], args[6], {r, c, lane});
+        });
+      });
+  p.launch(upSplit, p.hostMul(splitRows, p.hostIndex(f * kLanes)),
+           upSplitArgs);
+  SmallVector<Value> upDoneArgs = {partG, partU, rowToken, h};
+  auto upDone = p.kernel(
+      "experts_gate_up_lanes", key, upDoneArgs,
+      [&](KernelBody &k, Value gid, ValueRange args) {
+        Value r = k.div(gid, k.index(f)), c = k.rem(gid, k.index(f));
+        ifRowUsed(k, args[2], r, [&](Value) {
+          k.store(activate(k, sumLanes(k, args[0], r, c),
+                           sumLanes(k, args[1], r, c)),
+                  args[3], {r, c});
+        });
+      });
+  p.launch(upDone, p.hostMul(splitRows, p.hostIndex(f)), upDoneArgs);
+
+  SmallVector<Value> downArgs = {h, rowToken, offsets, wd, y};
+  auto down = p.kernel(
+      "experts_down", key, downArgs,
+      [&](KernelBody &k, Value gid, ValueRange args) {
+        Value r = k.div(gid, k.index(d)), c = k.rem(gid, k.index(d));
+        ifRowUsed(k, args[1], r, [&](Value) {
+          Value ex = expertOf(k, args[2], r);
+          k.store(k.dot(args[0], {r}, args[3], {ex, c}, k.index(f)), args[4],
+                  {r, c});
+        });
+      });
+  p.launch(down, p.hostMul(fullRows, p.hostIndex(d)), downArgs);
+
+  SmallVector<Value> downSplitArgs = {h, rowToken, offsets, wd, partD};
+  auto downSplit = p.kernel(
+      "experts_down_split", key, downSplitArgs,
+      [&](KernelBody &k, Value gid, ValueRange args) {
+        Value lane = k.rem(gid, k.index(kLanes));
+        Value rc = k.div(gid, k.index(kLanes));
+        Value r = k.div(rc, k.index(d)), c = k.rem(rc, k.index(d));
+        ifRowUsed(k, args[1], r, [&](Value) {
+          Value ex = expertOf(k, args[2], r);
+          Value sum = k.reduceAll(
+              lane, k.index(f), {k.f32(0.0)},
+              [&](Value i, ValueRange acc) -> SmallVector<Value> {
+                return {k.fadd(acc[0], k.fmul(k.load(args[0], {r, i}),
+                                              k.load(args[3], {ex, c, i})))};
+              },
+              kLanes)[0];
+          k.store(sum, args[4], {r, c, lane});
+        });
+      });
+  p.launch(downSplit, p.hostMul(splitRows, p.hostIndex(d * kLanes)),
+           downSplitArgs);
+  SmallVector<Value> downDoneArgs = {partD, rowToken, y};
+  auto downDone = p.kernel(
+      "experts_down_lanes", key, downDoneArgs,
+      [&](KernelBody &k, Value gid, ValueRange args) {
+        Value r = k.div(gid, k.index(d)), c = k.rem(gid, k.index(d));
+        ifRowUsed(k, args[1], r, [&](Value) {
+          k.store(sumLanes(k, args[0], r, c), args[2], {r, c});
+        });
+      });
+  p.launch(downDone, p.hostMul(splitRows, p.hostIndex(d)), downDoneArgs);
+
   auto combine = p.kernel(
       "experts_combine", key, {y, slotRow, gates, out},
       [&](KernelBody &k, Value gid, ValueRange args) {
@@ -345,8 +451,8 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
       });
   p.launch(combine, p.hostMul(p.hostDim(out, 0), p.hostIndex(d)),
            {y, slotRow, gates, out});
-  p.release(h);
-  p.release(y);
+  for (Value buffer : {partG, partU, partD, h, y})
+    p.release(buffer);
   return success();
 }
 

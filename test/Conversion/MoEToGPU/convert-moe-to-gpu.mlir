@@ -37,20 +37,27 @@ moe.weight @down : tensor<4x8x16xf32>
 // CHECK:   @moe_kernels::@plan_scan_8
 // CHECK:   @moe_kernels::@plan_scatter_9
 // CHECK:   gpu.dealloc async [%{{.*}}] %[[CURSOR]] : memref<4xi32>
+// Decode-sized plans (at most 64 rows) split each dot product over 32
+// lanes, larger ones take a thread per output: both are launched, the one
+// that does not apply with no rows.
 // CHECK:   @moe_kernels::@experts_gate_up_10
-// CHECK:   @moe_kernels::@experts_down_11
-// CHECK:   @moe_kernels::@experts_combine_12
-// CHECK:   @moe_kernels::@record_step_13
-// CHECK:   @moe_kernels::@add_14
-// CHECK:   @moe_kernels::@exit_test_15
-// CHECK:   @moe_kernels::@scatter_rows_16
+// CHECK:   @moe_kernels::@experts_gate_up_split_11
+// CHECK:   @moe_kernels::@experts_gate_up_lanes_12
+// CHECK:   @moe_kernels::@experts_down_{{[0-9]+}}
+// CHECK:   @moe_kernels::@experts_down_split_{{[0-9]+}}
+// CHECK:   @moe_kernels::@experts_down_lanes_{{[0-9]+}}
+// CHECK:   @moe_kernels::@experts_combine_{{[0-9]+}}
+// CHECK:   @moe_kernels::@record_step_{{[0-9]+}}
+// CHECK:   @moe_kernels::@add_{{[0-9]+}}
+// CHECK:   @moe_kernels::@exit_test_{{[0-9]+}}
+// CHECK:   @moe_kernels::@scatter_rows_{{[0-9]+}}
 // Compaction: a thread per active token; survivors take slots of a copy of
 // the active list through an atomic counter, which the host reads back.
 // CHECK:   %[[KEPT:.*]], %{{.*}} = gpu.alloc async [%{{.*}}] () : memref<1xi32>
 // CHECK:   %[[COPY:.*]], %{{.*}} = gpu.alloc async [%{{.*}}] (%{{.*}}) : memref<?xi32>
-// CHECK:   @moe_kernels::@exit_update_init_17 {{.*}} args(%{{.*}} : index, %[[KEPT]] : memref<1xi32>)
-// CHECK:   @moe_kernels::@exit_update_18 blocks in (%{{.*}}) threads in (%{{.*}}) args(%[[N2:.*]] : index,
-// CHECK:   @moe_kernels::@exit_update_copy_19 {{.*}} args(%[[N2]] : index, %[[COPY]] : memref<?xi32>, %[[KEPT]] : memref<1xi32>,
+// CHECK:   @moe_kernels::@exit_update_init_{{[0-9]+}} {{.*}} args(%{{.*}} : index, %[[KEPT]] : memref<1xi32>)
+// CHECK:   @moe_kernels::@exit_update_{{[0-9]+}} blocks in (%{{.*}}) threads in (%{{.*}}) args(%[[N2:.*]] : index,
+// CHECK:   @moe_kernels::@exit_update_copy_{{[0-9]+}} {{.*}} args(%[[N2]] : index, %[[COPY]] : memref<?xi32>, %[[KEPT]] : memref<1xi32>,
 // CHECK:   %[[COPIED:.*]] = gpu.memcpy async [%{{.*}}] %[[KEPT_HOST]], %[[KEPT]]
 // CHECK:   %[[FREED:.*]] = gpu.dealloc async [%[[COPIED]]] %[[KEPT]]
 // CHECK:   gpu.wait [%[[FREED]]]
@@ -59,7 +66,7 @@ moe.weight @down : tensor<4x8x16xf32>
 // CHECK:   %[[NEXT:.*]] = arith.index_cast %[[COUNT]] : i64 to index
 // CHECK:   scf.yield %[[NEXT]] : index
 // CHECK: }
-// CHECK: @moe_kernels::@rms_norm_20
+// CHECK: @moe_kernels::@rms_norm_{{[0-9]+}}
 // CHECK: @moe_kernels::@copy_0 {{.*}} %[[OUT]] : memref<?x8xf32>
 // CHECK: gpu.dealloc async [%{{.*}}] %[[STATE]]
 // CHECK: gpu.wait [%{{.*}}]
@@ -92,7 +99,11 @@ moe.weight @down : tensor<4x8x16xf32>
 // CHECK: arith.cmpi sge
 // CHECK: scf.if
 // CHECK: math.exp
-// CHECK-LABEL: gpu.func @exit_update_18(
+// Lane l of a split dot product takes elements l, l + 32, ...
+// CHECK-LABEL: gpu.func @experts_gate_up_split_11(
+// CHECK: %[[LANE:.*]] = arith.remui %{{.*}}, %c32
+// CHECK: scf.for %{{.*}} = %[[LANE]] to %c8 step %c32
+// CHECK-LABEL: gpu.func @exit_update_{{[0-9]+}}(
 // CHECK: memref.atomic_rmw addi
 func.func @compacting(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
   %h, %exit = moe.loop %x passes = 3 mode = resident compact_exits : tensor<?x8xf32> -> tensor<?xi32> {
