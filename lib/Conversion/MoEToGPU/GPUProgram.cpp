@@ -7,7 +7,11 @@ using namespace mlir;
 using namespace mlir::moe::gpu_lowering;
 
 namespace {
-constexpr int64_t kThreadsPerBlock = 256;
+/// Threads per block: 256, or 64 for grids of at most 132 * 256 threads (one
+/// full block per SM of an H100), which then reach four times as many SMs.
+constexpr int64_t kLargeBlock = 256;
+constexpr int64_t kSmallBlock = 64;
+constexpr int64_t kSmallGridThreads = 132 * 256;
 } // namespace
 
 Value GPUProgram::stream() {
@@ -76,12 +80,20 @@ gpu::GPUFuncOp GPUProgram::kernel(StringRef base, StringRef key,
 }
 
 void GPUProgram::launch(gpu::GPUFuncOp fn, Value n, ValueRange args) {
-  // ceil(n / threads), at least one block: an empty grid is a launch error.
-  Value threads = hostIndex(kThreadsPerBlock);
+  // Block size: small grids (decode) spread over more SMs with smaller
+  // blocks; others use full blocks. Then ceil(n / threads) blocks, at least
+  // one: an empty grid is a launch error.
+  Value small = arith::CmpIOp::create(hostBuilder, loc,
+                                      arith::CmpIPredicate::ule, n,
+                                      hostIndex(kSmallGridThreads));
+  Value threads =
+      arith::SelectOp::create(hostBuilder, loc, small,
+                              hostIndex(kSmallBlock), hostIndex(kLargeBlock));
   Value blocks = arith::DivUIOp::create(
       hostBuilder, loc,
-      arith::AddIOp::create(hostBuilder, loc, n,
-                            hostIndex(kThreadsPerBlock - 1)),
+      arith::AddIOp::create(
+          hostBuilder, loc, n,
+          arith::SubIOp::create(hostBuilder, loc, threads, hostIndex(1))),
       threads);
   blocks = arith::MaxUIOp::create(hostBuilder, loc, blocks, hostIndex(1));
   Value one = hostIndex(1);

@@ -19,7 +19,12 @@ moe.weight @down : tensor<4x8x16xf32>
 // CHECK: %[[KEPT_HOST:.*]] = memref.alloca() : memref<1xi32>
 // CHECK: %[[S0:.*]] = gpu.wait async
 // CHECK: %[[STATE:.*]], %[[T0:.*]] = gpu.alloc async [%[[S0]]] (%{{.*}}) : memref<?x8xf32>
-// CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@copy_0 {{.*}} args(%{{.*}} : index, %[[IN]] : memref<?x8xf32>, %[[STATE]] : memref<?x8xf32>)
+// Launch shape: 64-thread blocks for grids of at most 132 * 256 threads
+// (decode), 256 otherwise; at least one block.
+// CHECK: %[[SMALL:.*]] = arith.cmpi ule, %[[COPYN:.*]], %c33792
+// CHECK: %[[THREADS:.*]] = arith.select %[[SMALL]], %c64, %c256
+// CHECK: %[[BLOCKS:.*]] = arith.maxui %{{.*}}, %c1
+// CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@copy_0 blocks in (%[[BLOCKS]], %c1{{.*}}, %c1{{.*}}) threads in (%[[THREADS]], %c1{{.*}}, %c1{{.*}}) args(%[[COPYN]] : index, %[[IN]] : memref<?x8xf32>, %[[STATE]] : memref<?x8xf32>)
 // CHECK: gpu.launch_func async {{.*}} @moe_kernels::@loop_init_1
 // CHECK: %[[INIT:.*]] = gpu.launch_func async {{.*}} @moe_kernels::@trace_init_2
 // The host waits before the pass loop; each pass queues its own stretch.
