@@ -76,9 +76,12 @@ int main(int argc, char **argv) {
       argc, argv,
       "moe-compile: compile a moe model to an object file and a C header\n\n"
       "MODEL is a .mlir file in the moe dialect or a config.json (moe_stack, "
-      "mixtral,\nolmoe, qwen3_moe).\n"
+      "mixtral,\nolmoe, qwen3_moe, loop-lm).\n"
       "Link the object with the moe runtime; see runtime/include/moert/"
-      "moert.h.\n");
+      "moert.h.\n"
+      "--target cuda embeds the kernels as a CUDA fatbinary (a cubin per "
+      "--chip and PTX),\nassembled with the CUDA toolkit's ptxas; load it "
+      "on a 'cuda' runtime context.\n");
   if (target != "cpu" && target != "cuda")
     return fail("unknown --target '" + target + "' (expected cpu or cuda)");
   bool cuda = target == "cuda";

@@ -380,7 +380,7 @@ int main(int argc, char **argv) {
   cl::ParseCommandLineOptions(
       args.size(), args.data(),
       "moe-run: compile a moe model and run it on the CPU (default) or an "
-      "NVIDIA GPU\n(--device cuda; moe_stack models)\n\n"
+      "NVIDIA GPU\n(--device cuda)\n\n"
       "MODEL is a .mlir file in the moe dialect or a config.json (moe_stack, "
       "mixtral,\nolmoe, qwen3_moe, loop-lm). WEIGHTS is a .safetensors file, a "
       "model.safetensors.index.json\nor a directory holding either.\n\n"
