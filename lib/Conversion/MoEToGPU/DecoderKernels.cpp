@@ -3,10 +3,11 @@
 // Token embedding, the LM head, causal self-attention over a KV cache and the
 // LM-head exit test, as moert/CpuDecoderKernels.h defines them, for the host
 // program of a decoder. Like the MoE kernels they are grids of independent
-// threads; attention is four launches: the q/k/v projections (k and v go
-// straight into the cache rows of their positions), per-token q/k norms,
-// clamping and RoPE, one thread per (token, head) over the cache with a
-// max-subtracted softmax, and the output projection.
+// threads. Attention is: the q, k and v projections, k and v stored into the
+// cache rows of their positions, per-token q/k norms, clamping and RoPE, one
+// thread per (token, head) over the cache with a max-subtracted softmax, and
+// the output projection. The projections and the LM head split their dot
+// products over 32 lanes when there are few rows (decode).
 //
 //===----------------------------------------------------------------------===//
 #include "GPUProgram.h"
@@ -190,36 +191,31 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
       MemRefType::get({ShapedType::kDynamic, qWidth}, p.host().getF32Type()),
       {n});
 
-  // q = x wq^T; k, v = x wk^T, x wv^T into the cache rows of the positions.
-  SmallVector<Value> projArgs = {x, positions, wq, wk, wv, kCache, vCache, q};
-  auto project = p.kernel(
-      "attention_qkv", key, projArgs,
+  // q = x wq^T; k, v = x wk^T, x wv^T, then k and v into the cache rows of
+  // their positions.
+  Type f32 = p.host().getF32Type();
+  Value kNew = p.scratch(MemRefType::get({ShapedType::kDynamic, kvWidth}, f32),
+                         {n});
+  Value vNew = p.scratch(MemRefType::get({ShapedType::kDynamic, kvWidth}, f32),
+                         {n});
+  emitRowsDotWeights(p, "attention_q", x, wq, q, qWidth, d);
+  emitRowsDotWeights(p, "attention_k", x, wk, kNew, kvWidth, d);
+  emitRowsDotWeights(p, "attention_v", x, wv, vNew, kvWidth, d);
+  SmallVector<Value> storeArgs = {positions, kNew, vNew, kCache, vCache};
+  auto storeKv = p.kernel(
+      "attention_cache_store", key, storeArgs,
       [&](KernelBody &k, Value gid, ValueRange args) {
-        int64_t width = qWidth + 2 * kvWidth;
-        Value t = k.div(gid, k.index(width)), j = k.rem(gid, k.index(width));
-        Value pos = k.load(args[1], {t});
-        Value isQ = k.cmp(arith::CmpIPredicate::ult, j, k.index(qWidth));
-        auto op = scf::IfOp::create(k.b, isQ, /*withElseRegion=*/true);
-        OpBuilder::InsertionGuard guard(k.b);
-        k.b.setInsertionPoint(op.thenBlock()->getTerminator());
-        k.store(k.dot(args[0], {t}, args[2], {j}, k.index(d)), args[7], {t, j});
-        k.b.setInsertionPoint(op.elseBlock()->getTerminator());
-        k.ifThen(inRange(k, pos, k.dim(args[5], 0)), [&] {
+        Value t = k.div(gid, k.index(kvWidth)), j = k.rem(gid, k.index(kvWidth));
+        Value pos = k.load(args[0], {t});
+        k.ifThen(inRange(k, pos, k.dim(args[3], 0)), [&] {
           Value row = k.toIndex(pos);
-          Value kv = arith::SubIOp::create(k.b, j, k.index(qWidth));
-          Value isK = k.cmp(arith::CmpIPredicate::ult, kv, k.index(kvWidth));
-          auto kOrV = scf::IfOp::create(k.b, isK, /*withElseRegion=*/true);
-          OpBuilder::InsertionGuard inner(k.b);
-          k.b.setInsertionPoint(kOrV.thenBlock()->getTerminator());
-          k.store(k.dot(args[0], {t}, args[3], {kv}, k.index(d)), args[5],
-                  {row, kv});
-          k.b.setInsertionPoint(kOrV.elseBlock()->getTerminator());
-          Value vj = arith::SubIOp::create(k.b, kv, k.index(kvWidth));
-          k.store(k.dot(args[0], {t}, args[4], {vj}, k.index(d)), args[6],
-                  {row, vj});
+          k.store(k.load(args[1], {t, j}), args[3], {row, j});
+          k.store(k.load(args[2], {t, j}), args[4], {row, j});
         });
       });
-  p.launch(project, p.hostMul(n, p.hostIndex(qWidth + 2 * kvWidth)), projArgs);
+  p.launch(storeKv, p.hostMul(n, p.hostIndex(kvWidth)), storeArgs);
+  p.release(kNew);
+  p.release(vNew);
 
   // Per token: q/k norms, then clamping of q, k, v, then RoPE on q and k
   // (OLMoE's order).
