@@ -31,7 +31,7 @@ echo "== GPU lit tests"
 /usr/lib/llvm-22/bin/lit -v build/test/e2e/cuda build/test/e2e/decoder/app-cuda.test \
   build/test/e2e/cuda-compile.test || status=1
 echo "== runtime on the real GPU"
-build/unittests/MoERuntimeTests --gtest_filter='*RealGpu*' || status=1
+MOERT_CUDA_SYNC_EACH_LAUNCH=1 build/unittests/MoERuntimeTests --gtest_filter="*RealGpu*" || status=1
 
 if ((bench)); then
   echo "== benchmarks"

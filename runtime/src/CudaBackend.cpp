@@ -2,6 +2,8 @@
 #include "CudaBackend.h"
 #include "moert/GpuRuntime.h"
 
+#include <cstdlib>
+
 using namespace moert::cuda;
 
 namespace {
@@ -512,18 +514,31 @@ void mgpuLaunchKernel(void *function, intptr_t gridX, intptr_t gridY,
   if (!s || !function)
     return;
   auto f = static_cast<CUfunction>(function);
-  s->check(s->driver().cuLaunchKernel(
-               f, unsigned(gridX), unsigned(gridY), unsigned(gridZ),
-               unsigned(blockX), unsigned(blockY), unsigned(blockZ),
-               unsigned(smem), static_cast<CUstream>(stream), params, extra),
-           [&] {
-             return "cuLaunchKernel of '" + s->model.functionName(f) +
-                    "' (grid " + std::to_string(gridX) + "x" +
-                    std::to_string(gridY) + "x" + std::to_string(gridZ) +
-                    ", block " + std::to_string(blockX) + "x" +
-                    std::to_string(blockY) + "x" + std::to_string(blockZ) +
-                    ", " + std::to_string(smem) + " bytes shared)";
-           });
+  auto kernel = [&] {
+    return "'" + s->model.functionName(f) + "' (grid " +
+           std::to_string(gridX) + "x" + std::to_string(gridY) + "x" +
+           std::to_string(gridZ) + ", block " + std::to_string(blockX) + "x" +
+           std::to_string(blockY) + "x" + std::to_string(blockZ) + ", " +
+           std::to_string(smem) + " bytes shared)";
+  };
+  if (!s->check(s->driver().cuLaunchKernel(
+                    f, unsigned(gridX), unsigned(gridY), unsigned(gridZ),
+                    unsigned(blockX), unsigned(blockY), unsigned(blockZ),
+                    unsigned(smem), static_cast<CUstream>(stream), params,
+                    extra),
+                [&] { return "cuLaunchKernel of " + kernel(); }))
+    return;
+  // Debugging aid: a fault inside a kernel surfaces at the next
+  // synchronisation, without saying which kernel; waiting after every launch
+  // names it (slow).
+  const char *syncEachLaunch = std::getenv("MOERT_CUDA_SYNC_EACH_LAUNCH");
+  if (syncEachLaunch && *syncEachLaunch && std::string(syncEachLaunch) != "0")
+    s->check(s->driver().cuStreamSynchronize(static_cast<CUstream>(stream)),
+             [&] {
+               return "kernel " + kernel() +
+                      ", synchronised after its launch "
+                      "(MOERT_CUDA_SYNC_EACH_LAUNCH),";
+             });
 }
 } // extern "C"
 

@@ -629,6 +629,30 @@ TEST_F(FakeCudaTest, LaunchAndKernelFaults) {
   expectNothingLive();
 }
 
+TEST_F(FakeCudaTest, SyncEachLaunchNamesTheFaultingKernel) {
+  // MOERT_CUDA_SYNC_EACH_LAUNCH waits after every launch, so that a fault
+  // inside a kernel is reported with that kernel's name.
+  std::string error;
+  {
+    auto ctx = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(ctx) << error;
+    auto model = moert::Model::load(*ctx, kCudaModel, weights, &error);
+    ASSERT_TRUE(model) << error;
+    setenv("MOERT_CUDA_SYNC_EACH_LAUNCH", "1", 1);
+    setenv("MOERT_FAKE_CUDA_FAIL", "cuStreamSynchronize=700", 1);
+    EXPECT_EQ(runError(*model),
+              "moert_model_run on cuda (sm_90, Fake GPU): kernel 'add_norm' "
+              "(grid 1x1x1, block 128x1x1, 0 bytes shared), synchronised "
+              "after its launch (MOERT_CUDA_SYNC_EACH_LAUNCH), failed: "
+              "CUDA_ERROR_ILLEGAL_ADDRESS (an illegal memory access was "
+              "encountered)");
+    unsetenv("MOERT_FAKE_CUDA_FAIL");
+    runAndCheck(*model);
+    unsetenv("MOERT_CUDA_SYNC_EACH_LAUNCH");
+  }
+  expectNothingLive();
+}
+
 TEST_F(FakeCudaTest, MissingKernel) {
   std::string error;
   auto ctx = moert::Context::create("cuda", &error);
