@@ -515,11 +515,11 @@ void mgpuLaunchKernel(void *function, intptr_t gridX, intptr_t gridY,
     return;
   auto f = static_cast<CUfunction>(function);
   auto kernel = [&] {
-    return "'" + s->model.functionName(f) + "' (grid " +
-           std::to_string(gridX) + "x" + std::to_string(gridY) + "x" +
-           std::to_string(gridZ) + ", block " + std::to_string(blockX) + "x" +
-           std::to_string(blockY) + "x" + std::to_string(blockZ) + ", " +
-           std::to_string(smem) + " bytes shared)";
+    return "'" + s->model.functionName(f) + "' (grid " + std::to_string(gridX) +
+           "x" + std::to_string(gridY) + "x" + std::to_string(gridZ) +
+           ", block " + std::to_string(blockX) + "x" + std::to_string(blockY) +
+           "x" + std::to_string(blockZ) + ", " + std::to_string(smem) +
+           " bytes shared)";
   };
   if (!s->check(s->driver().cuLaunchKernel(
                     f, unsigned(gridX), unsigned(gridY), unsigned(gridZ),

@@ -83,30 +83,29 @@ void emitRowsDotWeights(GPUProgram &p, StringRef base, Value a, Value w,
       MemRefType::get({ShapedType::kDynamic, cols, lanes}, host.getF32Type()),
       {splitRows});
 
-  auto full = p.kernel(base, "", {a, w, out},
-                       [&](KernelBody &k, Value gid, ValueRange args) {
-                         Value r = k.div(gid, k.index(cols)),
-                               c = k.rem(gid, k.index(cols));
-                         k.store(k.dot(args[0], {r}, args[1], {c},
-                                       k.index(depth)),
-                                 args[2], {r, c});
-                       });
-  p.launch(full, p.hostMul(fullRows, p.hostIndex(cols)), {a, w, out});
-  auto split = p.kernel(
-      (base + "_split").str(), "", {a, w, partial},
-      [&](KernelBody &k, Value gid, ValueRange args) {
-        Value lane = k.rem(gid, k.index(lanes));
-        Value rc = k.div(gid, k.index(lanes));
-        Value r = k.div(rc, k.index(cols)), c = k.rem(rc, k.index(cols));
-        Value sum = k.reduceAll(
-            lane, k.index(depth), {k.f32(0.0)},
-            [&](Value i, ValueRange acc) -> SmallVector<Value> {
-              return {k.fadd(acc[0], k.fmul(k.load(args[0], {r, i}),
-                                            k.load(args[1], {c, i})))};
-            },
-            lanes)[0];
-        k.store(sum, args[2], {r, c, lane});
+  auto full = p.kernel(
+      base, "", {a, w, out}, [&](KernelBody &k, Value gid, ValueRange args) {
+        Value r = k.div(gid, k.index(cols)), c = k.rem(gid, k.index(cols));
+        k.store(k.dot(args[0], {r}, args[1], {c}, k.index(depth)), args[2],
+                {r, c});
       });
+  p.launch(full, p.hostMul(fullRows, p.hostIndex(cols)), {a, w, out});
+  auto split =
+      p.kernel((base + "_split").str(), "", {a, w, partial},
+               [&](KernelBody &k, Value gid, ValueRange args) {
+                 Value lane = k.rem(gid, k.index(lanes));
+                 Value rc = k.div(gid, k.index(lanes));
+                 Value r = k.div(rc, k.index(cols)),
+                       c = k.rem(rc, k.index(cols));
+                 Value sum = k.reduceAll(
+                     lane, k.index(depth), {k.f32(0.0)},
+                     [&](Value i, ValueRange acc) -> SmallVector<Value> {
+                       return {k.fadd(acc[0], k.fmul(k.load(args[0], {r, i}),
+                                                     k.load(args[1], {c, i})))};
+                     },
+                     lanes)[0];
+                 k.store(sum, args[2], {r, c, lane});
+               });
   p.launch(split, p.hostMul(splitRows, p.hostIndex(cols * lanes)),
            {a, w, partial});
   auto add = p.kernel(
@@ -194,25 +193,26 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   // q = x wq^T; k, v = x wk^T, x wv^T, then k and v into the cache rows of
   // their positions.
   Type f32 = p.host().getF32Type();
-  Value kNew = p.scratch(MemRefType::get({ShapedType::kDynamic, kvWidth}, f32),
-                         {n});
-  Value vNew = p.scratch(MemRefType::get({ShapedType::kDynamic, kvWidth}, f32),
-                         {n});
+  Value kNew =
+      p.scratch(MemRefType::get({ShapedType::kDynamic, kvWidth}, f32), {n});
+  Value vNew =
+      p.scratch(MemRefType::get({ShapedType::kDynamic, kvWidth}, f32), {n});
   emitRowsDotWeights(p, "attention_q", x, wq, q, qWidth, d);
   emitRowsDotWeights(p, "attention_k", x, wk, kNew, kvWidth, d);
   emitRowsDotWeights(p, "attention_v", x, wv, vNew, kvWidth, d);
   SmallVector<Value> storeArgs = {positions, kNew, vNew, kCache, vCache};
-  auto storeKv = p.kernel(
-      "attention_cache_store", key, storeArgs,
-      [&](KernelBody &k, Value gid, ValueRange args) {
-        Value t = k.div(gid, k.index(kvWidth)), j = k.rem(gid, k.index(kvWidth));
-        Value pos = k.load(args[0], {t});
-        k.ifThen(inRange(k, pos, k.dim(args[3], 0)), [&] {
-          Value row = k.toIndex(pos);
-          k.store(k.load(args[1], {t, j}), args[3], {row, j});
-          k.store(k.load(args[2], {t, j}), args[4], {row, j});
-        });
-      });
+  auto storeKv =
+      p.kernel("attention_cache_store", key, storeArgs,
+               [&](KernelBody &k, Value gid, ValueRange args) {
+                 Value t = k.div(gid, k.index(kvWidth)),
+                       j = k.rem(gid, k.index(kvWidth));
+                 Value pos = k.load(args[0], {t});
+                 k.ifThen(inRange(k, pos, k.dim(args[3], 0)), [&] {
+                   Value row = k.toIndex(pos);
+                   k.store(k.load(args[1], {t, j}), args[3], {row, j});
+                   k.store(k.load(args[2], {t, j}), args[4], {row, j});
+                 });
+               });
   p.launch(storeKv, p.hostMul(n, p.hostIndex(kvWidth)), storeArgs);
   p.release(kNew);
   p.release(vNew);

@@ -83,12 +83,11 @@ void GPUProgram::launch(gpu::GPUFuncOp fn, Value n, ValueRange args) {
   // Block size: small grids (decode) spread over more SMs with smaller
   // blocks; others use full blocks. Then ceil(n / threads) blocks, at least
   // one: an empty grid is a launch error.
-  Value small = arith::CmpIOp::create(hostBuilder, loc,
-                                      arith::CmpIPredicate::ule, n,
-                                      hostIndex(kSmallGridThreads));
-  Value threads =
-      arith::SelectOp::create(hostBuilder, loc, small,
-                              hostIndex(kSmallBlock), hostIndex(kLargeBlock));
+  Value small =
+      arith::CmpIOp::create(hostBuilder, loc, arith::CmpIPredicate::ule, n,
+                            hostIndex(kSmallGridThreads));
+  Value threads = arith::SelectOp::create(
+      hostBuilder, loc, small, hostIndex(kSmallBlock), hostIndex(kLargeBlock));
   Value blocks = arith::DivUIOp::create(
       hostBuilder, loc,
       arith::AddIOp::create(

@@ -282,14 +282,13 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   // order (deterministic). Both forms are launched; the one that does not
   // apply gets no rows.
   OpBuilder &host = p.host();
-  Value small = arith::CmpIOp::create(host, p.getLoc(),
-                                      arith::CmpIPredicate::ule, rows,
-                                      p.hostIndex(kSplitMaxRows));
+  Value small =
+      arith::CmpIOp::create(host, p.getLoc(), arith::CmpIPredicate::ule, rows,
+                            p.hostIndex(kSplitMaxRows));
   Value none = p.hostIndex(0);
   Value splitRows =
       arith::SelectOp::create(host, p.getLoc(), small, rows, none);
-  Value fullRows =
-      arith::SelectOp::create(host, p.getLoc(), small, none, rows);
+  Value fullRows = arith::SelectOp::create(host, p.getLoc(), small, none, rows);
   Value partG = p.scratch(MemRefType::get({dyn, f, kLanes}, f32), {splitRows});
   Value partU = p.scratch(MemRefType::get({dyn, f, kLanes}, f32), {splitRows});
   Value partD = p.scratch(MemRefType::get({dyn, d, kLanes}, f32), {splitRows});
@@ -319,8 +318,8 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   };
   // The gate and up dots of row r, column c over x's elements lb, lb +
   // step, ... (the row's token t, expert ex).
-  auto gateUp = [&](KernelBody &k, ValueRange args, Value t, Value ex,
-                    Value c, Value lb, int64_t step) {
+  auto gateUp = [&](KernelBody &k, ValueRange args, Value t, Value ex, Value c,
+                    Value lb, int64_t step) {
     Value zero = k.f32(0.0);
     return k.reduceAll(
         lb, k.index(d), {zero, zero},
@@ -345,58 +344,57 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   };
 
   SmallVector<Value> upArgs = {x, rowToken, offsets, wg, wu, h};
-  auto up = p.kernel(
-      "experts_gate_up", key, upArgs,
-      [&](KernelBody &k, Value gid, ValueRange args) {
-        Value r = k.div(gid, k.index(f)), c = k.rem(gid, k.index(f));
-        ifRowUsed(k, args[1], r, [&](Value t) {
-          SmallVector<Value> gu =
-              gateUp(k, args, t, expertOf(k, args[2], r), c, k.index(0), 1);
-          k.store(activate(k, gu[0], gu[1]), args[5], {r, c});
-        });
-      });
+  auto up =
+      p.kernel("experts_gate_up", key, upArgs,
+               [&](KernelBody &k, Value gid, ValueRange args) {
+                 Value r = k.div(gid, k.index(f)), c = k.rem(gid, k.index(f));
+                 ifRowUsed(k, args[1], r, [&](Value t) {
+                   SmallVector<Value> gu = gateUp(
+                       k, args, t, expertOf(k, args[2], r), c, k.index(0), 1);
+                   k.store(activate(k, gu[0], gu[1]), args[5], {r, c});
+                 });
+               });
   p.launch(up, p.hostMul(fullRows, p.hostIndex(f)), upArgs);
 
   SmallVector<Value> upSplitArgs = {x, rowToken, offsets, wg, wu, partG, partU};
-  auto upSplit = p.kernel(
-      "experts_gate_up_split", key, upSplitArgs,
-      [&](KernelBody &k, Value gid, ValueRange args) {
-        Value lane = k.rem(gid, k.index(kLanes));
-        Value rc = k.div(gid, k.index(kLanes));
-        Value r = k.div(rc, k.index(f)), c = k.rem(rc, k.index(f));
-        ifRowUsed(k, args[1], r, [&](Value t) {
-          SmallVector<Value> gu =
-              gateUp(k, args, t, expertOf(k, args[2], r), c, lane, kLanes);
-          k.store(gu[0], args[5], {r, c, lane});
-          k.store(gu[1], args[6], {r, c, lane});
-        });
-      });
-  p.launch(upSplit, p.hostMul(splitRows, p.hostIndex(f * kLanes)),
-           upSplitArgs);
+  auto upSplit =
+      p.kernel("experts_gate_up_split", key, upSplitArgs,
+               [&](KernelBody &k, Value gid, ValueRange args) {
+                 Value lane = k.rem(gid, k.index(kLanes));
+                 Value rc = k.div(gid, k.index(kLanes));
+                 Value r = k.div(rc, k.index(f)), c = k.rem(rc, k.index(f));
+                 ifRowUsed(k, args[1], r, [&](Value t) {
+                   SmallVector<Value> gu = gateUp(
+                       k, args, t, expertOf(k, args[2], r), c, lane, kLanes);
+                   k.store(gu[0], args[5], {r, c, lane});
+                   k.store(gu[1], args[6], {r, c, lane});
+                 });
+               });
+  p.launch(upSplit, p.hostMul(splitRows, p.hostIndex(f * kLanes)), upSplitArgs);
   SmallVector<Value> upDoneArgs = {partG, partU, rowToken, h};
-  auto upDone = p.kernel(
-      "experts_gate_up_lanes", key, upDoneArgs,
-      [&](KernelBody &k, Value gid, ValueRange args) {
-        Value r = k.div(gid, k.index(f)), c = k.rem(gid, k.index(f));
-        ifRowUsed(k, args[2], r, [&](Value) {
-          k.store(activate(k, sumLanes(k, args[0], r, c),
-                           sumLanes(k, args[1], r, c)),
-                  args[3], {r, c});
-        });
-      });
+  auto upDone = p.kernel("experts_gate_up_lanes", key, upDoneArgs,
+                         [&](KernelBody &k, Value gid, ValueRange args) {
+                           Value r = k.div(gid, k.index(f)),
+                                 c = k.rem(gid, k.index(f));
+                           ifRowUsed(k, args[2], r, [&](Value) {
+                             k.store(activate(k, sumLanes(k, args[0], r, c),
+                                              sumLanes(k, args[1], r, c)),
+                                     args[3], {r, c});
+                           });
+                         });
   p.launch(upDone, p.hostMul(splitRows, p.hostIndex(f)), upDoneArgs);
 
   SmallVector<Value> downArgs = {h, rowToken, offsets, wd, y};
-  auto down = p.kernel(
-      "experts_down", key, downArgs,
-      [&](KernelBody &k, Value gid, ValueRange args) {
-        Value r = k.div(gid, k.index(d)), c = k.rem(gid, k.index(d));
-        ifRowUsed(k, args[1], r, [&](Value) {
-          Value ex = expertOf(k, args[2], r);
-          k.store(k.dot(args[0], {r}, args[3], {ex, c}, k.index(f)), args[4],
-                  {r, c});
-        });
-      });
+  auto down =
+      p.kernel("experts_down", key, downArgs,
+               [&](KernelBody &k, Value gid, ValueRange args) {
+                 Value r = k.div(gid, k.index(d)), c = k.rem(gid, k.index(d));
+                 ifRowUsed(k, args[1], r, [&](Value) {
+                   Value ex = expertOf(k, args[2], r);
+                   k.store(k.dot(args[0], {r}, args[3], {ex, c}, k.index(f)),
+                           args[4], {r, c});
+                 });
+               });
   p.launch(down, p.hostMul(fullRows, p.hostIndex(d)), downArgs);
 
   SmallVector<Value> downSplitArgs = {h, rowToken, offsets, wd, partD};
@@ -421,14 +419,14 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   p.launch(downSplit, p.hostMul(splitRows, p.hostIndex(d * kLanes)),
            downSplitArgs);
   SmallVector<Value> downDoneArgs = {partD, rowToken, y};
-  auto downDone = p.kernel(
-      "experts_down_lanes", key, downDoneArgs,
-      [&](KernelBody &k, Value gid, ValueRange args) {
-        Value r = k.div(gid, k.index(d)), c = k.rem(gid, k.index(d));
-        ifRowUsed(k, args[1], r, [&](Value) {
-          k.store(sumLanes(k, args[0], r, c), args[2], {r, c});
-        });
-      });
+  auto downDone =
+      p.kernel("experts_down_lanes", key, downDoneArgs,
+               [&](KernelBody &k, Value gid, ValueRange args) {
+                 Value r = k.div(gid, k.index(d)), c = k.rem(gid, k.index(d));
+                 ifRowUsed(k, args[1], r, [&](Value) {
+                   k.store(sumLanes(k, args[0], r, c), args[2], {r, c});
+                 });
+               });
   p.launch(downDone, p.hostMul(splitRows, p.hostIndex(d)), downDoneArgs);
 
   auto combine = p.kernel(
