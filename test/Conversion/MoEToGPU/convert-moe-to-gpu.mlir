@@ -204,3 +204,62 @@ func.func @unfused(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
   }
   return %h, %exit : tensor<?x8xf32>, tensor<?xi32>
 }
+
+// -----
+
+// A decoder: tokens, positions, logits, exit_loop, then the K and V cache of
+// each slot (device buffers the session keeps), then the weights.
+// CHECK-LABEL: func.func @decoder(
+// CHECK-SAME: %[[TOKENS:.*]]: memref<?xi32>, %[[POS:.*]]: memref<?xi32>, %{{.*}}: memref<?x16xf32>, %{{.*}}: memref<?xi32>, %[[KC:.*]]: memref<?x4xf32>, %[[VC:.*]]: memref<?x4xf32>,
+// CHECK: @moe_kernels::@embed_{{[0-9]+}} {{.*}} args(%{{.*}} : index, %[[TOKENS]] : memref<?xi32>,
+// Attention: the projections (split over lanes for few rows), k and v into
+// their cache rows, norms and RoPE, the softmax over the cache, the output
+// projection.
+// CHECK: @moe_kernels::@attention_q_{{[0-9]+}}
+// CHECK: @moe_kernels::@attention_q_split_{{[0-9]+}}
+// CHECK: @moe_kernels::@attention_q_lanes_{{[0-9]+}}
+// CHECK: @moe_kernels::@attention_k_{{[0-9]+}}
+// CHECK: @moe_kernels::@attention_v_{{[0-9]+}}
+// CHECK: @moe_kernels::@attention_cache_store_{{[0-9]+}} {{.*}} args(%{{.*}} : index, %[[POS]] : memref<?xi32>, %{{.*}} : memref<?x4xf32>, %{{.*}} : memref<?x4xf32>, %[[KC]] : memref<?x4xf32>, %[[VC]] : memref<?x4xf32>)
+// CHECK: @moe_kernels::@attention_prepare_{{[0-9]+}}
+// CHECK: @moe_kernels::@attention_core_{{[0-9]+}} {{.*}} args(%{{.*}} : index, %[[POS]] : memref<?xi32>, %[[KC]] : memref<?x4xf32>, %[[VC]] : memref<?x4xf32>,
+// CHECK: @moe_kernels::@attention_out_{{[0-9]+}}
+// CHECK: @moe_kernels::@unembed_{{[0-9]+}}
+// RoPE angles in double precision (positions times theta^(-2i/hd)).
+// CHECK-LABEL: gpu.func @attention_prepare_
+// CHECK: math.powf %{{.*}} : f64
+// CHECK: math.cos %{{.*}} : f64
+// CHECK: math.sin %{{.*}} : f64
+// One thread per (token, head): a head_dim accumulator, exp of max-shifted
+// scores.
+// CHECK-LABEL: gpu.func @attention_core_
+// CHECK: memref.alloca() : memref<4xf32>
+// CHECK: math.exp
+moe.weight @embed : tensor<16x8xf32>
+moe.weight @q : tensor<8x8xf32>
+moe.weight @k : tensor<4x8xf32>
+moe.weight @v : tensor<4x8xf32>
+moe.weight @o : tensor<8x8xf32>
+moe.weight @q_norm : tensor<4xf32>
+moe.weight @k_norm : tensor<4xf32>
+moe.weight @router : tensor<2x8xf32>
+moe.weight @gate : tensor<2x12x8xf32>
+moe.weight @up : tensor<2x12x8xf32>
+moe.weight @down : tensor<2x8x12xf32>
+moe.weight @lm_head : tensor<16x8xf32>
+
+func.func @decoder(%tokens: tensor<?xi32>, %positions: tensor<?xi32>) -> (tensor<?x16xf32>, tensor<?xi32>) {
+  %x = moe.embed %tokens, @embed : tensor<?xi32> -> tensor<?x8xf32>
+  %h, %exit = moe.loop %x passes = 1 mode = unroll : tensor<?x8xf32> -> tensor<?xi32> {
+  ^bb0(%h0: tensor<?x8xf32>):
+    %a = moe.attention %h0, %positions q @q k @k v @v o @o heads = 2 kv_heads = 1 head_dim = 4 rope_theta = 1.000000e+04 causal q_norm @q_norm k_norm @k_norm : tensor<?x8xf32>, tensor<?xi32>
+    %h1 = arith.addf %h0, %a : tensor<?x8xf32>
+    %ids, %gates = moe.route %h1, @router top_k = 1 : tensor<?x8xf32> -> tensor<?x1xi32>, tensor<?x1xf32>
+    %p = moe.plan %ids : tensor<?x1xi32> -> !moe.plan<experts = 2, top_k = 1, tile = 1>
+    %y = moe.fused_experts %h1, %p, %gates gate @gate up @up down @down : tensor<?x8xf32>, !moe.plan<experts = 2, top_k = 1, tile = 1>, tensor<?x1xf32>
+    %h2 = arith.addf %h1, %y : tensor<?x8xf32>
+    moe.yield %h2 : tensor<?x8xf32>
+  }
+  %logits = moe.unembed %h, @lm_head : tensor<?x8xf32> -> tensor<?x16xf32>
+  return %logits, %exit : tensor<?x16xf32>, tensor<?xi32>
+}
