@@ -4,10 +4,11 @@
 // LM-head exit test, as moert/CpuDecoderKernels.h defines them, for the host
 // program of a decoder. Like the MoE kernels they are grids of independent
 // threads. Attention is: the q, k and v projections, k and v stored into the
-// cache rows of their positions, per-token q/k norms, clamping and RoPE, one
-// thread per (token, head) over the cache with a max-subtracted softmax, and
-// the output projection. The projections and the LM head split their dot
-// products over 32 lanes when there are few rows (decode).
+// cache rows of their positions, per-token q/k norms, clamping and RoPE, the
+// max-subtracted softmax over the cache (a thread per token and head, or per
+// chunk of the cache for decode), and the output projection. The projections
+// and the LM head split their dot products over 32 lanes when there are few
+// rows (decode).
 //
 //===----------------------------------------------------------------------===//
 #include "GPUProgram.h"
@@ -16,6 +17,11 @@ using namespace mlir;
 using namespace mlir::moe::gpu_lowering;
 
 namespace {
+/// Decode attention (at most this many tokens) splits the cache into chunks
+/// of kKvChunk positions.
+constexpr int64_t kSplitKvMaxTokens = 8;
+constexpr int64_t kKvChunk = 32;
+
 ArrayRef<int64_t> shapeOf(Value v) {
   return cast<MemRefType>(v.getType()).getShape();
 }
@@ -287,60 +293,198 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
       });
   p.launch(prepare, n, prepArgs);
 
-  // One thread per (token, head): softmax(q . k_j * scale) over cache
-  // positions 0..pos, then the weighted sum of v_j in ascending j; the
-  // output replaces the thread's own q row.
+  // Softmax(q . k_j * scale) over cache positions 0..pos, then the weighted
+  // sum of the v_j; the output replaces the head's q row. Prefill: a thread
+  // per (token, head), keys in ascending order. Decode (at most 8 tokens):
+  // a thread per (token, head, chunk of 32 positions) keeps its chunk's max,
+  // exponential sum and weighted values, and a second kernel merges the
+  // chunks in order (deterministic). Both forms are launched; the one that
+  // does not apply gets no tokens.
+  OpBuilder &host = p.host();
+  Location loc = p.getLoc();
+  Value smallN = arith::CmpIOp::create(host, loc, arith::CmpIPredicate::ule, n,
+                                       p.hostIndex(kSplitKvMaxTokens));
+  Value none = p.hostIndex(0);
+  Value splitN = arith::SelectOp::create(host, loc, smallN, n, none);
+  Value fullN = arith::SelectOp::create(host, loc, smallN, none, n);
+  Value chunks = arith::CeilDivUIOp::create(host, loc, p.hostDim(kCache, 0),
+                                            p.hostIndex(kKvChunk));
+  Value part = p.scratch(
+      MemRefType::get({ShapedType::kDynamic, ShapedType::kDynamic, headDim + 2},
+                      f32),
+      {p.hostMul(splitN, p.hostIndex(numHeads)), chunks});
+
+  // q . k_j * scale for the head at qBase of token t, kv head at kvBase.
+  auto scoreOf = [&](KernelBody &k, Value qm, Value kc, Value t, Value qBase,
+                     Value kvBase, Value j) {
+    Value dotted = k.reduce(k.index(0), k.index(headDim), k.f32(0.0),
+                            [&](Value c, Value acc) {
+                              Value qv = k.load(qm, {t, k.add(qBase, c)});
+                              Value kv = k.load(kc, {j, k.add(kvBase, c)});
+                              return k.fadd(acc, k.fmul(qv, kv));
+                            });
+    return k.fmul(dotted, k.f32(scale));
+  };
+  // max, sum of exp(score - max) and acc += exp(score - max) v over keys
+  // [lo, hi), lo < hi; acc is a head_dim buffer the caller zeroed.
+  auto softmaxSums = [&](KernelBody &k, Value qm, Value kc, Value vc, Value t,
+                         Value qBase, Value kvBase, Value lo, Value hi,
+                         Value acc) {
+    auto score = [&](Value j) {
+      return scoreOf(k, qm, kc, t, qBase, kvBase, j);
+    };
+    Value max = k.reduce(k.add(lo, k.index(1)), hi, score(lo),
+                         [&](Value j, Value m) -> Value {
+                           return arith::MaximumFOp::create(k.b, m, score(j));
+                         });
+    Value sum = k.reduce(lo, hi, k.f32(0.0), [&](Value j, Value s) {
+      Value e = math::ExpOp::create(k.b, k.fsub(score(j), max));
+      k.forEach(k.index(0), k.index(headDim), [&](Value c) {
+        Value v = k.load(vc, {j, k.add(kvBase, c)});
+        k.store(k.fadd(k.load(acc, {c}), k.fmul(e, v)), acc, {c});
+      });
+      return k.fadd(s, e);
+    });
+    return std::make_pair(max, sum);
+  };
+  auto headAccumulator = [&](KernelBody &k) {
+    auto acc = memref::AllocaOp::create(
+        k.b, MemRefType::get({headDim}, k.b.getF32Type()));
+    k.forEach(k.index(0), k.index(headDim),
+              [&](Value c) { k.store(k.f32(0.0), acc, {c}); });
+    return acc;
+  };
+  // body() for a token with a valid position; NaN in its head row else.
+  auto ifValidToken = [&](KernelBody &k, Value pos, Value kc, Value qm, Value t,
+                          Value qBase, function_ref<void()> body) {
+    Value valid = inRange(k, pos, k.dim(kc, 0));
+    auto op = scf::IfOp::create(k.b, valid, /*withElseRegion=*/true);
+    OpBuilder::InsertionGuard guard(k.b);
+    k.b.setInsertionPoint(op.elseBlock()->getTerminator());
+    k.forEach(k.index(0), k.index(headDim), [&](Value c) {
+      k.store(nan32(k), qm, {t, k.add(qBase, c)});
+    });
+    k.b.setInsertionPoint(op.thenBlock()->getTerminator());
+    body();
+  };
+  auto headOf = [&](KernelBody &k, Value th, Value &t, Value &qBase,
+                    Value &kvBase) {
+    t = k.div(th, k.index(numHeads));
+    Value h = k.rem(th, k.index(numHeads));
+    qBase = k.mul(h, k.index(headDim));
+    kvBase = k.mul(k.div(h, k.index(group)), k.index(headDim));
+  };
+
   SmallVector<Value> coreArgs = {positions, kCache, vCache, q};
   auto core = p.kernel(
       "attention_core", key, coreArgs,
       [&](KernelBody &k, Value gid, ValueRange args) {
-        Value t = k.div(gid, k.index(numHeads));
-        Value h = k.rem(gid, k.index(numHeads));
+        Value t, qBase, kvBase;
+        headOf(k, gid, t, qBase, kvBase);
         Value pos = k.load(args[0], {t});
         Value qm = args[3], kc = args[1], vc = args[2];
-        Value qBase = k.mul(h, k.index(headDim));
-        Value kvBase = k.mul(k.div(h, k.index(group)), k.index(headDim));
-        Value valid = inRange(k, pos, k.dim(kc, 0));
-        auto op = scf::IfOp::create(k.b, valid, /*withElseRegion=*/true);
-        OpBuilder::InsertionGuard guard(k.b);
-        k.b.setInsertionPoint(op.elseBlock()->getTerminator());
-        k.forEach(k.index(0), k.index(headDim), [&](Value c) {
-          k.store(nan32(k), qm, {t, k.add(qBase, c)});
-        });
-        k.b.setInsertionPoint(op.thenBlock()->getTerminator());
-        Value keys = k.add(k.toIndex(pos), k.index(1));
-        auto score = [&](Value j) {
-          Value s = k.reduce(k.index(0), k.index(headDim), k.f32(0.0),
-                             [&](Value c, Value acc) {
-                               Value qv = k.load(qm, {t, k.add(qBase, c)});
-                               Value kv = k.load(kc, {j, k.add(kvBase, c)});
-                               return k.fadd(acc, k.fmul(qv, kv));
-                             });
-          return k.fmul(s, k.f32(scale));
-        };
-        Value max =
-            k.reduce(k.index(1), keys, score(k.index(0)),
-                     [&](Value j, Value m) -> Value {
-                       return arith::MaximumFOp::create(k.b, m, score(j));
-                     });
-        auto acc = memref::AllocaOp::create(
-            k.b, MemRefType::get({headDim}, k.b.getF32Type()));
-        k.forEach(k.index(0), k.index(headDim),
-                  [&](Value c) { k.store(k.f32(0.0), acc, {c}); });
-        Value sum =
-            k.reduce(k.index(0), keys, k.f32(0.0), [&](Value j, Value s) {
-              Value e = math::ExpOp::create(k.b, k.fsub(score(j), max));
-              k.forEach(k.index(0), k.index(headDim), [&](Value c) {
-                Value v = k.load(vc, {j, k.add(kvBase, c)});
-                k.store(k.fadd(k.load(acc, {c}), k.fmul(e, v)), acc, {c});
-              });
-              return k.fadd(s, e);
-            });
-        k.forEach(k.index(0), k.index(headDim), [&](Value c) {
-          k.store(k.fdiv(k.load(acc, {c}), sum), qm, {t, k.add(qBase, c)});
+        ifValidToken(k, pos, kc, qm, t, qBase, [&] {
+          Value acc = headAccumulator(k);
+          auto [max, sum] =
+              softmaxSums(k, qm, kc, vc, t, qBase, kvBase, k.index(0),
+                          k.add(k.toIndex(pos), k.index(1)), acc);
+          (void)max;
+          k.forEach(k.index(0), k.index(headDim), [&](Value c) {
+            k.store(k.fdiv(k.load(acc, {c}), sum), qm, {t, k.add(qBase, c)});
+          });
         });
       });
-  p.launch(core, p.hostMul(n, p.hostIndex(numHeads)), coreArgs);
+  p.launch(core, p.hostMul(fullN, p.hostIndex(numHeads)), coreArgs);
+
+  SmallVector<Value> chunkArgs = {positions, kCache, vCache, q, part};
+  auto chunkFn = p.kernel(
+      "attention_chunks", key, chunkArgs,
+      [&](KernelBody &k, Value gid, ValueRange args) {
+        Value pm = args[4];
+        Value numChunks = k.dim(pm, 1);
+        Value chunk = k.rem(gid, numChunks), th = k.div(gid, numChunks);
+        Value t, qBase, kvBase;
+        headOf(k, th, t, qBase, kvBase);
+        Value pos = k.load(args[0], {t});
+        Value qm = args[3], kc = args[1], vc = args[2];
+        Value lo = k.mul(chunk, k.index(kKvChunk));
+        // An invalid position gets NaN from the merge; its chunks are empty.
+        Value keys = k.select(
+            inRange(k, pos, k.dim(kc, 0)),
+            [&]() -> Value { return k.add(k.toIndex(pos), k.index(1)); },
+            [&]() -> Value { return k.index(0); });
+        Value hi =
+            arith::MinUIOp::create(k.b, k.add(lo, k.index(kKvChunk)), keys);
+        Value empty = k.cmp(arith::CmpIPredicate::uge, lo, hi);
+        auto op = scf::IfOp::create(k.b, empty, /*withElseRegion=*/true);
+        OpBuilder::InsertionGuard guard(k.b);
+        k.b.setInsertionPoint(op.thenBlock()->getTerminator());
+        k.store(k.f32(0.0), pm, {th, chunk, k.index(headDim + 1)});
+        k.b.setInsertionPoint(op.elseBlock()->getTerminator());
+        Value acc = headAccumulator(k);
+        auto [max, sum] =
+            softmaxSums(k, qm, kc, vc, t, qBase, kvBase, lo, hi, acc);
+        k.forEach(k.index(0), k.index(headDim), [&](Value c) {
+          k.store(k.load(acc, {c}), pm, {th, chunk, c});
+        });
+        k.store(max, pm, {th, chunk, k.index(headDim)});
+        k.store(sum, pm, {th, chunk, k.index(headDim + 1)});
+      });
+  p.launch(chunkFn, p.hostMul(p.hostMul(splitN, p.hostIndex(numHeads)), chunks),
+           chunkArgs);
+
+  SmallVector<Value> mergeArgs = {positions, kCache, q, part};
+  auto merge = p.kernel(
+      "attention_merge", key, mergeArgs,
+      [&](KernelBody &k, Value th, ValueRange args) {
+        Value t, qBase, kvBase;
+        headOf(k, th, t, qBase, kvBase);
+        Value pos = k.load(args[0], {t});
+        Value qm = args[2], pm = args[3];
+        Value numChunks = k.dim(pm, 1);
+        ifValidToken(k, pos, args[1], qm, t, qBase, [&] {
+          auto used = [&](Value chunk) {
+            return arith::CmpFOp::create(
+                k.b, arith::CmpFPredicate::OGT,
+                k.load(pm, {th, chunk, k.index(headDim + 1)}), k.f32(0.0));
+          };
+          Value negInf = arith::ConstantFloatOp::create(
+              k.b, k.b.getF32Type(),
+              APFloat::getInf(APFloat::IEEEsingle(), /*Negative=*/true));
+          Value max = k.reduce(
+              k.index(0), numChunks, negInf, [&](Value chunk, Value m) {
+                Value cm = k.load(pm, {th, chunk, k.index(headDim)});
+                Value bigger = arith::MaximumFOp::create(k.b, m, cm);
+                return arith::SelectOp::create(k.b, used(chunk), bigger, m)
+                    .getResult();
+              });
+          // acc + exp(m_chunk - max) * part[chunk][slot] over the used
+          // chunks (an empty chunk's values were never written).
+          auto mergeSlot = [&](int64_t slotOffset, Value slot) {
+            return k.reduce(
+                k.index(0), numChunks, k.f32(0.0), [&](Value chunk, Value acc) {
+                  return k.select(
+                      used(chunk),
+                      [&]() -> Value {
+                        Value w = math::ExpOp::create(
+                            k.b,
+                            k.fsub(k.load(pm, {th, chunk, k.index(headDim)}),
+                                   max));
+                        Value v = k.load(
+                            pm, {th, chunk, k.add(slot, k.index(slotOffset))});
+                        return k.fadd(acc, k.fmul(w, v));
+                      },
+                      [&]() -> Value { return acc; });
+                });
+          };
+          Value sum = mergeSlot(headDim + 1, k.index(0));
+          k.forEach(k.index(0), k.index(headDim), [&](Value c) {
+            k.store(k.fdiv(mergeSlot(0, c), sum), qm, {t, k.add(qBase, c)});
+          });
+        });
+      });
+  p.launch(merge, p.hostMul(splitN, p.hostIndex(numHeads)), mergeArgs);
+  p.release(part);
 
   // out = heads wo^T.
   emitRowsDotWeights(p, "attention_out", q, wo, out, d, qWidth);
