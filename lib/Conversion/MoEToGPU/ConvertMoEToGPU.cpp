@@ -35,9 +35,7 @@ using namespace mlir::moe::gpu_lowering;
 
 namespace {
 constexpr StringLiteral kKernelModule = "moe_kernels";
-} // namespace
 
-namespace {
 struct ConvertMoEToGPUPass
     : public moe::impl::ConvertMoEToGPUBase<ConvertMoEToGPUPass> {
   using ConvertMoEToGPUBase::ConvertMoEToGPUBase;
