@@ -33,6 +33,16 @@ echo "== GPU lit tests"
 echo "== runtime on the real GPU"
 MOERT_CUDA_SYNC_EACH_LAUNCH=1 build/unittests/MoERuntimeTests --gtest_filter="*RealGpu*" || status=1
 
+echo "== per-kernel profile of one decode-sized and one prefill-sized layer"
+rm -rf build/gpu-check-profile && mkdir -p build/gpu-check-profile
+for case in t1 skewed; do
+  python3 scripts/moe_reference.py gen --case $case --out build/gpu-check-profile/$case > /dev/null &&
+  MOERT_CUDA_PROFILE=1 build/bin/moe-run build/gpu-check-profile/$case/config.json --device cuda \
+    --weights build/gpu-check-profile/$case/weights.safetensors \
+    --inputs build/gpu-check-profile/$case/inputs.safetensors \
+    --outputs build/gpu-check-profile/$case/out.safetensors || status=1
+done
+
 if ((bench)); then
   echo "== benchmarks"
   bash bench/gpu/run.sh "$@" || status=1

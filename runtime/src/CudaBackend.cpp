@@ -2,6 +2,9 @@
 #include "CudaBackend.h"
 #include "moert/GpuRuntime.h"
 
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 
 using namespace moert::cuda;
@@ -206,6 +209,26 @@ DeviceModel::load(Device &device, const void *binary,
 }
 
 DeviceModel::~DeviceModel() {
+  if (!profile.empty()) {
+    // Kernels by total time, as MOERT_CUDA_PROFILE asked for.
+    std::vector<std::pair<std::string, std::pair<int64_t, double>>> rows;
+    double total = 0;
+    for (const auto &entry : profile) {
+      rows.emplace_back(entry.getKey().str(), entry.getValue());
+      total += entry.getValue().second;
+    }
+    std::sort(rows.begin(), rows.end(), [](const auto &a, const auto &b) {
+      return a.second.second > b.second.second;
+    });
+    std::fprintf(stderr,
+                 "moert profile (MOERT_CUDA_PROFILE; each launch timed on "
+                 "the host to its completion):\n%-32s %9s %12s %7s\n",
+                 "kernel", "launches", "total ms", "share");
+    for (const auto &[name, stats] : rows)
+      std::fprintf(stderr, "%-32s %9lld %12.3f %6.1f%%\n", name.c_str(),
+                   static_cast<long long>(stats.first), stats.second * 1e3,
+                   total > 0 ? 100.0 * stats.second / total : 0.0);
+  }
   const Driver &drv = dev.driver();
   CurrentContext current(dev);
   if (!current.problem().empty())
@@ -267,6 +290,14 @@ CUfunction DeviceModel::function(const char *name, std::string &error) {
   }
   functions[name] = f;
   return f;
+}
+
+void DeviceModel::addToProfile(CUfunction function, double seconds) {
+  std::string name = functionName(function);
+  std::lock_guard<std::mutex> lock(functionsMutex);
+  auto &stats = profile[name];
+  ++stats.first;
+  stats.second += seconds;
 }
 
 std::string DeviceModel::functionName(CUfunction function) {
@@ -521,6 +552,17 @@ void mgpuLaunchKernel(void *function, intptr_t gridX, intptr_t gridY,
            "x" + std::to_string(blockZ) + ", " + std::to_string(smem) +
            " bytes shared)";
   };
+  // Debugging and profiling aids (slow): MOERT_CUDA_SYNC_EACH_LAUNCH waits
+  // after every launch, so that a fault inside a kernel is reported with
+  // that kernel's name instead of at the next synchronisation;
+  // MOERT_CUDA_PROFILE does too and times each launch to its completion.
+  auto enabled = [](const char *variable) {
+    const char *v = std::getenv(variable);
+    return v && *v && std::string(v) != "0";
+  };
+  bool profiling = enabled("MOERT_CUDA_PROFILE");
+  bool syncEachLaunch = profiling || enabled("MOERT_CUDA_SYNC_EACH_LAUNCH");
+  auto start = std::chrono::steady_clock::now();
   if (!s->check(s->driver().cuLaunchKernel(
                     f, unsigned(gridX), unsigned(gridY), unsigned(gridZ),
                     unsigned(blockX), unsigned(blockY), unsigned(blockZ),
@@ -528,17 +570,18 @@ void mgpuLaunchKernel(void *function, intptr_t gridX, intptr_t gridY,
                     extra),
                 [&] { return "cuLaunchKernel of " + kernel(); }))
     return;
-  // Debugging aid: a fault inside a kernel surfaces at the next
-  // synchronisation, without saying which kernel; waiting after every launch
-  // names it (slow).
-  const char *syncEachLaunch = std::getenv("MOERT_CUDA_SYNC_EACH_LAUNCH");
-  if (syncEachLaunch && *syncEachLaunch && std::string(syncEachLaunch) != "0")
-    s->check(s->driver().cuStreamSynchronize(static_cast<CUstream>(stream)),
-             [&] {
-               return "kernel " + kernel() +
-                      ", synchronised after its launch "
-                      "(MOERT_CUDA_SYNC_EACH_LAUNCH),";
-             });
+  if (!syncEachLaunch)
+    return;
+  bool completed = s->check(
+      s->driver().cuStreamSynchronize(static_cast<CUstream>(stream)), [&] {
+        return "kernel " + kernel() +
+               ", synchronised after its launch "
+               "(MOERT_CUDA_SYNC_EACH_LAUNCH),";
+      });
+  if (completed && profiling)
+    s->model.addToProfile(f, std::chrono::duration<double>(
+                                 std::chrono::steady_clock::now() - start)
+                                 .count());
 }
 } // extern "C"
 

@@ -124,6 +124,9 @@ public:
   CUfunction function(const char *name, std::string &error);
   /// The name of a function returned by function(), for messages.
   std::string functionName(CUfunction function);
+  /// Adds one timed launch of `function` to the profile that
+  /// MOERT_CUDA_PROFILE=1 prints when the model is freed.
+  void addToProfile(CUfunction function, double seconds);
   Device &device() const { return dev; }
   CUmodule module() const { return mod; }
 
@@ -134,6 +137,9 @@ private:
   std::vector<void *> weightPointers;
   std::mutex functionsMutex;
   llvm::StringMap<CUfunction> functions;
+  /// MOERT_CUDA_PROFILE: per kernel, launches and seconds (under
+  /// functionsMutex).
+  llvm::StringMap<std::pair<int64_t, double>> profile;
 };
 } // namespace moert::cuda
 

@@ -653,6 +653,31 @@ TEST_F(FakeCudaTest, SyncEachLaunchNamesTheFaultingKernel) {
   expectNothingLive();
 }
 
+TEST_F(FakeCudaTest, ProfilePrintsKernelTimesWhenTheModelIsFreed) {
+  std::string error;
+  {
+    auto ctx = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(ctx) << error;
+    auto model = moert::Model::load(*ctx, kCudaModel, weights, &error);
+    ASSERT_TRUE(model) << error;
+    setenv("MOERT_CUDA_PROFILE", "1", 1);
+    runAndCheck(*model);
+    runAndCheck(*model);
+    unsetenv("MOERT_CUDA_PROFILE");
+    testing::internal::CaptureStderr();
+    model.reset();
+    std::string printed = testing::internal::GetCapturedStderr();
+    EXPECT_NE(printed.find("moert profile (MOERT_CUDA_PROFILE"),
+              std::string::npos)
+        << printed;
+    // One kernel, launched once per run.
+    EXPECT_NE(printed.find("add_norm"), std::string::npos) << printed;
+    EXPECT_NE(printed.find(" 2 "), std::string::npos) << printed;
+    EXPECT_NE(printed.find("100.0%"), std::string::npos) << printed;
+  }
+  expectNothingLive();
+}
+
 TEST_F(FakeCudaTest, MissingKernel) {
   std::string error;
   auto ctx = moert::Context::create("cuda", &error);
