@@ -26,6 +26,8 @@ else
 fi
 cmake --build build --target MoEUnitTests || exit 1
 
+# Debian's python3 has numpy (the references need it).
+PY=/usr/bin/python3; [[ -x $PY ]] || PY=python3
 status=0
 echo "== GPU lit tests"
 /usr/lib/llvm-22/bin/lit -v build/test/e2e/cuda build/test/e2e/decoder/app-cuda.test \
@@ -36,7 +38,7 @@ MOERT_CUDA_SYNC_EACH_LAUNCH=1 build/unittests/MoERuntimeTests --gtest_filter="*R
 echo "== per-kernel profile of one decode-sized and one prefill-sized layer"
 rm -rf build/gpu-check-profile && mkdir -p build/gpu-check-profile
 for case in t1 skewed; do
-  python3 scripts/moe_reference.py gen --case $case --out build/gpu-check-profile/$case > /dev/null &&
+  $PY scripts/moe_reference.py gen --case $case --out build/gpu-check-profile/$case > /dev/null &&
   MOERT_CUDA_PROFILE=1 build/bin/moe-run build/gpu-check-profile/$case/config.json --device cuda \
     --weights build/gpu-check-profile/$case/weights.safetensors \
     --inputs build/gpu-check-profile/$case/inputs.safetensors \
