@@ -68,66 +68,6 @@ void forEachHead(KernelBody &k, int64_t heads, int64_t headDim,
             [&](Value h) { body(k.mul(h, k.index(headDim))); });
 }
 
-/// out[r, c] = a[r, :] . w[c, :] over `depth` elements, for every row of `a`
-/// and the `cols` rows of `w`: a thread per output, or, for at most 64 rows
-/// (decode), 32 lanes per output (lane l takes elements l, l + 32, ...:
-/// neighbouring lanes read neighbouring weights) whose partial sums a second
-/// kernel adds in order. Both forms are launched; the one that does not apply
-/// gets no rows.
-void emitRowsDotWeights(GPUProgram &p, StringRef base, Value a, Value w,
-                        Value out, int64_t cols, int64_t depth) {
-  constexpr int64_t lanes = 32, splitMaxRows = 64;
-  OpBuilder &host = p.host();
-  Location loc = p.getLoc();
-  Value rows = p.hostDim(a, 0);
-  Value small = arith::CmpIOp::create(host, loc, arith::CmpIPredicate::ule,
-                                      rows, p.hostIndex(splitMaxRows));
-  Value none = p.hostIndex(0);
-  Value splitRows = arith::SelectOp::create(host, loc, small, rows, none);
-  Value fullRows = arith::SelectOp::create(host, loc, small, none, rows);
-  Value partial = p.scratch(
-      MemRefType::get({ShapedType::kDynamic, cols, lanes}, host.getF32Type()),
-      {splitRows});
-
-  auto full = p.kernel(
-      base, "", {a, w, out}, [&](KernelBody &k, Value gid, ValueRange args) {
-        Value r = k.div(gid, k.index(cols)), c = k.rem(gid, k.index(cols));
-        k.store(k.dot(args[0], {r}, args[1], {c}, k.index(depth)), args[2],
-                {r, c});
-      });
-  p.launch(full, p.hostMul(fullRows, p.hostIndex(cols)), {a, w, out});
-  auto split =
-      p.kernel((base + "_split").str(), "", {a, w, partial},
-               [&](KernelBody &k, Value gid, ValueRange args) {
-                 Value lane = k.rem(gid, k.index(lanes));
-                 Value rc = k.div(gid, k.index(lanes));
-                 Value r = k.div(rc, k.index(cols)),
-                       c = k.rem(rc, k.index(cols));
-                 Value sum = k.reduceAll(
-                     lane, k.index(depth), {k.f32(0.0)},
-                     [&](Value i, ValueRange acc) -> SmallVector<Value> {
-                       return {k.fadd(acc[0], k.fmul(k.load(args[0], {r, i}),
-                                                     k.load(args[1], {c, i})))};
-                     },
-                     lanes)[0];
-                 k.store(sum, args[2], {r, c, lane});
-               });
-  p.launch(split, p.hostMul(splitRows, p.hostIndex(cols * lanes)),
-           {a, w, partial});
-  auto add = p.kernel(
-      (base + "_lanes").str(), "", {partial, out},
-      [&](KernelBody &k, Value gid, ValueRange args) {
-        Value r = k.div(gid, k.index(cols)), c = k.rem(gid, k.index(cols));
-        Value sum = k.reduce(k.index(0), k.index(lanes), k.f32(0.0),
-                             [&](Value l, Value acc) {
-                               return k.fadd(acc, k.load(args[0], {r, c, l}));
-                             });
-        k.store(sum, args[1], {r, c});
-      });
-  p.launch(add, p.hostMul(splitRows, p.hostIndex(cols)), {partial, out});
-  p.release(partial);
-}
-
 LogicalResult emitEmbed(GPUProgram &p, StringRef, ArrayRef<Value> a,
                         Operation *) {
   // out[i, c] = table[tokens[i], c]; NaN for a token outside the vocabulary.

@@ -217,6 +217,15 @@ private:
   unsigned kernelCount = 0;
 };
 
+/// out[r, c] = a[r, :] . w[c, :] over `depth` elements, for every row of `a`
+/// and the `cols` rows of `w`: a thread per output, or, for at most 64 rows
+/// (decode), 32 lanes per output (lane l takes elements l, l + 32, ...:
+/// neighbouring lanes read neighbouring weights) whose partial sums a second
+/// kernel adds in order. Both forms are launched; the one that does not apply
+/// gets no rows.
+void emitRowsDotWeights(GPUProgram &p, StringRef base, Value a, Value w,
+                        Value out, int64_t cols, int64_t depth);
+
 /// Emits what computes one kernel call of the host program. `operands` are
 /// the call's, seen through the casts to dynamic views; a call with a result
 /// (moert_exit_update) has it replaced. `call` is null for memref.copy.

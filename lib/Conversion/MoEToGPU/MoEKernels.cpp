@@ -93,18 +93,24 @@ LogicalResult emitRoute(GPUProgram &p, StringRef name, ArrayRef<Value> a,
     return failure();
   keyOs << scoring << "," << normalize << "," << scaling;
   int64_t d = shapeOf(a[0])[1], e = shapeOf(a[1])[0], topK = shapeOf(a[2])[1];
+  // The router logits as a GEMM (lane-split for decode), then a thread per
+  // token for scores and top-k.
+  Value logits = p.scratch(
+      MemRefType::get({ShapedType::kDynamic, e}, p.host().getF32Type()),
+      {p.hostDim(a[0], 0)});
+  emitRowsDotWeights(p, "route_logits", a[0], a[1], logits, e, d);
   auto fn = p.kernel(
-      "route", key, {a[0], a[1], a[2], a[3]},
+      "route", key, {logits, a[2], a[3]},
       [&](KernelBody &k, Value t, ValueRange args) {
         ImplicitLocOpBuilder &b = k.b;
-        Value x = args[0], w = args[1], ids = args[2], gates = args[3];
+        Value scores = args[0], ids = args[1], gates = args[2];
         Value numE = k.index(e), zero = k.index(0);
         auto probs =
             memref::AllocaOp::create(b, MemRefType::get({e}, b.getF32Type()));
         auto taken =
             memref::AllocaOp::create(b, MemRefType::get({e}, b.getI32Type()));
         k.forEach(zero, numE, [&](Value i) {
-          k.store(k.dot(x, {t}, w, {i}, k.index(d)), probs, {i});
+          k.store(k.load(scores, {t, i}), probs, {i});
           k.store(k.i32(0), taken, {i});
         });
         if (scoring == 1) {
@@ -160,7 +166,8 @@ LogicalResult emitRoute(GPUProgram &p, StringRef name, ArrayRef<Value> a,
           k.store(k.fmul(g, k.f32(scaling)), gates, {t, j});
         });
       });
-  p.launch(fn, p.hostDim(a[0], 0), {a[0], a[1], a[2], a[3]});
+  p.launch(fn, p.hostDim(a[0], 0), {logits, a[2], a[3]});
+  p.release(logits);
   return success();
 }
 
