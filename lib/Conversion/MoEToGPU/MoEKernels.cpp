@@ -48,34 +48,57 @@ LogicalResult emitCopy(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   return success();
 }
 
-/// One thread per token row: out = x / sqrt(mean(x^2) + eps) * w.
+/// out = x / sqrt(mean(x^2) + eps) * w per token row: 32 lanes per row add
+/// up its squares (lane l takes elements l, l + 32, ...), then a thread per
+/// element adds the 32 partial sums in order and scales its element.
 LogicalResult emitRmsNorm(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                           Operation *call) {
-  std::string key;
-  llvm::raw_string_ostream keyOs(key);
   double eps;
   if (failed(p.requireFloat(name, a[3], eps)))
     return failure();
-  keyOs << eps;
-  int64_t d = shapeOf(a[0])[1];
+  std::string key;
+  llvm::raw_string_ostream(key) << eps;
+  Value x = a[0], w = a[1], out = a[2];
+  int64_t d = shapeOf(x)[1];
   // An empty weight is a norm without gain (LoopLM).
-  bool gain = shapeOf(a[1])[0] != 0;
-  auto fn =
-      p.kernel("rms_norm", key, {a[0], a[1], a[2]},
-               [&](KernelBody &k, Value t, ValueRange args) {
-                 Value x = args[0], w = args[1], out = args[2];
-                 Value n = k.index(d);
-                 Value ss = k.dot(x, {t}, x, {t}, n);
+  bool gain = shapeOf(w)[0] != 0;
+  Value rows = p.hostDim(x, 0);
+  Value squares = p.scratch(
+      MemRefType::get({ShapedType::kDynamic, kLanes}, p.host().getF32Type()),
+      {rows});
+  auto sumSquares =
+      p.kernel("rms_norm_squares", "", {x, squares},
+               [&](KernelBody &k, Value gid, ValueRange args) {
+                 Value r = k.div(gid, k.index(kLanes)),
+                       lane = k.rem(gid, k.index(kLanes));
+                 Value ss = k.reduceAll(
+                     lane, k.index(d), {k.f32(0.0)},
+                     [&](Value i, ValueRange acc) -> SmallVector<Value> {
+                       Value v = k.load(args[0], {r, i});
+                       return {k.fadd(acc[0], k.fmul(v, v))};
+                     },
+                     kLanes)[0];
+                 k.store(ss, args[1], {r, lane});
+               });
+  p.launch(sumSquares, p.hostMul(rows, p.hostIndex(kLanes)), {x, squares});
+  auto scale =
+      p.kernel("rms_norm", key, {x, squares, w, out},
+               [&](KernelBody &k, Value gid, ValueRange args) {
+                 Value r = k.div(gid, k.index(d)), i = k.rem(gid, k.index(d));
+                 Value ss =
+                     k.reduce(k.index(0), k.index(kLanes), k.f32(0.0),
+                              [&](Value lane, Value acc) {
+                                return k.fadd(acc, k.load(args[1], {r, lane}));
+                              });
                  Value rms = math::SqrtOp::create(
                      k.b, k.fadd(k.fdiv(ss, k.f32(double(d))), k.f32(eps)));
-                 k.forEach(k.index(0), n, [&](Value i) {
-                   Value v = k.fdiv(k.load(x, {t, i}), rms);
-                   if (gain)
-                     v = k.fmul(v, k.load(w, {i}));
-                   k.store(v, out, {t, i});
-                 });
+                 Value v = k.fdiv(k.load(args[0], {r, i}), rms);
+                 if (gain)
+                   v = k.fmul(v, k.load(args[2], {i}));
+                 k.store(v, args[3], {r, i});
                });
-  p.launch(fn, p.hostDim(a[0], 0), {a[0], a[1], a[2]});
+  p.launch(scale, p.hostMul(rows, p.hostIndex(d)), {x, squares, w, out});
+  p.release(squares);
   return success();
 }
 
