@@ -45,11 +45,24 @@ CUresult release(const Device &dev, CUdeviceptr p, CUstream stream,
 }
 
 /// What the mgpu* functions act in: set by DeviceModel::run on its thread.
+bool environmentFlag(const char *variable) {
+  const char *v = std::getenv(variable);
+  return v && *v && std::string(v) != "0";
+}
+
 struct LaunchScope {
   DeviceModel &model;
   CUstream stream;
   std::string error;           ///< the first failure
   std::vector<void *> managed; ///< host-shared allocations (cuMemFree)
+  /// Debugging and profiling aids, read once per run (slow when set):
+  /// MOERT_CUDA_SYNC_EACH_LAUNCH waits after every launch, so that a fault
+  /// inside a kernel is reported with that kernel's name instead of at the
+  /// next synchronisation; MOERT_CUDA_PROFILE does too and times each
+  /// launch to its completion.
+  bool profile = environmentFlag("MOERT_CUDA_PROFILE");
+  bool syncEachLaunch =
+      profile || environmentFlag("MOERT_CUDA_SYNC_EACH_LAUNCH");
 
   const Device &device() const { return model.device(); }
   const Driver &driver() const { return model.device().driver(); }
@@ -552,17 +565,8 @@ void mgpuLaunchKernel(void *function, intptr_t gridX, intptr_t gridY,
            "x" + std::to_string(blockZ) + ", " + std::to_string(smem) +
            " bytes shared)";
   };
-  // Debugging and profiling aids (slow): MOERT_CUDA_SYNC_EACH_LAUNCH waits
-  // after every launch, so that a fault inside a kernel is reported with
-  // that kernel's name instead of at the next synchronisation;
-  // MOERT_CUDA_PROFILE does too and times each launch to its completion.
-  auto enabled = [](const char *variable) {
-    const char *v = std::getenv(variable);
-    return v && *v && std::string(v) != "0";
-  };
-  bool profiling = enabled("MOERT_CUDA_PROFILE");
-  bool syncEachLaunch = profiling || enabled("MOERT_CUDA_SYNC_EACH_LAUNCH");
-  auto start = std::chrono::steady_clock::now();
+  auto start = s->profile ? std::chrono::steady_clock::now()
+                          : std::chrono::steady_clock::time_point();
   if (!s->check(s->driver().cuLaunchKernel(
                     f, unsigned(gridX), unsigned(gridY), unsigned(gridZ),
                     unsigned(blockX), unsigned(blockY), unsigned(blockZ),
@@ -570,7 +574,7 @@ void mgpuLaunchKernel(void *function, intptr_t gridX, intptr_t gridY,
                     extra),
                 [&] { return "cuLaunchKernel of " + kernel(); }))
     return;
-  if (!syncEachLaunch)
+  if (!s->syncEachLaunch)
     return;
   bool completed = s->check(
       s->driver().cuStreamSynchronize(static_cast<CUstream>(stream)), [&] {
@@ -578,7 +582,7 @@ void mgpuLaunchKernel(void *function, intptr_t gridX, intptr_t gridY,
                ", synchronised after its launch "
                "(MOERT_CUDA_SYNC_EACH_LAUNCH),";
       });
-  if (completed && profiling)
+  if (completed && s->profile)
     s->model.addToProfile(f, std::chrono::duration<double>(
                                  std::chrono::steady_clock::now() - start)
                                  .count());
