@@ -33,26 +33,18 @@ LogicalResult makeTemp(Operation *op, StringRef suffix, TempFile &file) {
   return success();
 }
 
-/// The toolkit program `name`: in `toolkit`/bin if a toolkit is given,
-/// else in $CUDA_HOME/bin, /usr/local/cuda/bin, then PATH.
+/// The toolkit program `name`: in the toolkit's bin, or on PATH when no
+/// toolkit was requested.
 FailureOr<std::string> findTool(Operation *op, StringRef name,
                                 StringRef toolkit) {
-  SmallVector<std::string> dirs;
-  if (!toolkit.empty()) {
-    dirs.push_back((toolkit + "/bin").str());
-  } else {
-    if (const char *home = std::getenv("CUDA_HOME"))
-      dirs.push_back(std::string(home) + "/bin");
-    dirs.push_back("/usr/local/cuda/bin");
-  }
-  SmallVector<StringRef> paths(dirs.begin(), dirs.end());
-  if (auto found = llvm::sys::findProgramByName(name, paths))
+  std::string dir = getCUDAToolkitPath(toolkit) + "/bin";
+  if (auto found = llvm::sys::findProgramByName(name, {dir}))
     return *found;
   if (toolkit.empty())
     if (auto found = llvm::sys::findProgramByName(name))
       return *found;
   return op->emitError("CUDA code generation needs the CUDA toolkit's '")
-         << name << "', which is not in " << llvm::join(dirs, ", ")
+         << name << "', which is not in " << dir
          << (toolkit.empty() ? " or on PATH" : "")
          << "; install the toolkit, or point --cuda-toolkit or CUDA_HOME at "
             "it";
@@ -102,6 +94,13 @@ StringRef archOf(StringRef chip) {
   return chip;
 }
 } // namespace
+
+std::string mlir::moe::getCUDAToolkitPath(StringRef requested) {
+  if (!requested.empty())
+    return requested.str();
+  const char *home = std::getenv("CUDA_HOME");
+  return home && *home ? home : "/usr/local/cuda";
+}
 
 SmallVector<KernelResources> mlir::moe::parsePtxasInfo(StringRef log,
                                                        StringRef chip) {

@@ -3,6 +3,7 @@
 #include "moe/Dialect/MoE/IR/MoEOps.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/ExecutionEngine/OptUtils.h"
 #include "mlir/Target/LLVMIR/Export.h"
 #include "llvm/IR/IRBuilder.h"
@@ -19,8 +20,7 @@ using namespace mlir::moe;
 
 std::string ModelManifest::toJSON() const {
   llvm::json::Array ws;
-  for (const Weight &w : weights)
-  {
+  for (const Weight &w : weights) {
     llvm::json::Object o{{"source", w.source},
                          {"dtype", w.dtype},
                          {"shape", llvm::json::Array(w.shape)}};
@@ -30,11 +30,10 @@ std::string ModelManifest::toJSON() const {
       o["device_dtype"] = w.deviceDtype;
     ws.push_back(std::move(o));
   }
-  llvm::json::Object root{
-      {"entry", entry},          {"hidden_size", hiddenSize},
-      {"passes", passes},        {"layers", layers},
-      {"top_k", topK},           {"experts", experts},
-      {"target", target},        {"weights", std::move(ws)}};
+  llvm::json::Object root{{"entry", entry},   {"hidden_size", hiddenSize},
+                          {"passes", passes}, {"layers", layers},
+                          {"top_k", topK},    {"experts", experts},
+                          {"target", target}, {"weights", std::move(ws)}};
   if (!gpuArchs.empty())
     root["gpu_archs"] = llvm::json::Array(gpuArchs);
   if (decoder) {
@@ -128,27 +127,33 @@ mlir::moe::translateModel(Operation *lowered, llvm::LLVMContext &context,
     if (!fn.isDeclaration())
       fn.setLinkage(llvm::GlobalValue::InternalLinkage);
 
-  // A model lowered for CUDA embeds its kernels (gpu.binary). MLIR loads
-  // them from a global constructor at program start, before any runtime
-  // context exists and even on machines without a GPU; the runtime loads
-  // them per model instead, from the record's gpu_binary.
-  llvm::Constant *binary = llvm::ConstantPointerNull::get(
-      llvm::PointerType::getUnqual(context));
+  // A model lowered for CUDA embeds its kernels (one gpu.binary, which the
+  // translation emits as the constant `<name>_binary`). MLIR loads them
+  // from a global constructor at program start, before any runtime context
+  // exists and even on machines without a GPU; the runtime loads them per
+  // model instead, from the record's gpu_binary.
+  llvm::Constant *binary =
+      llvm::ConstantPointerNull::get(llvm::PointerType::getUnqual(context));
   int64_t binarySize = 0;
-  for (StringRef list : {"llvm.global_ctors", "llvm.global_dtors"})
-    if (llvm::GlobalVariable *g = module->getGlobalVariable(list))
-      g->eraseFromParent();
-  for (llvm::GlobalVariable &g : module->globals())
-    if (g.getName().ends_with("_binary") && g.hasInitializer() &&
-        g.isConstant()) {
-      if (auto *data = dyn_cast<llvm::ConstantDataSequential>(
-              g.getInitializer())) {
-        binary = &g;
-        binarySize = data->getNumElements() * data->getElementByteSize();
-      }
-    }
-  if (manifest.target == "cuda" && binarySize == 0)
+  auto binaries =
+      llvm::to_vector(cast<ModuleOp>(lowered).getOps<gpu::BinaryOp>());
+  if (binaries.size() > 1 || (manifest.target == "cuda") != !binaries.empty())
     return nullptr;
+  if (!binaries.empty()) {
+    for (StringRef list : {"llvm.global_ctors", "llvm.global_dtors"})
+      if (llvm::GlobalVariable *g = module->getGlobalVariable(list))
+        g->eraseFromParent();
+    llvm::GlobalVariable *g = module->getGlobalVariable(
+        (binaries.front().getName() + "_binary").str(), /*AllowInternal=*/true);
+    auto *data =
+        g && g->hasInitializer()
+            ? dyn_cast<llvm::ConstantDataSequential>(g->getInitializer())
+            : nullptr;
+    if (!data)
+      return nullptr;
+    binary = g;
+    binarySize = data->getNumElements() * data->getElementByteSize();
+  }
 
   std::string json = manifest.toJSON();
   auto *manifestData = new llvm::GlobalVariable(
@@ -179,8 +184,8 @@ mlir::moe::translateModel(Operation *lowered, llvm::LLVMContext &context,
       *module, recordType, /*isConstant=*/true,
       llvm::GlobalValue::ExternalLinkage,
       llvm::ConstantStruct::get(
-          recordType, {manifestData, run, binary,
-                       llvm::ConstantInt::get(i64, binarySize)}),
+          recordType,
+          {manifestData, run, binary, llvm::ConstantInt::get(i64, binarySize)}),
       symbol);
   return module;
 }

@@ -16,8 +16,6 @@
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/TargetSelect.h"
 
-#include <cstdlib>
-
 using namespace mlir;
 
 llvm::cl::OptionCategory &moe::getCompilerOptionsCategory() {
@@ -82,14 +80,11 @@ LogicalResult moe::CompilerSession::lowerForCPU(ModuleOp module) {
 
 LogicalResult
 moe::CompilerSession::lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
+                                   ModelManifest &manifest,
                                    SmallVectorImpl<KernelResources> *report) {
   // The kernels link the toolkit's libdevice (expf, sqrtf, ...): check for
   // it up front, with a message that says which option to fix.
-  std::string toolkit = cudaToolkit;
-  if (toolkit.empty()) {
-    const char *home = std::getenv("CUDA_HOME");
-    toolkit = home && *home ? home : "/usr/local/cuda";
-  }
+  std::string toolkit = getCUDAToolkitPath(cudaToolkit);
   std::string libdevice = toolkit + "/nvvm/libdevice/libdevice.10.bc";
   if (!llvm::sys::fs::is_regular_file(libdevice))
     return module.emitError("no CUDA toolkit at '")
@@ -110,13 +105,21 @@ moe::CompilerSession::lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
     return failure();
   if (report)
     report->assign(kernels->begin(), kernels->end());
+  // What the runtime needs to know of code convert-moe-to-gpu made.
+  manifest.target = "cuda";
+  manifest.gpuArchs = options.getChips();
+  manifest.keepBF16Weights();
   return success();
 }
 
-LogicalResult moe::CompilerSession::lowerForGPUEmulation(ModuleOp module) {
+LogicalResult
+moe::CompilerSession::lowerForGPUEmulation(ModuleOp module,
+                                           ModelManifest &manifest) {
   PassManager pm(&context);
   MoECUDAPipelineOptions options;
   options.optLevel = optLevel;
   buildMoEGPUEmulationPipeline(pm, options);
+  // The emulated kernels read bf16 weights as the GPU's do.
+  manifest.keepBF16Weights();
   return pm.run(module);
 }

@@ -98,13 +98,9 @@ int main(int argc, char **argv) {
   if (failed(manifest))
     return 1;
   if (cuda) {
-    manifest->target = "cuda";
     SmallVector<moe::KernelResources> kernels;
-    moe::MoECUDAPipelineOptions cudaOptions;
-    cudaOptions.chips = SmallVector<std::string>(chips.begin(), chips.end());
-    manifest->gpuArchs = cudaOptions.getChips();
-    manifest->keepBF16Weights();
-    if (failed(session.lowerForCUDA(**module, manifest->gpuArchs, &kernels)))
+    SmallVector<std::string> chipList(chips.begin(), chips.end());
+    if (failed(session.lowerForCUDA(**module, chipList, *manifest, &kernels)))
       return 1;
     if (kernelReport)
       llvm::outs() << moe::formatKernelReport(kernels);

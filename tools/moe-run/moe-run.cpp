@@ -122,14 +122,10 @@ llvm::Expected<std::unique_ptr<ExecutionEngine>>
 compile(moe::CompilerSession &session, ModuleOp module,
         moe::ModelManifest manifest) {
   if (device == "cuda") {
-    manifest.target = "cuda";
-    manifest.gpuArchs = moe::MoECUDAPipelineOptions().getChips();
-    manifest.keepBF16Weights();
-    if (failed(session.lowerForCUDA(module, manifest.gpuArchs)))
+    if (failed(session.lowerForCUDA(module, {}, manifest)))
       return makeError("lowering the model for CUDA failed");
   } else if (gpuEmulation) {
-    manifest.keepBF16Weights();
-    if (failed(session.lowerForGPUEmulation(module)))
+    if (failed(session.lowerForGPUEmulation(module, manifest)))
       return makeError("lowering the model through the GPU kernels failed");
   } else if (failed(session.lowerForCPU(module))) {
     return makeError("lowering the model for the CPU failed");

@@ -24,10 +24,15 @@ struct KernelResources {
           spillLoadBytes = 0, sharedBytes = 0, constantBytes = 0;
 };
 
+/// The CUDA toolkit root to use: `requested` (--cuda-toolkit) if given, else
+/// $CUDA_HOME, else /usr/local/cuda. ptxas, fatbinary and libdevice come
+/// from there.
+std::string getCUDAToolkitPath(StringRef requested = "");
+
 /// Replaces the PTX objects of every gpu.binary in `module` by one fatbinary
-/// object (cubins for each chip plus PTX). `toolkit` is the CUDA toolkit
-/// root; empty means $CUDA_HOME, then /usr/local/cuda, then PATH. A missing
-/// tool or a kernel ptxas rejects is an error on `module` naming it.
+/// object (cubins for each chip plus PTX), with the tools of
+/// getCUDAToolkitPath(toolkit) (or on PATH when no toolkit is requested). A
+/// missing tool or a kernel ptxas rejects is an error on `module` naming it.
 FailureOr<SmallVector<KernelResources>>
 assembleCudaBinaries(ModuleOp module, StringRef toolkit = "");
 

@@ -3,6 +3,7 @@
 #define MOE_TOOLS_COMPILERSESSION_H
 
 #include "moe/Target/CudaBinary.h"
+#include "moe/Target/ModelArtifact.h"
 
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/Diagnostics.h"
@@ -33,12 +34,16 @@ public:
   LogicalResult lowerForCPU(ModuleOp module);
   /// Runs moe-cuda-pipeline for `chips` (empty: sm_90a and sm_80) and
   /// assembles the kernels into the fatbinary the artifact embeds; `report`
-  /// receives ptxas's resources of every kernel.
+  /// receives ptxas's resources of every kernel. Marks `manifest` (from
+  /// describeModel) as the runtime must see the result: target cuda, the
+  /// chips, bf16 weights bound as bf16.
   LogicalResult lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
+                             ModelManifest &manifest,
                              SmallVectorImpl<KernelResources> *report = {});
   /// Runs moe-gpu-emulation-pipeline: the GPU kernels, run on the CPU one
-  /// thread at a time (for testing the GPU code generation without a GPU).
-  LogicalResult lowerForGPUEmulation(ModuleOp module);
+  /// thread at a time (for testing the GPU code generation without a GPU);
+  /// marks `manifest`'s bf16 weights as bound as bf16.
+  LogicalResult lowerForGPUEmulation(ModuleOp module, ModelManifest &manifest);
 
 private:
   MLIRContext context;

@@ -1,6 +1,7 @@
 //===- GPUPipeline.cpp - moe-cuda-pipeline and its CPU emulation ----------===//
 #include "moe/Conversion/Passes.h"
 #include "moe/Dialect/MoE/Transforms/Passes.h"
+#include "moe/Target/CudaBinary.h"
 
 #include "mlir/Conversion/ArithToLLVM/ArithToLLVM.h"
 #include "mlir/Conversion/ControlFlowToLLVM/ControlFlowToLLVM.h"
@@ -22,8 +23,6 @@
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/NVVM/NVVMToLLVMIRTranslation.h"
 #include "mlir/Transforms/Passes.h"
-
-#include <cstdlib>
 
 using namespace mlir;
 
@@ -71,11 +70,7 @@ void mlir::moe::buildMoECUDAPipeline(OpPassManager &pm,
   binary.compilationTarget = "isa";
   // libdevice (expf, sqrtf, ...) is linked from the toolkit; MLIR finds it
   // only through this path, not through PATH.
-  binary.toolkitPath = options.toolkit;
-  if (binary.toolkitPath.empty()) {
-    const char *home = std::getenv("CUDA_HOME");
-    binary.toolkitPath = home && *home ? home : "/usr/local/cuda";
-  }
+  binary.toolkitPath = getCUDAToolkitPath(options.toolkit);
   pm.addPass(createGpuModuleToBinaryPass(binary));
 }
 
