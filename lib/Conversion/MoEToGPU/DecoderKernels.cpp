@@ -22,10 +22,6 @@ namespace {
 constexpr int64_t kSplitKvMaxTokens = 8;
 constexpr int64_t kKvChunk = 32;
 
-ArrayRef<int64_t> shapeOf(Value v) {
-  return cast<MemRefType>(v.getType()).getShape();
-}
-
 Value f64(KernelBody &k, double v) {
   return arith::ConstantFloatOp::create(k.b, k.b.getF64Type(), APFloat(v));
 }
@@ -242,11 +238,7 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   // does not apply gets no tokens.
   OpBuilder &host = p.host();
   Location loc = p.getLoc();
-  Value smallN = arith::CmpIOp::create(host, loc, arith::CmpIPredicate::ule, n,
-                                       p.hostIndex(kSplitKvMaxTokens));
-  Value none = p.hostIndex(0);
-  Value splitN = arith::SelectOp::create(host, loc, smallN, n, none);
-  Value fullN = arith::SelectOp::create(host, loc, smallN, none, n);
+  auto [splitN, fullN] = p.splitRows(n, kSplitKvMaxTokens);
   Value chunks = arith::CeilDivUIOp::create(host, loc, p.hostDim(kCache, 0),
                                             p.hostIndex(kKvChunk));
   Value part = p.scratch(

@@ -209,6 +209,14 @@ Value GPUProgram::hostNumElements(Value memref) {
   return n;
 }
 
+std::pair<Value, Value> GPUProgram::splitRows(Value rows, int64_t maxRows) {
+  Value small = arith::CmpIOp::create(
+      hostBuilder, loc, arith::CmpIPredicate::ule, rows, hostIndex(maxRows));
+  Value none = hostIndex(0);
+  return {arith::SelectOp::create(hostBuilder, loc, small, rows, none),
+          arith::SelectOp::create(hostBuilder, loc, small, none, rows)};
+}
+
 Value GPUProgram::readBack(Value device) {
   auto type = cast<MemRefType>(device.getType());
   // On the host stack once per function, not once per pass.
@@ -231,18 +239,11 @@ Value GPUProgram::readBack(Value device) {
 void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
                                                  Value a, Value w, Value out,
                                                  int64_t cols, int64_t depth) {
-  constexpr int64_t lanes = 32, splitMaxRows = 64;
-  OpBuilder &host = p.host();
-  Location loc = p.getLoc();
-  Value rows = p.hostDim(a, 0);
-  Value small = arith::CmpIOp::create(host, loc, arith::CmpIPredicate::ule,
-                                      rows, p.hostIndex(splitMaxRows));
-  Value none = p.hostIndex(0);
-  Value splitRows = arith::SelectOp::create(host, loc, small, rows, none);
-  Value fullRows = arith::SelectOp::create(host, loc, small, none, rows);
-  Value partial = p.scratch(
-      MemRefType::get({ShapedType::kDynamic, cols, lanes}, host.getF32Type()),
-      {splitRows});
+  constexpr int64_t lanes = kLanes;
+  auto [splitRows, fullRows] = p.splitRows(p.hostDim(a, 0), kSplitMaxRows);
+  Value partial = p.scratch(MemRefType::get({ShapedType::kDynamic, cols, lanes},
+                                            p.host().getF32Type()),
+                            {splitRows});
 
   auto full = p.kernel(
       base, "", {a, w, out}, [&](KernelBody &k, Value gid, ValueRange args) {
@@ -269,16 +270,13 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
                });
   p.launch(split, p.hostMul(splitRows, p.hostIndex(cols * lanes)),
            {a, w, partial});
-  auto add = p.kernel(
-      (base + "_lanes").str(), "", {partial, out},
-      [&](KernelBody &k, Value gid, ValueRange args) {
-        Value r = k.div(gid, k.index(cols)), c = k.rem(gid, k.index(cols));
-        Value sum = k.reduce(k.index(0), k.index(lanes), k.f32(0.0),
-                             [&](Value l, Value acc) {
-                               return k.fadd(acc, k.load(args[0], {r, c, l}));
-                             });
-        k.store(sum, args[1], {r, c});
-      });
+  auto add = p.kernel((base + "_lanes").str(), "", {partial, out},
+                      [&](KernelBody &k, Value gid, ValueRange args) {
+                        Value r = k.div(gid, k.index(cols)),
+                              c = k.rem(gid, k.index(cols));
+                        Value sum = k.sumLanes(args[0], {r, c}, lanes);
+                        k.store(sum, args[1], {r, c});
+                      });
   p.launch(add, p.hostMul(splitRows, p.hostIndex(cols)), {partial, out});
   p.release(partial);
 }

@@ -146,8 +146,29 @@ public:
     });
   }
 
+  /// part[prefix..., 0] + ... + part[prefix..., lanes - 1], in order: the
+  /// partial sums of a dot product split over lanes.
+  Value sumLanes(Value part, ValueRange prefix, int64_t lanes) {
+    return reduce(index(0), index(lanes), f32(0.0), [&](Value l, Value acc) {
+      SmallVector<Value> at(prefix);
+      at.push_back(l);
+      return arith::AddFOp::create(b, acc, load(part, at)).getResult();
+    });
+  }
+
   ImplicitLocOpBuilder &b;
 };
+
+/// Lanes that split one dot product of a decode-sized GEMM (lane l takes
+/// elements l, l + kLanes, ...: neighbouring lanes read neighbouring
+/// weights), and the rows up to which that split form is used.
+constexpr int64_t kLanes = 32;
+constexpr int64_t kSplitMaxRows = 64;
+
+/// The static shape of a memref value.
+inline ArrayRef<int64_t> shapeOf(Value v) {
+  return cast<MemRefType>(v.getType()).getShape();
+}
 
 /// Rewrites the host program of one module: kernel calls to launches,
 /// buffers to device allocations, on one stream.
@@ -201,6 +222,9 @@ public:
     return memref::DimOp::create(hostBuilder, loc, memref, i);
   }
   Value hostNumElements(Value memref);
+  /// For a problem launched in two forms side by side, the rows each gets:
+  /// {rows, 0} when rows <= maxRows (the split form), else {0, rows}.
+  std::pair<Value, Value> splitRows(Value rows, int64_t maxRows);
 
 private:
   LogicalResult rewriteBlock(Block &block);

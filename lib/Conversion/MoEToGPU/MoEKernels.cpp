@@ -17,14 +17,6 @@ using namespace mlir;
 using namespace mlir::moe::gpu_lowering;
 
 namespace {
-/// Lanes that split one dot product of a decode-sized expert GEMM, and the
-/// plan rows up to which the split form is used.
-constexpr int64_t kLanes = 32;
-constexpr int64_t kSplitMaxRows = 64;
-
-ArrayRef<int64_t> shapeOf(Value v) {
-  return cast<MemRefType>(v.getType()).getShape();
-}
 
 /// dst[i...] = src[i...], any rank.
 LogicalResult emitCopy(GPUProgram &p, StringRef name, ArrayRef<Value> a,
@@ -85,11 +77,7 @@ LogicalResult emitRmsNorm(GPUProgram &p, StringRef name, ArrayRef<Value> a,
       p.kernel("rms_norm", key, {x, squares, w, out},
                [&](KernelBody &k, Value gid, ValueRange args) {
                  Value r = k.div(gid, k.index(d)), i = k.rem(gid, k.index(d));
-                 Value ss =
-                     k.reduce(k.index(0), k.index(kLanes), k.f32(0.0),
-                              [&](Value lane, Value acc) {
-                                return k.fadd(acc, k.load(args[1], {r, lane}));
-                              });
+                 Value ss = k.sumLanes(args[1], {r}, kLanes);
                  Value rms = math::SqrtOp::create(
                      k.b, k.fadd(k.fdiv(ss, k.f32(double(d))), k.f32(eps)));
                  Value v = k.fdiv(k.load(args[0], {r, i}), rms);
@@ -311,14 +299,7 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   // neighbouring weights), and a second kernel adds the 32 partial sums in
   // order (deterministic). Both forms are launched; the one that does not
   // apply gets no rows.
-  OpBuilder &host = p.host();
-  Value small =
-      arith::CmpIOp::create(host, p.getLoc(), arith::CmpIPredicate::ule, rows,
-                            p.hostIndex(kSplitMaxRows));
-  Value none = p.hostIndex(0);
-  Value splitRows =
-      arith::SelectOp::create(host, p.getLoc(), small, rows, none);
-  Value fullRows = arith::SelectOp::create(host, p.getLoc(), small, none, rows);
+  auto [splitRows, fullRows] = p.splitRows(rows, kSplitMaxRows);
   Value partG = p.scratch(MemRefType::get({dyn, f, kLanes}, f32), {splitRows});
   Value partU = p.scratch(MemRefType::get({dyn, f, kLanes}, f32), {splitRows});
   Value partD = p.scratch(MemRefType::get({dyn, d, kLanes}, f32), {splitRows});
@@ -367,10 +348,7 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
              [&] { body(k.toIndex(tok)); });
   };
   auto sumLanes = [&](KernelBody &k, Value part, Value r, Value c) {
-    return k.reduce(k.index(0), k.index(kLanes), k.f32(0.0),
-                    [&](Value l, Value acc) {
-                      return k.fadd(acc, k.load(part, {r, c, l}));
-                    });
+    return k.sumLanes(part, {r, c}, kLanes);
   };
 
   SmallVector<Value> upArgs = {x, rowToken, offsets, wg, wu, h};
