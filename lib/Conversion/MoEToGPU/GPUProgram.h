@@ -215,9 +215,6 @@ public:
   Value hostMul(Value x, Value y) {
     return arith::MulIOp::create(hostBuilder, loc, x, y);
   }
-  Value hostAdd(Value x, Value y) {
-    return arith::AddIOp::create(hostBuilder, loc, x, y);
-  }
   Value hostDim(Value memref, int64_t i) {
     return memref::DimOp::create(hostBuilder, loc, memref, i);
   }

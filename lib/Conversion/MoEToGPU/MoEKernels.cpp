@@ -21,8 +21,6 @@ namespace {
 /// dst[i...] = src[i...], any rank.
 LogicalResult emitCopy(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                        Operation *call) {
-  std::string key;
-  llvm::raw_string_ostream keyOs(key);
   Value src = a[0], dst = a[1];
   int64_t rank = cast<MemRefType>(dst.getType()).getRank();
   auto fn = p.kernel("copy", "", {src, dst},
@@ -464,8 +462,6 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
 
 LogicalResult emitAdd(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                       Operation *call) {
-  std::string key;
-  llvm::raw_string_ostream keyOs(key);
   int64_t d = shapeOf(a[2])[1];
   auto fn = p.kernel(
       "add", "", {a[0], a[1], a[2]},
