@@ -5,6 +5,8 @@
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
 #include "mlir/Dialect/Math/IR/Math.h"
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
@@ -60,6 +62,11 @@ struct MoECUDAPipelineOptions
                        llvm::cl::desc("GEMM row tile of routing plans (default "
                                       "1: the GPU kernels need no padding)"),
                        llvm::cl::init(1)};
+  Option<std::string> tensorCores{
+      *this, "tensor-cores",
+      llvm::cl::desc("Expert GEMMs on tensor cores where the cost model picks "
+                     "them: mma-sync (default) or none"),
+      llvm::cl::init("mma-sync")};
   Option<std::string> toolkit{
       *this, "toolkit",
       llvm::cl::desc("CUDA toolkit root, for libdevice (default $CUDA_HOME, "

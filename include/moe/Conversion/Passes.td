@@ -55,6 +55,16 @@ def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
     (`bf16-weights=false` binds them as f32 instead). A compiled model's
     manifest marks such weights `"device_dtype": "BF16"`.
 
+    The expert GEMMs have three forms, launched side by side with the rows
+    each gets: 32 lanes per output for few rows (decode), warp tiles on the
+    tensor cores (mma.sync.m16n8k16, bf16 operands rounded from the f32
+    activations, f32 accumulation) for more rows when the weights are bf16
+    and the shapes divide into tiles, else a thread per output. A cost model
+    of the `chip` picks the row count where the first form hands over and
+    the warp tile's width. `tensor-cores=emulate` emits, instead of
+    mma.sync, the arithmetic each lane's accumulators receive from it, so
+    that moe-emulate-gpu can run those kernels on the CPU.
+
     Experts must be in fused form (`moe.fused_experts`, as
     moe-fuse-dispatch-gemm makes them). Decoders get kernels for embedding,
     attention over the KV caches (which are device buffers too), the LM head
@@ -62,12 +72,20 @@ def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
   }];
   let options = [
     Option<"bf16Weights", "bf16-weights", "bool", /*default=*/"true",
-           "Keep bf16 weights bf16 on the device">
+           "Keep bf16 weights bf16 on the device">,
+    Option<"tensorCores", "tensor-cores", "std::string", /*default=*/"\"mma-sync\"",
+           "Expert GEMMs on tensor cores: mma-sync, none (SIMT only), or "
+           "emulate (the arithmetic of mma.sync lane by lane, for "
+           "moe-emulate-gpu)">,
+    Option<"chip", "chip", "std::string", /*default=*/"\"sm_90a\"",
+           "The chip whose limits the cost model assumes (sm_<number>; "
+           "before sm_80, no tensor cores)">
   ];
   let dependentDialects = [
     "::mlir::arith::ArithDialect", "::mlir::func::FuncDialect",
     "::mlir::gpu::GPUDialect", "::mlir::math::MathDialect",
-    "::mlir::memref::MemRefDialect", "::mlir::scf::SCFDialect"
+    "::mlir::memref::MemRefDialect", "::mlir::scf::SCFDialect",
+    "::mlir::LLVM::LLVMDialect", "::mlir::NVVM::NVVMDialect"
   ];
 }
 

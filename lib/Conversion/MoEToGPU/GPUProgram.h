@@ -12,6 +12,8 @@
 #ifndef MOE_LIB_CONVERSION_MOETOGPU_GPUPROGRAM_H
 #define MOE_LIB_CONVERSION_MOETOGPU_GPUPROGRAM_H
 
+#include "moe/Conversion/GPUCostModel.h"
+
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
@@ -170,15 +172,25 @@ inline ArrayRef<int64_t> shapeOf(Value v) {
   return cast<MemRefType>(v.getType()).getShape();
 }
 
+/// What the kernels are specialised for besides the calls: how tensor-core
+/// forms are emitted and the chip the cost model assumes.
+struct GPUKernelOptions {
+  TensorCoreMode tensorCores;
+  ChipLimits chip;
+};
+
 /// Rewrites the host program of one module: kernel calls to launches,
 /// buffers to device allocations, on one stream.
 class GPUProgram {
 public:
   using BodyFn = function_ref<void(KernelBody &, Value gid, ValueRange args)>;
 
-  GPUProgram(ModuleOp module, gpu::GPUModuleOp kernelModule)
-      : module(module), kernelModule(kernelModule),
+  GPUProgram(ModuleOp module, gpu::GPUModuleOp kernelModule,
+             const GPUKernelOptions &options)
+      : module(module), kernelModule(kernelModule), options(options),
         hostBuilder(module.getContext()) {}
+
+  const GPUKernelOptions &getOptions() const { return options; }
 
   /// Rewrites one lowered model function.
   LogicalResult rewrite(func::FuncOp func);
@@ -230,6 +242,7 @@ private:
 
   ModuleOp module;
   gpu::GPUModuleOp kernelModule;
+  GPUKernelOptions options;
   OpBuilder hostBuilder;
   Location loc = hostBuilder.getUnknownLoc();
   Value token;

@@ -7,6 +7,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "GPUProgram.h"
+#include "WarpMma.h"
 
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/Dialect/Math/IR/Math.h"
@@ -271,6 +272,68 @@ LogicalResult emitPlan(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   return success();
 }
 
+/// The row tile of an mma-form warp: the expert, the tile's first row and
+/// its segment's end, for the `slot`-th tile over all experts' segments
+/// (each cut into tiles of kMmaRows); `found` is false past the last.
+struct ExpertRowTile {
+  Value found, expert, first, end;
+};
+
+ExpertRowTile expertRowTile(KernelBody &k, Value offsets, int64_t experts,
+                            Value slot) {
+  Value zero = k.index(0);
+  Value tileRows = k.index(kMmaRows);
+  SmallVector<Value> r = k.reduceAll(
+      zero, k.index(experts), {zero, zero, zero, zero},
+      [&](Value e, ValueRange acc) -> SmallVector<Value> {
+        Value start = k.toIndex(k.load(offsets, {e}));
+        Value end = k.toIndex(k.load(offsets, {k.add(e, k.index(1))}));
+        Value tiles = arith::CeilDivUIOp::create(
+            k.b, arith::SubIOp::create(k.b, end, start), tileRows);
+        Value before = acc[0], after = k.add(before, tiles);
+        Value here = arith::AndIOp::create(
+            k.b, k.cmp(arith::CmpIPredicate::ule, before, slot),
+            k.cmp(arith::CmpIPredicate::ult, slot, after));
+        Value first = k.add(
+            start, k.mul(arith::SubIOp::create(k.b, slot, before), tileRows));
+        auto pick = [&](Value v, Value old) {
+          return arith::SelectOp::create(k.b, here, v, old).getResult();
+        };
+        return {after, pick(e, acc[1]), pick(first, acc[2]),
+                pick(end, acc[3])};
+      });
+  return {k.cmp(arith::CmpIPredicate::ult, slot, r[0]), r[1], r[2], r[3]};
+}
+
+/// The threads of an mma form over `rows` plan rows (0 when the form gets no
+/// rows): a warp per (row tile, column tile), with at most ceil(rows / 16)
+/// + E row tiles.
+Value mmaThreads(GPUProgram &p, Value rows, int64_t experts,
+                 int64_t colTiles) {
+  OpBuilder &b = p.host();
+  Location loc = p.getLoc();
+  Value tiles = arith::AddIOp::create(
+      b, loc,
+      arith::CeilDivUIOp::create(b, loc, rows, p.hostIndex(kMmaRows)),
+      p.hostIndex(experts));
+  Value none = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, rows,
+                                     p.hostIndex(0));
+  tiles = arith::SelectOp::create(b, loc, none, p.hostIndex(0), tiles);
+  return p.hostMul(tiles, p.hostIndex(colTiles * kLanes));
+}
+
+/// The rows of the three forms of a GEMM with `forms` over `rows`: {split,
+/// thread per output, mma}, each `rows` or 0.
+struct FormRows {
+  Value split, thread, mma;
+};
+FormRows formRows(GPUProgram &p, Value rows, const ExpertGemmForms &forms) {
+  auto [split, other] = p.splitRows(rows, forms.splitMaxRows);
+  if (forms.mmaSubtiles)
+    return {split, p.hostIndex(0), other};
+  return {split, other, p.hostIndex(0)};
+}
+
 /// Per plan row r of expert e with token t: h[r] = act(Wg_e x_t) *
 /// (Wu_e x_t), y[r] = Wd_e h[r] (padding rows skipped); then per token
 /// out[t] = sum over ascending j of gates[t, j] * y[slotRow[t, j]].
@@ -291,16 +354,31 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   int64_t dyn = ShapedType::kDynamic;
   Value h = p.scratch(MemRefType::get({dyn, f}, f32), {rows});
   Value y = p.scratch(MemRefType::get({dyn, d}, f32), {rows});
-  // Few rows (decode) leave a thread per output too little parallelism and
-  // read each weight row with one thread: there, 32 lanes split every dot
-  // product (lane l takes elements l, l + 32, ...: neighbouring lanes read
-  // neighbouring weights), and a second kernel adds the 32 partial sums in
-  // order (deterministic). Both forms are launched; the one that does not
-  // apply gets no rows.
-  auto [splitRows, fullRows] = p.splitRows(rows, kSplitMaxRows);
-  Value partG = p.scratch(MemRefType::get({dyn, f, kLanes}, f32), {splitRows});
-  Value partU = p.scratch(MemRefType::get({dyn, f, kLanes}, f32), {splitRows});
-  Value partD = p.scratch(MemRefType::get({dyn, d, kLanes}, f32), {splitRows});
+
+  // Each GEMM has three forms, launched side by side with the rows each gets
+  // (GPUCostModel.h picks where they hand over). Few rows (decode) leave a
+  // thread per output too little parallelism and read each weight row with
+  // one thread: there, 32 lanes split every dot product (lane l takes
+  // elements l, l + 32, ...: neighbouring lanes read neighbouring weights),
+  // and a second kernel adds the 32 partial sums in order (deterministic).
+  // More rows go to warp tiles on the tensor cores (bf16 weights), else to a
+  // thread per output.
+  TensorCoreMode mode = p.getOptions().tensorCores;
+  auto isBF16 = [](Value w) {
+    return cast<MemRefType>(w.getType()).getElementType().isBF16();
+  };
+  ExpertGemmForms upForms = chooseExpertGemmForms(
+      p.getOptions().chip, mode, {e, topK, f, d, 2, isBF16(wg) && isBF16(wu)});
+  ExpertGemmForms downForms = chooseExpertGemmForms(
+      p.getOptions().chip, mode, {e, topK, d, f, 1, isBF16(wd)});
+  FormRows upRows = formRows(p, rows, upForms);
+  FormRows downRows = formRows(p, rows, downForms);
+  Value partG =
+      p.scratch(MemRefType::get({dyn, f, kLanes}, f32), {upRows.split});
+  Value partU =
+      p.scratch(MemRefType::get({dyn, f, kLanes}, f32), {upRows.split});
+  Value partD =
+      p.scratch(MemRefType::get({dyn, d, kLanes}, f32), {downRows.split});
 
   // The expert whose segment holds row r: the number of segments that end
   // at or before r.
@@ -348,6 +426,52 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   auto sumLanes = [&](KernelBody &k, Value part, Value r, Value c) {
     return k.sumLanes(part, {r, c}, kLanes);
   };
+  // A warp tile of an mma form: `body(tile, lane, rowOf, tokenOf)` gets the
+  // expert row tile of the warp, the lane, and per row half (WarpMma.h) the
+  // lane's plan row and its token (-1 outside the segment or for padding).
+  using TileBody = function_ref<void(KernelBody &, ValueRange args,
+                                     const ExpertRowTile &, Value lane,
+                                     Value colBase, ArrayRef<Value> rowOf,
+                                     ArrayRef<Value> tokenOf)>;
+  auto mmaKernel = [&](StringRef base, ArrayRef<Value> args, int64_t cols,
+                       int64_t subtiles, TileBody body) {
+    std::string mmaKey = key + "," + std::to_string(subtiles);
+    int64_t colTiles = cols / (kMmaCols * subtiles);
+    return p.kernel(
+        base, mmaKey, args, [&](KernelBody &k, Value gid, ValueRange args) {
+          Value lane = k.rem(gid, k.index(kLanes));
+          Value task = k.div(gid, k.index(kLanes));
+          Value colBase = k.mul(k.rem(task, k.index(colTiles)),
+                                k.index(kMmaCols * subtiles));
+          ExpertRowTile tile = expertRowTile(
+              k, args[2], e, k.div(task, k.index(colTiles)));
+          // Whole warps take this branch or not: mma.sync needs all lanes.
+          k.ifThen(tile.found, [&] {
+            SmallVector<Value> rowOf, tokenOf;
+            for (int64_t half : {0, 1}) {
+              Value r = k.add(tile.first,
+                              k.add(k.div(lane, k.index(4)),
+                                    k.index(half * kMmaRows / 2)));
+              Value inSegment = k.cmp(arith::CmpIPredicate::ult, r, tile.end);
+              rowOf.push_back(r);
+              tokenOf.push_back(k.select(
+                  inSegment, [&] { return k.load(args[1], {r}); },
+                  [&] { return k.i32(-1); }));
+            }
+            body(k, args, tile, lane, colBase, rowOf, tokenOf);
+          });
+        });
+  };
+  auto rowUsed = [&](KernelBody &k, Value token) {
+    return k.cmp(arith::CmpIPredicate::sge, token, k.i32(0));
+  };
+  // A's element from `source[row, i]` for a used row, else 0.
+  auto loadRow = [&](KernelBody &k, Value token, Value source, Value row,
+                     Value i) {
+    return k.select(
+        rowUsed(k, token), [&] { return k.load(source, {row, i}); },
+        [&] { return k.f32(0.0); });
+  };
 
   SmallVector<Value> upArgs = {x, rowToken, offsets, wg, wu, h};
   auto up =
@@ -360,7 +484,46 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                    k.store(activate(k, gu[0], gu[1]), args[5], {r, c});
                  });
                });
-  p.launch(up, p.hostMul(fullRows, p.hostIndex(f)), upArgs);
+  p.launch(up, p.hostMul(upRows.thread, p.hostIndex(f)), upArgs);
+
+  if (int64_t subtiles = upForms.mmaSubtiles) {
+    auto upMma = mmaKernel(
+        "experts_gate_up_mma", upArgs, f, subtiles,
+        [&](KernelBody &k, ValueRange args, const ExpertRowTile &tile,
+            Value lane, Value colBase, ArrayRef<Value> rowOf,
+            ArrayRef<Value> tokenOf) {
+          SmallVector<Value> tokenRow;
+          for (Value token : tokenOf)
+            tokenRow.push_back(
+                k.toIndex(arith::MaxSIOp::create(k.b, token, k.i32(0))));
+          auto loadA = [&](KernelBody &k, int64_t half, Value i) {
+            return loadRow(k, tokenOf[half], args[0], tokenRow[half], i);
+          };
+          auto loadB = [&](KernelBody &k, int64_t m, Value col,
+                           Value i) -> Value {
+            return memref::LoadOp::create(
+                k.b, args[3 + m],
+                ValueRange{tile.expert, k.add(colBase, col), i});
+          };
+          WarpTileGemm gemm{d, subtiles, 2, loadA, loadB};
+          SmallVector<Value> acc = emitWarpTileGemm(k, mode, lane, gemm);
+          for (int64_t s = 0; s < subtiles; ++s) {
+            for (int64_t i = 0; i < 4; ++i) {
+              auto [halfOf, colOf] = accumulatorPosition(k, lane, s, i);
+              int64_t half = halfOf;
+              Value col = colOf;
+              k.ifThen(rowUsed(k, tokenOf[half]), [&] {
+                Value g = acc[s * 4 + i], u = acc[(subtiles + s) * 4 + i];
+                k.store(activate(k, g, u), args[5],
+                        {rowOf[half], k.add(colBase, col)});
+              });
+            }
+          }
+        });
+    p.launch(upMma,
+             mmaThreads(p, upRows.mma, e, f / (kMmaCols * subtiles)),
+             upArgs);
+  }
 
   SmallVector<Value> upSplitArgs = {x, rowToken, offsets, wg, wu, partG, partU};
   auto upSplit =
@@ -376,7 +539,8 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                    k.store(gu[1], args[6], {r, c, lane});
                  });
                });
-  p.launch(upSplit, p.hostMul(splitRows, p.hostIndex(f * kLanes)), upSplitArgs);
+  p.launch(upSplit, p.hostMul(upRows.split, p.hostIndex(f * kLanes)),
+           upSplitArgs);
   SmallVector<Value> upDoneArgs = {partG, partU, rowToken, h};
   auto upDone = p.kernel("experts_gate_up_lanes", key, upDoneArgs,
                          [&](KernelBody &k, Value gid, ValueRange args) {
@@ -388,7 +552,7 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                                      args[3], {r, c});
                            });
                          });
-  p.launch(upDone, p.hostMul(splitRows, p.hostIndex(f)), upDoneArgs);
+  p.launch(upDone, p.hostMul(upRows.split, p.hostIndex(f)), upDoneArgs);
 
   SmallVector<Value> downArgs = {h, rowToken, offsets, wd, y};
   auto down =
@@ -401,7 +565,41 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                            args[4], {r, c});
                  });
                });
-  p.launch(down, p.hostMul(fullRows, p.hostIndex(d)), downArgs);
+  p.launch(down, p.hostMul(downRows.thread, p.hostIndex(d)), downArgs);
+
+  if (int64_t subtiles = downForms.mmaSubtiles) {
+    auto downMma = mmaKernel(
+        "experts_down_mma", downArgs, d, subtiles,
+        [&](KernelBody &k, ValueRange args, const ExpertRowTile &tile,
+            Value lane, Value colBase, ArrayRef<Value> rowOf,
+            ArrayRef<Value> tokenOf) {
+          auto loadA = [&](KernelBody &k, int64_t half, Value i) {
+            return loadRow(k, tokenOf[half], args[0], rowOf[half], i);
+          };
+          auto loadB = [&](KernelBody &k, int64_t, Value col,
+                           Value i) -> Value {
+            return memref::LoadOp::create(
+                k.b, args[3],
+                ValueRange{tile.expert, k.add(colBase, col), i});
+          };
+          WarpTileGemm gemm{f, subtiles, 1, loadA, loadB};
+          SmallVector<Value> acc = emitWarpTileGemm(k, mode, lane, gemm);
+          for (int64_t s = 0; s < subtiles; ++s) {
+            for (int64_t i = 0; i < 4; ++i) {
+              auto [halfOf, colOf] = accumulatorPosition(k, lane, s, i);
+              int64_t half = halfOf;
+              Value col = colOf;
+              k.ifThen(rowUsed(k, tokenOf[half]), [&] {
+                k.store(acc[s * 4 + i], args[4],
+                        {rowOf[half], k.add(colBase, col)});
+              });
+            }
+          }
+        });
+    p.launch(downMma,
+             mmaThreads(p, downRows.mma, e, d / (kMmaCols * subtiles)),
+             downArgs);
+  }
 
   SmallVector<Value> downSplitArgs = {h, rowToken, offsets, wd, partD};
   auto downSplit = p.kernel(
@@ -422,7 +620,7 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
           k.store(sum, args[4], {r, c, lane});
         });
       });
-  p.launch(downSplit, p.hostMul(splitRows, p.hostIndex(d * kLanes)),
+  p.launch(downSplit, p.hostMul(downRows.split, p.hostIndex(d * kLanes)),
            downSplitArgs);
   SmallVector<Value> downDoneArgs = {partD, rowToken, y};
   auto downDone =
@@ -433,8 +631,7 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                    k.store(sumLanes(k, args[0], r, c), args[2], {r, c});
                  });
                });
-  p.launch(downDone, p.hostMul(splitRows, p.hostIndex(d)), downDoneArgs);
-
+  p.launch(downDone, p.hostMul(downRows.split, p.hostIndex(d)), downDoneArgs);
   auto combine = p.kernel(
       "experts_combine", key, {y, slotRow, gates, out},
       [&](KernelBody &k, Value gid, ValueRange args) {

@@ -1,5 +1,6 @@
 //===- GPUPipeline.cpp - moe-cuda-pipeline and its CPU emulation ----------===//
 #include "moe/Conversion/Passes.h"
+#include "moe/Conversion/GPUCostModel.h"
 #include "moe/Dialect/MoE/Transforms/Passes.h"
 #include "moe/Target/CudaBinary.h"
 
@@ -41,7 +42,18 @@ void addGPUExpertForm(OpPassManager &pm, unsigned optLevel, int64_t tile) {
 void mlir::moe::buildMoECUDAPipeline(OpPassManager &pm,
                                      const MoECUDAPipelineOptions &options) {
   addGPUExpertForm(pm, options.optLevel, options.tile);
-  pm.addPass(createConvertMoEToGPU());
+  // The cost model assumes the first chip (the one tuned for). All chips
+  // share the kernels: bf16 mma.sync only if every chip has it.
+  ConvertMoEToGPUOptions kernels;
+  kernels.tensorCores = options.tensorCores;
+  kernels.chip = options.getChips().front();
+  for (const std::string &chip : options.getChips()) {
+    std::optional<gpu_lowering::ChipLimits> limits =
+        gpu_lowering::lookupChipLimits(chip);
+    if (limits && limits->tensorFlops == 0)
+      kernels.tensorCores = "none";
+  }
+  pm.addPass(createConvertMoEToGPU(kernels));
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
   // One NVVM target per chip; gpu-module-to-binary makes one PTX object for
@@ -77,7 +89,13 @@ void mlir::moe::buildMoECUDAPipeline(OpPassManager &pm,
 void mlir::moe::buildMoEGPUEmulationPipeline(
     OpPassManager &pm, const MoECUDAPipelineOptions &options) {
   addGPUExpertForm(pm, options.optLevel, options.tile);
-  pm.addPass(createConvertMoEToGPU());
+  // The same kernels, with mma.sync as the arithmetic it does per lane.
+  ConvertMoEToGPUOptions kernels;
+  kernels.tensorCores =
+      options.tensorCores == "mma-sync" ? std::string("emulate")
+                                        : std::string(options.tensorCores);
+  kernels.chip = options.getChips().front();
+  pm.addPass(createConvertMoEToGPU(kernels));
   pm.addPass(createMoEEmulateGPU());
   buildHostToLLVMPipeline(pm);
 }

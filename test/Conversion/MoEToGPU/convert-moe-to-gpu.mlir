@@ -1,5 +1,12 @@
 // RUN: moe-opt %s -split-input-file -convert-moe-to-gpu -verify-diagnostics | FileCheck %s
 // RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=bf16-weights=false -verify-diagnostics | FileCheck %s --check-prefix=F32
+// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=chip=sm_80 -verify-diagnostics | FileCheck %s --check-prefix=SM80
+// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=tensor-cores=emulate -verify-diagnostics | FileCheck %s --check-prefix=EMU
+// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=tensor-cores=none -verify-diagnostics | FileCheck %s --check-prefix=NONE
+// RUN: not moe-opt %s -split-input-file -convert-moe-to-gpu=tensor-cores=wmma 2>&1 | FileCheck %s --check-prefix=BADMODE
+// RUN: not moe-opt %s -split-input-file -convert-moe-to-gpu=chip=gfx90a 2>&1 | FileCheck %s --check-prefix=BADCHIP
+// BADMODE: error: convert-moe-to-gpu: unknown tensor-cores 'wmma' (expected mma-sync, none or emulate)
+// BADCHIP: error: convert-moe-to-gpu: chip 'gfx90a' is not an NVIDIA architecture (sm_<number>, e.g. sm_90a)
 
 moe.weight @norm : tensor<8xf32>
 moe.weight @router : tensor<4x8xf32>
@@ -267,4 +274,57 @@ func.func @decoder(%tokens: tensor<?xi32>, %positions: tensor<?xi32>) -> (tensor
   }
   %logits = moe.unembed %h, @lm_head : tensor<?x8xf32> -> tensor<?x16xf32>
   return %logits, %exit : tensor<?x16xf32>, tensor<?xi32>
+}
+
+// -----
+
+moe.weight @router : tensor<4x32xf32>
+moe.weight @gate : tensor<4x64x32xbf16>
+moe.weight @up : tensor<4x64x32xbf16>
+moe.weight @down : tensor<4x32x64xbf16>
+
+// bf16 weights whose shapes divide into m16n8k16 tiles: beyond the rows the
+// cost model gives the 32-lane form (sm_90a: 25 for gate/up, 83 for down;
+// sm_80: 39 and 131), the expert GEMMs run as warp tiles on the tensor cores,
+// a warp per (row tile, 32 columns), over ceil(rows / 16) + E row tiles.
+// CHECK-LABEL: func.func @tensor_cores(
+// CHECK: gpu.alloc async [%{{.*}}] (%[[ROWS:.*]]) : memref<?x64xf32>
+// CHECK: arith.cmpi ule, %[[ROWS]], %c25 : index
+// CHECK: arith.cmpi ule, %[[ROWS]], %c83 : index
+// CHECK: arith.ceildivui %{{.*}}, %c16{{.*}} : index
+// CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_gate_up_mma_{{[0-9]+}}
+// CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_down_mma_{{[0-9]+}}
+// Gate and up share each row fragment: 2 x 4 subtiles, one mma.sync each
+// per k-step of 16.
+// CHECK-LABEL: gpu.func @experts_gate_up_mma_
+// CHECK-SAME: moe.signature = "experts_gate_up_mma(0,4)
+// CHECK: scf.for %{{.*}} = %c0{{.*}} to %c32{{.*}} step %c16
+// CHECK-COUNT-8: nvvm.mma.sync A[{{.*}}] B[{{.*}}] C[{{.*}}] {layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<bf16>, multiplicandBPtxType = #nvvm.mma_type<bf16>, shape = #nvvm.shape<m = 16, n = 8, k = 16>} : (i32, i32, f32) -> !llvm.struct<(f32, f32, f32, f32)>
+// CHECK-NOT: nvvm.mma.sync
+// CHECK: gpu.return
+// CHECK-LABEL: gpu.func @experts_down_mma_
+// CHECK: scf.for %{{.*}} = %c0{{.*}} to %c64{{.*}} step %c16
+// CHECK-COUNT-4: nvvm.mma.sync
+// CHECK-NOT: nvvm.mma.sync
+// CHECK: gpu.return
+// SM80-LABEL: func.func @tensor_cores(
+// SM80: arith.cmpi ule, %{{.*}}, %c39 : index
+// SM80: arith.cmpi ule, %{{.*}}, %c131 : index
+// Emulated, the kernels keep their tiles and lose mma.sync.
+// EMU-LABEL: gpu.func @experts_gate_up_mma_
+// EMU-NOT: nvvm.mma.sync
+// EMU: gpu.return
+// NONE-LABEL: func.func @tensor_cores(
+// NONE-NOT: _mma_
+// F32-LABEL: func.func @tensor_cores(
+// F32-NOT: _mma_
+func.func @tensor_cores(%x: tensor<?x32xf32>) -> (tensor<?x32xf32>, tensor<?xi32>) {
+  %h, %exit = moe.loop %x passes = 1 mode = unroll : tensor<?x32xf32> -> tensor<?xi32> {
+  ^bb0(%h0: tensor<?x32xf32>):
+    %ids, %gates = moe.route %h0, @router top_k = 2 : tensor<?x32xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+    %p = moe.plan %ids : tensor<?x2xi32> -> !moe.plan<experts = 4, top_k = 2, tile = 1>
+    %y = moe.fused_experts %h0, %p, %gates gate @gate up @up down @down : tensor<?x32xf32>, !moe.plan<experts = 4, top_k = 2, tile = 1>, tensor<?x2xf32>
+    moe.yield %y : tensor<?x32xf32>
+  }
+  return %h, %exit : tensor<?x32xf32>, tensor<?xi32>
 }

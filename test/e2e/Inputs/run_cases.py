@@ -9,6 +9,7 @@ compare within the model contract's tolerances. Prints `<case> O<level>:
 PASS` or the comparison's report and exits 1 if any case failed.
 """
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -37,6 +38,10 @@ def main():
         out = os.path.join(args.work, case)
         subprocess.run([sys.executable, REFERENCE, "gen", "--case", case, "--out", out],
                        check=True, capture_output=True)
+        # bf16 models get the contract's bf16 tolerances (the GPU's tensor
+        # cores take bf16 activations).
+        with open(os.path.join(out, "config.json")) as f:
+            bf16 = json.load(f).get("torch_dtype") == "bfloat16"
         for level in args.opt_levels.split(","):
             actual = os.path.join(out, f"actual-O{level}.safetensors")
             run = shlex.split(args.wrap) + [
@@ -52,7 +57,8 @@ def main():
                 continue
             cmp = subprocess.run([sys.executable, REFERENCE, "compare", "--golden",
                                   os.path.join(out, "golden.safetensors"), "--actual",
-                                  actual], capture_output=True, text=True)
+                                  actual] + (["--bf16"] if bf16 else []),
+                                 capture_output=True, text=True)
             verdict = cmp.stdout.strip().splitlines()[-1] if cmp.stdout.strip() else ""
             if cmp.returncode == 0 and verdict == "PASS":
                 print(f"{case} O{level}: PASS")

@@ -1,0 +1,84 @@
+//===- GPUCostModel.h - which kernel form each expert GEMM gets ---*- C++ -*-===//
+//
+// The expert GEMMs have three kernel forms: 32 lanes per output (decode: few
+// rows, weight bound), a thread per output (SIMT), and warp tiles on tensor
+// cores (mma.sync). Which form runs depends on the rows of the plan, known
+// only at run time, so the cost model picks at compile time the row count at
+// which the first form hands over, and the tile of the tensor-core form, from
+// the shapes and the chip's limits. Its efficiency factors are estimates
+// until bench/gpu calibrates them on a GPU.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOE_CONVERSION_GPUCOSTMODEL_H
+#define MOE_CONVERSION_GPUCOSTMODEL_H
+
+#include "llvm/ADT/StringRef.h"
+
+#include <cstdint>
+#include <optional>
+
+namespace mlir::moe::gpu_lowering {
+
+/// What the cost model knows of a chip (dense bf16 tensor peak, 0 for a
+/// chip without bf16 mma.sync; SIMT is the f32 FMA peak).
+struct ChipLimits {
+  llvm::StringRef name;
+  double hbmBytesPerSecond;
+  double simtFlops;
+  double tensorFlops;
+  int64_t multiprocessors;
+};
+
+/// The limits of the chip `chip` names: sm_90 and later as an H100 SXM,
+/// sm_80 to sm_89 as an A100 SXM, earlier ones as a V100 (no bf16 tensor
+/// cores); none for a name that is not sm_<number>[a].
+std::optional<ChipLimits> lookupChipLimits(llvm::StringRef chip);
+
+/// How the tensor-core form is emitted: not at all, as mma.sync (the GPU),
+/// or as the per-lane arithmetic mma.sync performs (moe-emulate-gpu, which
+/// runs one thread at a time and cannot exchange fragments).
+enum class TensorCoreMode { None, MmaSync, Emulated };
+
+/// Rows of one mma.sync.m16n8k16 tile, its reduction step and the columns of
+/// one subtile.
+constexpr int64_t kMmaRows = 16;
+constexpr int64_t kMmaDepth = 16;
+constexpr int64_t kMmaCols = 8;
+
+/// One GEMM of an expert group: every routed row times a [cols, depth]
+/// weight matrix (`matrices` of them share the rows, as gate and up do).
+struct ExpertGemmShape {
+  int64_t experts, topK, cols, depth, matrices;
+  bool bf16Weights;
+};
+
+/// The forms one expert GEMM gets.
+struct ExpertGemmForms {
+  /// Rows up to which the 32-lane form runs; beyond, the tensor-core form
+  /// if `mmaSubtiles` is set, else a thread per output.
+  int64_t splitMaxRows;
+  /// Subtiles of kMmaCols columns per warp tile of the tensor-core form (a
+  /// warp computes kMmaRows x (8 * mmaSubtiles)), or 0 for no such form.
+  int64_t mmaSubtiles;
+};
+
+/// Picks the forms of `shape` on `chip`. Tensor cores need bf16 weights,
+/// a depth that is a multiple of kMmaDepth and columns a multiple of
+/// kMmaCols.
+ExpertGemmForms chooseExpertGemmForms(const ChipLimits &chip,
+                                      TensorCoreMode mode,
+                                      const ExpertGemmShape &shape);
+
+/// The modelled time in seconds of `shape` at `rows` routed rows in the
+/// 32-lane form, the thread-per-output form and the tensor-core form with
+/// `subtiles` (exposed for the tests of the model).
+double modelSplitSeconds(const ChipLimits &chip, const ExpertGemmShape &shape,
+                         int64_t rows);
+double modelThreadSeconds(const ChipLimits &chip, const ExpertGemmShape &shape,
+                          int64_t rows);
+double modelMmaSeconds(const ChipLimits &chip, const ExpertGemmShape &shape,
+                       int64_t rows, int64_t subtiles);
+
+} // namespace mlir::moe::gpu_lowering
+
+#endif // MOE_CONVERSION_GPUCOSTMODEL_H

@@ -1,0 +1,151 @@
+//===- GPUCostModel.cpp - which kernel form each expert GEMM gets ---------===//
+//
+// A roofline per form: the time is the largest of its DRAM traffic (the
+// weights of the experts the rows touch), its L2 traffic (weights and rows
+// re-read by each output tile) and its arithmetic, each at the fraction of
+// the chip's peak that form reaches. The fractions are estimates for these
+// kernels (no shared memory, no pipelining) until measured.
+//
+//===----------------------------------------------------------------------===//
+#include "moe/Conversion/GPUCostModel.h"
+
+#include "llvm/ADT/StringSwitch.h"
+
+#include <algorithm>
+#include <cmath>
+
+using namespace mlir::moe::gpu_lowering;
+
+namespace {
+/// L2 bandwidth in multiples of DRAM bandwidth (about right for A100/H100).
+constexpr double kL2Factor = 2.5;
+/// Fractions of peak each form reaches: DRAM, L2 and arithmetic.
+constexpr double kSplitBandwidth = 0.7, kSplitArith = 0.25;
+constexpr double kThreadBandwidth = 0.25, kThreadArith = 0.5;
+constexpr double kMmaBandwidth = 0.5, kMmaArith = 0.2;
+/// Warps per SM a tensor-core form needs to reach its fraction.
+constexpr double kMmaWarpsPerSM = 4;
+/// The split form keeps 32 f32 partial sums per output; past this many rows
+/// their traffic dominates anyway, so the search stops there.
+constexpr int64_t kSplitSearchRows = 256;
+constexpr int64_t kLanes = 32;
+
+/// Expected distinct experts `rows` uniformly routed rows touch.
+double touchedExperts(const ExpertGemmShape &s, int64_t rows) {
+  double e = static_cast<double>(s.experts);
+  return e * (1.0 - std::pow(1.0 - 1.0 / e, static_cast<double>(rows)));
+}
+
+double weightBytes(const ExpertGemmShape &s) {
+  return static_cast<double>(s.matrices * s.cols * s.depth) *
+         (s.bf16Weights ? 2.0 : 4.0);
+}
+
+double flops(const ExpertGemmShape &s, double rows) {
+  return 2.0 * rows * static_cast<double>(s.matrices * s.cols * s.depth);
+}
+} // namespace
+
+std::optional<ChipLimits>
+mlir::moe::gpu_lowering::lookupChipLimits(llvm::StringRef chip) {
+  // sm_<major><minor>[a]: the model knows a chip per generation and takes
+  // its limits for the generation's other chips.
+  unsigned version;
+  if (!chip.consume_front("sm_"))
+    return std::nullopt;
+  chip.consume_back("a");
+  if (chip.getAsInteger(10, version))
+    return std::nullopt;
+  if (version >= 90)
+    return ChipLimits{"H100 SXM", 3.35e12, 67e12, 989e12, 132};
+  if (version >= 80)
+    return ChipLimits{"A100 SXM", 2.04e12, 19.5e12, 312e12, 108};
+  // Before sm_80 there is no bf16 mma.sync.
+  return ChipLimits{"V100 SXM", 0.9e12, 15.7e12, 0, 80};
+}
+
+double mlir::moe::gpu_lowering::modelSplitSeconds(const ChipLimits &chip,
+                                                  const ExpertGemmShape &s,
+                                                  int64_t rows) {
+  double r = static_cast<double>(rows);
+  double dram = touchedExperts(s, rows) * weightBytes(s);
+  // Every row re-reads its expert's weights; the lane partials are written
+  // and read back once.
+  double l2 = r * weightBytes(s) +
+              2.0 * r * static_cast<double>(s.matrices * s.cols * kLanes) * 4;
+  return std::max({dram / (chip.hbmBytesPerSecond * kSplitBandwidth),
+                   l2 / (chip.hbmBytesPerSecond * kL2Factor * kSplitBandwidth),
+                   flops(s, r) / (chip.simtFlops * kSplitArith)});
+}
+
+double mlir::moe::gpu_lowering::modelThreadSeconds(const ChipLimits &chip,
+                                                   const ExpertGemmShape &s,
+                                                   int64_t rows) {
+  double r = static_cast<double>(rows);
+  double dram = touchedExperts(s, rows) * weightBytes(s);
+  double l2 = r * weightBytes(s);
+  return std::max(
+      {dram / (chip.hbmBytesPerSecond * kThreadBandwidth),
+       l2 / (chip.hbmBytesPerSecond * kL2Factor * kThreadBandwidth),
+       flops(s, r) / (chip.simtFlops * kThreadArith)});
+}
+
+double mlir::moe::gpu_lowering::modelMmaSeconds(const ChipLimits &chip,
+                                                const ExpertGemmShape &s,
+                                                int64_t rows,
+                                                int64_t subtiles) {
+  double touched = std::max(touchedExperts(s, rows), 1.0);
+  // Each expert's rows are padded to whole tiles.
+  double tiles =
+      touched * std::ceil(static_cast<double>(rows) / touched / kMmaRows);
+  double padded = tiles * kMmaRows;
+  double colTiles = static_cast<double>(s.cols / (kMmaCols * subtiles));
+  double dram = touched * weightBytes(s);
+  // Each row tile reads its expert's weights once; each column tile reads
+  // the rows (f32) once.
+  double l2 = tiles * weightBytes(s) +
+              colTiles * static_cast<double>(rows * s.depth) * 4;
+  double occupancy =
+      std::min(1.0, tiles * colTiles /
+                        (kMmaWarpsPerSM *
+                         static_cast<double>(chip.multiprocessors)));
+  return std::max(
+      {dram / (chip.hbmBytesPerSecond * kMmaBandwidth),
+       l2 / (chip.hbmBytesPerSecond * kL2Factor * kMmaBandwidth),
+       flops(s, padded) / (chip.tensorFlops * kMmaArith * occupancy)});
+}
+
+ExpertGemmForms mlir::moe::gpu_lowering::chooseExpertGemmForms(
+    const ChipLimits &chip, TensorCoreMode mode, const ExpertGemmShape &s) {
+  ExpertGemmForms forms{kSplitSearchRows, 0};
+  bool mmaShape = s.bf16Weights && s.depth % kMmaDepth == 0 &&
+                  s.cols % kMmaCols == 0 && mode != TensorCoreMode::None &&
+                  chip.tensorFlops > 0;
+  if (mmaShape) {
+    // The widest warp tile that divides the columns and is fastest on a
+    // prefill-sized problem (more subtiles reuse each row fragment more,
+    // fewer tiles fill fewer SMs).
+    constexpr int64_t kPrefillRows = 4096;
+    double best = 0;
+    for (int64_t subtiles : {4, 2, 1}) {
+      if (s.cols % (kMmaCols * subtiles))
+        continue;
+      double t = modelMmaSeconds(chip, s, kPrefillRows, subtiles);
+      if (!forms.mmaSubtiles || t < best) {
+        forms.mmaSubtiles = subtiles;
+        best = t;
+      }
+    }
+  }
+  // The split form runs while it is no slower than the other form.
+  for (int64_t rows = 1; rows <= kSplitSearchRows; ++rows) {
+    double other = forms.mmaSubtiles
+                       ? modelMmaSeconds(chip, s, rows, forms.mmaSubtiles)
+                       : modelThreadSeconds(chip, s, rows);
+    if (other < modelSplitSeconds(chip, s, rows)) {
+      forms.splitMaxRows = std::max<int64_t>(rows - 1, 1);
+      break;
+    }
+  }
+  return forms;
+}

@@ -1,0 +1,139 @@
+//===- WarpMma.cpp - warp tiles of an expert GEMM on tensor cores ---------===//
+#include "WarpMma.h"
+
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+
+using namespace mlir;
+using namespace mlir::moe::gpu_lowering;
+
+namespace {
+/// Accumulators per lane per subtile.
+constexpr int64_t kAccumulators = 4;
+
+Value groupOf(KernelBody &k, Value lane) { return k.div(lane, k.index(4)); }
+Value threadInGroup(KernelBody &k, Value lane) {
+  return k.rem(lane, k.index(4));
+}
+
+/// The bits of a bf16 value, in the low half of an i32.
+Value bf16Bits(KernelBody &k, Value v) {
+  if (v.getType().isF32())
+    v = arith::TruncFOp::create(k.b, k.b.getBF16Type(), v);
+  Value bits = arith::BitcastOp::create(k.b, k.b.getI16Type(), v);
+  return arith::ExtUIOp::create(k.b, k.b.getI32Type(), bits);
+}
+
+/// Two bf16 values packed in one 32-bit register, `lo` in the low half (the
+/// element with the lower index, as mma.sync expects).
+Value packBF16x2(KernelBody &k, Value lo, Value hi) {
+  Value high = arith::ShLIOp::create(k.b, bf16Bits(k, hi), k.i32(16));
+  return arith::OrIOp::create(k.b, bf16Bits(k, lo), high);
+}
+
+/// x rounded to the nearest bf16 (ties to even), as f32: what truncf does on
+/// the GPU, written with integer operations so that the CPU needs no bf16
+/// conversion routine. NaN stays NaN.
+Value roundToBF16(KernelBody &k, Value x) {
+  Type i32 = k.b.getI32Type();
+  Value bits = arith::BitcastOp::create(k.b, i32, x);
+  Value odd = arith::AndIOp::create(
+      k.b, arith::ShRUIOp::create(k.b, bits, k.i32(16)), k.i32(1));
+  Value biased = arith::AddIOp::create(
+      k.b, bits, arith::AddIOp::create(k.b, odd, k.i32(0x7FFF)));
+  Value rounded = arith::AndIOp::create(
+      k.b, biased, arith::ConstantIntOp::create(k.b, 0xFFFF0000LL, 32));
+  Value isNaN =
+      arith::CmpFOp::create(k.b, arith::CmpFPredicate::UNO, x, x);
+  return arith::SelectOp::create(
+      k.b, isNaN, x, arith::BitcastOp::create(k.b, k.b.getF32Type(), rounded));
+}
+
+/// One k-step of every subtile on the tensor cores.
+SmallVector<Value> mmaStep(KernelBody &k, Value lane, const WarpTileGemm &g,
+                           Value i0, ValueRange acc) {
+  Value group = groupOf(k, lane);
+  Value lo = k.add(i0, k.mul(threadInGroup(k, lane), k.index(2)));
+  Value hi = k.add(lo, k.index(8));
+  auto next = [&](Value i) { return k.add(i, k.index(1)); };
+  // a0..a7 of PTX's m16n8k16 layout: rows g / g + 8, columns 2t.. / 2t + 8..
+  SmallVector<Value> a;
+  for (Value col : {lo, hi})
+    for (int64_t half : {0, 1})
+      a.push_back(packBF16x2(k, g.loadA(k, half, col),
+                             g.loadA(k, half, next(col))));
+  Type f32 = k.b.getF32Type();
+  auto resultType =
+      LLVM::LLVMStructType::getLiteral(k.b.getContext(), {f32, f32, f32, f32});
+  SmallVector<Value> out;
+  for (int64_t m = 0; m < g.matrices; ++m) {
+    for (int64_t s = 0; s < g.subtiles; ++s) {
+      Value col = k.add(k.index(s * kMmaCols), group);
+      SmallVector<Value> b = {
+          packBF16x2(k, g.loadB(k, m, col, lo), g.loadB(k, m, col, next(lo))),
+          packBF16x2(k, g.loadB(k, m, col, hi), g.loadB(k, m, col, next(hi)))};
+      int64_t base = (m * g.subtiles + s) * kAccumulators;
+      auto mma = NVVM::MmaOp::create(
+          k.b, resultType, a, b, acc.slice(base, kAccumulators),
+          {kMmaRows, kMmaCols, kMmaDepth}, std::nullopt, std::nullopt,
+          std::array<NVVM::MMATypes, 2>{NVVM::MMATypes::bf16,
+                                        NVVM::MMATypes::bf16},
+          std::array<NVVM::MMALayout, 2>{NVVM::MMALayout::row,
+                                         NVVM::MMALayout::col});
+      for (int64_t i = 0; i < kAccumulators; ++i)
+        out.push_back(LLVM::ExtractValueOp::create(k.b, mma, i));
+    }
+  }
+  return out;
+}
+
+/// The same k-step, each lane computing its own accumulators.
+SmallVector<Value> emulatedStep(KernelBody &k, Value lane,
+                                const WarpTileGemm &g, Value i0,
+                                ValueRange acc) {
+  SmallVector<Value> out;
+  for (int64_t m = 0; m < g.matrices; ++m) {
+    for (int64_t s = 0; s < g.subtiles; ++s) {
+      for (int64_t i = 0; i < kAccumulators; ++i) {
+        auto [halfOf, colOf] = accumulatorPosition(k, lane, s, i);
+        int64_t half = halfOf;
+        Value col = colOf;
+        int64_t at = (m * g.subtiles + s) * kAccumulators + i;
+        out.push_back(k.reduce(
+            i0, k.add(i0, k.index(kMmaDepth)), acc[at],
+            [&](Value j, Value sum) -> Value {
+              Value a = roundToBF16(k, g.loadA(k, half, j));
+              Value w = g.loadB(k, m, col, j);
+              if (!w.getType().isF32())
+                w = arith::ExtFOp::create(k.b, k.b.getF32Type(), w);
+              return k.fadd(sum, k.fmul(a, w));
+            }));
+      }
+    }
+  }
+  return out;
+}
+} // namespace
+
+std::pair<int64_t, Value>
+mlir::moe::gpu_lowering::accumulatorPosition(KernelBody &k, Value lane,
+                                             int64_t s, int64_t i) {
+  Value col = k.add(k.index(s * kMmaCols + (i & 1)),
+                    k.mul(threadInGroup(k, lane), k.index(2)));
+  return {i / 2, col};
+}
+
+SmallVector<Value>
+mlir::moe::gpu_lowering::emitWarpTileGemm(KernelBody &k, TensorCoreMode mode,
+                                          Value lane, const WarpTileGemm &g) {
+  SmallVector<Value> zeros(g.matrices * g.subtiles * kAccumulators,
+                           k.f32(0.0));
+  return k.reduceAll(
+      k.index(0), k.index(g.depth), zeros,
+      [&](Value i0, ValueRange acc) {
+        return mode == TensorCoreMode::MmaSync
+                   ? mmaStep(k, lane, g, i0, acc)
+                   : emulatedStep(k, lane, g, i0, acc);
+      },
+      kMmaDepth);
+}

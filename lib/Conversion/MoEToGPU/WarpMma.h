@@ -1,0 +1,51 @@
+//===- WarpMma.h - warp tiles of an expert GEMM on tensor cores ---*- C++ -*-===//
+//
+// A warp computes a kMmaRows x (kMmaCols * subtiles) tile of A B^T with
+// mma.sync.m16n8k16 (bf16 operands, f32 accumulators): each lane loads its
+// fragment elements straight from global memory (no shared memory), so a
+// tile may gather its rows (the rows of A are the routed tokens).
+//
+// Lane l holds, for each subtile, the accumulators at tile rows g, g, g + 8,
+// g + 8 and columns 2t, 2t + 1, 2t, 2t + 1 (g = l / 4, t = l % 4), as PTX
+// defines them. In the emulated mode each lane computes exactly its own
+// accumulators from whole rows of A and B (A rounded to bf16 as the GPU
+// rounds it), so the tile mapping, masks and epilogues are checked on the
+// CPU; only the A/B fragment register layout needs the GPU.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOE_LIB_CONVERSION_MOETOGPU_WARPMMA_H
+#define MOE_LIB_CONVERSION_MOETOGPU_WARPMMA_H
+
+#include "moe/Conversion/GPUCostModel.h"
+#include "GPUProgram.h"
+
+namespace mlir::moe::gpu_lowering {
+
+struct WarpTileGemm {
+  /// The reduction length, a multiple of kMmaDepth.
+  int64_t depth;
+  /// Subtiles of kMmaCols columns.
+  int64_t subtiles;
+  /// B matrices that share the rows of A (gate and up), each with its own
+  /// accumulators.
+  int64_t matrices;
+  /// A[row, i] as f32 for this lane's row `half` (0: tile row g, 1: g + 8);
+  /// 0 for a row outside the problem.
+  function_ref<Value(KernelBody &, int64_t half, Value i)> loadA;
+  /// B_m[col, i] as stored (bf16), col a column of the tile.
+  function_ref<Value(KernelBody &, int64_t m, Value col, Value i)> loadB;
+};
+
+/// The lane's accumulators after the whole reduction, acc[(m * subtiles + s)
+/// * 4 + i].
+SmallVector<Value> emitWarpTileGemm(KernelBody &k, TensorCoreMode mode,
+                                    Value lane, const WarpTileGemm &gemm);
+
+/// The row half (0 or 1, as in loadA) and tile column of accumulator `i` of
+/// subtile `s` of `lane`.
+std::pair<int64_t, Value> accumulatorPosition(KernelBody &k, Value lane,
+                                              int64_t s, int64_t i);
+
+} // namespace mlir::moe::gpu_lowering
+
+#endif // MOE_LIB_CONVERSION_MOETOGPU_WARPMMA_H

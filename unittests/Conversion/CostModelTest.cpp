@@ -1,0 +1,137 @@
+//===- CostModelTest.cpp - the expert GEMM form choices -------------------===//
+#include "moe/Conversion/GPUCostModel.h"
+
+#include "gtest/gtest.h"
+
+
+using namespace mlir::moe::gpu_lowering;
+
+namespace {
+struct LayerShape {
+  const char *name;
+  int64_t d, f, experts, topK;
+};
+// PERFORMANCE.md's shapes.
+const LayerShape kShapes[] = {{"mixtral-8x7b", 4096, 14336, 8, 2},
+                              {"qwen3-30b-a3b", 2048, 768, 128, 8},
+                              {"olmoe-1b-7b", 2048, 1024, 64, 8},
+                              {"looped-moe-scaled", 1024, 2752, 8, 2},
+                              {"cpu-small", 512, 1024, 8, 2}};
+
+ExpertGemmShape gateUp(const LayerShape &s, bool bf16 = true) {
+  return {s.experts, s.topK, s.f, s.d, 2, bf16};
+}
+ExpertGemmShape down(const LayerShape &s, bool bf16 = true) {
+  return {s.experts, s.topK, s.d, s.f, 1, bf16};
+}
+
+ChipLimits chip(const char *name) {
+  std::optional<ChipLimits> limits = lookupChipLimits(name);
+  EXPECT_TRUE(limits.has_value()) << name;
+  return *limits;
+}
+
+const char *const kChips[] = {"sm_90a", "sm_80"};
+
+TEST(CostModelTest, KnowsTheChipsItModels) {
+  EXPECT_EQ(chip("sm_90a").multiprocessors, 132);
+  EXPECT_EQ(chip("sm_90").multiprocessors, 132);
+  EXPECT_EQ(chip("sm_80").multiprocessors, 108);
+  // A generation's other chips get its limits.
+  EXPECT_EQ(chip("sm_100a").multiprocessors, 132);
+  EXPECT_EQ(chip("sm_89").multiprocessors, 108);
+  // Before sm_80: no bf16 mma.sync.
+  EXPECT_EQ(chip("sm_75").tensorFlops, 0);
+  EXPECT_EQ(chooseExpertGemmForms(chip("sm_75"), TensorCoreMode::MmaSync,
+                                  {8, 2, 1024, 1024, 2, true})
+                .mmaSubtiles,
+            0);
+  for (const char *bad : {"", "sm_", "sm_9x", "gfx90a", "90"})
+    EXPECT_FALSE(lookupChipLimits(bad).has_value()) << bad;
+}
+
+// Decode (one token: top-k rows) is weight bound: every shape keeps the
+// 32-lane form there, and a prefill of 8192 tokens goes to the tensor cores
+// with the widest warp tile.
+TEST(CostModelTest, DecodeSplitsPrefillUsesTensorCores) {
+  for (const char *name : kChips) {
+    for (const LayerShape &s : kShapes) {
+      for (const ExpertGemmShape &g : {gateUp(s), down(s)}) {
+        ExpertGemmForms forms =
+            chooseExpertGemmForms(chip(name), TensorCoreMode::MmaSync, g);
+        EXPECT_GE(forms.splitMaxRows, s.topK) << name << " " << s.name;
+        EXPECT_EQ(forms.mmaSubtiles, 4) << name << " " << s.name;
+        int64_t prefill = 8192 * s.topK;
+        double mma = modelMmaSeconds(chip(name), g, prefill, 4);
+        EXPECT_LT(mma, modelSplitSeconds(chip(name), g, prefill)) << s.name;
+        EXPECT_LT(mma, modelThreadSeconds(chip(name), g, prefill)) << s.name;
+      }
+    }
+  }
+}
+
+// The hand-over row count is where the other form first gets faster.
+TEST(CostModelTest, HandsOverWhereTheOtherFormGetsFaster) {
+  for (const char *name : kChips) {
+    ChipLimits c = chip(name);
+    for (const LayerShape &s : kShapes) {
+      for (bool bf16 : {true, false}) {
+        ExpertGemmShape g = gateUp(s, bf16);
+        ExpertGemmForms forms =
+            chooseExpertGemmForms(c, TensorCoreMode::MmaSync, g);
+        auto other = [&](int64_t rows) {
+          return forms.mmaSubtiles
+                     ? modelMmaSeconds(c, g, rows, forms.mmaSubtiles)
+                     : modelThreadSeconds(c, g, rows);
+        };
+        for (int64_t rows = 1; rows <= forms.splitMaxRows; ++rows)
+          EXPECT_LE(modelSplitSeconds(c, g, rows), other(rows))
+              << name << " " << s.name << " rows " << rows;
+        if (forms.splitMaxRows < 256)
+          EXPECT_LT(other(forms.splitMaxRows + 1),
+                    modelSplitSeconds(c, g, forms.splitMaxRows + 1))
+              << name << " " << s.name;
+      }
+    }
+  }
+}
+
+// Many experts spread the rows thin (padding each expert's rows to a tile of
+// 16 costs more): the hand-over comes later than with few experts.
+TEST(CostModelTest, ManyExpertsHandOverLater) {
+  ChipLimits c = chip("sm_90a");
+  ExpertGemmForms few = chooseExpertGemmForms(
+      c, TensorCoreMode::MmaSync, {8, 2, 2048, 2048, 2, true});
+  ExpertGemmForms many = chooseExpertGemmForms(
+      c, TensorCoreMode::MmaSync, {128, 2, 2048, 2048, 2, true});
+  EXPECT_LT(few.splitMaxRows, many.splitMaxRows);
+}
+
+// Tensor cores need bf16 weights, whole k-steps and whole subtiles, and a
+// mode that emits them; the warp tile is the widest that divides the columns.
+TEST(CostModelTest, TensorCoresOnlyWhereTheyApply) {
+  ChipLimits c = chip("sm_90a");
+  auto subtiles = [&](TensorCoreMode mode, ExpertGemmShape g) {
+    return chooseExpertGemmForms(c, mode, g).mmaSubtiles;
+  };
+  ExpertGemmShape base{8, 2, 1024, 1024, 2, true};
+  EXPECT_EQ(subtiles(TensorCoreMode::MmaSync, base), 4);
+  EXPECT_EQ(subtiles(TensorCoreMode::Emulated, base), 4);
+  EXPECT_EQ(subtiles(TensorCoreMode::None, base), 0);
+  ExpertGemmShape f32 = base;
+  f32.bf16Weights = false;
+  EXPECT_EQ(subtiles(TensorCoreMode::MmaSync, f32), 0);
+  ExpertGemmShape oddDepth = base;
+  oddDepth.depth = 1000;
+  EXPECT_EQ(subtiles(TensorCoreMode::MmaSync, oddDepth), 0);
+  ExpertGemmShape oddCols = base;
+  oddCols.cols = 1020;
+  EXPECT_EQ(subtiles(TensorCoreMode::MmaSync, oddCols), 0);
+  ExpertGemmShape cols16 = base;
+  cols16.cols = 1040; // 130 subtiles of 8: pairs, not fours
+  EXPECT_EQ(subtiles(TensorCoreMode::MmaSync, cols16), 2);
+  ExpertGemmShape cols8 = base;
+  cols8.cols = 1032; // 129 subtiles
+  EXPECT_EQ(subtiles(TensorCoreMode::MmaSync, cols8), 1);
+}
+} // namespace
