@@ -486,20 +486,20 @@ CASES = {
     # bf16 backends route with bf16 activations: keep the decisions far from ties.
     "bf16": Case({**_dims(16, 32, 4, 2, 2), "torch_dtype": "bfloat16"}, tokens=6,
                  margin=2e-2),
-    # Enough routed rows (96) for the GPU's tensor-core form of the expert
+    # Enough routed rows (320) for the GPU's tensor-core form of the expert
     # GEMMs (bf16 operands): the decode-sized cases stay on the split form.
     "bf16_prefill": Case({**_dims(32, 64, 4, 2, 2), "torch_dtype": "bfloat16"},
-                         tokens=48, margin=4e-3),
+                         tokens=160, margin=1e-3),
     "looped_pathmoe_block": Case({**_dims(16, 24, 4, 2, 2), "num_loops": 2,
                                   "router_share_block": 2, "router_decision": "block"},
                                  tokens=7),
     # Skewed routing: every token picks the same experts (one expert gets all
     # 64 tokens, the others none), the worst case for plans and grouped GEMMs.
     "skewed": Case(_dims(32, 48, 8, 2, 2), tokens=64, same_tokens=True),
-    # The same on the GPU's tensor-core form: one expert's segment is 4 row
-    # tiles, most segments are empty.
+    # The same on the GPU's tensor-core form: two segments of 10 row tiles
+    # each, the others empty.
     "skewed_bf16": Case({**_dims(32, 64, 8, 2, 2), "torch_dtype": "bfloat16"},
-                        tokens=64, same_tokens=True, margin=4e-3),
+                        tokens=160, same_tokens=True, margin=4e-3),
 }
 
 MAX_ATTEMPTS = 200

@@ -42,7 +42,7 @@ TEST(CostModelTest, KnowsTheChipsItModels) {
   EXPECT_EQ(chip("sm_89").multiprocessors, 108);
   // Before sm_80: no bf16 mma.sync.
   EXPECT_EQ(chip("sm_75").tensorFlops, 0);
-  EXPECT_EQ(chooseExpertGemmForms(chip("sm_75"), TensorCoreMode::MmaSync,
+  EXPECT_EQ(chooseExpertGemmForms(chip("sm_75"), true,
                                   {8, 2, 1024, 1024, 2, true})
                 .mmaSubtiles,
             0);
@@ -58,7 +58,7 @@ TEST(CostModelTest, DecodeSplitsPrefillUsesTensorCores) {
     for (const LayerShape &s : kShapes) {
       for (const ExpertGemmShape &g : {gateUp(s), down(s)}) {
         ExpertGemmForms forms =
-            chooseExpertGemmForms(chip(name), TensorCoreMode::MmaSync, g);
+            chooseExpertGemmForms(chip(name), true, g);
         EXPECT_GE(forms.splitMaxRows, s.topK) << name << " " << s.name;
         EXPECT_EQ(forms.mmaSubtiles, 4) << name << " " << s.name;
         int64_t prefill = 8192 * s.topK;
@@ -78,7 +78,7 @@ TEST(CostModelTest, HandsOverWhereTheOtherFormGetsFaster) {
       for (bool bf16 : {true, false}) {
         ExpertGemmShape g = gateUp(s, bf16);
         ExpertGemmForms forms =
-            chooseExpertGemmForms(c, TensorCoreMode::MmaSync, g);
+            chooseExpertGemmForms(c, true, g);
         auto other = [&](int64_t rows) {
           return forms.mmaSubtiles
                      ? modelMmaSeconds(c, g, rows, forms.mmaSubtiles)
@@ -101,37 +101,36 @@ TEST(CostModelTest, HandsOverWhereTheOtherFormGetsFaster) {
 TEST(CostModelTest, ManyExpertsHandOverLater) {
   ChipLimits c = chip("sm_90a");
   ExpertGemmForms few = chooseExpertGemmForms(
-      c, TensorCoreMode::MmaSync, {8, 2, 2048, 2048, 2, true});
+      c, true, {8, 2, 2048, 2048, 2, true});
   ExpertGemmForms many = chooseExpertGemmForms(
-      c, TensorCoreMode::MmaSync, {128, 2, 2048, 2048, 2, true});
+      c, true, {128, 2, 2048, 2048, 2, true});
   EXPECT_LT(few.splitMaxRows, many.splitMaxRows);
 }
 
-// Tensor cores need bf16 weights, whole k-steps and whole subtiles, and a
-// mode that emits them; the warp tile is the widest that divides the columns.
+// Tensor cores need bf16 weights, whole k-steps and whole subtiles, and to
+// be asked for; the warp tile is the widest that divides the columns.
 TEST(CostModelTest, TensorCoresOnlyWhereTheyApply) {
   ChipLimits c = chip("sm_90a");
-  auto subtiles = [&](TensorCoreMode mode, ExpertGemmShape g) {
-    return chooseExpertGemmForms(c, mode, g).mmaSubtiles;
+  auto subtiles = [&](bool tensorCores, ExpertGemmShape g) {
+    return chooseExpertGemmForms(c, tensorCores, g).mmaSubtiles;
   };
   ExpertGemmShape base{8, 2, 1024, 1024, 2, true};
-  EXPECT_EQ(subtiles(TensorCoreMode::MmaSync, base), 4);
-  EXPECT_EQ(subtiles(TensorCoreMode::Emulated, base), 4);
-  EXPECT_EQ(subtiles(TensorCoreMode::None, base), 0);
+  EXPECT_EQ(subtiles(true, base), 4);
+  EXPECT_EQ(subtiles(false, base), 0);
   ExpertGemmShape f32 = base;
   f32.bf16Weights = false;
-  EXPECT_EQ(subtiles(TensorCoreMode::MmaSync, f32), 0);
+  EXPECT_EQ(subtiles(true, f32), 0);
   ExpertGemmShape oddDepth = base;
   oddDepth.depth = 1000;
-  EXPECT_EQ(subtiles(TensorCoreMode::MmaSync, oddDepth), 0);
+  EXPECT_EQ(subtiles(true, oddDepth), 0);
   ExpertGemmShape oddCols = base;
   oddCols.cols = 1020;
-  EXPECT_EQ(subtiles(TensorCoreMode::MmaSync, oddCols), 0);
+  EXPECT_EQ(subtiles(true, oddCols), 0);
   ExpertGemmShape cols16 = base;
   cols16.cols = 1040; // 130 subtiles of 8: pairs, not fours
-  EXPECT_EQ(subtiles(TensorCoreMode::MmaSync, cols16), 2);
+  EXPECT_EQ(subtiles(true, cols16), 2);
   ExpertGemmShape cols8 = base;
   cols8.cols = 1032; // 129 subtiles
-  EXPECT_EQ(subtiles(TensorCoreMode::MmaSync, cols8), 1);
+  EXPECT_EQ(subtiles(true, cols8), 1);
 }
 } // namespace

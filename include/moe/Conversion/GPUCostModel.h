@@ -34,11 +34,6 @@ struct ChipLimits {
 /// cores); none for a name that is not sm_<number>[a].
 std::optional<ChipLimits> lookupChipLimits(llvm::StringRef chip);
 
-/// How the tensor-core form is emitted: not at all, as mma.sync (the GPU),
-/// or as the per-lane arithmetic mma.sync performs (moe-emulate-gpu, which
-/// runs one thread at a time and cannot exchange fragments).
-enum class TensorCoreMode { None, MmaSync, Emulated };
-
 /// Rows of one mma.sync.m16n8k16 tile, its reduction step and the columns of
 /// one subtile.
 constexpr int64_t kMmaRows = 16;
@@ -62,11 +57,10 @@ struct ExpertGemmForms {
   int64_t mmaSubtiles;
 };
 
-/// Picks the forms of `shape` on `chip`. Tensor cores need bf16 weights,
-/// a depth that is a multiple of kMmaDepth and columns a multiple of
-/// kMmaCols.
-ExpertGemmForms chooseExpertGemmForms(const ChipLimits &chip,
-                                      TensorCoreMode mode,
+/// Picks the forms of `shape` on `chip`. The tensor-core form needs
+/// `tensorCores`, a chip with bf16 mma.sync, bf16 weights, a depth that is a
+/// multiple of kMmaDepth and columns a multiple of kMmaCols.
+ExpertGemmForms chooseExpertGemmForms(const ChipLimits &chip, bool tensorCores,
                                       const ExpertGemmShape &shape);
 
 /// The modelled time in seconds of `shape` at `rows` routed rows in the

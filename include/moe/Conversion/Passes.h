@@ -62,11 +62,11 @@ struct MoECUDAPipelineOptions
                        llvm::cl::desc("GEMM row tile of routing plans (default "
                                       "1: the GPU kernels need no padding)"),
                        llvm::cl::init(1)};
-  Option<std::string> tensorCores{
+  Option<bool> tensorCores{
       *this, "tensor-cores",
-      llvm::cl::desc("Expert GEMMs on tensor cores where the cost model picks "
-                     "them: mma-sync (default) or none"),
-      llvm::cl::init("mma-sync")};
+      llvm::cl::desc("Run the expert GEMMs on tensor cores (mma.sync) where "
+                     "the cost model picks them (default true)"),
+      llvm::cl::init(true)};
   Option<std::string> toolkit{
       *this, "toolkit",
       llvm::cl::desc("CUDA toolkit root, for libdevice (default $CUDA_HOME, "

@@ -61,9 +61,9 @@ def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
     activations, f32 accumulation) for more rows when the weights are bf16
     and the shapes divide into tiles, else a thread per output. A cost model
     of the `chip` picks the row count where the first form hands over and
-    the warp tile's width. `tensor-cores=emulate` emits, instead of
-    mma.sync, the arithmetic each lane's accumulators receive from it, so
-    that moe-emulate-gpu can run those kernels on the CPU.
+    the warp tile's width. `emulate-warp-ops` emits, instead of mma.sync and
+    the shuffles, the arithmetic each lane receives from them, so that
+    moe-emulate-gpu can run those kernels on the CPU.
 
     Experts must be in fused form (`moe.fused_experts`, as
     moe-fuse-dispatch-gemm makes them). Decoders get kernels for embedding,
@@ -73,10 +73,12 @@ def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
   let options = [
     Option<"bf16Weights", "bf16-weights", "bool", /*default=*/"true",
            "Keep bf16 weights bf16 on the device">,
-    Option<"tensorCores", "tensor-cores", "std::string", /*default=*/"\"mma-sync\"",
-           "Expert GEMMs on tensor cores: mma-sync, none (SIMT only), or "
-           "emulate (the arithmetic of mma.sync lane by lane, for "
-           "moe-emulate-gpu)">,
+    Option<"tensorCores", "tensor-cores", "bool", /*default=*/"true",
+           "Run the expert GEMMs on tensor cores (mma.sync) where the cost "
+           "model picks them">,
+    Option<"emulateWarpOps", "emulate-warp-ops", "bool", /*default=*/"false",
+           "Emit warp-collective operations (mma.sync, shuffles) as the "
+           "arithmetic each lane gets from them, for moe-emulate-gpu">,
     Option<"chip", "chip", "std::string", /*default=*/"\"sm_90a\"",
            "The chip whose limits the cost model assumes (sm_<number>; "
            "before sm_80, no tensor cores)">

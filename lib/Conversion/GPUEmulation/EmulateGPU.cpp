@@ -2,7 +2,9 @@
 //
 // The GPU kernels of convert-moe-to-gpu are grids of independent threads, so
 // running the threads one after another on the CPU computes what the GPU
-// computes (up to the order of atomic updates). This lets the suite check
+// computes (up to the order of atomic updates); their warp-collective
+// operations (mma.sync, shuffles) must have been emitted as per-lane
+// arithmetic (convert-moe-to-gpu{emulate-warp-ops}). This lets the suite check
 // the generated kernels' arithmetic against the NumPy reference on machines
 // without a GPU; the NVVM lowering itself is checked by ptxas.
 //
@@ -68,6 +70,13 @@ FailureOr<func::FuncOp> emulateKernel(gpu::GPUFuncOp kernel,
       OpBuilder rb(ret);
       func::ReturnOp::create(rb, ret.getLoc());
       ret.erase();
+    } else if (isa<gpu::ShuffleOp>(op) ||
+               isa_and_nonnull<NVVM::NVVMDialect>(op->getDialect())) {
+      // Warp-collective: needs the warp's other lanes, which run later.
+      op->emitError("moe-emulate-gpu: cannot emulate a warp-collective "
+                    "operation one thread at a time (build the kernels with "
+                    "convert-moe-to-gpu{emulate-warp-ops})");
+      return WalkResult::interrupt();
     } else if (isa_and_nonnull<gpu::GPUDialect>(op->getDialect())) {
       op->emitError("moe-emulate-gpu: cannot emulate this operation");
       return WalkResult::interrupt();

@@ -13,9 +13,11 @@
 // The kernels are one-dimensional grids of independent threads: a thread per
 // output element or per token, with serial loops over the reduction. They use
 // no shared memory, barriers or warp shuffles, which keeps them checkable on
-// the CPU (moe-emulate-gpu runs every thread in turn). The one exception is
-// mma.sync in the tensor-core forms of the expert GEMMs (WarpMma.h), which
-// tensor-cores=emulate replaces with each lane's share of its arithmetic. Atomics order plan
+// the CPU (moe-emulate-gpu runs every thread in turn). The exceptions are
+// warp-collective: mma.sync in the tensor-core forms of the expert GEMMs
+// (WarpMma.h) and the shuffles that add the lane partials of the decode
+// forms; emulate-warp-ops replaces them with the arithmetic each lane gets
+// from them. Atomics order plan
 // rows within an expert segment arbitrarily; every row is computed by the
 // same code from the same inputs, so results do not depend on that order.
 //
@@ -25,8 +27,6 @@
 #include "moe/Conversion/KernelProgram.h"
 #include "moe/Conversion/Passes.h"
 #include "moe/Dialect/MoE/IR/MoEOps.h"
-
-#include "llvm/ADT/StringSwitch.h"
 
 namespace mlir::moe {
 #define GEN_PASS_DEF_CONVERTMOETOGPU
@@ -57,17 +57,6 @@ struct ConvertMoEToGPUPass
     if (unfused.wasInterrupted())
       return signalPassFailure();
     GPUKernelOptions kernelOptions;
-    std::optional<TensorCoreMode> mode =
-        llvm::StringSwitch<std::optional<TensorCoreMode>>(tensorCores)
-            .Case("mma-sync", TensorCoreMode::MmaSync)
-            .Case("none", TensorCoreMode::None)
-            .Case("emulate", TensorCoreMode::Emulated)
-            .Default(std::nullopt);
-    if (!mode) {
-      emitError(module.getLoc(), "convert-moe-to-gpu: unknown tensor-cores '")
-          << tensorCores << "' (expected mma-sync, none or emulate)";
-      return signalPassFailure();
-    }
     std::optional<ChipLimits> limits = lookupChipLimits(chip);
     if (!limits) {
       emitError(module.getLoc(),
@@ -76,7 +65,8 @@ struct ConvertMoEToGPUPass
                      "sm_90a)";
       return signalPassFailure();
     }
-    kernelOptions.tensorCores = *mode;
+    kernelOptions.tensorCores = tensorCores;
+    kernelOptions.emulateWarpOps = emulateWarpOps;
     kernelOptions.chip = *limits;
 
     KernelProgramOptions options;

@@ -25,10 +25,9 @@ constexpr double kThreadBandwidth = 0.25, kThreadArith = 0.5;
 constexpr double kMmaBandwidth = 0.5, kMmaArith = 0.2;
 /// Warps per SM a tensor-core form needs to reach its fraction.
 constexpr double kMmaWarpsPerSM = 4;
-/// The split form keeps 32 f32 partial sums per output; past this many rows
-/// their traffic dominates anyway, so the search stops there.
+/// The split form re-reads every expert's weights once per row; past this
+/// many rows it never wins, so the search stops there.
 constexpr int64_t kSplitSearchRows = 256;
-constexpr int64_t kLanes = 32;
 
 /// Expected distinct experts `rows` uniformly routed rows touch.
 double touchedExperts(const ExpertGemmShape &s, int64_t rows) {
@@ -69,10 +68,8 @@ double mlir::moe::gpu_lowering::modelSplitSeconds(const ChipLimits &chip,
                                                   int64_t rows) {
   double r = static_cast<double>(rows);
   double dram = touchedExperts(s, rows) * weightBytes(s);
-  // Every row re-reads its expert's weights; the lane partials are written
-  // and read back once.
-  double l2 = r * weightBytes(s) +
-              2.0 * r * static_cast<double>(s.matrices * s.cols * kLanes) * 4;
+  // Every row re-reads its expert's weights.
+  double l2 = r * weightBytes(s);
   return std::max({dram / (chip.hbmBytesPerSecond * kSplitBandwidth),
                    l2 / (chip.hbmBytesPerSecond * kL2Factor * kSplitBandwidth),
                    flops(s, r) / (chip.simtFlops * kSplitArith)});
@@ -116,10 +113,10 @@ double mlir::moe::gpu_lowering::modelMmaSeconds(const ChipLimits &chip,
 }
 
 ExpertGemmForms mlir::moe::gpu_lowering::chooseExpertGemmForms(
-    const ChipLimits &chip, TensorCoreMode mode, const ExpertGemmShape &s) {
+    const ChipLimits &chip, bool tensorCores, const ExpertGemmShape &s) {
   ExpertGemmForms forms{kSplitSearchRows, 0};
   bool mmaShape = s.bf16Weights && s.depth % kMmaDepth == 0 &&
-                  s.cols % kMmaCols == 0 && mode != TensorCoreMode::None &&
+                  s.cols % kMmaCols == 0 && tensorCores &&
                   chip.tensorFlops > 0;
   if (mmaShape) {
     // The widest warp tile that divides the columns and is fastest on a

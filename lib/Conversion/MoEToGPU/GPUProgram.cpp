@@ -14,6 +14,37 @@ constexpr int64_t kSmallBlock = 64;
 constexpr int64_t kSmallGridThreads = 132 * 256;
 } // namespace
 
+SmallVector<Value>
+KernelBody::warpSum(Value lane,
+                    function_ref<SmallVector<Value>(Value lane)> shares) {
+  constexpr int64_t offsets[] = {16, 8, 4, 2, 1};
+  if (!emulateWarpOps) {
+    SmallVector<Value> sums = shares(lane);
+    for (int64_t offset : offsets)
+      for (Value &sum : sums) {
+        Value other = gpu::ShuffleOp::create(b, sum, offset, kLanes,
+                                             gpu::ShuffleMode::XOR)
+                          .getShuffleResult();
+        sum = fadd(sum, other);
+      }
+    return sums;
+  }
+  SmallVector<SmallVector<Value>> lanes;
+  for (int64_t l = 0; l < kLanes; ++l)
+    lanes.push_back(shares(index(l)));
+  for (int64_t offset : offsets) {
+    SmallVector<SmallVector<Value>> next;
+    for (int64_t l = 0; l < kLanes; ++l) {
+      SmallVector<Value> sums;
+      for (auto [own, other] : llvm::zip(lanes[l], lanes[l ^ offset]))
+        sums.push_back(fadd(own, other));
+      next.push_back(sums);
+    }
+    lanes = std::move(next);
+  }
+  return lanes[0];
+}
+
 Value GPUProgram::stream() {
   if (!token)
     token = gpu::WaitOp::create(hostBuilder, loc,
@@ -67,7 +98,7 @@ gpu::GPUFuncOp GPUProgram::kernel(StringRef base, StringRef key,
               hostBuilder.getUnitAttr());
   fn->setAttr("moe.signature", hostBuilder.getStringAttr(signature));
   b.setInsertionPointToStart(&fn.getBody().front());
-  KernelBody k(b);
+  KernelBody k(b, options.emulateWarpOps);
   Value gid = k.add(k.mul(gpu::BlockIdOp::create(b, gpu::Dimension::x),
                           gpu::BlockDimOp::create(b, gpu::Dimension::x)),
                     gpu::ThreadIdOp::create(b, gpu::Dimension::x));
@@ -239,12 +270,7 @@ Value GPUProgram::readBack(Value device) {
 void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
                                                  Value a, Value w, Value out,
                                                  int64_t cols, int64_t depth) {
-  constexpr int64_t lanes = kLanes;
   auto [splitRows, fullRows] = p.splitRows(p.hostDim(a, 0), kSplitMaxRows);
-  Value partial = p.scratch(MemRefType::get({ShapedType::kDynamic, cols, lanes},
-                                            p.host().getF32Type()),
-                            {splitRows});
-
   auto full = p.kernel(
       base, "", {a, w, out}, [&](KernelBody &k, Value gid, ValueRange args) {
         Value r = k.div(gid, k.index(cols)), c = k.rem(gid, k.index(cols));
@@ -252,31 +278,24 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
                 {r, c});
       });
   p.launch(full, p.hostMul(fullRows, p.hostIndex(cols)), {a, w, out});
-  auto split =
-      p.kernel((base + "_split").str(), "", {a, w, partial},
-               [&](KernelBody &k, Value gid, ValueRange args) {
-                 Value lane = k.rem(gid, k.index(lanes));
-                 Value rc = k.div(gid, k.index(lanes));
-                 Value r = k.div(rc, k.index(cols)),
-                       c = k.rem(rc, k.index(cols));
-                 Value sum = k.reduceAll(
-                     lane, k.index(depth), {k.f32(0.0)},
-                     [&](Value i, ValueRange acc) -> SmallVector<Value> {
-                       return {k.fadd(acc[0], k.fmul(k.load(args[0], {r, i}),
-                                                     k.load(args[1], {c, i})))};
-                     },
-                     lanes)[0];
-                 k.store(sum, args[2], {r, c, lane});
-               });
-  p.launch(split, p.hostMul(splitRows, p.hostIndex(cols * lanes)),
-           {a, w, partial});
-  auto add = p.kernel((base + "_lanes").str(), "", {partial, out},
-                      [&](KernelBody &k, Value gid, ValueRange args) {
-                        Value r = k.div(gid, k.index(cols)),
-                              c = k.rem(gid, k.index(cols));
-                        Value sum = k.sumLanes(args[0], {r, c}, lanes);
-                        k.store(sum, args[1], {r, c});
-                      });
-  p.launch(add, p.hostMul(splitRows, p.hostIndex(cols)), {partial, out});
-  p.release(partial);
+  auto split = p.kernel(
+      (base + "_split").str(), "", {a, w, out},
+      [&](KernelBody &k, Value gid, ValueRange args) {
+        Value lane = k.rem(gid, k.index(kLanes));
+        Value rc = k.div(gid, k.index(kLanes));
+        Value r = k.div(rc, k.index(cols)), c = k.rem(rc, k.index(cols));
+        Value sum = k.warpSum(lane, [&](Value l) {
+          return k.reduceAll(
+              l, k.index(depth), {k.f32(0.0)},
+              [&](Value i, ValueRange acc) -> SmallVector<Value> {
+                return {k.fadd(acc[0], k.fmul(k.load(args[0], {r, i}),
+                                              k.load(args[1], {c, i})))};
+              },
+              kLanes);
+        })[0];
+        k.ifThen(k.cmp(arith::CmpIPredicate::eq, lane, k.index(0)),
+                 [&] { k.store(sum, args[2], {r, c}); });
+      });
+  p.launch(split, p.hostMul(splitRows, p.hostIndex(cols * kLanes)),
+           {a, w, out});
 }

@@ -30,7 +30,8 @@ namespace mlir::moe::gpu_lowering {
 /// stores and structured loops at the builder's insertion point.
 class KernelBody {
 public:
-  explicit KernelBody(ImplicitLocOpBuilder &b) : b(b) {}
+  KernelBody(ImplicitLocOpBuilder &b, bool emulateWarpOps)
+      : b(b), emulateWarpOps(emulateWarpOps) {}
 
   Value index(int64_t v) { return arith::ConstantIndexOp::create(b, v); }
   Value f32(double v) {
@@ -82,9 +83,10 @@ public:
                                  f32(0.0));
   }
 
-  /// for (i = lb; i < ub; ++i) body(i).
-  void forEach(Value lb, Value ub, function_ref<void(Value)> body) {
-    auto loop = scf::ForOp::create(b, lb, ub, index(1));
+  /// for (i = lb; i < ub; i += step) body(i).
+  void forEach(Value lb, Value ub, function_ref<void(Value)> body,
+               int64_t step = 1) {
+    auto loop = scf::ForOp::create(b, lb, ub, index(step));
     OpBuilder::InsertionGuard guard(b);
     b.setInsertionPoint(loop.getBody()->getTerminator());
     body(loop.getInductionVar());
@@ -148,17 +150,16 @@ public:
     });
   }
 
-  /// part[prefix..., 0] + ... + part[prefix..., lanes - 1], in order: the
-  /// partial sums of a dot product split over lanes.
-  Value sumLanes(Value part, ValueRange prefix, int64_t lanes) {
-    return reduce(index(0), index(lanes), f32(0.0), [&](Value l, Value acc) {
-      SmallVector<Value> at(prefix);
-      at.push_back(l);
-      return arith::AddFOp::create(b, acc, load(part, at)).getResult();
-    });
-  }
+  /// Every lane's `shares(lane)` summed over the 32 lanes of its warp, in
+  /// the order of an xor butterfly (offsets 16, 8, 4, 2, 1): each lane gets
+  /// the same totals, the same on every run. The warp's lanes must all be
+  /// here. Emulated (emulateWarpOps), each lane computes all 32 lanes'
+  /// shares and adds them in that order.
+  SmallVector<Value>
+  warpSum(Value lane, function_ref<SmallVector<Value>(Value lane)> shares);
 
   ImplicitLocOpBuilder &b;
+  const bool emulateWarpOps;
 };
 
 /// Lanes that split one dot product of a decode-sized GEMM (lane l takes
@@ -172,10 +173,15 @@ inline ArrayRef<int64_t> shapeOf(Value v) {
   return cast<MemRefType>(v.getType()).getShape();
 }
 
-/// What the kernels are specialised for besides the calls: how tensor-core
-/// forms are emitted and the chip the cost model assumes.
+/// What the kernels are specialised for besides the calls.
 struct GPUKernelOptions {
-  TensorCoreMode tensorCores;
+  /// Whether the expert GEMMs may use tensor cores.
+  bool tensorCores;
+  /// Whether warp-collective operations (mma.sync, shuffles) are emitted as
+  /// the arithmetic each lane gets from them, for moe-emulate-gpu (which
+  /// runs one thread at a time).
+  bool emulateWarpOps;
+  /// The chip the cost model assumes.
   ChipLimits chip;
 };
 
@@ -253,10 +259,10 @@ private:
 
 /// out[r, c] = a[r, :] . w[c, :] over `depth` elements, for every row of `a`
 /// and the `cols` rows of `w`: a thread per output, or, for at most 64 rows
-/// (decode), 32 lanes per output (lane l takes elements l, l + 32, ...:
-/// neighbouring lanes read neighbouring weights) whose partial sums a second
-/// kernel adds in order. Both forms are launched; the one that does not apply
-/// gets no rows.
+/// (decode), a warp per output (lane l takes elements l, l + 32, ...:
+/// neighbouring lanes read neighbouring weights) whose partial sums
+/// KernelBody::warpSum adds. Both forms are launched; the one that does not
+/// apply gets no rows.
 void emitRowsDotWeights(GPUProgram &p, StringRef base, Value a, Value w,
                         Value out, int64_t cols, int64_t depth);
 

@@ -39,9 +39,9 @@ LogicalResult emitCopy(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   return success();
 }
 
-/// out = x / sqrt(mean(x^2) + eps) * w per token row: 32 lanes per row add
-/// up its squares (lane l takes elements l, l + 32, ...), then a thread per
-/// element adds the 32 partial sums in order and scales its element.
+/// out = x / sqrt(mean(x^2) + eps) * w per token row: a warp per row adds
+/// up its squares (lane l takes elements l, l + 32, ...) and scales the
+/// same elements.
 LogicalResult emitRmsNorm(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                           Operation *call) {
   double eps;
@@ -53,39 +53,33 @@ LogicalResult emitRmsNorm(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   int64_t d = shapeOf(x)[1];
   // An empty weight is a norm without gain (LoopLM).
   bool gain = shapeOf(w)[0] != 0;
-  Value rows = p.hostDim(x, 0);
-  Value squares = p.scratch(
-      MemRefType::get({ShapedType::kDynamic, kLanes}, p.host().getF32Type()),
-      {rows});
-  auto sumSquares =
-      p.kernel("rms_norm_squares", "", {x, squares},
-               [&](KernelBody &k, Value gid, ValueRange args) {
-                 Value r = k.div(gid, k.index(kLanes)),
-                       lane = k.rem(gid, k.index(kLanes));
-                 Value ss = k.reduceAll(
-                     lane, k.index(d), {k.f32(0.0)},
-                     [&](Value i, ValueRange acc) -> SmallVector<Value> {
-                       Value v = k.load(args[0], {r, i});
-                       return {k.fadd(acc[0], k.fmul(v, v))};
-                     },
-                     kLanes)[0];
-                 k.store(ss, args[1], {r, lane});
-               });
-  p.launch(sumSquares, p.hostMul(rows, p.hostIndex(kLanes)), {x, squares});
-  auto scale =
-      p.kernel("rms_norm", key, {x, squares, w, out},
-               [&](KernelBody &k, Value gid, ValueRange args) {
-                 Value r = k.div(gid, k.index(d)), i = k.rem(gid, k.index(d));
-                 Value ss = k.sumLanes(args[1], {r}, kLanes);
-                 Value rms = math::SqrtOp::create(
-                     k.b, k.fadd(k.fdiv(ss, k.f32(double(d))), k.f32(eps)));
-                 Value v = k.fdiv(k.load(args[0], {r, i}), rms);
-                 if (gain)
-                   v = k.fmul(v, k.load(args[2], {i}));
-                 k.store(v, args[3], {r, i});
-               });
-  p.launch(scale, p.hostMul(rows, p.hostIndex(d)), {x, squares, w, out});
-  p.release(squares);
+  auto fn = p.kernel(
+      "rms_norm", key, {x, w, out},
+      [&](KernelBody &k, Value gid, ValueRange args) {
+        Value r = k.div(gid, k.index(kLanes)),
+              lane = k.rem(gid, k.index(kLanes));
+        Value ss = k.warpSum(lane, [&](Value l) {
+          return k.reduceAll(
+              l, k.index(d), {k.f32(0.0)},
+              [&](Value i, ValueRange acc) -> SmallVector<Value> {
+                Value v = k.load(args[0], {r, i});
+                return {k.fadd(acc[0], k.fmul(v, v))};
+              },
+              kLanes);
+        })[0];
+        Value rms = math::SqrtOp::create(
+            k.b, k.fadd(k.fdiv(ss, k.f32(double(d))), k.f32(eps)));
+        k.forEach(
+            lane, k.index(d),
+            [&](Value i) {
+              Value v = k.fdiv(k.load(args[0], {r, i}), rms);
+              if (gain)
+                v = k.fmul(v, k.load(args[1], {i}));
+              k.store(v, args[2], {r, i});
+            },
+            kLanes);
+      });
+  p.launch(fn, p.hostMul(p.hostDim(x, 0), p.hostIndex(kLanes)), {x, w, out});
   return success();
 }
 
@@ -358,27 +352,23 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   // Each GEMM has three forms, launched side by side with the rows each gets
   // (GPUCostModel.h picks where they hand over). Few rows (decode) leave a
   // thread per output too little parallelism and read each weight row with
-  // one thread: there, 32 lanes split every dot product (lane l takes
-  // elements l, l + 32, ...: neighbouring lanes read neighbouring weights),
-  // and a second kernel adds the 32 partial sums in order (deterministic).
+  // one thread: there, a warp splits every dot product (lane l takes
+  // elements l, l + 32, ...: neighbouring lanes read neighbouring weights)
+  // and adds the partial sums with shuffles in a fixed order
+  // (deterministic).
   // More rows go to warp tiles on the tensor cores (bf16 weights), else to a
   // thread per output.
-  TensorCoreMode mode = p.getOptions().tensorCores;
+  const GPUKernelOptions &options = p.getOptions();
   auto isBF16 = [](Value w) {
     return cast<MemRefType>(w.getType()).getElementType().isBF16();
   };
-  ExpertGemmForms upForms = chooseExpertGemmForms(
-      p.getOptions().chip, mode, {e, topK, f, d, 2, isBF16(wg) && isBF16(wu)});
+  ExpertGemmForms upForms =
+      chooseExpertGemmForms(options.chip, options.tensorCores,
+                            {e, topK, f, d, 2, isBF16(wg) && isBF16(wu)});
   ExpertGemmForms downForms = chooseExpertGemmForms(
-      p.getOptions().chip, mode, {e, topK, d, f, 1, isBF16(wd)});
+      options.chip, options.tensorCores, {e, topK, d, f, 1, isBF16(wd)});
   FormRows upRows = formRows(p, rows, upForms);
   FormRows downRows = formRows(p, rows, downForms);
-  Value partG =
-      p.scratch(MemRefType::get({dyn, f, kLanes}, f32), {upRows.split});
-  Value partU =
-      p.scratch(MemRefType::get({dyn, f, kLanes}, f32), {upRows.split});
-  Value partD =
-      p.scratch(MemRefType::get({dyn, d, kLanes}, f32), {downRows.split});
 
   // The expert whose segment holds row r: the number of segments that end
   // at or before r.
@@ -422,9 +412,6 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
     Value tok = k.load(tokens, {r});
     k.ifThen(k.cmp(arith::CmpIPredicate::sge, tok, k.i32(0)),
              [&] { body(k.toIndex(tok)); });
-  };
-  auto sumLanes = [&](KernelBody &k, Value part, Value r, Value c) {
-    return k.sumLanes(part, {r, c}, kLanes);
   };
   // A warp tile of an mma form: `body(tile, lane, rowOf, tokenOf)` gets the
   // expert row tile of the warp, the lane, and per row half (WarpMma.h) the
@@ -506,7 +493,7 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                 ValueRange{tile.expert, k.add(colBase, col), i});
           };
           WarpTileGemm gemm{d, subtiles, 2, loadA, loadB};
-          SmallVector<Value> acc = emitWarpTileGemm(k, mode, lane, gemm);
+          SmallVector<Value> acc = emitWarpTileGemm(k, options.emulateWarpOps, lane, gemm);
           for (int64_t s = 0; s < subtiles; ++s) {
             for (int64_t i = 0; i < 4; ++i) {
               auto [halfOf, colOf] = accumulatorPosition(k, lane, s, i);
@@ -525,34 +512,26 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
              upArgs);
   }
 
-  SmallVector<Value> upSplitArgs = {x, rowToken, offsets, wg, wu, partG, partU};
-  auto upSplit =
-      p.kernel("experts_gate_up_split", key, upSplitArgs,
-               [&](KernelBody &k, Value gid, ValueRange args) {
-                 Value lane = k.rem(gid, k.index(kLanes));
-                 Value rc = k.div(gid, k.index(kLanes));
-                 Value r = k.div(rc, k.index(f)), c = k.rem(rc, k.index(f));
-                 ifRowUsed(k, args[1], r, [&](Value t) {
-                   SmallVector<Value> gu = gateUp(
-                       k, args, t, expertOf(k, args[2], r), c, lane, kLanes);
-                   k.store(gu[0], args[5], {r, c, lane});
-                   k.store(gu[1], args[6], {r, c, lane});
-                 });
-               });
+  SmallVector<Value> upSplitArgs = {x, rowToken, offsets, wg, wu, h};
+  auto upSplit = p.kernel(
+      "experts_gate_up_split", key, upSplitArgs,
+      [&](KernelBody &k, Value gid, ValueRange args) {
+        Value lane = k.rem(gid, k.index(kLanes));
+        Value rc = k.div(gid, k.index(kLanes));
+        Value r = k.div(rc, k.index(f)), c = k.rem(rc, k.index(f));
+        // The row's token is the same for the warp's lanes.
+        ifRowUsed(k, args[1], r, [&](Value t) {
+          Value ex = expertOf(k, args[2], r);
+          SmallVector<Value> gu = k.warpSum(lane, [&](Value l) {
+            return gateUp(k, args, t, ex, c, l, kLanes);
+          });
+          k.ifThen(k.cmp(arith::CmpIPredicate::eq, lane, k.index(0)), [&] {
+            k.store(activate(k, gu[0], gu[1]), args[5], {r, c});
+          });
+        });
+      });
   p.launch(upSplit, p.hostMul(upRows.split, p.hostIndex(f * kLanes)),
            upSplitArgs);
-  SmallVector<Value> upDoneArgs = {partG, partU, rowToken, h};
-  auto upDone = p.kernel("experts_gate_up_lanes", key, upDoneArgs,
-                         [&](KernelBody &k, Value gid, ValueRange args) {
-                           Value r = k.div(gid, k.index(f)),
-                                 c = k.rem(gid, k.index(f));
-                           ifRowUsed(k, args[2], r, [&](Value) {
-                             k.store(activate(k, sumLanes(k, args[0], r, c),
-                                              sumLanes(k, args[1], r, c)),
-                                     args[3], {r, c});
-                           });
-                         });
-  p.launch(upDone, p.hostMul(upRows.split, p.hostIndex(f)), upDoneArgs);
 
   SmallVector<Value> downArgs = {h, rowToken, offsets, wd, y};
   auto down =
@@ -583,7 +562,7 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                 ValueRange{tile.expert, k.add(colBase, col), i});
           };
           WarpTileGemm gemm{f, subtiles, 1, loadA, loadB};
-          SmallVector<Value> acc = emitWarpTileGemm(k, mode, lane, gemm);
+          SmallVector<Value> acc = emitWarpTileGemm(k, options.emulateWarpOps, lane, gemm);
           for (int64_t s = 0; s < subtiles; ++s) {
             for (int64_t i = 0; i < 4; ++i) {
               auto [halfOf, colOf] = accumulatorPosition(k, lane, s, i);
@@ -601,7 +580,7 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
              downArgs);
   }
 
-  SmallVector<Value> downSplitArgs = {h, rowToken, offsets, wd, partD};
+  SmallVector<Value> downSplitArgs = {h, rowToken, offsets, wd, y};
   auto downSplit = p.kernel(
       "experts_down_split", key, downSplitArgs,
       [&](KernelBody &k, Value gid, ValueRange args) {
@@ -610,28 +589,22 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
         Value r = k.div(rc, k.index(d)), c = k.rem(rc, k.index(d));
         ifRowUsed(k, args[1], r, [&](Value) {
           Value ex = expertOf(k, args[2], r);
-          Value sum = k.reduceAll(
-              lane, k.index(f), {k.f32(0.0)},
-              [&](Value i, ValueRange acc) -> SmallVector<Value> {
-                return {k.fadd(acc[0], k.fmul(k.load(args[0], {r, i}),
-                                              k.load(args[3], {ex, c, i})))};
-              },
-              kLanes)[0];
-          k.store(sum, args[4], {r, c, lane});
+          Value sum = k.warpSum(lane, [&](Value l) {
+            return k.reduceAll(
+                l, k.index(f), {k.f32(0.0)},
+                [&](Value i, ValueRange acc) -> SmallVector<Value> {
+                  return {k.fadd(acc[0], k.fmul(k.load(args[0], {r, i}),
+                                                k.load(args[3], {ex, c, i})))};
+                },
+                kLanes);
+          })[0];
+          k.ifThen(k.cmp(arith::CmpIPredicate::eq, lane, k.index(0)),
+                   [&] { k.store(sum, args[4], {r, c}); });
         });
       });
   p.launch(downSplit, p.hostMul(downRows.split, p.hostIndex(d * kLanes)),
            downSplitArgs);
-  SmallVector<Value> downDoneArgs = {partD, rowToken, y};
-  auto downDone =
-      p.kernel("experts_down_lanes", key, downDoneArgs,
-               [&](KernelBody &k, Value gid, ValueRange args) {
-                 Value r = k.div(gid, k.index(d)), c = k.rem(gid, k.index(d));
-                 ifRowUsed(k, args[1], r, [&](Value) {
-                   k.store(sumLanes(k, args[0], r, c), args[2], {r, c});
-                 });
-               });
-  p.launch(downDone, p.hostMul(downRows.split, p.hostIndex(d)), downDoneArgs);
+
   auto combine = p.kernel(
       "experts_combine", key, {y, slotRow, gates, out},
       [&](KernelBody &k, Value gid, ValueRange args) {
@@ -652,7 +625,7 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
       });
   p.launch(combine, p.hostMul(p.hostDim(out, 0), p.hostIndex(d)),
            {y, slotRow, gates, out});
-  for (Value buffer : {partG, partU, partD, h, y})
+  for (Value buffer : {h, y})
     p.release(buffer);
   return success();
 }

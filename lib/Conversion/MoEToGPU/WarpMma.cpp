@@ -124,16 +124,15 @@ mlir::moe::gpu_lowering::accumulatorPosition(KernelBody &k, Value lane,
 }
 
 SmallVector<Value>
-mlir::moe::gpu_lowering::emitWarpTileGemm(KernelBody &k, TensorCoreMode mode,
+mlir::moe::gpu_lowering::emitWarpTileGemm(KernelBody &k, bool emulate,
                                           Value lane, const WarpTileGemm &g) {
   SmallVector<Value> zeros(g.matrices * g.subtiles * kAccumulators,
                            k.f32(0.0));
   return k.reduceAll(
       k.index(0), k.index(g.depth), zeros,
       [&](Value i0, ValueRange acc) {
-        return mode == TensorCoreMode::MmaSync
-                   ? mmaStep(k, lane, g, i0, acc)
-                   : emulatedStep(k, lane, g, i0, acc);
+        return emulate ? emulatedStep(k, lane, g, i0, acc)
+                       : mmaStep(k, lane, g, i0, acc);
       },
       kMmaDepth);
 }

@@ -38,8 +38,8 @@ struct WarpTileGemm {
 
 /// The lane's accumulators after the whole reduction, acc[(m * subtiles + s)
 /// * 4 + i].
-SmallVector<Value> emitWarpTileGemm(KernelBody &k, TensorCoreMode mode,
-                                    Value lane, const WarpTileGemm &gemm);
+SmallVector<Value> emitWarpTileGemm(KernelBody &k, bool emulate, Value lane,
+                                    const WarpTileGemm &gemm);
 
 /// The row half (0 or 1, as in loadA) and tile column of accumulator `i` of
 /// subtile `s` of `lane`.

@@ -51,7 +51,7 @@ void mlir::moe::buildMoECUDAPipeline(OpPassManager &pm,
     std::optional<gpu_lowering::ChipLimits> limits =
         gpu_lowering::lookupChipLimits(chip);
     if (limits && limits->tensorFlops == 0)
-      kernels.tensorCores = "none";
+      kernels.tensorCores = false;
   }
   pm.addPass(createConvertMoEToGPU(kernels));
   pm.addPass(createCanonicalizerPass());
@@ -89,11 +89,11 @@ void mlir::moe::buildMoECUDAPipeline(OpPassManager &pm,
 void mlir::moe::buildMoEGPUEmulationPipeline(
     OpPassManager &pm, const MoECUDAPipelineOptions &options) {
   addGPUExpertForm(pm, options.optLevel, options.tile);
-  // The same kernels, with mma.sync as the arithmetic it does per lane.
+  // The same kernels, with warp-collective operations as the arithmetic
+  // they do per lane.
   ConvertMoEToGPUOptions kernels;
-  kernels.tensorCores =
-      options.tensorCores == "mma-sync" ? std::string("emulate")
-                                        : std::string(options.tensorCores);
+  kernels.tensorCores = options.tensorCores;
+  kernels.emulateWarpOps = true;
   kernels.chip = options.getChips().front();
   pm.addPass(createConvertMoEToGPU(kernels));
   pm.addPass(createMoEEmulateGPU());

@@ -82,6 +82,34 @@ module attributes {gpu.container_module} {
 
 // -----
 
+// Warp-collective operations need lanes that run later: convert-moe-to-gpu
+// emits them as per-lane arithmetic for the emulator (emulate-warp-ops).
+module attributes {gpu.container_module} {
+  gpu.module @kernels {
+    gpu.func @butterfly(%v: f32) kernel {
+      %c1 = arith.constant 1 : i32
+      %c32 = arith.constant 32 : i32
+      // expected-error @+1 {{moe-emulate-gpu: cannot emulate a warp-collective operation one thread at a time (build the kernels with convert-moe-to-gpu{emulate-warp-ops})}}
+      %s, %ok = gpu.shuffle xor %v, %c1, %c32 : f32
+      gpu.return
+    }
+  }
+}
+
+// -----
+
+module attributes {gpu.container_module} {
+  gpu.module @kernels {
+    gpu.func @tensor_cores(%a: i32, %b: i32, %c: f32) kernel {
+      // expected-error @+1 {{moe-emulate-gpu: cannot emulate a warp-collective operation one thread at a time (build the kernels with convert-moe-to-gpu{emulate-warp-ops})}}
+      %d = nvvm.mma.sync A[%a, %a, %a, %a] B[%b, %b] C[%c, %c, %c, %c] {layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<bf16>, multiplicandBPtxType = #nvvm.mma_type<bf16>, shape = #nvvm.shape<m = 16, n = 8, k = 16>} : (i32, i32, f32) -> !llvm.struct<(f32, f32, f32, f32)>
+      gpu.return
+    }
+  }
+}
+
+// -----
+
 module attributes {gpu.container_module} {
   gpu.module @kernels {
     // expected-error @+1 {{moe-emulate-gpu: kernels with memory attributions cannot be emulated}}

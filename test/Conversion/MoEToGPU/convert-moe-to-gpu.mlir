@@ -1,11 +1,9 @@
 // RUN: moe-opt %s -split-input-file -convert-moe-to-gpu -verify-diagnostics | FileCheck %s
 // RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=bf16-weights=false -verify-diagnostics | FileCheck %s --check-prefix=F32
 // RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=chip=sm_80 -verify-diagnostics | FileCheck %s --check-prefix=SM80
-// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=tensor-cores=emulate -verify-diagnostics | FileCheck %s --check-prefix=EMU
-// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=tensor-cores=none -verify-diagnostics | FileCheck %s --check-prefix=NONE
-// RUN: not moe-opt %s -split-input-file -convert-moe-to-gpu=tensor-cores=wmma 2>&1 | FileCheck %s --check-prefix=BADMODE
+// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=emulate-warp-ops -verify-diagnostics | FileCheck %s --check-prefix=EMU
+// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=tensor-cores=false -verify-diagnostics | FileCheck %s --check-prefix=NONE
 // RUN: not moe-opt %s -split-input-file -convert-moe-to-gpu=chip=gfx90a 2>&1 | FileCheck %s --check-prefix=BADCHIP
-// BADMODE: error: convert-moe-to-gpu: unknown tensor-cores 'wmma' (expected mma-sync, none or emulate)
 // BADCHIP: error: convert-moe-to-gpu: chip 'gfx90a' is not an NVIDIA architecture (sm_<number>, e.g. sm_90a)
 
 moe.weight @norm : tensor<8xf32>
@@ -41,11 +39,11 @@ moe.weight @down : tensor<4x8x16xf32>
 // CHECK:   @moe_kernels::@gather_rows_{{[0-9]+}}
 // CHECK:   memref.subview %{{.*}}[0, 0] [%[[N]], 8] [1, 1]
 // CHECK:   @moe_kernels::@rms_norm_{{[0-9]+}}
-// The router's logits are a GEMM (split over lanes for few rows), then a
+// The router's logits are a GEMM (a warp per output for few rows), then a
 // thread per token scores them and picks the top k.
 // CHECK:   @moe_kernels::@route_logits_{{[0-9]+}}
 // CHECK:   @moe_kernels::@route_logits_split_{{[0-9]+}}
-// CHECK:   @moe_kernels::@route_logits_lanes_{{[0-9]+}}
+// CHECK-NOT: _lanes_
 // CHECK:   @moe_kernels::@route_{{[0-9]+}}
 // The plan's counters live for the plan only.
 // CHECK:   %[[CURSOR:.*]], %{{.*}} = gpu.alloc async [%{{.*}}] () : memref<4xi32>
@@ -54,15 +52,16 @@ moe.weight @down : tensor<4x8x16xf32>
 // CHECK:   @moe_kernels::@plan_scan_{{[0-9]+}}
 // CHECK:   @moe_kernels::@plan_scatter_{{[0-9]+}}
 // CHECK:   gpu.dealloc async [%{{.*}}] %[[CURSOR]] : memref<4xi32>
-// Decode-sized plans (at most 64 rows) split each dot product over 32
-// lanes, larger ones take a thread per output: both are launched, the one
-// that does not apply with no rows.
+// Decode-sized plans (up to the rows the cost model gives, here f32
+// weights: 256) split each dot product over a warp, larger ones take a
+// thread per output: both are launched, the one that does not apply with no
+// rows.
+// CHECK:   arith.cmpi ule, %{{.*}}, %c256{{.*}} : index
 // CHECK:   @moe_kernels::@experts_gate_up_{{[0-9]+}}
 // CHECK:   @moe_kernels::@experts_gate_up_split_{{[0-9]+}}
-// CHECK:   @moe_kernels::@experts_gate_up_lanes_{{[0-9]+}}
 // CHECK:   @moe_kernels::@experts_down_{{[0-9]+}}
 // CHECK:   @moe_kernels::@experts_down_split_{{[0-9]+}}
-// CHECK:   @moe_kernels::@experts_down_lanes_{{[0-9]+}}
+// CHECK-NOT: _lanes_
 // CHECK:   @moe_kernels::@experts_combine_{{[0-9]+}}
 // CHECK:   @moe_kernels::@record_step_{{[0-9]+}}
 // CHECK:   @moe_kernels::@add_{{[0-9]+}}
@@ -116,10 +115,26 @@ moe.weight @down : tensor<4x8x16xf32>
 // CHECK: arith.cmpi sge
 // CHECK: scf.if
 // CHECK: math.exp
-// Lane l of a split dot product takes elements l, l + 32, ...
+// Lane l of a split dot product takes elements l, l + 32, ...; the warp
+// adds the partial sums with an xor butterfly, and lane 0 stores.
 // CHECK-LABEL: gpu.func @experts_gate_up_split_{{[0-9]+}}(
 // CHECK: %[[LANE:.*]] = arith.remui %{{.*}}, %c32
 // CHECK: scf.for %{{.*}} = %[[LANE]] to %c8 step %c32
+// CHECK: gpu.shuffle  xor %{{.*}}, %c16_i32{{.*}}, %c32_i32{{.*}} : f32
+// CHECK: gpu.shuffle  xor %{{.*}}, %c8_i32{{.*}}, %c32_i32{{.*}} : f32
+// CHECK: gpu.shuffle  xor %{{.*}}, %c4_i32{{.*}}, %c32_i32{{.*}} : f32
+// CHECK: gpu.shuffle  xor %{{.*}}, %c2_i32{{.*}}, %c32_i32{{.*}} : f32
+// CHECK: gpu.shuffle  xor %{{.*}}, %c1_i32{{.*}}, %c32_i32{{.*}} : f32
+// CHECK: arith.cmpi eq, %[[LANE]], %c0
+// CHECK: scf.if
+// CHECK: memref.store
+// Emulated, lane l computes the shares of all 32 lanes and adds them in the
+// butterfly's order, without shuffles.
+// EMU-LABEL: gpu.func @experts_gate_up_split_{{[0-9]+}}(
+// EMU-NOT: gpu.shuffle
+// EMU-COUNT-32: scf.for %{{.*}} = %c{{[0-9]+}}{{.*}} to %c8{{.*}} step %c32
+// EMU-NOT: gpu.shuffle
+// EMU: gpu.return
 // CHECK-LABEL: gpu.func @exit_update_{{[0-9]+}}(
 // CHECK: memref.atomic_rmw addi
 func.func @compacting(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
@@ -229,7 +244,7 @@ func.func @unfused(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
 // projection.
 // CHECK: @moe_kernels::@attention_q_{{[0-9]+}}
 // CHECK: @moe_kernels::@attention_q_split_{{[0-9]+}}
-// CHECK: @moe_kernels::@attention_q_lanes_{{[0-9]+}}
+// CHECK-NOT: @moe_kernels::@attention_q_lanes_
 // CHECK: @moe_kernels::@attention_k_{{[0-9]+}}
 // CHECK: @moe_kernels::@attention_v_{{[0-9]+}}
 // CHECK: @moe_kernels::@attention_cache_store_{{[0-9]+}} {{.*}} args(%{{.*}} : index, %[[POS]] : memref<?xi32>, %{{.*}} : memref<?x4xf32>, %{{.*}} : memref<?x4xf32>, %[[KC]] : memref<?x4xf32>, %[[VC]] : memref<?x4xf32>)
@@ -284,13 +299,13 @@ moe.weight @up : tensor<4x64x32xbf16>
 moe.weight @down : tensor<4x32x64xbf16>
 
 // bf16 weights whose shapes divide into m16n8k16 tiles: beyond the rows the
-// cost model gives the 32-lane form (sm_90a: 25 for gate/up, 83 for down;
-// sm_80: 39 and 131), the expert GEMMs run as warp tiles on the tensor cores,
+// cost model gives the warp-per-output form (sm_90a: 125 for gate/up, 250
+// for down; sm_80: 197 and 256), the expert GEMMs run as warp tiles on the tensor cores,
 // a warp per (row tile, 32 columns), over ceil(rows / 16) + E row tiles.
 // CHECK-LABEL: func.func @tensor_cores(
 // CHECK: gpu.alloc async [%{{.*}}] (%[[ROWS:.*]]) : memref<?x64xf32>
-// CHECK: arith.cmpi ule, %[[ROWS]], %c25 : index
-// CHECK: arith.cmpi ule, %[[ROWS]], %c83 : index
+// CHECK: arith.cmpi ule, %[[ROWS]], %c125 : index
+// CHECK: arith.cmpi ule, %[[ROWS]], %c250 : index
 // CHECK: arith.ceildivui %{{.*}}, %c16{{.*}} : index
 // CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_gate_up_mma_{{[0-9]+}}
 // CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_down_mma_{{[0-9]+}}
@@ -308,8 +323,8 @@ moe.weight @down : tensor<4x32x64xbf16>
 // CHECK-NOT: nvvm.mma.sync
 // CHECK: gpu.return
 // SM80-LABEL: func.func @tensor_cores(
-// SM80: arith.cmpi ule, %{{.*}}, %c39 : index
-// SM80: arith.cmpi ule, %{{.*}}, %c131 : index
+// SM80: arith.cmpi ule, %{{.*}}, %c197 : index
+// SM80: arith.cmpi ule, %{{.*}}, %c256{{.*}} : index
 // Emulated, the kernels keep their tiles and lose mma.sync.
 // EMU-LABEL: gpu.func @experts_gate_up_mma_
 // EMU-NOT: nvvm.mma.sync
