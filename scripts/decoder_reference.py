@@ -1104,6 +1104,14 @@ def _histogram(exit_loop, loops):
 def _cmd_gen(args):
     overrides = extension_config(args.share_block, args.decision, args.loops,
                                  args.exit_criterion, args.exit_min_loops)
+    for item in args.set:
+        field, sep, value = item.partition("=")
+        try:
+            if not sep or not field:
+                raise ValueError
+            overrides[field] = json.loads(value)
+        except ValueError:
+            raise ContractError(f"gen: --set needs FIELD=JSON, got {item!r}") from None
     res = generate_case(args.model_type, args.out, args.seed, args.shards, args.batch,
                         args.seq, args.generate, overrides)
     m, st = res["model"], res["stats"]
@@ -1176,6 +1184,9 @@ def build_parser():
                      help="split the weights over N files with an index (default 1: one file)")
     gen.add_argument("--batch", type=int, default=2, metavar="B", help="sequences (default 2)")
     gen.add_argument("--seq", type=int, default=5, metavar="S", help="prompt length (default 5)")
+    gen.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                     help="override a config.json field of the tiny model, e.g. "
+                          "max_position_embeddings=512 (repeatable)")
     gen.add_argument("--generate", type=int, default=4, metavar="N",
                      help="greedy tokens to generate (default 4; 0: logits only)")
     gen.add_argument("--share-block", type=int, default=1, metavar="B",

@@ -67,6 +67,12 @@ struct MoECUDAPipelineOptions
       llvm::cl::desc("Run the expert GEMMs on tensor cores (mma.sync) where "
                      "the cost model picks them (default true)"),
       llvm::cl::init(true)};
+  Option<bool> bf16Activations{
+      *this, "bf16-activations",
+      llvm::cl::desc("Round activations to bf16 for the tensor cores (one "
+                     "mma.sync per step) instead of splitting them into two "
+                     "bf16 parts (two per step, close to f32 accuracy)"),
+      llvm::cl::init(false)};
   Option<std::string> toolkit{
       *this, "toolkit",
       llvm::cl::desc("CUDA toolkit root, for libdevice (default $CUDA_HOME, "

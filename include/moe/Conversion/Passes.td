@@ -57,9 +57,14 @@ def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
 
     The expert GEMMs have three forms, launched side by side with the rows
     each gets: 32 lanes per output for few rows (decode), warp tiles on the
-    tensor cores (mma.sync.m16n8k16, bf16 operands rounded from the f32
-    activations, f32 accumulation) for more rows when the weights are bf16
-    and the shapes divide into tiles, else a thread per output. A cost model
+    tensor cores (mma.sync.m16n8k16, f32 accumulation) for more rows when
+    the weights are bf16 and the shapes divide into tiles, else a thread per
+    output. The f32 activations enter the tensor cores as a bf16 high part
+    and a bf16 remainder (two mma.sync per step, close to f32 accuracy), or
+    with `bf16-activations` rounded to bf16 (one mma.sync, bf16 accuracy).
+    The dense GEMMs of decoders (attention projections, LM head) have the
+    same forms; the router's logits never use tensor cores, so that top-k
+    decisions keep f32 activations. A cost model
     of the `chip` picks the row count where the first form hands over and
     the warp tile's width. `emulate-warp-ops` emits, instead of mma.sync and
     the shuffles, the arithmetic each lane receives from them, so that
@@ -76,6 +81,10 @@ def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
     Option<"tensorCores", "tensor-cores", "bool", /*default=*/"true",
            "Run the expert GEMMs on tensor cores (mma.sync) where the cost "
            "model picks them">,
+    Option<"bf16Activations", "bf16-activations", "bool", /*default=*/"false",
+           "Round activations to bf16 for the tensor cores (one mma.sync per "
+           "step, bf16 accuracy) instead of splitting each into two bf16 "
+           "parts (two mma.sync per step, close to f32 accuracy)">,
     Option<"emulateWarpOps", "emulate-warp-ops", "bool", /*default=*/"false",
            "Emit warp-collective operations (mma.sync, shuffles) as the "
            "arithmetic each lane gets from them, for moe-emulate-gpu">,

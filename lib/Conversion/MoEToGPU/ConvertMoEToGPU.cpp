@@ -66,6 +66,7 @@ struct ConvertMoEToGPUPass
       return signalPassFailure();
     }
     kernelOptions.tensorCores = tensorCores;
+    kernelOptions.bf16Activations = bf16Activations;
     kernelOptions.emulateWarpOps = emulateWarpOps;
     kernelOptions.chip = *limits;
 

@@ -1,5 +1,6 @@
 //===- GPUProgram.cpp - the host program on the GPU -----------------------===//
 #include "GPUProgram.h"
+#include "WarpMma.h"
 
 #include "mlir/IR/Matchers.h"
 
@@ -269,8 +270,20 @@ Value GPUProgram::readBack(Value device) {
 
 void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
                                                  Value a, Value w, Value out,
-                                                 int64_t cols, int64_t depth) {
-  auto [splitRows, fullRows] = p.splitRows(p.hostDim(a, 0), kSplitMaxRows);
+                                                 int64_t cols, int64_t depth,
+                                                 bool tensorCores) {
+  const GPUKernelOptions &options = p.getOptions();
+  bool bf16 = cast<MemRefType>(w.getType()).getElementType().isBF16();
+  // One "expert" whose segment is all rows.
+  ExpertGemmForms forms =
+      chooseExpertGemmForms(options.chip, options.tensorCores && tensorCores,
+                            {1, 1, cols, depth, 1, bf16});
+  Value rows = p.hostDim(a, 0);
+  auto [splitRows, otherRows] = p.splitRows(rows, forms.splitMaxRows);
+  Value none = p.hostIndex(0);
+  Value fullRows = forms.mmaSubtiles ? none : otherRows;
+  Value mmaRows = forms.mmaSubtiles ? otherRows : none;
+
   auto full = p.kernel(
       base, "", {a, w, out}, [&](KernelBody &k, Value gid, ValueRange args) {
         Value r = k.div(gid, k.index(cols)), c = k.rem(gid, k.index(cols));
@@ -297,5 +310,59 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
                  [&] { k.store(sum, args[2], {r, c}); });
       });
   p.launch(split, p.hostMul(splitRows, p.hostIndex(cols * kLanes)),
+           {a, w, out});
+  int64_t subtiles = forms.mmaSubtiles;
+  if (!subtiles)
+    return;
+  // A warp per (16 rows, 8 * subtiles columns) tile on the tensor cores.
+  int64_t colTiles = cols / (kMmaCols * subtiles);
+  auto mma = p.kernel(
+      (base + "_mma").str(), std::to_string(subtiles), {a, w, out},
+      [&](KernelBody &k, Value gid, ValueRange args) {
+        Value lane = k.rem(gid, k.index(kLanes));
+        Value task = k.div(gid, k.index(kLanes));
+        Value colBase = k.mul(k.rem(task, k.index(colTiles)),
+                              k.index(kMmaCols * subtiles));
+        Value rowBase = k.mul(k.div(task, k.index(colTiles)),
+                              k.index(kMmaRows));
+        Value rowCount = k.dim(args[0], 0);
+        SmallVector<Value> rowOf, valid;
+        for (int64_t half : {0, 1}) {
+          Value r = k.add(rowBase, k.add(k.div(lane, k.index(4)),
+                                         k.index(half * kMmaRows / 2)));
+          rowOf.push_back(r);
+          valid.push_back(k.cmp(arith::CmpIPredicate::ult, r, rowCount));
+        }
+        auto loadA = [&](KernelBody &k, int64_t half, Value i) {
+          return k.select(
+              valid[half], [&] { return k.load(args[0], {rowOf[half], i}); },
+              [&] { return k.f32(0.0); });
+        };
+        auto loadB = [&](KernelBody &k, int64_t, Value col,
+                         Value i) -> Value {
+          return memref::LoadOp::create(
+              k.b, args[1], ValueRange{k.add(colBase, col), i});
+        };
+        WarpTileGemm gemm{depth, subtiles, 1, !options.bf16Activations, loadA,
+                          loadB};
+        SmallVector<Value> acc =
+            emitWarpTileGemm(k, options.emulateWarpOps, lane, gemm);
+        for (int64_t s = 0; s < subtiles; ++s) {
+          for (int64_t i = 0; i < 4; ++i) {
+            auto [halfOf, colOf] = accumulatorPosition(k, lane, s, i);
+            int64_t half = halfOf;
+            Value col = colOf;
+            k.ifThen(valid[half], [&] {
+              k.store(acc[s * 4 + i], args[2],
+                      {rowOf[half], k.add(colBase, col)});
+            });
+          }
+        }
+      });
+  OpBuilder &b = p.host();
+  Location loc = p.getLoc();
+  Value rowTiles =
+      arith::CeilDivUIOp::create(b, loc, mmaRows, p.hostIndex(kMmaRows));
+  p.launch(mma, p.hostMul(rowTiles, p.hostIndex(colTiles * kLanes)),
            {a, w, out});
 }

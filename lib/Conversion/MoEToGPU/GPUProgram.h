@@ -164,9 +164,8 @@ public:
 
 /// Lanes that split one dot product of a decode-sized GEMM (lane l takes
 /// elements l, l + kLanes, ...: neighbouring lanes read neighbouring
-/// weights), and the rows up to which that split form is used.
+/// weights): a warp.
 constexpr int64_t kLanes = 32;
-constexpr int64_t kSplitMaxRows = 64;
 
 /// The static shape of a memref value.
 inline ArrayRef<int64_t> shapeOf(Value v) {
@@ -177,6 +176,9 @@ inline ArrayRef<int64_t> shapeOf(Value v) {
 struct GPUKernelOptions {
   /// Whether the expert GEMMs may use tensor cores.
   bool tensorCores;
+  /// Whether their f32 activations are rounded to bf16 (else split into two
+  /// bf16 parts: WarpMma.h).
+  bool bf16Activations;
   /// Whether warp-collective operations (mma.sync, shuffles) are emitted as
   /// the arithmetic each lane gets from them, for moe-emulate-gpu (which
   /// runs one thread at a time).
@@ -258,13 +260,16 @@ private:
 };
 
 /// out[r, c] = a[r, :] . w[c, :] over `depth` elements, for every row of `a`
-/// and the `cols` rows of `w`: a thread per output, or, for at most 64 rows
-/// (decode), a warp per output (lane l takes elements l, l + 32, ...:
-/// neighbouring lanes read neighbouring weights) whose partial sums
-/// KernelBody::warpSum adds. Both forms are launched; the one that does not
-/// apply gets no rows.
+/// and the `cols` rows of `w`: for few rows (decode) a warp per output (lane
+/// l takes elements l, l + 32, ...: neighbouring lanes read neighbouring
+/// weights) whose partial sums KernelBody::warpSum adds; for more, warp
+/// tiles on the tensor cores (bf16 weights, `tensorCores`, shapes that
+/// divide into tiles: WarpMma.h), else a thread per output. The cost model
+/// picks the hand-over; the forms are launched side by side, the ones that
+/// do not apply with no rows.
 void emitRowsDotWeights(GPUProgram &p, StringRef base, Value a, Value w,
-                        Value out, int64_t cols, int64_t depth);
+                        Value out, int64_t cols, int64_t depth,
+                        bool tensorCores = true);
 
 /// Emits what computes one kernel call of the host program. `operands` are
 /// the call's, seen through the casts to dynamic views; a call with a result

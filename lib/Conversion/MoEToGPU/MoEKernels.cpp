@@ -102,7 +102,10 @@ LogicalResult emitRoute(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   Value logits = p.scratch(
       MemRefType::get({ShapedType::kDynamic, e}, p.host().getF32Type()),
       {p.hostDim(a[0], 0)});
-  emitRowsDotWeights(p, "route_logits", a[0], a[1], logits, e, d);
+  // f32 activations, not tensor cores' bf16: the top-k decisions stay as
+  // exact as the reference's.
+  emitRowsDotWeights(p, "route_logits", a[0], a[1], logits, e, d,
+                     /*tensorCores=*/false);
   auto fn = p.kernel(
       "route", key, {logits, a[2], a[3]},
       [&](KernelBody &k, Value t, ValueRange args) {
@@ -492,7 +495,8 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                 k.b, args[3 + m],
                 ValueRange{tile.expert, k.add(colBase, col), i});
           };
-          WarpTileGemm gemm{d, subtiles, 2, loadA, loadB};
+          WarpTileGemm gemm{d, subtiles, 2, !options.bf16Activations, loadA,
+                            loadB};
           SmallVector<Value> acc = emitWarpTileGemm(k, options.emulateWarpOps, lane, gemm);
           for (int64_t s = 0; s < subtiles; ++s) {
             for (int64_t i = 0; i < 4; ++i) {
@@ -561,7 +565,8 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                 k.b, args[3],
                 ValueRange{tile.expert, k.add(colBase, col), i});
           };
-          WarpTileGemm gemm{f, subtiles, 1, loadA, loadB};
+          WarpTileGemm gemm{f, subtiles, 1, !options.bf16Activations, loadA,
+                            loadB};
           SmallVector<Value> acc = emitWarpTileGemm(k, options.emulateWarpOps, lane, gemm);
           for (int64_t s = 0; s < subtiles; ++s) {
             for (int64_t i = 0; i < 4; ++i) {

@@ -49,6 +49,13 @@ Value roundToBF16(KernelBody &k, Value x) {
       k.b, isNaN, x, arith::BitcastOp::create(k.b, k.b.getF32Type(), rounded));
 }
 
+/// x - bf16(x): what rounding x to bf16 leaves (exact in f32).
+Value bf16Remainder(KernelBody &k, Value x) {
+  Value rounded = arith::TruncFOp::create(k.b, k.b.getBF16Type(), x);
+  Value high = arith::ExtFOp::create(k.b, k.b.getF32Type(), rounded);
+  return k.fsub(x, high);
+}
+
 /// One k-step of every subtile on the tensor cores.
 SmallVector<Value> mmaStep(KernelBody &k, Value lane, const WarpTileGemm &g,
                            Value i0, ValueRange acc) {
@@ -57,11 +64,16 @@ SmallVector<Value> mmaStep(KernelBody &k, Value lane, const WarpTileGemm &g,
   Value hi = k.add(lo, k.index(8));
   auto next = [&](Value i) { return k.add(i, k.index(1)); };
   // a0..a7 of PTX's m16n8k16 layout: rows g / g + 8, columns 2t.. / 2t + 8..
-  SmallVector<Value> a;
-  for (Value col : {lo, hi})
-    for (int64_t half : {0, 1})
-      a.push_back(packBF16x2(k, g.loadA(k, half, col),
-                             g.loadA(k, half, next(col))));
+  SmallVector<Value> a, aRest;
+  for (Value col : {lo, hi}) {
+    for (int64_t half : {0, 1}) {
+      Value first = g.loadA(k, half, col), second = g.loadA(k, half, next(col));
+      a.push_back(packBF16x2(k, first, second));
+      if (g.splitA)
+        aRest.push_back(packBF16x2(k, bf16Remainder(k, first),
+                                   bf16Remainder(k, second)));
+    }
+  }
   Type f32 = k.b.getF32Type();
   auto resultType =
       LLVM::LLVMStructType::getLiteral(k.b.getContext(), {f32, f32, f32, f32});
@@ -73,15 +85,23 @@ SmallVector<Value> mmaStep(KernelBody &k, Value lane, const WarpTileGemm &g,
           packBF16x2(k, g.loadB(k, m, col, lo), g.loadB(k, m, col, next(lo))),
           packBF16x2(k, g.loadB(k, m, col, hi), g.loadB(k, m, col, next(hi)))};
       int64_t base = (m * g.subtiles + s) * kAccumulators;
-      auto mma = NVVM::MmaOp::create(
-          k.b, resultType, a, b, acc.slice(base, kAccumulators),
-          {kMmaRows, kMmaCols, kMmaDepth}, std::nullopt, std::nullopt,
-          std::array<NVVM::MMATypes, 2>{NVVM::MMATypes::bf16,
-                                        NVVM::MMATypes::bf16},
-          std::array<NVVM::MMALayout, 2>{NVVM::MMALayout::row,
-                                         NVVM::MMALayout::col});
-      for (int64_t i = 0; i < kAccumulators; ++i)
-        out.push_back(LLVM::ExtractValueOp::create(k.b, mma, i));
+      auto mma = [&](ValueRange aRegs, ValueRange c) {
+        auto op = NVVM::MmaOp::create(
+            k.b, resultType, aRegs, b, c, {kMmaRows, kMmaCols, kMmaDepth},
+            std::nullopt, std::nullopt,
+            std::array<NVVM::MMATypes, 2>{NVVM::MMATypes::bf16,
+                                          NVVM::MMATypes::bf16},
+            std::array<NVVM::MMALayout, 2>{NVVM::MMALayout::row,
+                                           NVVM::MMALayout::col});
+        SmallVector<Value> d;
+        for (int64_t i = 0; i < kAccumulators; ++i)
+          d.push_back(LLVM::ExtractValueOp::create(k.b, op, i));
+        return d;
+      };
+      SmallVector<Value> d = mma(a, acc.slice(base, kAccumulators));
+      if (g.splitA)
+        d = mma(aRest, d);
+      llvm::append_range(out, d);
     }
   }
   return out;
@@ -102,11 +122,16 @@ SmallVector<Value> emulatedStep(KernelBody &k, Value lane,
         out.push_back(k.reduce(
             i0, k.add(i0, k.index(kMmaDepth)), acc[at],
             [&](Value j, Value sum) -> Value {
-              Value a = roundToBF16(k, g.loadA(k, half, j));
+              Value x = g.loadA(k, half, j);
+              Value a = roundToBF16(k, x);
               Value w = g.loadB(k, m, col, j);
               if (!w.getType().isF32())
                 w = arith::ExtFOp::create(k.b, k.b.getF32Type(), w);
-              return k.fadd(sum, k.fmul(a, w));
+              sum = k.fadd(sum, k.fmul(a, w));
+              if (g.splitA)
+                sum = k.fadd(
+                    sum, k.fmul(roundToBF16(k, k.fsub(x, a)), w));
+              return sum;
             }));
       }
     }

@@ -7,7 +7,12 @@
 //
 // Lane l holds, for each subtile, the accumulators at tile rows g, g, g + 8,
 // g + 8 and columns 2t, 2t + 1, 2t, 2t + 1 (g = l / 4, t = l % 4), as PTX
-// defines them. In the emulated mode each lane computes exactly its own
+// defines them.
+//
+// A (f32 activations) is either rounded to bf16 (bf16 accuracy) or split
+// into a bf16 high part and a bf16 remainder, each multiplied on the tensor
+// cores (two mma.sync per step, about 16 bits of each activation: close to
+// f32 accuracy; the weights are bf16 exactly either way). In the emulated mode each lane computes exactly its own
 // accumulators from whole rows of A and B (A rounded to bf16 as the GPU
 // rounds it), so the tile mapping, masks and epilogues are checked on the
 // CPU; only the A/B fragment register layout needs the GPU.
@@ -29,6 +34,8 @@ struct WarpTileGemm {
   /// B matrices that share the rows of A (gate and up), each with its own
   /// accumulators.
   int64_t matrices;
+  /// Split A into two bf16 parts instead of rounding it.
+  bool splitA;
   /// A[row, i] as f32 for this lane's row `half` (0: tile row g, 1: g + 8);
   /// 0 for a row outside the problem.
   function_ref<Value(KernelBody &, int64_t half, Value i)> loadA;

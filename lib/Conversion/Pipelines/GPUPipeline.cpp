@@ -46,6 +46,7 @@ void mlir::moe::buildMoECUDAPipeline(OpPassManager &pm,
   // share the kernels: bf16 mma.sync only if every chip has it.
   ConvertMoEToGPUOptions kernels;
   kernels.tensorCores = options.tensorCores;
+  kernels.bf16Activations = options.bf16Activations;
   kernels.chip = options.getChips().front();
   for (const std::string &chip : options.getChips()) {
     std::optional<gpu_lowering::ChipLimits> limits =
@@ -93,6 +94,7 @@ void mlir::moe::buildMoEGPUEmulationPipeline(
   // they do per lane.
   ConvertMoEToGPUOptions kernels;
   kernels.tensorCores = options.tensorCores;
+  kernels.bf16Activations = options.bf16Activations;
   kernels.emulateWarpOps = true;
   kernels.chip = options.getChips().front();
   pm.addPass(createConvertMoEToGPU(kernels));

@@ -3,6 +3,7 @@
 // RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=chip=sm_80 -verify-diagnostics | FileCheck %s --check-prefix=SM80
 // RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=emulate-warp-ops -verify-diagnostics | FileCheck %s --check-prefix=EMU
 // RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=tensor-cores=false -verify-diagnostics | FileCheck %s --check-prefix=NONE
+// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=bf16-activations -verify-diagnostics | FileCheck %s --check-prefix=BF16ACT
 // RUN: not moe-opt %s -split-input-file -convert-moe-to-gpu=chip=gfx90a 2>&1 | FileCheck %s --check-prefix=BADCHIP
 // BADCHIP: error: convert-moe-to-gpu: chip 'gfx90a' is not an NVIDIA architecture (sm_<number>, e.g. sm_90a)
 
@@ -309,19 +310,30 @@ moe.weight @down : tensor<4x32x64xbf16>
 // CHECK: arith.ceildivui %{{.*}}, %c16{{.*}} : index
 // CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_gate_up_mma_{{[0-9]+}}
 // CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_down_mma_{{[0-9]+}}
-// Gate and up share each row fragment: 2 x 4 subtiles, one mma.sync each
-// per k-step of 16.
+// Gate and up share each row fragment: 2 x 4 subtiles per k-step of 16,
+// each two mma.sync: the activations' bf16 high part, then the bf16
+// remainder, into the same accumulators.
 // CHECK-LABEL: gpu.func @experts_gate_up_mma_
 // CHECK-SAME: moe.signature = "experts_gate_up_mma(0,4)
 // CHECK: scf.for %{{.*}} = %c0{{.*}} to %c32{{.*}} step %c16
-// CHECK-COUNT-8: nvvm.mma.sync A[{{.*}}] B[{{.*}}] C[{{.*}}] {layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<bf16>, multiplicandBPtxType = #nvvm.mma_type<bf16>, shape = #nvvm.shape<m = 16, n = 8, k = 16>} : (i32, i32, f32) -> !llvm.struct<(f32, f32, f32, f32)>
+// CHECK: %[[BACK:.*]] = arith.extf %{{.*}} : bf16 to f32
+// CHECK: arith.subf %{{.*}}, %[[BACK]] : f32
+// CHECK: %[[D:.*]] = nvvm.mma.sync A[{{.*}}] B[%[[B0:.*]], %[[B1:.*]]] C[{{.*}}] {layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<bf16>, multiplicandBPtxType = #nvvm.mma_type<bf16>, shape = #nvvm.shape<m = 16, n = 8, k = 16>} : (i32, i32, f32) -> !llvm.struct<(f32, f32, f32, f32)>
+// CHECK: %[[D0:.*]] = llvm.extractvalue %[[D]][0]
+// CHECK: nvvm.mma.sync A[{{.*}}] B[%[[B0]], %[[B1]]] C[%[[D0]],
+// CHECK-COUNT-14: nvvm.mma.sync
 // CHECK-NOT: nvvm.mma.sync
 // CHECK: gpu.return
 // CHECK-LABEL: gpu.func @experts_down_mma_
 // CHECK: scf.for %{{.*}} = %c0{{.*}} to %c64{{.*}} step %c16
-// CHECK-COUNT-4: nvvm.mma.sync
+// CHECK-COUNT-8: nvvm.mma.sync
 // CHECK-NOT: nvvm.mma.sync
 // CHECK: gpu.return
+// bf16-activations: one mma.sync per subtile and step.
+// BF16ACT-LABEL: gpu.func @experts_gate_up_mma_
+// BF16ACT-COUNT-8: nvvm.mma.sync
+// BF16ACT-NOT: nvvm.mma.sync
+// BF16ACT: gpu.return
 // SM80-LABEL: func.func @tensor_cores(
 // SM80: arith.cmpi ule, %{{.*}}, %c197 : index
 // SM80: arith.cmpi ule, %{{.*}}, %c256{{.*}} : index
