@@ -41,6 +41,18 @@ llvm::cl::opt<std::string> cudaToolkit(
                    "fatbinary to use (default: $CUDA_HOME, /usr/local/cuda, "
                    "PATH)"));
 
+llvm::cl::opt<bool> tensorCores(
+    "tensor-cores", llvm::cl::init(true),
+    llvm::cl::cat(moe::getCompilerOptionsCategory()),
+    llvm::cl::desc("GPU kernels: run the GEMMs of bf16 weights on tensor "
+                   "cores (mma.sync) where the cost model picks them "
+                   "(default true)"));
+llvm::cl::opt<bool> bf16Activations(
+    "bf16-activations", llvm::cl::cat(moe::getCompilerOptionsCategory()),
+    llvm::cl::desc("GPU kernels: round activations to bf16 for the tensor "
+                   "cores (bf16 accuracy, half the tensor work) instead of "
+                   "splitting each into two bf16 parts (close to f32)"));
+
 DialectRegistry compilerDialects() {
   DialectRegistry registry;
   registry.insert<moe::MoEDialect, func::FuncDialect, arith::ArithDialect,
@@ -96,6 +108,8 @@ moe::CompilerSession::lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
   options.optLevel = optLevel;
   options.chips = SmallVector<std::string>(chips);
   options.toolkit = toolkit;
+  options.tensorCores = tensorCores;
+  options.bf16Activations = bf16Activations;
   buildMoECUDAPipeline(pm, options);
   if (failed(pm.run(module)))
     return failure();
@@ -118,8 +132,15 @@ moe::CompilerSession::lowerForGPUEmulation(ModuleOp module,
   PassManager pm(&context);
   MoECUDAPipelineOptions options;
   options.optLevel = optLevel;
+  options.tensorCores = tensorCores;
+  options.bf16Activations = bf16Activations;
   buildMoEGPUEmulationPipeline(pm, options);
   // The emulated kernels read bf16 weights as the GPU's do.
   manifest.keepBF16Weights();
   return pm.run(module);
+}
+
+bool moe::CompilerSession::gpuKernelOptionsGiven() {
+  return tensorCores.getNumOccurrences() ||
+         bf16Activations.getNumOccurrences();
 }

@@ -87,6 +87,8 @@ int main(int argc, char **argv) {
   bool cuda = target == "cuda";
   if (!cuda && (kernelReport || !chips.empty()))
     return fail("--kernel-report and --chip need --target cuda");
+  if (!cuda && moe::CompilerSession::gpuKernelOptionsGiven())
+    return fail("--tensor-cores and --bf16-activations need --target cuda");
   if (!isCIdentifier(symbolName))
     return fail("--name '" + symbolName + "' is not a C identifier");
 

@@ -398,6 +398,10 @@ int main(int argc, char **argv) {
   if (gpuEmulation && device != "cpu")
     return fail("--gpu-emulation runs the GPU kernels on the CPU: it needs "
                 "--device cpu");
+  if (device == "cpu" && !gpuEmulation &&
+      moe::CompilerSession::gpuKernelOptionsGiven())
+    return fail("--tensor-cores and --bf16-activations shape the GPU "
+                "kernels: they need --device cuda or --gpu-emulation");
   // Ask the runtime first: a device it cannot use should not cost a compile.
   moert_context *probe = nullptr;
   if (llvm::Error err = check(moert_context_create(device.c_str(), &probe)))

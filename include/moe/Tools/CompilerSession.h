@@ -45,6 +45,11 @@ public:
   /// marks `manifest`'s bf16 weights as bound as bf16.
   LogicalResult lowerForGPUEmulation(ModuleOp module, ModelManifest &manifest);
 
+  /// Whether the command line set an option of the GPU kernels
+  /// (--tensor-cores, --bf16-activations), which only the two lowerings
+  /// above use.
+  static bool gpuKernelOptionsGiven();
+
 private:
   MLIRContext context;
   llvm::SourceMgr sourceMgr;
