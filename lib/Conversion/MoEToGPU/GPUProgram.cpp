@@ -338,13 +338,12 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
               valid[half], [&] { return k.load(args[0], {rowOf[half], i}); },
               [&] { return k.f32(0.0); });
         };
-        auto loadB = [&](KernelBody &k, int64_t, Value col,
-                         Value i) -> Value {
-          return memref::LoadOp::create(
-              k.b, args[1], ValueRange{k.add(colBase, col), i});
+        auto bIndices = [&](KernelBody &k, Value col,
+                            Value i) -> SmallVector<Value> {
+          return {k.add(colBase, col), i};
         };
-        WarpTileGemm gemm{depth, subtiles, 1, !options.bf16Activations, loadA,
-                          loadB};
+        WarpTileGemm gemm{depth,    subtiles, 1, !options.bf16Activations,
+                          loadA,    {args[1]}, bIndices};
         SmallVector<Value> acc =
             emitWarpTileGemm(k, options.emulateWarpOps, lane, gemm);
         for (int64_t s = 0; s < subtiles; ++s) {

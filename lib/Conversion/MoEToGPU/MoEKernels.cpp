@@ -489,14 +489,13 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
           auto loadA = [&](KernelBody &k, int64_t half, Value i) {
             return loadRow(k, tokenOf[half], args[0], tokenRow[half], i);
           };
-          auto loadB = [&](KernelBody &k, int64_t m, Value col,
-                           Value i) -> Value {
-            return memref::LoadOp::create(
-                k.b, args[3 + m],
-                ValueRange{tile.expert, k.add(colBase, col), i});
+          auto bIndices = [&](KernelBody &k, Value col,
+                              Value i) -> SmallVector<Value> {
+            return {tile.expert, k.add(colBase, col), i};
           };
-          WarpTileGemm gemm{d, subtiles, 2, !options.bf16Activations, loadA,
-                            loadB};
+          WarpTileGemm gemm{d,     subtiles,           2,
+                            !options.bf16Activations, loadA,
+                            {args[3], args[4]},       bIndices};
           SmallVector<Value> acc = emitWarpTileGemm(k, options.emulateWarpOps, lane, gemm);
           for (int64_t s = 0; s < subtiles; ++s) {
             for (int64_t i = 0; i < 4; ++i) {
@@ -559,14 +558,12 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
           auto loadA = [&](KernelBody &k, int64_t half, Value i) {
             return loadRow(k, tokenOf[half], args[0], rowOf[half], i);
           };
-          auto loadB = [&](KernelBody &k, int64_t, Value col,
-                           Value i) -> Value {
-            return memref::LoadOp::create(
-                k.b, args[3],
-                ValueRange{tile.expert, k.add(colBase, col), i});
+          auto bIndices = [&](KernelBody &k, Value col,
+                              Value i) -> SmallVector<Value> {
+            return {tile.expert, k.add(colBase, col), i};
           };
-          WarpTileGemm gemm{f, subtiles, 1, !options.bf16Activations, loadA,
-                            loadB};
+          WarpTileGemm gemm{f,         subtiles, 1, !options.bf16Activations,
+                            loadA,     {args[3]}, bIndices};
           SmallVector<Value> acc = emitWarpTileGemm(k, options.emulateWarpOps, lane, gemm);
           for (int64_t s = 0; s < subtiles; ++s) {
             for (int64_t i = 0; i < 4; ++i) {

@@ -3,6 +3,7 @@
 
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
 
 using namespace mlir;
 using namespace mlir::moe::gpu_lowering;
@@ -16,19 +17,17 @@ Value threadInGroup(KernelBody &k, Value lane) {
   return k.rem(lane, k.index(4));
 }
 
-/// The bits of a bf16 value, in the low half of an i32.
-Value bf16Bits(KernelBody &k, Value v) {
-  if (v.getType().isF32())
-    v = arith::TruncFOp::create(k.b, k.b.getBF16Type(), v);
-  Value bits = arith::BitcastOp::create(k.b, k.b.getI16Type(), v);
-  return arith::ExtUIOp::create(k.b, k.b.getI32Type(), bits);
-}
-
-/// Two bf16 values packed in one 32-bit register, `lo` in the low half (the
-/// element with the lower index, as mma.sync expects).
+/// Two f32 values rounded to bf16 and packed in one 32-bit register, `lo`
+/// in the low half (the element with the lower index, as mma.sync expects):
+/// one cvt.rn.bf16x2.f32.
 Value packBF16x2(KernelBody &k, Value lo, Value hi) {
-  Value high = arith::ShLIOp::create(k.b, bf16Bits(k, hi), k.i32(16));
-  return arith::OrIOp::create(k.b, bf16Bits(k, lo), high);
+  Value pair = vector::FromElementsOp::create(
+      k.b, VectorType::get({2}, k.b.getF32Type()), ValueRange{lo, hi});
+  Value rounded = arith::TruncFOp::create(
+      k.b, VectorType::get({2}, k.b.getBF16Type()), pair);
+  Value word = vector::BitCastOp::create(
+      k.b, VectorType::get({1}, k.b.getI32Type()), rounded);
+  return vector::ExtractOp::create(k.b, word, ArrayRef<int64_t>{0});
 }
 
 /// x rounded to the nearest bf16 (ties to even), as f32: what truncf does on
@@ -47,6 +46,17 @@ Value roundToBF16(KernelBody &k, Value x) {
       arith::CmpFOp::create(k.b, arith::CmpFPredicate::UNO, x, x);
   return arith::SelectOp::create(
       k.b, isNaN, x, arith::BitcastOp::create(k.b, k.b.getF32Type(), rounded));
+}
+
+/// The bf16 elements at `indices` and the next in `memref`'s innermost
+/// dimension, packed into one register by one aligned 32-bit load.
+Value loadBF16Pair(KernelBody &k, Value memref, ValueRange indices) {
+  auto pair = VectorType::get({2}, k.b.getBF16Type());
+  Value v = vector::LoadOp::create(k.b, pair, memref, indices,
+                                   /*nontemporal=*/false, llvm::Align(4));
+  Value word = vector::BitCastOp::create(
+      k.b, VectorType::get({1}, k.b.getI32Type()), v);
+  return vector::ExtractOp::create(k.b, word, ArrayRef<int64_t>{0});
 }
 
 /// x - bf16(x): what rounding x to bf16 leaves (exact in f32).
@@ -81,9 +91,8 @@ SmallVector<Value> mmaStep(KernelBody &k, Value lane, const WarpTileGemm &g,
   for (int64_t m = 0; m < g.matrices; ++m) {
     for (int64_t s = 0; s < g.subtiles; ++s) {
       Value col = k.add(k.index(s * kMmaCols), group);
-      SmallVector<Value> b = {
-          packBF16x2(k, g.loadB(k, m, col, lo), g.loadB(k, m, col, next(lo))),
-          packBF16x2(k, g.loadB(k, m, col, hi), g.loadB(k, m, col, next(hi)))};
+      SmallVector<Value> b = {loadBF16Pair(k, g.b[m], g.bIndices(k, col, lo)),
+                              loadBF16Pair(k, g.b[m], g.bIndices(k, col, hi))};
       int64_t base = (m * g.subtiles + s) * kAccumulators;
       auto mma = [&](ValueRange aRegs, ValueRange c) {
         auto op = NVVM::MmaOp::create(
@@ -124,9 +133,7 @@ SmallVector<Value> emulatedStep(KernelBody &k, Value lane,
             [&](Value j, Value sum) -> Value {
               Value x = g.loadA(k, half, j);
               Value a = roundToBF16(k, x);
-              Value w = g.loadB(k, m, col, j);
-              if (!w.getType().isF32())
-                w = arith::ExtFOp::create(k.b, k.b.getF32Type(), w);
+              Value w = k.load(g.b[m], g.bIndices(k, col, j));
               sum = k.fadd(sum, k.fmul(a, w));
               if (g.splitA)
                 sum = k.fadd(

@@ -39,8 +39,12 @@ struct WarpTileGemm {
   /// A[row, i] as f32 for this lane's row `half` (0: tile row g, 1: g + 8);
   /// 0 for a row outside the problem.
   function_ref<Value(KernelBody &, int64_t half, Value i)> loadA;
-  /// B_m[col, i] as stored (bf16), col a column of the tile.
-  function_ref<Value(KernelBody &, int64_t m, Value col, Value i)> loadB;
+  /// The B matrices: bf16 weights, each [..., cols, depth] with depth
+  /// innermost and its buffer 4-byte aligned (element pairs are loaded as
+  /// one 32-bit word), the same layout for all.
+  SmallVector<Value, 2> b;
+  /// The indices of B_m[col, i] in b[m], col a column of the tile.
+  function_ref<SmallVector<Value>(KernelBody &, Value col, Value i)> bIndices;
 };
 
 /// The lane's accumulators after the whole reduction, acc[(m * subtiles + s)

@@ -316,8 +316,12 @@ moe.weight @down : tensor<4x32x64xbf16>
 // CHECK-LABEL: gpu.func @experts_gate_up_mma_
 // CHECK-SAME: moe.signature = "experts_gate_up_mma(0,4)
 // CHECK: scf.for %{{.*}} = %c0{{.*}} to %c32{{.*}} step %c16
+// Activation pairs round to bf16 together (cvt.rn.bf16x2); weight pairs
+// are one aligned 32-bit load.
+// CHECK: arith.truncf %{{.*}} : vector<2xf32> to vector<2xbf16>
 // CHECK: %[[BACK:.*]] = arith.extf %{{.*}} : bf16 to f32
 // CHECK: arith.subf %{{.*}}, %[[BACK]] : f32
+// CHECK: vector.load %{{.*}} {alignment = 4 : i64} : memref<4x64x32xbf16>, vector<2xbf16>
 // CHECK: %[[D:.*]] = nvvm.mma.sync A[{{.*}}] B[%[[B0:.*]], %[[B1:.*]]] C[{{.*}}] {layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<bf16>, multiplicandBPtxType = #nvvm.mma_type<bf16>, shape = #nvvm.shape<m = 16, n = 8, k = 16>} : (i32, i32, f32) -> !llvm.struct<(f32, f32, f32, f32)>
 // CHECK: %[[D0:.*]] = llvm.extractvalue %[[D]][0]
 // CHECK: nvvm.mma.sync A[{{.*}}] B[%[[B0]], %[[B1]]] C[%[[D0]],
