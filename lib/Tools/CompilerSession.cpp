@@ -141,6 +141,5 @@ moe::CompilerSession::lowerForGPUEmulation(ModuleOp module,
 }
 
 bool moe::CompilerSession::gpuKernelOptionsGiven() {
-  return tensorCores.getNumOccurrences() ||
-         bf16Activations.getNumOccurrences();
+  return tensorCores.getNumOccurrences() || bf16Activations.getNumOccurrences();
 }

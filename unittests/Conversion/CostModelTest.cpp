@@ -3,7 +3,6 @@
 
 #include "gtest/gtest.h"
 
-
 using namespace mlir::moe::gpu_lowering;
 
 namespace {
@@ -42,10 +41,10 @@ TEST(CostModelTest, KnowsTheChipsItModels) {
   EXPECT_EQ(chip("sm_89").multiprocessors, 108);
   // Before sm_80: no bf16 mma.sync.
   EXPECT_EQ(chip("sm_75").tensorFlops, 0);
-  EXPECT_EQ(chooseExpertGemmForms(chip("sm_75"), true,
-                                  {8, 2, 1024, 1024, 2, true})
-                .mmaSubtiles,
-            0);
+  EXPECT_EQ(
+      chooseExpertGemmForms(chip("sm_75"), true, {8, 2, 1024, 1024, 2, true})
+          .mmaSubtiles,
+      0);
   for (const char *bad : {"", "sm_", "sm_9x", "gfx90a", "90"})
     EXPECT_FALSE(lookupChipLimits(bad).has_value()) << bad;
 }
@@ -57,8 +56,7 @@ TEST(CostModelTest, DecodeSplitsPrefillUsesTensorCores) {
   for (const char *name : kChips) {
     for (const LayerShape &s : kShapes) {
       for (const ExpertGemmShape &g : {gateUp(s), down(s)}) {
-        ExpertGemmForms forms =
-            chooseExpertGemmForms(chip(name), true, g);
+        ExpertGemmForms forms = chooseExpertGemmForms(chip(name), true, g);
         EXPECT_GE(forms.splitMaxRows, s.topK) << name << " " << s.name;
         EXPECT_EQ(forms.mmaSubtiles, 4) << name << " " << s.name;
         int64_t prefill = 8192 * s.topK;
@@ -77,8 +75,7 @@ TEST(CostModelTest, HandsOverWhereTheOtherFormGetsFaster) {
     for (const LayerShape &s : kShapes) {
       for (bool bf16 : {true, false}) {
         ExpertGemmShape g = gateUp(s, bf16);
-        ExpertGemmForms forms =
-            chooseExpertGemmForms(c, true, g);
+        ExpertGemmForms forms = chooseExpertGemmForms(c, true, g);
         auto other = [&](int64_t rows) {
           return forms.mmaSubtiles
                      ? modelMmaSeconds(c, g, rows, forms.mmaSubtiles)
@@ -100,10 +97,10 @@ TEST(CostModelTest, HandsOverWhereTheOtherFormGetsFaster) {
 // 16 costs more): the hand-over comes later than with few experts.
 TEST(CostModelTest, ManyExpertsHandOverLater) {
   ChipLimits c = chip("sm_90a");
-  ExpertGemmForms few = chooseExpertGemmForms(
-      c, true, {8, 2, 2048, 2048, 2, true});
-  ExpertGemmForms many = chooseExpertGemmForms(
-      c, true, {128, 2, 2048, 2048, 2, true});
+  ExpertGemmForms few =
+      chooseExpertGemmForms(c, true, {8, 2, 2048, 2048, 2, true});
+  ExpertGemmForms many =
+      chooseExpertGemmForms(c, true, {128, 2, 2048, 2048, 2, true});
   EXPECT_LT(few.splitMaxRows, many.splitMaxRows);
 }
 

@@ -1,4 +1,5 @@
-//===- GPUCostModel.h - which kernel form each expert GEMM gets ---*- C++ -*-===//
+//===- GPUCostModel.h - which kernel form each expert GEMM gets ---*- C++
+//-*-===//
 //
 // The expert GEMMs have three kernel forms: 32 lanes per output (decode: few
 // rows, weight bound), a thread per output (SIMT), and warp tiles on tensor

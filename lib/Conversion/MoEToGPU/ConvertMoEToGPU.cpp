@@ -59,10 +59,10 @@ struct ConvertMoEToGPUPass
     GPUKernelOptions kernelOptions;
     std::optional<ChipLimits> limits = lookupChipLimits(chip);
     if (!limits) {
-      emitError(module.getLoc(),
-                "convert-moe-to-gpu: chip '")
-          << chip << "' is not an NVIDIA architecture (sm_<number>, e.g. "
-                     "sm_90a)";
+      emitError(module.getLoc(), "convert-moe-to-gpu: chip '")
+          << chip
+          << "' is not an NVIDIA architecture (sm_<number>, e.g. "
+             "sm_90a)";
       return signalPassFailure();
     }
     kernelOptions.tensorCores = tensorCores;

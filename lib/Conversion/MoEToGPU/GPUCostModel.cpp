@@ -43,6 +43,18 @@ double weightBytes(const ExpertGemmShape &s) {
 double flops(const ExpertGemmShape &s, double rows) {
   return 2.0 * rows * static_cast<double>(s.matrices * s.cols * s.depth);
 }
+/// A SIMT form: every row re-reads its expert's weights (from L2 after the
+/// first); it reaches `bandwidth` of the memory peaks and `arith` of the
+/// FMA peak.
+double simtSeconds(const ChipLimits &chip, const ExpertGemmShape &s,
+                   int64_t rows, double bandwidth, double arith) {
+  double r = static_cast<double>(rows);
+  double dram = touchedExperts(s, rows) * weightBytes(s);
+  double l2 = r * weightBytes(s);
+  return std::max({dram / (chip.hbmBytesPerSecond * bandwidth),
+                   l2 / (chip.hbmBytesPerSecond * kL2Factor * bandwidth),
+                   flops(s, r) / (chip.simtFlops * arith)});
+}
 } // namespace
 
 std::optional<ChipLimits>
@@ -66,25 +78,13 @@ mlir::moe::gpu_lowering::lookupChipLimits(llvm::StringRef chip) {
 double mlir::moe::gpu_lowering::modelSplitSeconds(const ChipLimits &chip,
                                                   const ExpertGemmShape &s,
                                                   int64_t rows) {
-  double r = static_cast<double>(rows);
-  double dram = touchedExperts(s, rows) * weightBytes(s);
-  // Every row re-reads its expert's weights.
-  double l2 = r * weightBytes(s);
-  return std::max({dram / (chip.hbmBytesPerSecond * kSplitBandwidth),
-                   l2 / (chip.hbmBytesPerSecond * kL2Factor * kSplitBandwidth),
-                   flops(s, r) / (chip.simtFlops * kSplitArith)});
+  return simtSeconds(chip, s, rows, kSplitBandwidth, kSplitArith);
 }
 
 double mlir::moe::gpu_lowering::modelThreadSeconds(const ChipLimits &chip,
                                                    const ExpertGemmShape &s,
                                                    int64_t rows) {
-  double r = static_cast<double>(rows);
-  double dram = touchedExperts(s, rows) * weightBytes(s);
-  double l2 = r * weightBytes(s);
-  return std::max(
-      {dram / (chip.hbmBytesPerSecond * kThreadBandwidth),
-       l2 / (chip.hbmBytesPerSecond * kL2Factor * kThreadBandwidth),
-       flops(s, r) / (chip.simtFlops * kThreadArith)});
+  return simtSeconds(chip, s, rows, kThreadBandwidth, kThreadArith);
 }
 
 double mlir::moe::gpu_lowering::modelMmaSeconds(const ChipLimits &chip,
@@ -102,10 +102,9 @@ double mlir::moe::gpu_lowering::modelMmaSeconds(const ChipLimits &chip,
   // the rows (f32) once.
   double l2 = tiles * weightBytes(s) +
               colTiles * static_cast<double>(rows * s.depth) * 4;
-  double occupancy =
-      std::min(1.0, tiles * colTiles /
-                        (kMmaWarpsPerSM *
-                         static_cast<double>(chip.multiprocessors)));
+  double occupancy = std::min(
+      1.0, tiles * colTiles /
+               (kMmaWarpsPerSM * static_cast<double>(chip.multiprocessors)));
   return std::max(
       {dram / (chip.hbmBytesPerSecond * kMmaBandwidth),
        l2 / (chip.hbmBytesPerSecond * kL2Factor * kMmaBandwidth),
@@ -116,8 +115,7 @@ ExpertGemmForms mlir::moe::gpu_lowering::chooseExpertGemmForms(
     const ChipLimits &chip, bool tensorCores, const ExpertGemmShape &s) {
   ExpertGemmForms forms{kSplitSearchRows, 0};
   bool mmaShape = s.bf16Weights && s.depth % kMmaDepth == 0 &&
-                  s.cols % kMmaCols == 0 && tensorCores &&
-                  chip.tensorFlops > 0;
+                  s.cols % kMmaCols == 0 && tensorCores && chip.tensorFlops > 0;
   if (mmaShape) {
     // The widest warp tile that divides the columns and is fastest on a
     // prefill-sized problem (more subtiles reuse each row fragment more,

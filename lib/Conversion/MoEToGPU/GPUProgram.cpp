@@ -306,8 +306,9 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
               },
               kLanes);
         })[0];
-        k.ifThen(k.cmp(arith::CmpIPredicate::eq, lane, k.index(0)),
-                 [&] { k.store(sum, args[2], {r, c}); });
+        k.ifThen(k.cmp(arith::CmpIPredicate::eq, lane, k.index(0)), [&] {
+          k.store(sum, args[2], {r, c});
+        });
       });
   p.launch(split, p.hostMul(splitRows, p.hostIndex(cols * kLanes)),
            {a, w, out});
@@ -321,10 +322,10 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
       [&](KernelBody &k, Value gid, ValueRange args) {
         Value lane = k.rem(gid, k.index(kLanes));
         Value task = k.div(gid, k.index(kLanes));
-        Value colBase = k.mul(k.rem(task, k.index(colTiles)),
-                              k.index(kMmaCols * subtiles));
-        Value rowBase = k.mul(k.div(task, k.index(colTiles)),
-                              k.index(kMmaRows));
+        Value colBase =
+            k.mul(k.rem(task, k.index(colTiles)), k.index(kMmaCols * subtiles));
+        Value rowBase =
+            k.mul(k.div(task, k.index(colTiles)), k.index(kMmaRows));
         Value rowCount = k.dim(args[0], 0);
         SmallVector<Value> rowOf, valid;
         for (int64_t half : {0, 1}) {
@@ -335,28 +336,26 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
         }
         auto loadA = [&](KernelBody &k, int64_t half, Value i) {
           return k.select(
-              valid[half], [&] { return k.load(args[0], {rowOf[half], i}); },
+              valid[half],
+              [&] {
+                return k.load(args[0], {rowOf[half], i});
+              },
               [&] { return k.f32(0.0); });
         };
         auto bIndices = [&](KernelBody &k, Value col,
                             Value i) -> SmallVector<Value> {
           return {k.add(colBase, col), i};
         };
-        WarpTileGemm gemm{depth,    subtiles, 1, !options.bf16Activations,
-                          loadA,    {args[1]}, bIndices};
+        WarpTileGemm gemm{depth, subtiles,  1,       !options.bf16Activations,
+                          loadA, {args[1]}, bIndices};
         SmallVector<Value> acc =
             emitWarpTileGemm(k, options.emulateWarpOps, lane, gemm);
-        for (int64_t s = 0; s < subtiles; ++s) {
-          for (int64_t i = 0; i < 4; ++i) {
-            auto [halfOf, colOf] = accumulatorPosition(k, lane, s, i);
-            int64_t half = halfOf;
-            Value col = colOf;
-            k.ifThen(valid[half], [&] {
-              k.store(acc[s * 4 + i], args[2],
-                      {rowOf[half], k.add(colBase, col)});
+        forEachAccumulator(
+            k, lane, subtiles, [&](int64_t at, int64_t half, Value col) {
+              k.ifThen(valid[half], [&] {
+                k.store(acc[at], args[2], {rowOf[half], k.add(colBase, col)});
+              });
             });
-          }
-        }
       });
   OpBuilder &b = p.host();
   Location loc = p.getLoc();

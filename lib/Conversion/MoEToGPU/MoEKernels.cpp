@@ -53,32 +53,32 @@ LogicalResult emitRmsNorm(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   int64_t d = shapeOf(x)[1];
   // An empty weight is a norm without gain (LoopLM).
   bool gain = shapeOf(w)[0] != 0;
-  auto fn = p.kernel(
-      "rms_norm", key, {x, w, out},
-      [&](KernelBody &k, Value gid, ValueRange args) {
-        Value r = k.div(gid, k.index(kLanes)),
-              lane = k.rem(gid, k.index(kLanes));
-        Value ss = k.warpSum(lane, [&](Value l) {
-          return k.reduceAll(
-              l, k.index(d), {k.f32(0.0)},
-              [&](Value i, ValueRange acc) -> SmallVector<Value> {
-                Value v = k.load(args[0], {r, i});
-                return {k.fadd(acc[0], k.fmul(v, v))};
-              },
-              kLanes);
-        })[0];
-        Value rms = math::SqrtOp::create(
-            k.b, k.fadd(k.fdiv(ss, k.f32(double(d))), k.f32(eps)));
-        k.forEach(
-            lane, k.index(d),
-            [&](Value i) {
-              Value v = k.fdiv(k.load(args[0], {r, i}), rms);
-              if (gain)
-                v = k.fmul(v, k.load(args[1], {i}));
-              k.store(v, args[2], {r, i});
-            },
-            kLanes);
-      });
+  auto fn =
+      p.kernel("rms_norm", key, {x, w, out},
+               [&](KernelBody &k, Value gid, ValueRange args) {
+                 Value r = k.div(gid, k.index(kLanes)),
+                       lane = k.rem(gid, k.index(kLanes));
+                 Value ss = k.warpSum(lane, [&](Value l) {
+                   return k.reduceAll(
+                       l, k.index(d), {k.f32(0.0)},
+                       [&](Value i, ValueRange acc) -> SmallVector<Value> {
+                         Value v = k.load(args[0], {r, i});
+                         return {k.fadd(acc[0], k.fmul(v, v))};
+                       },
+                       kLanes);
+                 })[0];
+                 Value rms = math::SqrtOp::create(
+                     k.b, k.fadd(k.fdiv(ss, k.f32(double(d))), k.f32(eps)));
+                 k.forEach(
+                     lane, k.index(d),
+                     [&](Value i) {
+                       Value v = k.fdiv(k.load(args[0], {r, i}), rms);
+                       if (gain)
+                         v = k.fmul(v, k.load(args[1], {i}));
+                       k.store(v, args[2], {r, i});
+                     },
+                     kLanes);
+               });
   p.launch(fn, p.hostMul(p.hostDim(x, 0), p.hostIndex(kLanes)), {x, w, out});
   return success();
 }
@@ -296,8 +296,7 @@ ExpertRowTile expertRowTile(KernelBody &k, Value offsets, int64_t experts,
         auto pick = [&](Value v, Value old) {
           return arith::SelectOp::create(k.b, here, v, old).getResult();
         };
-        return {after, pick(e, acc[1]), pick(first, acc[2]),
-                pick(end, acc[3])};
+        return {after, pick(e, acc[1]), pick(first, acc[2]), pick(end, acc[3])};
       });
   return {k.cmp(arith::CmpIPredicate::ult, slot, r[0]), r[1], r[2], r[3]};
 }
@@ -305,13 +304,11 @@ ExpertRowTile expertRowTile(KernelBody &k, Value offsets, int64_t experts,
 /// The threads of an mma form over `rows` plan rows (0 when the form gets no
 /// rows): a warp per (row tile, column tile), with at most ceil(rows / 16)
 /// + E row tiles.
-Value mmaThreads(GPUProgram &p, Value rows, int64_t experts,
-                 int64_t colTiles) {
+Value mmaThreads(GPUProgram &p, Value rows, int64_t experts, int64_t colTiles) {
   OpBuilder &b = p.host();
   Location loc = p.getLoc();
   Value tiles = arith::AddIOp::create(
-      b, loc,
-      arith::CeilDivUIOp::create(b, loc, rows, p.hostIndex(kMmaRows)),
+      b, loc, arith::CeilDivUIOp::create(b, loc, rows, p.hostIndex(kMmaRows)),
       p.hostIndex(experts));
   Value none = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, rows,
                                      p.hostIndex(0));
@@ -419,10 +416,9 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   // A warp tile of an mma form: `body(tile, lane, rowOf, tokenOf)` gets the
   // expert row tile of the warp, the lane, and per row half (WarpMma.h) the
   // lane's plan row and its token (-1 outside the segment or for padding).
-  using TileBody = function_ref<void(KernelBody &, ValueRange args,
-                                     const ExpertRowTile &, Value lane,
-                                     Value colBase, ArrayRef<Value> rowOf,
-                                     ArrayRef<Value> tokenOf)>;
+  using TileBody = function_ref<void(
+      KernelBody &, ValueRange args, const ExpertRowTile &, Value lane,
+      Value colBase, ArrayRef<Value> rowOf, ArrayRef<Value> tokenOf)>;
   auto mmaKernel = [&](StringRef base, ArrayRef<Value> args, int64_t cols,
                        int64_t subtiles, TileBody body) {
     std::string mmaKey = key + "," + std::to_string(subtiles);
@@ -433,15 +429,14 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
           Value task = k.div(gid, k.index(kLanes));
           Value colBase = k.mul(k.rem(task, k.index(colTiles)),
                                 k.index(kMmaCols * subtiles));
-          ExpertRowTile tile = expertRowTile(
-              k, args[2], e, k.div(task, k.index(colTiles)));
+          ExpertRowTile tile =
+              expertRowTile(k, args[2], e, k.div(task, k.index(colTiles)));
           // Whole warps take this branch or not: mma.sync needs all lanes.
           k.ifThen(tile.found, [&] {
             SmallVector<Value> rowOf, tokenOf;
             for (int64_t half : {0, 1}) {
-              Value r = k.add(tile.first,
-                              k.add(k.div(lane, k.index(4)),
-                                    k.index(half * kMmaRows / 2)));
+              Value r = k.add(tile.first, k.add(k.div(lane, k.index(4)),
+                                                k.index(half * kMmaRows / 2)));
               Value inSegment = k.cmp(arith::CmpIPredicate::ult, r, tile.end);
               rowOf.push_back(r);
               tokenOf.push_back(k.select(
@@ -459,7 +454,10 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   auto loadRow = [&](KernelBody &k, Value token, Value source, Value row,
                      Value i) {
     return k.select(
-        rowUsed(k, token), [&] { return k.load(source, {row, i}); },
+        rowUsed(k, token),
+        [&] {
+          return k.load(source, {row, i});
+        },
         [&] { return k.f32(0.0); });
   };
 
@@ -493,25 +491,21 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                               Value i) -> SmallVector<Value> {
             return {tile.expert, k.add(colBase, col), i};
           };
-          WarpTileGemm gemm{d,     subtiles,           2,
-                            !options.bf16Activations, loadA,
-                            {args[3], args[4]},       bIndices};
-          SmallVector<Value> acc = emitWarpTileGemm(k, options.emulateWarpOps, lane, gemm);
-          for (int64_t s = 0; s < subtiles; ++s) {
-            for (int64_t i = 0; i < 4; ++i) {
-              auto [halfOf, colOf] = accumulatorPosition(k, lane, s, i);
-              int64_t half = halfOf;
-              Value col = colOf;
-              k.ifThen(rowUsed(k, tokenOf[half]), [&] {
-                Value g = acc[s * 4 + i], u = acc[(subtiles + s) * 4 + i];
-                k.store(activate(k, g, u), args[5],
-                        {rowOf[half], k.add(colBase, col)});
-              });
-            }
-          }
+          WarpTileGemm gemm{
+              d,     subtiles,           2,       !options.bf16Activations,
+              loadA, {args[3], args[4]}, bIndices};
+          SmallVector<Value> acc =
+              emitWarpTileGemm(k, options.emulateWarpOps, lane, gemm);
+          forEachAccumulator(k, lane, subtiles,
+                             [&](int64_t at, int64_t half, Value col) {
+                               k.ifThen(rowUsed(k, tokenOf[half]), [&] {
+                                 Value g = acc[at], u = acc[subtiles * 4 + at];
+                                 k.store(activate(k, g, u), args[5],
+                                         {rowOf[half], k.add(colBase, col)});
+                               });
+                             });
         });
-    p.launch(upMma,
-             mmaThreads(p, upRows.mma, e, f / (kMmaCols * subtiles)),
+    p.launch(upMma, mmaThreads(p, upRows.mma, e, f / (kMmaCols * subtiles)),
              upArgs);
   }
 
@@ -562,23 +556,18 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                               Value i) -> SmallVector<Value> {
             return {tile.expert, k.add(colBase, col), i};
           };
-          WarpTileGemm gemm{f,         subtiles, 1, !options.bf16Activations,
-                            loadA,     {args[3]}, bIndices};
-          SmallVector<Value> acc = emitWarpTileGemm(k, options.emulateWarpOps, lane, gemm);
-          for (int64_t s = 0; s < subtiles; ++s) {
-            for (int64_t i = 0; i < 4; ++i) {
-              auto [halfOf, colOf] = accumulatorPosition(k, lane, s, i);
-              int64_t half = halfOf;
-              Value col = colOf;
-              k.ifThen(rowUsed(k, tokenOf[half]), [&] {
-                k.store(acc[s * 4 + i], args[4],
-                        {rowOf[half], k.add(colBase, col)});
+          WarpTileGemm gemm{f,     subtiles,  1,       !options.bf16Activations,
+                            loadA, {args[3]}, bIndices};
+          SmallVector<Value> acc =
+              emitWarpTileGemm(k, options.emulateWarpOps, lane, gemm);
+          forEachAccumulator(
+              k, lane, subtiles, [&](int64_t at, int64_t half, Value col) {
+                k.ifThen(rowUsed(k, tokenOf[half]), [&] {
+                  k.store(acc[at], args[4], {rowOf[half], k.add(colBase, col)});
+                });
               });
-            }
-          }
         });
-    p.launch(downMma,
-             mmaThreads(p, downRows.mma, e, d / (kMmaCols * subtiles)),
+    p.launch(downMma, mmaThreads(p, downRows.mma, e, d / (kMmaCols * subtiles)),
              downArgs);
   }
 
@@ -600,8 +589,9 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                 },
                 kLanes);
           })[0];
-          k.ifThen(k.cmp(arith::CmpIPredicate::eq, lane, k.index(0)),
-                   [&] { k.store(sum, args[4], {r, c}); });
+          k.ifThen(k.cmp(arith::CmpIPredicate::eq, lane, k.index(0)), [&] {
+            k.store(sum, args[4], {r, c});
+          });
         });
       });
   p.launch(downSplit, p.hostMul(downRows.split, p.hostIndex(d * kLanes)),

@@ -42,8 +42,7 @@ Value roundToBF16(KernelBody &k, Value x) {
       k.b, bits, arith::AddIOp::create(k.b, odd, k.i32(0x7FFF)));
   Value rounded = arith::AndIOp::create(
       k.b, biased, arith::ConstantIntOp::create(k.b, 0xFFFF0000LL, 32));
-  Value isNaN =
-      arith::CmpFOp::create(k.b, arith::CmpFPredicate::UNO, x, x);
+  Value isNaN = arith::CmpFOp::create(k.b, arith::CmpFPredicate::UNO, x, x);
   return arith::SelectOp::create(
       k.b, isNaN, x, arith::BitcastOp::create(k.b, k.b.getF32Type(), rounded));
 }
@@ -54,8 +53,8 @@ Value loadBF16Pair(KernelBody &k, Value memref, ValueRange indices) {
   auto pair = VectorType::get({2}, k.b.getBF16Type());
   Value v = vector::LoadOp::create(k.b, pair, memref, indices,
                                    /*nontemporal=*/false, llvm::Align(4));
-  Value word = vector::BitCastOp::create(
-      k.b, VectorType::get({1}, k.b.getI32Type()), v);
+  Value word =
+      vector::BitCastOp::create(k.b, VectorType::get({1}, k.b.getI32Type()), v);
   return vector::ExtractOp::create(k.b, word, ArrayRef<int64_t>{0});
 }
 
@@ -80,8 +79,8 @@ SmallVector<Value> mmaStep(KernelBody &k, Value lane, const WarpTileGemm &g,
       Value first = g.loadA(k, half, col), second = g.loadA(k, half, next(col));
       a.push_back(packBF16x2(k, first, second));
       if (g.splitA)
-        aRest.push_back(packBF16x2(k, bf16Remainder(k, first),
-                                   bf16Remainder(k, second)));
+        aRest.push_back(
+            packBF16x2(k, bf16Remainder(k, first), bf16Remainder(k, second)));
     }
   }
   Type f32 = k.b.getF32Type();
@@ -136,8 +135,7 @@ SmallVector<Value> emulatedStep(KernelBody &k, Value lane,
               Value w = k.load(g.b[m], g.bIndices(k, col, j));
               sum = k.fadd(sum, k.fmul(a, w));
               if (g.splitA)
-                sum = k.fadd(
-                    sum, k.fmul(roundToBF16(k, k.fsub(x, a)), w));
+                sum = k.fadd(sum, k.fmul(roundToBF16(k, k.fsub(x, a)), w));
               return sum;
             }));
       }
@@ -158,8 +156,7 @@ mlir::moe::gpu_lowering::accumulatorPosition(KernelBody &k, Value lane,
 SmallVector<Value>
 mlir::moe::gpu_lowering::emitWarpTileGemm(KernelBody &k, bool emulate,
                                           Value lane, const WarpTileGemm &g) {
-  SmallVector<Value> zeros(g.matrices * g.subtiles * kAccumulators,
-                           k.f32(0.0));
+  SmallVector<Value> zeros(g.matrices * g.subtiles * kAccumulators, k.f32(0.0));
   return k.reduceAll(
       k.index(0), k.index(g.depth), zeros,
       [&](Value i0, ValueRange acc) {
@@ -167,4 +164,15 @@ mlir::moe::gpu_lowering::emitWarpTileGemm(KernelBody &k, bool emulate,
                        : mmaStep(k, lane, g, i0, acc);
       },
       kMmaDepth);
+}
+
+void mlir::moe::gpu_lowering::forEachAccumulator(
+    KernelBody &k, Value lane, int64_t subtiles,
+    function_ref<void(int64_t at, int64_t half, Value col)> body) {
+  for (int64_t s = 0; s < subtiles; ++s) {
+    for (int64_t i = 0; i < kAccumulators; ++i) {
+      std::pair<int64_t, Value> position = accumulatorPosition(k, lane, s, i);
+      body(s * kAccumulators + i, position.first, position.second);
+    }
+  }
 }

@@ -1,4 +1,5 @@
-//===- WarpMma.h - warp tiles of an expert GEMM on tensor cores ---*- C++ -*-===//
+//===- WarpMma.h - warp tiles of an expert GEMM on tensor cores ---*- C++
+//-*-===//
 //
 // A warp computes a kMmaRows x (kMmaCols * subtiles) tile of A B^T with
 // mma.sync.m16n8k16 (bf16 operands, f32 accumulators): each lane loads its
@@ -12,17 +13,18 @@
 // A (f32 activations) is either rounded to bf16 (bf16 accuracy) or split
 // into a bf16 high part and a bf16 remainder, each multiplied on the tensor
 // cores (two mma.sync per step, about 16 bits of each activation: close to
-// f32 accuracy; the weights are bf16 exactly either way). In the emulated mode each lane computes exactly its own
-// accumulators from whole rows of A and B (A rounded to bf16 as the GPU
-// rounds it), so the tile mapping, masks and epilogues are checked on the
-// CPU; only the A/B fragment register layout needs the GPU.
+// f32 accuracy; the weights are bf16 exactly either way). In the emulated mode
+// each lane computes exactly its own accumulators from whole rows of A and B (A
+// rounded to bf16 as the GPU rounds it), so the tile mapping, masks and
+// epilogues are checked on the CPU; only the A/B fragment register layout needs
+// the GPU.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOE_LIB_CONVERSION_MOETOGPU_WARPMMA_H
 #define MOE_LIB_CONVERSION_MOETOGPU_WARPMMA_H
 
-#include "moe/Conversion/GPUCostModel.h"
 #include "GPUProgram.h"
+#include "moe/Conversion/GPUCostModel.h"
 
 namespace mlir::moe::gpu_lowering {
 
@@ -56,6 +58,13 @@ SmallVector<Value> emitWarpTileGemm(KernelBody &k, bool emulate, Value lane,
 /// subtile `s` of `lane`.
 std::pair<int64_t, Value> accumulatorPosition(KernelBody &k, Value lane,
                                               int64_t s, int64_t i);
+
+/// body(at, half, col) for each of the lane's accumulators of the first
+/// matrix (at: its index in emitWarpTileGemm's result; add subtiles * 4 * m
+/// for matrix m) with its row half and tile column: the epilogue.
+void forEachAccumulator(
+    KernelBody &k, Value lane, int64_t subtiles,
+    function_ref<void(int64_t at, int64_t half, Value col)> body);
 
 } // namespace mlir::moe::gpu_lowering
 
