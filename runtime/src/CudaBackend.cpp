@@ -557,6 +557,11 @@ void mgpuLaunchKernel(void *function, intptr_t gridX, intptr_t gridY,
   LaunchScope *s = acting();
   if (!s || !function)
     return;
+  // The host code launches the forms of a GEMM side by side, the ones that
+  // get no rows with an empty grid: no work, and no launch (the driver
+  // would reject it, and each launch costs microseconds).
+  if (gridX == 0 || gridY == 0 || gridZ == 0)
+    return;
   auto f = static_cast<CUfunction>(function);
   auto kernel = [&] {
     return "'" + s->model.functionName(f) + "' (grid " + std::to_string(gridX) +

@@ -26,10 +26,11 @@ moe.weight @down : tensor<4x8x16xf32>
 // CHECK: %[[S0:.*]] = gpu.wait async
 // CHECK: %[[STATE:.*]], %[[T0:.*]] = gpu.alloc async [%[[S0]]] (%{{.*}}) : memref<?x8xf32>
 // Launch shape: 64-thread blocks for grids of at most 132 * 256 threads
-// (decode), 256 otherwise; at least one block.
+// (decode), 256 otherwise; no blocks for no threads (a form that gets no
+// rows: the runtime skips empty grids).
 // CHECK: %[[SMALL:.*]] = arith.cmpi ule, %[[COPYN:.*]], %c33792
 // CHECK: %[[THREADS:.*]] = arith.select %[[SMALL]], %c64, %c256
-// CHECK: %[[BLOCKS:.*]] = arith.maxui %{{.*}}, %c1
+// CHECK: %[[BLOCKS:.*]] = arith.divui %{{.*}}, %[[THREADS]]
 // CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@copy_{{[0-9]+}} blocks in (%[[BLOCKS]], %c1{{.*}}, %c1{{.*}}) threads in (%[[THREADS]], %c1{{.*}}, %c1{{.*}}) args(%[[COPYN]] : index, %[[IN]] : memref<?x8xf32>, %[[STATE]] : memref<?x8xf32>)
 // CHECK: gpu.launch_func async {{.*}} @moe_kernels::@loop_init_{{[0-9]+}}
 // CHECK: %[[INIT:.*]] = gpu.launch_func async {{.*}} @moe_kernels::@trace_init_{{[0-9]+}}
