@@ -1,13 +1,13 @@
-//===- GPUCostModel.h - which kernel form each expert GEMM gets ---*- C++
-//-*-===//
+//===- GPUCostModel.h - the kernel form of each GEMM ------------*- C++ -*-===//
 //
-// The expert GEMMs have three kernel forms: 32 lanes per output (decode: few
-// rows, weight bound), a thread per output (SIMT), and warp tiles on tensor
-// cores (mma.sync). Which form runs depends on the rows of the plan, known
-// only at run time, so the cost model picks at compile time the row count at
-// which the first form hands over, and the tile of the tensor-core form, from
-// the shapes and the chip's limits. Its efficiency factors are estimates
-// until bench/gpu calibrates them on a GPU.
+// The weight GEMMs of the GPU kernels (experts, and a decoder's dense ones as
+// a single "expert") have three forms: a warp per output (decode: few rows,
+// weight bound), a thread per output (SIMT), and warp tiles on the tensor
+// cores (mma.sync). Which form runs depends on the rows, known only at run
+// time, so the cost model picks at compile time the row count at which the
+// first form hands over, and the tile of the tensor-core form, from the
+// shapes and the chip's limits. Its efficiency factors are estimates until
+// bench/gpu calibrates them on a GPU.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOE_CONVERSION_GPUCOSTMODEL_H
@@ -50,8 +50,8 @@ struct ExpertGemmShape {
 
 /// The forms one expert GEMM gets.
 struct ExpertGemmForms {
-  /// Rows up to which the 32-lane form runs; beyond, the tensor-core form
-  /// if `mmaSubtiles` is set, else a thread per output.
+  /// Rows up to which the warp-per-output form runs; beyond, the tensor-core
+  /// form if `mmaSubtiles` is set, else a thread per output.
   int64_t splitMaxRows;
   /// Subtiles of kMmaCols columns per warp tile of the tensor-core form (a
   /// warp computes kMmaRows x (8 * mmaSubtiles)), or 0 for no such form.

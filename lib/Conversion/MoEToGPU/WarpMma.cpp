@@ -1,4 +1,4 @@
-//===- WarpMma.cpp - warp tiles of an expert GEMM on tensor cores ---------===//
+//===- WarpMma.cpp - warp tiles of a GEMM on the tensor cores -------------===//
 #include "WarpMma.h"
 
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"

@@ -1,5 +1,4 @@
-//===- WarpMma.h - warp tiles of an expert GEMM on tensor cores ---*- C++
-//-*-===//
+//===- WarpMma.h - warp tiles of a GEMM on the tensor cores -----*- C++ -*-===//
 //
 // A warp computes a kMmaRows x (kMmaCols * subtiles) tile of A B^T with
 // mma.sync.m16n8k16 (bf16 operands, f32 accumulators): each lane loads its
