@@ -37,7 +37,7 @@ MOERT_CUDA_SYNC_EACH_LAUNCH=1 build/unittests/MoERuntimeTests --gtest_filter="*R
 
 echo "== per-kernel profile of one decode-sized and one prefill-sized layer"
 rm -rf build/gpu-check-profile && mkdir -p build/gpu-check-profile
-for case in t1 skewed; do
+for case in t1 skewed skewed_bf16; do
   $PY scripts/moe_reference.py gen --case $case --out build/gpu-check-profile/$case > /dev/null &&
   MOERT_CUDA_PROFILE=1 build/bin/moe-run build/gpu-check-profile/$case/config.json --device cuda \
     --weights build/gpu-check-profile/$case/weights.safetensors \

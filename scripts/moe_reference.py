@@ -490,6 +490,11 @@ CASES = {
     # GEMMs (bf16 operands): the decode-sized cases stay on the split form.
     "bf16_prefill": Case({**_dims(32, 64, 4, 2, 2), "torch_dtype": "bfloat16"},
                          tokens=160, margin=1e-3),
+    # Shapes that tile unevenly: gate/up in warp tiles of 8 columns (f = 40),
+    # down of 16 columns (d = 48) but f not a whole number of k-steps, so
+    # down takes a thread per output.
+    "bf16_odd_tiles": Case({**_dims(48, 40, 4, 2, 2), "torch_dtype": "bfloat16"},
+                           tokens=160),
     "looped_pathmoe_block": Case({**_dims(16, 24, 4, 2, 2), "num_loops": 2,
                                   "router_share_block": 2, "router_decision": "block"},
                                  tokens=7),
