@@ -110,6 +110,7 @@ moe::CompilerSession::lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
   options.toolkit = toolkit;
   options.tensorCores = tensorCores;
   options.bf16Activations = bf16Activations;
+  options.reportForms = showRemarks;
   buildMoECUDAPipeline(pm, options);
   if (failed(pm.run(module)))
     return failure();
@@ -134,6 +135,7 @@ moe::CompilerSession::lowerForGPUEmulation(ModuleOp module,
   options.optLevel = optLevel;
   options.tensorCores = tensorCores;
   options.bf16Activations = bf16Activations;
+  options.reportForms = showRemarks;
   buildMoEGPUEmulationPipeline(pm, options);
   // The emulated kernels read bf16 weights as the GPU's do.
   manifest.keepBF16Weights();

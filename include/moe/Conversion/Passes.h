@@ -74,6 +74,11 @@ struct MoECUDAPipelineOptions
                      "mma.sync per step) instead of splitting them into two "
                      "bf16 parts (two per step, close to f32 accuracy)"),
       llvm::cl::init(false)};
+  Option<bool> reportForms{
+      *this, "report-forms",
+      llvm::cl::desc("Say in a remark which forms each GEMM got from the cost "
+                     "model"),
+      llvm::cl::init(false)};
   Option<std::string> toolkit{
       *this, "toolkit",
       llvm::cl::desc("CUDA toolkit root, for libdevice (default $CUDA_HOME, "

@@ -85,6 +85,8 @@ def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
            "Round activations to bf16 for the tensor cores (one mma.sync per "
            "step, bf16 accuracy) instead of splitting each into two bf16 "
            "parts (two mma.sync per step, close to f32 accuracy)">,
+    Option<"reportForms", "report-forms", "bool", /*default=*/"false",
+           "Say in a remark which forms each GEMM got from the cost model">,
     Option<"emulateWarpOps", "emulate-warp-ops", "bool", /*default=*/"false",
            "Emit warp-collective operations (mma.sync, shuffles) as the "
            "arithmetic each lane gets from them, for moe-emulate-gpu">,

@@ -68,6 +68,7 @@ struct ConvertMoEToGPUPass
     kernelOptions.tensorCores = tensorCores;
     kernelOptions.bf16Activations = bf16Activations;
     kernelOptions.emulateWarpOps = emulateWarpOps;
+    kernelOptions.reportForms = reportForms;
     kernelOptions.chip = *limits;
 
     KernelProgramOptions options;

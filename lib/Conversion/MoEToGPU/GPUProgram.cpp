@@ -267,6 +267,30 @@ Value GPUProgram::readBack(Value device) {
                                 ValueRange{hostIndex(0)});
 }
 
+void mlir::moe::gpu_lowering::reportGemmForms(
+    const GPUKernelOptions &options, Location loc, StringRef what,
+    const ExpertGemmShape &shape, const ExpertGemmForms &forms,
+    StringRef why) {
+  if (!options.reportForms)
+    return;
+  InFlightDiagnostic remark = emitRemark(loc);
+  remark << what << " (";
+  if (shape.experts > 1)
+    remark << shape.experts << " experts, ";
+  remark << shape.cols << " x " << shape.depth
+         << (shape.bf16Weights ? " bf16" : " f32")
+         << " weights): a warp per output up to " << forms.splitMaxRows
+         << " rows, then ";
+  if (forms.mmaSubtiles)
+    remark << "warp tiles of " << kMmaRows << " x "
+           << kMmaCols * forms.mmaSubtiles << " on the tensor cores";
+  else
+    remark << "a thread per output";
+  remark << " (cost model for " << options.chip.name << ")";
+  if (!why.empty())
+    remark << "; " << why;
+}
+
 void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
                                                  Value a, Value w, Value out,
                                                  int64_t cols, int64_t depth,
@@ -274,9 +298,14 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
   const GPUKernelOptions &options = p.getOptions();
   bool bf16 = cast<MemRefType>(w.getType()).getElementType().isBF16();
   // One "expert" whose segment is all rows.
-  ExpertGemmForms forms =
-      chooseExpertGemmForms(options.chip, options.tensorCores && tensorCores,
-                            {1, 1, cols, depth, 1, bf16});
+  ExpertGemmShape shape{1, 1, cols, depth, 1, bf16};
+  ExpertGemmForms forms = chooseExpertGemmForms(
+      options.chip, options.tensorCores && tensorCores, shape);
+  reportGemmForms(options, p.getLoc(), base, shape, forms,
+                  tensorCores || !bf16 || !options.tensorCores
+                      ? ""
+                      : "no tensor cores here, so that its activations stay "
+                        "f32");
   Value rows = p.hostDim(a, 0);
   auto [splitRows, otherRows] = p.splitRows(rows, forms.splitMaxRows);
   Value none = p.hostIndex(0);

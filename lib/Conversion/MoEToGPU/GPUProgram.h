@@ -185,7 +185,15 @@ struct GPUKernelOptions {
   bool emulateWarpOps;
   /// The chip the cost model assumes.
   ChipLimits chip;
+  /// Whether to say in remarks which forms each GEMM got.
+  bool reportForms;
 };
+
+/// If `options` asks for it, a remark at `loc` saying which forms the GEMM
+/// `what` of `shape` got (`why` explains a form left out, or is empty).
+void reportGemmForms(const GPUKernelOptions &options, Location loc,
+                     StringRef what, const ExpertGemmShape &shape,
+                     const ExpertGemmForms &forms, StringRef why = "");
 
 /// Rewrites the host program of one module: kernel calls to launches,
 /// buffers to device allocations, on one stream.

@@ -362,11 +362,16 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   auto isBF16 = [](Value w) {
     return cast<MemRefType>(w.getType()).getElementType().isBF16();
   };
+  ExpertGemmShape upShape{e, topK, f, d, 2, isBF16(wg) && isBF16(wu)};
+  ExpertGemmShape downShape{e, topK, d, f, 1, isBF16(wd)};
   ExpertGemmForms upForms =
-      chooseExpertGemmForms(options.chip, options.tensorCores,
-                            {e, topK, f, d, 2, isBF16(wg) && isBF16(wu)});
-  ExpertGemmForms downForms = chooseExpertGemmForms(
-      options.chip, options.tensorCores, {e, topK, d, f, 1, isBF16(wd)});
+      chooseExpertGemmForms(options.chip, options.tensorCores, upShape);
+  ExpertGemmForms downForms =
+      chooseExpertGemmForms(options.chip, options.tensorCores, downShape);
+  reportGemmForms(options, call->getLoc(), "experts gate/up", upShape,
+                  upForms);
+  reportGemmForms(options, call->getLoc(), "experts down", downShape,
+                  downForms);
   FormRows upRows = formRows(p, rows, upForms);
   FormRows downRows = formRows(p, rows, downForms);
 

@@ -48,6 +48,7 @@ void mlir::moe::buildMoECUDAPipeline(OpPassManager &pm,
   ConvertMoEToGPUOptions kernels;
   kernels.tensorCores = options.tensorCores;
   kernels.bf16Activations = options.bf16Activations;
+  kernels.reportForms = options.reportForms;
   kernels.chip = options.getChips().front();
   for (const std::string &chip : options.getChips()) {
     std::optional<gpu_lowering::ChipLimits> limits =
@@ -96,6 +97,7 @@ void mlir::moe::buildMoEGPUEmulationPipeline(
   ConvertMoEToGPUOptions kernels;
   kernels.tensorCores = options.tensorCores;
   kernels.bf16Activations = options.bf16Activations;
+  kernels.reportForms = options.reportForms;
   kernels.emulateWarpOps = true;
   kernels.chip = options.getChips().front();
   pm.addPass(createConvertMoEToGPU(kernels));
