@@ -72,7 +72,10 @@ SmallVector<Value> mmaStep(KernelBody &k, Value lane, const WarpTileGemm &g,
   Value lo = k.add(i0, k.mul(threadInGroup(k, lane), k.index(2)));
   Value hi = k.add(lo, k.index(8));
   auto next = [&](Value i) { return k.add(i, k.index(1)); };
-  // a0..a7 of PTX's m16n8k16 layout: rows g / g + 8, columns 2t.. / 2t + 8..
+  // a0..a7 of PTX's m16n8k16 .bf16 layout (PTX ISA 9.7.14.5.8, "Matrix
+  // Fragments for mma.m16n8k16"): registers hold rows g, g + 8, g, g + 8 at
+  // columns 2t, 2t, 2t + 8, 2t + 8 (and the next column); b0..b3 rows 2t and
+  // 2t + 8 (and the next) of column g.
   SmallVector<Value> a, aRest;
   for (Value col : {lo, hi}) {
     for (int64_t half : {0, 1}) {
