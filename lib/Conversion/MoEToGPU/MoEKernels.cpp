@@ -368,24 +368,32 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
       chooseExpertGemmForms(options.chip, options.tensorCores, upShape);
   ExpertGemmForms downForms =
       chooseExpertGemmForms(options.chip, options.tensorCores, downShape);
-  reportGemmForms(options, call->getLoc(), "experts gate/up", upShape,
-                  upForms);
+  reportGemmForms(options, call->getLoc(), "experts gate/up", upShape, upForms);
   reportGemmForms(options, call->getLoc(), "experts down", downShape,
                   downForms);
   FormRows upRows = formRows(p, rows, upForms);
   FormRows downRows = formRows(p, rows, downForms);
 
   // The expert whose segment holds row r: the number of segments that end
-  // at or before r.
+  // at or before r. The offsets do not decrease, so that is the last p with
+  // offsets[p] <= r, found in log2(E) steps (binary lifting) instead of a
+  // scan of all E (which cost the decode form more than its dot product).
   auto expertOf = [&](KernelBody &k, Value offs, Value r) {
     Value r32 = k.toI32(r);
-    return k.reduce(k.index(0), k.index(e), k.index(0),
-                    [&](Value i, Value acc) -> Value {
-                      Value end = k.load(offs, {k.add(i, k.index(1))});
-                      Value before = k.cmp(arith::CmpIPredicate::sle, end, r32);
-                      return arith::SelectOp::create(
-                          k.b, before, k.add(acc, k.index(1)), acc);
-                    });
+    Value last = k.index(e);
+    Value pos = k.index(0);
+    int64_t step = 1;
+    while (step * 2 <= e)
+      step *= 2;
+    for (; step >= 1; step /= 2) {
+      Value next = k.add(pos, k.index(step));
+      Value inRange = k.cmp(arith::CmpIPredicate::ule, next, last);
+      Value at = arith::MinUIOp::create(k.b, next, last);
+      Value ends = k.cmp(arith::CmpIPredicate::sle, k.load(offs, {at}), r32);
+      Value take = arith::AndIOp::create(k.b, inRange, ends);
+      pos = arith::SelectOp::create(k.b, take, next, pos);
+    }
+    return pos;
   };
   // act(g) * u: both activations are g * sigmoid(z), SiLU with z = g, tanh
   // GELU with z = 2 sqrt(2/pi) (g + 0.044715 g^3).
