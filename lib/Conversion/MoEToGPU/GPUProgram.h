@@ -150,6 +150,25 @@ public:
     });
   }
 
+  /// The last p in [0, size] with sorted[p] <= bound (i32 elements that do
+  /// not decrease, sorted[0] <= bound), in log2(size) loads (binary
+  /// lifting).
+  Value lastAtMost(Value sorted, int64_t size, Value bound) {
+    Value last = index(size), pos = index(0);
+    int64_t step = 1;
+    while (step * 2 <= size)
+      step *= 2;
+    for (; step >= 1; step /= 2) {
+      Value next = add(pos, index(step));
+      Value inRange = cmp(arith::CmpIPredicate::ule, next, last);
+      Value at = arith::MinUIOp::create(b, next, last);
+      Value atMost = cmp(arith::CmpIPredicate::sle, load(sorted, {at}), bound);
+      pos = arith::SelectOp::create(
+          b, arith::AndIOp::create(b, inRange, atMost), next, pos);
+    }
+    return pos;
+  }
+
   /// Every lane's `shares(lane)` summed over the 32 lanes of its warp, in
   /// the order of an xor butterfly (offsets 16, 8, 4, 2, 1): each lane gets
   /// the same totals, the same on every run. The warp's lanes must all be

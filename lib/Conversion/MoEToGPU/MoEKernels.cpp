@@ -271,34 +271,56 @@ LogicalResult emitPlan(GPUProgram &p, StringRef name, ArrayRef<Value> a,
 
 /// The row tile of an mma-form warp: the expert, the tile's first row and
 /// its segment's end, for the `slot`-th tile over all experts' segments
-/// (each cut into tiles of kMmaRows); `found` is false past the last.
+/// (each cut into tiles of kMmaRows; `tilePrefix[e]` counts the tiles of the
+/// experts before e); `found` is false past the last.
 struct ExpertRowTile {
   Value found, expert, first, end;
 };
 
-ExpertRowTile expertRowTile(KernelBody &k, Value offsets, int64_t experts,
-                            Value slot) {
-  Value zero = k.index(0);
-  Value tileRows = k.index(kMmaRows);
-  SmallVector<Value> r = k.reduceAll(
-      zero, k.index(experts), {zero, zero, zero, zero},
-      [&](Value e, ValueRange acc) -> SmallVector<Value> {
-        Value start = k.toIndex(k.load(offsets, {e}));
-        Value end = k.toIndex(k.load(offsets, {k.add(e, k.index(1))}));
-        Value tiles = arith::CeilDivUIOp::create(
-            k.b, arith::SubIOp::create(k.b, end, start), tileRows);
-        Value before = acc[0], after = k.add(before, tiles);
-        Value here = arith::AndIOp::create(
-            k.b, k.cmp(arith::CmpIPredicate::ule, before, slot),
-            k.cmp(arith::CmpIPredicate::ult, slot, after));
-        Value first = k.add(
-            start, k.mul(arith::SubIOp::create(k.b, slot, before), tileRows));
-        auto pick = [&](Value v, Value old) {
-          return arith::SelectOp::create(k.b, here, v, old).getResult();
-        };
-        return {after, pick(e, acc[1]), pick(first, acc[2]), pick(end, acc[3])};
+ExpertRowTile expertRowTile(KernelBody &k, Value tilePrefix, Value offsets,
+                            int64_t experts, Value slot) {
+  Value slot32 = k.toI32(slot);
+  Value expert = k.lastAtMost(tilePrefix, experts, slot32);
+  Value found = k.cmp(arith::CmpIPredicate::slt, slot32,
+                      k.load(tilePrefix, {k.index(experts)}));
+  Value tileInExpert =
+      arith::SubIOp::create(k.b, slot32, k.load(tilePrefix, {expert}));
+  Value first = k.toIndex(arith::AddIOp::create(
+      k.b, k.load(offsets, {expert}),
+      arith::MulIOp::create(k.b, tileInExpert, k.i32(kMmaRows))));
+  Value next =
+      arith::MinUIOp::create(k.b, k.add(expert, k.index(1)), k.index(experts));
+  return {found, expert, first, k.toIndex(k.load(offsets, {next}))};
+}
+
+/// tilePrefix[e] = the row tiles of the experts before e (tilePrefix[E] all
+/// of them), for the mma forms; one thread, launched only if an mma form
+/// gets rows (`rows`, else an empty grid).
+void emitRowTiles(GPUProgram &p, Value offsets, Value tilePrefix,
+                  int64_t experts, Value rows) {
+  auto fn = p.kernel(
+      "experts_row_tiles", std::to_string(experts), {offsets, tilePrefix},
+      [&](KernelBody &k, Value, ValueRange args) {
+        Value total = k.reduce(
+            k.index(0), k.index(experts), k.i32(0),
+            [&](Value i, Value acc) -> Value {
+              k.store(acc, args[1], {i});
+              Value count = arith::SubIOp::create(
+                  k.b, k.load(args[0], {k.add(i, k.index(1))}),
+                  k.load(args[0], {i}));
+              return arith::AddIOp::create(
+                  k.b, acc,
+                  arith::CeilDivSIOp::create(k.b, count, k.i32(kMmaRows)));
+            });
+        k.store(total, args[1], {k.index(experts)});
       });
-  return {k.cmp(arith::CmpIPredicate::ult, slot, r[0]), r[1], r[2], r[3]};
+  OpBuilder &b = p.host();
+  Value any = arith::CmpIOp::create(b, p.getLoc(), arith::CmpIPredicate::ugt,
+                                    rows, p.hostIndex(0));
+  p.launch(fn,
+           arith::SelectOp::create(b, p.getLoc(), any, p.hostIndex(1),
+                                   p.hostIndex(0)),
+           {offsets, tilePrefix});
 }
 
 /// The threads of an mma form over `rows` plan rows (0 when the form gets no
@@ -375,25 +397,11 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   FormRows downRows = formRows(p, rows, downForms);
 
   // The expert whose segment holds row r: the number of segments that end
-  // at or before r. The offsets do not decrease, so that is the last p with
-  // offsets[p] <= r, found in log2(E) steps (binary lifting) instead of a
-  // scan of all E (which cost the decode form more than its dot product).
+  // at or before r, i.e. the last e with offsets[e] <= r (the offsets do not
+  // decrease), in log2(E) loads rather than a scan of all E (which cost the
+  // decode form more than its dot product).
   auto expertOf = [&](KernelBody &k, Value offs, Value r) {
-    Value r32 = k.toI32(r);
-    Value last = k.index(e);
-    Value pos = k.index(0);
-    int64_t step = 1;
-    while (step * 2 <= e)
-      step *= 2;
-    for (; step >= 1; step /= 2) {
-      Value next = k.add(pos, k.index(step));
-      Value inRange = k.cmp(arith::CmpIPredicate::ule, next, last);
-      Value at = arith::MinUIOp::create(k.b, next, last);
-      Value ends = k.cmp(arith::CmpIPredicate::sle, k.load(offs, {at}), r32);
-      Value take = arith::AndIOp::create(k.b, inRange, ends);
-      pos = arith::SelectOp::create(k.b, take, next, pos);
-    }
-    return pos;
+    return k.lastAtMost(offs, e, k.toI32(r));
   };
   // act(g) * u: both activations are g * sigmoid(z), SiLU with z = g, tanh
   // GELU with z = 2 sqrt(2/pi) (g + 0.044715 g^3).
@@ -432,6 +440,14 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   using TileBody = function_ref<void(
       KernelBody &, ValueRange args, const ExpertRowTile &, Value lane,
       Value colBase, ArrayRef<Value> rowOf, ArrayRef<Value> tokenOf)>;
+  // The row tiles of the mma forms (their kernels take it last).
+  Value tilePrefix;
+  if (upForms.mmaSubtiles || downForms.mmaSubtiles) {
+    tilePrefix = p.scratch(MemRefType::get({e + 1}, p.host().getI32Type()), {});
+    emitRowTiles(
+        p, offsets, tilePrefix, e,
+        arith::MaxUIOp::create(p.host(), p.getLoc(), upRows.mma, downRows.mma));
+  }
   auto mmaKernel = [&](StringRef base, ArrayRef<Value> args, int64_t cols,
                        int64_t subtiles, TileBody body) {
     std::string mmaKey = key + "," + std::to_string(subtiles);
@@ -442,8 +458,8 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
           Value task = k.div(gid, k.index(kLanes));
           Value colBase = k.mul(k.rem(task, k.index(colTiles)),
                                 k.index(kMmaCols * subtiles));
-          ExpertRowTile tile =
-              expertRowTile(k, args[2], e, k.div(task, k.index(colTiles)));
+          ExpertRowTile tile = expertRowTile(k, args.back(), args[2], e,
+                                             k.div(task, k.index(colTiles)));
           // Whole warps take this branch or not: mma.sync needs all lanes.
           k.ifThen(tile.found, [&] {
             SmallVector<Value> rowOf, tokenOf;
@@ -488,8 +504,10 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   p.launch(up, p.hostMul(upRows.thread, p.hostIndex(f)), upArgs);
 
   if (int64_t subtiles = upForms.mmaSubtiles) {
+    SmallVector<Value> upMmaArgs(upArgs);
+    upMmaArgs.push_back(tilePrefix);
     auto upMma = mmaKernel(
-        "experts_gate_up_mma", upArgs, f, subtiles,
+        "experts_gate_up_mma", upMmaArgs, f, subtiles,
         [&](KernelBody &k, ValueRange args, const ExpertRowTile &tile,
             Value lane, Value colBase, ArrayRef<Value> rowOf,
             ArrayRef<Value> tokenOf) {
@@ -519,7 +537,7 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                              });
         });
     p.launch(upMma, mmaThreads(p, upRows.mma, e, f / (kMmaCols * subtiles)),
-             upArgs);
+             upMmaArgs);
   }
 
   SmallVector<Value> upSplitArgs = {x, rowToken, offsets, wg, wu, h};
@@ -557,8 +575,10 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   p.launch(down, p.hostMul(downRows.thread, p.hostIndex(d)), downArgs);
 
   if (int64_t subtiles = downForms.mmaSubtiles) {
+    SmallVector<Value> downMmaArgs(downArgs);
+    downMmaArgs.push_back(tilePrefix);
     auto downMma = mmaKernel(
-        "experts_down_mma", downArgs, d, subtiles,
+        "experts_down_mma", downMmaArgs, d, subtiles,
         [&](KernelBody &k, ValueRange args, const ExpertRowTile &tile,
             Value lane, Value colBase, ArrayRef<Value> rowOf,
             ArrayRef<Value> tokenOf) {
@@ -581,7 +601,7 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
               });
         });
     p.launch(downMma, mmaThreads(p, downRows.mma, e, d / (kMmaCols * subtiles)),
-             downArgs);
+             downMmaArgs);
   }
 
   SmallVector<Value> downSplitArgs = {h, rowToken, offsets, wd, y};
@@ -630,6 +650,8 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
       });
   p.launch(combine, p.hostMul(p.hostDim(out, 0), p.hostIndex(d)),
            {y, slotRow, gates, out});
+  if (tilePrefix)
+    p.release(tilePrefix);
   for (Value buffer : {h, y})
     p.release(buffer);
   return success();

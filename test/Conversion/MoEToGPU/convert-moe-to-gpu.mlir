@@ -312,6 +312,8 @@ moe.weight @down : tensor<4x32x64xbf16>
 // CHECK: gpu.alloc async [%{{.*}}] (%[[ROWS:.*]]) : memref<?x64xf32>
 // CHECK: arith.cmpi ule, %[[ROWS]], %c125 : index
 // CHECK: arith.cmpi ule, %[[ROWS]], %c250 : index
+// One thread counts each expert's row tiles, where a warp finds its tile.
+// CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_row_tiles_{{[0-9]+}}
 // CHECK: arith.ceildivui %{{.*}}, %c16{{.*}} : index
 // CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_gate_up_mma_{{[0-9]+}}
 // CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_down_mma_{{[0-9]+}}
