@@ -56,7 +56,7 @@ def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
     manifest marks such weights `"device_dtype": "BF16"`.
 
     The expert GEMMs have three forms, launched side by side with the rows
-    each gets: 32 lanes per output for few rows (decode), warp tiles on the
+    each gets: a warp per output for few rows (decode), warp tiles on the
     tensor cores (mma.sync.m16n8k16, f32 accumulation) for more rows when
     the weights are bf16 and the shapes divide into tiles, else a thread per
     output. The f32 activations enter the tensor cores as a bf16 high part

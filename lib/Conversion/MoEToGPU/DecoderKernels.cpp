@@ -7,8 +7,8 @@
 // cache rows of their positions, per-token q/k norms, clamping and RoPE, the
 // max-subtracted softmax over the cache (a thread per token and head, or per
 // chunk of the cache for decode), and the output projection. The projections
-// and the LM head split their dot products over 32 lanes when there are few
-// rows (decode).
+// and the LM head are emitRowsDotWeights GEMMs: a warp per output for few
+// rows (decode), tensor-core tiles or a thread per output beyond.
 //
 //===----------------------------------------------------------------------===//
 #include "GPUProgram.h"
