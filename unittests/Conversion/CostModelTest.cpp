@@ -50,17 +50,19 @@ TEST(CostModelTest, KnowsTheChipsItModels) {
 }
 
 // Decode (one token: top-k rows) is weight bound: every shape keeps the
-// 32-lane form there, and a prefill of 8192 tokens goes to the tensor cores
-// with the widest warp tile.
+// warp-per-output form there, and a prefill of 8192 tokens goes to the
+// tensor cores with the widest warp tile whose accumulators fit: 8 subtiles
+// for one matrix (down), 4 for two that share the rows (gate and up).
 TEST(CostModelTest, DecodeSplitsPrefillUsesTensorCores) {
   for (const char *name : kChips) {
     for (const LayerShape &s : kShapes) {
       for (const ExpertGemmShape &g : {gateUp(s), down(s)}) {
         ExpertGemmForms forms = chooseExpertGemmForms(chip(name), true, g);
         EXPECT_GE(forms.splitMaxRows, s.topK) << name << " " << s.name;
-        EXPECT_EQ(forms.mmaSubtiles, 4) << name << " " << s.name;
+        int64_t widest = g.matrices == 2 ? 4 : 8;
+        EXPECT_EQ(forms.mmaSubtiles, widest) << name << " " << s.name;
         int64_t prefill = 8192 * s.topK;
-        double mma = modelMmaSeconds(chip(name), g, prefill, 4);
+        double mma = modelMmaSeconds(chip(name), g, prefill, widest);
         EXPECT_LT(mma, modelSplitSeconds(chip(name), g, prefill)) << s.name;
         EXPECT_LT(mma, modelThreadSeconds(chip(name), g, prefill)) << s.name;
       }
@@ -129,5 +131,11 @@ TEST(CostModelTest, TensorCoresOnlyWhereTheyApply) {
   ExpertGemmShape cols8 = base;
   cols8.cols = 1032; // 129 subtiles
   EXPECT_EQ(subtiles(true, cols8), 1);
+  // One matrix leaves room for 8 subtiles' accumulators.
+  ExpertGemmShape single = base;
+  single.matrices = 1;
+  EXPECT_EQ(subtiles(true, single), 8);
+  single.cols = 1056; // 132 subtiles: fours, not eights
+  EXPECT_EQ(subtiles(true, single), 4);
 }
 } // namespace

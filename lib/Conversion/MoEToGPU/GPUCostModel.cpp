@@ -117,13 +117,16 @@ ExpertGemmForms mlir::moe::gpu_lowering::chooseExpertGemmForms(
   bool mmaShape = s.bf16Weights && s.depth % kMmaDepth == 0 &&
                   s.cols % kMmaCols == 0 && tensorCores && chip.tensorFlops > 0;
   if (mmaShape) {
-    // The widest warp tile that divides the columns and is fastest on a
+    // The warp tile that divides the columns and is fastest on a
     // prefill-sized problem (more subtiles reuse each row fragment more,
-    // fewer tiles fill fewer SMs).
+    // fewer tiles fill fewer SMs). A lane holds 4 accumulators per subtile
+    // and matrix: at most 32, so that the kernel keeps them in registers.
     constexpr int64_t kPrefillRows = 4096;
+    constexpr int64_t kMaxAccumulators = 32;
     double best = 0;
-    for (int64_t subtiles : {4, 2, 1}) {
-      if (s.cols % (kMmaCols * subtiles))
+    for (int64_t subtiles : {8, 4, 2, 1}) {
+      if (s.cols % (kMmaCols * subtiles) ||
+          4 * subtiles * s.matrices > kMaxAccumulators)
         continue;
       double t = modelMmaSeconds(chip, s, kPrefillRows, subtiles);
       if (!forms.mmaSubtiles || t < best) {
