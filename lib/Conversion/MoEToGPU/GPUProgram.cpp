@@ -19,7 +19,7 @@ SmallVector<Value>
 KernelBody::warpSum(Value lane,
                     function_ref<SmallVector<Value>(Value lane)> shares) {
   constexpr int64_t offsets[] = {16, 8, 4, 2, 1};
-  if (!emulateWarpOps) {
+  if (!options.emulateWarpOps) {
     SmallVector<Value> sums = shares(lane);
     for (int64_t offset : offsets)
       for (Value &sum : sums) {
@@ -99,7 +99,7 @@ gpu::GPUFuncOp GPUProgram::kernel(StringRef base, StringRef key,
               hostBuilder.getUnitAttr());
   fn->setAttr("moe.signature", hostBuilder.getStringAttr(signature));
   b.setInsertionPointToStart(&fn.getBody().front());
-  KernelBody k(b, options.emulateWarpOps);
+  KernelBody k(b, options);
   Value gid = k.add(k.mul(gpu::BlockIdOp::create(b, gpu::Dimension::x),
                           gpu::BlockDimOp::create(b, gpu::Dimension::x)),
                     gpu::ThreadIdOp::create(b, gpu::Dimension::x));
@@ -267,10 +267,11 @@ Value GPUProgram::readBack(Value device) {
                                 ValueRange{hostIndex(0)});
 }
 
-void mlir::moe::gpu_lowering::reportGemmForms(
-    const GPUKernelOptions &options, Location loc, StringRef what,
-    const ExpertGemmShape &shape, const ExpertGemmForms &forms,
-    StringRef why) {
+void mlir::moe::gpu_lowering::reportGemmForms(const GPUKernelOptions &options,
+                                              Location loc, StringRef what,
+                                              const ExpertGemmShape &shape,
+                                              const ExpertGemmForms &forms,
+                                              StringRef why) {
   if (!options.reportForms)
     return;
   InFlightDiagnostic remark = emitRemark(loc);
@@ -374,10 +375,8 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
                             Value i) -> SmallVector<Value> {
           return {k.add(colBase, col), i};
         };
-        WarpTileGemm gemm{depth, subtiles,  1,       !options.bf16Activations,
-                          loadA, {args[1]}, bIndices};
-        SmallVector<Value> acc =
-            emitWarpTileGemm(k, options.emulateWarpOps, lane, gemm);
+        WarpTileGemm gemm{depth, subtiles, 1, loadA, {args[1]}, bIndices};
+        SmallVector<Value> acc = emitWarpTileGemm(k, lane, gemm);
         forEachAccumulator(
             k, lane, subtiles, [&](int64_t at, int64_t half, Value col) {
               k.ifThen(valid[half], [&] {

@@ -26,12 +26,29 @@
 
 namespace mlir::moe::gpu_lowering {
 
+/// What the kernels are specialised for besides the calls.
+struct GPUKernelOptions {
+  /// Whether the expert GEMMs may use tensor cores.
+  bool tensorCores;
+  /// Whether their f32 activations are rounded to bf16 (else split into two
+  /// bf16 parts: WarpMma.h).
+  bool bf16Activations;
+  /// Whether warp-collective operations (mma.sync, shuffles) are emitted as
+  /// the arithmetic each lane gets from them, for moe-emulate-gpu (which
+  /// runs one thread at a time).
+  bool emulateWarpOps;
+  /// The chip the cost model assumes.
+  ChipLimits chip;
+  /// Whether to say in remarks which forms each GEMM got.
+  bool reportForms;
+};
+
 /// Helpers for writing a kernel body: index and float arithmetic, loads,
 /// stores and structured loops at the builder's insertion point.
 class KernelBody {
 public:
-  KernelBody(ImplicitLocOpBuilder &b, bool emulateWarpOps)
-      : b(b), emulateWarpOps(emulateWarpOps) {}
+  KernelBody(ImplicitLocOpBuilder &b, const GPUKernelOptions &options)
+      : b(b), options(options) {}
 
   Value index(int64_t v) { return arith::ConstantIndexOp::create(b, v); }
   Value f32(double v) {
@@ -172,13 +189,14 @@ public:
   /// Every lane's `shares(lane)` summed over the 32 lanes of its warp, in
   /// the order of an xor butterfly (offsets 16, 8, 4, 2, 1): each lane gets
   /// the same totals, the same on every run. The warp's lanes must all be
-  /// here. Emulated (emulateWarpOps), each lane computes all 32 lanes'
+  /// here. Emulated (options.emulateWarpOps), each lane computes all 32 lanes'
   /// shares and adds them in that order.
   SmallVector<Value>
   warpSum(Value lane, function_ref<SmallVector<Value>(Value lane)> shares);
 
   ImplicitLocOpBuilder &b;
-  const bool emulateWarpOps;
+  /// How warp-collective operations and tensor-core operands are emitted.
+  const GPUKernelOptions &options;
 };
 
 /// Lanes that split one dot product of a decode-sized GEMM (lane l takes
@@ -190,23 +208,6 @@ constexpr int64_t kLanes = 32;
 inline ArrayRef<int64_t> shapeOf(Value v) {
   return cast<MemRefType>(v.getType()).getShape();
 }
-
-/// What the kernels are specialised for besides the calls.
-struct GPUKernelOptions {
-  /// Whether the expert GEMMs may use tensor cores.
-  bool tensorCores;
-  /// Whether their f32 activations are rounded to bf16 (else split into two
-  /// bf16 parts: WarpMma.h).
-  bool bf16Activations;
-  /// Whether warp-collective operations (mma.sync, shuffles) are emitted as
-  /// the arithmetic each lane gets from them, for moe-emulate-gpu (which
-  /// runs one thread at a time).
-  bool emulateWarpOps;
-  /// The chip the cost model assumes.
-  ChipLimits chip;
-  /// Whether to say in remarks which forms each GEMM got.
-  bool reportForms;
-};
 
 /// If `options` asks for it, a remark at `loc` saying which forms the GEMM
 /// `what` of `shape` got (`why` explains a form left out, or is empty).

@@ -522,11 +522,9 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                               Value i) -> SmallVector<Value> {
             return {tile.expert, k.add(colBase, col), i};
           };
-          WarpTileGemm gemm{
-              d,     subtiles,           2,       !options.bf16Activations,
-              loadA, {args[3], args[4]}, bIndices};
-          SmallVector<Value> acc =
-              emitWarpTileGemm(k, options.emulateWarpOps, lane, gemm);
+          WarpTileGemm gemm{d,     subtiles,           2,
+                            loadA, {args[3], args[4]}, bIndices};
+          SmallVector<Value> acc = emitWarpTileGemm(k, lane, gemm);
           forEachAccumulator(k, lane, subtiles,
                              [&](int64_t at, int64_t half, Value col) {
                                k.ifThen(rowUsed(k, tokenOf[half]), [&] {
@@ -589,10 +587,8 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                               Value i) -> SmallVector<Value> {
             return {tile.expert, k.add(colBase, col), i};
           };
-          WarpTileGemm gemm{f,     subtiles,  1,       !options.bf16Activations,
-                            loadA, {args[3]}, bIndices};
-          SmallVector<Value> acc =
-              emitWarpTileGemm(k, options.emulateWarpOps, lane, gemm);
+          WarpTileGemm gemm{f, subtiles, 1, loadA, {args[3]}, bIndices};
+          SmallVector<Value> acc = emitWarpTileGemm(k, lane, gemm);
           forEachAccumulator(
               k, lane, subtiles, [&](int64_t at, int64_t half, Value col) {
                 k.ifThen(rowUsed(k, tokenOf[half]), [&] {

@@ -81,7 +81,7 @@ SmallVector<Value> mmaStep(KernelBody &k, Value lane, const WarpTileGemm &g,
     for (int64_t half : {0, 1}) {
       Value first = g.loadA(k, half, col), second = g.loadA(k, half, next(col));
       a.push_back(packBF16x2(k, first, second));
-      if (g.splitA)
+      if (!k.options.bf16Activations)
         aRest.push_back(
             packBF16x2(k, bf16Remainder(k, first), bf16Remainder(k, second)));
     }
@@ -110,7 +110,7 @@ SmallVector<Value> mmaStep(KernelBody &k, Value lane, const WarpTileGemm &g,
         return d;
       };
       SmallVector<Value> d = mma(a, acc.slice(base, kAccumulators));
-      if (g.splitA)
+      if (!k.options.bf16Activations)
         d = mma(aRest, d);
       llvm::append_range(out, d);
     }
@@ -137,7 +137,7 @@ SmallVector<Value> emulatedStep(KernelBody &k, Value lane,
               Value a = roundToBF16(k, x);
               Value w = k.load(g.b[m], g.bIndices(k, col, j));
               sum = k.fadd(sum, k.fmul(a, w));
-              if (g.splitA)
+              if (!k.options.bf16Activations)
                 sum = k.fadd(sum, k.fmul(roundToBF16(k, k.fsub(x, a)), w));
               return sum;
             }));
@@ -157,14 +157,14 @@ mlir::moe::gpu_lowering::accumulatorPosition(KernelBody &k, Value lane,
 }
 
 SmallVector<Value>
-mlir::moe::gpu_lowering::emitWarpTileGemm(KernelBody &k, bool emulate,
-                                          Value lane, const WarpTileGemm &g) {
+mlir::moe::gpu_lowering::emitWarpTileGemm(KernelBody &k, Value lane,
+                                          const WarpTileGemm &g) {
   SmallVector<Value> zeros(g.matrices * g.subtiles * kAccumulators, k.f32(0.0));
   return k.reduceAll(
       k.index(0), k.index(g.depth), zeros,
       [&](Value i0, ValueRange acc) {
-        return emulate ? emulatedStep(k, lane, g, i0, acc)
-                       : mmaStep(k, lane, g, i0, acc);
+        return k.options.emulateWarpOps ? emulatedStep(k, lane, g, i0, acc)
+                                        : mmaStep(k, lane, g, i0, acc);
       },
       kMmaDepth);
 }

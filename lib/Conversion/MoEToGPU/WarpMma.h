@@ -35,8 +35,6 @@ struct WarpTileGemm {
   /// B matrices that share the rows of A (gate and up), each with its own
   /// accumulators.
   int64_t matrices;
-  /// Split A into two bf16 parts instead of rounding it.
-  bool splitA;
   /// A[row, i] as f32 for this lane's row `half` (0: tile row g, 1: g + 8);
   /// 0 for a row outside the problem.
   function_ref<Value(KernelBody &, int64_t half, Value i)> loadA;
@@ -49,8 +47,9 @@ struct WarpTileGemm {
 };
 
 /// The lane's accumulators after the whole reduction, acc[(m * subtiles + s)
-/// * 4 + i].
-SmallVector<Value> emitWarpTileGemm(KernelBody &k, bool emulate, Value lane,
+/// * 4 + i]. k.options say whether A is split or rounded
+/// (bf16Activations) and whether mma.sync is emulated (emulateWarpOps).
+SmallVector<Value> emitWarpTileGemm(KernelBody &k, Value lane,
                                     const WarpTileGemm &gemm);
 
 /// The row half (0 or 1, as in loadA) and tile column of accumulator `i` of
