@@ -30,21 +30,10 @@ Value packBF16x2(KernelBody &k, Value lo, Value hi) {
   return vector::ExtractOp::create(k.b, word, ArrayRef<int64_t>{0});
 }
 
-/// x rounded to the nearest bf16 (ties to even), as f32: what truncf does on
-/// the GPU, written with integer operations so that the CPU needs no bf16
-/// conversion routine. NaN stays NaN.
+/// x rounded to the nearest bf16 (ties to even), as f32.
 Value roundToBF16(KernelBody &k, Value x) {
-  Type i32 = k.b.getI32Type();
-  Value bits = arith::BitcastOp::create(k.b, i32, x);
-  Value odd = arith::AndIOp::create(
-      k.b, arith::ShRUIOp::create(k.b, bits, k.i32(16)), k.i32(1));
-  Value biased = arith::AddIOp::create(
-      k.b, bits, arith::AddIOp::create(k.b, odd, k.i32(0x7FFF)));
-  Value rounded = arith::AndIOp::create(
-      k.b, biased, arith::ConstantIntOp::create(k.b, 0xFFFF0000LL, 32));
-  Value isNaN = arith::CmpFOp::create(k.b, arith::CmpFPredicate::UNO, x, x);
-  return arith::SelectOp::create(
-      k.b, isNaN, x, arith::BitcastOp::create(k.b, k.b.getF32Type(), rounded));
+  Value rounded = arith::TruncFOp::create(k.b, k.b.getBF16Type(), x);
+  return arith::ExtFOp::create(k.b, k.b.getF32Type(), rounded);
 }
 
 /// The bf16 elements at `indices` and the next in `memref`'s innermost
@@ -60,9 +49,7 @@ Value loadBF16Pair(KernelBody &k, Value memref, ValueRange indices) {
 
 /// x - bf16(x): what rounding x to bf16 leaves (exact in f32).
 Value bf16Remainder(KernelBody &k, Value x) {
-  Value rounded = arith::TruncFOp::create(k.b, k.b.getBF16Type(), x);
-  Value high = arith::ExtFOp::create(k.b, k.b.getF32Type(), rounded);
-  return k.fsub(x, high);
+  return k.fsub(x, roundToBF16(k, x));
 }
 
 /// One k-step of every subtile on the tensor cores.

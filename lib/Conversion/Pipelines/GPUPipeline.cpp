@@ -14,6 +14,7 @@
 #include "mlir/Conversion/NVVMToLLVM/NVVMToLLVM.h"
 #include "mlir/Conversion/Passes.h"
 #include "mlir/Conversion/VectorToLLVM/ConvertVectorToLLVM.h"
+#include "mlir/Dialect/Arith/Transforms/Passes.h"
 #include "mlir/Dialect/GPU/Transforms/Passes.h"
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
 #include "mlir/Dialect/MemRef/Transforms/Passes.h"
@@ -102,6 +103,12 @@ void mlir::moe::buildMoEGPUEmulationPipeline(
   kernels.chip = options.getChips().front();
   pm.addPass(createConvertMoEToGPU(kernels));
   pm.addPass(createMoEEmulateGPU());
+  // The emulated tensor-core steps round to bf16 (arith.truncf) as the GPU
+  // does; on the CPU that becomes integer arithmetic, with no bf16
+  // conversion routine needed from the C runtime.
+  arith::ArithExpandOpsPassOptions expand;
+  expand.includeBf16 = true;
+  pm.addPass(arith::createArithExpandOpsPass(expand));
   buildHostToLLVMPipeline(pm);
 }
 
