@@ -349,6 +349,19 @@ class CheckpointTest(unittest.TestCase):
         self.assertEqual(rc, 2, out)
         self.assertIn("tests no pass", out)
 
+    def test_gen_set_overrides_config_fields(self):
+        path = os.path.join(self.tmp, "set")
+        rc, out = quiet_main(["gen", "--model-type", "olmoe", "--out", path, "--generate", "0",
+                              "--set", "vocab_size=128", "--set", "max_position_embeddings=96"])
+        self.assertEqual(rc, 0, out)
+        with open(os.path.join(path, "config.json")) as f:
+            config = json.load(f)
+        self.assertEqual((config["vocab_size"], config["max_position_embeddings"]), (128, 96))
+        for bad in ("vocab_size", "=128", "vocab_size=oops"):
+            rc, out = quiet_main(["gen", "--model-type", "olmoe", "--out", path, "--set", bad])
+            self.assertEqual(rc, 2, out)
+            self.assertIn(f"gen: --set needs FIELD=JSON, got {bad!r}", out)
+
     def test_regenerating_replaces_stale_weight_files(self):
         path = self.gen("mixtral", "regen", "--shards", "2")
         self.gen("mixtral", "regen")
