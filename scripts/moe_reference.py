@@ -495,6 +495,11 @@ CASES = {
     # down takes a thread per output.
     "bf16_odd_tiles": Case({**_dims(48, 40, 4, 2, 2), "torch_dtype": "bfloat16"},
                            tokens=160),
+    # A resident loop on the GPU whose body has the tensor-core forms: 320
+    # routed rows in the first pass, fewer after each exit test.
+    "looped_bf16_prefill": Case({**_dims(32, 64, 4, 2, 2), "torch_dtype": "bfloat16",
+                                 "num_loops": 3, "exit_criterion": "relative_l2"},
+                                tokens=160, down_scale=0.6, margin=1e-3),
     "looped_pathmoe_block": Case({**_dims(16, 24, 4, 2, 2), "num_loops": 2,
                                   "router_share_block": 2, "router_decision": "block"},
                                  tokens=7),

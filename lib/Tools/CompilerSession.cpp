@@ -53,6 +53,14 @@ llvm::cl::opt<bool> bf16Activations(
                    "cores (bf16 accuracy, half the tensor work) instead of "
                    "splitting each into two bf16 parts (close to f32)"));
 
+llvm::cl::opt<bool> residentLoops(
+    "resident-loops", llvm::cl::init(true),
+    llvm::cl::cat(moe::getCompilerOptionsCategory()),
+    llvm::cl::desc("GPU kernels: run each resident moe.loop as one kernel "
+                   "that stays on the GPU for every pass (default true); "
+                   "false: a host loop of launches that reads the active "
+                   "token count back after each pass"));
+
 DialectRegistry compilerDialects() {
   DialectRegistry registry;
   registry.insert<moe::MoEDialect, func::FuncDialect, arith::ArithDialect,
@@ -110,6 +118,7 @@ moe::CompilerSession::lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
   options.toolkit = toolkit;
   options.tensorCores = tensorCores;
   options.bf16Activations = bf16Activations;
+  options.residentLoops = residentLoops;
   options.reportForms = showRemarks;
   buildMoECUDAPipeline(pm, options);
   if (failed(pm.run(module)))
@@ -135,6 +144,7 @@ moe::CompilerSession::lowerForGPUEmulation(ModuleOp module,
   options.optLevel = optLevel;
   options.tensorCores = tensorCores;
   options.bf16Activations = bf16Activations;
+  options.residentLoops = residentLoops;
   options.reportForms = showRemarks;
   buildMoEGPUEmulationPipeline(pm, options);
   // The emulated kernels read bf16 weights as the GPU's do.
@@ -143,5 +153,7 @@ moe::CompilerSession::lowerForGPUEmulation(ModuleOp module,
 }
 
 bool moe::CompilerSession::gpuKernelOptionsGiven() {
-  return tensorCores.getNumOccurrences() || bf16Activations.getNumOccurrences();
+  return tensorCores.getNumOccurrences() ||
+         bf16Activations.getNumOccurrences() ||
+         residentLoops.getNumOccurrences();
 }

@@ -21,6 +21,10 @@ struct KernelProgramOptions {
   bool bf16Weights = false;
 };
 
+/// Marks the scf.for of a pass loop that is not unrolled (moe.loop mode
+/// resident or auto): convert-moe-to-gpu can make it one resident kernel.
+inline constexpr llvm::StringLiteral kPassLoopAttr = "moe.pass_loop";
+
 /// Rewrites every model and decoder function of `module` into its host
 /// program: memref buffers (memref.alloc / copy / dealloc), scf loops, and
 /// `func.call @moert_*` of private kernel declarations whose memref operands

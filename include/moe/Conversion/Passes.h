@@ -74,6 +74,13 @@ struct MoECUDAPipelineOptions
                      "mma.sync per step) instead of splitting them into two "
                      "bf16 parts (two per step, close to f32 accuracy)"),
       llvm::cl::init(false)};
+  Option<bool> residentLoops{
+      *this, "resident-loops",
+      llvm::cl::desc("Run each pass loop that is not unrolled as one "
+                     "resident kernel (default true); false: a host loop of "
+                     "launches that reads the active-token count back after "
+                     "each pass"),
+      llvm::cl::init(true)};
   Option<bool> reportForms{
       *this, "report-forms",
       llvm::cl::desc("Say in a remark which forms each GEMM got from the cost "

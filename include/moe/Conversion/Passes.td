@@ -70,6 +70,14 @@ def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
     the shuffles, the arithmetic each lane receives from them, so that
     moe-emulate-gpu can run those kernels on the CPU.
 
+    A pass loop that is not unrolled (moe.loop mode resident) becomes one
+    resident kernel: it runs every pass, each launch of the body a
+    grid-stride phase followed by a barrier across the grid, with the count
+    of active tokens read on the device. The runtime launches it
+    cooperatively with as many blocks as fit at once. `resident-loops=false`
+    keeps the host loop of launches instead, which reads the count back
+    after each pass.
+
     Experts must be in fused form (`moe.fused_experts`, as
     moe-fuse-dispatch-gemm makes them). Decoders get kernels for embedding,
     attention over the KV caches (which are device buffers too), the LM head
@@ -87,6 +95,11 @@ def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
            "parts (two mma.sync per step, close to f32 accuracy)">,
     Option<"reportForms", "report-forms", "bool", /*default=*/"false",
            "Say in a remark which forms each GEMM got from the cost model">,
+    Option<"residentLoops", "resident-loops", "bool", /*default=*/"true",
+           "Run each pass loop that is not unrolled as one resident kernel "
+           "(grid barriers between its phases, the active-token count kept "
+           "on the device) instead of launches from a host loop that reads "
+           "the count back after every pass">,
     Option<"emulateWarpOps", "emulate-warp-ops", "bool", /*default=*/"false",
            "Emit warp-collective operations (mma.sync, shuffles) as the "
            "arithmetic each lane gets from them, for moe-emulate-gpu">,
@@ -108,12 +121,13 @@ def MoEEmulateGPU : Pass<"moe-emulate-gpu", "::mlir::ModuleOp"> {
   let description = [{
     For testing GPU code generation on machines without a GPU: every
     `gpu.func` kernel becomes a `func.func` that takes its block id, block
-    size and thread id as trailing index arguments, and every
+    size, thread id and grid size as trailing index arguments, and every
     `gpu.launch_func` becomes loops over the grid and the block that call it.
-    `gpu.alloc`, `gpu.dealloc` and `gpu.memcpy` become their memref
-    counterparts and `gpu.wait` disappears. Only one-dimensional kernels that
-    use no shared memory, barriers or warp-level operations (those of
-    convert-moe-to-gpu) can be emulated; anything else is an error.
+    `gpu.alloc`, `gpu.dealloc`, `gpu.memcpy` and one-dimensional
+    `gpu.memset` become their memref counterparts and `gpu.wait` disappears.
+    Only one-dimensional kernels that use no shared memory or warp-level
+    operations (those of convert-moe-to-gpu) can be emulated, and a kernel
+    with barriers only in a grid of one thread; anything else is an error.
   }];
   let dependentDialects = [
     "::mlir::func::FuncDialect", "::mlir::memref::MemRefDialect",

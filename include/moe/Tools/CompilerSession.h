@@ -46,7 +46,8 @@ public:
   LogicalResult lowerForGPUEmulation(ModuleOp module, ModelManifest &manifest);
 
   /// Whether the command line set an option of the GPU kernels
-  /// (--tensor-cores, --bf16-activations), which only the two lowerings
+  /// (--tensor-cores, --bf16-activations, --resident-loops), which only the
+  /// two lowerings
   /// above use.
   static bool gpuKernelOptionsGiven();
 

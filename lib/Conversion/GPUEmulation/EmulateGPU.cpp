@@ -2,7 +2,9 @@
 //
 // The GPU kernels of convert-moe-to-gpu are grids of independent threads, so
 // running the threads one after another on the CPU computes what the GPU
-// computes (up to the order of atomic updates); their warp-collective
+// computes (up to the order of atomic updates). A resident loop kernel,
+// whose threads wait for each other at barriers, is emulated as a grid of
+// one thread, which does every thread's work in turn. Their warp-collective
 // operations (mma.sync, shuffles) must have been emitted as per-lane
 // arithmetic (convert-moe-to-gpu{emulate-warp-ops}). This lets the suite check
 // the generated kernels' arithmetic against the NumPy reference on machines
@@ -21,10 +23,17 @@ namespace mlir::moe {
 using namespace mlir;
 
 namespace {
+/// An emulated kernel, and whether its threads wait for each other
+/// (gpu.barrier): then only one-thread launches can be emulated.
+struct EmulatedKernel {
+  func::FuncOp fn;
+  bool hasBarrier = false;
+};
+
 /// Turns `kernel` into a host function `@<module>_<kernel>(args..., block
-/// id, block size, thread id)` inserted before `module`.
-FailureOr<func::FuncOp> emulateKernel(gpu::GPUFuncOp kernel,
-                                      gpu::GPUModuleOp module) {
+/// id, block size, thread id, grid size)` inserted before `module`.
+FailureOr<EmulatedKernel> emulateKernel(gpu::GPUFuncOp kernel,
+                                        gpu::GPUModuleOp module) {
   if (!kernel.getWorkgroupAttributions().empty() ||
       !kernel.getPrivateAttributions().empty())
     return kernel.emitError("moe-emulate-gpu: kernels with memory "
@@ -32,7 +41,7 @@ FailureOr<func::FuncOp> emulateKernel(gpu::GPUFuncOp kernel,
   OpBuilder b(module);
   Type indexType = b.getIndexType();
   SmallVector<Type> inputs(kernel.getArgumentTypes());
-  inputs.append(3, indexType);
+  inputs.append(4, indexType);
   auto fn = func::FuncOp::create(
       b, kernel.getLoc(), (module.getName() + "_" + kernel.getName()).str(),
       b.getFunctionType(inputs, {}));
@@ -43,6 +52,8 @@ FailureOr<func::FuncOp> emulateKernel(gpu::GPUFuncOp kernel,
   Value blockId = entry.addArgument(indexType, kernel.getLoc());
   Value blockSize = entry.addArgument(indexType, kernel.getLoc());
   Value threadId = entry.addArgument(indexType, kernel.getLoc());
+  Value gridSize = entry.addArgument(indexType, kernel.getLoc());
+  bool hasBarrier = false;
 
   WalkResult result = fn.walk([&](Operation *op) -> WalkResult {
     auto dimensionX = [&](gpu::Dimension d) -> LogicalResult {
@@ -66,6 +77,15 @@ FailureOr<func::FuncOp> emulateKernel(gpu::GPUFuncOp kernel,
         return WalkResult::interrupt();
       tid.replaceAllUsesWith(threadId);
       tid.erase();
+    } else if (auto grid = dyn_cast<gpu::GridDimOp>(op)) {
+      if (failed(dimensionX(grid.getDimension())))
+        return WalkResult::interrupt();
+      grid.replaceAllUsesWith(gridSize);
+      grid.erase();
+    } else if (isa<gpu::BarrierOp>(op)) {
+      // Nothing to wait for in a block of one thread (checked at launch).
+      hasBarrier = true;
+      op->erase();
     } else if (auto ret = dyn_cast<gpu::ReturnOp>(op)) {
       OpBuilder rb(ret);
       func::ReturnOp::create(rb, ret.getLoc());
@@ -85,13 +105,14 @@ FailureOr<func::FuncOp> emulateKernel(gpu::GPUFuncOp kernel,
   });
   if (result.wasInterrupted())
     return failure();
-  return fn;
+  return EmulatedKernel{fn, hasBarrier};
 }
 
 /// Rewrites the host side: launches become loops over blocks and threads,
 /// device memory ops their memref counterparts, and stream tokens vanish.
-LogicalResult emulateHost(ModuleOp module,
-                          const DenseMap<Operation *, func::FuncOp> &kernels) {
+LogicalResult
+emulateHost(ModuleOp module,
+            const DenseMap<Operation *, EmulatedKernel> &kernels) {
   SmallVector<Operation *> erase;
   WalkResult result = module.walk<WalkOrder::PreOrder>([&](Operation *op)
                                                            -> WalkResult {
@@ -102,9 +123,19 @@ LogicalResult emulateHost(ModuleOp module,
     if (auto launch = dyn_cast<gpu::LaunchFuncOp>(op)) {
       Operation *kernel =
           SymbolTable::lookupNearestSymbolFrom(op, launch.getKernel());
-      auto fn = kernels.lookup(kernel);
+      auto emulated = kernels.find(kernel);
+      func::FuncOp fn =
+          emulated == kernels.end() ? func::FuncOp() : emulated->second.fn;
       gpu::KernelDim3 grid = launch.getGridSizeOperandValues();
       gpu::KernelDim3 block = launch.getBlockSizeOperandValues();
+      if (fn && emulated->second.hasBarrier &&
+          !(matchPattern(grid.x, m_One()) && matchPattern(block.x, m_One()))) {
+        // Threads run one after another: one waiting for a later one at a
+        // barrier would wait forever.
+        launch.emitError("moe-emulate-gpu: a kernel with barriers can be "
+                         "emulated only in a grid of one thread");
+        return WalkResult::interrupt();
+      }
       if (!fn || !matchPattern(grid.y, m_One()) ||
           !matchPattern(grid.z, m_One()) || !matchPattern(block.y, m_One()) ||
           !matchPattern(block.z, m_One())) {
@@ -122,8 +153,8 @@ LogicalResult emulateHost(ModuleOp module,
                 ob, l, zero, block.x, one, ValueRange{},
                 [&](OpBuilder &ib, Location il, Value threadId, ValueRange) {
                   SmallVector<Value> args(operands);
-                  llvm::append_range(args,
-                                     ValueRange{blockId, block.x, threadId});
+                  llvm::append_range(
+                      args, ValueRange{blockId, block.x, threadId, grid.x});
                   func::CallOp::create(ib, il, fn, args);
                   scf::YieldOp::create(ib, il);
                 });
@@ -137,6 +168,23 @@ LogicalResult emulateHost(ModuleOp module,
       memref::DeallocOp::create(b, loc, dealloc.getMemref());
     } else if (auto copy = dyn_cast<gpu::MemcpyOp>(op)) {
       memref::CopyOp::create(b, loc, copy.getSrc(), copy.getDst());
+    } else if (auto memset = dyn_cast<gpu::MemsetOp>(op)) {
+      auto type = cast<MemRefType>(memset.getDst().getType());
+      if (type.getRank() != 1) {
+        memset.emitError("moe-emulate-gpu: only one-dimensional memsets can "
+                         "be emulated");
+        return WalkResult::interrupt();
+      }
+      Value zero = arith::ConstantIndexOp::create(b, loc, 0);
+      Value one = arith::ConstantIndexOp::create(b, loc, 1);
+      Value size = memref::DimOp::create(b, loc, memset.getDst(), zero);
+      scf::ForOp::create(b, loc, zero, size, one, ValueRange{},
+                         [&](OpBuilder &fb, Location l, Value i, ValueRange) {
+                           memref::StoreOp::create(fb, l, memset.getValue(),
+                                                   memset.getDst(),
+                                                   ValueRange{i});
+                           scf::YieldOp::create(fb, l);
+                         });
     } else if (!isa<gpu::WaitOp>(op)) {
       if (isa_and_nonnull<gpu::GPUDialect>(op->getDialect())) {
         op->emitError("moe-emulate-gpu: cannot emulate this operation");
@@ -159,10 +207,10 @@ struct MoEEmulateGPUPass
     : public moe::impl::MoEEmulateGPUBase<MoEEmulateGPUPass> {
   void runOnOperation() override {
     ModuleOp module = getOperation();
-    DenseMap<Operation *, func::FuncOp> kernels;
+    DenseMap<Operation *, EmulatedKernel> kernels;
     for (auto gpuModule : module.getOps<gpu::GPUModuleOp>())
       for (auto kernel : gpuModule.getOps<gpu::GPUFuncOp>()) {
-        FailureOr<func::FuncOp> fn = emulateKernel(kernel, gpuModule);
+        FailureOr<EmulatedKernel> fn = emulateKernel(kernel, gpuModule);
         if (failed(fn))
           return signalPassFailure();
         kernels[kernel] = *fn;

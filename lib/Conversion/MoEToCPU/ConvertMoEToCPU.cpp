@@ -710,6 +710,7 @@ LogicalResult ModelLowering::emitLoop(LoopOp loop) {
     auto forOp =
         scf::ForOp::create(builder, loc, constIndex(0), constIndex(passes),
                            constIndex(1), ValueRange{tokens});
+    forOp->setAttr(kPassLoopAttr, builder.getUnitAttr());
     OpBuilder::InsertionGuard guard(builder);
     builder.setInsertionPointToStart(forOp.getBody());
     Value pass = arith::IndexCastOp::create(builder, loc, builder.getI64Type(),

@@ -88,7 +88,21 @@ struct ConvertMoEToGPUPass
         continue;
       if (failed(program.rewrite(func)))
         return signalPassFailure();
+      if (!residentLoops)
+        continue;
+      SmallVector<scf::ForOp> passLoops;
+      func.walk([&](scf::ForOp loop) {
+        if (loop->hasAttr(kPassLoopAttr))
+          passLoops.push_back(loop);
+      });
+      for (scf::ForOp loop : passLoops)
+        if (failed(makeLoopResident(program, loop)))
+          return signalPassFailure();
     }
+    // Kernels only a resident loop used are now inlined into its kernel.
+    for (auto fn : llvm::to_vector(kernelModule.getOps<gpu::GPUFuncOp>()))
+      if (fn.symbolKnownUseEmpty(module))
+        fn.erase();
     // The CPU kernel declarations and the views cast for them are unused.
     for (func::FuncOp func : llvm::to_vector(module.getOps<func::FuncOp>()))
       if (func.isExternal() && func.symbolKnownUseEmpty(module))

@@ -93,7 +93,7 @@ gpu::GPUFuncOp GPUProgram::kernel(StringRef base, StringRef key,
   OpBuilder::InsertionGuard guard(hostBuilder);
   hostBuilder.setInsertionPointToEnd(kernelModule.getBody());
   ImplicitLocOpBuilder b(loc, hostBuilder);
-  auto fn = gpu::GPUFuncOp::create(b, (base + "_" + Twine(kernelCount++)).str(),
+  auto fn = gpu::GPUFuncOp::create(b, newKernelName((base + "_").str()),
                                    hostBuilder.getFunctionType(types, {}));
   fn->setAttr(gpu::GPUDialect::getKernelFuncAttrName(),
               hostBuilder.getUnitAttr());

@@ -227,6 +227,11 @@ public:
         hostBuilder(module.getContext()) {}
 
   const GPUKernelOptions &getOptions() const { return options; }
+  gpu::GPUModuleOp getKernelModule() { return kernelModule; }
+  /// `base` with a number no other kernel of the module has.
+  std::string newKernelName(StringRef base) {
+    return (base + Twine(kernelCount++)).str();
+  }
 
   /// Rewrites one lowered model function.
   LogicalResult rewrite(func::FuncOp func);
@@ -298,6 +303,12 @@ private:
 void emitRowsDotWeights(GPUProgram &p, StringRef base, Value a, Value w,
                         Value out, int64_t cols, int64_t depth,
                         bool tensorCores = true);
+
+/// Turns a pass loop that GPUProgram::rewrite has rewritten (an scf.for
+/// marked kPassLoopAttr) into one launch of a kernel that runs every pass,
+/// with grid-wide barriers between the launches of the body
+/// (ResidentLoop.cpp).
+LogicalResult makeLoopResident(GPUProgram &program, scf::ForOp loop);
 
 /// Emits what computes one kernel call of the host program. `operands` are
 /// the call's, seen through the casts to dynamic views; a call with a result

@@ -49,6 +49,7 @@ void mlir::moe::buildMoECUDAPipeline(OpPassManager &pm,
   ConvertMoEToGPUOptions kernels;
   kernels.tensorCores = options.tensorCores;
   kernels.bf16Activations = options.bf16Activations;
+  kernels.residentLoops = options.residentLoops;
   kernels.reportForms = options.reportForms;
   kernels.chip = options.getChips().front();
   for (const std::string &chip : options.getChips()) {
@@ -98,6 +99,7 @@ void mlir::moe::buildMoEGPUEmulationPipeline(
   ConvertMoEToGPUOptions kernels;
   kernels.tensorCores = options.tensorCores;
   kernels.bf16Activations = options.bf16Activations;
+  kernels.residentLoops = options.residentLoops;
   kernels.reportForms = options.reportForms;
   kernels.emulateWarpOps = true;
   kernels.chip = options.getChips().front();

@@ -55,6 +55,12 @@ void mgpuLaunchKernel(void *function, intptr_t gridX, intptr_t gridY,
 }
 
 namespace moert::cuda {
+/// Kernels whose names start with this run every pass of a resident loop,
+/// with barriers across the grid (convert-moe-to-gpu): mgpuLaunchKernel
+/// launches them cooperatively, with at most as many blocks as fit on the
+/// device at once, and an error if not one fits.
+inline constexpr const char *kResidentKernelPrefix = "resident_loop_";
+
 struct RuntimeSymbol {
   const char *name;
   void *address;

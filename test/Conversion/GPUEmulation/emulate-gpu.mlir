@@ -1,11 +1,11 @@
 // RUN: moe-opt %s -split-input-file -moe-emulate-gpu -verify-diagnostics | FileCheck %s
 
-// A kernel becomes a host function taking block id, block size and thread
-// id; its launch becomes loops over the grid and the block; device memory
+// A kernel becomes a host function taking block id, block size, thread id
+// and grid size; its launch becomes loops over the grid and the block; device memory
 // operations become memref ones and stream tokens vanish.
 // CHECK-NOT: gpu.container_module
 // CHECK-LABEL: func.func private @kernels_double(
-// CHECK-SAME: %[[N:.*]]: index, %[[A:.*]]: memref<?xf32>, %[[BID:.*]]: index, %[[BDIM:.*]]: index, %[[TID:.*]]: index)
+// CHECK-SAME: %[[N:.*]]: index, %[[A:.*]]: memref<?xf32>, %[[BID:[^:]*]]: index, %[[BDIM:[^:]*]]: index, %[[TID:[^:]*]]: index, %[[GRID:[^:]*]]: index)
 // CHECK: %[[BASE:.*]] = arith.muli %[[BID]], %[[BDIM]] : index
 // CHECK: %[[I:.*]] = arith.addi %[[BASE]], %[[TID]] : index
 // CHECK: arith.cmpi ult, %[[I]], %[[N]]
@@ -15,9 +15,9 @@
 // CHECK-SAME: %[[H:.*]]: memref<?xf32>)
 // CHECK: %[[D:.*]] = memref.alloc(%{{.*}}) : memref<?xf32>
 // CHECK: memref.copy %[[H]], %[[D]]
-// CHECK: scf.for %[[B:.*]] = %{{.*}} to %[[GRID:.*]] step
+// CHECK: scf.for %[[B:.*]] = %{{.*}} to %[[BLOCKS:.*]] step
 // CHECK:   scf.for %[[T:.*]] = %{{.*}} to %[[BLOCK:.*]] step
-// CHECK:     func.call @kernels_double(%{{.*}}, %[[D]], %[[B]], %[[BLOCK]], %[[T]])
+// CHECK:     func.call @kernels_double(%{{.*}}, %[[D]], %[[B]], %[[BLOCK]], %[[T]], %[[BLOCKS]])
 // CHECK: memref.copy %[[D]], %[[H]]
 // CHECK: memref.dealloc %[[D]]
 // CHECK-NOT: gpu.
@@ -69,14 +69,71 @@ module attributes {gpu.container_module} {
 
 // -----
 
+// A kernel with barriers (a resident loop kernel) runs as a grid of one
+// thread, for which a barrier waits for nothing: it vanishes. The grid size
+// is the launch's; a memset becomes a loop of stores.
+// CHECK-LABEL: func.func private @kernels_sync(
+// CHECK-SAME: %[[GRIDSIZE:[^:]*]]: index)
+// CHECK-NOT: gpu.barrier
+// CHECK: memref.store %[[GRIDSIZE]]
+// CHECK-LABEL: func.func @one_thread(
+// CHECK: scf.for %[[I:.*]] = %{{.*}} to %{{.*}} step
+// CHECK:   memref.store %{{.*}}, %{{.*}}[%[[I]]] : memref<?xindex>
+// CHECK: func.call @kernels_sync(
+module attributes {gpu.container_module} {
+  gpu.module @kernels {
+    gpu.func @sync(%a: memref<?xindex>) kernel {
+      %c0 = arith.constant 0 : index
+      %g = gpu.grid_dim x
+      gpu.barrier
+      memref.store %g, %a[%c0] : memref<?xindex>
+      gpu.return
+    }
+  }
+  func.func @one_thread(%a: memref<?xindex>) {
+    %c0 = arith.constant 0 : index
+    %c1 = arith.constant 1 : index
+    %s = gpu.wait async
+    %t0 = gpu.memset async [%s] %a, %c0 : memref<?xindex>, index
+    %t1 = gpu.launch_func async [%t0] @kernels::@sync blocks in (%c1, %c1, %c1) threads in (%c1, %c1, %c1) args(%a : memref<?xindex>)
+    gpu.wait [%t1]
+    return
+  }
+}
+
+// -----
+
+// Threads run one after another: in a larger grid, a barrier would wait
+// for threads that run later.
 module attributes {gpu.container_module} {
   gpu.module @kernels {
     gpu.func @sync(%a: memref<?xf32>) kernel {
-      // Threads run one after another: a barrier cannot be honoured.
-      // expected-error @+1 {{moe-emulate-gpu: cannot emulate this operation}}
       gpu.barrier
       gpu.return
     }
+  }
+  func.func @many_threads(%a: memref<?xf32>) {
+    %c1 = arith.constant 1 : index
+    %c32 = arith.constant 32 : index
+    // expected-error @+1 {{moe-emulate-gpu: a kernel with barriers can be emulated only in a grid of one thread}}
+    gpu.launch_func @kernels::@sync blocks in (%c1, %c1, %c1) threads in (%c32, %c1, %c1) args(%a : memref<?xf32>)
+    return
+  }
+}
+
+// -----
+
+module attributes {gpu.container_module} {
+  gpu.module @kernels {
+    gpu.func @planes(%a: memref<?x?xf32>) kernel {
+      gpu.return
+    }
+  }
+  func.func @memset_2d(%a: memref<?x?xf32>) {
+    %f = arith.constant 0.0 : f32
+    // expected-error @+1 {{moe-emulate-gpu: only one-dimensional memsets can be emulated}}
+    gpu.memset %a, %f : memref<?x?xf32>, f32
+    return
   }
 }
 

@@ -1,14 +1,16 @@
-// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu -verify-diagnostics | FileCheck %s
-// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=bf16-weights=false -verify-diagnostics | FileCheck %s --check-prefix=F32
-// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=chip=sm_80 -verify-diagnostics | FileCheck %s --check-prefix=SM80
-// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=emulate-warp-ops -verify-diagnostics | FileCheck %s --check-prefix=EMU
-// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=tensor-cores=false -verify-diagnostics | FileCheck %s --check-prefix=NONE
-// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=bf16-activations -verify-diagnostics | FileCheck %s --check-prefix=BF16ACT
+// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu=resident-loops=false -verify-diagnostics | FileCheck %s
+// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu="resident-loops=false bf16-weights=false" -verify-diagnostics | FileCheck %s --check-prefix=F32
+// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu="resident-loops=false chip=sm_80" -verify-diagnostics | FileCheck %s --check-prefix=SM80
+// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu="resident-loops=false emulate-warp-ops" -verify-diagnostics | FileCheck %s --check-prefix=EMU
+// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu="resident-loops=false tensor-cores=false" -verify-diagnostics | FileCheck %s --check-prefix=NONE
+// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu="resident-loops=false bf16-activations" -verify-diagnostics | FileCheck %s --check-prefix=BF16ACT
 // RUN: not moe-opt %s -split-input-file -convert-moe-to-gpu=chip=gfx90a 2>&1 | FileCheck %s --check-prefix=BADCHIP
 // RUN: moe-opt %S/Inputs/bf16-prefill.mlir -convert-moe-to-gpu=report-forms -o /dev/null 2>&1 | FileCheck %s --check-prefix=FORMS
 // FORMS: remark: route_logits (4 x 32 f32 weights): a warp per output up to 256 rows, then a thread per output (cost model for H100 SXM)
 // FORMS: remark: experts gate/up (4 experts, 64 x 32 bf16 weights): a warp per output up to 125 rows, then warp tiles of 16 x 32 on the tensor cores (cost model for H100 SXM)
 // FORMS: remark: experts down (4 experts, 32 x 64 bf16 weights): a warp per output up to 250 rows, then warp tiles of 16 x 32 on the tensor cores (cost model for H100 SXM)
+// The kernels and the host program, with pass loops as host loops of
+// launches; resident-loop.mlir checks the resident kernel made of them.
 // BADCHIP: error: convert-moe-to-gpu: chip 'gfx90a' is not an NVIDIA architecture (sm_<number>, e.g. sm_90a)
 
 moe.weight @norm : tensor<8xf32>

@@ -56,6 +56,12 @@ struct LoopResidencyPass
                       "caches");
       return;
     }
+    // One pass has nothing to share between passes.
+    if (loop.getPasses() == 1) {
+      loop.setMode(LoopMode::unroll);
+      loop.emitRemark("moe-loop-residency: unroll: a single pass");
+      return;
+    }
     int64_t bytes = bodyWeightBytes(loop);
     int64_t ops = llvm::range_size(loop.getBody().front().without_terminator());
     int64_t passes = loop.getPasses();

@@ -37,3 +37,20 @@ func.func @explicit(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
   }
   return %h, %exit : tensor<?x8xf32>, tensor<?xi32>
 }
+
+// -----
+
+moe.weight @norm : tensor<8xf32>
+
+// A single pass shares nothing between passes.
+// CHECK-LABEL: func.func @single_pass
+// CHECK: moe.loop %{{.*}} passes = 1 mode = unroll
+func.func @single_pass(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
+  // expected-remark @+1 {{moe-loop-residency: unroll: a single pass}}
+  %h, %exit = moe.loop %x passes = 1 : tensor<?x8xf32> -> tensor<?xi32> {
+  ^bb0(%h0: tensor<?x8xf32>):
+    %n = moe.rms_norm %h0, @norm : tensor<?x8xf32>
+    moe.yield %n : tensor<?x8xf32>
+  }
+  return %h, %exit : tensor<?x8xf32>, tensor<?xi32>
+}

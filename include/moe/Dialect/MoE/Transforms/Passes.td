@@ -87,12 +87,13 @@ def MoELoopResidency : Pass<"moe-loop-residency", "::mlir::func::FuncOp"> {
   let summary = "Choose how each moe.loop runs: unrolled or resident";
   let description = [{
     `mode = resident` keeps one loop body whose shared weights stay in cache
-    across passes; `mode = unroll` emits every pass as its own specialised
+    across passes (on the GPU, one kernel runs every pass: convert-moe-to-gpu); `mode = unroll` emits every pass as its own specialised
     copy (exit tests only after the passes where an exit can fire, constant
     trace steps, no loop bookkeeping). For `mode = auto` a cost model decides
     and a remark says which and why:
 
     - unroll when the body has attention (each pass has its own KV caches);
+    - unroll a single pass (nothing is shared between passes);
     - resident when the weights the body touches fit `cache-bytes` (passes
       after the first find them cached, and code stays small);
     - otherwise unroll, when passes x body ops stay within `max-unrolled-ops`;
