@@ -135,6 +135,14 @@ std::unique_ptr<Device> Device::create(std::string &problem) {
   drv->cuDeviceGetAttribute(
       &minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev->device);
   dev->capability = major * 10 + minor;
+  int cooperative = 0;
+  drv->cuDeviceGetAttribute(&dev->multiprocessors,
+                            CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+                            dev->device);
+  if (drv->cuDeviceGetAttribute(&cooperative,
+                                CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH,
+                                dev->device) == CUDA_SUCCESS)
+    dev->cooperativeLaunch = cooperative != 0;
   if (drv->cuMemAllocAsync &&
       drv->cuDeviceGetAttribute(&pools,
                                 CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED,
@@ -563,22 +571,57 @@ void mgpuLaunchKernel(void *function, intptr_t gridX, intptr_t gridY,
   if (gridX == 0 || gridY == 0 || gridZ == 0)
     return;
   auto f = static_cast<CUfunction>(function);
+  std::string name = s->model.functionName(f);
   auto kernel = [&] {
-    return "'" + s->model.functionName(f) + "' (grid " + std::to_string(gridX) +
-           "x" + std::to_string(gridY) + "x" + std::to_string(gridZ) +
-           ", block " + std::to_string(blockX) + "x" + std::to_string(blockY) +
-           "x" + std::to_string(blockZ) + ", " + std::to_string(smem) +
+    return "'" + name + "' (grid " + std::to_string(gridX) + "x" +
+           std::to_string(gridY) + "x" + std::to_string(gridZ) + ", block " +
+           std::to_string(blockX) + "x" + std::to_string(blockY) + "x" +
+           std::to_string(blockZ) + ", " + std::to_string(smem) +
            " bytes shared)";
   };
   auto start = s->profile ? std::chrono::steady_clock::now()
                           : std::chrono::steady_clock::time_point();
-  if (!s->check(s->driver().cuLaunchKernel(
-                    f, unsigned(gridX), unsigned(gridY), unsigned(gridZ),
-                    unsigned(blockX), unsigned(blockY), unsigned(blockZ),
-                    unsigned(smem), static_cast<CUstream>(stream), params,
-                    extra),
-                [&] { return "cuLaunchKernel of " + kernel(); }))
+  if (llvm::StringRef(name).starts_with(kResidentKernelPrefix)) {
+    // A resident loop kernel waits at grid barriers for all its blocks: all
+    // must run at once. A cooperative launch guarantees that (the driver
+    // refuses one that cannot, rather than let it hang), with the grid
+    // lowered to the blocks that fit.
+    const Device &device = s->device();
+    if (!device.canLaunchCooperatively())
+      return s->fail("the resident loop kernel " + kernel() +
+                     " needs a "
+                     "cooperative launch, which " +
+                     device.describe() +
+                     " does not support (compile with --resident-loops=false)");
+    int perMultiprocessor = 0;
+    if (!s->check(s->driver().cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                      &perMultiprocessor, f, int(blockX * blockY * blockZ),
+                      size_t(smem)),
+                  [&] {
+                    return "cuOccupancyMaxActiveBlocksPerMultiprocessor of " +
+                           kernel();
+                  }))
+      return;
+    if (perMultiprocessor <= 0)
+      return s->fail("the resident loop kernel " + kernel() +
+                     " does not fit on one multiprocessor of " +
+                     device.describe() + " (too many registers per block)");
+    gridX = std::min<intptr_t>(gridX, intptr_t(perMultiprocessor) *
+                                          device.multiprocessorCount());
+    if (!s->check(s->driver().cuLaunchCooperativeKernel(
+                      f, unsigned(gridX), unsigned(gridY), unsigned(gridZ),
+                      unsigned(blockX), unsigned(blockY), unsigned(blockZ),
+                      unsigned(smem), static_cast<CUstream>(stream), params),
+                  [&] { return "cuLaunchCooperativeKernel of " + kernel(); }))
+      return;
+  } else if (!s->check(s->driver().cuLaunchKernel(
+                           f, unsigned(gridX), unsigned(gridY), unsigned(gridZ),
+                           unsigned(blockX), unsigned(blockY), unsigned(blockZ),
+                           unsigned(smem), static_cast<CUstream>(stream),
+                           params, extra),
+                       [&] { return "cuLaunchKernel of " + kernel(); })) {
     return;
+  }
   if (!s->syncEachLaunch)
     return;
   bool completed = s->check(

@@ -48,6 +48,9 @@ public:
   /// e.g. "sm_90, NVIDIA H200".
   std::string describe() const;
   int computeCapability() const { return capability; }
+  int multiprocessorCount() const { return multiprocessors; }
+  /// Whether kernels can be launched cooperatively (all blocks at once).
+  bool canLaunchCooperatively() const { return cooperativeLaunch; }
 
 private:
   Device() = default;
@@ -58,6 +61,8 @@ private:
   std::atomic<CUstream> userStream{nullptr};
   std::string name;
   int capability = 0;
+  int multiprocessors = 0;
+  bool cooperativeLaunch = false;
   bool asyncAllocator = false;
 };
 

@@ -68,6 +68,9 @@ const char *resolveAll(void *lib, Driver &d) {
   MOERT_REQUIRE(cuModuleUnload, "cuModuleUnload")
   MOERT_REQUIRE(cuModuleGetFunction, "cuModuleGetFunction")
   MOERT_REQUIRE(cuLaunchKernel, "cuLaunchKernel")
+  MOERT_REQUIRE(cuLaunchCooperativeKernel, "cuLaunchCooperativeKernel")
+  MOERT_REQUIRE(cuOccupancyMaxActiveBlocksPerMultiprocessor,
+                "cuOccupancyMaxActiveBlocksPerMultiprocessor")
 #undef MOERT_REQUIRE
   resolve(lib, "cuMemAllocAsync", d.cuMemAllocAsync);
   resolve(lib, "cuMemFreeAsync", d.cuMemFreeAsync);

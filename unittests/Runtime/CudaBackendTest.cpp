@@ -32,7 +32,7 @@ template <typename T, int N> using Desc = StridedMemRefType<T, N>;
 /// the mgpu* ABI, on device pointers. hidden_out = hidden_in + norm (by the
 /// kernel `kernel`, on a device copy of hidden_in), exit_loop = 0,
 /// expert_ids = 7, expert_gates = 1 (by memsets).
-void hostCode(void **descriptors, const char *kernel) {
+void hostCode(void **descriptors, const char *kernel, bool resident = false) {
   auto *in = static_cast<Desc<float, 2> *>(descriptors[0]);
   auto *out = static_cast<Desc<float, 2> *>(descriptors[1]);
   auto *exitLoop = static_cast<Desc<int32_t, 1> *>(descriptors[2]);
@@ -56,11 +56,16 @@ void hostCode(void **descriptors, const char *kernel) {
   mgpuMemset32(gates->data, 0x3f800000, trace, stream); // 1.0f
   float *normData = norm->data, *outData = out->data;
   void *params[] = {&copy, &normData, &outData, &n, &d};
-  // A form of a GEMM that gets no rows: an empty grid, no work.
-  mgpuLaunchKernel(function, 0, 1, 1, 128, 1, 1, 0, stream, params, nullptr,
-                   5);
-  mgpuLaunchKernel(function, (n + 127) / 128, 1, 1, 128, 1, 1, 0, stream,
-                   params, nullptr, 5);
+  if (resident) {
+    mgpuLaunchKernel(function, 264, 1, 1, 256, 1, 1, 0, stream, params, nullptr,
+                     5);
+  } else {
+    // A form of a GEMM that gets no rows: an empty grid, no work.
+    mgpuLaunchKernel(function, 0, 1, 1, 128, 1, 1, 0, stream, params, nullptr,
+                     5);
+    mgpuLaunchKernel(function, (n + 127) / 128, 1, 1, 128, 1, 1, 0, stream,
+                     params, nullptr, 5);
+  }
   mgpuEventSynchronize(event);
   mgpuEventDestroy(event);
   mgpuMemFree(shared, stream);
@@ -69,6 +74,11 @@ void hostCode(void **descriptors, const char *kernel) {
   mgpuStreamDestroy(stream);
 }
 void addNormHostCode(void **descriptors) { hostCode(descriptors, "add_norm"); }
+/// The same through a resident loop kernel, launched as the compiled host
+/// code does: 264 blocks of 256 threads, however many fit.
+void residentHostCode(void **descriptors) {
+  hostCode(descriptors, "resident_loop_0", /*resident=*/true);
+}
 void missingKernelHostCode(void **descriptors) {
   hostCode(descriptors, "no_such_kernel");
 }
@@ -224,8 +234,9 @@ private:
 };
 
 const FakeCudaKernel kFakeKernels[] = {{"add_norm", addNormKernel},
-                                       {"decoder_step", decoderStepKernel}};
-const FakeCudaBinary kFakeBinary = {"moert-fake-cubn", kFakeKernels, 2};
+                                       {"decoder_step", decoderStepKernel},
+                                       {"resident_loop_0", addNormKernel}};
+const FakeCudaBinary kFakeBinary = {"moert-fake-cubn", kFakeKernels, 3};
 
 // add_norm for a real GPU (PTX ISA 7.0, so drivers from CUDA 11 on JIT it).
 const char kAddNormPtx[] = R"(.version 7.0
@@ -278,6 +289,9 @@ const moert_compiled_model kCudaModel = {MANIFEST(R"("target": "cuda",)"),
                                          sizeof(kFakeBinary)};
 const moert_compiled_model kCpuModel = {MANIFEST(""), addNormHostCode, nullptr,
                                         0};
+const moert_compiled_model kCudaResidentModel = {
+    MANIFEST(R"("target": "cuda",)"), residentHostCode, &kFakeBinary,
+    sizeof(kFakeBinary)};
 
 #define DECODER_FIELDS                                                         \
   R"("kind": "decoder", "vocab_size": 4, "max_positions": 8,)"                 \
@@ -288,9 +302,14 @@ const moert_compiled_model kCudaDecoder = {
 const moert_compiled_model kCpuDecoder = {MANIFEST(DECODER_FIELDS),
                                           cpuDecoderHostCode, nullptr, 0};
 
-const char *const kFakeVariables[] = {
-    "MOERT_CUDA_DRIVER", "MOERT_FAKE_CUDA_FAIL", "MOERT_FAKE_CUDA_DEVICES",
-    "MOERT_FAKE_CUDA_SM", "MOERT_FAKE_CUDA_POOLS"};
+const char *const kFakeVariables[] = {"MOERT_CUDA_DRIVER",
+                                      "MOERT_FAKE_CUDA_FAIL",
+                                      "MOERT_FAKE_CUDA_DEVICES",
+                                      "MOERT_FAKE_CUDA_SM",
+                                      "MOERT_FAKE_CUDA_POOLS",
+                                      "MOERT_FAKE_CUDA_SMS",
+                                      "MOERT_FAKE_CUDA_BLOCKS_PER_SM",
+                                      "MOERT_FAKE_CUDA_COOPERATIVE"};
 
 class CudaTest : public ::testing::Test {
 protected:
@@ -629,6 +648,61 @@ TEST_F(FakeCudaTest, LaunchAndKernelFaults) {
               "failed: CUDA error 12345");
     unsetenv("MOERT_FAKE_CUDA_FAIL");
     runAndCheck(*model);
+  }
+  expectNothingLive();
+}
+
+TEST_F(FakeCudaTest,
+       ResidentLoopKernelsLaunchCooperativelyWithTheBlocksThatFit) {
+  std::string error;
+  {
+    auto ctx = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(ctx) << error;
+    auto model = moert::Model::load(*ctx, kCudaResidentModel, weights, &error);
+    ASSERT_TRUE(model) << error;
+    // 132 SMs x 2 blocks: the grid asked for fits as it is.
+    runAndCheck(*model);
+    EXPECT_EQ(counters().cooperativeLaunches, 1);
+    EXPECT_EQ(counters().lastGridX, 264u);
+    // Fewer fit: the grid shrinks to them (the kernel's phases stride over
+    // the grid it gets).
+    setenv("MOERT_FAKE_CUDA_BLOCKS_PER_SM", "1", 1);
+    runAndCheck(*model);
+    EXPECT_EQ(counters().cooperativeLaunches, 2);
+    EXPECT_EQ(counters().lastGridX, 132u);
+    // None fits: an error naming the kernel, no launch that would hang.
+    setenv("MOERT_FAKE_CUDA_BLOCKS_PER_SM", "0", 1);
+    EXPECT_EQ(runError(*model),
+              "moert_model_run on cuda (sm_90, Fake GPU): the resident loop "
+              "kernel 'resident_loop_0' (grid 264x1x1, block 256x1x1, 0 bytes "
+              "shared) does not fit on one multiprocessor of sm_90, Fake GPU "
+              "(too many registers per block)");
+    unsetenv("MOERT_FAKE_CUDA_BLOCKS_PER_SM");
+    // The driver's refusal names the call and the grid.
+    setenv("MOERT_FAKE_CUDA_FAIL", "cuLaunchCooperativeKernel=720", 1);
+    EXPECT_EQ(runError(*model),
+              "moert_model_run on cuda (sm_90, Fake GPU): "
+              "cuLaunchCooperativeKernel of 'resident_loop_0' (grid 264x1x1, "
+              "block 256x1x1, 0 bytes shared) failed: "
+              "CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE (too many blocks in "
+              "cooperative launch)");
+    unsetenv("MOERT_FAKE_CUDA_FAIL");
+    EXPECT_EQ(counters().cooperativeLaunches, 2);
+    runAndCheck(*model);
+  }
+  expectNothingLive();
+  // A device without cooperative launches cannot run one: said up front.
+  setenv("MOERT_FAKE_CUDA_COOPERATIVE", "0", 1);
+  {
+    auto ctx = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(ctx) << error;
+    auto model = moert::Model::load(*ctx, kCudaResidentModel, weights, &error);
+    ASSERT_TRUE(model) << error;
+    EXPECT_EQ(runError(*model),
+              "moert_model_run on cuda (sm_90, Fake GPU): the resident loop "
+              "kernel 'resident_loop_0' (grid 264x1x1, block 256x1x1, 0 bytes "
+              "shared) needs a cooperative launch, which sm_90, Fake GPU does "
+              "not support (compile with --resident-loops=false)");
   }
   expectNothingLive();
 }

@@ -27,6 +27,7 @@ enum : CUresult {
   INVALID_CONTEXT = 201,
   INVALID_HANDLE = 400,
   NOT_FOUND = 500,
+  COOPERATIVE_LAUNCH_TOO_LARGE = 720,
 };
 
 struct ErrorText {
@@ -50,6 +51,8 @@ constexpr ErrorText kErrors[] = {
     {700, "CUDA_ERROR_ILLEGAL_ADDRESS",
      "an illegal memory access was encountered"},
     {719, "CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure"},
+    {720, "CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE",
+     "too many blocks in cooperative launch"},
     {801, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"},
 };
 
@@ -63,7 +66,8 @@ std::map<uintptr_t, size_t> allocations; ///< base -> bytes
 std::set<CUstream> streams;
 std::set<CUevent> events;
 std::set<Module *> modules;
-int primaryRefs = 0, launches = 0, driverCalls = 0;
+int primaryRefs = 0, launches = 0, driverCalls = 0, cooperativeLaunches = 0;
+unsigned lastGridX = 0;
 CUstream lastStream = nullptr;
 std::map<std::string, int> callCounts; ///< since the fail spec changed
 std::string lastFailSpec;
@@ -169,7 +173,9 @@ EXPORT FakeCudaCounters fakeCudaCounters() {
           launches,
           driverCalls,
           static_cast<void *>(lastStream),
-          contextDepth};
+          contextDepth,
+          cooperativeLaunches,
+          lastGridX};
 }
 
 EXPORT bool fakeCudaIsDeviceMemory(const void *p, size_t bytes) {
@@ -228,6 +234,10 @@ EXPORT CUresult cuDeviceGetAttribute(int *value, int attribute, CUdevice) {
     return *value = sm / 10, SUCCESS;
   case 76: // minor
     return *value = sm % 10, SUCCESS;
+  case 16: // multiprocessors
+    return *value = envInt("MOERT_FAKE_CUDA_SMS", 132), SUCCESS;
+  case 95: // cooperative launch
+    return *value = envInt("MOERT_FAKE_CUDA_COOPERATIVE", 1), SUCCESS;
   case 115: // memory pools supported
     return *value = envInt("MOERT_FAKE_CUDA_POOLS", 1), SUCCESS;
   default:
@@ -436,11 +446,11 @@ EXPORT CUresult cuModuleGetFunction(CUfunction *function, CUmodule module,
              SUCCESS;
   return NOT_FOUND;
 }
-EXPORT CUresult cuLaunchKernel(CUfunction function, unsigned gx, unsigned gy,
-                               unsigned gz, unsigned bx, unsigned by,
-                               unsigned bz, unsigned, CUstream stream,
-                               void **params, void **) {
-  FAKE_IN_CONTEXT("cuLaunchKernel")
+namespace {
+/// A launch the driver accepted the call of: runs the kernel.
+CUresult runKernel(CUfunction function, unsigned gx, unsigned gy, unsigned gz,
+                   unsigned bx, unsigned by, unsigned bz, CUstream stream,
+                   void **params) {
   if (!function || !gx || !gy || !gz || !bx || !by || !bz)
     return INVALID_VALUE;
   if (!knownStream(stream))
@@ -449,7 +459,42 @@ EXPORT CUresult cuLaunchKernel(CUfunction function, unsigned gx, unsigned gy,
     std::lock_guard<std::mutex> lock(mutex);
     ++launches;
     lastStream = stream;
+    lastGridX = gx;
   }
   reinterpret_cast<FakeCudaKernel *>(function)->run(params);
+  return SUCCESS;
+}
+} // namespace
+
+EXPORT CUresult cuLaunchKernel(CUfunction function, unsigned gx, unsigned gy,
+                               unsigned gz, unsigned bx, unsigned by,
+                               unsigned bz, unsigned, CUstream stream,
+                               void **params, void **) {
+  FAKE_IN_CONTEXT("cuLaunchKernel")
+  return runKernel(function, gx, gy, gz, bx, by, bz, stream, params);
+}
+EXPORT CUresult cuLaunchCooperativeKernel(CUfunction function, unsigned gx,
+                                          unsigned gy, unsigned gz, unsigned bx,
+                                          unsigned by, unsigned bz, unsigned,
+                                          CUstream stream, void **params) {
+  FAKE_IN_CONTEXT("cuLaunchCooperativeKernel")
+  // The driver refuses a grid that cannot be resident all at once.
+  if (gx * gy * gz > unsigned(envInt("MOERT_FAKE_CUDA_SMS", 132) *
+                              envInt("MOERT_FAKE_CUDA_BLOCKS_PER_SM", 2)))
+    return COOPERATIVE_LAUNCH_TOO_LARGE;
+  if (CUresult r = runKernel(function, gx, gy, gz, bx, by, bz, stream, params))
+    return r;
+  std::lock_guard<std::mutex> lock(mutex);
+  ++cooperativeLaunches;
+  return SUCCESS;
+}
+EXPORT CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks,
+                                                            CUfunction function,
+                                                            int blockSize,
+                                                            size_t) {
+  FAKE_IN_CONTEXT("cuOccupancyMaxActiveBlocksPerMultiprocessor")
+  if (!function || blockSize <= 0)
+    return INVALID_VALUE;
+  *blocks = envInt("MOERT_FAKE_CUDA_BLOCKS_PER_SM", 2);
   return SUCCESS;
 }

@@ -16,6 +16,10 @@
 //   MOERT_FAKE_CUDA_DEVICES  device count (default 1)
 //   MOERT_FAKE_CUDA_SM       compute capability, e.g. 75 (default 90)
 //   MOERT_FAKE_CUDA_POOLS    0: no stream-ordered allocator (default 1)
+//   MOERT_FAKE_CUDA_SMS      multiprocessors (default 132)
+//   MOERT_FAKE_CUDA_BLOCKS_PER_SM  what the occupancy calculator says fits
+//                            (default 2)
+//   MOERT_FAKE_CUDA_COOPERATIVE    0: no cooperative launches (default 1)
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_UNITTESTS_FAKECUDA_H
@@ -39,15 +43,17 @@ inline constexpr char kFakeCudaMagic[16] = "moert-fake-cubn";
 
 /// The fake's bookkeeping, for tests (dlsym them from the loaded library).
 struct FakeCudaCounters {
-  int allocations;  ///< live device allocations
-  int streams;      ///< live streams
-  int events;       ///< live events
-  int modules;      ///< loaded modules
-  int primaryRefs;  ///< primary context retains not released
-  int launches;     ///< kernels launched so far
-  int driverCalls;  ///< entry points called so far
-  void *lastStream; ///< the stream of the last launch
-  int contextDepth; ///< contexts pushed on the calling thread
+  int allocations;         ///< live device allocations
+  int streams;             ///< live streams
+  int events;              ///< live events
+  int modules;             ///< loaded modules
+  int primaryRefs;         ///< primary context retains not released
+  int launches;            ///< kernels launched so far
+  int driverCalls;         ///< entry points called so far
+  void *lastStream;        ///< the stream of the last launch
+  int contextDepth;        ///< contexts pushed on the calling thread
+  int cooperativeLaunches; ///< kernels launched cooperatively so far
+  unsigned lastGridX;      ///< the grid's x size of the last launch
 };
 using FakeCudaGetCounters = FakeCudaCounters (*)();
 #define FAKE_CUDA_COUNTERS_SYMBOL "fakeCudaCounters"
