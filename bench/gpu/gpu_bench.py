@@ -7,8 +7,8 @@ Per (shape, T): ours (moe-run --repeat N, its median), a Hugging Face style
 eager loop, torch._grouped_mm, and a Triton fused MoE (triton_moe.py); the
 peers' numerics against the eager loop and ours against the same moe_stack
 layer computed in torch; TFLOP/s, fraction of the roofline and speedups.
-Then a Looped-MoE decode step (2 layers x 3 passes) resident vs unrolled vs
-torch eager. Writes bench/results/gpu-layer-<commit>.{json,md}.
+Then a Looped-MoE decode step (2 layers x 3 passes): resident kernel vs host
+loop of launches vs unrolled vs torch eager. Writes bench/results/gpu-layer-<commit>.{json,md}.
 
 --dry-run does no GPU work: it generates the configs, weights and inputs,
 runs moe-run on the CPU for small shapes (checking its output against the
@@ -58,6 +58,8 @@ DEFAULT_TOKENS = [1, 16, 128, 1024, 8192]
 QUICK_TOKENS = [1, 128]
 LOOPED = dict(shape="looped-moe-scaled", layers=2, loops=3)
 LOOPED_TOKENS = [1, 4, 16, 64]
+# Ours (resident kernel, host loop, unrolled) and the peer.
+LOOPED_VARIANTS = ("resident", "host_loop", "unrolled", "eager")
 PEERS = ("eager", "grouped_mm", "triton")
 TOLERANCE = 2e-2          # atol = rtol, bf16 (vLLM's fused_moe test)
 # The looped model chains L*K = 6 MoE layers on bf16 activations.
@@ -614,7 +616,11 @@ def looped_rows(args, clock, notes, env):
             with open(path) as f:
                 if f"mode = {mode}" not in f.read():
                     raise RuntimeError(f"moe-opt did not set mode = {mode}")
-            variants[variant] = path
+            variants[variant] = (path, [])
+        # The resident body again, as a host loop of launches that reads the
+        # active count back after each pass (the CPU has only that form).
+        variants["host_loop"] = (variants["resident"][0],
+                                 [] if args.dry_run else ["--resident-loops=false"])
         for T in args.looped_tokens:
             row = {"shape": name, **s, "layers": L, "loops": K, "T": T}
             rows.append(row)
@@ -641,14 +647,15 @@ def looped_rows(args, clock, notes, env):
                     row["eager"]["median_ms"], row["eager"]["min_ms"] = cuda_time(fwd, reps)
             else:
                 row["eager"] = {"error": "no torch"}
-            for variant, path in variants.items():
+            for variant, (path, variant_args) in variants.items():
                 if args.dry_run and wbytes > args.dry_run_cpu_bytes:
                     row[variant] = {"error": "dry run: too large for the CPU"}
                     continue
                 limit = min(args.run_timeout, max(clock.left(), 10))
                 r = moe_run(path, weights, inputs, outputs,
                             "cpu" if args.dry_run else "cuda",
-                            1 if args.dry_run else reps, limit, args.moe_run_arg)
+                            1 if args.dry_run else reps, limit,
+                            list(args.moe_run_arg) + variant_args)
                 if "error" not in r:
                     got = read_outputs(outputs)
                     if expected is None:
@@ -661,13 +668,13 @@ def looped_rows(args, clock, notes, env):
                                         vs_eager, tol=LOOPED_TOLERANCE))
                 row[variant] = r
             res_ms = row.get("resident", {}).get("median_ms")
-            for other in ("unrolled", "eager"):
+            for other in ("host_loop", "unrolled", "eager"):
                 o = row.get(other, {}).get("median_ms")
                 row[f"{other}_over_resident"] = o / res_ms if (o and res_ms) else None
             print(f"[looped] T={T}: " + ", ".join(
                 f"{v} " + (f"{row[v]['median_ms']:.3f} ms" if "median_ms" in row.get(v, {})
                            else row.get(v, {}).get("error", "n/a"))
-                for v in ("resident", "unrolled", "eager")), flush=True)
+                for v in LOOPED_VARIANTS), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return rows, name
@@ -743,26 +750,30 @@ def markdown(result):
         r0 = result["looped"][0]
         lines += ["", f"Looped-MoE decode step: {r0['shape']} (d={r0['d']} f={r0['f']} "
                   f"E={r0['E']} k={r0['k']}), {r0['layers']} layers x {r0['loops']} "
-                  "passes; ours with the loop kept resident (one body) vs unrolled "
-                  "(moe-loop-residency forced either way), vs the same model in "
-                  "torch eager (HF loop per layer). ms, medians; check within "
+                  "passes; ours with the loop kept resident (one kernel for all "
+                  "passes), the same body as a host loop of launches "
+                  "(--resident-loops=false), and unrolled (moe-loop-residency "
+                  "forced either way), vs the same model in torch eager (HF loop "
+                  "per layer). ms, medians; check within "
                   f"atol = rtol = {LOOPED_TOLERANCE} of the model with fp32 "
                   "activations (6 chained bf16 MoE layers).", "",
-                  "| T | resident | unrolled | eager | unrolled/resident "
-                  "| eager/resident | check |", "|---|---|---|---|---|---|---|"]
+                  "| T | resident | host loop | unrolled | eager "
+                  "| host loop/resident | unrolled/resident | eager/resident "
+                  "| check |", "|---|---|---|---|---|---|---|---|---|"]
         for row in result["looped"]:
             if "skipped" in row:
-                lines.append(f"| {row['T']} | skipped | | | | | {row['skipped']} |")
+                lines.append(f"| {row['T']} | skipped | | | | | | | {row['skipped']} |")
                 continue
             lines.append("| " + " | ".join([
                 str(row["T"]),
                 *[fmt_ms(row.get(v, {}).get("median_ms")) if "error" not in row.get(v, {})
-                  else "err" for v in ("resident", "unrolled", "eager")],
+                  else "err" for v in LOOPED_VARIANTS],
+                fmt(row.get("host_loop_over_resident"), ".2f"),
                 fmt(row.get("unrolled_over_resident"), ".2f"),
                 fmt(row.get("eager_over_resident"), ".2f"),
-                check_cell(row, ("resident", "unrolled", "eager"))]) + " |")
+                check_cell(row, LOOPED_VARIANTS)]) + " |")
         errors += sorted({f"looped {v}: {row[v]['error']}" for row in result["looped"]
-                          for v in ("resident", "unrolled", "eager")
+                          for v in LOOPED_VARIANTS
                           if "error" in row.get(v, {})})
     if result["notes"] or errors:
         lines += ["", "Notes:"] + [f"- {n}" for n in result["notes"] + errors]
@@ -947,7 +958,7 @@ def main(argv=None):
     print(text)
     print(f"wrote {base}.json and {base}.md ({result['elapsed_s']} s)")
     failed = [r for r in layer + looped
-              for impl in ("ours", "resident", "unrolled") + PEERS
+              for impl in ("ours",) + LOOPED_VARIANTS + PEERS
               if r.get(impl, {}).get("pass") is False]
     return 1 if failed else 0
 
