@@ -44,6 +44,20 @@ namespace {
 constexpr int64_t kResidentBlockThreads = 256;
 constexpr int64_t kResidentGridBlocks = 2 * 132;
 
+/// The most kernel parameter bytes that PTX ISA 8.0 (the kernels' version)
+/// allows; later versions allow more, on newer drivers.
+constexpr int64_t kMaxParameterBytes = 4352;
+
+/// The bytes of kernel parameters a value takes: a memref is passed as its
+/// descriptor (two pointers, the offset, sizes and strides).
+int64_t parameterBytes(Type type) {
+  if (auto memref = dyn_cast<MemRefType>(type))
+    return (3 + 2 * memref.getRank()) * 8;
+  if (type.isIndex())
+    return 8;
+  return std::max<int64_t>(type.getIntOrFloatBitWidth() / 8, 4);
+}
+
 /// Whether `op` is host arithmetic that can be recomputed in the kernel.
 bool isClonable(Operation *op) {
   return op->getNumRegions() == 0 && isMemoryEffectFree(op);
@@ -294,41 +308,11 @@ LogicalResult ResidentLoopBuilder::emitBody(KernelBody &k,
 LogicalResult ResidentLoopBuilder::build() {
   if (failed(check()))
     return failure();
-  OpBuilder &host = program.host();
-  host.setInsertionPoint(loop);
   Location loc = loop.getLoc();
 
-  // The body's buffers, allocated once at their first-pass sizes.
-  Value token =
-      gpu::WaitOp::create(host, loc, host.getType<gpu::AsyncTokenType>(), {})
-          .getAsyncToken();
-  Type tokenType = host.getType<gpu::AsyncTokenType>();
-  for (auto alloc : loop.getBody()->getOps<gpu::AllocOp>()) {
-    IRMapping hoisted;
-    SmallVector<Value> sizes;
-    for (Value size : alloc.getDynamicSizes()) {
-      FailureOr<Value> h = hoistedValue(size, hoisted);
-      if (failed(h))
-        return failure();
-      sizes.push_back(*h);
-    }
-    host.setInsertionPoint(loop);
-    auto buffer = gpu::AllocOp::create(host, loc, alloc.getType(), tokenType,
-                                       {token}, sizes, {});
-    token = buffer.getAsyncToken();
-    scratch.push_back({alloc, buffer.getMemref()});
-  }
-  auto counter =
-      gpu::AllocOp::create(host, loc, MemRefType::get({1}, host.getI32Type()),
-                           tokenType, {token}, {}, {});
-  Value zero = arith::ConstantIntOp::create(host, loc, 0, 32);
-  token = gpu::MemsetOp::create(host, loc, tokenType, {counter.getAsyncToken()},
-                                counter.getMemref(), zero)
-              .getAsyncToken();
-
   // The kernel's arguments: what the body uses from outside (constants are
-  // rematerialised instead), the loop bounds, the scratch buffers and the
-  // barrier counter.
+  // rematerialised instead), the loop bounds, then the scratch buffers and
+  // the barrier counter, allocated below.
   llvm::SetVector<Value> used;
   getUsedValuesDefinedAbove(loop.getRegion(), used);
   used.insert(loop.getLowerBound());
@@ -351,6 +335,51 @@ LogicalResult ResidentLoopBuilder::build() {
              << v.getType();
     args.push_back(v);
   }
+  auto counterType =
+      MemRefType::get({1}, IntegerType::get(loop.getContext(), 32));
+  int64_t bytes = parameterBytes(counterType);
+  for (Value v : args)
+    bytes += parameterBytes(v.getType());
+  for (auto alloc : loop.getBody()->getOps<gpu::AllocOp>())
+    bytes += parameterBytes(alloc.getType());
+  if (bytes > kMaxParameterBytes) {
+    // Too many buffers (many layers per pass) for one kernel's parameters.
+    emitRemark(loc, "convert-moe-to-gpu: this resident loop stays a host "
+                    "loop of launches: its kernel would take ")
+        << bytes << " bytes of parameters, over the " << kMaxParameterBytes
+        << " that PTX ISA 8.0 allows";
+    return success();
+  }
+
+  OpBuilder &host = program.host();
+  host.setInsertionPoint(loop);
+
+  // The body's buffers, allocated once at their first-pass sizes.
+  Value token =
+      gpu::WaitOp::create(host, loc, host.getType<gpu::AsyncTokenType>(), {})
+          .getAsyncToken();
+  Type tokenType = host.getType<gpu::AsyncTokenType>();
+  for (auto alloc : loop.getBody()->getOps<gpu::AllocOp>()) {
+    IRMapping hoisted;
+    SmallVector<Value> sizes;
+    for (Value size : alloc.getDynamicSizes()) {
+      FailureOr<Value> h = hoistedValue(size, hoisted);
+      if (failed(h))
+        return failure();
+      sizes.push_back(*h);
+    }
+    host.setInsertionPoint(loop);
+    auto buffer = gpu::AllocOp::create(host, loc, alloc.getType(), tokenType,
+                                       {token}, sizes, {});
+    token = buffer.getAsyncToken();
+    scratch.push_back({alloc, buffer.getMemref()});
+  }
+  auto counter =
+      gpu::AllocOp::create(host, loc, counterType, tokenType, {token}, {}, {});
+  Value zero = arith::ConstantIntOp::create(host, loc, 0, 32);
+  token = gpu::MemsetOp::create(host, loc, tokenType, {counter.getAsyncToken()},
+                                counter.getMemref(), zero)
+              .getAsyncToken();
   for (auto &entry : scratch)
     args.push_back(entry.second);
   args.push_back(counter.getMemref());
