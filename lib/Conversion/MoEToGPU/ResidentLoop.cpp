@@ -37,12 +37,14 @@ using namespace mlir;
 using namespace mlir::moe::gpu_lowering;
 
 namespace {
-/// Threads per block of the resident kernel, and the blocks it asks for
-/// (the runtime lowers that to what fits): two blocks per SM of an H100,
+/// Threads per block of the resident kernel, the blocks per SM ptxas must
+/// make room for (at most 128 registers per thread), and the blocks it asks
+/// for (the runtime lowers that to what fits): two per SM of an H100,
 /// enough warps per SM to keep loads in flight with few arrivals per
-/// barrier. Neither is tuned yet.
+/// barrier. None is tuned yet.
 constexpr int64_t kResidentBlockThreads = 256;
-constexpr int64_t kResidentGridBlocks = 2 * 132;
+constexpr int64_t kResidentBlocksPerSM = 2;
+constexpr int64_t kResidentGridBlocks = kResidentBlocksPerSM * 132;
 
 /// The most kernel parameter bytes that PTX ISA 8.0 (the kernels' version)
 /// allows; later versions allow more, on newer drivers.
@@ -394,6 +396,12 @@ LogicalResult ResidentLoopBuilder::build() {
       b, program.newKernelName(moert::cuda::kResidentKernelPrefix),
       host.getFunctionType(argTypes, {}));
   fn->setAttr(gpu::GPUDialect::getKernelFuncAttrName(), host.getUnitAttr());
+  // The kernel holds the registers of its largest phase all along; without
+  // a bound that can leave room for one block per SM.
+  fn->setAttr(NVVM::NVVMDialect::getMaxntidAttrName(),
+              host.getDenseI32ArrayAttr({kResidentBlockThreads, 1, 1}));
+  fn->setAttr(NVVM::NVVMDialect::getMinctasmAttrName(),
+              host.getI32IntegerAttr(kResidentBlocksPerSM));
   b.setInsertionPointToStart(&fn.getBody().front());
   KernelBody k(b, options);
   for (auto [host, arg] : llvm::zip(args, fn.getArguments()))

@@ -40,6 +40,9 @@ moe.weight @down : tensor<4x8x16xf32>
 // CHECK-LABEL: gpu.func @resident_loop_
 // CHECK-SAME: %{{.*}}: memref<?x4xf32>
 // CHECK-SAME: %[[COUNT:[^:]*]]: memref<1xi32>, %{{[^:]*}}: memref<?xi32>, %[[BARRIER:[^:]*]]: memref<1xi32>) kernel
+// Blocks of 256 threads, two per SM: ptxas keeps each thread within 128
+// registers, though the kernel holds its largest phase's all along.
+// CHECK-SAME: attributes {nvvm.maxntid = array<i32: 256, 1, 1>, nvvm.minctasm = 2 : i32}
 // CHECK: %[[TID:.*]] = gpu.thread_id x
 // CHECK: %[[BDIM:.*]] = gpu.block_dim x
 // CHECK: %[[GRID:.*]] = gpu.grid_dim x
