@@ -398,10 +398,12 @@ LogicalResult ResidentLoopBuilder::build() {
   fn->setAttr(gpu::GPUDialect::getKernelFuncAttrName(), host.getUnitAttr());
   // The kernel holds the registers of its largest phase all along; without
   // a bound that can leave room for one block per SM.
-  fn->setAttr(NVVM::NVVMDialect::getMaxntidAttrName(),
-              host.getDenseI32ArrayAttr({kResidentBlockThreads, 1, 1}));
-  fn->setAttr(NVVM::NVVMDialect::getMinctasmAttrName(),
-              host.getI32IntegerAttr(kResidentBlocksPerSM));
+  if (!options.emulateWarpOps) {
+    fn->setAttr(NVVM::NVVMDialect::getMaxntidAttrName(),
+                host.getDenseI32ArrayAttr({kResidentBlockThreads, 1, 1}));
+    fn->setAttr(NVVM::NVVMDialect::getMinctasmAttrName(),
+                host.getI32IntegerAttr(kResidentBlocksPerSM));
+  }
   b.setInsertionPointToStart(&fn.getBody().front());
   KernelBody k(b, options);
   for (auto [host, arg] : llvm::zip(args, fn.getArguments()))
