@@ -31,6 +31,7 @@
 #include "mlir/IR/Matchers.h"
 #include "mlir/Interfaces/SideEffectInterfaces.h"
 #include "mlir/Transforms/RegionUtils.h"
+#include "llvm/ADT/MapVector.h"
 #include "llvm/ADT/SetVector.h"
 
 using namespace mlir;
@@ -65,6 +66,38 @@ bool isClonable(Operation *op) {
   return op->getNumRegions() == 0 && isMemoryEffectFree(op);
 }
 
+/// `whole`, a buffer of `type` allocated for the largest pass, seen as one
+/// of `type` with the dynamic sizes `sizes` (row-major: the elements it
+/// covers lead the buffer).
+Value emitLeadingView(KernelBody &k, Value whole, MemRefType type,
+                      ValueRange sizes) {
+  ImplicitLocOpBuilder &b = k.b;
+  SmallVector<OpFoldResult> mixedSizes, strides(type.getRank());
+  SmallVector<Value> sizeValues;
+  unsigned dynamic = 0;
+  for (int64_t dim : type.getShape()) {
+    bool isDynamic = ShapedType::isDynamic(dim);
+    Value size = isDynamic ? sizes[dynamic++] : k.index(dim);
+    sizeValues.push_back(size);
+    mixedSizes.push_back(isDynamic ? OpFoldResult(size)
+                                   : OpFoldResult(b.getIndexAttr(dim)));
+  }
+  // Static strides where the type has them (the verifier wants them so),
+  // else the product of the sizes after the dimension.
+  SmallVector<int64_t> typeStrides;
+  int64_t typeOffset;
+  (void)type.getStridesAndOffset(typeStrides, typeOffset);
+  Value running = k.index(1);
+  for (int64_t d = type.getRank() - 1; d >= 0; --d) {
+    strides[d] = ShapedType::isDynamic(typeStrides[d])
+                     ? OpFoldResult(running)
+                     : OpFoldResult(b.getIndexAttr(typeStrides[d]));
+    running = k.mul(running, sizeValues[d]);
+  }
+  return memref::ReinterpretCastOp::create(b, type, whole, b.getIndexAttr(0),
+                                           mixedSizes, strides);
+}
+
 class ResidentLoopBuilder {
 public:
   ResidentLoopBuilder(GPUProgram &program, scf::ForOp loop)
@@ -86,7 +119,7 @@ private:
   const GPUKernelOptions &options;
   /// The body's gpu.alloc ops and the buffers allocated for them before
   /// the launch.
-  SmallVector<std::pair<gpu::AllocOp, Value>> scratch;
+  llvm::MapVector<Operation *, Value> scratch;
   /// Host slots the body reads a device result into, and that result.
   DenseMap<Value, Value> readBackSlots;
   /// Host value -> kernel value, while the kernel body is emitted.
@@ -134,18 +167,19 @@ FailureOr<Value> ResidentLoopBuilder::hoistedValue(Value v,
   if (!isClonable(def))
     return def->emitError("convert-moe-to-gpu: a resident loop kernel's "
                           "buffer size depends on a value read at run time");
-  for (Value operand : def->getOperands())
-    if (FailureOr<Value> h = hoistedValue(operand, hoisted); failed(h))
+  for (Value operand : def->getOperands()) {
+    FailureOr<Value> h = hoistedValue(operand, hoisted);
+    if (failed(h))
       return failure();
-    else
-      hoisted.map(operand, *h);
+    hoisted.map(operand, *h);
+  }
   OpBuilder b(loop);
   Operation *clone = b.clone(*def, hoisted);
   return clone->getResult(cast<OpResult>(v).getResultNumber());
 }
 
-/// The kernel's value for a host value the body uses: constants are
-/// rematerialised in the kernel, everything else was mapped.
+/// The kernel's value for a host value the body uses: a kernel argument, a
+/// constant cloned at the kernel's entry, or what the body's clone made.
 Value ResidentLoopBuilder::kernelValue(Value hostValue) {
   return map.lookup(hostValue);
 }
@@ -252,40 +286,16 @@ LogicalResult ResidentLoopBuilder::emitBody(KernelBody &k,
     }
     if (auto alloc = dyn_cast<gpu::AllocOp>(op)) {
       // The pass's view of the buffer allocated before the launch.
-      Value buffer = llvm::find_if(scratch, [&](auto &entry) {
-                       return entry.first == alloc;
-                     })->second;
-      Value whole = kernelValue(buffer);
+      Value whole = kernelValue(scratch.lookup(alloc));
       MemRefType type = alloc.getType();
       if (type.hasStaticShape()) {
         map.map(alloc.getMemref(), whole);
         continue;
       }
-      SmallVector<OpFoldResult> sizes, strides(type.getRank());
-      SmallVector<Value> sizeValues;
-      unsigned dynamic = 0;
-      for (int64_t dim : type.getShape()) {
-        bool isDynamic = ShapedType::isDynamic(dim);
-        Value size = isDynamic ? kernelValue(alloc.getDynamicSizes()[dynamic++])
-                               : k.index(dim);
-        sizeValues.push_back(size);
-        sizes.push_back(isDynamic ? OpFoldResult(size)
-                                  : OpFoldResult(b.getIndexAttr(dim)));
-      }
-      // Row-major strides: static where the type has them, else the
-      // product of the sizes after the dimension.
-      SmallVector<int64_t> typeStrides;
-      int64_t typeOffset;
-      (void)type.getStridesAndOffset(typeStrides, typeOffset);
-      Value running = k.index(1);
-      for (int64_t d = type.getRank() - 1; d >= 0; --d) {
-        strides[d] = ShapedType::isDynamic(typeStrides[d])
-                         ? OpFoldResult(running)
-                         : OpFoldResult(b.getIndexAttr(typeStrides[d]));
-        running = k.mul(running, sizeValues[d]);
-      }
-      Value view = memref::ReinterpretCastOp::create(
-          b, type, whole, b.getIndexAttr(0), sizes, strides);
+      SmallVector<Value> sizes;
+      for (Value size : alloc.getDynamicSizes())
+        sizes.push_back(kernelValue(size));
+      Value view = emitLeadingView(k, whole, type, sizes);
       map.map(alloc.getMemref(), view);
       continue;
     }
@@ -374,7 +384,7 @@ LogicalResult ResidentLoopBuilder::build() {
     auto buffer = gpu::AllocOp::create(host, loc, alloc.getType(), tokenType,
                                        {token}, sizes, {});
     token = buffer.getAsyncToken();
-    scratch.push_back({alloc, buffer.getMemref()});
+    scratch[alloc] = buffer.getMemref();
   }
   auto counter =
       gpu::AllocOp::create(host, loc, counterType, tokenType, {token}, {}, {});
