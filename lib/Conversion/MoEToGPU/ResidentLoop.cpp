@@ -47,9 +47,9 @@ constexpr int64_t kResidentBlockThreads = 256;
 constexpr int64_t kResidentBlocksPerSM = 2;
 constexpr int64_t kResidentGridBlocks = kResidentBlocksPerSM * 132;
 
-/// The most kernel parameter bytes that PTX ISA 8.0 (the kernels' version)
-/// allows; later versions allow more, on newer drivers.
-constexpr int64_t kMaxParameterBytes = 4352;
+/// The most kernel parameter bytes that PTX ISA 8.1 (moe-cuda-pipeline's
+/// version) allows on sm_70 and later.
+constexpr int64_t kMaxParameterBytes = 32764;
 
 /// The bytes of kernel parameters a value takes: a memref is passed as its
 /// descriptor (two pointers, the offset, sizes and strides).
@@ -359,7 +359,7 @@ LogicalResult ResidentLoopBuilder::build() {
     emitRemark(loc, "convert-moe-to-gpu: this resident loop stays a host "
                     "loop of launches: its kernel would take ")
         << bytes << " bytes of parameters, over the " << kMaxParameterBytes
-        << " that PTX ISA 8.0 allows";
+        << " that PTX ISA 8.1 allows";
     return success();
   }
 

@@ -62,11 +62,12 @@ void mlir::moe::buildMoECUDAPipeline(OpPassManager &pm,
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
   // One NVVM target per chip; gpu-module-to-binary makes one PTX object for
-  // each. PTX ISA 8.0 (CUDA 12) covers sm_80 and sm_90a.
+  // each. PTX ISA 8.1 (CUDA 12.1) covers sm_80 and sm_90a, and lets kernels
+  // (resident loops) take more than 4352 bytes of parameters.
   for (const std::string &chip : options.getChips()) {
     GpuNVVMAttachTargetOptions target;
     target.chip = chip;
-    target.features = "+ptx80";
+    target.features = "+ptx81";
     target.optLevel = 3;
     pm.addPass(createGpuNVVMAttachTarget(target));
   }
