@@ -50,8 +50,10 @@ llvm::cl::opt<bool> tensorCores(
 llvm::cl::opt<bool> bf16Activations(
     "bf16-activations", llvm::cl::cat(moe::getCompilerOptionsCategory()),
     llvm::cl::desc("GPU kernels: round activations to bf16 for the tensor "
-                   "cores (bf16 accuracy, half the tensor work) instead of "
-                   "splitting each into two bf16 parts (close to f32)"));
+                   "cores (bf16 accuracy, half the tensor work) and keep the "
+                   "experts' intermediates in bf16 (half their memory), "
+                   "instead of splitting each into two bf16 parts (close to "
+                   "f32)"));
 
 llvm::cl::opt<bool> residentLoops(
     "resident-loops", llvm::cl::init(true),

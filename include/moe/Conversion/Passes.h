@@ -71,8 +71,9 @@ struct MoECUDAPipelineOptions
   Option<bool> bf16Activations{
       *this, "bf16-activations",
       llvm::cl::desc("Round activations to bf16 for the tensor cores (one "
-                     "mma.sync per step) instead of splitting them into two "
-                     "bf16 parts (two per step, close to f32 accuracy)"),
+                     "mma.sync per step) and store the experts' intermediates "
+                     "in bf16, instead of splitting them into two bf16 parts "
+                     "(two per step, close to f32 accuracy)"),
       llvm::cl::init(false)};
   Option<bool> residentLoops{
       *this, "resident-loops",

@@ -61,7 +61,8 @@ def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
     the weights are bf16 and the shapes divide into tiles, else a thread per
     output. The f32 activations enter the tensor cores as a bf16 high part
     and a bf16 remainder (two mma.sync per step, close to f32 accuracy), or
-    with `bf16-activations` rounded to bf16 (one mma.sync, bf16 accuracy).
+    with `bf16-activations` rounded to bf16 (one mma.sync, bf16 accuracy;
+    the experts' plan-ordered intermediates are then bf16 buffers too).
     The dense GEMMs of decoders (attention projections, LM head) have the
     same forms; the router's logits never use tensor cores, so that top-k
     decisions keep f32 activations. A cost model
@@ -92,7 +93,8 @@ def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
     Option<"bf16Activations", "bf16-activations", "bool", /*default=*/"false",
            "Round activations to bf16 for the tensor cores (one mma.sync per "
            "step, bf16 accuracy) instead of splitting each into two bf16 "
-           "parts (two mma.sync per step, close to f32 accuracy)">,
+           "parts (two mma.sync per step, close to f32 accuracy); the "
+           "experts' intermediates are then stored in bf16">,
     Option<"reportForms", "report-forms", "bool", /*default=*/"false",
            "Say in a remark which forms each GEMM got from the cost model">,
     Option<"residentLoops", "resident-loops", "bool", /*default=*/"true",

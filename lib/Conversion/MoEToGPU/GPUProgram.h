@@ -31,7 +31,7 @@ struct GPUKernelOptions {
   /// Whether the expert GEMMs may use tensor cores.
   bool tensorCores;
   /// Whether their f32 activations are rounded to bf16 (else split into two
-  /// bf16 parts: WarpMma.h).
+  /// bf16 parts: WarpMma.h), and the experts' intermediates kept in bf16.
   bool bf16Activations;
   /// Whether warp-collective operations (mma.sync, shuffles) are emitted as
   /// the arithmetic each lane gets from them, for moe-emulate-gpu (which
@@ -80,7 +80,11 @@ public:
       v = arith::ExtFOp::create(b, b.getF32Type(), v);
     return v;
   }
+  /// Stores `v`, rounded to bf16 for a bf16 buffer (activations kept so).
   void store(Value v, Value memref, ValueRange indices) {
+    if (cast<MemRefType>(memref.getType()).getElementType().isBF16() &&
+        v.getType().isF32())
+      v = arith::TruncFOp::create(b, b.getBF16Type(), v);
     memref::StoreOp::create(b, v, memref, indices);
   }
   Value dim(Value memref, int64_t i) {

@@ -366,10 +366,19 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   int64_t e = wShape[0], f = wShape[1], d = wShape[2];
   int64_t topK = shapeOf(slotRow)[1];
   Value rows = p.hostDim(rowToken, 0);
-  Type f32 = p.host().getF32Type();
+  const GPUKernelOptions &options = p.getOptions();
+  auto isBF16 = [](Value w) {
+    return cast<MemRefType>(w.getType()).getElementType().isBF16();
+  };
+  // The plan-ordered intermediates, the largest buffers of a layer (rows =
+  // tokens x k): bf16 when activations are rounded to bf16 anyway (the
+  // tensor cores read them so), which halves their memory and traffic.
+  Type element = options.bf16Activations && isBF16(wg) && isBF16(wd)
+                     ? p.host().getBF16Type()
+                     : p.host().getF32Type();
   int64_t dyn = ShapedType::kDynamic;
-  Value h = p.scratch(MemRefType::get({dyn, f}, f32), {rows});
-  Value y = p.scratch(MemRefType::get({dyn, d}, f32), {rows});
+  Value h = p.scratch(MemRefType::get({dyn, f}, element), {rows});
+  Value y = p.scratch(MemRefType::get({dyn, d}, element), {rows});
 
   // Each GEMM has three forms, launched side by side with the rows each gets
   // (GPUCostModel.h picks where they hand over). Few rows (decode) leave a
@@ -380,10 +389,6 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   // (deterministic).
   // More rows go to warp tiles on the tensor cores (bf16 weights), else to a
   // thread per output.
-  const GPUKernelOptions &options = p.getOptions();
-  auto isBF16 = [](Value w) {
-    return cast<MemRefType>(w.getType()).getElementType().isBF16();
-  };
   ExpertGemmShape upShape{e, topK, f, d, 2, isBF16(wg) && isBF16(wu)};
   ExpertGemmShape downShape{e, topK, d, f, 1, isBF16(wd)};
   ExpertGemmForms upForms =

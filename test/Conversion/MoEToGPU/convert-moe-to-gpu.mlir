@@ -342,7 +342,17 @@ moe.weight @down : tensor<4x32x64xbf16>
 // CHECK-COUNT-8: nvvm.mma.sync
 // CHECK-NOT: nvvm.mma.sync
 // CHECK: gpu.return
-// bf16-activations: one mma.sync per subtile and step.
+// bf16-activations: the plan-ordered intermediates (gate/up's output, each
+// slot's down output) are bf16 buffers, rounded as they are stored; one
+// mma.sync per subtile and step.
+// BF16ACT-LABEL: func.func @tensor_cores(
+// BF16ACT: %[[H:.*]], %{{.*}} = gpu.alloc async [%{{.*}}] (%{{.*}}) : memref<?x64xbf16>
+// BF16ACT: %[[Y:.*]], %{{.*}} = gpu.alloc async [%{{.*}}] (%{{.*}}) : memref<?x32xbf16>
+// BF16ACT: @moe_kernels::@experts_gate_up_mma_{{[0-9]+}} {{.*}}args({{.*}}%[[H]] : memref<?x64xbf16>, %{{.*}} : memref<5xi32>)
+// BF16ACT: @moe_kernels::@experts_combine_{{[0-9]+}} {{.*}}args(%{{.*}} : index, %[[Y]] : memref<?x32xbf16>
+// BF16ACT-LABEL: gpu.func @experts_gate_up_{{[0-9]+}}(
+// BF16ACT: %[[R:.*]] = arith.truncf %{{.*}} : f32 to bf16
+// BF16ACT: memref.store %[[R]], %{{.*}} : memref<?x64xbf16>
 // BF16ACT-LABEL: gpu.func @experts_gate_up_mma_
 // BF16ACT-COUNT-8: nvvm.mma.sync
 // BF16ACT-NOT: nvvm.mma.sync
