@@ -2,6 +2,7 @@
 #include "GPUProgram.h"
 #include "WarpMma.h"
 
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/IR/Matchers.h"
 
 using namespace mlir;
@@ -44,6 +45,73 @@ KernelBody::warpSum(Value lane,
     lanes = std::move(next);
   }
   return lanes[0];
+}
+
+SmallVector<Value>
+KernelBody::laneDotShares(Value lane, int64_t depth, Value a, ValueRange aRow,
+                          ArrayRef<Value> weights,
+                          ArrayRef<SmallVector<Value>> wRows) {
+  Type wElement = cast<MemRefType>(weights[0].getType()).getElementType();
+  int64_t elementBytes = wElement.getIntOrFloatBitWidth() / 8;
+  int64_t width = 16 / elementBytes;
+  auto indices = [](ValueRange row, Value i) {
+    SmallVector<Value> all(row);
+    all.push_back(i);
+    return all;
+  };
+  SmallVector<Value> zeros(weights.size(), f32(0.0));
+  if (depth % width != 0 || llvm::any_of(weights, [&](Value w) {
+        return cast<MemRefType>(w.getType()).getElementType() != wElement;
+      }))
+    return reduceAll(
+        lane, index(depth), zeros,
+        [&](Value i, ValueRange acc) -> SmallVector<Value> {
+          Value x = load(a, indices(aRow, i));
+          SmallVector<Value> next;
+          for (auto [j, w] : llvm::enumerate(weights))
+            next.push_back(
+                fadd(acc[j], fmul(x, load(w, indices(wRows[j], i)))));
+          return next;
+        },
+        kLanes);
+  // One aligned 16-byte load per weight row and chunk; emulated on the CPU,
+  // where host weights need not be aligned, with no alignment claimed.
+  llvm::Align alignment(options.emulateWarpOps ? elementBytes : 16);
+  auto widen = [&](Value v) {
+    auto type = cast<VectorType>(v.getType());
+    if (!type.getElementType().isBF16())
+      return v;
+    return Value(arith::ExtFOp::create(
+        b, VectorType::get(type.getShape(), b.getF32Type()), v));
+  };
+  // Activations claim only their elements' alignment: views may start
+  // anywhere.
+  auto chunk = [&](Value memref, ValueRange at,
+                   std::optional<llvm::Align> align) {
+    Type element = cast<MemRefType>(memref.getType()).getElementType();
+    auto type = VectorType::get({width}, element);
+    Value v = align ? vector::LoadOp::create(b, type, memref, at,
+                                             /*nontemporal=*/false, *align)
+                    : vector::LoadOp::create(b, type, memref, at);
+    return widen(v);
+  };
+  return reduceAll(
+      mul(lane, index(width)), index(depth), zeros,
+      [&](Value i, ValueRange acc) -> SmallVector<Value> {
+        Value x = chunk(a, indices(aRow, i), std::nullopt);
+        SmallVector<Value> ws;
+        for (auto [j, w] : llvm::enumerate(weights))
+          ws.push_back(chunk(w, indices(wRows[j], i), alignment));
+        SmallVector<Value> next(acc);
+        for (int64_t e = 0; e < width; ++e) {
+          Value xe = vector::ExtractOp::create(b, x, ArrayRef<int64_t>{e});
+          for (auto [j, w] : llvm::enumerate(ws))
+            next[j] = fadd(next[j], fmul(xe, vector::ExtractOp::create(
+                                                 b, w, ArrayRef<int64_t>{e})));
+        }
+        return next;
+      },
+      kLanes *width);
 }
 
 Value GPUProgram::stream() {
@@ -327,13 +395,7 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
         Value rc = k.div(gid, k.index(kLanes));
         Value r = k.div(rc, k.index(cols)), c = k.rem(rc, k.index(cols));
         Value sum = k.warpSum(lane, [&](Value l) {
-          return k.reduceAll(
-              l, k.index(depth), {k.f32(0.0)},
-              [&](Value i, ValueRange acc) -> SmallVector<Value> {
-                return {k.fadd(acc[0], k.fmul(k.load(args[0], {r, i}),
-                                              k.load(args[1], {c, i})))};
-              },
-              kLanes);
+          return k.laneDotShares(l, depth, args[0], {r}, {args[1]}, {{c}});
         })[0];
         k.ifThen(k.cmp(arith::CmpIPredicate::eq, lane, k.index(0)), [&] {
           k.store(sum, args[2], {r, c});

@@ -190,6 +190,19 @@ public:
     return pos;
   }
 
+  /// Lane `lane`'s shares of the dot products of the activation row
+  /// `a[aRow..., :]` with each weight row `weights[j][wRows[j]..., :]`,
+  /// over `depth` elements, for a warp that splits them (KernelBody::warpSum
+  /// adds the shares). Lanes take 16 bytes of weights at a time (8 bf16 or 4
+  /// f32, one vector load) when `depth` is a multiple of that: lane l takes
+  /// chunks l, l + 32, ... (neighbouring lanes read neighbouring weights);
+  /// else single elements l, l + 32, .... Each share adds its products in
+  /// order. The weights must be 16-byte aligned buffers (the runtime's
+  /// weight allocations are).
+  SmallVector<Value> laneDotShares(Value lane, int64_t depth, Value a,
+                                   ValueRange aRow, ArrayRef<Value> weights,
+                                   ArrayRef<SmallVector<Value>> wRows);
+
   /// Every lane's `shares(lane)` summed over the 32 lanes of its warp, in
   /// the order of an xor butterfly (offsets 16, 8, 4, 2, 1): each lane gets
   /// the same totals, the same on every run. The warp's lanes must all be

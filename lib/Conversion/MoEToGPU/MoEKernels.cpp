@@ -419,19 +419,18 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
     }
     return k.fmul(k.fmul(g, k.sigmoid(z)), u);
   };
-  // The gate and up dots of row r, column c over x's elements lb, lb +
-  // step, ... (the row's token t, expert ex).
-  auto gateUp = [&](KernelBody &k, ValueRange args, Value t, Value ex, Value c,
-                    Value lb, int64_t step) {
+  // The gate and up dots of row r (its token t, expert ex), column c, by
+  // one thread.
+  auto gateUp = [&](KernelBody &k, ValueRange args, Value t, Value ex,
+                    Value c) {
     Value zero = k.f32(0.0);
     return k.reduceAll(
-        lb, k.index(d), {zero, zero},
+        k.index(0), k.index(d), {zero, zero},
         [&](Value i, ValueRange acc) -> SmallVector<Value> {
           Value xv = k.load(args[0], {t, i});
           return {k.fadd(acc[0], k.fmul(xv, k.load(args[3], {ex, c, i}))),
                   k.fadd(acc[1], k.fmul(xv, k.load(args[4], {ex, c, i})))};
-        },
-        step);
+        });
   };
   auto ifRowUsed = [&](KernelBody &k, Value tokens, Value r,
                        function_ref<void(Value)> body) {
@@ -496,16 +495,16 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   };
 
   SmallVector<Value> upArgs = {x, rowToken, offsets, wg, wu, h};
-  auto up =
-      p.kernel("experts_gate_up", key, upArgs,
-               [&](KernelBody &k, Value gid, ValueRange args) {
-                 Value r = k.div(gid, k.index(f)), c = k.rem(gid, k.index(f));
-                 ifRowUsed(k, args[1], r, [&](Value t) {
-                   SmallVector<Value> gu = gateUp(
-                       k, args, t, expertOf(k, args[2], r), c, k.index(0), 1);
-                   k.store(activate(k, gu[0], gu[1]), args[5], {r, c});
-                 });
-               });
+  auto up = p.kernel("experts_gate_up", key, upArgs,
+                     [&](KernelBody &k, Value gid, ValueRange args) {
+                       Value r = k.div(gid, k.index(f)),
+                             c = k.rem(gid, k.index(f));
+                       ifRowUsed(k, args[1], r, [&](Value t) {
+                         SmallVector<Value> gu =
+                             gateUp(k, args, t, expertOf(k, args[2], r), c);
+                         k.store(activate(k, gu[0], gu[1]), args[5], {r, c});
+                       });
+                     });
   p.launch(up, p.hostMul(upRows.thread, p.hostIndex(f)), upArgs);
 
   if (int64_t subtiles = upForms.mmaSubtiles) {
@@ -554,7 +553,8 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
         ifRowUsed(k, args[1], r, [&](Value t) {
           Value ex = expertOf(k, args[2], r);
           SmallVector<Value> gu = k.warpSum(lane, [&](Value l) {
-            return gateUp(k, args, t, ex, c, l, kLanes);
+            return k.laneDotShares(l, d, args[0], {t}, {args[3], args[4]},
+                                   {{ex, c}, {ex, c}});
           });
           k.ifThen(k.cmp(arith::CmpIPredicate::eq, lane, k.index(0)), [&] {
             k.store(activate(k, gu[0], gu[1]), args[5], {r, c});
@@ -615,13 +615,7 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
         ifRowUsed(k, args[1], r, [&](Value) {
           Value ex = expertOf(k, args[2], r);
           Value sum = k.warpSum(lane, [&](Value l) {
-            return k.reduceAll(
-                l, k.index(f), {k.f32(0.0)},
-                [&](Value i, ValueRange acc) -> SmallVector<Value> {
-                  return {k.fadd(acc[0], k.fmul(k.load(args[0], {r, i}),
-                                                k.load(args[3], {ex, c, i})))};
-                },
-                kLanes);
+            return k.laneDotShares(l, f, args[0], {r}, {args[3]}, {{ex, c}});
           })[0];
           k.ifThen(k.cmp(arith::CmpIPredicate::eq, lane, k.index(0)), [&] {
             k.store(sum, args[4], {r, c});

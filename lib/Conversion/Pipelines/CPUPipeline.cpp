@@ -1,4 +1,5 @@
-//===- CPUPipeline.cpp - moe-cpu-pipeline ----------------------------------===//
+//===- CPUPipeline.cpp - moe-cpu-pipeline
+//----------------------------------===//
 #include "moe/Conversion/Passes.h"
 #include "moe/Dialect/MoE/Transforms/Passes.h"
 
@@ -32,6 +33,8 @@ void mlir::moe::buildHostToLLVMPipeline(OpPassManager &pm) {
   pm.addPass(createSCFToControlFlowPass());
   pm.addPass(memref::createExpandStridedMetadataPass());
   pm.addPass(createLowerAffinePass());
+  // The emulated GPU kernels load weights in vectors.
+  pm.addPass(createConvertVectorToLLVMPass());
   pm.addPass(createFinalizeMemRefToLLVMConversionPass());
   pm.addPass(createConvertMathToLLVMPass());
   pm.addPass(createArithToLLVMConversionPass());

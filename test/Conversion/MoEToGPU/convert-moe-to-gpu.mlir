@@ -123,11 +123,17 @@ moe.weight @down : tensor<4x8x16xf32>
 // CHECK: arith.cmpi sge
 // CHECK: scf.if
 // CHECK: math.exp
-// Lane l of a split dot product takes elements l, l + 32, ...; the warp
-// adds the partial sums with an xor butterfly, and lane 0 stores.
+// Lane l of a split dot product takes 16-byte chunks of weights (4 f32)
+// l, l + 32, ..., each one aligned vector load per weight, the activations'
+// chunk loaded once for gate and up; the warp adds the partial sums with an
+// xor butterfly, and lane 0 stores.
 // CHECK-LABEL: gpu.func @experts_gate_up_split_{{[0-9]+}}(
 // CHECK: %[[LANE:.*]] = arith.remui %{{.*}}, %c32
-// CHECK: scf.for %{{.*}} = %[[LANE]] to %c8 step %c32
+// CHECK: %[[FIRST:.*]] = arith.muli %[[LANE]], %c4
+// CHECK: scf.for %[[I:.*]] = %[[FIRST]] to %c8 step %c128
+// CHECK: vector.load %{{.*}}[%{{.*}}, %[[I]]] : memref<?x8xf32, strided<[8, 1]>>, vector<4xf32>
+// CHECK: vector.load %{{.*}}[%{{.*}}, %{{.*}}, %[[I]]] {alignment = 16 : i64} : memref<4x16x8xf32>, vector<4xf32>
+// CHECK: vector.load %{{.*}}[%{{.*}}, %{{.*}}, %[[I]]] {alignment = 16 : i64} : memref<4x16x8xf32>, vector<4xf32>
 // CHECK: gpu.shuffle  xor %{{.*}}, %c16_i32{{.*}}, %c32_i32{{.*}} : f32
 // CHECK: gpu.shuffle  xor %{{.*}}, %c8_i32{{.*}}, %c32_i32{{.*}} : f32
 // CHECK: gpu.shuffle  xor %{{.*}}, %c4_i32{{.*}}, %c32_i32{{.*}} : f32
@@ -137,10 +143,12 @@ moe.weight @down : tensor<4x8x16xf32>
 // CHECK: scf.if
 // CHECK: memref.store
 // Emulated, lane l computes the shares of all 32 lanes and adds them in the
-// butterfly's order, without shuffles.
+// butterfly's order, without shuffles, and claims no alignment (host
+// weights need not be aligned).
 // EMU-LABEL: gpu.func @experts_gate_up_split_{{[0-9]+}}(
 // EMU-NOT: gpu.shuffle
-// EMU-COUNT-32: scf.for %{{.*}} = %c{{[0-9]+}}{{.*}} to %c8{{.*}} step %c32
+// EMU-NOT: alignment = 16
+// EMU-COUNT-32: scf.for %{{.*}} = %{{.*}} to %c8{{.*}} step %c128
 // EMU-NOT: gpu.shuffle
 // EMU: gpu.return
 // CHECK-LABEL: gpu.func @exit_update_{{[0-9]+}}(
