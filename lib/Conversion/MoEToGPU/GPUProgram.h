@@ -216,9 +216,8 @@ public:
   const GPUKernelOptions &options;
 };
 
-/// Lanes that split one dot product of a decode-sized GEMM (lane l takes
-/// elements l, l + kLanes, ...: neighbouring lanes read neighbouring
-/// weights): a warp.
+/// Lanes that split one dot product of a decode-sized GEMM
+/// (KernelBody::laneDotShares): a warp.
 constexpr int64_t kLanes = 32;
 
 /// The static shape of a memref value.
@@ -310,9 +309,9 @@ private:
 };
 
 /// out[r, c] = a[r, :] . w[c, :] over `depth` elements, for every row of `a`
-/// and the `cols` rows of `w`: for few rows (decode) a warp per output (lane
-/// l takes elements l, l + 32, ...: neighbouring lanes read neighbouring
-/// weights) whose partial sums KernelBody::warpSum adds; for more, warp
+/// and the `cols` rows of `w`: for few rows (decode) a warp per output
+/// (KernelBody::laneDotShares: 16-byte chunks of weights per lane) whose
+/// partial sums KernelBody::warpSum adds; for more, warp
 /// tiles on the tensor cores (bf16 weights, `tensorCores`, shapes that
 /// divide into tiles: WarpMma.h), else a thread per output. The cost model
 /// picks the hand-over; the forms are launched side by side, the ones that

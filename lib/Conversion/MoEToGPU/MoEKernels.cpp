@@ -383,10 +383,10 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   // Each GEMM has three forms, launched side by side with the rows each gets
   // (GPUCostModel.h picks where they hand over). Few rows (decode) leave a
   // thread per output too little parallelism and read each weight row with
-  // one thread: there, a warp splits every dot product (lane l takes
-  // elements l, l + 32, ...: neighbouring lanes read neighbouring weights)
-  // and adds the partial sums with shuffles in a fixed order
-  // (deterministic).
+  // one thread: there, a warp splits every dot product (lanes take 16-byte
+  // chunks of weights, neighbouring lanes neighbouring chunks:
+  // KernelBody::laneDotShares) and adds the partial sums with shuffles in a
+  // fixed order (deterministic).
   // More rows go to warp tiles on the tensor cores (bf16 weights), else to a
   // thread per output.
   ExpertGemmShape upShape{e, topK, f, d, 2, isBF16(wg) && isBF16(wu)};
