@@ -95,6 +95,7 @@ KernelBody::laneDotShares(Value lane, int64_t depth, Value a, ValueRange aRow,
                     : vector::LoadOp::create(b, type, memref, at);
     return widen(v);
   };
+  int64_t warpChunk = kLanes * width;
   return reduceAll(
       mul(lane, index(width)), index(depth), zeros,
       [&](Value i, ValueRange acc) -> SmallVector<Value> {
@@ -111,7 +112,7 @@ KernelBody::laneDotShares(Value lane, int64_t depth, Value a, ValueRange aRow,
         }
         return next;
       },
-      kLanes *width);
+      warpChunk);
 }
 
 Value GPUProgram::stream() {
