@@ -257,34 +257,39 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                             });
     return k.fmul(dotted, k.f32(scale));
   };
-  // max, sum of exp(score - max) and acc += exp(score - max) v over keys
-  // [lo, hi), lo < hi; acc is a head_dim buffer the caller zeroed.
+  // max, sum of exp(score - max) and acc = sum of exp(score - max) v over
+  // keys [lo, hi), lo < hi, in one pass over the keys (online softmax: each
+  // key that raises the max rescales what came before); acc is a head_dim
+  // buffer, overwritten.
   auto softmaxSums = [&](KernelBody &k, Value qm, Value kc, Value vc, Value t,
                          Value qBase, Value kvBase, Value lo, Value hi,
                          Value acc) {
     auto score = [&](Value j) {
       return scoreOf(k, qm, kc, t, qBase, kvBase, j);
     };
-    Value max = k.reduce(k.add(lo, k.index(1)), hi, score(lo),
-                         [&](Value j, Value m) -> Value {
-                           return arith::MaximumFOp::create(k.b, m, score(j));
-                         });
-    Value sum = k.reduce(lo, hi, k.f32(0.0), [&](Value j, Value s) {
-      Value e = math::ExpOp::create(k.b, k.fsub(score(j), max));
-      k.forEach(k.index(0), k.index(headDim), [&](Value c) {
-        Value v = k.load(vc, {j, k.add(kvBase, c)});
-        k.store(k.fadd(k.load(acc, {c}), k.fmul(e, v)), acc, {c});
-      });
-      return k.fadd(s, e);
+    k.forEach(k.index(0), k.index(headDim), [&](Value c) {
+      k.store(k.load(vc, {lo, k.add(kvBase, c)}), acc, {c});
     });
-    return std::make_pair(max, sum);
+    SmallVector<Value> maxSum = k.reduceAll(
+        k.add(lo, k.index(1)), hi, {score(lo), k.f32(1.0)},
+        [&](Value j, ValueRange ms) -> SmallVector<Value> {
+          Value x = score(j);
+          Value max = arith::MaximumFOp::create(k.b, ms[0], x);
+          Value rescale = math::ExpOp::create(k.b, k.fsub(ms[0], max));
+          Value e = math::ExpOp::create(k.b, k.fsub(x, max));
+          k.forEach(k.index(0), k.index(headDim), [&](Value c) {
+            Value v = k.load(vc, {j, k.add(kvBase, c)});
+            k.store(k.fadd(k.fmul(k.load(acc, {c}), rescale), k.fmul(e, v)),
+                    acc, {c});
+          });
+          return {max, k.fadd(k.fmul(ms[1], rescale), e)};
+        });
+    return std::make_pair(maxSum[0], maxSum[1]);
   };
+  // softmaxSums' weighted values, per thread.
   auto headAccumulator = [&](KernelBody &k) {
-    auto acc = memref::AllocaOp::create(
+    return memref::AllocaOp::create(
         k.b, MemRefType::get({headDim}, k.b.getF32Type()));
-    k.forEach(k.index(0), k.index(headDim),
-              [&](Value c) { k.store(k.f32(0.0), acc, {c}); });
-    return acc;
   };
   // body() for a token with a valid position; NaN in its head row else.
   auto ifValidToken = [&](KernelBody &k, Value pos, Value kc, Value qm, Value t,
