@@ -26,6 +26,7 @@
 #include "moe/Conversion/KernelProgram.h"
 #include "moert/GpuRuntime.h"
 
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
 #include "mlir/IR/IRMapping.h"
 #include "mlir/IR/Matchers.h"
@@ -46,6 +47,12 @@ namespace {
 constexpr int64_t kResidentBlockThreads = 256;
 constexpr int64_t kResidentBlocksPerSM = 2;
 constexpr int64_t kResidentGridBlocks = kResidentBlocksPerSM * 132;
+
+/// A grid barrier sleeps ~kBarrierPollNs between polls of its counter (each
+/// an atomic of about a microsecond) and traps at the kBarrierMaxPolls-th:
+/// after half a minute or so, far beyond any phase.
+constexpr int64_t kBarrierPollNs = 32;
+constexpr int64_t kBarrierMaxPolls = int64_t(1) << 25;
 
 /// The most kernel parameter bytes that PTX ISA 8.1 (moe-cuda-pipeline's
 /// version) allows on sm_70 and later.
@@ -205,9 +212,14 @@ void ResidentLoopBuilder::emitGridBarrier(KernelBody &k,
         arith::AddIOp::create(b, arith::DivUIOp::create(b, arrived, grid),
                               k.i32(1)),
         grid);
+    // On the GPU the wait sleeps a little between polls, and the
+    // kBarrierMaxPolls-th poll traps: a kernel that cannot complete its
+    // barrier (a bug) fails the run instead of hanging it.
+    bool onGpu = !options.emulateWarpOps;
+    Type i32 = b.getI32Type();
     scf::WhileOp::create(
-        b, TypeRange{}, ValueRange{},
-        [&](OpBuilder &nested, Location loc, ValueRange) {
+        b, TypeRange{i32}, ValueRange{k.i32(0)},
+        [&](OpBuilder &nested, Location loc, ValueRange polls) {
           Value zero = arith::ConstantIndexOp::create(nested, loc, 0);
           Value none = arith::ConstantIntOp::create(nested, loc, 0, 32);
           Value now = memref::AtomicRMWOp::create(
@@ -215,10 +227,28 @@ void ResidentLoopBuilder::emitGridBarrier(KernelBody &k,
               ValueRange{zero});
           Value waiting = arith::CmpIOp::create(
               nested, loc, arith::CmpIPredicate::ult, now, target);
-          scf::ConditionOp::create(nested, loc, waiting, ValueRange{});
+          if (onGpu) {
+            Value stuck = arith::CmpIOp::create(
+                nested, loc, arith::CmpIPredicate::uge, polls[0],
+                arith::ConstantIntOp::create(nested, loc, kBarrierMaxPolls,
+                                             32));
+            scf::IfOp::create(nested, loc, stuck,
+                              [&](OpBuilder &then, Location loc) {
+                                LLVM::Trap::create(then, loc);
+                                scf::YieldOp::create(then, loc);
+                              });
+          }
+          scf::ConditionOp::create(nested, loc, waiting, polls);
         },
-        [&](OpBuilder &nested, Location loc, ValueRange) {
-          scf::YieldOp::create(nested, loc);
+        [&](OpBuilder &nested, Location loc, ValueRange polls) {
+          if (onGpu)
+            NVVM::NanosleepOp::create(
+                nested, loc,
+                arith::ConstantIntOp::create(nested, loc, kBarrierPollNs, 32));
+          Value one = arith::ConstantIntOp::create(nested, loc, 1, 32);
+          scf::YieldOp::create(
+              nested, loc,
+              ValueRange{arith::AddIOp::create(nested, loc, polls[0], one)});
         });
     if (!options.emulateWarpOps)
       NVVM::MembarOp::create(b, NVVM::MemScopeKind::GPU);

@@ -68,10 +68,18 @@ moe.weight @down : tensor<4x8x16xf32>
 // CHECK:       %[[Q:.*]] = arith.divui %[[OLD]], %[[BLOCKS]] : i32
 // CHECK:       %[[NEXT:.*]] = arith.addi %[[Q]], %c1_i32 : i32
 // CHECK:       %[[TARGET:.*]] = arith.muli %[[NEXT]], %[[BLOCKS]] : i32
-// CHECK:       scf.while : () -> () {
+// It sleeps ~32 ns between polls, and its 2^25-th poll (half a minute or
+// so) traps: a kernel that cannot complete a barrier fails, not hangs.
+// CHECK:       scf.while (%[[POLLS:.*]] = %c0_i32) : (i32) -> i32 {
 // CHECK:         %[[NOW:.*]] = memref.atomic_rmw addi %c0_i32, %[[BARRIER]][%c0]
 // CHECK:         %[[WAIT:.*]] = arith.cmpi ult, %[[NOW]], %[[TARGET]] : i32
-// CHECK:         scf.condition(%[[WAIT]])
+// CHECK:         %[[STUCK:.*]] = arith.cmpi uge, %[[POLLS]], %c33554432_i32 : i32
+// CHECK:         scf.if %[[STUCK]] {
+// CHECK:           llvm.intr.trap
+// CHECK:         scf.condition(%[[WAIT]]) %[[POLLS]] : i32
+// CHECK:       } do {
+// CHECK:         nvvm.nanosleep %c32_i32
+// CHECK:         arith.addi %{{.*}}, %c1_i32 : i32
 // CHECK:       nvvm.memory.barrier <gpu>
 // CHECK:     gpu.barrier
 // A pass views the prefix of a buffer that it uses.
@@ -91,6 +99,7 @@ moe.weight @down : tensor<4x8x16xf32>
 // EMU: @moe_kernels::@resident_loop_{{[0-9]+}} blocks in (%c1{{.*}}, %c1{{.*}}, %c1{{.*}}) threads in (%c1{{.*}}, %c1{{.*}}, %c1{{.*}})
 // EMU-LABEL: gpu.func @resident_loop_
 // EMU-NOT: nvvm.
+// EMU-NOT: llvm.intr.trap
 // EMU-NOT: gpu.shuffle
 // EMU: gpu.return
 func.func @compacting(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
