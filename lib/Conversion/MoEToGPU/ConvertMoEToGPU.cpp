@@ -6,18 +6,20 @@
 // kernels generated for that call (GPUProgram.h; the kernels are in
 // MoEKernels.cpp and DecoderKernels.cpp): static shapes (d, f, E, k),
 // activation, scoring, tiles and thresholds are constants of the kernel.
-// Buffers become device allocations and all work is queued on one stream;
-// the host waits only where it reads a result (the number of tokens still
-// active after an exit test) and at the end.
+// Buffers become device allocations and all work is queued on one stream.
+// A pass loop that is not unrolled then becomes one resident kernel for all
+// its passes (ResidentLoop.cpp; with resident-loops=false the host waits
+// once per pass to read how many tokens are still active).
 //
 // The kernels are one-dimensional grids of independent threads: a thread per
 // output element or per token, with serial loops over the reduction. They use
-// no shared memory, barriers or warp shuffles, which keeps them checkable on
-// the CPU (moe-emulate-gpu runs every thread in turn). The exceptions are
+// no shared memory or warp shuffles, which keeps them checkable on the CPU
+// (moe-emulate-gpu runs every thread in turn). The exceptions are
 // warp-collective: mma.sync in the tensor-core forms of the expert GEMMs
 // (WarpMma.h) and the shuffles that add the lane partials of the decode
 // forms; emulate-warp-ops replaces them with the arithmetic each lane gets
-// from them. Atomics order plan
+// from them. A resident loop kernel's grid barriers are emulated as a grid
+// of one thread. Atomics order plan
 // rows within an expert segment arbitrarily; every row is computed by the
 // same code from the same inputs, so results do not depend on that order.
 //
