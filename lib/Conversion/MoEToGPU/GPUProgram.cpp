@@ -74,9 +74,24 @@ KernelBody::laneDotShares(Value lane, int64_t depth, Value a, ValueRange aRow,
           return next;
         },
         kLanes);
-  // One aligned 16-byte load per weight row and chunk; emulated on the CPU,
-  // where host weights need not be aligned, with no alignment claimed.
-  llvm::Align alignment(options.emulateWarpOps ? elementBytes : 16);
+  // Device buffers start 256-byte aligned (cuMemAlloc), so a chunk is
+  // 16-byte aligned where the view starts at the buffer's start and every
+  // row's bytes are a multiple of 16 (the chunks are 16 bytes of weights
+  // from there). Emulated on the CPU, where host buffers need not be
+  // aligned, nothing is claimed.
+  auto alignmentOf = [&](Value memref) -> std::optional<llvm::Align> {
+    auto type = cast<MemRefType>(memref.getType());
+    SmallVector<int64_t> strides;
+    int64_t offset;
+    if (options.emulateWarpOps ||
+        failed(type.getStridesAndOffset(strides, offset)) || offset != 0)
+      return std::nullopt;
+    int64_t bytes = type.getElementTypeBitWidth() / 8;
+    for (int64_t stride : ArrayRef(strides).drop_back())
+      if (ShapedType::isDynamic(stride) || (stride * bytes) % 16 != 0)
+        return std::nullopt;
+    return llvm::Align(16);
+  };
   auto widen = [&](Value v) {
     auto type = cast<VectorType>(v.getType());
     if (!type.getElementType().isBF16())
@@ -84,12 +99,10 @@ KernelBody::laneDotShares(Value lane, int64_t depth, Value a, ValueRange aRow,
     return Value(arith::ExtFOp::create(
         b, VectorType::get(type.getShape(), b.getF32Type()), v));
   };
-  // Activations claim only their elements' alignment: views may start
-  // anywhere.
-  auto chunk = [&](Value memref, ValueRange at,
-                   std::optional<llvm::Align> align) {
+  auto chunk = [&](Value memref, ValueRange at) {
     Type element = cast<MemRefType>(memref.getType()).getElementType();
     auto type = VectorType::get({width}, element);
+    std::optional<llvm::Align> align = alignmentOf(memref);
     Value v = align ? vector::LoadOp::create(b, type, memref, at,
                                              /*nontemporal=*/false, *align)
                     : vector::LoadOp::create(b, type, memref, at);
@@ -99,10 +112,10 @@ KernelBody::laneDotShares(Value lane, int64_t depth, Value a, ValueRange aRow,
   return reduceAll(
       mul(lane, index(width)), index(depth), zeros,
       [&](Value i, ValueRange acc) -> SmallVector<Value> {
-        Value x = chunk(a, indices(aRow, i), std::nullopt);
+        Value x = chunk(a, indices(aRow, i));
         SmallVector<Value> ws;
         for (auto [j, w] : llvm::enumerate(weights))
-          ws.push_back(chunk(w, indices(wRows[j], i), alignment));
+          ws.push_back(chunk(w, indices(wRows[j], i)));
         SmallVector<Value> next(acc);
         for (int64_t e = 0; e < width; ++e) {
           Value xe = vector::ExtractOp::create(b, x, ArrayRef<int64_t>{e});

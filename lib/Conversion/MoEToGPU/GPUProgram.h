@@ -197,8 +197,8 @@ public:
   /// f32, one vector load) when `depth` is a multiple of that: lane l takes
   /// chunks l, l + 32, ... (neighbouring lanes read neighbouring weights);
   /// else single elements l, l + 32, .... Each share adds its products in
-  /// order. The weights must be 16-byte aligned buffers (the runtime's
-  /// weight allocations are).
+  /// order. Loads claim 16-byte alignment where the view's layout implies
+  /// it for a buffer that starts aligned (every device allocation does).
   SmallVector<Value> laneDotShares(Value lane, int64_t depth, Value a,
                                    ValueRange aRow, ArrayRef<Value> weights,
                                    ArrayRef<SmallVector<Value>> wRows);

@@ -125,13 +125,14 @@ moe.weight @down : tensor<4x8x16xf32>
 // CHECK: math.exp
 // Lane l of a split dot product takes 16-byte chunks of weights (4 f32)
 // l, l + 32, ..., each one aligned vector load per weight, the activations'
-// chunk loaded once for gate and up; the warp adds the partial sums with an
+// chunk loaded once for gate and up (aligned too: rows of 32 bytes from the
+// buffer's start); the warp adds the partial sums with an
 // xor butterfly, and lane 0 stores.
 // CHECK-LABEL: gpu.func @experts_gate_up_split_{{[0-9]+}}(
 // CHECK: %[[LANE:.*]] = arith.remui %{{.*}}, %c32
 // CHECK: %[[FIRST:.*]] = arith.muli %[[LANE]], %c4
 // CHECK: scf.for %[[I:.*]] = %[[FIRST]] to %c8 step %c128
-// CHECK: vector.load %{{.*}}[%{{.*}}, %[[I]]] : memref<?x8xf32, strided<[8, 1]>>, vector<4xf32>
+// CHECK: vector.load %{{.*}}[%{{.*}}, %[[I]]] {alignment = 16 : i64} : memref<?x8xf32, strided<[8, 1]>>, vector<4xf32>
 // CHECK: vector.load %{{.*}}[%{{.*}}, %{{.*}}, %[[I]]] {alignment = 16 : i64} : memref<4x16x8xf32>, vector<4xf32>
 // CHECK: vector.load %{{.*}}[%{{.*}}, %{{.*}}, %[[I]]] {alignment = 16 : i64} : memref<4x16x8xf32>, vector<4xf32>
 // CHECK: gpu.shuffle  xor %{{.*}}, %c16_i32{{.*}}, %c32_i32{{.*}} : f32
