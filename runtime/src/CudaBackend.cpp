@@ -589,9 +589,7 @@ void mgpuLaunchKernel(void *function, intptr_t gridX, intptr_t gridY,
     const Device &device = s->device();
     if (!device.canLaunchCooperatively())
       return s->fail("the resident loop kernel " + kernel() +
-                     " needs a "
-                     "cooperative launch, which " +
-                     device.describe() +
+                     " needs a cooperative launch, which " + device.describe() +
                      " does not support (compile with --resident-loops=false)");
     int perMultiprocessor = 0;
     if (!s->check(s->driver().cuOccupancyMaxActiveBlocksPerMultiprocessor(
@@ -605,9 +603,11 @@ void mgpuLaunchKernel(void *function, intptr_t gridX, intptr_t gridY,
     if (perMultiprocessor <= 0)
       return s->fail("the resident loop kernel " + kernel() +
                      " does not fit on one multiprocessor of " +
-                     device.describe() + " (too many registers per block)");
-    gridX = std::min<intptr_t>(gridX, intptr_t(perMultiprocessor) *
-                                          device.multiprocessorCount());
+                     device.describe() +
+                     " (its block needs more registers or shared memory)");
+    if (device.multiprocessorCount() > 0)
+      gridX = std::min<intptr_t>(gridX, intptr_t(perMultiprocessor) *
+                                            device.multiprocessorCount());
     if (!s->check(s->driver().cuLaunchCooperativeKernel(
                       f, unsigned(gridX), unsigned(gridY), unsigned(gridZ),
                       unsigned(blockX), unsigned(blockY), unsigned(blockZ),

@@ -676,7 +676,7 @@ TEST_F(FakeCudaTest,
               "moert_model_run on cuda (sm_90, Fake GPU): the resident loop "
               "kernel 'resident_loop_0' (grid 264x1x1, block 256x1x1, 0 bytes "
               "shared) does not fit on one multiprocessor of sm_90, Fake GPU "
-              "(too many registers per block)");
+              "(its block needs more registers or shared memory)");
     unsetenv("MOERT_FAKE_CUDA_BLOCKS_PER_SM");
     // The driver's refusal names the call and the grid.
     setenv("MOERT_FAKE_CUDA_FAIL", "cuLaunchCooperativeKernel=720", 1);
