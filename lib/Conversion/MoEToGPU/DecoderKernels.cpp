@@ -13,6 +13,8 @@
 //===----------------------------------------------------------------------===//
 #include "GPUProgram.h"
 
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
+
 using namespace mlir;
 using namespace mlir::moe::gpu_lowering;
 
@@ -246,30 +248,54 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                       f32),
       {p.hostMul(splitN, p.hostIndex(numHeads)), chunks});
 
+  // Head rows are read in 16-byte vectors (4 f32) when a head is a whole
+  // number of them (rows and heads then start at 16-byte units); every
+  // element is still added in order.
+  constexpr int64_t kHeadVector = 4;
+  bool vectorHeads = headDim % kHeadVector == 0;
+  int64_t headStep = vectorHeads ? kHeadVector : 1;
+  // The elements of a head row from c on, one vector or one element.
+  auto headElements = [&](KernelBody &k, Value m, Value row, Value base,
+                          Value c) -> SmallVector<Value> {
+    if (!vectorHeads)
+      return {k.load(m, {row, k.add(base, c)})};
+    Value v = k.loadVector(m, {row, k.add(base, c)}, kHeadVector,
+                           /*alignedIndex=*/true);
+    SmallVector<Value> elements;
+    for (int64_t e = 0; e < kHeadVector; ++e)
+      elements.push_back(
+          vector::ExtractOp::create(k.b, v, ArrayRef<int64_t>{e}));
+    return elements;
+  };
   // q . k_j * scale for the head at qBase of token t, kv head at kvBase.
   auto scoreOf = [&](KernelBody &k, Value qm, Value kc, Value t, Value qBase,
                      Value kvBase, Value j) {
-    Value dotted = k.reduce(k.index(0), k.index(headDim), k.f32(0.0),
-                            [&](Value c, Value acc) {
-                              Value qv = k.load(qm, {t, k.add(qBase, c)});
-                              Value kv = k.load(kc, {j, k.add(kvBase, c)});
-                              return k.fadd(acc, k.fmul(qv, kv));
-                            });
+    Value dotted = k.reduceAll(
+        k.index(0), k.index(headDim), {k.f32(0.0)},
+        [&](Value c, ValueRange acc) -> SmallVector<Value> {
+          Value sum = acc[0];
+          for (auto [qv, kv] : llvm::zip(headElements(k, qm, t, qBase, c),
+                                         headElements(k, kc, j, kvBase, c)))
+            sum = k.fadd(sum, k.fmul(qv, kv));
+          return {sum};
+        },
+        headStep)[0];
     return k.fmul(dotted, k.f32(scale));
   };
-  // max, sum of exp(score - max) and acc = sum of exp(score - max) v over
-  // keys [lo, hi), lo < hi, in one pass over the keys (online softmax: each
-  // key that raises the max rescales what came before); acc is a head_dim
-  // buffer, overwritten.
   auto softmaxSums = [&](KernelBody &k, Value qm, Value kc, Value vc, Value t,
                          Value qBase, Value kvBase, Value lo, Value hi,
                          Value acc) {
     auto score = [&](Value j) {
       return scoreOf(k, qm, kc, t, qBase, kvBase, j);
     };
-    k.forEach(k.index(0), k.index(headDim), [&](Value c) {
-      k.store(k.load(vc, {lo, k.add(kvBase, c)}), acc, {c});
-    });
+    k.forEach(
+        k.index(0), k.index(headDim),
+        [&](Value c) {
+          for (auto [at, v] :
+               llvm::enumerate(headElements(k, vc, lo, kvBase, c)))
+            k.store(v, acc, {k.add(c, k.index(at))});
+        },
+        headStep);
     SmallVector<Value> maxSum = k.reduceAll(
         k.add(lo, k.index(1)), hi, {score(lo), k.f32(1.0)},
         [&](Value j, ValueRange ms) -> SmallVector<Value> {
@@ -277,11 +303,18 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
           Value max = arith::MaximumFOp::create(k.b, ms[0], x);
           Value rescale = math::ExpOp::create(k.b, k.fsub(ms[0], max));
           Value e = math::ExpOp::create(k.b, k.fsub(x, max));
-          k.forEach(k.index(0), k.index(headDim), [&](Value c) {
-            Value v = k.load(vc, {j, k.add(kvBase, c)});
-            k.store(k.fadd(k.fmul(k.load(acc, {c}), rescale), k.fmul(e, v)),
-                    acc, {c});
-          });
+          k.forEach(
+              k.index(0), k.index(headDim),
+              [&](Value c) {
+                for (auto [at, v] :
+                     llvm::enumerate(headElements(k, vc, j, kvBase, c))) {
+                  Value ci = k.add(c, k.index(at));
+                  k.store(
+                      k.fadd(k.fmul(k.load(acc, {ci}), rescale), k.fmul(e, v)),
+                      acc, {ci});
+                }
+              },
+              headStep);
           return {max, k.fadd(k.fmul(ms[1], rescale), e)};
         });
     return std::make_pair(maxSum[0], maxSum[1]);

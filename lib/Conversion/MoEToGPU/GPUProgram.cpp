@@ -47,6 +47,39 @@ KernelBody::warpSum(Value lane,
   return lanes[0];
 }
 
+std::optional<llvm::Align> KernelBody::vectorAlignment(Value memref) {
+  // Device buffers start 256-byte aligned (cuMemAlloc), so a vector is
+  // 16-byte aligned where the view starts at the buffer's start, every row
+  // is a whole number of 16 bytes, and the vector starts a 16-byte unit of
+  // its row. Emulated on the CPU, where host buffers need not be aligned,
+  // nothing is claimed.
+  auto type = cast<MemRefType>(memref.getType());
+  SmallVector<int64_t> strides;
+  int64_t offset;
+  if (options.emulateWarpOps ||
+      failed(type.getStridesAndOffset(strides, offset)) || offset != 0)
+    return std::nullopt;
+  int64_t bytes = type.getElementTypeBitWidth() / 8;
+  for (int64_t stride : ArrayRef(strides).drop_back())
+    if (ShapedType::isDynamic(stride) || (stride * bytes) % 16 != 0)
+      return std::nullopt;
+  return llvm::Align(16);
+}
+
+Value KernelBody::loadVector(Value memref, ValueRange indices, int64_t width,
+                             bool alignedIndex) {
+  Type element = cast<MemRefType>(memref.getType()).getElementType();
+  auto type = VectorType::get({width}, element);
+  std::optional<llvm::Align> align =
+      alignedIndex ? vectorAlignment(memref) : std::nullopt;
+  Value v = align ? vector::LoadOp::create(b, type, memref, indices,
+                                           /*nontemporal=*/false, *align)
+                  : vector::LoadOp::create(b, type, memref, indices);
+  if (!element.isBF16())
+    return v;
+  return arith::ExtFOp::create(b, VectorType::get({width}, b.getF32Type()), v);
+}
+
 SmallVector<Value>
 KernelBody::laneDotShares(Value lane, int64_t depth, Value a, ValueRange aRow,
                           ArrayRef<Value> weights,
@@ -74,39 +107,12 @@ KernelBody::laneDotShares(Value lane, int64_t depth, Value a, ValueRange aRow,
           return next;
         },
         kLanes);
-  // Device buffers start 256-byte aligned (cuMemAlloc), so a chunk is
-  // 16-byte aligned where the view starts at the buffer's start and every
-  // row's bytes are a multiple of 16 (the chunks are 16 bytes of weights
-  // from there). Emulated on the CPU, where host buffers need not be
-  // aligned, nothing is claimed.
-  auto alignmentOf = [&](Value memref) -> std::optional<llvm::Align> {
-    auto type = cast<MemRefType>(memref.getType());
-    SmallVector<int64_t> strides;
-    int64_t offset;
-    if (options.emulateWarpOps ||
-        failed(type.getStridesAndOffset(strides, offset)) || offset != 0)
-      return std::nullopt;
-    int64_t bytes = type.getElementTypeBitWidth() / 8;
-    for (int64_t stride : ArrayRef(strides).drop_back())
-      if (ShapedType::isDynamic(stride) || (stride * bytes) % 16 != 0)
-        return std::nullopt;
-    return llvm::Align(16);
-  };
-  auto widen = [&](Value v) {
-    auto type = cast<VectorType>(v.getType());
-    if (!type.getElementType().isBF16())
-      return v;
-    return Value(arith::ExtFOp::create(
-        b, VectorType::get(type.getShape(), b.getF32Type()), v));
-  };
+  // Chunks start at multiples of `width` elements: at 16-byte units of
+  // their rows where `width` elements fill whole 16 bytes.
   auto chunk = [&](Value memref, ValueRange at) {
-    Type element = cast<MemRefType>(memref.getType()).getElementType();
-    auto type = VectorType::get({width}, element);
-    std::optional<llvm::Align> align = alignmentOf(memref);
-    Value v = align ? vector::LoadOp::create(b, type, memref, at,
-                                             /*nontemporal=*/false, *align)
-                    : vector::LoadOp::create(b, type, memref, at);
-    return widen(v);
+    int64_t bytes =
+        cast<MemRefType>(memref.getType()).getElementTypeBitWidth() / 8;
+    return loadVector(memref, at, width, (width * bytes) % 16 == 0);
   };
   int64_t warpChunk = kLanes * width;
   return reduceAll(

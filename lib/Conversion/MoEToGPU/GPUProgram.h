@@ -190,6 +190,17 @@ public:
     return pos;
   }
 
+  /// Whether a vector load from `memref` may claim 16-byte alignment: the
+  /// view's layout implies it (offset 0, rows of whole 16 bytes) in a buffer
+  /// that starts aligned, as every device allocation does. Never when
+  /// emulated (host buffers need not be aligned).
+  std::optional<llvm::Align> vectorAlignment(Value memref);
+  /// `width` elements of `memref` from `indices` on along its innermost
+  /// dimension, as f32, in one vector load: claiming vectorAlignment when
+  /// the caller says the innermost index is at a 16-byte unit of its row.
+  Value loadVector(Value memref, ValueRange indices, int64_t width,
+                   bool alignedIndex);
+
   /// Lane `lane`'s shares of the dot products of the activation row
   /// `a[aRow..., :]` with each weight row `weights[j][wRows[j]..., :]`,
   /// over `depth` elements, for a warp that splits them (KernelBody::warpSum
