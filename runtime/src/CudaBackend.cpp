@@ -310,7 +310,14 @@ CUfunction DeviceModel::function(const char *name, std::string &error) {
     return nullptr;
   }
   functions[name] = f;
+  if (llvm::StringRef(name).starts_with(kResidentKernelPrefix))
+    residentLoopKernels.insert(f);
   return f;
+}
+
+bool DeviceModel::isResidentLoopKernel(CUfunction function) {
+  std::lock_guard<std::mutex> lock(functionsMutex);
+  return residentLoopKernels.contains(function);
 }
 
 void DeviceModel::addToProfile(CUfunction function, double seconds) {
@@ -571,17 +578,17 @@ void mgpuLaunchKernel(void *function, intptr_t gridX, intptr_t gridY,
   if (gridX == 0 || gridY == 0 || gridZ == 0)
     return;
   auto f = static_cast<CUfunction>(function);
-  std::string name = s->model.functionName(f);
+  // For messages only: the name is a search of the model's functions.
   auto kernel = [&] {
-    return "'" + name + "' (grid " + std::to_string(gridX) + "x" +
-           std::to_string(gridY) + "x" + std::to_string(gridZ) + ", block " +
-           std::to_string(blockX) + "x" + std::to_string(blockY) + "x" +
-           std::to_string(blockZ) + ", " + std::to_string(smem) +
+    return "'" + s->model.functionName(f) + "' (grid " + std::to_string(gridX) +
+           "x" + std::to_string(gridY) + "x" + std::to_string(gridZ) +
+           ", block " + std::to_string(blockX) + "x" + std::to_string(blockY) +
+           "x" + std::to_string(blockZ) + ", " + std::to_string(smem) +
            " bytes shared)";
   };
   auto start = s->profile ? std::chrono::steady_clock::now()
                           : std::chrono::steady_clock::time_point();
-  if (llvm::StringRef(name).starts_with(kResidentKernelPrefix)) {
+  if (s->model.isResidentLoopKernel(f)) {
     // A resident loop kernel waits at grid barriers for all its blocks: all
     // must run at once. A cooperative launch guarantees that (the driver
     // refuses one that cannot, rather than let it hang), with the grid

@@ -15,6 +15,7 @@
 #include "CudaDriver.h"
 
 #include "llvm/ADT/ArrayRef.h"
+#include "llvm/ADT/DenseSet.h"
 #include "llvm/ADT/STLFunctionalExtras.h"
 #include "llvm/ADT/StringMap.h"
 #include "llvm/Support/Error.h"
@@ -129,6 +130,10 @@ public:
   CUfunction function(const char *name, std::string &error);
   /// The name of a function returned by function(), for messages.
   std::string functionName(CUfunction function);
+  /// Whether function() returned `function` for a resident loop kernel
+  /// (named kResidentKernelPrefix...): decided once per function, not per
+  /// launch.
+  bool isResidentLoopKernel(CUfunction function);
   /// Adds one timed launch of `function` to the profile that
   /// MOERT_CUDA_PROFILE=1 prints when the model is freed.
   void addToProfile(CUfunction function, double seconds);
@@ -142,6 +147,7 @@ private:
   std::vector<void *> weightPointers;
   std::mutex functionsMutex;
   llvm::StringMap<CUfunction> functions;
+  llvm::DenseSet<CUfunction> residentLoopKernels;
   /// MOERT_CUDA_PROFILE: per kernel, launches and seconds (under
   /// functionsMutex).
   llvm::StringMap<std::pair<int64_t, double>> profile;
