@@ -438,12 +438,15 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
     k.ifThen(k.cmp(arith::CmpIPredicate::sge, tok, k.i32(0)),
              [&] { body(k.toIndex(tok)); });
   };
-  // A warp tile of an mma form: `body(tile, lane, rowOf, tokenOf)` gets the
-  // expert row tile of the warp, the lane, and per row half (WarpMma.h) the
-  // lane's plan row and its token (-1 outside the segment or for padding).
-  using TileBody = function_ref<void(
-      KernelBody &, ValueRange args, const ExpertRowTile &, Value lane,
-      Value colBase, ArrayRef<Value> rowOf, ArrayRef<Value> tokenOf)>;
+  // A warp tile of an mma form: `body` gets the lane, the tile's first
+  // column, per row half (WarpMma.h) the lane's plan row and its token (-1
+  // outside the segment or for padding), and the weight indices of the
+  // tile's expert (WarpTileGemm::bIndices).
+  using WeightIndices =
+      function_ref<SmallVector<Value>(KernelBody &, Value col, Value i)>;
+  using TileBody = function_ref<void(KernelBody &, ValueRange args, Value lane,
+                                     Value colBase, ArrayRef<Value> rowOf,
+                                     ArrayRef<Value> tokenOf, WeightIndices)>;
   // The row tiles of the mma forms (their kernels take it last).
   Value tilePrefix;
   if (upForms.mmaSubtiles || downForms.mmaSubtiles) {
@@ -452,12 +455,17 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
         p, offsets, tilePrefix, e,
         arith::MaxUIOp::create(p.host(), p.getLoc(), upRows.mma, downRows.mma));
   }
-  auto mmaKernel = [&](StringRef base, ArrayRef<Value> args, int64_t cols,
-                       int64_t subtiles, TileBody body) {
+  // Launches the mma form `base` over `rows` plan rows: a warp per (row
+  // tile, `cols` / (8 * subtiles) column tiles); its kernel takes `args` and
+  // the tile prefix.
+  auto launchMma = [&](StringRef base, ArrayRef<Value> formArgs, int64_t cols,
+                       int64_t subtiles, Value rows, TileBody body) {
     std::string mmaKey = key + "," + std::to_string(subtiles);
     int64_t colTiles = cols / (kMmaCols * subtiles);
-    return p.kernel(
-        base, mmaKey, args, [&](KernelBody &k, Value gid, ValueRange args) {
+    SmallVector<Value> mmaArgs(formArgs);
+    mmaArgs.push_back(tilePrefix);
+    auto fn = p.kernel(
+        base, mmaKey, mmaArgs, [&](KernelBody &k, Value gid, ValueRange args) {
           Value lane = k.rem(gid, k.index(kLanes));
           Value task = k.div(gid, k.index(kLanes));
           Value colBase = k.mul(k.rem(task, k.index(colTiles)),
@@ -476,9 +484,14 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                   inSegment, [&] { return k.load(args[1], {r}); },
                   [&] { return k.i32(-1); }));
             }
-            body(k, args, tile, lane, colBase, rowOf, tokenOf);
+            auto bIndices = [&](KernelBody &k, Value col,
+                                Value i) -> SmallVector<Value> {
+              return {tile.expert, k.add(colBase, col), i};
+            };
+            body(k, args, lane, colBase, rowOf, tokenOf, bIndices);
           });
         });
+    p.launch(fn, mmaThreads(p, rows, e, colTiles), mmaArgs);
   };
   auto rowUsed = [&](KernelBody &k, Value token) {
     return k.cmp(arith::CmpIPredicate::sge, token, k.i32(0));
@@ -508,38 +521,30 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   p.launch(up, p.hostMul(upRows.thread, p.hostIndex(f)), upArgs);
 
   if (int64_t subtiles = upForms.mmaSubtiles) {
-    SmallVector<Value> upMmaArgs(upArgs);
-    upMmaArgs.push_back(tilePrefix);
-    auto upMma = mmaKernel(
-        "experts_gate_up_mma", upMmaArgs, f, subtiles,
-        [&](KernelBody &k, ValueRange args, const ExpertRowTile &tile,
-            Value lane, Value colBase, ArrayRef<Value> rowOf,
-            ArrayRef<Value> tokenOf) {
-          SmallVector<Value> tokenRow;
-          for (Value token : tokenOf)
-            tokenRow.push_back(
-                k.toIndex(arith::MaxSIOp::create(k.b, token, k.i32(0))));
-          auto loadA = [&](KernelBody &k, int64_t half, Value i) {
-            return loadRow(k, tokenOf[half], args[0], tokenRow[half], i);
-          };
-          auto bIndices = [&](KernelBody &k, Value col,
-                              Value i) -> SmallVector<Value> {
-            return {tile.expert, k.add(colBase, col), i};
-          };
-          WarpTileGemm gemm{d,     subtiles,           2,
-                            loadA, {args[3], args[4]}, bIndices};
-          SmallVector<Value> acc = emitWarpTileGemm(k, lane, gemm);
-          forEachAccumulator(k, lane, subtiles,
-                             [&](int64_t at, int64_t half, Value col) {
-                               k.ifThen(rowUsed(k, tokenOf[half]), [&] {
-                                 Value g = acc[at], u = acc[subtiles * 4 + at];
-                                 k.store(activate(k, g, u), args[5],
-                                         {rowOf[half], k.add(colBase, col)});
-                               });
-                             });
-        });
-    p.launch(upMma, mmaThreads(p, upRows.mma, e, f / (kMmaCols * subtiles)),
-             upMmaArgs);
+    launchMma("experts_gate_up_mma", upArgs, f, subtiles, upRows.mma,
+              [&](KernelBody &k, ValueRange args, Value lane, Value colBase,
+                  ArrayRef<Value> rowOf, ArrayRef<Value> tokenOf,
+                  WeightIndices bIndices) {
+                SmallVector<Value> tokenRow;
+                for (Value token : tokenOf)
+                  tokenRow.push_back(
+                      k.toIndex(arith::MaxSIOp::create(k.b, token, k.i32(0))));
+                auto loadA = [&](KernelBody &k, int64_t half, Value i) {
+                  return loadRow(k, tokenOf[half], args[0], tokenRow[half], i);
+                };
+                WarpTileGemm gemm{d,     subtiles,           2,
+                                  loadA, {args[3], args[4]}, bIndices};
+                SmallVector<Value> acc = emitWarpTileGemm(k, lane, gemm);
+                forEachAccumulator(
+                    k, lane, subtiles,
+                    [&](int64_t at, int64_t half, Value col) {
+                      k.ifThen(rowUsed(k, tokenOf[half]), [&] {
+                        Value g = acc[at], u = acc[subtiles * 4 + at];
+                        k.store(activate(k, g, u), args[5],
+                                {rowOf[half], k.add(colBase, col)});
+                      });
+                    });
+              });
   }
 
   SmallVector<Value> upSplitArgs = {x, rowToken, offsets, wg, wu, h};
@@ -578,19 +583,13 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   p.launch(down, p.hostMul(downRows.thread, p.hostIndex(d)), downArgs);
 
   if (int64_t subtiles = downForms.mmaSubtiles) {
-    SmallVector<Value> downMmaArgs(downArgs);
-    downMmaArgs.push_back(tilePrefix);
-    auto downMma = mmaKernel(
-        "experts_down_mma", downMmaArgs, d, subtiles,
-        [&](KernelBody &k, ValueRange args, const ExpertRowTile &tile,
-            Value lane, Value colBase, ArrayRef<Value> rowOf,
-            ArrayRef<Value> tokenOf) {
+    launchMma(
+        "experts_down_mma", downArgs, d, subtiles, downRows.mma,
+        [&](KernelBody &k, ValueRange args, Value lane, Value colBase,
+            ArrayRef<Value> rowOf, ArrayRef<Value> tokenOf,
+            WeightIndices bIndices) {
           auto loadA = [&](KernelBody &k, int64_t half, Value i) {
             return loadRow(k, tokenOf[half], args[0], rowOf[half], i);
-          };
-          auto bIndices = [&](KernelBody &k, Value col,
-                              Value i) -> SmallVector<Value> {
-            return {tile.expert, k.add(colBase, col), i};
           };
           WarpTileGemm gemm{f, subtiles, 1, loadA, {args[3]}, bIndices};
           SmallVector<Value> acc = emitWarpTileGemm(k, lane, gemm);
@@ -601,8 +600,6 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                 });
               });
         });
-    p.launch(downMma, mmaThreads(p, downRows.mma, e, d / (kMmaCols * subtiles)),
-             downMmaArgs);
   }
 
   SmallVector<Value> downSplitArgs = {h, rowToken, offsets, wd, y};
