@@ -103,8 +103,10 @@ def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
            "on the device) instead of launches from a host loop that reads "
            "the count back after every pass">,
     Option<"emulateWarpOps", "emulate-warp-ops", "bool", /*default=*/"false",
-           "Emit warp-collective operations (mma.sync, shuffles) as the "
-           "arithmetic each lane gets from them, for moe-emulate-gpu">,
+           "Emit kernels for moe-emulate-gpu: warp-collective operations "
+           "(mma.sync, shuffles) as the arithmetic each lane gets from them, "
+           "resident loop kernels as a grid of one thread (no fences, "
+           "watchdog or launch bounds), and loads with no alignment claims">,
     Option<"chip", "chip", "std::string", /*default=*/"\"sm_90a\"",
            "The chip whose limits the cost model assumes (sm_<number>; "
            "before sm_80, no tensor cores)">

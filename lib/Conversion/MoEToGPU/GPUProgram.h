@@ -33,9 +33,11 @@ struct GPUKernelOptions {
   /// Whether their f32 activations are rounded to bf16 (else split into two
   /// bf16 parts: WarpMma.h), and the experts' intermediates kept in bf16.
   bool bf16Activations;
-  /// Whether warp-collective operations (mma.sync, shuffles) are emitted as
-  /// the arithmetic each lane gets from them, for moe-emulate-gpu (which
-  /// runs one thread at a time).
+  /// Whether the kernels are for moe-emulate-gpu, which runs one thread at
+  /// a time on the CPU: warp-collective operations (mma.sync, shuffles)
+  /// become the arithmetic each lane gets from them, resident loop kernels
+  /// a one-thread grid without fences, watchdog or launch bounds, and loads
+  /// claim no alignment (host buffers need not be aligned).
   bool emulateWarpOps;
   /// The chip the cost model assumes.
   ChipLimits chip;
