@@ -113,7 +113,9 @@ public:
   LogicalResult build();
 
 private:
-  LogicalResult check();
+  /// Checks that the body can run in a kernel and finds its read-back
+  /// slots.
+  LogicalResult scanBody();
   FailureOr<Value> hoistedValue(Value v, IRMapping &hoisted);
   Value kernelValue(Value hostValue);
   LogicalResult emitBody(KernelBody &k, ImplicitLocOpBuilder &b);
@@ -134,7 +136,7 @@ private:
   Value threadId, globalId, gridThreads, gridBlocks, barrierCounter;
 };
 
-LogicalResult ResidentLoopBuilder::check() {
+LogicalResult ResidentLoopBuilder::scanBody() {
   for (Value result : loop.getResults())
     if (!result.use_empty())
       return loop.emitError("convert-moe-to-gpu: a resident pass loop's "
@@ -348,7 +350,7 @@ LogicalResult ResidentLoopBuilder::emitBody(KernelBody &k,
 }
 
 LogicalResult ResidentLoopBuilder::build() {
-  if (failed(check()))
+  if (failed(scanBody()))
     return failure();
   Location loc = loop.getLoc();
 
