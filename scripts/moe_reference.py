@@ -503,6 +503,11 @@ CASES = {
     "looped_bf16_prefill": Case({**_dims(32, 64, 4, 2, 2), "torch_dtype": "bfloat16",
                                  "num_loops": 3, "exit_criterion": "relative_l2"},
                                 tokens=160, down_scale=0.6, margin=1e-3),
+    # Shapes that divide into the Hopper warpgroup tiles (--wgmma: 64 x 64
+    # tiles, reduction slices of 64): two column tiles and two slices per
+    # GEMM, about 80 rows per expert (a full row tile and a partial one).
+    "bf16_warpgroups": Case({**_dims(128, 128, 4, 2, 2), "torch_dtype": "bfloat16"},
+                            tokens=160, margin=1e-3),
     "looped_pathmoe_block": Case({**_dims(16, 24, 4, 2, 2), "num_loops": 2,
                                   "router_share_block": 2, "router_decision": "block"},
                                  tokens=7),

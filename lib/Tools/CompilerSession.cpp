@@ -63,6 +63,14 @@ llvm::cl::opt<bool> residentLoops(
                    "false: a host loop of launches that reads the active "
                    "token count back after each pass"));
 
+llvm::cl::opt<bool> wgmma(
+    "wgmma", llvm::cl::cat(moe::getCompilerOptionsCategory()),
+    llvm::cl::desc("GPU kernels: on sm_90a (H100, H200), run the expert "
+                   "GEMMs' tensor-core form as warpgroup tiles (wgmma from "
+                   "shared memory, weight tiles by TMA) instead of mma.sync; "
+                   "the kernels are then built for sm_90a alone. Not yet "
+                   "validated on a GPU (default false)"));
+
 DialectRegistry compilerDialects() {
   DialectRegistry registry;
   registry.insert<moe::MoEDialect, func::FuncDialect, arith::ArithDialect,
@@ -113,14 +121,26 @@ moe::CompilerSession::lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
            << toolkit << "' (" << libdevice
            << " is missing): install the toolkit, or point --cuda-toolkit or "
               "CUDA_HOME at it";
+  // wgmma and TMA exist on sm_90a alone: its kernels cannot be built for
+  // another chip, so --wgmma builds for sm_90a unless told otherwise.
+  SmallVector<std::string> targets(chips);
+  if (wgmma) {
+    if (targets.empty())
+      targets.push_back("sm_90a");
+    for (const std::string &chip : targets)
+      if (chip != "sm_90a")
+        return module.emitError("--wgmma kernels run on sm_90a only, not ")
+               << chip << ": drop it from --chip, or drop --wgmma";
+  }
   PassManager pm(&context);
   MoECUDAPipelineOptions options;
   options.optLevel = optLevel;
-  options.chips = SmallVector<std::string>(chips);
+  options.chips = targets;
   options.toolkit = toolkit;
   options.tensorCores = tensorCores;
   options.bf16Activations = bf16Activations;
   options.residentLoops = residentLoops;
+  options.wgmma = wgmma;
   options.reportForms = showRemarks;
   buildMoECUDAPipeline(pm, options);
   if (failed(pm.run(module)))
@@ -147,6 +167,7 @@ moe::CompilerSession::lowerForGPUEmulation(ModuleOp module,
   options.tensorCores = tensorCores;
   options.bf16Activations = bf16Activations;
   options.residentLoops = residentLoops;
+  options.wgmma = wgmma;
   options.reportForms = showRemarks;
   buildMoEGPUEmulationPipeline(pm, options);
   // The emulated kernels read bf16 weights as the GPU's do.
@@ -157,5 +178,5 @@ moe::CompilerSession::lowerForGPUEmulation(ModuleOp module,
 bool moe::CompilerSession::gpuKernelOptionsGiven() {
   return tensorCores.getNumOccurrences() ||
          bf16Activations.getNumOccurrences() ||
-         residentLoops.getNumOccurrences();
+         residentLoops.getNumOccurrences() || wgmma.getNumOccurrences();
 }

@@ -257,6 +257,8 @@ DeviceModel::~DeviceModel() {
   for (void *p : weightPointers)
     if (p)
       drv.cuMemFree(devicePointer(p));
+  for (const auto &entry : tensorMaps)
+    drv.cuMemFree(entry.second);
   if (mod)
     drv.cuModuleUnload(mod);
 }
@@ -350,6 +352,54 @@ DeviceModel::allocatePersistent(size_t bytes, const llvm::Twine &what) {
     return failure(
         "cannot allocate " + what + " on " + dev.describe() + ": " +
         drv.failure("cuMemAlloc of " + std::to_string(bytes) + " bytes", r));
+  return hostView(p);
+}
+
+void *DeviceModel::tensorMap(void *base, const uint64_t (&dims)[3],
+                             const uint32_t (&box)[2], std::string &error) {
+  const Driver &drv = dev.driver();
+  std::string what = "the tensor map of a " + std::to_string(dims[0]) + "x" +
+                     std::to_string(dims[1]) + "x" + std::to_string(dims[2]) +
+                     " bf16 tensor (innermost first)";
+  if (!drv.cuTensorMapEncodeTiled) {
+    error = "the driver lacks cuTensorMapEncodeTiled (CUDA 12.0 or later), "
+            "which kernels compiled with --wgmma need for " +
+            what;
+    return nullptr;
+  }
+  // Strides in bytes of dimensions 1 and 2 (dimension 0 is contiguous).
+  const uint64_t strides[2] = {dims[0] * 2, dims[0] * dims[1] * 2};
+  const uint32_t boxDims[3] = {box[0], box[1], 1};
+  const uint32_t elementStrides[3] = {1, 1, 1};
+  CUtensorMap map;
+  if (CUresult r = drv.cuTensorMapEncodeTiled(
+          &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, base, dims, strides,
+          boxDims, elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE)) {
+    error = drv.failure("cuTensorMapEncodeTiled of " + what, r);
+    return nullptr;
+  }
+  std::vector<uint64_t> key(std::begin(map.opaque), std::end(map.opaque));
+  std::lock_guard<std::mutex> lock(functionsMutex);
+  auto [it, added] = tensorMaps.try_emplace(std::move(key), 0);
+  if (!added)
+    return hostView(it->second);
+  // Kernels read the map from global memory. The copy is synchronous, once
+  // per map: no launch on the run's stream can use it before it is done.
+  CUdeviceptr p = 0;
+  CUresult r = drv.cuMemAlloc(&p, sizeof(CUtensorMap));
+  if (r == CUDA_SUCCESS) {
+    r = drv.cuMemcpyHtoD(p, &map, sizeof(CUtensorMap));
+    if (r != CUDA_SUCCESS)
+      drv.cuMemFree(p);
+  }
+  if (r != CUDA_SUCCESS) {
+    tensorMaps.erase(it);
+    error = drv.failure("copying " + what + " to the device", r);
+    return nullptr;
+  }
+  it->second = p;
   return hostView(p);
 }
 
@@ -642,6 +692,23 @@ void mgpuLaunchKernel(void *function, intptr_t gridX, intptr_t gridY,
                                  std::chrono::steady_clock::now() - start)
                                  .count());
 }
+
+// The tensor map through which TMA loads tiles of a bf16 weight tensor
+// (lib/Conversion/MoEToGPU/WarpgroupMma.h): dims innermost first, boxes of
+// box0 x box1 elements.
+void *moert_cuda_tensor_map_bf16_3d(void *base, int64_t dim0, int64_t dim1,
+                                    int64_t dim2, int64_t box0, int64_t box1) {
+  LaunchScope *s = acting();
+  if (!s)
+    return nullptr;
+  const uint64_t dims[3] = {uint64_t(dim0), uint64_t(dim1), uint64_t(dim2)};
+  const uint32_t box[2] = {uint32_t(box0), uint32_t(box1)};
+  std::string error;
+  void *map = s->model.tensorMap(base, dims, box, error);
+  if (!map)
+    s->fail(std::move(error));
+  return map;
+}
 } // extern "C"
 
 llvm::ArrayRef<RuntimeSymbol> moert::cuda::gpuRuntimeSymbols() {
@@ -666,6 +733,7 @@ llvm::ArrayRef<RuntimeSymbol> moert::cuda::gpuRuntimeSymbols() {
       MOERT_SYMBOL(mgpuModuleUnload),
       MOERT_SYMBOL(mgpuModuleGetFunction),
       MOERT_SYMBOL(mgpuLaunchKernel),
+      MOERT_SYMBOL(moert_cuda_tensor_map_bf16_3d),
   };
 #undef MOERT_SYMBOL
   return symbols;

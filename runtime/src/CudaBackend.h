@@ -21,6 +21,7 @@
 #include "llvm/Support/Error.h"
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -137,6 +138,13 @@ public:
   /// Adds one timed launch of `function` to the profile that
   /// MOERT_CUDA_PROFILE=1 prints when the model is freed.
   void addToProfile(CUfunction function, double seconds);
+  /// A device copy of the tensor map of a bf16 tensor at `base` with
+  /// `dims` (innermost first, contiguous) and boxes of `box` elements in its
+  /// two inner dimensions, 128-byte swizzle: encoded and copied on first
+  /// use, then kept for the model's life (its weights' maps are the same
+  /// every run). Null with `error` set on failure.
+  void *tensorMap(void *base, const uint64_t (&dims)[3],
+                  const uint32_t (&box)[2], std::string &error);
   Device &device() const { return dev; }
   CUmodule module() const { return mod; }
 
@@ -148,6 +156,9 @@ private:
   std::mutex functionsMutex;
   llvm::StringMap<CUfunction> functions;
   llvm::DenseSet<CUfunction> residentLoopKernels;
+  /// tensorMap()'s device copies, by the encoded bytes (under
+  /// functionsMutex).
+  std::map<std::vector<uint64_t>, CUdeviceptr> tensorMaps;
   /// MOERT_CUDA_PROFILE: per kernel, launches and seconds (under
   /// functionsMutex).
   llvm::StringMap<std::pair<int64_t, double>> profile;

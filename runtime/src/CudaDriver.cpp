@@ -74,6 +74,7 @@ const char *resolveAll(void *lib, Driver &d) {
 #undef MOERT_REQUIRE
   resolve(lib, "cuMemAllocAsync", d.cuMemAllocAsync);
   resolve(lib, "cuMemFreeAsync", d.cuMemFreeAsync);
+  resolve(lib, "cuTensorMapEncodeTiled", d.cuTensorMapEncodeTiled);
   if (!d.cuMemAllocAsync || !d.cuMemFreeAsync)
     d.cuMemAllocAsync = nullptr, d.cuMemFreeAsync = nullptr;
   return nullptr;

@@ -88,8 +88,9 @@ int main(int argc, char **argv) {
   if (!cuda && (kernelReport || !chips.empty()))
     return fail("--kernel-report and --chip need --target cuda");
   if (!cuda && moe::CompilerSession::gpuKernelOptionsGiven())
-    return fail("--tensor-cores, --bf16-activations and --resident-loops "
-                "need --target cuda");
+    return fail(
+        "--tensor-cores, --bf16-activations, --resident-loops and --wgmma "
+        "need --target cuda");
   if (!isCIdentifier(symbolName))
     return fail("--name '" + symbolName + "' is not a C identifier");
 

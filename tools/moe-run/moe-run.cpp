@@ -400,9 +400,10 @@ int main(int argc, char **argv) {
                 "--device cpu");
   if (device == "cpu" && !gpuEmulation &&
       moe::CompilerSession::gpuKernelOptionsGiven())
-    return fail("--tensor-cores, --bf16-activations and --resident-loops "
-                "shape the GPU kernels: they need --device cuda or "
-                "--gpu-emulation");
+    return fail(
+        "--tensor-cores, --bf16-activations, --resident-loops and --wgmma "
+        "shape the GPU kernels: they need --device cuda or "
+        "--gpu-emulation");
   // Ask the runtime first: a device it cannot use should not cost a compile.
   moert_context *probe = nullptr;
   if (llvm::Error err = check(moert_context_create(device.c_str(), &probe)))

@@ -308,7 +308,8 @@ struct AttentionCase {
           p[j] = 0.0;
           for (int64_t c = 0; c < headDim; ++c)
             p[j] += qHead[c] * ref.k[j * kvWidth() + g * headDim + c];
-          p[j] *= scale > 0.0f ? double(scale) : 1.0 / std::sqrt(double(headDim));
+          p[j] *=
+              scale > 0.0f ? double(scale) : 1.0 / std::sqrt(double(headDim));
           maxScore = std::max(maxScore, p[j]);
         }
         for (int64_t j = 0; j <= t; ++j)

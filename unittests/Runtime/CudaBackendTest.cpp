@@ -79,6 +79,15 @@ void addNormHostCode(void **descriptors) { hostCode(descriptors, "add_norm"); }
 void residentHostCode(void **descriptors) {
   hostCode(descriptors, "resident_loop_0", /*resident=*/true);
 }
+/// The same after asking for a tensor map of the norm weight, as the host
+/// code of --wgmma kernels does for each weight (the dims are made up: the
+/// fake encodes without reading memory).
+void *lastTensorMap = nullptr;
+void tensorMapHostCode(void **descriptors) {
+  auto *norm = static_cast<Desc<float, 1> *>(descriptors[5]);
+  lastTensorMap = moert_cuda_tensor_map_bf16_3d(norm->data, 64, 128, 4, 64, 64);
+  hostCode(descriptors, "add_norm");
+}
 void missingKernelHostCode(void **descriptors) {
   hostCode(descriptors, "no_such_kernel");
 }
@@ -289,6 +298,9 @@ const moert_compiled_model kCudaModel = {MANIFEST(R"("target": "cuda",)"),
                                          sizeof(kFakeBinary)};
 const moert_compiled_model kCpuModel = {MANIFEST(""), addNormHostCode, nullptr,
                                         0};
+const moert_compiled_model kCudaTensorMapModel = {
+    MANIFEST(R"("target": "cuda",)"), tensorMapHostCode, &kFakeBinary,
+    sizeof(kFakeBinary)};
 const moert_compiled_model kCudaResidentModel = {
     MANIFEST(R"("target": "cuda",)"), residentHostCode, &kFakeBinary,
     sizeof(kFakeBinary)};
@@ -703,6 +715,61 @@ TEST_F(FakeCudaTest,
               "kernel 'resident_loop_0' (grid 264x1x1, block 256x1x1, 0 bytes "
               "shared) needs a cooperative launch, which sm_90, Fake GPU does "
               "not support (compile with --resident-loops=false)");
+  }
+  expectNothingLive();
+}
+
+TEST_F(FakeCudaTest, TensorMapsAreEncodedOnceAndKeptOnTheDevice) {
+  std::string error;
+  {
+    auto ctx = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(ctx) << error;
+    auto model = moert::Model::load(*ctx, kCudaTensorMapModel, weights, &error);
+    ASSERT_TRUE(model) << error;
+    int before = counters().allocations;
+    // A failed copy to the device fails the run and keeps nothing.
+    setenv("MOERT_FAKE_CUDA_FAIL", "cuMemcpyHtoD=1", 1);
+    EXPECT_EQ(runError(*model),
+              "moert_model_run on cuda (sm_90, Fake GPU): copying the tensor "
+              "map of a 64x128x4 bf16 tensor (innermost first) to the device "
+              "failed: CUDA_ERROR_INVALID_VALUE (invalid argument)");
+    unsetenv("MOERT_FAKE_CUDA_FAIL");
+    EXPECT_EQ(counters().allocations, before);
+    runAndCheck(*model);
+    // The map lives in device memory (kernels read it there), encoded as
+    // asked: bf16 (9), innermost dimension contiguous, 128-byte swizzle (3).
+    void *map = lastTensorMap;
+    ASSERT_TRUE(map);
+    ASSERT_TRUE(fakeIsDevice(map, 128));
+    FakeCudaTensorMap fields;
+    std::memcpy(&fields, map, sizeof(fields));
+    EXPECT_EQ(fields.dataType, 9);
+    EXPECT_EQ(fields.rank, 3);
+    EXPECT_EQ(fields.swizzle, 3);
+    EXPECT_EQ(fields.dims[0], 64u);
+    EXPECT_EQ(fields.dims[1], 128u);
+    EXPECT_EQ(fields.dims[2], 4u);
+    EXPECT_EQ(fields.strides[0], 128u);
+    EXPECT_EQ(fields.strides[1], 64u * 128u * 2u);
+    EXPECT_EQ(fields.box[0], 64u);
+    EXPECT_EQ(fields.box[1], 64u);
+    EXPECT_EQ(fields.box[2], 1u);
+    EXPECT_EQ(counters().allocations, before + 1);
+    EXPECT_EQ(counters().tensorMapsEncoded, 2);
+    // The next run encodes again (a host call) and finds the same map.
+    runAndCheck(*model);
+    EXPECT_EQ(lastTensorMap, map);
+    EXPECT_EQ(counters().allocations, before + 1);
+    EXPECT_EQ(counters().tensorMapsEncoded, 3);
+    // A map the driver refuses fails the run, naming the tensor.
+    setenv("MOERT_FAKE_CUDA_FAIL", "cuTensorMapEncodeTiled=1", 1);
+    EXPECT_EQ(runError(*model),
+              "moert_model_run on cuda (sm_90, Fake GPU): "
+              "cuTensorMapEncodeTiled of the tensor map of a 64x128x4 bf16 "
+              "tensor (innermost first) failed: CUDA_ERROR_INVALID_VALUE "
+              "(invalid argument)");
+    unsetenv("MOERT_FAKE_CUDA_FAIL");
+    runAndCheck(*model);
   }
   expectNothingLive();
 }
@@ -1177,6 +1244,7 @@ void callEveryMgpuFunction() {
   EXPECT_EQ(mgpuModuleGetFunction(p, "add_norm"), nullptr);
   void *params[] = {p};
   mgpuLaunchKernel(p, 1, 1, 1, 1, 1, 1, 0, p, params, nullptr, 1);
+  EXPECT_EQ(moert_cuda_tensor_map_bf16_3d(p, 8, 8, 1, 8, 8), nullptr);
   EXPECT_EQ(word, 0);
 }
 
@@ -1187,7 +1255,7 @@ TEST_F(FakeCudaTest, MgpuOutsideARunDoesNothing) {
   int calls = counters().driverCalls;
   callEveryMgpuFunction();
   EXPECT_EQ(counters().driverCalls, calls);
-  EXPECT_EQ(moert::cuda::gpuRuntimeSymbols().size(), 18u);
+  EXPECT_EQ(moert::cuda::gpuRuntimeSymbols().size(), 19u);
 }
 
 TEST_F(CudaTest, MgpuWithoutADriverDoesNothing) { callEveryMgpuFunction(); }

@@ -68,6 +68,7 @@ std::set<CUevent> events;
 std::set<Module *> modules;
 int primaryRefs = 0, launches = 0, driverCalls = 0, cooperativeLaunches = 0;
 unsigned lastGridX = 0;
+int tensorMapsEncoded = 0;
 CUstream lastStream = nullptr;
 std::map<std::string, int> callCounts; ///< since the fail spec changed
 std::string lastFailSpec;
@@ -175,7 +176,8 @@ EXPORT FakeCudaCounters fakeCudaCounters() {
           static_cast<void *>(lastStream),
           contextDepth,
           cooperativeLaunches,
-          lastGridX};
+          lastGridX,
+          tensorMapsEncoded};
 }
 
 EXPORT bool fakeCudaIsDeviceMemory(const void *p, size_t bytes) {
@@ -486,6 +488,38 @@ EXPORT CUresult cuLaunchCooperativeKernel(CUfunction function, unsigned gx,
     return r;
   std::lock_guard<std::mutex> lock(mutex);
   ++cooperativeLaunches;
+  return SUCCESS;
+}
+EXPORT CUresult cuTensorMapEncodeTiled(void *map, int dataType, uint32_t rank,
+                                       void *address, const uint64_t *dims,
+                                       const uint64_t *strides,
+                                       const uint32_t *box,
+                                       const uint32_t *elementStrides,
+                                       int interleave, int swizzle, int l2,
+                                       int oobFill) {
+  // A host function: no context needed.
+  FAKE_CALL("cuTensorMapEncodeTiled")
+  constexpr int kSwizzle128B = 3, kBF16Bytes = 2;
+  if (!map || rank != 3 || uintptr_t(address) % 16 || swizzle != kSwizzle128B ||
+      box[0] * kBF16Bytes > 128)
+    return INVALID_VALUE;
+  for (uint32_t i = 0; i + 1 < rank; ++i)
+    if (strides[i] % 16)
+      return INVALID_VALUE;
+  for (uint32_t i = 0; i < rank; ++i)
+    if (box[i] == 0 || box[i] > 256 || elementStrides[i] != 1)
+      return INVALID_VALUE;
+  FakeCudaTensorMap fields = {uintptr_t(address),
+                              {dims[0], dims[1], dims[2]},
+                              {strides[0], strides[1]},
+                              {box[0], box[1], box[2]},
+                              dataType,
+                              int(rank),
+                              swizzle};
+  std::memset(map, 0, 128);
+  std::memcpy(map, &fields, sizeof(fields));
+  std::lock_guard<std::mutex> lock(mutex);
+  ++tensorMapsEncoded;
   return SUCCESS;
 }
 EXPORT CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks,

@@ -21,6 +21,10 @@
 //                            (default 2)
 //   MOERT_FAKE_CUDA_COOPERATIVE    0: no cooperative launches (default 1)
 //
+// cuTensorMapEncodeTiled checks what the real one requires of a 128-byte
+// swizzled map (16-byte aligned address and strides, an inner box of at most
+// 128 bytes) and writes its arguments into the map as FakeCudaTensorMap.
+//
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_UNITTESTS_FAKECUDA_H
 #define MOERT_UNITTESTS_FAKECUDA_H
@@ -54,7 +58,16 @@ struct FakeCudaCounters {
   int contextDepth;        ///< contexts pushed on the calling thread
   int cooperativeLaunches; ///< kernels launched cooperatively so far
   unsigned lastGridX;      ///< the grid's x size of the last launch
+  int tensorMapsEncoded;   ///< cuTensorMapEncodeTiled calls that succeeded
 };
+/// What the fake's cuTensorMapEncodeTiled writes into a CUtensorMap.
+struct FakeCudaTensorMap {
+  unsigned long long address;
+  unsigned long long dims[3], strides[2];
+  unsigned box[3];
+  int dataType, rank, swizzle;
+};
+static_assert(sizeof(FakeCudaTensorMap) <= 128, "a CUtensorMap's size");
 using FakeCudaGetCounters = FakeCudaCounters (*)();
 #define FAKE_CUDA_COUNTERS_SYMBOL "fakeCudaCounters"
 /// Whether [p, p + bytes) lies in one live device allocation, for kernels

@@ -56,6 +56,10 @@ struct ExpertGemmForms {
   /// Subtiles of kMmaCols columns per warp tile of the tensor-core form (a
   /// warp computes kMmaRows x (8 * mmaSubtiles)), or 0 for no such form.
   int64_t mmaSubtiles;
+  /// Whether the tensor-core form runs as Hopper warpgroup tiles of 64 x 64
+  /// instead (wgmma: decided by the GPU lowering's options and the shapes,
+  /// not by the model, which times it as the mma.sync form).
+  bool warpgroupTiles = false;
 };
 
 /// Picks the forms of `shape` on `chip`. The tensor-core form needs

@@ -75,6 +75,12 @@ struct MoECUDAPipelineOptions
                      "in bf16, instead of splitting them into two bf16 parts "
                      "(two per step, close to f32 accuracy)"),
       llvm::cl::init(false)};
+  Option<bool> wgmma{
+      *this, "wgmma",
+      llvm::cl::desc("Run the expert GEMMs' tensor-core form as Hopper "
+                     "warpgroup tiles (wgmma + TMA); needs chip=sm_90a "
+                     "alone (default false: not yet validated on a GPU)"),
+      llvm::cl::init(false)};
   Option<bool> residentLoops{
       *this, "resident-loops",
       llvm::cl::desc("Run each pass loop that is not unrolled as one "

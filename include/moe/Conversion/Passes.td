@@ -59,7 +59,12 @@ def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
     each gets: a warp per output for few rows (decode), warp tiles on the
     tensor cores (mma.sync.m16n8k16, f32 accumulation) for more rows when
     the weights are bf16 and the shapes divide into tiles, else a thread per
-    output. The f32 activations enter the tensor cores as a bf16 high part
+    output. With `wgmma` (chip sm_90a), the tensor-core form of the expert
+    GEMMs whose columns and depth are multiples of 64 runs as Hopper
+    warpgroup tiles instead: 64 x 64 per block of 128 threads, from shared
+    memory, the weight tiles loaded by TMA through tensor maps the host
+    encodes (the runtime's `moert_cuda_tensor_map_bf16_3d`); not inside
+    loops that become resident kernels. The f32 activations enter the tensor cores as a bf16 high part
     and a bf16 remainder (two mma.sync per step, close to f32 accuracy), or
     with `bf16-activations` rounded to bf16 (one mma.sync, bf16 accuracy;
     the experts' plan-ordered intermediates are then bf16 buffers too).
@@ -95,6 +100,11 @@ def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
            "step, bf16 accuracy) instead of splitting each into two bf16 "
            "parts (two mma.sync per step, close to f32 accuracy); the "
            "experts' intermediates are then stored in bf16">,
+    Option<"wgmma", "wgmma", "bool", /*default=*/"false",
+           "On sm_90a, run the expert GEMMs' tensor-core form as warpgroup "
+           "tiles (wgmma.mma_async from shared memory, weight tiles by TMA) "
+           "instead of mma.sync warp tiles, outside resident loops; not yet "
+           "validated on a GPU">,
     Option<"reportForms", "report-forms", "bool", /*default=*/"false",
            "Say in a remark which forms each GEMM got from the cost model">,
     Option<"residentLoops", "resident-loops", "bool", /*default=*/"true",

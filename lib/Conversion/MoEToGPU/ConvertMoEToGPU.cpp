@@ -16,7 +16,8 @@
 // no shared memory or warp shuffles, which keeps them checkable on the CPU
 // (moe-emulate-gpu runs every thread in turn). The exceptions are
 // warp-collective: mma.sync in the tensor-core forms of the expert GEMMs
-// (WarpMma.h) and the shuffles that add the lane partials of the decode
+// (WarpMma.h; with wgmma, warpgroups on shared memory: WarpgroupMma.h) and
+// the shuffles that add the lane partials of the decode
 // forms; emulate-warp-ops replaces them with the arithmetic each lane gets
 // from them. A resident loop kernel's grid barriers are emulated as a grid
 // of one thread. Atomics order plan
@@ -70,6 +71,16 @@ struct ConvertMoEToGPUPass
     kernelOptions.tensorCores = tensorCores;
     kernelOptions.bf16Activations = bf16Activations;
     kernelOptions.emulateWarpOps = emulateWarpOps;
+    kernelOptions.residentLoops = residentLoops;
+    // wgmma and TMA exist on sm_90a alone (not sm_90, nor later chips);
+    // emulated kernels run on the CPU and need neither.
+    if (wgmma && !emulateWarpOps && chip != "sm_90a") {
+      emitError(module.getLoc(), "convert-moe-to-gpu: wgmma kernels need "
+                                 "chip sm_90a, not '")
+          << chip << "'";
+      return signalPassFailure();
+    }
+    kernelOptions.wgmma = wgmma;
     kernelOptions.reportForms = reportForms;
     kernelOptions.chip = *limits;
 

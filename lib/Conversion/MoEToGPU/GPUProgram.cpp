@@ -1,6 +1,7 @@
 //===- GPUProgram.cpp - the host program on the GPU -----------------------===//
 #include "GPUProgram.h"
 #include "WarpMma.h"
+#include "WarpgroupMma.h"
 
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/IR/Matchers.h"
@@ -199,15 +200,20 @@ gpu::GPUFuncOp GPUProgram::kernel(StringRef base, StringRef key,
   return fn;
 }
 
-void GPUProgram::launch(gpu::GPUFuncOp fn, Value n, ValueRange args) {
+void GPUProgram::launch(gpu::GPUFuncOp fn, Value n, ValueRange args,
+                        int64_t blockThreads) {
   // Block size: small grids (decode) spread over more SMs with smaller
   // blocks; others use full blocks. Then ceil(n / threads) blocks: none for
   // a form that gets no rows, which the runtime then does not launch.
-  Value small =
-      arith::CmpIOp::create(hostBuilder, loc, arith::CmpIPredicate::ule, n,
-                            hostIndex(kSmallGridThreads));
-  Value threads = arith::SelectOp::create(
-      hostBuilder, loc, small, hostIndex(kSmallBlock), hostIndex(kLargeBlock));
+  Value threads = hostIndex(blockThreads);
+  if (!blockThreads) {
+    Value small =
+        arith::CmpIOp::create(hostBuilder, loc, arith::CmpIPredicate::ule, n,
+                              hostIndex(kSmallGridThreads));
+    threads =
+        arith::SelectOp::create(hostBuilder, loc, small, hostIndex(kSmallBlock),
+                                hostIndex(kLargeBlock));
+  }
   Value blocks = arith::DivUIOp::create(
       hostBuilder, loc,
       arith::AddIOp::create(
@@ -370,7 +376,10 @@ void mlir::moe::gpu_lowering::reportGemmForms(const GPUKernelOptions &options,
          << (shape.bf16Weights ? " bf16" : " f32")
          << " weights): a warp per output up to " << forms.splitMaxRows
          << " rows, then ";
-  if (forms.mmaSubtiles)
+  if (forms.warpgroupTiles)
+    remark << "warpgroup tiles of " << kWgmmaRows << " x " << kWgmmaCols
+           << " on the tensor cores (wgmma, weight tiles by TMA)";
+  else if (forms.mmaSubtiles)
     remark << "warp tiles of " << kMmaRows << " x "
            << kMmaCols * forms.mmaSubtiles << " on the tensor cores";
   else

@@ -39,6 +39,11 @@ struct GPUKernelOptions {
   /// a one-thread grid without fences, watchdog or launch bounds, and loads
   /// claim no alignment (host buffers need not be aligned).
   bool emulateWarpOps;
+  /// Whether the tensor-core forms of the expert GEMMs may run as Hopper
+  /// warpgroup tiles (wgmma, TMA: WarpgroupMma.h; sm_90a only).
+  bool wgmma;
+  /// Whether pass loops become resident kernels (makeLoopResident).
+  bool residentLoops;
   /// The chip the cost model assumes.
   ChipLimits chip;
   /// Whether to say in remarks which forms each GEMM got.
@@ -272,8 +277,11 @@ public:
   /// gid < n.
   gpu::GPUFuncOp kernel(StringRef base, StringRef key, ValueRange args,
                         BodyFn body);
-  /// Launches `fn` over `n` threads on the stream.
-  void launch(gpu::GPUFuncOp fn, Value n, ValueRange args);
+  /// Launches `fn` over `n` threads on the stream, in blocks of
+  /// `blockThreads` (which must divide n), or by default of a size picked
+  /// for n.
+  void launch(gpu::GPUFuncOp fn, Value n, ValueRange args,
+              int64_t blockThreads = 0);
   /// A device buffer for the duration of one call (release it after).
   Value scratch(MemRefType type, ValueRange sizes);
   void release(Value buffer);

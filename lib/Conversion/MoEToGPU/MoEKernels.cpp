@@ -8,6 +8,9 @@
 //===----------------------------------------------------------------------===//
 #include "GPUProgram.h"
 #include "WarpMma.h"
+#include "WarpgroupMma.h"
+
+#include "moe/Conversion/KernelProgram.h"
 
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/Dialect/Math/IR/Math.h"
@@ -269,16 +272,17 @@ LogicalResult emitPlan(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   return success();
 }
 
-/// The row tile of an mma-form warp: the expert, the tile's first row and
-/// its segment's end, for the `slot`-th tile over all experts' segments
-/// (each cut into tiles of kMmaRows; `tilePrefix[e]` counts the tiles of the
-/// experts before e); `found` is false past the last.
+/// The row tile of a tensor-core form's warp or warpgroup: the expert, the
+/// tile's first row and its segment's end, for the `slot`-th tile over all
+/// experts' segments (each cut into tiles of `tileRows`; `tilePrefix[e]`
+/// counts the tiles of the experts before e); `found` is false past the
+/// last.
 struct ExpertRowTile {
   Value found, expert, first, end;
 };
 
 ExpertRowTile expertRowTile(KernelBody &k, Value tilePrefix, Value offsets,
-                            int64_t experts, Value slot) {
+                            int64_t experts, Value slot, int64_t tileRows) {
   Value slot32 = k.toI32(slot);
   Value expert = k.lastAtMost(tilePrefix, experts, slot32);
   Value found = k.cmp(arith::CmpIPredicate::slt, slot32,
@@ -287,20 +291,21 @@ ExpertRowTile expertRowTile(KernelBody &k, Value tilePrefix, Value offsets,
       arith::SubIOp::create(k.b, slot32, k.load(tilePrefix, {expert}));
   Value first = k.toIndex(arith::AddIOp::create(
       k.b, k.load(offsets, {expert}),
-      arith::MulIOp::create(k.b, tileInExpert, k.i32(kMmaRows))));
+      arith::MulIOp::create(k.b, tileInExpert, k.i32(tileRows))));
   Value next =
       arith::MinUIOp::create(k.b, k.add(expert, k.index(1)), k.index(experts));
   return {found, expert, first, k.toIndex(k.load(offsets, {next}))};
 }
 
-/// tilePrefix[e] = the row tiles of the experts before e (tilePrefix[E] all
-/// of them), for the mma forms; one thread, launched only if an mma form
-/// gets rows (`rows`, else an empty grid).
+/// tilePrefix[e] = the row tiles of `tileRows` of the experts before e
+/// (tilePrefix[E] all of them), for the tensor-core forms; one thread,
+/// launched only if such a form gets rows (`rows`, else an empty grid).
 void emitRowTiles(GPUProgram &p, Value offsets, Value tilePrefix,
-                  int64_t experts, Value rows) {
+                  int64_t experts, Value rows, int64_t tileRows) {
   auto fn = p.kernel(
-      "experts_row_tiles", std::to_string(experts), {offsets, tilePrefix},
-      [&](KernelBody &k, Value, ValueRange args) {
+      "experts_row_tiles",
+      std::to_string(experts) + "," + std::to_string(tileRows),
+      {offsets, tilePrefix}, [&](KernelBody &k, Value, ValueRange args) {
         Value total = k.reduce(
             k.index(0), k.index(experts), k.i32(0),
             [&](Value i, Value acc) -> Value {
@@ -310,7 +315,7 @@ void emitRowTiles(GPUProgram &p, Value offsets, Value tilePrefix,
                   k.load(args[0], {i}));
               return arith::AddIOp::create(
                   k.b, acc,
-                  arith::CeilDivSIOp::create(k.b, count, k.i32(kMmaRows)));
+                  arith::CeilDivSIOp::create(k.b, count, k.i32(tileRows)));
             });
         k.store(total, args[1], {k.index(experts)});
       });
@@ -323,19 +328,31 @@ void emitRowTiles(GPUProgram &p, Value offsets, Value tilePrefix,
            {offsets, tilePrefix});
 }
 
-/// The threads of an mma form over `rows` plan rows (0 when the form gets no
-/// rows): a warp per (row tile, column tile), with at most ceil(rows / 16)
-/// + E row tiles.
-Value mmaThreads(GPUProgram &p, Value rows, int64_t experts, int64_t colTiles) {
+/// The threads of a tensor-core form over `rows` plan rows (0 when the form
+/// gets no rows): `tileThreads` (a warp or a warpgroup) per (row tile,
+/// column tile), with at most ceil(rows / tileRows) + E row tiles.
+Value tileThreads(GPUProgram &p, Value rows, int64_t experts, int64_t colTiles,
+                  int64_t tileRows, int64_t tileThreads) {
   OpBuilder &b = p.host();
   Location loc = p.getLoc();
   Value tiles = arith::AddIOp::create(
-      b, loc, arith::CeilDivUIOp::create(b, loc, rows, p.hostIndex(kMmaRows)),
+      b, loc, arith::CeilDivUIOp::create(b, loc, rows, p.hostIndex(tileRows)),
       p.hostIndex(experts));
   Value none = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, rows,
                                      p.hostIndex(0));
   tiles = arith::SelectOp::create(b, loc, none, p.hostIndex(0), tiles);
-  return p.hostMul(tiles, p.hostIndex(colTiles * kLanes));
+  return p.hostMul(tiles, p.hostIndex(colTiles * tileThreads));
+}
+
+/// Whether `op` is inside a pass loop that is to become a resident kernel.
+bool inResidentLoop(const GPUKernelOptions &options, Operation *op) {
+  if (!options.residentLoops || !op)
+    return false;
+  for (auto loop = op->getParentOfType<scf::ForOp>(); loop;
+       loop = loop->getParentOfType<scf::ForOp>())
+    if (loop->hasAttr(mlir::moe::kPassLoopAttr))
+      return true;
+  return false;
 }
 
 /// The rows of the three forms of a GEMM with `forms` over `rows`: {split,
@@ -395,6 +412,23 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
       chooseExpertGemmForms(options.chip, options.tensorCores, upShape);
   ExpertGemmForms downForms =
       chooseExpertGemmForms(options.chip, options.tensorCores, downShape);
+  // With `wgmma` (sm_90a), the tensor-core form runs as warpgroup tiles
+  // (WarpgroupMma.h) where the shapes divide into them, except in a pass
+  // loop that becomes a resident kernel: its phases are grid-stride loops
+  // of independent threads, with no room for block-wide barriers.
+  auto warpgroupForm = [&](const ExpertGemmForms &forms,
+                           ArrayRef<Value> weights, int64_t cols,
+                           int64_t depth) {
+    return options.wgmma && forms.mmaSubtiles &&
+           fitsWarpgroupTiles(cols, depth) && !inResidentLoop(options, call) &&
+           llvm::all_of(weights, [](Value w) {
+             return cast<MemRefType>(w.getType()).getLayout().isIdentity();
+           });
+  };
+  upForms.warpgroupTiles = warpgroupForm(upForms, {wg, wu}, f, d);
+  downForms.warpgroupTiles = warpgroupForm(downForms, {wd}, d, f);
+  bool upWarpgroups = upForms.warpgroupTiles;
+  bool downWarpgroups = downForms.warpgroupTiles;
   reportGemmForms(options, call->getLoc(), "experts gate/up", upShape, upForms);
   reportGemmForms(options, call->getLoc(), "experts down", downShape,
                   downForms);
@@ -447,14 +481,25 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   using TileBody = function_ref<void(KernelBody &, ValueRange args, Value lane,
                                      Value colBase, ArrayRef<Value> rowOf,
                                      ArrayRef<Value> tokenOf, WeightIndices)>;
-  // The row tiles of the mma forms (their kernels take it last).
-  Value tilePrefix;
-  if (upForms.mmaSubtiles || downForms.mmaSubtiles) {
-    tilePrefix = p.scratch(MemRefType::get({e + 1}, p.host().getI32Type()), {});
-    emitRowTiles(
-        p, offsets, tilePrefix, e,
-        arith::MaxUIOp::create(p.host(), p.getLoc(), upRows.mma, downRows.mma));
-  }
+  // The row tiles of the mma.sync forms and of the warpgroup forms (their
+  // kernels take them after the form's arguments).
+  auto rowTiles = [&](bool upUses, bool downUses, int64_t tileRows) -> Value {
+    if (!upUses && !downUses)
+      return Value();
+    Value prefix =
+        p.scratch(MemRefType::get({e + 1}, p.host().getI32Type()), {});
+    Value none = p.hostIndex(0);
+    emitRowTiles(p, offsets, prefix, e,
+                 arith::MaxUIOp::create(p.host(), p.getLoc(),
+                                        upUses ? upRows.mma : none,
+                                        downUses ? downRows.mma : none),
+                 tileRows);
+    return prefix;
+  };
+  Value tilePrefix =
+      rowTiles(upForms.mmaSubtiles && !upWarpgroups,
+               downForms.mmaSubtiles && !downWarpgroups, kMmaRows);
+  Value groupPrefix = rowTiles(upWarpgroups, downWarpgroups, kWgmmaRows);
   // Launches the mma form `base` over `rows` plan rows: a warp per (row
   // tile, `cols` / (8 * subtiles) column tiles); its kernel takes `args` and
   // the tile prefix.
@@ -470,8 +515,9 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
           Value task = k.div(gid, k.index(kLanes));
           Value colBase = k.mul(k.rem(task, k.index(colTiles)),
                                 k.index(kMmaCols * subtiles));
-          ExpertRowTile tile = expertRowTile(k, args.back(), args[2], e,
-                                             k.div(task, k.index(colTiles)));
+          ExpertRowTile tile =
+              expertRowTile(k, args.back(), args[2], e,
+                            k.div(task, k.index(colTiles)), kMmaRows);
           // Whole warps take this branch or not: mma.sync needs all lanes.
           k.ifThen(tile.found, [&] {
             SmallVector<Value> rowOf, tokenOf;
@@ -491,7 +537,72 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
             body(k, args, lane, colBase, rowOf, tokenOf, bIndices);
           });
         });
-    p.launch(fn, mmaThreads(p, rows, e, colTiles), mmaArgs);
+    p.launch(fn, tileThreads(p, rows, e, colTiles, kMmaRows, kLanes), mmaArgs);
+  };
+  // A warpgroup tile: `body` gets the form's arguments, the weights' tensor
+  // maps, the thread in the warpgroup, the tile's first column and its row
+  // tile.
+  using GroupBody =
+      function_ref<void(KernelBody &, ValueRange args, ValueRange maps,
+                        Value thread, Value colBase, const ExpertRowTile &)>;
+  // Launches the warpgroup form `base` over `rows` plan rows: a block of one
+  // warpgroup per (row tile, `cols` / 64 column tiles); its kernel takes
+  // `args`, the row tiles and the tensor maps of `weights` (none when
+  // emulated: the emulated kernel reads the weights directly).
+  auto launchWarpgroups = [&](StringRef base, ArrayRef<Value> formArgs,
+                              ArrayRef<Value> weights, int64_t cols, Value rows,
+                              GroupBody body) {
+    int64_t colTiles = cols / kWgmmaCols;
+    SmallVector<Value> groupArgs(formArgs);
+    groupArgs.push_back(groupPrefix);
+    size_t mapsAt = groupArgs.size();
+    if (!options.emulateWarpOps)
+      for (Value w : weights)
+        groupArgs.push_back(createWeightTensorMap(p, w));
+    auto fn = p.kernel(
+        base, key, groupArgs, [&](KernelBody &k, Value gid, ValueRange args) {
+          Value thread = k.rem(gid, k.index(kWarpgroupThreads));
+          Value task = k.div(gid, k.index(kWarpgroupThreads));
+          Value colBase =
+              k.mul(k.rem(task, k.index(colTiles)), k.index(kWgmmaCols));
+          ExpertRowTile tile =
+              expertRowTile(k, args[mapsAt - 1], args[2], e,
+                            k.div(task, k.index(colTiles)), kWgmmaRows);
+          // A block is one warpgroup: all its threads take this branch or
+          // none, as the barriers in it need.
+          k.ifThen(tile.found, [&] {
+            body(k, args.take_front(mapsAt - 1), args.drop_front(mapsAt),
+                 thread, colBase, tile);
+          });
+        });
+    p.launch(fn,
+             tileThreads(p, rows, e, colTiles, kWgmmaRows, kWarpgroupThreads),
+             groupArgs, kWarpgroupThreads);
+  };
+  // Tile row `row` of a warpgroup tile: its plan row, whether it is used
+  // (inside the segment, not padding) and that row's token (0 if unused, so
+  // that loads stay in bounds).
+  struct GroupRow {
+    Value planRow, used, token;
+  };
+  auto groupRow = [&](KernelBody &k, Value tokens, const ExpertRowTile &tile,
+                      Value row) {
+    Value r = k.add(tile.first, row);
+    Value inSegment = k.cmp(arith::CmpIPredicate::ult, r, tile.end);
+    Value last = arith::SubIOp::create(k.b, tile.end, k.index(1));
+    Value token = k.load(tokens, {arith::MinUIOp::create(k.b, r, last)});
+    Value used = arith::AndIOp::create(
+        k.b, inSegment, k.cmp(arith::CmpIPredicate::sge, token, k.i32(0)));
+    return GroupRow{r, used,
+                    k.toIndex(arith::MaxSIOp::create(k.b, token, k.i32(0)))};
+  };
+  // Eight elements of `source[row, i0...]` as f32, zeros for an unused row.
+  auto loadChunk = [&](KernelBody &k, Value used, Value source, Value row,
+                       Value i0) -> Value {
+    Value v = k.loadVector(source, {row, i0}, 8, /*alignedIndex=*/true);
+    Value zeros = arith::ConstantOp::create(
+        k.b, DenseElementsAttr::get(cast<ShapedType>(v.getType()), 0.0f));
+    return arith::SelectOp::create(k.b, used, v, zeros);
   };
   auto rowUsed = [&](KernelBody &k, Value token) {
     return k.cmp(arith::CmpIPredicate::sge, token, k.i32(0));
@@ -520,7 +631,29 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                      });
   p.launch(up, p.hostMul(upRows.thread, p.hostIndex(f)), upArgs);
 
-  if (int64_t subtiles = upForms.mmaSubtiles) {
+  if (upWarpgroups) {
+    launchWarpgroups(
+        "experts_gate_up_wgmma", upArgs, {wg, wu}, f, upRows.mma,
+        [&](KernelBody &k, ValueRange args, ValueRange maps, Value thread,
+            Value colBase, const ExpertRowTile &tile) {
+          auto loadA = [&](KernelBody &k, Value row, Value i0) {
+            GroupRow r = groupRow(k, args[1], tile, row);
+            return loadChunk(k, r.used, args[0], r.token, i0);
+          };
+          WarpgroupTileGemm gemm{d,    loadA,       {args[3], args[4]},
+                                 maps, tile.expert, colBase};
+          SmallVector<Value> acc = emitWarpgroupTileGemm(k, thread, gemm);
+          forEachWarpgroupAccumulator(
+              k, thread, [&](int64_t at, Value row, Value col) {
+                GroupRow r = groupRow(k, args[1], tile, row);
+                k.ifThen(r.used, [&] {
+                  Value g = acc[at], u = acc[kWarpgroupAccumulators + at];
+                  k.store(activate(k, g, u), args[5],
+                          {r.planRow, k.add(colBase, col)});
+                });
+              });
+        });
+  } else if (int64_t subtiles = upForms.mmaSubtiles) {
     launchMma("experts_gate_up_mma", upArgs, f, subtiles, upRows.mma,
               [&](KernelBody &k, ValueRange args, Value lane, Value colBase,
                   ArrayRef<Value> rowOf, ArrayRef<Value> tokenOf,
@@ -582,7 +715,29 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                });
   p.launch(down, p.hostMul(downRows.thread, p.hostIndex(d)), downArgs);
 
-  if (int64_t subtiles = downForms.mmaSubtiles) {
+  if (downWarpgroups) {
+    launchWarpgroups(
+        "experts_down_wgmma", downArgs, {wd}, d, downRows.mma,
+        [&](KernelBody &k, ValueRange args, ValueRange maps, Value thread,
+            Value colBase, const ExpertRowTile &tile) {
+          auto loadA = [&](KernelBody &k, Value row, Value i0) {
+            GroupRow r = groupRow(k, args[1], tile, row);
+            Value last = arith::SubIOp::create(k.b, tile.end, k.index(1));
+            return loadChunk(k, r.used, args[0],
+                             arith::MinUIOp::create(k.b, r.planRow, last), i0);
+          };
+          WarpgroupTileGemm gemm{f,    loadA,       {args[3]},
+                                 maps, tile.expert, colBase};
+          SmallVector<Value> acc = emitWarpgroupTileGemm(k, thread, gemm);
+          forEachWarpgroupAccumulator(
+              k, thread, [&](int64_t at, Value row, Value col) {
+                GroupRow r = groupRow(k, args[1], tile, row);
+                k.ifThen(r.used, [&] {
+                  k.store(acc[at], args[4], {r.planRow, k.add(colBase, col)});
+                });
+              });
+        });
+  } else if (int64_t subtiles = downForms.mmaSubtiles) {
     launchMma(
         "experts_down_mma", downArgs, d, subtiles, downRows.mma,
         [&](KernelBody &k, ValueRange args, Value lane, Value colBase,
@@ -642,8 +797,9 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
       });
   p.launch(combine, p.hostMul(p.hostDim(out, 0), p.hostIndex(d)),
            {y, slotRow, gates, out});
-  if (tilePrefix)
-    p.release(tilePrefix);
+  for (Value prefix : {tilePrefix, groupPrefix})
+    if (prefix)
+      p.release(prefix);
   for (Value buffer : {h, y})
     p.release(buffer);
   return success();

@@ -50,6 +50,7 @@ void mlir::moe::buildMoECUDAPipeline(OpPassManager &pm,
   kernels.tensorCores = options.tensorCores;
   kernels.bf16Activations = options.bf16Activations;
   kernels.residentLoops = options.residentLoops;
+  kernels.wgmma = options.wgmma;
   kernels.reportForms = options.reportForms;
   kernels.chip = options.getChips().front();
   for (const std::string &chip : options.getChips()) {
@@ -75,6 +76,9 @@ void mlir::moe::buildMoECUDAPipeline(OpPassManager &pm,
   pm.addPass(memref::createExpandStridedMetadataPass());
   pm.addPass(createLowerAffinePass());
   pm.addNestedPass<gpu::GPUModuleOp>(createConvertGpuOpsToNVVMOps());
+  // NVVM operations that exist only as PTX (wgmma.mma_async) become inline
+  // assembly.
+  pm.addNestedPass<gpu::GPUModuleOp>(createConvertNVVMToLLVMPass());
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
   pm.addPass(createFinalizeMemRefToLLVMConversionPass());
@@ -101,6 +105,7 @@ void mlir::moe::buildMoEGPUEmulationPipeline(
   kernels.tensorCores = options.tensorCores;
   kernels.bf16Activations = options.bf16Activations;
   kernels.residentLoops = options.residentLoops;
+  kernels.wgmma = options.wgmma;
   kernels.reportForms = options.reportForms;
   kernels.emulateWarpOps = true;
   kernels.chip = options.getChips().front();

@@ -52,6 +52,15 @@ void mgpuLaunchKernel(void *function, intptr_t gridX, intptr_t gridY,
                       intptr_t gridZ, intptr_t blockX, intptr_t blockY,
                       intptr_t blockZ, int32_t smem, void *stream,
                       void **params, void **extra, size_t paramsCount);
+
+/// Not MLIR's: the tensor map through which TMA loads tiles of a bf16
+/// tensor at device address `base` (kernels compiled with --wgmma). Dims
+/// innermost first, contiguous, boxes of box0 x box1 elements with the
+/// 128-byte swizzle. Encoded with cuTensorMapEncodeTiled and copied to
+/// device memory on first use, then kept for the model's life; returns that
+/// device copy.
+void *moert_cuda_tensor_map_bf16_3d(void *base, int64_t dim0, int64_t dim1,
+                                    int64_t dim2, int64_t box0, int64_t box1);
 }
 
 namespace moert::cuda {

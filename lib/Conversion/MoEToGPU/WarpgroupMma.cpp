@@ -1,0 +1,312 @@
+//===- WarpgroupMma.cpp - warpgroup tiles of a GEMM on Hopper -------------===//
+#include "WarpgroupMma.h"
+
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
+
+using namespace mlir;
+using namespace mlir::moe::gpu_lowering;
+
+namespace {
+constexpr int64_t kAccumulators = kWarpgroupAccumulators;
+/// wgmma's reduction step for bf16, and the steps of one slice.
+constexpr int64_t kWgmmaDepth = 16;
+constexpr int64_t kSteps = kWgmmaSlice / kWgmmaDepth;
+/// bf16 elements per 16-byte chunk, the unit of the 128-byte swizzle.
+constexpr int64_t kChunk = 8;
+/// Bytes of one staged tile (A or B: 64 rows of 128 bytes).
+constexpr int64_t kTileBytes = kWgmmaRows * kWgmmaSlice * 2;
+static_assert(kWgmmaCols == kWgmmaRows, "A and B tiles share one layout");
+/// The runtime's tensor-map encoder (runtime/src/CudaBackend.cpp).
+constexpr StringLiteral kTensorMapFunction = "moert_cuda_tensor_map_bf16_3d";
+
+/// A buffer of `size` elements in the block's shared memory: a private
+/// memref.global of the kernel module, aligned to `alignment` bytes.
+Value sharedBuffer(KernelBody &k, StringRef name, Type element, int64_t size,
+                   int64_t alignment) {
+  MLIRContext *ctx = k.b.getContext();
+  auto module = k.b.getInsertionBlock()
+                    ->getParentOp()
+                    ->getParentOfType<gpu::GPUModuleOp>();
+  auto type = MemRefType::get(
+      {size}, element, MemRefLayoutAttrInterface(),
+      gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Workgroup));
+  OpBuilder detached(ctx);
+  auto global = memref::GlobalOp::create(
+      detached, k.b.getLoc(), name, detached.getStringAttr("private"), type,
+      Attribute(), /*constant=*/false, detached.getI64IntegerAttr(alignment));
+  SymbolTable(module).insert(global, module.getBody()->begin());
+  return memref::GetGlobalOp::create(k.b, type, global.getSymName());
+}
+
+Value i64(KernelBody &k, int64_t v) {
+  return arith::ConstantIntOp::create(k.b, v, 64);
+}
+
+/// The shared-window address of a shared buffer, as i64.
+Value sharedAddress(KernelBody &k, Value buffer) {
+  Value p = memref::ExtractAlignedPointerAsIndexOp::create(k.b, buffer);
+  return arith::IndexCastUIOp::create(k.b, k.b.getI64Type(), p);
+}
+
+/// The same address as a pointer to shared memory, as TMA and mbarrier
+/// operations take it.
+Value sharedPointer(KernelBody &k, Value buffer) {
+  return LLVM::IntToPtrOp::create(
+      k.b, LLVM::LLVMPointerType::get(k.b.getContext(), 3),
+      sharedAddress(k, buffer));
+}
+
+/// The same address as TMA's shared::cluster destination takes it (the
+/// block's own shared memory is part of its cluster's: PTX 7.8).
+Value clusterPointer(KernelBody &k, Value buffer) {
+  return LLVM::AddrSpaceCastOp::create(
+      k.b, LLVM::LLVMPointerType::get(k.b.getContext(), 7),
+      sharedPointer(k, buffer));
+}
+
+/// The wgmma matrix descriptor of a K-major bf16 tile at shared `address`
+/// stored with the 128-byte swizzle: bits 0-13 address / 16, 16-29 leading
+/// byte offset / 16 (unused by this layout: 1), 32-45 stride byte offset /
+/// 16 (1024: eight 128-byte rows), 62-63 swizzle mode (1: 128 bytes). The
+/// base-offset bits stay 0: tiles start 1024-byte aligned.
+Value matrixDescriptor(KernelBody &k, Value address) {
+  Value start = arith::AndIOp::create(
+      k.b, arith::ShRUIOp::create(k.b, address, i64(k, 4)), i64(k, 0x3FFF));
+  uint64_t fixed =
+      (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
+  return arith::OrIOp::create(k.b, start, i64(k, static_cast<int64_t>(fixed)));
+}
+
+Value roundToBF16(KernelBody &k, Value x) {
+  Type f32 = k.b.getF32Type(), bf16 = k.b.getBF16Type();
+  if (auto vector = dyn_cast<VectorType>(x.getType())) {
+    f32 = vector;
+    bf16 = VectorType::get(vector.getShape(), bf16);
+  }
+  Value rounded = arith::TruncFOp::create(k.b, bf16, x);
+  return arith::ExtFOp::create(k.b, f32, rounded);
+}
+
+/// The thread's row and column of accumulator `i` (of one matrix).
+std::pair<Value, Value> accumulatorPosition(KernelBody &k, Value thread,
+                                            int64_t i) {
+  Value warp = k.div(thread, k.index(32));
+  Value lane = k.rem(thread, k.index(32));
+  Value row = k.add(k.add(k.mul(warp, k.index(16)), k.div(lane, k.index(4))),
+                    k.index(8 * ((i % 4) / 2)));
+  Value col = k.add(k.index(8 * (i / 4) + i % 2),
+                    k.mul(k.rem(lane, k.index(4)), k.index(2)));
+  return {row, col};
+}
+
+/// Stores the thread's share of A's slice at `i0`: 16-byte chunks t, t +
+/// 128, ... of the tile's 64 x 8, each at its swizzled place; the high bf16
+/// parts in `high` and, when split, the remainders in `low`.
+void stageA(KernelBody &k, Value thread, const WarpgroupTileGemm &g, Value i0,
+            Value high, Value low) {
+  auto chunkType = VectorType::get({kChunk}, k.b.getBF16Type());
+  for (int64_t q = 0; q < kWgmmaRows * (kWgmmaSlice / kChunk);
+       q += kWarpgroupThreads) {
+    Value c = k.add(thread, k.index(q));
+    Value row = k.div(c, k.index(kWgmmaSlice / kChunk));
+    Value chunk = k.rem(c, k.index(kWgmmaSlice / kChunk));
+    Value x = g.loadA(k, row, k.add(i0, k.mul(chunk, k.index(kChunk))));
+    Value swizzled = arith::XOrIOp::create(k.b, chunk, k.rem(row, k.index(8)));
+    Value at = k.add(k.mul(row, k.index(kWgmmaSlice)),
+                     k.mul(swizzled, k.index(kChunk)));
+    Value hi = arith::TruncFOp::create(k.b, chunkType, x);
+    vector::StoreOp::create(k.b, hi, high, ValueRange{at});
+    if (low) {
+      Value rest = k.fsub(x, roundToBF16(k, x));
+      vector::StoreOp::create(k.b,
+                              arith::TruncFOp::create(k.b, chunkType, rest),
+                              low, ValueRange{at});
+    }
+  }
+}
+
+SmallVector<Value> emulatedGemm(KernelBody &k, Value thread,
+                                const WarpgroupTileGemm &g) {
+  SmallVector<Value> out;
+  for (size_t m = 0; m < g.b.size(); ++m) {
+    for (int64_t i = 0; i < kAccumulators; ++i) {
+      std::pair<Value, Value> position = accumulatorPosition(k, thread, i);
+      Value row = position.first, col = position.second;
+      out.push_back(k.reduce(
+          k.index(0), k.index(g.depth / kChunk), k.f32(0.0),
+          [&](Value j, Value sum) -> Value {
+            Value j0 = k.mul(j, k.index(kChunk));
+            Value x = g.loadA(k, row, j0);
+            Value hi = roundToBF16(k, x);
+            Value rest = roundToBF16(k, k.fsub(x, hi));
+            for (int64_t e = 0; e < kChunk; ++e) {
+              Value w = k.load(g.b[m], {g.expert, k.add(g.colBase, col),
+                                        k.add(j0, k.index(e))});
+              auto lane = [&](Value v) {
+                return vector::ExtractOp::create(k.b, v, ArrayRef<int64_t>{e});
+              };
+              sum = k.fadd(sum, k.fmul(lane(hi), w));
+              if (!k.options.bf16Activations)
+                sum = k.fadd(sum, k.fmul(lane(rest), w));
+            }
+            return sum;
+          }));
+    }
+  }
+  return out;
+}
+} // namespace
+
+SmallVector<Value>
+mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
+                                               const WarpgroupTileGemm &g) {
+  if (k.options.emulateWarpOps)
+    return emulatedGemm(k, thread, g);
+  MLIRContext *ctx = k.b.getContext();
+  Type bf16 = k.b.getBF16Type(), f32 = k.b.getF32Type();
+  bool split = !k.options.bf16Activations;
+  int64_t tileElements = kWgmmaRows * kWgmmaSlice;
+  Value aHigh = sharedBuffer(k, "wgmma_a", bf16, tileElements, 1024);
+  Value aLow = split ? sharedBuffer(k, "wgmma_a_rest", bf16, tileElements, 1024)
+                     : Value();
+  SmallVector<Value> bTiles;
+  for (size_t m = 0; m < g.b.size(); ++m)
+    bTiles.push_back(sharedBuffer(k, "wgmma_b", bf16, tileElements, 1024));
+  Value barrier = sharedBuffer(k, "wgmma_full", k.b.getI64Type(), 1, 8);
+  Value barrierPtr = sharedPointer(k, barrier);
+  Value isLeader = k.cmp(arith::CmpIPredicate::eq, thread, k.index(0));
+
+  // One thread arms the barrier (one arrival per phase: its own, with the
+  // bytes TMA delivers); the block sees it initialised after bar.sync.
+  k.ifThen(isLeader, [&] {
+    NVVM::MBarrierInitOp::create(k.b, barrierPtr, k.i32(1), Value());
+    NVVM::FenceMbarrierInitOp::create(k.b);
+  });
+  gpu::BarrierOp::create(k.b);
+
+  auto accType = LLVM::LLVMStructType::getLiteral(
+      ctx, SmallVector<Type>(kAccumulators, f32));
+  Value zeroAcc = LLVM::UndefOp::create(k.b, accType);
+  for (int64_t i = 0; i < kAccumulators; ++i)
+    zeroAcc = LLVM::InsertValueOp::create(k.b, zeroAcc, k.f32(0.0), i);
+  SmallVector<Value> inits(g.b.size(), zeroAcc);
+
+  SmallVector<Value> accs = k.reduceAll(
+      k.index(0), k.index(g.depth / kWgmmaSlice), inits,
+      [&](Value slice, ValueRange acc) -> SmallVector<Value> {
+        Value i0 = k.mul(slice, k.index(kWgmmaSlice));
+        // B's tiles by TMA (coordinates innermost first), overlapping the
+        // threads' stores of A.
+        k.ifThen(isLeader, [&] {
+          NVVM::MBarrierArriveExpectTxOp::create(
+              k.b, Type(), barrierPtr,
+              k.i32(kTileBytes * static_cast<int64_t>(g.b.size())),
+              NVVM::MemScopeKind::CTA, /*relaxed=*/false, Value());
+          SmallVector<Value> box = {k.toI32(i0), k.toI32(g.colBase),
+                                    k.toI32(g.expert)};
+          for (size_t m = 0; m < g.b.size(); ++m)
+            NVVM::CpAsyncBulkTensorGlobalToSharedClusterOp::create(
+                k.b, clusterPointer(k, bTiles[m]), g.bMaps[m], box, barrierPtr,
+                ValueRange(), Value(), Value(), NVVM::TMALoadMode::TILE,
+                /*isCTAOnly=*/false, NVVM::CTAGroupKindAttr(), Value());
+        });
+        stageA(k, thread, g, i0, aHigh, aLow);
+        // The threads' stores are generic-proxy writes; wgmma reads through
+        // the async proxy.
+        NVVM::FenceProxyOp::create(
+            k.b, NVVM::ProxyKind::async_shared,
+            NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
+        gpu::BarrierOp::create(k.b);
+        Value parity = k.toI32(k.rem(slice, k.index(2)));
+        NVVM::MBarrierTryWaitParityOp::create(k.b, barrierPtr, parity,
+                                              k.i32(10000000));
+
+        NVVM::WgmmaFenceAlignedOp::create(k.b);
+        SmallVector<Value> aBases = {sharedAddress(k, aHigh)};
+        if (split)
+          aBases.push_back(sharedAddress(k, aLow));
+        SmallVector<Value> bBases;
+        for (Value tile : bTiles)
+          bBases.push_back(sharedAddress(k, tile));
+        SmallVector<Value> next(acc);
+        for (int64_t s = 0; s < kSteps; ++s) {
+          // 16 bf16 of each row: 32 bytes further along the swizzled rows.
+          Value step = i64(k, s * kWgmmaDepth * 2);
+          for (size_t m = 0; m < g.b.size(); ++m) {
+            Value bDesc = matrixDescriptor(
+                k, arith::AddIOp::create(k.b, bBases[m], step));
+            for (Value aBase : aBases) {
+              Value aDesc =
+                  matrixDescriptor(k, arith::AddIOp::create(k.b, aBase, step));
+              next[m] = NVVM::WgmmaMmaAsyncOp::create(
+                  k.b, accType, next[m], aDesc, bDesc,
+                  NVVM::MMAShapeAttr::get(ctx, kWgmmaRows, kWgmmaCols,
+                                          kWgmmaDepth),
+                  NVVM::WGMMATypes::bf16, NVVM::WGMMATypes::bf16,
+                  NVVM::WGMMATypes::f32, NVVM::WGMMAScaleOut::one,
+                  NVVM::WGMMAScaleIn::one, NVVM::WGMMAScaleIn::one,
+                  NVVM::MMALayout::row, NVVM::MMALayout::col,
+                  NVVM::MMAIntOverflowAttr());
+            }
+          }
+        }
+        NVVM::WgmmaGroupSyncAlignedOp::create(k.b);
+        NVVM::WgmmaWaitGroupSyncOp::create(k.b, 0);
+        // Every thread's wgmmas have read the tiles before any overwrite.
+        gpu::BarrierOp::create(k.b);
+        return next;
+      });
+  SmallVector<Value> out;
+  for (Value acc : accs)
+    for (int64_t i = 0; i < kAccumulators; ++i)
+      out.push_back(LLVM::ExtractValueOp::create(k.b, acc, i));
+  return out;
+}
+
+void mlir::moe::gpu_lowering::forEachWarpgroupAccumulator(
+    KernelBody &k, Value thread,
+    function_ref<void(int64_t at, Value row, Value col)> body) {
+  for (int64_t i = 0; i < kAccumulators; ++i) {
+    auto [row, col] = accumulatorPosition(k, thread, i);
+    body(i, row, col);
+  }
+}
+
+Value mlir::moe::gpu_lowering::createWeightTensorMap(GPUProgram &p, Value w) {
+  OpBuilder &b = p.host();
+  Location loc = p.getLoc();
+  auto module =
+      b.getInsertionBlock()->getParentOp()->getParentOfType<ModuleOp>();
+  MLIRContext *ctx = b.getContext();
+  auto ptr = LLVM::LLVMPointerType::get(ctx);
+  Type i64 = b.getI64Type();
+  auto fnType = b.getFunctionType({ptr, i64, i64, i64, i64, i64}, {ptr});
+  if (!module.lookupSymbol(kTensorMapFunction)) {
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(module.getBody());
+    func::FuncOp::create(b, loc, kTensorMapFunction, fnType).setPrivate();
+  }
+  // The weights' device address: the buffer's aligned start plus the
+  // view's offset.
+  auto meta = memref::ExtractStridedMetadataOp::create(b, loc, w);
+  Value start = memref::ExtractAlignedPointerAsIndexOp::create(b, loc, w);
+  int64_t bytes = cast<MemRefType>(w.getType()).getElementTypeBitWidth() / 8;
+  Value address = arith::AddIOp::create(
+      b, loc, start, p.hostMul(meta.getOffset(), p.hostIndex(bytes)));
+  Value address64 = arith::IndexCastUIOp::create(b, loc, i64, address);
+  Value base = LLVM::IntToPtrOp::create(b, loc, ptr, address64);
+  ArrayRef<int64_t> shape = shapeOf(w);
+  auto constant = [&](int64_t v) {
+    return arith::ConstantIntOp::create(b, loc, v, 64).getResult();
+  };
+  SmallVector<Value> args = {base,
+                             constant(shape[2]),
+                             constant(shape[1]),
+                             constant(shape[0]),
+                             constant(kWgmmaSlice),
+                             constant(kWgmmaCols)};
+  return func::CallOp::create(b, loc, kTensorMapFunction, TypeRange{ptr}, args)
+      .getResult(0);
+}

@@ -1,0 +1,92 @@
+//===- WarpgroupMma.h - warpgroup tiles of a GEMM on Hopper -----*- C++ -*-===//
+//
+// A warpgroup (128 threads, one block) computes a kWgmmaRows x kWgmmaCols
+// tile of A B^T for each B matrix with wgmma.mma_async.m64n64k16 (sm_90a;
+// bf16 operands from shared memory, f32 accumulators in registers). For each
+// slice of kWgmmaSlice reduction elements (one 128-byte row of bf16):
+// - B's tile (64 weight rows of 128 bytes) comes by TMA
+//   (cp.async.bulk.tensor through a tensor map of the weights the host
+//   encodes, 128-byte swizzle) and completes on an mbarrier;
+// - A's tile is stored by the threads, since its rows are gathered tokens,
+//   which a tensor map cannot describe. They store it as TMA's 128-byte
+//   swizzle would: 16-byte chunk c of row r at chunk c ^ (r % 8), rows 128
+//   bytes apart, in a 1024-byte aligned buffer;
+// - four wgmma steps of 16, whose descriptors (128-byte swizzle, 1024 bytes
+//   between groups of 8 rows) advance 32 bytes along the swizzled rows.
+// One stage: a slice is loaded after the previous one's wgmmas complete.
+//
+// Thread t holds accumulator i (of 32 per matrix) at tile row 16 (t / 32) +
+// (t % 32) / 4 + 8 ((i % 4) / 2) and column 8 (i / 4) + 2 (t % 4) + i % 2:
+// PTX's wgmma D fragment, each warp's 16 rows laid out as mma.sync's m16n8
+// accumulators are for every 8 columns.
+//
+// The f32 activations enter as in WarpMma.h: rounded to bf16, or as a bf16
+// high part and remainder (two wgmma per step, a second A tile). Emulated,
+// each thread computes exactly its accumulators from global memory, so the
+// tile mapping and epilogues are checked on the CPU; the shared-memory
+// layout, the descriptors and TMA only on a GPU.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOE_LIB_CONVERSION_MOETOGPU_WARPGROUPMMA_H
+#define MOE_LIB_CONVERSION_MOETOGPU_WARPGROUPMMA_H
+
+#include "GPUProgram.h"
+
+namespace mlir::moe::gpu_lowering {
+
+/// Threads of a warpgroup: the block of a wgmma kernel.
+constexpr int64_t kWarpgroupThreads = 128;
+/// The tile of one warpgroup, per B matrix, and the reduction slice staged
+/// in shared memory at a time.
+constexpr int64_t kWgmmaRows = 64;
+constexpr int64_t kWgmmaCols = 64;
+constexpr int64_t kWgmmaSlice = 64;
+/// Accumulators per thread per B matrix.
+constexpr int64_t kWarpgroupAccumulators =
+    kWgmmaRows * kWgmmaCols / kWarpgroupThreads;
+
+struct WarpgroupTileGemm {
+  /// The reduction length, a multiple of kWgmmaSlice.
+  int64_t depth;
+  /// A[row, i0 .. i0 + 8) as a vector<8xf32>, for tile row `row` (0 to
+  /// kWgmmaRows - 1) and i0 a multiple of 8; zeros for a row outside the
+  /// problem.
+  function_ref<Value(KernelBody &, Value row, Value i0)> loadA;
+  /// The B matrices, bf16 [experts, cols, depth] with the identity layout
+  /// (read directly when emulated), and their tensor maps (kernel
+  /// arguments, from createWeightTensorMap; unused when emulated).
+  SmallVector<Value, 2> b;
+  SmallVector<Value, 2> bMaps;
+  /// The tile's expert and first column.
+  Value expert, colBase;
+};
+
+/// The thread's accumulators after the whole reduction,
+/// acc[m * kWarpgroupAccumulators + i].
+/// All 128 threads of the block must be here (barriers). k.options say
+/// whether A is split or rounded (bf16Activations) and whether to emulate.
+SmallVector<Value> emitWarpgroupTileGemm(KernelBody &k, Value thread,
+                                         const WarpgroupTileGemm &gemm);
+
+/// body(at, row, col) for each of the thread's accumulators of the first
+/// matrix (add kWarpgroupAccumulators m to `at` for matrix m), with its tile
+/// row and column.
+void forEachWarpgroupAccumulator(
+    KernelBody &k, Value thread,
+    function_ref<void(int64_t at, Value row, Value col)> body);
+
+/// On the host: the tensor map through which TMA loads tiles of the bf16
+/// weights `w` ([experts, cols, depth], identity layout), boxes of
+/// kWgmmaCols rows of kWgmmaSlice elements with the 128-byte swizzle; a
+/// device pointer that the runtime keeps for the model's life.
+Value createWeightTensorMap(GPUProgram &p, Value w);
+
+/// Whether the GEMM of `cols` x `depth` bf16 weights divides into
+/// warpgroup tiles.
+inline bool fitsWarpgroupTiles(int64_t cols, int64_t depth) {
+  return cols % kWgmmaCols == 0 && depth % kWgmmaSlice == 0;
+}
+
+} // namespace mlir::moe::gpu_lowering
+
+#endif // MOE_LIB_CONVERSION_MOETOGPU_WARPGROUPMMA_H
