@@ -2,7 +2,8 @@
 # Everything that needs an NVIDIA GPU, in one go, for a session that has one
 # (a few minutes of device time): build, the GPU lit tests (every reference
 # case and every decoder on --device cuda against the NumPy references,
-# compute-sanitizer memcheck with skewed routing, the CUDA example app), the
+# compute-sanitizer memcheck with skewed routing, the --wgmma warpgroup tiles
+# on an H100/H200 with memcheck, racecheck and synccheck, the CUDA example app), the
 # runtime's real-GPU unit test, then the GPU benchmarks (bench/gpu), whose
 # results land in bench/results. Prints what ran and what it found; exits
 # non-zero if a test failed.
@@ -44,6 +45,18 @@ for case in t1 skewed skewed_bf16; do
     --inputs build/gpu-check-profile/$case/inputs.safetensors \
     --outputs build/gpu-check-profile/$case/out.safetensors || status=1
 done
+# The Hopper warpgroup tiles (--wgmma) on an sm_90 GPU, and the mma.sync
+# tiles of the same case for comparison.
+if [[ "$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1)" == "9.0" ]]; then
+  case=skewed_warpgroups
+  $PY scripts/moe_reference.py gen --case $case --out build/gpu-check-profile/$case > /dev/null
+  for flags in "" "--wgmma"; do
+    MOERT_CUDA_PROFILE=1 build/bin/moe-run build/gpu-check-profile/$case/config.json --device cuda $flags \
+      --weights build/gpu-check-profile/$case/weights.safetensors \
+      --inputs build/gpu-check-profile/$case/inputs.safetensors \
+      --outputs build/gpu-check-profile/$case/out.safetensors || status=1
+  done
+fi
 
 if ((bench)); then
   echo "== benchmarks"

@@ -508,6 +508,10 @@ CASES = {
     # GEMM, about 80 rows per expert (a full row tile and a partial one).
     "bf16_warpgroups": Case({**_dims(128, 128, 4, 2, 2), "torch_dtype": "bfloat16"},
                             tokens=160, margin=1e-3),
+    # The same with skewed routing: two experts of 160 rows each (row tiles
+    # of 64, 64 and 32), the others none.
+    "skewed_warpgroups": Case({**_dims(128, 128, 8, 2, 2), "torch_dtype": "bfloat16"},
+                              tokens=160, same_tokens=True, margin=4e-3),
     "looped_pathmoe_block": Case({**_dims(16, 24, 4, 2, 2), "num_loops": 2,
                                   "router_share_block": 2, "router_decision": "block"},
                                  tokens=7),

@@ -68,8 +68,19 @@ def has_cuda_device():
     except (OSError, subprocess.TimeoutExpired):
         return False
     return out.returncode == 0 and "GPU" in out.stdout
+def cuda_compute_capability():
+    # "9.0" for an H100 or H200 (the chips sm_90a code runs on).
+    try:
+        out = subprocess.run([shutil.which("nvidia-smi"), "--query-gpu=compute_cap",
+                              "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout else ""
 if has_cuda_device():
     config.available_features.add("cuda-device")
+    if cuda_compute_capability() == "9.0":
+        config.available_features.add("cuda-sm90a")
     sanitizer = find_cuda_tool("compute-sanitizer")
     if sanitizer:
         config.available_features.add("compute-sanitizer")

@@ -566,6 +566,22 @@ def one_row(args, row, s, model, config, weights, work, T, fns, reasons, clock, 
                                   np.asarray(x, dtype=np.float64))
                 expected, expected_ids = res.hidden_states, list(res.expert_ids)
             ours.update(check_ours(got, expected, expected_ids, 1, k, vs_eager))
+        # The same layer with the Hopper warpgroup tiles (--wgmma), side by
+        # side; in a dry run through the emulated kernels.
+        if env.get("wgmma") and expected is not None:
+            limit = min(args.run_timeout, max(clock.left() - args.looped_reserve, 30))
+            extra = list(args.moe_run_arg) + ["--wgmma"]
+            if args.dry_run:
+                extra.append("--gpu-emulation")
+            wg = moe_run(config, weights, inputs, outputs,
+                         "cpu" if args.dry_run else "cuda",
+                         1 if args.dry_run else reps, limit, extra)
+            if args.dry_run:
+                wg.pop("median_ms", None)
+            row["ours_wgmma"] = wg
+            if "error" not in wg:
+                wg.update(check_ours(read_outputs(outputs), expected, expected_ids, 1, k,
+                                     vs_eager))
     derive(row, s, env)
 
 
@@ -575,12 +591,15 @@ def derive(row, s, env):
     t_roof, bound = roofline(T, s, env["bandwidth_gbs"], env["peak_tflops"])
     row["roofline_ms"], row["bound"] = t_roof, bound
     row["layer_bytes"] = layer_bytes(T, s)
-    for impl in ("ours",) + PEERS:
+    for impl in ("ours", "ours_wgmma") + PEERS:
         r = row.get(impl)
         if r and r.get("median_ms"):
             r["tflops"] = row["flops"] / (r["median_ms"] * 1e-3) / 1e12
             r["roofline_fraction"] = t_roof / r["median_ms"]
     ours = row.get("ours", {}).get("median_ms")
+    wgmma = row.get("ours_wgmma", {}).get("median_ms")
+    # > 1: the warpgroup tiles are faster than mma.sync.
+    row["mma_over_wgmma"] = ours / wgmma if ours and wgmma else None
     row["speedup"] = {p: (row[p]["median_ms"] / ours
                           if ours and row.get(p, {}).get("median_ms") else None)
                       for p in PEERS}
@@ -723,12 +742,16 @@ def markdown(result):
         "loop's MoE output; ours and the eager loop's whole layer (residual and "
         "final norm) against the same layer in torch with fp32 activations.",
         "",
+        "ours wgmma: the same with --wgmma (Hopper warpgroup tiles, when the "
+        "GPU is an sm_90 one); mma/wgmma = ours / ours wgmma.",
+        "",
         "| shape | T | ours | eager | grouped_mm | triton | copies | ours TFLOP/s "
-        "| ours % roof | bound | x eager | x gmm | x triton | check |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| ours % roof | bound | x eager | x gmm | x triton | ours wgmma "
+        "| mma/wgmma | check |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["layer"]:
         if "skipped" in row:
-            lines.append(f"| {row['shape']} | {row['T']} | skipped | | | | | | | | | | | "
+            lines.append(f"| {row['shape']} | {row['T']} | skipped | | | | | | | | | | | | | "
                          f"{row['skipped']} |")
             continue
         ours = row.get("ours", {})
@@ -742,9 +765,13 @@ def markdown(result):
             fmt(100 * ours["roofline_fraction"] if "roofline_fraction" in ours else None, ".0f"),
             row.get("bound", ""),
             *[fmt(sp.get(p), ".2f") for p in PEERS],
-            check_cell(row, ("ours",) + PEERS)]) + " |")
+            (fmt_ms(row["ours_wgmma"].get("median_ms"))
+             if "error" not in row["ours_wgmma"] else "err")
+            if "ours_wgmma" in row else "n/a",
+            fmt(row.get("mma_over_wgmma"), ".2f"),
+            check_cell(row, ("ours", "ours_wgmma") + PEERS)]) + " |")
     errors = sorted({f"{impl}: {row[impl]['error']}" for row in result["layer"]
-                     for impl in ("ours",) + PEERS
+                     for impl in ("ours", "ours_wgmma") + PEERS
                      if "error" in row.get(impl, {})})
     if result["looped"]:
         r0 = result["looped"][0]
@@ -841,6 +868,9 @@ def parse_args(argv=None):
     p.add_argument("--moe-run-arg", action="append", default=[],
                    help="extra moe-run argument (repeatable), e.g. "
                    "--moe-run-arg=--cuda-toolkit=/usr/local/cuda")
+    p.add_argument("--wgmma", choices=("auto", "on", "off"), default="auto",
+                   help="also time ours with --wgmma (Hopper warpgroup tiles); "
+                   "auto: on an H100/H200-class GPU, never in a dry run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None,
                    help="results folder (default bench/results; a temp dir "
@@ -891,7 +921,8 @@ def environment(args):
     if args.dry_run:
         env.update(machine="dry run (no GPU work)", torch_device="cpu",
                    bandwidth_gbs=args.bandwidth_gbs or float("nan"),
-                   bandwidth_source="given" if args.bandwidth_gbs else "not measured")
+                   bandwidth_source="given" if args.bandwidth_gbs else "not measured",
+                   wgmma=args.wgmma == "on")
         return env
     name = gpu_name()
     if name is None:
@@ -910,8 +941,10 @@ def environment(args):
         key = next((k for k in NOMINAL_COPY_GBS if k in name), "H100")
         env["bandwidth_gbs"] = NOMINAL_COPY_GBS[key]
         env["bandwidth_source"] = f"PERFORMANCE.md's {key} figure (no torch)"
-    if not any(g in name for g in ("H100", "H200", "H800", "GH200")):
+    hopper = any(g in name for g in ("H100", "H200", "H800", "GH200"))
+    if not hopper:
         env["peak_note"] = f"peak {args.peak_tflops} TFLOP/s is the H100/H200 figure"
+    env["wgmma"] = args.wgmma == "on" or (args.wgmma == "auto" and hopper)
     return env
 
 

@@ -116,6 +116,7 @@ def test_report(tmp):
                "eager": {"median_ms": 2 * ours, "pass": True},
                "grouped_mm": {"error": "n/a"},
                "triton": {"median_ms": ours / 2, "pass": False},
+               "ours_wgmma": {"median_ms": ours / 4, "pass": True},
                "ours_copies_est_ms": 0.01}
         gb.derive(row, s, env)
         rows.append(row)
@@ -127,6 +128,7 @@ def test_report(tmp):
                         / 0.04 / 1e12) < 1e-9)
     frac = gb.roofline(1, gb.SHAPES["mixtral-8x7b"], 4300.0, 989.0)[0] / 0.05
     check("roofline fraction", abs(r["ours"]["roofline_fraction"] - frac) < 1e-12)
+    check("mma over wgmma", abs(r["mma_over_wgmma"] - 4) < 1e-12)
     result = {"env": env, "commit": "abc1234", "layer": rows, "notes": ["a note"],
               "looped": [{"shape": "looped-moe-scaled", "d": 1, "f": 2, "E": 8, "k": 2,
                           "layers": 2, "loops": 3, "T": 1,
@@ -141,7 +143,8 @@ def test_report(tmp):
     print(text)
     table = [l for l in text.splitlines() if l.startswith("| mixtral")]
     check("markdown rows", len(table) == 3 and "FAIL triton" in table[0]
-          and "| 2.00 |" in table[0] and "skipped" in table[2])
+          and "| 2.00 |" in table[0] and "skipped" in table[2]
+          and "| 0.013 | 4.00 |" in table[0])
     check("markdown looped",
           "| 1 | 1.00 | 1.20 | 1.50 | 3.00 | 1.20 | 1.50 | 3.00 | ok |" in text)
     blob = json.dumps(gb.plain({"x": float("nan"), "y": [np.float32(1.5)], "z": np.bool_(True)}))
@@ -219,15 +222,18 @@ def test_gpu_path_on_cpu(tmp):
 
     gb.cuda_time = cpu_time
     # On the CPU the host loop is the only form: drop the GPU-only flag.
+    # --wgmma kernels run emulated.
     gb.moe_run = lambda m, w, i, o, device, reps, timeout, extra=(): real_run(
         m, w, i, o, "cpu", reps, timeout,
-        [e for e in extra if e != "--resident-loops=false"])
+        [e for e in extra if e != "--resident-loops=false"]
+        + (["--gpu-emulation"] if "--wgmma" in extra else []))
     try:
         args = gb.parse_args(["--shapes", "tiny", "--tokens", "1,16", "--looped-tokens",
                               "1", "--skip-peers", "triton", "--repeat-scale", "0.2",
                               "--out", tmp])
         env = {"machine": "cpu stand-in", "torch": "x", "triton": "y", "torch_device": "cpu",
-               "bandwidth_gbs": 100.0, "bandwidth_source": "fake", "peak_tflops": 1.0}
+               "bandwidth_gbs": 100.0, "bandwidth_source": "fake", "peak_tflops": 1.0,
+               "wgmma": True}
         notes = []
         clock = gb.Clock(120)
         layer = gb.layer_rows(args, clock, notes, env)
@@ -235,6 +241,8 @@ def test_gpu_path_on_cpu(tmp):
     finally:
         gb.moe_run, gb.cuda_time = real_run, real_time
     ok = all(r["ours"].get("median_ms", 0) > 0 and r["ours"]["pass"] and
+             r["ours_wgmma"].get("median_ms", 0) > 0 and r["ours_wgmma"]["pass"] and
+             r["mma_over_wgmma"] > 0 and
              r["eager"]["median_ms"] > 0 and r["speedup"]["eager"] > 0 for r in layer)
     check("timed path: layer rows", ok and len(layer) == 2,
           json.dumps(gb.plain(layer[0]))[:300])

@@ -22,20 +22,22 @@ static_assert(kWgmmaCols == kWgmmaRows, "A and B tiles share one layout");
 constexpr StringLiteral kTensorMapFunction = "moert_cuda_tensor_map_bf16_3d";
 
 /// A buffer of `size` elements in the block's shared memory: a private
-/// memref.global of the kernel module, aligned to `alignment` bytes.
+/// memref.global of the kernel module named for the kernel and `name`,
+/// aligned to `alignment` bytes.
 Value sharedBuffer(KernelBody &k, StringRef name, Type element, int64_t size,
                    int64_t alignment) {
   MLIRContext *ctx = k.b.getContext();
-  auto module = k.b.getInsertionBlock()
-                    ->getParentOp()
-                    ->getParentOfType<gpu::GPUModuleOp>();
+  auto kernel =
+      k.b.getInsertionBlock()->getParentOp()->getParentOfType<gpu::GPUFuncOp>();
+  auto module = kernel->getParentOfType<gpu::GPUModuleOp>();
   auto type = MemRefType::get(
       {size}, element, MemRefLayoutAttrInterface(),
       gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Workgroup));
   OpBuilder detached(ctx);
   auto global = memref::GlobalOp::create(
-      detached, k.b.getLoc(), name, detached.getStringAttr("private"), type,
-      Attribute(), /*constant=*/false, detached.getI64IntegerAttr(alignment));
+      detached, k.b.getLoc(), (kernel.getName() + "_" + name).str(),
+      detached.getStringAttr("private"), type, Attribute(), /*constant=*/false,
+      detached.getI64IntegerAttr(alignment));
   SymbolTable(module).insert(global, module.getBody()->begin());
   return memref::GetGlobalOp::create(k.b, type, global.getSymName());
 }
@@ -168,13 +170,13 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
   Type bf16 = k.b.getBF16Type(), f32 = k.b.getF32Type();
   bool split = !k.options.bf16Activations;
   int64_t tileElements = kWgmmaRows * kWgmmaSlice;
-  Value aHigh = sharedBuffer(k, "wgmma_a", bf16, tileElements, 1024);
-  Value aLow = split ? sharedBuffer(k, "wgmma_a_rest", bf16, tileElements, 1024)
-                     : Value();
+  Value aHigh = sharedBuffer(k, "a", bf16, tileElements, 1024);
+  Value aLow =
+      split ? sharedBuffer(k, "a_rest", bf16, tileElements, 1024) : Value();
   SmallVector<Value> bTiles;
   for (size_t m = 0; m < g.b.size(); ++m)
-    bTiles.push_back(sharedBuffer(k, "wgmma_b", bf16, tileElements, 1024));
-  Value barrier = sharedBuffer(k, "wgmma_full", k.b.getI64Type(), 1, 8);
+    bTiles.push_back(sharedBuffer(k, "b", bf16, tileElements, 1024));
+  Value barrier = sharedBuffer(k, "full", k.b.getI64Type(), 1, 8);
   Value barrierPtr = sharedPointer(k, barrier);
   Value isLeader = k.cmp(arith::CmpIPredicate::eq, thread, k.index(0));
 

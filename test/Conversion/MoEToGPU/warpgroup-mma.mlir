@@ -1,0 +1,117 @@
+// The expert GEMMs' tensor-core form as Hopper warpgroup tiles (wgmma=true,
+// chip sm_90a): d = 64 and f = 128 divide into tiles of 64 x 64. Canonicalised
+// as moe-cuda-pipeline does next.
+// RUN: moe-opt %S/Inputs/wgmma-prefill.mlir -convert-moe-to-gpu=wgmma -canonicalize -cse | FileCheck %s
+// RUN: moe-opt %S/Inputs/wgmma-prefill.mlir -convert-moe-to-gpu="wgmma bf16-activations" -canonicalize -cse | FileCheck %s --check-prefix=BF16ACT
+// RUN: moe-opt %S/Inputs/wgmma-prefill.mlir -convert-moe-to-gpu="wgmma emulate-warp-ops" -canonicalize -cse | FileCheck %s --check-prefix=EMU
+// RUN: not moe-opt %S/Inputs/wgmma-prefill.mlir -convert-moe-to-gpu="wgmma chip=sm_80" 2>&1 | FileCheck %s --check-prefix=SM80
+// RUN: moe-opt %S/Inputs/wgmma-loop.mlir -convert-moe-to-gpu=wgmma | FileCheck %s --check-prefix=RESIDENT
+// RUN: moe-opt %S/Inputs/wgmma-loop.mlir -convert-moe-to-gpu="wgmma resident-loops=false" | FileCheck %s --check-prefix=HOSTLOOP
+
+// The host encodes a tensor map per weight (dims innermost first: depth,
+// columns, experts; boxes of 64 x 64) and launches a block of one warpgroup
+// (128 threads) per tile, the maps last among the arguments.
+// CHECK-LABEL: func.func @prefill(
+// CHECK: %[[GATE:.*]] = call @moert_cuda_tensor_map_bf16_3d(%{{.*}}, %c64_i64, %c128_i64, %c4_i64, %c64_i64, %c64_i64)
+// CHECK: %[[UP:.*]] = call @moert_cuda_tensor_map_bf16_3d(%{{.*}}, %c64_i64, %c128_i64, %c4_i64, %c64_i64, %c64_i64)
+// CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_gate_up_wgmma_{{[0-9]+}} blocks in (%{{.*}}, %c1, %c1) threads in (%c128, %c1, %c1) args({{.*}}, %[[GATE]] : !llvm.ptr, %[[UP]] : !llvm.ptr)
+// CHECK: %[[DOWN:.*]] = call @moert_cuda_tensor_map_bf16_3d(%{{.*}}, %c128_i64, %c64_i64, %c4_i64, %c64_i64, %c64_i64)
+// CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_down_wgmma_{{[0-9]+}} blocks in (%{{.*}}, %c1, %c1) threads in (%c128, %c1, %c1) args({{.*}}, %[[DOWN]] : !llvm.ptr)
+// CHECK-NOT: @experts_gate_up_mma
+// CHECK-NOT: @experts_down_mma
+// CHECK: return
+
+// Shared memory: A's high and low bf16 parts, a B tile per matrix (1024-byte
+// aligned for the 128-byte swizzle) and the mbarrier.
+// CHECK-DAG: memref.global "private" @[[DA:experts_down_wgmma_[0-9]+_a]] : memref<4096xbf16, #gpu.address_space<workgroup>> {alignment = 1024 : i64}
+// CHECK-DAG: memref.global "private" @experts_down_wgmma_{{[0-9]+}}_a_rest : memref<4096xbf16, #gpu.address_space<workgroup>> {alignment = 1024 : i64}
+// CHECK-DAG: memref.global "private" @experts_down_wgmma_{{[0-9]+}}_b : memref<4096xbf16, #gpu.address_space<workgroup>> {alignment = 1024 : i64}
+// CHECK-DAG: memref.global "private" @experts_down_wgmma_{{[0-9]+}}_full : memref<1xi64, #gpu.address_space<workgroup>> {alignment = 8 : i64}
+// CHECK-DAG: memref.global "private" @experts_gate_up_wgmma_{{[0-9]+}}_b_0 : memref<4096xbf16, #gpu.address_space<workgroup>> {alignment = 1024 : i64}
+
+// gate/up: one slice of 64 (d = 64). Thread 0 arms the barrier for both B
+// tiles (2 x 8192 bytes) and issues their TMA loads at (slice, column tile,
+// expert); every thread stores its A chunks, fences them for the async proxy,
+// waits at bar.sync and on the barrier's phase, then 4 steps of 16 per
+// matrix, each twice (high part and remainder).
+// CHECK-LABEL: gpu.func @experts_gate_up_wgmma_
+// CHECK: nvvm.mbarrier.init %{{.*}}, %c1_i32 : !llvm.ptr<3>, i32
+// CHECK-NEXT: nvvm.fence.mbarrier.init
+// CHECK: gpu.barrier
+// CHECK: nvvm.mbarrier.arrive.expect_tx %[[BAR:.*]], %c16384_i32 : !llvm.ptr<3>, i32
+// CHECK: nvvm.cp.async.bulk.tensor.shared.cluster.global %{{.*}}, %{{.*}}, %[[BAR]], box[%c0_i32, %[[COL:.*]], %[[EXPERT:.*]]] : !llvm.ptr<7>, !llvm.ptr
+// CHECK: nvvm.cp.async.bulk.tensor.shared.cluster.global %{{.*}}, %{{.*}}, %[[BAR]], box[%c0_i32, %[[COL]], %[[EXPERT]]] : !llvm.ptr<7>, !llvm.ptr
+// CHECK-COUNT-8: vector.store %{{.*}} : memref<4096xbf16, #gpu.address_space<workgroup>>, vector<8xbf16>
+// CHECK: nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}
+// CHECK-NEXT: gpu.barrier
+// CHECK-NEXT: nvvm.mbarrier.try_wait.parity %[[BAR]], %c0_i32, %c10000000_i32
+// CHECK-NEXT: nvvm.wgmma.fence.aligned
+// CHECK-COUNT-16: nvvm.wgmma.mma_async {{.*}}, <m = 64, n = 64, k = 16>, D[<f32>, <one>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <col>]
+// CHECK-NOT: nvvm.wgmma.mma_async
+// CHECK: nvvm.wgmma.commit.group.sync.aligned
+// CHECK-NEXT: nvvm.wgmma.wait.group.sync.aligned 0
+// CHECK-NEXT: gpu.barrier
+// CHECK: gpu.return
+
+// down: two slices of 64 (f = 128) in a loop; the barrier's parity alternates.
+// A's 16-byte chunk c of row r goes to chunk c ^ (r % 8); the descriptors
+// (128-byte swizzle, 1024 bytes between 8-row groups) advance 32 bytes a step.
+// CHECK-LABEL: gpu.func @experts_down_wgmma_
+// CHECK-DAG: %[[FIXED:.*]] = arith.constant 4611686293305360384 : i64
+// CHECK: scf.for %[[SLICE:.*]] = %c0 to %c2 step %c1 iter_args(
+// CHECK: nvvm.mbarrier.arrive.expect_tx %{{.*}}, %c8192_i32
+// CHECK: %[[ROW:.*]] = arith.divui %[[T:.*]], %c8 : index
+// CHECK-NEXT: %[[CHUNK:.*]] = arith.remui %[[T]], %c8 : index
+// CHECK: %[[RM:.*]] = arith.remui %[[ROW]], %c8 : index
+// CHECK-NEXT: %[[SW:.*]] = arith.xori %[[CHUNK]], %[[RM]] : index
+// CHECK-NEXT: %[[ROWAT:.*]] = arith.muli %[[ROW]], %c64 : index
+// CHECK-NEXT: %[[CHAT:.*]] = arith.muli %[[SW]], %c8 : index
+// CHECK-NEXT: %[[AT:.*]] = arith.addi %[[ROWAT]], %[[CHAT]] : index
+// CHECK: vector.store %{{.*}}, %{{.*}}[%[[AT]]] : memref<4096xbf16, #gpu.address_space<workgroup>>, vector<8xbf16>
+// CHECK: %[[PHASE:.*]] = arith.remui %[[SLICE]], %c2 : index
+// CHECK-NEXT: %[[PHASE32:.*]] = arith.index_cast %[[PHASE]] : index to i32
+// CHECK-NEXT: nvvm.mbarrier.try_wait.parity %{{.*}}, %[[PHASE32]], %c10000000_i32
+// CHECK: %[[ADDR:.*]] = arith.index_castui %{{.*}} : index to i64
+// CHECK: %[[SHIFTED:.*]] = arith.shrui %[[ADDR]], %c4_i64 : i64
+// CHECK-NEXT: %[[START:.*]] = arith.andi %[[SHIFTED]], %c16383_i64 : i64
+// CHECK-NEXT: %[[DESC:.*]] = arith.ori %[[START]], %[[FIXED]] : i64
+// CHECK: nvvm.wgmma.mma_async %[[DESC]], %{{.*}}, %{{.*}}, <m = 64
+// CHECK: arith.addi %[[ADDR]], %c32_i64 : i64
+// CHECK-COUNT-6: nvvm.wgmma.mma_async
+// CHECK-NOT: nvvm.wgmma.mma_async
+// CHECK: scf.yield
+// CHECK: gpu.return
+
+// bf16-activations: one A tile and one wgmma per step and matrix.
+// BF16ACT-LABEL: gpu.func @experts_gate_up_wgmma_
+// BF16ACT-NOT: _a_rest
+// BF16ACT-COUNT-8: nvvm.wgmma.mma_async
+// BF16ACT-NOT: nvvm.wgmma.mma_async
+// BF16ACT: gpu.return
+
+// Emulated: no shared memory, barriers, TMA or tensor maps; each thread of
+// the 128-thread blocks computes its own accumulators.
+// EMU-LABEL: func.func @prefill(
+// EMU-NOT: moert_cuda_tensor_map_bf16_3d
+// EMU: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_gate_up_wgmma_{{[0-9]+}} blocks in (%{{.*}}, %c1, %c1) threads in (%c128, %c1, %c1)
+// EMU-LABEL: gpu.func @experts_gate_up_wgmma_
+// EMU-NOT: nvvm.
+// EMU-NOT: gpu.barrier
+// EMU-NOT: memref.get_global
+// EMU: gpu.return
+
+// SM80: error: convert-moe-to-gpu: wgmma kernels need chip sm_90a, not 'sm_80'
+
+// A resident loop keeps mma.sync warp tiles (its phases are grid-stride loops
+// of independent threads, with no block-wide barriers); a host loop of
+// launches gets the warpgroup tiles.
+// RESIDENT-LABEL: func.func @looped(
+// RESIDENT-NOT: moert_cuda_tensor_map_bf16_3d
+// RESIDENT: @moe_kernels::@resident_loop_
+// RESIDENT-NOT: wgmma
+// RESIDENT: nvvm.mma.sync
+// RESIDENT-NOT: wgmma
+// HOSTLOOP-LABEL: func.func @looped(
+// HOSTLOOP: scf.for
+// HOSTLOOP: call @moert_cuda_tensor_map_bf16_3d
+// HOSTLOOP: @moe_kernels::@experts_gate_up_wgmma_
