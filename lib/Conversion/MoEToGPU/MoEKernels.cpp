@@ -539,19 +539,42 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
         });
     p.launch(fn, tileThreads(p, rows, e, colTiles, kMmaRows, kLanes), mmaArgs);
   };
-  // A warpgroup tile: `body` gets the form's arguments, the weights' tensor
-  // maps, the thread in the warpgroup, the tile's first column and its row
-  // tile.
-  using GroupBody =
-      function_ref<void(KernelBody &, ValueRange args, ValueRange maps,
-                        Value thread, Value colBase, const ExpertRowTile &)>;
+  // Tile row `row` of a warpgroup tile: its plan row, that row clamped to
+  // the segment and its token (0 if unused), so that loads stay in bounds,
+  // and whether it is used (inside the segment, not padding).
+  struct GroupRow {
+    Value planRow, clampedRow, token, used;
+  };
+  auto groupRow = [&](KernelBody &k, Value tokens, const ExpertRowTile &tile,
+                      Value row) {
+    Value r = k.add(tile.first, row);
+    Value inSegment = k.cmp(arith::CmpIPredicate::ult, r, tile.end);
+    Value last = arith::SubIOp::create(k.b, tile.end, k.index(1));
+    Value clamped = arith::MinUIOp::create(k.b, r, last);
+    Value token = k.load(tokens, {clamped});
+    Value used = arith::AndIOp::create(
+        k.b, inSegment, k.cmp(arith::CmpIPredicate::sge, token, k.i32(0)));
+    return GroupRow{r, clamped,
+                    k.toIndex(arith::MaxSIOp::create(k.b, token, k.i32(0))),
+                    used};
+  };
+  // The epilogue of a warpgroup form for one accumulator of the thread: the
+  // form's arguments, all its accumulators, this one's index (of the first
+  // matrix), and its plan row and column.
+  using GroupEpilogue =
+      function_ref<void(KernelBody &, ValueRange args, ArrayRef<Value> acc,
+                        int64_t at, Value planRow, Value col)>;
   // Launches the warpgroup form `base` over `rows` plan rows: a block of one
-  // warpgroup per (row tile, `cols` / 64 column tiles); its kernel takes
-  // `args`, the row tiles and the tensor maps of `weights` (none when
+  // warpgroup per (row tile, `cols` / 64 column tiles) computes A B_m^T for
+  // the `weights` (the form's arguments from the fourth on), A's rows being
+  // the tokens' rows of the first argument (`gathered`) or its plan rows, and
+  // hands each used row's accumulators to `epilogue`. Its kernel takes
+  // `formArgs`, the row tiles and the weights' tensor maps (none when
   // emulated: the emulated kernel reads the weights directly).
   auto launchWarpgroups = [&](StringRef base, ArrayRef<Value> formArgs,
-                              ArrayRef<Value> weights, int64_t cols, Value rows,
-                              GroupBody body) {
+                              ArrayRef<Value> weights, int64_t cols,
+                              int64_t depth, Value rows, bool gathered,
+                              GroupEpilogue epilogue) {
     int64_t colTiles = cols / kWgmmaCols;
     SmallVector<Value> groupArgs(formArgs);
     groupArgs.push_back(groupPrefix);
@@ -560,49 +583,49 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
       for (Value w : weights)
         groupArgs.push_back(createWeightTensorMap(p, w));
     auto fn = p.kernel(
-        base, key, groupArgs, [&](KernelBody &k, Value gid, ValueRange args) {
+        base, key, groupArgs, [&](KernelBody &k, Value gid, ValueRange all) {
+          ValueRange args = all.take_front(formArgs.size());
           Value thread = k.rem(gid, k.index(kWarpgroupThreads));
           Value task = k.div(gid, k.index(kWarpgroupThreads));
           Value colBase =
               k.mul(k.rem(task, k.index(colTiles)), k.index(kWgmmaCols));
           ExpertRowTile tile =
-              expertRowTile(k, args[mapsAt - 1], args[2], e,
+              expertRowTile(k, all[mapsAt - 1], args[2], e,
                             k.div(task, k.index(colTiles)), kWgmmaRows);
           // A block is one warpgroup: all its threads take this branch or
           // none, as the barriers in it need.
           k.ifThen(tile.found, [&] {
-            body(k, args.take_front(mapsAt - 1), args.drop_front(mapsAt),
-                 thread, colBase, tile);
+            // Eight elements of A's row as f32, zeros for an unused row.
+            auto loadA = [&](KernelBody &k, Value row, Value i0) -> Value {
+              GroupRow r = groupRow(k, args[1], tile, row);
+              Value v = k.loadVector(args[0],
+                                     {gathered ? r.token : r.clampedRow, i0}, 8,
+                                     /*alignedIndex=*/true);
+              Value zeros = arith::ConstantOp::create(
+                  k.b,
+                  DenseElementsAttr::get(cast<ShapedType>(v.getType()), 0.0f));
+              return arith::SelectOp::create(k.b, r.used, v, zeros);
+            };
+            WarpgroupTileGemm gemm{
+                depth,
+                loadA,
+                SmallVector<Value, 2>(args.slice(3, weights.size())),
+                SmallVector<Value, 2>(all.drop_front(mapsAt)),
+                tile.expert,
+                colBase};
+            SmallVector<Value> acc = emitWarpgroupTileGemm(k, thread, gemm);
+            forEachWarpgroupAccumulator(
+                k, thread, [&](int64_t at, Value row, Value col) {
+                  GroupRow r = groupRow(k, args[1], tile, row);
+                  k.ifThen(r.used, [&] {
+                    epilogue(k, args, acc, at, r.planRow, k.add(colBase, col));
+                  });
+                });
           });
         });
     p.launch(fn,
              tileThreads(p, rows, e, colTiles, kWgmmaRows, kWarpgroupThreads),
              groupArgs, kWarpgroupThreads);
-  };
-  // Tile row `row` of a warpgroup tile: its plan row, whether it is used
-  // (inside the segment, not padding) and that row's token (0 if unused, so
-  // that loads stay in bounds).
-  struct GroupRow {
-    Value planRow, used, token;
-  };
-  auto groupRow = [&](KernelBody &k, Value tokens, const ExpertRowTile &tile,
-                      Value row) {
-    Value r = k.add(tile.first, row);
-    Value inSegment = k.cmp(arith::CmpIPredicate::ult, r, tile.end);
-    Value last = arith::SubIOp::create(k.b, tile.end, k.index(1));
-    Value token = k.load(tokens, {arith::MinUIOp::create(k.b, r, last)});
-    Value used = arith::AndIOp::create(
-        k.b, inSegment, k.cmp(arith::CmpIPredicate::sge, token, k.i32(0)));
-    return GroupRow{r, used,
-                    k.toIndex(arith::MaxSIOp::create(k.b, token, k.i32(0)))};
-  };
-  // Eight elements of `source[row, i0...]` as f32, zeros for an unused row.
-  auto loadChunk = [&](KernelBody &k, Value used, Value source, Value row,
-                       Value i0) -> Value {
-    Value v = k.loadVector(source, {row, i0}, 8, /*alignedIndex=*/true);
-    Value zeros = arith::ConstantOp::create(
-        k.b, DenseElementsAttr::get(cast<ShapedType>(v.getType()), 0.0f));
-    return arith::SelectOp::create(k.b, used, v, zeros);
   };
   auto rowUsed = [&](KernelBody &k, Value token) {
     return k.cmp(arith::CmpIPredicate::sge, token, k.i32(0));
@@ -632,27 +655,13 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   p.launch(up, p.hostMul(upRows.thread, p.hostIndex(f)), upArgs);
 
   if (upWarpgroups) {
-    launchWarpgroups(
-        "experts_gate_up_wgmma", upArgs, {wg, wu}, f, upRows.mma,
-        [&](KernelBody &k, ValueRange args, ValueRange maps, Value thread,
-            Value colBase, const ExpertRowTile &tile) {
-          auto loadA = [&](KernelBody &k, Value row, Value i0) {
-            GroupRow r = groupRow(k, args[1], tile, row);
-            return loadChunk(k, r.used, args[0], r.token, i0);
-          };
-          WarpgroupTileGemm gemm{d,    loadA,       {args[3], args[4]},
-                                 maps, tile.expert, colBase};
-          SmallVector<Value> acc = emitWarpgroupTileGemm(k, thread, gemm);
-          forEachWarpgroupAccumulator(
-              k, thread, [&](int64_t at, Value row, Value col) {
-                GroupRow r = groupRow(k, args[1], tile, row);
-                k.ifThen(r.used, [&] {
-                  Value g = acc[at], u = acc[kWarpgroupAccumulators + at];
-                  k.store(activate(k, g, u), args[5],
-                          {r.planRow, k.add(colBase, col)});
-                });
-              });
-        });
+    launchWarpgroups("experts_gate_up_wgmma", upArgs, {wg, wu}, f, d,
+                     upRows.mma, /*gathered=*/true,
+                     [&](KernelBody &k, ValueRange args, ArrayRef<Value> acc,
+                         int64_t at, Value row, Value col) {
+                       Value g = acc[at], u = acc[kWarpgroupAccumulators + at];
+                       k.store(activate(k, g, u), args[5], {row, col});
+                     });
   } else if (int64_t subtiles = upForms.mmaSubtiles) {
     launchMma("experts_gate_up_mma", upArgs, f, subtiles, upRows.mma,
               [&](KernelBody &k, ValueRange args, Value lane, Value colBase,
@@ -716,27 +725,12 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   p.launch(down, p.hostMul(downRows.thread, p.hostIndex(d)), downArgs);
 
   if (downWarpgroups) {
-    launchWarpgroups(
-        "experts_down_wgmma", downArgs, {wd}, d, downRows.mma,
-        [&](KernelBody &k, ValueRange args, ValueRange maps, Value thread,
-            Value colBase, const ExpertRowTile &tile) {
-          auto loadA = [&](KernelBody &k, Value row, Value i0) {
-            GroupRow r = groupRow(k, args[1], tile, row);
-            Value last = arith::SubIOp::create(k.b, tile.end, k.index(1));
-            return loadChunk(k, r.used, args[0],
-                             arith::MinUIOp::create(k.b, r.planRow, last), i0);
-          };
-          WarpgroupTileGemm gemm{f,    loadA,       {args[3]},
-                                 maps, tile.expert, colBase};
-          SmallVector<Value> acc = emitWarpgroupTileGemm(k, thread, gemm);
-          forEachWarpgroupAccumulator(
-              k, thread, [&](int64_t at, Value row, Value col) {
-                GroupRow r = groupRow(k, args[1], tile, row);
-                k.ifThen(r.used, [&] {
-                  k.store(acc[at], args[4], {r.planRow, k.add(colBase, col)});
-                });
-              });
-        });
+    launchWarpgroups("experts_down_wgmma", downArgs, {wd}, d, f, downRows.mma,
+                     /*gathered=*/false,
+                     [&](KernelBody &k, ValueRange args, ArrayRef<Value> acc,
+                         int64_t at, Value row, Value col) {
+                       k.store(acc[at], args[4], {row, col});
+                     });
   } else if (int64_t subtiles = downForms.mmaSubtiles) {
     launchMma(
         "experts_down_mma", downArgs, d, subtiles, downRows.mma,
