@@ -139,3 +139,34 @@ TEST(CostModelTest, TensorCoresOnlyWhereTheyApply) {
   EXPECT_EQ(subtiles(true, single), 4);
 }
 } // namespace
+
+// The warpgroup form (wgmma, asked for) takes over from mma.sync at the
+// first power of two past the split form's rows where the model says it is
+// faster, and every shape of PERFORMANCE.md gets it for a prefill of 8192
+// tokens. It needs depth and columns in multiples of 64, and mma.sync.
+TEST(CostModelTest, WarpgroupsTakeOverForLargePrefills) {
+  ChipLimits c = chip("sm_90a");
+  for (const LayerShape &s : kShapes) {
+    for (const ExpertGemmShape &g : {gateUp(s), down(s)}) {
+      ExpertGemmForms forms = chooseExpertGemmForms(c, true, g, true);
+      int64_t from = forms.warpgroupMinRows;
+      ASSERT_GT(from, forms.splitMaxRows) << s.name;
+      EXPECT_LE(from, 8192 * s.topK) << s.name;
+      EXPECT_LT(modelWarpgroupSeconds(c, g, from),
+                modelMmaSeconds(c, g, from, forms.mmaSubtiles))
+          << s.name;
+      if (from / 2 > forms.splitMaxRows)
+        EXPECT_GE(modelWarpgroupSeconds(c, g, from / 2),
+                  modelMmaSeconds(c, g, from / 2, forms.mmaSubtiles))
+            << s.name;
+      EXPECT_EQ(chooseExpertGemmForms(c, true, g).warpgroupMinRows, 0);
+      EXPECT_EQ(chooseExpertGemmForms(c, false, g, true).warpgroupMinRows, 0);
+    }
+  }
+  ExpertGemmShape oddCols{8, 2, 1040, 1024, 2, true};
+  EXPECT_EQ(chooseExpertGemmForms(c, true, oddCols, true).warpgroupMinRows, 0);
+  ExpertGemmShape oddDepth{8, 2, 1024, 1040, 2, true};
+  EXPECT_EQ(chooseExpertGemmForms(c, true, oddDepth, true).warpgroupMinRows, 0);
+  ExpertGemmShape f32{8, 2, 1024, 1024, 2, false};
+  EXPECT_EQ(chooseExpertGemmForms(c, true, f32, true).warpgroupMinRows, 0);
+}

@@ -40,6 +40,12 @@ std::optional<ChipLimits> lookupChipLimits(llvm::StringRef chip);
 constexpr int64_t kMmaRows = 16;
 constexpr int64_t kMmaDepth = 16;
 constexpr int64_t kMmaCols = 8;
+/// The tile of the Hopper warpgroup form (wgmma.m64n64k16 from shared
+/// memory), per B matrix, and the reduction slice it stages at a time (one
+/// 128-byte row of bf16).
+constexpr int64_t kWgmmaRows = 64;
+constexpr int64_t kWgmmaCols = 64;
+constexpr int64_t kWgmmaSlice = 64;
 
 /// One GEMM of an expert group: every routed row times a [cols, depth]
 /// weight matrix (`matrices` of them share the rows, as gate and up do).
@@ -56,17 +62,19 @@ struct ExpertGemmForms {
   /// Subtiles of kMmaCols columns per warp tile of the tensor-core form (a
   /// warp computes kMmaRows x (8 * mmaSubtiles)), or 0 for no such form.
   int64_t mmaSubtiles;
-  /// Whether the tensor-core form runs as Hopper warpgroup tiles of 64 x 64
-  /// instead (wgmma: decided by the GPU lowering's options and the shapes,
-  /// not by the model, which times it as the mma.sync form).
-  bool warpgroupTiles = false;
+  /// Rows from which the Hopper warpgroup form (kWgmmaRows x kWgmmaCols
+  /// tiles) takes over from the mma.sync one, or 0 for no such form.
+  int64_t warpgroupMinRows = 0;
 };
 
 /// Picks the forms of `shape` on `chip`. The tensor-core form needs
 /// `tensorCores`, a chip with bf16 mma.sync, bf16 weights, a depth that is a
-/// multiple of kMmaDepth and columns a multiple of kMmaCols.
+/// multiple of kMmaDepth and columns a multiple of kMmaCols. The warpgroup
+/// form needs `warpgroups` (the caller knows the chip is sm_90a and the
+/// kernels may use it) and a depth and columns that are multiples of 64.
 ExpertGemmForms chooseExpertGemmForms(const ChipLimits &chip, bool tensorCores,
-                                      const ExpertGemmShape &shape);
+                                      const ExpertGemmShape &shape,
+                                      bool warpgroups = false);
 
 /// The modelled time in seconds of `shape` at `rows` routed rows in the
 /// 32-lane form, the thread-per-output form and the tensor-core form with
@@ -77,6 +85,8 @@ double modelThreadSeconds(const ChipLimits &chip, const ExpertGemmShape &shape,
                           int64_t rows);
 double modelMmaSeconds(const ChipLimits &chip, const ExpertGemmShape &shape,
                        int64_t rows, int64_t subtiles);
+double modelWarpgroupSeconds(const ChipLimits &chip,
+                             const ExpertGemmShape &shape, int64_t rows);
 
 } // namespace mlir::moe::gpu_lowering
 

@@ -23,8 +23,15 @@ constexpr double kL2Factor = 2.5;
 constexpr double kSplitBandwidth = 0.7, kSplitArith = 0.25;
 constexpr double kThreadBandwidth = 0.25, kThreadArith = 0.5;
 constexpr double kMmaBandwidth = 0.5, kMmaArith = 0.2;
-/// Warps per SM a tensor-core form needs to reach its fraction.
+/// The warpgroup form stages its tiles in shared memory (B by TMA), one
+/// stage: better than mma.sync's loads from global memory, far from peak.
+constexpr double kWarpgroupBandwidth = 0.6, kWarpgroupArith = 0.35;
+/// Warps per SM a tensor-core form needs to reach its fraction; warpgroups
+/// (blocks) per SM for the warpgroup form.
 constexpr double kMmaWarpsPerSM = 4;
+constexpr double kWarpgroupsPerSM = 2;
+/// The warpgroup form's hand-over is searched over row counts up to this.
+constexpr int64_t kWarpgroupSearchRows = 1 << 17;
 /// The split form re-reads every expert's weights once per row; past this
 /// many rows it never wins, so the search stops there.
 constexpr int64_t kSplitSearchRows = 256;
@@ -111,8 +118,31 @@ double mlir::moe::gpu_lowering::modelMmaSeconds(const ChipLimits &chip,
        flops(s, padded) / (chip.tensorFlops * kMmaArith * occupancy)});
 }
 
+double mlir::moe::gpu_lowering::modelWarpgroupSeconds(const ChipLimits &chip,
+                                                      const ExpertGemmShape &s,
+                                                      int64_t rows) {
+  double touched = std::max(touchedExperts(s, rows), 1.0);
+  // Each expert's rows are padded to whole tiles of 64: few rows per expert
+  // waste most of each tile.
+  double tiles =
+      touched * std::ceil(static_cast<double>(rows) / touched / kWgmmaRows);
+  double padded = tiles * kWgmmaRows;
+  double colTiles = static_cast<double>(s.cols / kWgmmaCols);
+  double dram = touched * weightBytes(s);
+  double l2 = tiles * weightBytes(s) +
+              colTiles * static_cast<double>(rows * s.depth) * 4;
+  double occupancy = std::min(
+      1.0, tiles * colTiles /
+               (kWarpgroupsPerSM * static_cast<double>(chip.multiprocessors)));
+  return std::max(
+      {dram / (chip.hbmBytesPerSecond * kWarpgroupBandwidth),
+       l2 / (chip.hbmBytesPerSecond * kL2Factor * kWarpgroupBandwidth),
+       flops(s, padded) / (chip.tensorFlops * kWarpgroupArith * occupancy)});
+}
+
 ExpertGemmForms mlir::moe::gpu_lowering::chooseExpertGemmForms(
-    const ChipLimits &chip, bool tensorCores, const ExpertGemmShape &s) {
+    const ChipLimits &chip, bool tensorCores, const ExpertGemmShape &s,
+    bool warpgroups) {
   ExpertGemmForms forms{kSplitSearchRows, 0};
   bool mmaShape = s.bf16Weights && s.depth % kMmaDepth == 0 &&
                   s.cols % kMmaCols == 0 && tensorCores && chip.tensorFlops > 0;
@@ -143,6 +173,19 @@ ExpertGemmForms mlir::moe::gpu_lowering::chooseExpertGemmForms(
     if (other < modelSplitSeconds(chip, s, rows)) {
       forms.splitMaxRows = std::max<int64_t>(rows - 1, 1);
       break;
+    }
+  }
+  // The warpgroup form takes over from mma.sync at the first row count (a
+  // power of two past the split form's) where it is faster.
+  if (warpgroups && forms.mmaSubtiles && s.cols % kWgmmaCols == 0 &&
+      s.depth % kWgmmaSlice == 0) {
+    for (int64_t rows = forms.splitMaxRows + 1; rows <= kWarpgroupSearchRows;
+         rows *= 2) {
+      if (modelWarpgroupSeconds(chip, s, rows) <
+          modelMmaSeconds(chip, s, rows, forms.mmaSubtiles)) {
+        forms.warpgroupMinRows = rows;
+        break;
+      }
     }
   }
   return forms;

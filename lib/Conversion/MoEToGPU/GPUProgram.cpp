@@ -376,14 +376,15 @@ void mlir::moe::gpu_lowering::reportGemmForms(const GPUKernelOptions &options,
          << (shape.bf16Weights ? " bf16" : " f32")
          << " weights): a warp per output up to " << forms.splitMaxRows
          << " rows, then ";
-  if (forms.warpgroupTiles)
-    remark << "warpgroup tiles of " << kWgmmaRows << " x " << kWgmmaCols
-           << " on the tensor cores (wgmma, weight tiles by TMA)";
-  else if (forms.mmaSubtiles)
+  if (forms.mmaSubtiles)
     remark << "warp tiles of " << kMmaRows << " x "
            << kMmaCols * forms.mmaSubtiles << " on the tensor cores";
   else
     remark << "a thread per output";
+  if (forms.warpgroupMinRows)
+    remark << ", from " << forms.warpgroupMinRows << " rows warpgroup tiles of "
+           << kWgmmaRows << " x " << kWgmmaCols
+           << " (wgmma, weight tiles by TMA)";
   remark << " (cost model for " << options.chip.name << ")";
   if (!why.empty())
     remark << "; " << why;

@@ -355,16 +355,20 @@ bool inResidentLoop(const GPUKernelOptions &options, Operation *op) {
   return false;
 }
 
-/// The rows of the three forms of a GEMM with `forms` over `rows`: {split,
-/// thread per output, mma}, each `rows` or 0.
+/// The rows of the forms of a GEMM with `forms` over `rows`: {split, thread
+/// per output, mma.sync, warpgroup}, each `rows` or 0.
 struct FormRows {
-  Value split, thread, mma;
+  Value split, thread, mma, warpgroup;
 };
 FormRows formRows(GPUProgram &p, Value rows, const ExpertGemmForms &forms) {
   auto [split, other] = p.splitRows(rows, forms.splitMaxRows);
-  if (forms.mmaSubtiles)
-    return {split, p.hostIndex(0), other};
-  return {split, other, p.hostIndex(0)};
+  Value none = p.hostIndex(0);
+  if (!forms.mmaSubtiles)
+    return {split, other, none, none};
+  if (!forms.warpgroupMinRows)
+    return {split, none, other, none};
+  auto [mma, warpgroup] = p.splitRows(other, forms.warpgroupMinRows - 1);
+  return {split, none, mma, warpgroup};
 }
 
 /// Per plan row r of expert e with token t: h[r] = act(Wg_e x_t) *
@@ -406,29 +410,24 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   // fixed order (deterministic).
   // More rows go to warp tiles on the tensor cores (bf16 weights), else to a
   // thread per output.
-  ExpertGemmShape upShape{e, topK, f, d, 2, isBF16(wg) && isBF16(wu)};
-  ExpertGemmShape downShape{e, topK, d, f, 1, isBF16(wd)};
-  ExpertGemmForms upForms =
-      chooseExpertGemmForms(options.chip, options.tensorCores, upShape);
-  ExpertGemmForms downForms =
-      chooseExpertGemmForms(options.chip, options.tensorCores, downShape);
-  // With `wgmma` (sm_90a), the tensor-core form runs as warpgroup tiles
+  // With `wgmma` (sm_90a), the most rows go to Hopper warpgroup tiles
   // (WarpgroupMma.h) where the shapes divide into them, except in a pass
   // loop that becomes a resident kernel: its phases are grid-stride loops
   // of independent threads, with no room for block-wide barriers.
-  auto warpgroupForm = [&](const ExpertGemmForms &forms,
-                           ArrayRef<Value> weights, int64_t cols,
-                           int64_t depth) {
-    return options.wgmma && forms.mmaSubtiles &&
-           fitsWarpgroupTiles(cols, depth) && !inResidentLoop(options, call) &&
+  auto warpgroupsAllowed = [&](ArrayRef<Value> weights) {
+    return options.wgmma && !inResidentLoop(options, call) &&
            llvm::all_of(weights, [](Value w) {
              return cast<MemRefType>(w.getType()).getLayout().isIdentity();
            });
   };
-  upForms.warpgroupTiles = warpgroupForm(upForms, {wg, wu}, f, d);
-  downForms.warpgroupTiles = warpgroupForm(downForms, {wd}, d, f);
-  bool upWarpgroups = upForms.warpgroupTiles;
-  bool downWarpgroups = downForms.warpgroupTiles;
+  ExpertGemmShape upShape{e, topK, f, d, 2, isBF16(wg) && isBF16(wu)};
+  ExpertGemmShape downShape{e, topK, d, f, 1, isBF16(wd)};
+  ExpertGemmForms upForms = chooseExpertGemmForms(
+      options.chip, options.tensorCores, upShape, warpgroupsAllowed({wg, wu}));
+  ExpertGemmForms downForms = chooseExpertGemmForms(
+      options.chip, options.tensorCores, downShape, warpgroupsAllowed({wd}));
+  bool upWarpgroups = upForms.warpgroupMinRows > 0;
+  bool downWarpgroups = downForms.warpgroupMinRows > 0;
   reportGemmForms(options, call->getLoc(), "experts gate/up", upShape, upForms);
   reportGemmForms(options, call->getLoc(), "experts down", downShape,
                   downForms);
@@ -483,7 +482,8 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                                      ArrayRef<Value> tokenOf, WeightIndices)>;
   // The row tiles of the mma.sync forms and of the warpgroup forms (their
   // kernels take them after the form's arguments).
-  auto rowTiles = [&](bool upUses, bool downUses, int64_t tileRows) -> Value {
+  auto rowTiles = [&](bool upUses, bool downUses, int64_t tileRows,
+                      Value upFormRows, Value downFormRows) -> Value {
     if (!upUses && !downUses)
       return Value();
     Value prefix =
@@ -491,15 +491,15 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
     Value none = p.hostIndex(0);
     emitRowTiles(p, offsets, prefix, e,
                  arith::MaxUIOp::create(p.host(), p.getLoc(),
-                                        upUses ? upRows.mma : none,
-                                        downUses ? downRows.mma : none),
+                                        upUses ? upFormRows : none,
+                                        downUses ? downFormRows : none),
                  tileRows);
     return prefix;
   };
-  Value tilePrefix =
-      rowTiles(upForms.mmaSubtiles && !upWarpgroups,
-               downForms.mmaSubtiles && !downWarpgroups, kMmaRows);
-  Value groupPrefix = rowTiles(upWarpgroups, downWarpgroups, kWgmmaRows);
+  Value tilePrefix = rowTiles(upForms.mmaSubtiles, downForms.mmaSubtiles,
+                              kMmaRows, upRows.mma, downRows.mma);
+  Value groupPrefix = rowTiles(upWarpgroups, downWarpgroups, kWgmmaRows,
+                               upRows.warpgroup, downRows.warpgroup);
   // Launches the mma form `base` over `rows` plan rows: a warp per (row
   // tile, `cols` / (8 * subtiles) column tiles); its kernel takes `args` and
   // the tile prefix.
@@ -656,13 +656,14 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
 
   if (upWarpgroups) {
     launchWarpgroups("experts_gate_up_wgmma", upArgs, {wg, wu}, f, d,
-                     upRows.mma, /*gathered=*/true,
+                     upRows.warpgroup, /*gathered=*/true,
                      [&](KernelBody &k, ValueRange args, ArrayRef<Value> acc,
                          int64_t at, Value row, Value col) {
                        Value g = acc[at], u = acc[kWarpgroupAccumulators + at];
                        k.store(activate(k, g, u), args[5], {row, col});
                      });
-  } else if (int64_t subtiles = upForms.mmaSubtiles) {
+  }
+  if (int64_t subtiles = upForms.mmaSubtiles) {
     launchMma("experts_gate_up_mma", upArgs, f, subtiles, upRows.mma,
               [&](KernelBody &k, ValueRange args, Value lane, Value colBase,
                   ArrayRef<Value> rowOf, ArrayRef<Value> tokenOf,
@@ -725,13 +726,14 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   p.launch(down, p.hostMul(downRows.thread, p.hostIndex(d)), downArgs);
 
   if (downWarpgroups) {
-    launchWarpgroups("experts_down_wgmma", downArgs, {wd}, d, f, downRows.mma,
-                     /*gathered=*/false,
+    launchWarpgroups("experts_down_wgmma", downArgs, {wd}, d, f,
+                     downRows.warpgroup, /*gathered=*/false,
                      [&](KernelBody &k, ValueRange args, ArrayRef<Value> acc,
                          int64_t at, Value row, Value col) {
                        k.store(acc[at], args[4], {row, col});
                      });
-  } else if (int64_t subtiles = downForms.mmaSubtiles) {
+  }
+  if (int64_t subtiles = downForms.mmaSubtiles) {
     launchMma(
         "experts_down_mma", downArgs, d, subtiles, downRows.mma,
         [&](KernelBody &k, ValueRange args, Value lane, Value colBase,

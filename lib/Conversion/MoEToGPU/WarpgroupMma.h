@@ -34,13 +34,10 @@
 
 namespace mlir::moe::gpu_lowering {
 
-/// Threads of a warpgroup: the block of a wgmma kernel.
+/// Threads of a warpgroup: the block of a wgmma kernel. Its tile and
+/// reduction slice are GPUCostModel.h's kWgmmaRows, kWgmmaCols and
+/// kWgmmaSlice.
 constexpr int64_t kWarpgroupThreads = 128;
-/// The tile of one warpgroup, per B matrix, and the reduction slice staged
-/// in shared memory at a time.
-constexpr int64_t kWgmmaRows = 64;
-constexpr int64_t kWgmmaCols = 64;
-constexpr int64_t kWgmmaSlice = 64;
 /// Accumulators per thread per B matrix.
 constexpr int64_t kWarpgroupAccumulators =
     kWgmmaRows * kWgmmaCols / kWarpgroupThreads;
@@ -80,12 +77,6 @@ void forEachWarpgroupAccumulator(
 /// kWgmmaCols rows of kWgmmaSlice elements with the 128-byte swizzle; a
 /// device pointer that the runtime keeps for the model's life.
 Value createWeightTensorMap(GPUProgram &p, Value w);
-
-/// Whether the GEMM of `cols` x `depth` bf16 weights divides into
-/// warpgroup tiles.
-inline bool fitsWarpgroupTiles(int64_t cols, int64_t depth) {
-  return cols % kWgmmaCols == 0 && depth % kWgmmaSlice == 0;
-}
 
 } // namespace mlir::moe::gpu_lowering
 
