@@ -59,8 +59,8 @@ def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
     each gets: a warp per output for few rows (decode), warp tiles on the
     tensor cores (mma.sync.m16n8k16, f32 accumulation) for more rows when
     the weights are bf16 and the shapes divide into tiles, else a thread per
-    output. With `wgmma` (chip sm_90a), the expert GEMMs whose columns and
-    depth are multiples of 64 get a fourth form for the rows past a
+    output. With `wgmma` (chip sm_90a), the weight GEMMs whose columns and
+    depth are multiples of 64 (not the router's) get a fourth form for the rows past a
     hand-over the cost model picks: Hopper warpgroup tiles, 64 x 64 per
     block of 128 threads, from shared memory, the weight tiles loaded by TMA through tensor maps the host
     encodes (the runtime's `moert_cuda_tensor_map_bf16_3d`); not inside

@@ -3,6 +3,9 @@
 #include "WarpMma.h"
 #include "WarpgroupMma.h"
 
+#include "WarpgroupMma.h"
+#include "moe/Conversion/KernelProgram.h"
+
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/IR/Matchers.h"
 
@@ -390,6 +393,17 @@ void mlir::moe::gpu_lowering::reportGemmForms(const GPUKernelOptions &options,
     remark << "; " << why;
 }
 
+bool mlir::moe::gpu_lowering::inResidentLoop(const GPUKernelOptions &options,
+                                             Operation *op) {
+  if (!options.residentLoops || !op)
+    return false;
+  for (auto loop = op->getParentOfType<scf::ForOp>(); loop;
+       loop = loop->getParentOfType<scf::ForOp>())
+    if (loop->hasAttr(kPassLoopAttr))
+      return true;
+  return false;
+}
+
 void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
                                                  Value a, Value w, Value out,
                                                  int64_t cols, int64_t depth,
@@ -398,8 +412,11 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
   bool bf16 = cast<MemRefType>(w.getType()).getElementType().isBF16();
   // One "expert" whose segment is all rows.
   ExpertGemmShape shape{1, 1, cols, depth, 1, bf16};
+  bool warpgroups =
+      options.wgmma && cast<MemRefType>(w.getType()).getLayout().isIdentity() &&
+      !inResidentLoop(options, p.host().getInsertionBlock()->getParentOp());
   ExpertGemmForms forms = chooseExpertGemmForms(
-      options.chip, options.tensorCores && tensorCores, shape);
+      options.chip, options.tensorCores && tensorCores, shape, warpgroups);
   reportGemmForms(options, p.getLoc(), base, shape, forms,
                   tensorCores || !bf16 || !options.tensorCores
                       ? ""
@@ -410,6 +427,10 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
   Value none = p.hostIndex(0);
   Value fullRows = forms.mmaSubtiles ? none : otherRows;
   Value mmaRows = forms.mmaSubtiles ? otherRows : none;
+  Value warpgroupRows = none;
+  if (forms.warpgroupMinRows)
+    std::tie(mmaRows, warpgroupRows) =
+        p.splitRows(mmaRows, forms.warpgroupMinRows - 1);
 
   auto full = p.kernel(
       base, "", {a, w, out}, [&](KernelBody &k, Value gid, ValueRange args) {
@@ -482,4 +503,57 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
       arith::CeilDivUIOp::create(b, loc, mmaRows, p.hostIndex(kMmaRows));
   p.launch(mma, p.hostMul(rowTiles, p.hostIndex(colTiles * kLanes)),
            {a, w, out});
+  if (!forms.warpgroupMinRows)
+    return;
+
+  // A warpgroup (a block) per (64 rows, 64 columns) tile (WarpgroupMma.h).
+  int64_t groupColTiles = cols / kWgmmaCols;
+  SmallVector<Value> groupArgs = {a, w, out};
+  if (!options.emulateWarpOps)
+    groupArgs.push_back(createWeightTensorMap(p, w));
+  auto group = p.kernel(
+      (base + "_wgmma").str(), "", groupArgs,
+      [&](KernelBody &k, Value gid, ValueRange args) {
+        Value thread = k.rem(gid, k.index(kWarpgroupThreads));
+        Value task = k.div(gid, k.index(kWarpgroupThreads));
+        Value colBase =
+            k.mul(k.rem(task, k.index(groupColTiles)), k.index(kWgmmaCols));
+        Value rowBase =
+            k.mul(k.div(task, k.index(groupColTiles)), k.index(kWgmmaRows));
+        Value rowCount = k.dim(args[0], 0);
+        Value last = arith::SubIOp::create(k.b, rowCount, k.index(1));
+        auto rowAt = [&](Value row) { return k.add(rowBase, row); };
+        auto valid = [&](Value r) {
+          return k.cmp(arith::CmpIPredicate::ult, r, rowCount);
+        };
+        // Eight elements of A's row as f32, zeros past the last row (whose
+        // clamped row keeps the load in bounds).
+        auto loadA = [&](KernelBody &k, Value row, Value i0) -> Value {
+          Value r = rowAt(row);
+          Value v = k.loadVector(args[0],
+                                 {arith::MinUIOp::create(k.b, r, last), i0}, 8,
+                                 /*alignedIndex=*/true);
+          Value zeros = arith::ConstantOp::create(
+              k.b, DenseElementsAttr::get(cast<ShapedType>(v.getType()), 0.0f));
+          return arith::SelectOp::create(k.b, valid(r), v, zeros);
+        };
+        WarpgroupTileGemm gemm{
+            depth,     loadA,
+            {args[1]}, SmallVector<Value, 2>(args.drop_front(3)),
+            Value(),   colBase};
+        SmallVector<Value> acc = emitWarpgroupTileGemm(k, thread, gemm);
+        forEachWarpgroupAccumulator(
+            k, thread, [&](int64_t at, Value row, Value col) {
+              Value r = rowAt(row);
+              k.ifThen(valid(r), [&] {
+                k.store(acc[at], args[2], {r, k.add(colBase, col)});
+              });
+            });
+      });
+  Value groupTiles = arith::CeilDivUIOp::create(b, loc, warpgroupRows,
+                                                p.hostIndex(kWgmmaRows));
+  p.launch(
+      group,
+      p.hostMul(groupTiles, p.hostIndex(groupColTiles * kWarpgroupThreads)),
+      groupArgs, kWarpgroupThreads);
 }

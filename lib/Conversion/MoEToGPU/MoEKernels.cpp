@@ -10,8 +10,6 @@
 #include "WarpMma.h"
 #include "WarpgroupMma.h"
 
-#include "moe/Conversion/KernelProgram.h"
-
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/Dialect/Math/IR/Math.h"
 
@@ -342,17 +340,6 @@ Value tileThreads(GPUProgram &p, Value rows, int64_t experts, int64_t colTiles,
                                      p.hostIndex(0));
   tiles = arith::SelectOp::create(b, loc, none, p.hostIndex(0), tiles);
   return p.hostMul(tiles, p.hostIndex(colTiles * tileThreads));
-}
-
-/// Whether `op` is inside a pass loop that is to become a resident kernel.
-bool inResidentLoop(const GPUKernelOptions &options, Operation *op) {
-  if (!options.residentLoops || !op)
-    return false;
-  for (auto loop = op->getParentOfType<scf::ForOp>(); loop;
-       loop = loop->getParentOfType<scf::ForOp>())
-    if (loop->hasAttr(mlir::moe::kPassLoopAttr))
-      return true;
-  return false;
 }
 
 /// The rows of the forms of a GEMM with `forms` over `rows`: {split, thread

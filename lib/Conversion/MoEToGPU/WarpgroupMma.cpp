@@ -144,8 +144,11 @@ SmallVector<Value> emulatedGemm(KernelBody &k, Value thread,
             Value hi = roundToBF16(k, x);
             Value rest = roundToBF16(k, k.fsub(x, hi));
             for (int64_t e = 0; e < kChunk; ++e) {
-              Value w = k.load(g.b[m], {g.expert, k.add(g.colBase, col),
-                                        k.add(j0, k.index(e))});
+              SmallVector<Value> at = {k.add(g.colBase, col),
+                                       k.add(j0, k.index(e))};
+              if (g.expert)
+                at.insert(at.begin(), g.expert);
+              Value w = k.load(g.b[m], at);
               auto lane = [&](Value v) {
                 return vector::ExtractOp::create(k.b, v, ArrayRef<int64_t>{e});
               };
@@ -207,7 +210,7 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
               k.i32(kTileBytes * static_cast<int64_t>(g.b.size())),
               NVVM::MemScopeKind::CTA, /*relaxed=*/false, Value());
           SmallVector<Value> box = {k.toI32(i0), k.toI32(g.colBase),
-                                    k.toI32(g.expert)};
+                                    g.expert ? k.toI32(g.expert) : k.i32(0)};
           for (size_t m = 0; m < g.b.size(); ++m)
             NVVM::CpAsyncBulkTensorGlobalToSharedClusterOp::create(
                 k.b, clusterPointer(k, bTiles[m]), g.bMaps[m], box, barrierPtr,
@@ -299,14 +302,18 @@ Value mlir::moe::gpu_lowering::createWeightTensorMap(GPUProgram &p, Value w) {
       b, loc, start, p.hostMul(meta.getOffset(), p.hostIndex(bytes)));
   Value address64 = arith::IndexCastUIOp::create(b, loc, i64, address);
   Value base = LLVM::IntToPtrOp::create(b, loc, ptr, address64);
-  ArrayRef<int64_t> shape = shapeOf(w);
+  // Dims innermost first; weights without an experts dimension are one
+  // expert.
+  SmallVector<int64_t> dims = llvm::to_vector(llvm::reverse(shapeOf(w)));
+  if (dims.size() == 2)
+    dims.push_back(1);
   auto constant = [&](int64_t v) {
     return arith::ConstantIntOp::create(b, loc, v, 64).getResult();
   };
   SmallVector<Value> args = {base,
-                             constant(shape[2]),
-                             constant(shape[1]),
-                             constant(shape[0]),
+                             constant(dims[0]),
+                             constant(dims[1]),
+                             constant(dims[2]),
                              constant(kWgmmaSlice),
                              constant(kWgmmaCols)};
   return func::CallOp::create(b, loc, kTensorMapFunction, TypeRange{ptr}, args)

@@ -49,12 +49,13 @@ struct WarpgroupTileGemm {
   /// kWgmmaRows - 1) and i0 a multiple of 8; zeros for a row outside the
   /// problem.
   function_ref<Value(KernelBody &, Value row, Value i0)> loadA;
-  /// The B matrices, bf16 [experts, cols, depth] with the identity layout
-  /// (read directly when emulated), and their tensor maps (kernel
-  /// arguments, from createWeightTensorMap; unused when emulated).
+  /// The B matrices, bf16 [experts, cols, depth] or [cols, depth] with the
+  /// identity layout (read directly when emulated), and their tensor maps
+  /// (kernel arguments, from createWeightTensorMap; unused when emulated).
   SmallVector<Value, 2> b;
   SmallVector<Value, 2> bMaps;
-  /// The tile's expert and first column.
+  /// The tile's expert (null for B without an experts dimension) and first
+  /// column.
   Value expert, colBase;
 };
 
@@ -73,7 +74,8 @@ void forEachWarpgroupAccumulator(
     function_ref<void(int64_t at, Value row, Value col)> body);
 
 /// On the host: the tensor map through which TMA loads tiles of the bf16
-/// weights `w` ([experts, cols, depth], identity layout), boxes of
+/// weights `w` ([experts, cols, depth] or [cols, depth], identity layout),
+/// boxes of
 /// kWgmmaCols rows of kWgmmaSlice elements with the 128-byte swizzle; a
 /// device pointer that the runtime keeps for the model's life.
 Value createWeightTensorMap(GPUProgram &p, Value w);
