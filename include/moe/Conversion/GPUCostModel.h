@@ -3,10 +3,10 @@
 // The weight GEMMs of the GPU kernels (experts, and a decoder's dense ones as
 // a single "expert") have three forms: a warp per output (decode: few rows,
 // weight bound), a thread per output (SIMT), and warp tiles on the tensor
-// cores (mma.sync). Which form runs depends on the rows, known only at run
-// time, so the cost model picks at compile time the row count at which the
-// first form hands over, and the tile of the tensor-core form, from the
-// shapes and the chip's limits. Its efficiency factors are estimates until
+// cores (mma.sync); with wgmma (sm_90a) a fourth, Hopper warpgroup tiles.
+// Which form runs depends on the rows, known only at run time, so the cost
+// model picks at compile time the row counts at which the forms hand over,
+// and the tile of the mma.sync form, from the shapes and the chip's limits. Its efficiency factors are estimates until
 // bench/gpu calibrates them on a GPU.
 //
 //===----------------------------------------------------------------------===//

@@ -4,7 +4,8 @@
 // weights of the experts the rows touch), its L2 traffic (weights and rows
 // re-read by each output tile) and its arithmetic, each at the fraction of
 // the chip's peak that form reaches. The fractions are estimates for these
-// kernels (no shared memory, no pipelining) until measured.
+// kernels (no pipelining; shared memory only in the warpgroup form) until
+// measured.
 //
 //===----------------------------------------------------------------------===//
 #include "moe/Conversion/GPUCostModel.h"
@@ -62,6 +63,36 @@ double simtSeconds(const ChipLimits &chip, const ExpertGemmShape &s,
                    l2 / (chip.hbmBytesPerSecond * kL2Factor * bandwidth),
                    flops(s, r) / (chip.simtFlops * arith)});
 }
+/// A tensor-core form: output tiles of `rows` x `cols`, each computed by one
+/// unit (a warp or a warpgroup), reaching `bandwidth` of the memory peaks
+/// and `arith` of the tensor peak with `unitsPerSM` units per SM.
+struct TiledForm {
+  int64_t rows, cols;
+  double bandwidth, arith, unitsPerSM;
+};
+
+double tiledSeconds(const ChipLimits &chip, const ExpertGemmShape &s,
+                    int64_t rows, const TiledForm &form) {
+  double touched = std::max(touchedExperts(s, rows), 1.0);
+  // Each expert's rows are padded to whole tiles: few rows per expert waste
+  // most of a tall tile.
+  double tiles =
+      touched * std::ceil(static_cast<double>(rows) / touched / form.rows);
+  double padded = tiles * static_cast<double>(form.rows);
+  double colTiles = static_cast<double>(s.cols / form.cols);
+  double dram = touched * weightBytes(s);
+  // Each row tile reads its expert's weights once; each column tile reads
+  // the rows (f32) once.
+  double l2 = tiles * weightBytes(s) +
+              colTiles * static_cast<double>(rows * s.depth) * 4;
+  double occupancy = std::min(
+      1.0, tiles * colTiles /
+               (form.unitsPerSM * static_cast<double>(chip.multiprocessors)));
+  return std::max(
+      {dram / (chip.hbmBytesPerSecond * form.bandwidth),
+       l2 / (chip.hbmBytesPerSecond * kL2Factor * form.bandwidth),
+       flops(s, padded) / (chip.tensorFlops * form.arith * occupancy)});
+}
 } // namespace
 
 std::optional<ChipLimits>
@@ -98,46 +129,17 @@ double mlir::moe::gpu_lowering::modelMmaSeconds(const ChipLimits &chip,
                                                 const ExpertGemmShape &s,
                                                 int64_t rows,
                                                 int64_t subtiles) {
-  double touched = std::max(touchedExperts(s, rows), 1.0);
-  // Each expert's rows are padded to whole tiles.
-  double tiles =
-      touched * std::ceil(static_cast<double>(rows) / touched / kMmaRows);
-  double padded = tiles * kMmaRows;
-  double colTiles = static_cast<double>(s.cols / (kMmaCols * subtiles));
-  double dram = touched * weightBytes(s);
-  // Each row tile reads its expert's weights once; each column tile reads
-  // the rows (f32) once.
-  double l2 = tiles * weightBytes(s) +
-              colTiles * static_cast<double>(rows * s.depth) * 4;
-  double occupancy = std::min(
-      1.0, tiles * colTiles /
-               (kMmaWarpsPerSM * static_cast<double>(chip.multiprocessors)));
-  return std::max(
-      {dram / (chip.hbmBytesPerSecond * kMmaBandwidth),
-       l2 / (chip.hbmBytesPerSecond * kL2Factor * kMmaBandwidth),
-       flops(s, padded) / (chip.tensorFlops * kMmaArith * occupancy)});
+  TiledForm mma{kMmaRows, kMmaCols * subtiles, kMmaBandwidth, kMmaArith,
+                kMmaWarpsPerSM};
+  return tiledSeconds(chip, s, rows, mma);
 }
 
 double mlir::moe::gpu_lowering::modelWarpgroupSeconds(const ChipLimits &chip,
                                                       const ExpertGemmShape &s,
                                                       int64_t rows) {
-  double touched = std::max(touchedExperts(s, rows), 1.0);
-  // Each expert's rows are padded to whole tiles of 64: few rows per expert
-  // waste most of each tile.
-  double tiles =
-      touched * std::ceil(static_cast<double>(rows) / touched / kWgmmaRows);
-  double padded = tiles * kWgmmaRows;
-  double colTiles = static_cast<double>(s.cols / kWgmmaCols);
-  double dram = touched * weightBytes(s);
-  double l2 = tiles * weightBytes(s) +
-              colTiles * static_cast<double>(rows * s.depth) * 4;
-  double occupancy = std::min(
-      1.0, tiles * colTiles /
-               (kWarpgroupsPerSM * static_cast<double>(chip.multiprocessors)));
-  return std::max(
-      {dram / (chip.hbmBytesPerSecond * kWarpgroupBandwidth),
-       l2 / (chip.hbmBytesPerSecond * kL2Factor * kWarpgroupBandwidth),
-       flops(s, padded) / (chip.tensorFlops * kWarpgroupArith * occupancy)});
+  TiledForm warpgroups{kWgmmaRows, kWgmmaCols, kWarpgroupBandwidth,
+                       kWarpgroupArith, kWarpgroupsPerSM};
+  return tiledSeconds(chip, s, rows, warpgroups);
 }
 
 ExpertGemmForms mlir::moe::gpu_lowering::chooseExpertGemmForms(
