@@ -774,6 +774,24 @@ TEST_F(FakeCudaTest, TensorMapsAreEncodedOnceAndKeptOnTheDevice) {
   expectNothingLive();
 }
 
+TEST_F(FakeCudaTest, TensorMapsNeedADriverFromCuda12) {
+  setenv("MOERT_CUDA_DRIVER", MOERT_FAKE_CUDA11_DRIVER, 1);
+  std::string error;
+  auto ctx = moert::Context::create("cuda", &error);
+  ASSERT_TRUE(ctx) << error;
+  auto model = moert::Model::load(*ctx, kCudaTensorMapModel, weights, &error);
+  ASSERT_TRUE(model) << error;
+  EXPECT_EQ(runError(*model),
+            "moert_model_run on cuda (sm_90, Fake GPU): the driver lacks "
+            "cuTensorMapEncodeTiled (CUDA 12.0 or later), which kernels "
+            "compiled with --wgmma need for the tensor map of a 64x128x4 bf16 "
+            "tensor (innermost first)");
+  // Models that need no tensor maps run on it.
+  auto plain = moert::Model::load(*ctx, kCudaModel, weights, &error);
+  ASSERT_TRUE(plain) << error;
+  runAndCheck(*plain);
+}
+
 TEST_F(FakeCudaTest, SyncEachLaunchNamesTheFaultingKernel) {
   // MOERT_CUDA_SYNC_EACH_LAUNCH waits after every launch, so that a fault
   // inside a kernel is reported with that kernel's name.

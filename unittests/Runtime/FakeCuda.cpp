@@ -490,6 +490,7 @@ EXPORT CUresult cuLaunchCooperativeKernel(CUfunction function, unsigned gx,
   ++cooperativeLaunches;
   return SUCCESS;
 }
+#ifndef FAKE_CUDA_WITHOUT_TENSOR_MAPS
 EXPORT CUresult cuTensorMapEncodeTiled(void *map, int dataType, uint32_t rank,
                                        void *address, const uint64_t *dims,
                                        const uint64_t *strides,
@@ -522,6 +523,7 @@ EXPORT CUresult cuTensorMapEncodeTiled(void *map, int dataType, uint32_t rank,
   ++tensorMapsEncoded;
   return SUCCESS;
 }
+#endif
 EXPORT CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks,
                                                             CUfunction function,
                                                             int blockSize,

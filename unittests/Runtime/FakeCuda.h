@@ -23,7 +23,8 @@
 //
 // cuTensorMapEncodeTiled checks what the real one requires of a 128-byte
 // swizzled map (16-byte aligned address and strides, an inner box of at most
-// 128 bytes) and writes its arguments into the map as FakeCudaTensorMap.
+// 128 bytes) and writes its arguments into the map as FakeCudaTensorMap. Built
+// with FAKE_CUDA_WITHOUT_TENSOR_MAPS it is missing, as before CUDA 12.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_UNITTESTS_FAKECUDA_H
