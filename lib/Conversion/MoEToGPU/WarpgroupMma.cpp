@@ -18,6 +18,12 @@ constexpr int64_t kChunk = 8;
 /// Bytes of one staged tile (A or B: 64 rows of 128 bytes).
 constexpr int64_t kTileBytes = kWgmmaRows * kWgmmaSlice * 2;
 static_assert(kWgmmaCols == kWgmmaRows, "A and B tiles share one layout");
+/// A wait for TMA's bytes suspends up to kWaitNs per try and traps at the
+/// kMaxWaitTries-th try: after half a minute or so, far beyond any load, so
+/// that a load that never lands (a bad tensor map: a bug) fails the run
+/// instead of hanging the GPU.
+constexpr int64_t kWaitNs = 1000000;
+constexpr int64_t kMaxWaitTries = int64_t(1) << 15;
 /// The runtime's tensor-map encoder (runtime/src/CudaBackend.cpp).
 constexpr StringLiteral kTensorMapFunction = "moert_cuda_tensor_map_bf16_3d";
 
@@ -79,6 +85,41 @@ Value matrixDescriptor(KernelBody &k, Value address) {
   uint64_t fixed =
       (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
   return arith::OrIOp::create(k.b, start, i64(k, static_cast<int64_t>(fixed)));
+}
+
+/// Waits until the phase of parity `parity` of the mbarrier at `barrier`
+/// completes (the watchdog above).
+void waitForPhase(KernelBody &k, Value barrier, Value parity) {
+  Type i1 = k.b.getI1Type(), i32 = k.b.getI32Type();
+  auto loop = scf::WhileOp::create(
+      k.b, TypeRange{i32, i1},
+      ValueRange{k.i32(0), arith::ConstantIntOp::create(k.b, 0, 1)},
+      [&](OpBuilder &nested, Location loc, ValueRange state) {
+        Value notDone = arith::XOrIOp::create(
+            nested, loc, state[1],
+            arith::ConstantIntOp::create(nested, loc, 1, 1));
+        Value stuck = arith::CmpIOp::create(
+            nested, loc, arith::CmpIPredicate::uge, state[0],
+            arith::ConstantIntOp::create(nested, loc, kMaxWaitTries, 32));
+        scf::IfOp::create(nested, loc,
+                          arith::AndIOp::create(nested, loc, notDone, stuck),
+                          [&](OpBuilder &then, Location loc) {
+                            LLVM::Trap::create(then, loc);
+                            scf::YieldOp::create(then, loc);
+                          });
+        scf::ConditionOp::create(nested, loc, notDone, state);
+      },
+      [&](OpBuilder &nested, Location loc, ValueRange state) {
+        Value done = NVVM::MBarrierTryWaitOp::create(
+            nested, loc, i1, barrier, parity,
+            arith::ConstantIntOp::create(nested, loc, kWaitNs, 32));
+        Value one = arith::ConstantIntOp::create(nested, loc, 1, 32);
+        scf::YieldOp::create(
+            nested, loc,
+            ValueRange{arith::AddIOp::create(nested, loc, state[0], one),
+                       done});
+      });
+  (void)loop;
 }
 
 Value roundToBF16(KernelBody &k, Value x) {
@@ -225,8 +266,7 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
             NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
         gpu::BarrierOp::create(k.b);
         Value parity = k.toI32(k.rem(slice, k.index(2)));
-        NVVM::MBarrierTryWaitParityOp::create(k.b, barrierPtr, parity,
-                                              k.i32(10000000));
+        waitForPhase(k, barrierPtr, parity);
 
         NVVM::WgmmaFenceAlignedOp::create(k.b);
         SmallVector<Value> aBases = {sharedAddress(k, aHigh)};

@@ -50,10 +50,19 @@
 // CHECK: nvvm.cp.async.bulk.tensor.shared.cluster.global %{{.*}}, %{{.*}}, %[[BAR]], box[%c0_i32, %[[COL:.*]], %[[EXPERT:.*]]] : !llvm.ptr<7>, !llvm.ptr
 // CHECK: nvvm.cp.async.bulk.tensor.shared.cluster.global %{{.*}}, %{{.*}}, %[[BAR]], box[%c0_i32, %[[COL]], %[[EXPERT]]] : !llvm.ptr<7>, !llvm.ptr
 // CHECK-COUNT-8: vector.store %{{.*}} : memref<4096xbf16, #gpu.address_space<workgroup>>, vector<8xbf16>
+// The wait tries for up to 1 ms at a time and traps at the 2^15-th try (a
+// load that never lands fails the run instead of hanging the GPU).
 // CHECK: nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}
 // CHECK-NEXT: gpu.barrier
-// CHECK-NEXT: nvvm.mbarrier.try_wait.parity %[[BAR]], %c0_i32, %c10000000_i32
-// CHECK-NEXT: nvvm.wgmma.fence.aligned
+// CHECK-NEXT: scf.while (%[[TRIES:.*]] = %c0_i32, %[[DONE:.*]] = %false)
+// CHECK-NEXT: %[[WAITING:.*]] = arith.xori %[[DONE]], %true : i1
+// CHECK-NEXT: %[[STUCK:.*]] = arith.cmpi uge, %[[TRIES]], %c32768_i32 : i32
+// CHECK-NEXT: %[[TRAP:.*]] = arith.andi %[[WAITING]], %[[STUCK]] : i1
+// CHECK-NEXT: scf.if %[[TRAP]] {
+// CHECK-NEXT: llvm.intr.trap
+// CHECK: scf.condition(%[[WAITING]])
+// CHECK: nvvm.mbarrier.try_wait %[[BAR]], %c0_i32, %c1000000_i32 : !llvm.ptr<3>, i32, i32 -> i1
+// CHECK: nvvm.wgmma.fence.aligned
 // CHECK-COUNT-16: nvvm.wgmma.mma_async {{.*}}, <m = 64, n = 64, k = 16>, D[<f32>, <one>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <col>]
 // CHECK-NOT: nvvm.wgmma.mma_async
 // CHECK: nvvm.wgmma.commit.group.sync.aligned
@@ -78,7 +87,8 @@
 // CHECK: vector.store %{{.*}}, %{{.*}}[%[[AT]]] : memref<4096xbf16, #gpu.address_space<workgroup>>, vector<8xbf16>
 // CHECK: %[[PHASE:.*]] = arith.remui %[[SLICE]], %c2 : index
 // CHECK-NEXT: %[[PHASE32:.*]] = arith.index_cast %[[PHASE]] : index to i32
-// CHECK-NEXT: nvvm.mbarrier.try_wait.parity %{{.*}}, %[[PHASE32]], %c10000000_i32
+// CHECK-NEXT: scf.while
+// CHECK: nvvm.mbarrier.try_wait %{{.*}}, %[[PHASE32]], %c1000000_i32
 // CHECK: %[[ADDR:.*]] = arith.index_castui %{{.*}} : index to i64
 // CHECK: %[[SHIFTED:.*]] = arith.shrui %[[ADDR]], %c4_i64 : i64
 // CHECK-NEXT: %[[START:.*]] = arith.andi %[[SHIFTED]], %c16383_i64 : i64
