@@ -145,7 +145,8 @@ bool moert::cpu::attention(const float *x, const int32_t *positions,
   };
   bool valid = s.numHeads > 0 && s.numKvHeads > 0 &&
                s.numHeads % s.numKvHeads == 0 && hd > 0 && hd % 2 == 0 &&
-               o.ropeTheta > 0.0f && o.scale >= 0.0f && std::isfinite(o.scale) &&
+               o.ropeTheta > 0.0f && o.scale >= 0.0f &&
+               std::isfinite(o.scale) &&
                (o.norm == QkNorm::None || o.norm == QkNorm::Full ||
                 o.norm == QkNorm::PerHead) &&
                positionsValid(positions, n, s.maxPositions);

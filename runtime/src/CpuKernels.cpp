@@ -197,8 +197,8 @@ void _mlir_ciface_moert_rms_norm(StridedMemRefType<float, 2> *x,
   if ((!unit && w->sizes[0] != hidden) || out->sizes[0] != numTokens ||
       out->sizes[1] != hidden)
     return fill(out, kNaN);
-  rmsNorm(dataOf(x), unit ? nullptr : dataOf(w), dataOf(out), numTokens,
-          hidden, eps);
+  rmsNorm(dataOf(x), unit ? nullptr : dataOf(w), dataOf(out), numTokens, hidden,
+          eps);
 }
 
 void _mlir_ciface_moert_route(StridedMemRefType<float, 2> *x,

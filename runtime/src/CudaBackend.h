@@ -141,8 +141,9 @@ public:
   /// A device copy of the tensor map of a bf16 tensor at `base` with
   /// `dims` (innermost first, contiguous) and boxes of `box` elements in its
   /// two inner dimensions, 128-byte swizzle: encoded and copied on first
-  /// use, then kept for the model's life (its weights' maps are the same
-  /// every run). Null with `error` set on failure.
+  /// use, then kept for the model's life (its weights do not move, so later
+  /// runs find it without encoding again). Null with `error` set on
+  /// failure.
   void *tensorMap(void *base, const uint64_t (&dims)[3],
                   const uint32_t (&box)[2], std::string &error);
   Device &device() const { return dev; }
@@ -156,8 +157,8 @@ private:
   std::mutex functionsMutex;
   llvm::StringMap<CUfunction> functions;
   llvm::DenseSet<CUfunction> residentLoopKernels;
-  /// tensorMap()'s device copies, by the encoded bytes (under
-  /// functionsMutex).
+  /// tensorMap()'s device copies, by its arguments: base, dims and box
+  /// (under functionsMutex).
   std::map<std::vector<uint64_t>, CUdeviceptr> tensorMaps;
   /// MOERT_CUDA_PROFILE: per kernel, launches and seconds (under
   /// functionsMutex).

@@ -510,7 +510,7 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
   int64_t groupColTiles = cols / kWgmmaCols;
   SmallVector<Value> groupArgs = {a, w, out};
   if (!options.emulateWarpOps)
-    groupArgs.push_back(createWeightTensorMap(p, w));
+    groupArgs.push_back(createWeightTensorMap(p, w, warpgroupRows));
   auto group = p.kernel(
       (base + "_wgmma").str(), "", groupArgs,
       [&](KernelBody &k, Value gid, ValueRange args) {

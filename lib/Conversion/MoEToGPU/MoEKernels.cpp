@@ -388,11 +388,11 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   Value h = p.scratch(MemRefType::get({dyn, f}, element), {rows});
   Value y = p.scratch(MemRefType::get({dyn, d}, element), {rows});
 
-  // Each GEMM has three forms, launched side by side with the rows each gets
-  // (GPUCostModel.h picks where they hand over). Few rows (decode) leave a
-  // thread per output too little parallelism and read each weight row with
-  // one thread: there, a warp splits every dot product (lanes take 16-byte
-  // chunks of weights, neighbouring lanes neighbouring chunks:
+  // Each GEMM has three forms (four with wgmma), launched side by side with the
+  // rows each gets (GPUCostModel.h picks where they hand over). Few rows
+  // (decode) leave a thread per output too little parallelism and read each
+  // weight row with one thread: there, a warp splits every dot product (lanes
+  // take 16-byte chunks of weights, neighbouring lanes neighbouring chunks:
   // KernelBody::laneDotShares) and adds the partial sums with shuffles in a
   // fixed order (deterministic).
   // More rows go to warp tiles on the tensor cores (bf16 weights), else to a
@@ -568,7 +568,7 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
     size_t mapsAt = groupArgs.size();
     if (!options.emulateWarpOps)
       for (Value w : weights)
-        groupArgs.push_back(createWeightTensorMap(p, w));
+        groupArgs.push_back(createWeightTensorMap(p, w, rows));
     auto fn = p.kernel(
         base, key, groupArgs, [&](KernelBody &k, Value gid, ValueRange all) {
           ValueRange args = all.take_front(formArgs.size());

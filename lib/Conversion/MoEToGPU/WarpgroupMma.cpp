@@ -319,7 +319,8 @@ void mlir::moe::gpu_lowering::forEachWarpgroupAccumulator(
   }
 }
 
-Value mlir::moe::gpu_lowering::createWeightTensorMap(GPUProgram &p, Value w) {
+Value mlir::moe::gpu_lowering::createWeightTensorMap(GPUProgram &p, Value w,
+                                                     Value rows) {
   OpBuilder &b = p.host();
   Location loc = p.getLoc();
   auto module =
@@ -356,6 +357,19 @@ Value mlir::moe::gpu_lowering::createWeightTensorMap(GPUProgram &p, Value w) {
                              constant(dims[2]),
                              constant(kWgmmaSlice),
                              constant(kWgmmaCols)};
-  return func::CallOp::create(b, loc, kTensorMapFunction, TypeRange{ptr}, args)
-      .getResult(0);
+  Value any = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ugt, rows,
+                                    p.hostIndex(0));
+  auto ifAny = scf::IfOp::create(
+      b, loc, any,
+      [&](OpBuilder &then, Location loc) {
+        Value map = func::CallOp::create(then, loc, kTensorMapFunction,
+                                         TypeRange{ptr}, args)
+                        .getResult(0);
+        scf::YieldOp::create(then, loc, map);
+      },
+      [&](OpBuilder &otherwise, Location loc) {
+        scf::YieldOp::create(
+            otherwise, loc, LLVM::ZeroOp::create(otherwise, loc, ptr).getRes());
+      });
+  return ifAny.getResult(0);
 }

@@ -75,10 +75,11 @@ void forEachWarpgroupAccumulator(
 
 /// On the host: the tensor map through which TMA loads tiles of the bf16
 /// weights `w` ([experts, cols, depth] or [cols, depth], identity layout),
-/// boxes of
-/// kWgmmaCols rows of kWgmmaSlice elements with the 128-byte swizzle; a
-/// device pointer that the runtime keeps for the model's life.
-Value createWeightTensorMap(GPUProgram &p, Value w);
+/// boxes of kWgmmaCols rows of kWgmmaSlice elements with the 128-byte
+/// swizzle; a device pointer that the runtime keeps for the model's life.
+/// Asked for only when the form gets `rows`, else null: decode steps skip
+/// the call.
+Value createWeightTensorMap(GPUProgram &p, Value w, Value rows);
 
 } // namespace mlir::moe::gpu_lowering
 

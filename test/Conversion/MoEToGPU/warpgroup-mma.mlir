@@ -10,21 +10,29 @@
 
 // The rows past the split form's go to the mma.sync tiles up to the cost
 // model's hand-over (2016 rows for gate/up here), the rest to the warpgroup
-// tiles: both forms are launched, one of them with no rows. The host encodes
-// a tensor map per weight (dims innermost first: depth, columns, experts;
-// boxes of 64 x 64) and launches a block of one warpgroup (128 threads) per
-// tile, the maps last among the arguments.
+// tiles: both forms are launched, one of them with no rows. When the
+// warpgroup tiles get rows, the host asks for a tensor map per weight (dims
+// innermost first: depth, columns, experts; boxes of 64 x 64; else null), and
+// launches a block of one warpgroup (128 threads) per tile, the maps last
+// among the arguments.
 // CHECK-LABEL: func.func @prefill(
 // CHECK: %[[SPLIT:.*]] = arith.cmpi ule, %[[ROWS:.*]], %c62 : index
 // CHECK: %[[OTHER:.*]] = arith.select %[[SPLIT]], %c0, %[[ROWS]] : index
 // CHECK-NEXT: %[[MMA:.*]] = arith.cmpi ule, %[[OTHER]], %c2015 : index
 // CHECK-NEXT: %[[MMAROWS:.*]] = arith.select %[[MMA]], %[[OTHER]], %c0 : index
 // CHECK-NEXT: %[[WGROWS:.*]] = arith.select %[[MMA]], %c0, %[[OTHER]] : index
-// CHECK: %[[GATE:.*]] = call @moert_cuda_tensor_map_bf16_3d(%{{.*}}, %c64_i64, %c128_i64, %c4_i64, %c64_i64, %c64_i64)
-// CHECK: %[[UP:.*]] = call @moert_cuda_tensor_map_bf16_3d(%{{.*}}, %c64_i64, %c128_i64, %c4_i64, %c64_i64, %c64_i64)
+// CHECK: %[[ANY:.*]] = arith.cmpi ugt, %[[WGROWS]], %c0 : index
+// CHECK-NEXT: %[[GATE:.*]] = scf.if %[[ANY]] -> (!llvm.ptr) {
+// CHECK-NEXT: %[[MAP:.*]] = func.call @moert_cuda_tensor_map_bf16_3d(%{{.*}}, %c64_i64, %c128_i64, %c4_i64, %c64_i64, %c64_i64)
+// CHECK-NEXT: scf.yield %[[MAP]] : !llvm.ptr
+// CHECK-NEXT: } else {
+// CHECK-NEXT: scf.yield %[[NULL:.*]] : !llvm.ptr
+// CHECK: %[[UP:.*]] = scf.if %[[ANY]] -> (!llvm.ptr) {
+// CHECK-NEXT: func.call @moert_cuda_tensor_map_bf16_3d(%{{.*}}, %c64_i64, %c128_i64, %c4_i64, %c64_i64, %c64_i64)
 // CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_gate_up_wgmma_{{[0-9]+}} blocks in (%{{.*}}, %c1, %c1) threads in (%c128, %c1, %c1) args({{.*}}, %[[GATE]] : !llvm.ptr, %[[UP]] : !llvm.ptr)
 // CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_gate_up_mma_{{[0-9]+}}
-// CHECK: %[[DOWN:.*]] = call @moert_cuda_tensor_map_bf16_3d(%{{.*}}, %c128_i64, %c64_i64, %c4_i64, %c64_i64, %c64_i64)
+// CHECK: %[[DOWN:.*]] = scf.if
+// CHECK-NEXT: func.call @moert_cuda_tensor_map_bf16_3d(%{{.*}}, %c128_i64, %c64_i64, %c4_i64, %c64_i64, %c64_i64)
 // CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_down_wgmma_{{[0-9]+}} blocks in (%{{.*}}, %c1, %c1) threads in (%c128, %c1, %c1) args({{.*}}, %[[DOWN]] : !llvm.ptr)
 // CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_down_mma_{{[0-9]+}}
 // CHECK: return
