@@ -1372,6 +1372,20 @@ TEST_F(CudaTest, RealGpu) {
     t.join();
   EXPECT_EQ(ok, std::vector<int>(4, 1));
 
+  // The real driver encodes a tensor map with the arguments --wgmma
+  // kernels' host code passes (bf16, 3 dimensions, boxes of 64 x 64 with
+  // the 128-byte swizzle), once.
+  moert_compiled_model mapped = kCudaTensorMapModel;
+  mapped.gpu_binary = kAddNormPtx;
+  mapped.gpu_binary_size = sizeof(kAddNormPtx);
+  auto withMap = moert::Model::load(*ctx, mapped, weights, &error);
+  ASSERT_TRUE(withMap) << error;
+  runAndCheck(*withMap);
+  void *map = lastTensorMap;
+  EXPECT_TRUE(map);
+  runAndCheck(*withMap);
+  EXPECT_EQ(lastTensorMap, map);
+
   moert_compiled_model missing = ptx;
   missing.run = missingKernelHostCode;
   auto broken = moert::Model::load(*ctx, missing, weights, &error);
