@@ -6,7 +6,9 @@
 // slice of kWgmmaSlice reduction elements (one 128-byte row of bf16):
 // - B's tile (64 weight rows of 128 bytes) comes by TMA
 //   (cp.async.bulk.tensor through a tensor map of the weights the host
-//   encodes, 128-byte swizzle) and completes on an mbarrier;
+//   encodes, 128-byte swizzle) and completes on an mbarrier, whose wait
+//   traps after half a minute (a load that never lands fails the run
+//   instead of hanging the GPU);
 // - A's tile is stored by the threads, since its rows are gathered tokens,
 //   which a tensor map cannot describe. They store it as TMA's 128-byte
 //   swizzle would: 16-byte chunk c of row r at chunk c ^ (r % 8), rows 128
