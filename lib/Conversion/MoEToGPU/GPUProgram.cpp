@@ -395,11 +395,11 @@ void mlir::moe::gpu_lowering::reportGemmForms(const GPUKernelOptions &options,
 
 bool mlir::moe::gpu_lowering::inResidentLoop(const GPUKernelOptions &options,
                                              Operation *op) {
-  if (!options.residentLoops || !op)
+  if (!options.residentLoops)
     return false;
-  for (auto loop = op->getParentOfType<scf::ForOp>(); loop;
-       loop = loop->getParentOfType<scf::ForOp>())
-    if (loop->hasAttr(kPassLoopAttr))
+  // `op` itself may be the loop (the parent of a host insertion point).
+  for (; op; op = op->getParentOp())
+    if (isa<scf::ForOp>(op) && op->hasAttr(kPassLoopAttr))
       return true;
   return false;
 }

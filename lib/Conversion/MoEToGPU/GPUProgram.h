@@ -341,9 +341,9 @@ void emitRowsDotWeights(GPUProgram &p, StringRef base, Value a, Value w,
                         Value out, int64_t cols, int64_t depth,
                         bool tensorCores = true);
 
-/// Whether `op` is inside a pass loop that is to become a resident kernel
-/// (whose phases are grid-stride loops with no block-wide barriers: no
-/// warpgroup forms there).
+/// Whether `op` is, or is inside, a pass loop that is to become a resident
+/// kernel (whose phases are grid-stride loops with no block-wide barriers:
+/// no warpgroup forms there).
 bool inResidentLoop(const GPUKernelOptions &options, Operation *op);
 
 /// Turns a pass loop that GPUProgram::rewrite has rewritten (an scf.for
