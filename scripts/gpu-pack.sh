@@ -34,6 +34,14 @@ cp build/test/lit.site.cfg.py "$pack/build/test/"
 cp build/unittests/MoERuntimeTests "$pack/build/unittests/"
 # The site configuration names this checkout: gpu-check.sh rewrites it there.
 echo "$PWD" > "$pack/source-root"
-du -sh "$pack"
+# What travels to the machine (the tracked files and the pack) must stay
+# within 64 MiB.
+tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
+packed=$(du -sb "$pack" | cut -f1)
+echo "gpu-pack: $((packed / 1048576)) MiB packed, $(((tree + packed) / 1048576)) MiB with the tracked files"
+if ((tree + packed > 64 * 1048576)); then
+  echo "gpu-pack: over the 64 MiB that travels to a lent machine" >&2
+  exit 1
+fi
 echo "gpu-pack: wrote $pack; carry it (device run: carry [\".gpu-pack\"]) and run" \
      "'bash scripts/gpu-check.sh --from-pack' there"
