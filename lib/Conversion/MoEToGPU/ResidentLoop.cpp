@@ -39,14 +39,13 @@ using namespace mlir;
 using namespace mlir::moe::gpu_lowering;
 
 namespace {
-/// Threads per block of the resident kernel, the blocks per SM ptxas must
-/// make room for (at most 128 registers per thread), and the blocks it asks
-/// for (the runtime lowers that to what fits): two per SM of an H100,
-/// enough warps per SM to keep loads in flight with few arrivals per
-/// barrier. None is tuned yet.
+/// Threads per block of the resident kernel and the blocks per SM ptxas must
+/// make room for (at most 128 registers per thread): the kernel asks for
+/// that many blocks per SM of the chip the cost model assumes (the runtime
+/// lowers it to what fits), enough warps per SM to keep loads in flight
+/// with few arrivals per barrier. Neither is tuned yet.
 constexpr int64_t kResidentBlockThreads = 256;
 constexpr int64_t kResidentBlocksPerSM = 2;
-constexpr int64_t kResidentGridBlocks = kResidentBlocksPerSM * 132;
 
 /// A grid barrier sleeps ~kBarrierPollNs between polls of its counter (each
 /// an atomic of about a microsecond) and traps at the kBarrierMaxPolls-th:
@@ -483,7 +482,9 @@ LogicalResult ResidentLoopBuilder::build() {
   // The launch, then the buffers' release; the host continues after the
   // kernel (the loop's region had its own stream).
   host.setInsertionPoint(loop);
-  int64_t blocks = options.emulateWarpOps ? 1 : kResidentGridBlocks;
+  int64_t blocks = options.emulateWarpOps
+                       ? 1
+                       : kResidentBlocksPerSM * options.chip.multiprocessors;
   int64_t threads = options.emulateWarpOps ? 1 : kResidentBlockThreads;
   Value one = arith::ConstantIndexOp::create(host, loc, 1);
   auto launch = gpu::LaunchFuncOp::create(

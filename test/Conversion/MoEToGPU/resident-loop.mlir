@@ -2,6 +2,7 @@
 // kernel recomputes fold to the values they stand for.
 // RUN: moe-opt %s -convert-moe-to-gpu -canonicalize -cse | FileCheck %s
 // RUN: moe-opt %s -convert-moe-to-gpu=emulate-warp-ops -canonicalize -cse | FileCheck %s --check-prefix=EMU
+// RUN: moe-opt %s -convert-moe-to-gpu=chip=sm_80 -canonicalize -cse | FileCheck %s --check-prefix=SM80
 
 moe.weight @norm : tensor<8xf32>
 moe.weight @router : tensor<4x8xf32>
@@ -12,7 +13,8 @@ moe.weight @down : tensor<4x8x16xf32>
 // A resident pass loop is one kernel launch: the host allocates the body's
 // buffers once at their first-pass sizes (all tokens: the router's logits,
 // the plan-ordered expert rows), zeroes the grid barrier's counter, launches
-// 264 blocks of 256 threads (the runtime lowers that to what fits at once)
+// two blocks of 256 threads per SM of the chip (264 on an H100's 132; the
+// runtime lowers that to what fits at once)
 // and waits. No host loop, and no read-back of the active-token count.
 // CHECK-LABEL: func.func @compacting(
 // CHECK-SAME: %[[IN:[^:]*]]: memref<?x8xf32>
@@ -95,6 +97,10 @@ moe.weight @down : tensor<4x8x16xf32>
 
 // For moe-emulate-gpu, which runs threads one after another: a grid of one
 // thread, which does every thread's work and waits for no one; no fences.
+// An A100 has 108 SMs.
+// SM80-LABEL: func.func @compacting(
+// SM80: @moe_kernels::@resident_loop_{{[0-9]+}} blocks in (%c216, %c1{{.*}}, %c1{{.*}}) threads in (%c256,
+
 // EMU-LABEL: func.func @compacting(
 // EMU: @moe_kernels::@resident_loop_{{[0-9]+}} blocks in (%c1{{.*}}, %c1{{.*}}, %c1{{.*}}) threads in (%c1{{.*}}, %c1{{.*}}, %c1{{.*}})
 // EMU-LABEL: gpu.func @resident_loop_
