@@ -359,12 +359,12 @@ void *DeviceModel::tensorMap(void *base, const uint64_t (&dims)[3],
                              const uint32_t (&box)[2], std::string &error) {
   // Every run asks again for the maps of the same weights: a hit costs a
   // lookup, neither an encode nor a message.
-  std::vector<uint64_t> key = {uint64_t(reinterpret_cast<uintptr_t>(base)),
-                               dims[0],
-                               dims[1],
-                               dims[2],
-                               box[0],
-                               box[1]};
+  std::array<uint64_t, 6> key = {uint64_t(reinterpret_cast<uintptr_t>(base)),
+                                 dims[0],
+                                 dims[1],
+                                 dims[2],
+                                 box[0],
+                                 box[1]};
   std::lock_guard<std::mutex> lock(functionsMutex);
   if (auto it = tensorMaps.find(key); it != tensorMaps.end())
     return hostView(it->second);
@@ -405,7 +405,7 @@ void *DeviceModel::tensorMap(void *base, const uint64_t (&dims)[3],
     error = drv.failure("copying " + what + " to the device", r);
     return nullptr;
   }
-  tensorMaps.emplace(std::move(key), p);
+  tensorMaps.emplace(key, p);
   return hostView(p);
 }
 

@@ -20,6 +20,7 @@
 #include "llvm/ADT/StringMap.h"
 #include "llvm/Support/Error.h"
 
+#include <array>
 #include <atomic>
 #include <map>
 #include <memory>
@@ -159,7 +160,7 @@ private:
   llvm::DenseSet<CUfunction> residentLoopKernels;
   /// tensorMap()'s device copies, by its arguments: base, dims and box
   /// (under functionsMutex).
-  std::map<std::vector<uint64_t>, CUdeviceptr> tensorMaps;
+  std::map<std::array<uint64_t, 6>, CUdeviceptr> tensorMaps;
   /// MOERT_CUDA_PROFILE: per kernel, launches and seconds (under
   /// functionsMutex).
   llvm::StringMap<std::pair<int64_t, double>> profile;
