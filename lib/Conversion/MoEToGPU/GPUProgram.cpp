@@ -3,9 +3,6 @@
 #include "WarpMma.h"
 #include "WarpgroupMma.h"
 
-#include "WarpgroupMma.h"
-#include "moe/Conversion/KernelProgram.h"
-
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/IR/Matchers.h"
 
@@ -49,6 +46,16 @@ KernelBody::warpSum(Value lane,
     lanes = std::move(next);
   }
   return lanes[0];
+}
+
+Value KernelBody::roundToBF16(Value x) {
+  Type f32 = b.getF32Type(), bf16 = b.getBF16Type();
+  if (auto vector = dyn_cast<VectorType>(x.getType())) {
+    f32 = vector;
+    bf16 = VectorType::get(vector.getShape(), bf16);
+  }
+  Value rounded = arith::TruncFOp::create(b, bf16, x);
+  return arith::ExtFOp::create(b, f32, rounded);
 }
 
 std::optional<llvm::Align> KernelBody::vectorAlignment(Value memref) {
@@ -393,17 +400,6 @@ void mlir::moe::gpu_lowering::reportGemmForms(const GPUKernelOptions &options,
     remark << "; " << why;
 }
 
-bool mlir::moe::gpu_lowering::inResidentLoop(const GPUKernelOptions &options,
-                                             Operation *op) {
-  if (!options.residentLoops)
-    return false;
-  // `op` itself may be the loop (the parent of a host insertion point).
-  for (; op; op = op->getParentOp())
-    if (isa<scf::ForOp>(op) && op->hasAttr(kPassLoopAttr))
-      return true;
-  return false;
-}
-
 void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
                                                  Value a, Value w, Value out,
                                                  int64_t cols, int64_t depth,
@@ -412,11 +408,9 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
   bool bf16 = cast<MemRefType>(w.getType()).getElementType().isBF16();
   // One "expert" whose segment is all rows.
   ExpertGemmShape shape{1, 1, cols, depth, 1, bf16};
-  bool warpgroups =
-      options.wgmma && cast<MemRefType>(w.getType()).getLayout().isIdentity() &&
-      !inResidentLoop(options, p.host().getInsertionBlock()->getParentOp());
-  ExpertGemmForms forms = chooseExpertGemmForms(
-      options.chip, options.tensorCores && tensorCores, shape, warpgroups);
+  ExpertGemmForms forms =
+      chooseExpertGemmForms(options.chip, options.tensorCores && tensorCores,
+                            shape, mayUseWarpgroups(p, {w}));
   reportGemmForms(options, p.getLoc(), base, shape, forms,
                   tensorCores || !bf16 || !options.tensorCores
                       ? ""
@@ -514,39 +508,30 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
   auto group = p.kernel(
       (base + "_wgmma").str(), "", groupArgs,
       [&](KernelBody &k, Value gid, ValueRange args) {
-        Value thread = k.rem(gid, k.index(kWarpgroupThreads));
-        Value task = k.div(gid, k.index(kWarpgroupThreads));
-        Value colBase =
-            k.mul(k.rem(task, k.index(groupColTiles)), k.index(kWgmmaCols));
-        Value rowBase =
-            k.mul(k.div(task, k.index(groupColTiles)), k.index(kWgmmaRows));
+        WarpgroupTask task = warpgroupTask(k, gid, cols);
+        Value rowBase = k.mul(task.rowTile, k.index(kWgmmaRows));
         Value rowCount = k.dim(args[0], 0);
         Value last = arith::SubIOp::create(k.b, rowCount, k.index(1));
         auto rowAt = [&](Value row) { return k.add(rowBase, row); };
         auto valid = [&](Value r) {
           return k.cmp(arith::CmpIPredicate::ult, r, rowCount);
         };
-        // Eight elements of A's row as f32, zeros past the last row (whose
-        // clamped row keeps the load in bounds).
-        auto loadA = [&](KernelBody &k, Value row, Value i0) -> Value {
+        // Rows past the last read the last (in bounds) as zeros.
+        auto loadA = [&](KernelBody &k, Value row, Value i0) {
           Value r = rowAt(row);
-          Value v = k.loadVector(args[0],
-                                 {arith::MinUIOp::create(k.b, r, last), i0}, 8,
-                                 /*alignedIndex=*/true);
-          Value zeros = arith::ConstantOp::create(
-              k.b, DenseElementsAttr::get(cast<ShapedType>(v.getType()), 0.0f));
-          return arith::SelectOp::create(k.b, valid(r), v, zeros);
+          return loadChunkOrZeros(
+              k, args[0], arith::MinUIOp::create(k.b, r, last), i0, valid(r));
         };
         WarpgroupTileGemm gemm{
             depth,     loadA,
             {args[1]}, SmallVector<Value, 2>(args.drop_front(3)),
-            Value(),   colBase};
-        SmallVector<Value> acc = emitWarpgroupTileGemm(k, thread, gemm);
+            Value(),   task.colBase};
+        SmallVector<Value> acc = emitWarpgroupTileGemm(k, task.thread, gemm);
         forEachWarpgroupAccumulator(
-            k, thread, [&](int64_t at, Value row, Value col) {
+            k, task.thread, [&](int64_t at, Value row, Value col) {
               Value r = rowAt(row);
               k.ifThen(valid(r), [&] {
-                k.store(acc[at], args[2], {r, k.add(colBase, col)});
+                k.store(acc[at], args[2], {r, k.add(task.colBase, col)});
               });
             });
       });

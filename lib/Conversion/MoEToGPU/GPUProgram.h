@@ -100,6 +100,9 @@ public:
       return index(type.getDimSize(i));
     return memref::DimOp::create(b, memref, i);
   }
+  /// x (f32, or a vector of f32) rounded to the nearest bf16 (ties to even),
+  /// as f32: what the tensor cores see of an activation.
+  Value roundToBF16(Value x);
   /// 1 / (1 + exp(-z)).
   Value sigmoid(Value z) {
     Value e = math::ExpOp::create(b, arith::NegFOp::create(b, z));
@@ -340,11 +343,6 @@ private:
 void emitRowsDotWeights(GPUProgram &p, StringRef base, Value a, Value w,
                         Value out, int64_t cols, int64_t depth,
                         bool tensorCores = true);
-
-/// Whether `op` is, or is inside, a pass loop that is to become a resident
-/// kernel (whose phases are grid-stride loops with no block-wide barriers:
-/// no warpgroup forms there).
-bool inResidentLoop(const GPUKernelOptions &options, Operation *op);
 
 /// Turns a pass loop that GPUProgram::rewrite has rewritten (an scf.for
 /// marked kPassLoopAttr) into one launch of a kernel that runs every pass,

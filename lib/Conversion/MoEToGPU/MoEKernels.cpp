@@ -401,18 +401,13 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   // (WarpgroupMma.h) where the shapes divide into them, except in a pass
   // loop that becomes a resident kernel: its phases are grid-stride loops
   // of independent threads, with no room for block-wide barriers.
-  auto warpgroupsAllowed = [&](ArrayRef<Value> weights) {
-    return options.wgmma && !inResidentLoop(options, call) &&
-           llvm::all_of(weights, [](Value w) {
-             return cast<MemRefType>(w.getType()).getLayout().isIdentity();
-           });
-  };
   ExpertGemmShape upShape{e, topK, f, d, 2, isBF16(wg) && isBF16(wu)};
   ExpertGemmShape downShape{e, topK, d, f, 1, isBF16(wd)};
-  ExpertGemmForms upForms = chooseExpertGemmForms(
-      options.chip, options.tensorCores, upShape, warpgroupsAllowed({wg, wu}));
+  ExpertGemmForms upForms =
+      chooseExpertGemmForms(options.chip, options.tensorCores, upShape,
+                            mayUseWarpgroups(p, {wg, wu}));
   ExpertGemmForms downForms = chooseExpertGemmForms(
-      options.chip, options.tensorCores, downShape, warpgroupsAllowed({wd}));
+      options.chip, options.tensorCores, downShape, mayUseWarpgroups(p, {wd}));
   bool upWarpgroups = upForms.warpgroupMinRows > 0;
   bool downWarpgroups = downForms.warpgroupMinRows > 0;
   reportGemmForms(options, call->getLoc(), "experts gate/up", upShape, upForms);
@@ -562,7 +557,6 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                               ArrayRef<Value> weights, int64_t cols,
                               int64_t depth, Value rows, bool gathered,
                               GroupEpilogue epilogue) {
-    int64_t colTiles = cols / kWgmmaCols;
     SmallVector<Value> groupArgs(formArgs);
     groupArgs.push_back(groupPrefix);
     size_t mapsAt = groupArgs.size();
@@ -572,26 +566,16 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
     auto fn = p.kernel(
         base, key, groupArgs, [&](KernelBody &k, Value gid, ValueRange all) {
           ValueRange args = all.take_front(formArgs.size());
-          Value thread = k.rem(gid, k.index(kWarpgroupThreads));
-          Value task = k.div(gid, k.index(kWarpgroupThreads));
-          Value colBase =
-              k.mul(k.rem(task, k.index(colTiles)), k.index(kWgmmaCols));
-          ExpertRowTile tile =
-              expertRowTile(k, all[mapsAt - 1], args[2], e,
-                            k.div(task, k.index(colTiles)), kWgmmaRows);
+          WarpgroupTask task = warpgroupTask(k, gid, cols);
+          ExpertRowTile tile = expertRowTile(k, all[mapsAt - 1], args[2], e,
+                                             task.rowTile, kWgmmaRows);
           // A block is one warpgroup: all its threads take this branch or
           // none, as the barriers in it need.
           k.ifThen(tile.found, [&] {
-            // Eight elements of A's row as f32, zeros for an unused row.
-            auto loadA = [&](KernelBody &k, Value row, Value i0) -> Value {
+            auto loadA = [&](KernelBody &k, Value row, Value i0) {
               GroupRow r = groupRow(k, args[1], tile, row);
-              Value v = k.loadVector(args[0],
-                                     {gathered ? r.token : r.clampedRow, i0}, 8,
-                                     /*alignedIndex=*/true);
-              Value zeros = arith::ConstantOp::create(
-                  k.b,
-                  DenseElementsAttr::get(cast<ShapedType>(v.getType()), 0.0f));
-              return arith::SelectOp::create(k.b, r.used, v, zeros);
+              return loadChunkOrZeros(
+                  k, args[0], gathered ? r.token : r.clampedRow, i0, r.used);
             };
             WarpgroupTileGemm gemm{
                 depth,
@@ -599,19 +583,22 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                 SmallVector<Value, 2>(args.slice(3, weights.size())),
                 SmallVector<Value, 2>(all.drop_front(mapsAt)),
                 tile.expert,
-                colBase};
-            SmallVector<Value> acc = emitWarpgroupTileGemm(k, thread, gemm);
+                task.colBase};
+            SmallVector<Value> acc =
+                emitWarpgroupTileGemm(k, task.thread, gemm);
             forEachWarpgroupAccumulator(
-                k, thread, [&](int64_t at, Value row, Value col) {
+                k, task.thread, [&](int64_t at, Value row, Value col) {
                   GroupRow r = groupRow(k, args[1], tile, row);
                   k.ifThen(r.used, [&] {
-                    epilogue(k, args, acc, at, r.planRow, k.add(colBase, col));
+                    epilogue(k, args, acc, at, r.planRow,
+                             k.add(task.colBase, col));
                   });
                 });
           });
         });
     p.launch(fn,
-             tileThreads(p, rows, e, colTiles, kWgmmaRows, kWarpgroupThreads),
+             tileThreads(p, rows, e, cols / kWgmmaCols, kWgmmaRows,
+                         kWarpgroupThreads),
              groupArgs, kWarpgroupThreads);
   };
   auto rowUsed = [&](KernelBody &k, Value token) {

@@ -30,12 +30,6 @@ Value packBF16x2(KernelBody &k, Value lo, Value hi) {
   return vector::ExtractOp::create(k.b, word, ArrayRef<int64_t>{0});
 }
 
-/// x rounded to the nearest bf16 (ties to even), as f32.
-Value roundToBF16(KernelBody &k, Value x) {
-  Value rounded = arith::TruncFOp::create(k.b, k.b.getBF16Type(), x);
-  return arith::ExtFOp::create(k.b, k.b.getF32Type(), rounded);
-}
-
 /// The bf16 elements at `indices` and the next in `memref`'s innermost
 /// dimension, packed into one register by one aligned 32-bit load.
 Value loadBF16Pair(KernelBody &k, Value memref, ValueRange indices) {
@@ -49,7 +43,7 @@ Value loadBF16Pair(KernelBody &k, Value memref, ValueRange indices) {
 
 /// x - bf16(x): what rounding x to bf16 leaves (exact in f32).
 Value bf16Remainder(KernelBody &k, Value x) {
-  return k.fsub(x, roundToBF16(k, x));
+  return k.fsub(x, k.roundToBF16(x));
 }
 
 /// One k-step of every subtile on the tensor cores.
@@ -121,11 +115,11 @@ SmallVector<Value> emulatedStep(KernelBody &k, Value lane,
             i0, k.add(i0, k.index(kMmaDepth)), acc[at],
             [&](Value j, Value sum) -> Value {
               Value x = g.loadA(k, half, j);
-              Value a = roundToBF16(k, x);
+              Value a = k.roundToBF16(x);
               Value w = k.load(g.b[m], g.bIndices(k, col, j));
               sum = k.fadd(sum, k.fmul(a, w));
               if (!k.options.bf16Activations)
-                sum = k.fadd(sum, k.fmul(roundToBF16(k, k.fsub(x, a)), w));
+                sum = k.fadd(sum, k.fmul(k.roundToBF16(k.fsub(x, a)), w));
               return sum;
             }));
       }

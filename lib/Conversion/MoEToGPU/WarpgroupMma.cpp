@@ -1,6 +1,8 @@
 //===- WarpgroupMma.cpp - warpgroup tiles of a GEMM on Hopper -------------===//
 #include "WarpgroupMma.h"
 
+#include "moe/Conversion/KernelProgram.h"
+
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
@@ -9,7 +11,6 @@ using namespace mlir;
 using namespace mlir::moe::gpu_lowering;
 
 namespace {
-constexpr int64_t kAccumulators = kWarpgroupAccumulators;
 /// wgmma's reduction step for bf16, and the steps of one slice.
 constexpr int64_t kWgmmaDepth = 16;
 constexpr int64_t kSteps = kWgmmaSlice / kWgmmaDepth;
@@ -91,7 +92,7 @@ Value matrixDescriptor(KernelBody &k, Value address) {
 /// completes (the watchdog above).
 void waitForPhase(KernelBody &k, Value barrier, Value parity) {
   Type i1 = k.b.getI1Type(), i32 = k.b.getI32Type();
-  auto loop = scf::WhileOp::create(
+  scf::WhileOp::create(
       k.b, TypeRange{i32, i1},
       ValueRange{k.i32(0), arith::ConstantIntOp::create(k.b, 0, 1)},
       [&](OpBuilder &nested, Location loc, ValueRange state) {
@@ -119,17 +120,6 @@ void waitForPhase(KernelBody &k, Value barrier, Value parity) {
             ValueRange{arith::AddIOp::create(nested, loc, state[0], one),
                        done});
       });
-  (void)loop;
-}
-
-Value roundToBF16(KernelBody &k, Value x) {
-  Type f32 = k.b.getF32Type(), bf16 = k.b.getBF16Type();
-  if (auto vector = dyn_cast<VectorType>(x.getType())) {
-    f32 = vector;
-    bf16 = VectorType::get(vector.getShape(), bf16);
-  }
-  Value rounded = arith::TruncFOp::create(k.b, bf16, x);
-  return arith::ExtFOp::create(k.b, f32, rounded);
 }
 
 /// The thread's row and column of accumulator `i` (of one matrix).
@@ -162,7 +152,7 @@ void stageA(KernelBody &k, Value thread, const WarpgroupTileGemm &g, Value i0,
     Value hi = arith::TruncFOp::create(k.b, chunkType, x);
     vector::StoreOp::create(k.b, hi, high, ValueRange{at});
     if (low) {
-      Value rest = k.fsub(x, roundToBF16(k, x));
+      Value rest = k.fsub(x, k.roundToBF16(x));
       vector::StoreOp::create(k.b,
                               arith::TruncFOp::create(k.b, chunkType, rest),
                               low, ValueRange{at});
@@ -174,7 +164,7 @@ SmallVector<Value> emulatedGemm(KernelBody &k, Value thread,
                                 const WarpgroupTileGemm &g) {
   SmallVector<Value> out;
   for (size_t m = 0; m < g.b.size(); ++m) {
-    for (int64_t i = 0; i < kAccumulators; ++i) {
+    for (int64_t i = 0; i < kWarpgroupAccumulators; ++i) {
       std::pair<Value, Value> position = accumulatorPosition(k, thread, i);
       Value row = position.first, col = position.second;
       out.push_back(k.reduce(
@@ -182,8 +172,8 @@ SmallVector<Value> emulatedGemm(KernelBody &k, Value thread,
           [&](Value j, Value sum) -> Value {
             Value j0 = k.mul(j, k.index(kChunk));
             Value x = g.loadA(k, row, j0);
-            Value hi = roundToBF16(k, x);
-            Value rest = roundToBF16(k, k.fsub(x, hi));
+            Value hi = k.roundToBF16(x);
+            Value rest = k.roundToBF16(k.fsub(x, hi));
             for (int64_t e = 0; e < kChunk; ++e) {
               SmallVector<Value> at = {k.add(g.colBase, col),
                                        k.add(j0, k.index(e))};
@@ -233,9 +223,9 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
   gpu::BarrierOp::create(k.b);
 
   auto accType = LLVM::LLVMStructType::getLiteral(
-      ctx, SmallVector<Type>(kAccumulators, f32));
+      ctx, SmallVector<Type>(kWarpgroupAccumulators, f32));
   Value zeroAcc = LLVM::UndefOp::create(k.b, accType);
-  for (int64_t i = 0; i < kAccumulators; ++i)
+  for (int64_t i = 0; i < kWarpgroupAccumulators; ++i)
     zeroAcc = LLVM::InsertValueOp::create(k.b, zeroAcc, k.f32(0.0), i);
   SmallVector<Value> inits(g.b.size(), zeroAcc);
 
@@ -305,15 +295,49 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
       });
   SmallVector<Value> out;
   for (Value acc : accs)
-    for (int64_t i = 0; i < kAccumulators; ++i)
+    for (int64_t i = 0; i < kWarpgroupAccumulators; ++i)
       out.push_back(LLVM::ExtractValueOp::create(k.b, acc, i));
   return out;
+}
+
+bool mlir::moe::gpu_lowering::mayUseWarpgroups(GPUProgram &p,
+                                               ArrayRef<Value> weights) {
+  const GPUKernelOptions &options = p.getOptions();
+  if (!options.wgmma || !llvm::all_of(weights, [](Value w) {
+        return cast<MemRefType>(w.getType()).getLayout().isIdentity();
+      }))
+    return false;
+  if (!options.residentLoops)
+    return true;
+  // The insertion point's block may be the pass loop's own body.
+  for (Operation *op = p.host().getInsertionBlock()->getParentOp(); op;
+       op = op->getParentOp())
+    if (isa<scf::ForOp>(op) && op->hasAttr(kPassLoopAttr))
+      return false;
+  return true;
+}
+
+WarpgroupTask mlir::moe::gpu_lowering::warpgroupTask(KernelBody &k, Value gid,
+                                                     int64_t cols) {
+  Value block = k.div(gid, k.index(kWarpgroupThreads));
+  Value colTiles = k.index(cols / kWgmmaCols);
+  return {k.rem(gid, k.index(kWarpgroupThreads)), k.div(block, colTiles),
+          k.mul(k.rem(block, colTiles), k.index(kWgmmaCols))};
+}
+
+Value mlir::moe::gpu_lowering::loadChunkOrZeros(KernelBody &k, Value source,
+                                                Value row, Value i0,
+                                                Value used) {
+  Value v = k.loadVector(source, {row, i0}, kChunk, /*alignedIndex=*/true);
+  Value zeros = arith::ConstantOp::create(
+      k.b, DenseElementsAttr::get(cast<ShapedType>(v.getType()), 0.0f));
+  return arith::SelectOp::create(k.b, used, v, zeros);
 }
 
 void mlir::moe::gpu_lowering::forEachWarpgroupAccumulator(
     KernelBody &k, Value thread,
     function_ref<void(int64_t at, Value row, Value col)> body) {
-  for (int64_t i = 0; i < kAccumulators; ++i) {
+  for (int64_t i = 0; i < kWarpgroupAccumulators; ++i) {
     auto [row, col] = accumulatorPosition(k, thread, i);
     body(i, row, col);
   }

@@ -75,6 +75,27 @@ void forEachWarpgroupAccumulator(
     KernelBody &k, Value thread,
     function_ref<void(int64_t at, Value row, Value col)> body);
 
+/// Whether GEMMs of `weights` emitted at `p`'s host insertion point may get
+/// the warpgroup form: `wgmma` asked for, weights of the identity layout
+/// (what a tensor map describes), and not in a pass loop that becomes a
+/// resident kernel (whose phases are grid-stride loops with no block-wide
+/// barriers).
+bool mayUseWarpgroups(GPUProgram &p, ArrayRef<Value> weights);
+
+/// Where the block of thread `gid` works in a warpgroup form over `cols`
+/// columns (a block per (row tile, column tile), column tiles fastest): its
+/// thread in the warpgroup, its row tile and its first column.
+struct WarpgroupTask {
+  Value thread, rowTile, colBase;
+};
+WarpgroupTask warpgroupTask(KernelBody &k, Value gid, int64_t cols);
+
+/// source[row, i0 .. i0 + 8) as a vector<8xf32>, zeros where `used` is false
+/// (`row` must be in bounds either way): what WarpgroupTileGemm::loadA
+/// returns.
+Value loadChunkOrZeros(KernelBody &k, Value source, Value row, Value i0,
+                       Value used);
+
 /// On the host: the tensor map through which TMA loads tiles of the bf16
 /// weights `w` ([experts, cols, depth] or [cols, depth], identity layout),
 /// boxes of kWgmmaCols rows of kWgmmaSlice elements with the 128-byte
