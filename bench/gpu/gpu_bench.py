@@ -546,42 +546,34 @@ def one_row(args, row, s, model, config, weights, work, T, fns, reasons, clock, 
         if device == "cuda" and not args.dry_run:
             row["ours_copies_est_ms"] = host_copy_ms(T, d, k)
 
-    # Ours.
-    run_ours = not args.dry_run or weight_bytes(s) <= args.dry_run_cpu_bytes
-    if not run_ours:
+    # Ours, and with the Hopper warpgroup tiles (--wgmma) side by side; in a
+    # dry run on the CPU (--wgmma through the emulated kernels).
+    def run_ours(extra):
+        limit = min(args.run_timeout, max(clock.left() - args.looped_reserve, 30))
+        r = moe_run(config, weights, inputs, outputs, "cpu" if args.dry_run else "cuda",
+                    1 if args.dry_run else reps, limit, list(args.moe_run_arg) + extra)
+        if args.dry_run:
+            r.pop("median_ms", None)
+        return r
+
+    if args.dry_run and weight_bytes(s) > args.dry_run_cpu_bytes:
         row["ours"] = {"error": "dry run: too large for moe-run on the CPU"}
     else:
-        limit = min(args.run_timeout, max(clock.left() - args.looped_reserve, 30))
-        ours = moe_run(config, weights, inputs, outputs,
-                       "cpu" if args.dry_run else "cuda",
-                       1 if args.dry_run else reps, limit, args.moe_run_arg)
-        if args.dry_run:
-            ours.pop("median_ms", None)
-        row["ours"] = ours
-        if "error" not in ours:
-            got = read_outputs(outputs)
+        variants = [("ours", [])]
+        if env.get("wgmma"):
+            variants.append(("ours_wgmma",
+                             ["--wgmma"] + (["--gpu-emulation"] if args.dry_run else [])))
+        for impl, extra in variants:
+            r = row[impl] = run_ours(extra)
+            if "error" in r:
+                continue
             if expected is None:  # no torch: the NumPy reference (float64)
                 cfg = ref.load_config(config)
                 res = ref.forward(cfg, ref.check_weights(cfg, ref.read_safetensors(weights)),
                                   np.asarray(x, dtype=np.float64))
                 expected, expected_ids = res.hidden_states, list(res.expert_ids)
-            ours.update(check_ours(got, expected, expected_ids, 1, k, vs_eager))
-        # The same layer with the Hopper warpgroup tiles (--wgmma), side by
-        # side; in a dry run through the emulated kernels.
-        if env.get("wgmma") and expected is not None:
-            limit = min(args.run_timeout, max(clock.left() - args.looped_reserve, 30))
-            extra = list(args.moe_run_arg) + ["--wgmma"]
-            if args.dry_run:
-                extra.append("--gpu-emulation")
-            wg = moe_run(config, weights, inputs, outputs,
-                         "cpu" if args.dry_run else "cuda",
-                         1 if args.dry_run else reps, limit, extra)
-            if args.dry_run:
-                wg.pop("median_ms", None)
-            row["ours_wgmma"] = wg
-            if "error" not in wg:
-                wg.update(check_ours(read_outputs(outputs), expected, expected_ids, 1, k,
-                                     vs_eager))
+            r.update(check_ours(read_outputs(outputs), expected, expected_ids, 1, k,
+                                vs_eager))
     derive(row, s, env)
 
 
