@@ -65,11 +65,12 @@ llvm::cl::opt<bool> residentLoops(
 
 llvm::cl::opt<bool> wgmma(
     "wgmma", llvm::cl::cat(moe::getCompilerOptionsCategory()),
-    llvm::cl::desc("GPU kernels: on sm_90a (H100, H200), run the expert "
-                   "GEMMs' tensor-core form as warpgroup tiles (wgmma from "
-                   "shared memory, weight tiles by TMA) instead of mma.sync; "
-                   "the kernels are then built for sm_90a alone. Not yet "
-                   "validated on a GPU (default false)"));
+    llvm::cl::desc("GPU kernels: on sm_90a (H100, H200), run the weight "
+                   "GEMMs' larger row counts (past a hand-over the cost model "
+                   "picks) as warpgroup tiles (wgmma from shared memory, "
+                   "weight tiles by TMA) instead of mma.sync; the kernels are "
+                   "then built for sm_90a alone. Not yet validated on a GPU "
+                   "(default false)"));
 
 DialectRegistry compilerDialects() {
   DialectRegistry registry;

@@ -77,9 +77,10 @@ struct MoECUDAPipelineOptions
       llvm::cl::init(false)};
   Option<bool> wgmma{
       *this, "wgmma",
-      llvm::cl::desc("Run the expert GEMMs' tensor-core form as Hopper "
-                     "warpgroup tiles (wgmma + TMA); needs chip=sm_90a "
-                     "alone (default false: not yet validated on a GPU)"),
+      llvm::cl::desc("Give the weight GEMMs a Hopper warpgroup form (wgmma + "
+                     "TMA) for the rows past a hand-over the cost model "
+                     "picks; needs chip=sm_90a alone (default false: not yet "
+                     "validated on a GPU)"),
       llvm::cl::init(false)};
   Option<bool> residentLoops{
       *this, "resident-loops",

@@ -101,10 +101,11 @@ def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
            "parts (two mma.sync per step, close to f32 accuracy); the "
            "experts' intermediates are then stored in bf16">,
     Option<"wgmma", "wgmma", "bool", /*default=*/"false",
-           "On sm_90a, run the expert GEMMs' tensor-core form as warpgroup "
-           "tiles (wgmma.mma_async from shared memory, weight tiles by TMA) "
-           "instead of mma.sync warp tiles, outside resident loops; not yet "
-           "validated on a GPU">,
+           "On sm_90a, give the weight GEMMs (not the router's) a warpgroup "
+           "form (wgmma.mma_async from shared memory, weight tiles by TMA) "
+           "for the rows past a hand-over from the mma.sync warp tiles that "
+           "the cost model picks, outside resident loops; not yet validated "
+           "on a GPU">,
     Option<"reportForms", "report-forms", "bool", /*default=*/"false",
            "Say in a remark which forms each GEMM got from the cost model">,
     Option<"residentLoops", "resident-loops", "bool", /*default=*/"true",
