@@ -39,8 +39,8 @@ static cl::list<std::string>
     chips("chip", cl::CommaSeparated, cl::value_desc("sm_XY,..."),
           cl::cat(compileCategory),
           cl::desc("--target cuda: GPU architectures to build cubins for "
-                   "(default sm_90a,sm_80; PTX of the oldest is embedded "
-                   "too, for newer GPUs)"));
+                   "(default sm_90a,sm_80, with --wgmma sm_90a; PTX of the "
+                   "oldest is embedded too, for newer GPUs)"));
 static cl::opt<bool> kernelReport(
     "kernel-report", cl::cat(compileCategory),
     cl::desc("--target cuda: print every kernel's registers, spills, stack "

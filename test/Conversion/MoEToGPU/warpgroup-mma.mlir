@@ -1,4 +1,4 @@
-// The expert GEMMs' tensor-core form as Hopper warpgroup tiles (wgmma=true,
+// The expert GEMMs' warpgroup form (Hopper warpgroup tiles, wgmma=true,
 // chip sm_90a): d = 64 and f = 128 divide into tiles of 64 x 64. Canonicalised
 // as moe-cuda-pipeline does next.
 // RUN: moe-opt %S/Inputs/wgmma-prefill.mlir -convert-moe-to-gpu=wgmma -canonicalize -cse | FileCheck %s
