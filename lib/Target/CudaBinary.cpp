@@ -164,7 +164,7 @@ mlir::moe::assembleCudaBinaries(ModuleOp module, StringRef toolkit) {
     SmallVector<std::unique_ptr<TempFile>> files;
     SmallVector<std::string> images;
     Attribute oldestTarget;
-    std::string oldestPtx;
+    std::string oldestPtx, oldestChip;
     int oldestArch = INT_MAX;
     for (Attribute attr : binary.getObjectsAttr()) {
       auto object = cast<gpu::ObjectAttr>(attr);
@@ -199,6 +199,7 @@ mlir::moe::assembleCudaBinaries(ModuleOp module, StringRef toolkit) {
       if (arch < oldestArch) {
         oldestArch = arch;
         oldestTarget = target;
+        oldestChip = archOf(chip).str();
         oldestPtx = ptx->path.str().str();
       }
       files.push_back(std::move(ptx));
@@ -207,8 +208,9 @@ mlir::moe::assembleCudaBinaries(ModuleOp module, StringRef toolkit) {
     if (!oldestTarget)
       return binary.emitError("the gpu.binary has no objects");
     // PTX for the oldest chip lets the driver compile for GPUs newer than
-    // every cubin.
-    images.push_back("--image3=kind=ptx,sm=" + std::to_string(oldestArch) +
+    // every cubin (labelled as nvcc does: arch-specific PTX, sm_90a's, only
+    // for its own chip).
+    images.push_back("--image3=kind=ptx,sm=" + oldestChip +
                      ",file=" + oldestPtx);
     TempFile fatbin;
     if (failed(makeTemp(binary, "fatbin", fatbin)))

@@ -8,6 +8,7 @@
 #include "mlir/Target/LLVMIR/Export.h"
 #include "llvm/IR/IRBuilder.h"
 #include "llvm/IR/LegacyPassManager.h"
+#include "llvm/Linker/Linker.h"
 #include "llvm/MC/TargetRegistry.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/JSON.h"
@@ -111,64 +112,31 @@ FailureOr<ModelManifest> mlir::moe::describeModel(ModuleOp module) {
   return manifest;
 }
 
-std::unique_ptr<llvm::Module>
-mlir::moe::translateModel(Operation *lowered, llvm::LLVMContext &context,
-                          const ModelManifest &manifest, StringRef symbol) {
+namespace {
+/// Translates one lowering of the model to LLVM IR, with every function it
+/// defines internal (so that several compiled models link into one
+/// application) and an external `runName(void **descriptors)` that unpacks
+/// the descriptor pointers and calls the C interface of the model function,
+/// whatever its arity. Null if the entry is missing.
+std::unique_ptr<llvm::Module> translateWithRun(Operation *lowered,
+                                               llvm::LLVMContext &context,
+                                               const ModelManifest &manifest,
+                                               StringRef name,
+                                               StringRef runName) {
   std::unique_ptr<llvm::Module> module =
-      translateModuleToLLVMIR(lowered, context, symbol);
+      translateModuleToLLVMIR(lowered, context, name);
   if (!module)
     return nullptr;
   llvm::Function *entry = module->getFunction("_mlir_ciface_" + manifest.entry);
   if (!entry)
     return nullptr;
-  // Only the record and its entry point are exported, so that several
-  // compiled models link into one application.
   for (llvm::Function &fn : *module)
     if (!fn.isDeclaration())
       fn.setLinkage(llvm::GlobalValue::InternalLinkage);
-
-  // A model lowered for CUDA embeds its kernels (one gpu.binary, which the
-  // translation emits as the constant `<name>_binary`). MLIR loads them
-  // from a global constructor at program start, before any runtime context
-  // exists and even on machines without a GPU; the runtime loads them per
-  // model instead, from the record's gpu_binary.
-  llvm::Constant *binary =
-      llvm::ConstantPointerNull::get(llvm::PointerType::getUnqual(context));
-  int64_t binarySize = 0;
-  auto binaries =
-      llvm::to_vector(cast<ModuleOp>(lowered).getOps<gpu::BinaryOp>());
-  if (binaries.size() > 1 || (manifest.target == "cuda") != !binaries.empty())
-    return nullptr;
-  if (!binaries.empty()) {
-    for (StringRef list : {"llvm.global_ctors", "llvm.global_dtors"})
-      if (llvm::GlobalVariable *g = module->getGlobalVariable(list))
-        g->eraseFromParent();
-    llvm::GlobalVariable *g = module->getGlobalVariable(
-        (binaries.front().getName() + "_binary").str(), /*AllowInternal=*/true);
-    auto *data =
-        g && g->hasInitializer()
-            ? dyn_cast<llvm::ConstantDataSequential>(g->getInitializer())
-            : nullptr;
-    if (!data)
-      return nullptr;
-    binary = g;
-    binarySize = data->getNumElements() * data->getElementByteSize();
-  }
-
-  std::string json = manifest.toJSON();
-  auto *manifestData = new llvm::GlobalVariable(
-      *module,
-      llvm::ArrayType::get(llvm::Type::getInt8Ty(context), json.size() + 1),
-      /*isConstant=*/true, llvm::GlobalValue::PrivateLinkage,
-      llvm::ConstantDataArray::getString(context, json),
-      (symbol + "_manifest").str());
-
-  // <symbol>_run(void **descriptors) unpacks the descriptor pointers and
-  // calls the C interface of the model function, whatever its arity.
   auto *ptr = llvm::PointerType::getUnqual(context);
   auto *run = llvm::Function::Create(
       llvm::FunctionType::get(llvm::Type::getVoidTy(context), {ptr}, false),
-      llvm::GlobalValue::ExternalLinkage, (symbol + "_run").str(), *module);
+      llvm::GlobalValue::ExternalLinkage, runName, *module);
   llvm::IRBuilder<> b(llvm::BasicBlock::Create(context, "entry", run));
   SmallVector<llvm::Value *> args;
   for (unsigned i = 0; i < entry->arg_size(); ++i)
@@ -176,18 +144,128 @@ mlir::moe::translateModel(Operation *lowered, llvm::LLVMContext &context,
         b.CreateLoad(ptr, b.CreateConstGEP1_64(ptr, run->getArg(0), i)));
   b.CreateCall(entry, args);
   b.CreateRetVoid();
+  return module;
+}
 
-  // moert_compiled_model: manifest, run, gpu_binary, gpu_binary_size.
+llvm::Constant *nullPtr(llvm::LLVMContext &context) {
+  return llvm::ConstantPointerNull::get(llvm::PointerType::getUnqual(context));
+}
+
+llvm::Constant *privateString(llvm::Module &module, StringRef text,
+                              const Twine &name) {
+  llvm::LLVMContext &context = module.getContext();
+  return new llvm::GlobalVariable(
+      module,
+      llvm::ArrayType::get(llvm::Type::getInt8Ty(context), text.size() + 1),
+      /*isConstant=*/true, llvm::GlobalValue::PrivateLinkage,
+      llvm::ConstantDataArray::getString(context, text), name);
+}
+
+/// Adds `<symbol>`, the moert_compiled_model record: manifest, run,
+/// gpu_builds, gpu_build_count.
+void addRecord(llvm::Module &module, const ModelManifest &manifest,
+               StringRef symbol, llvm::Constant *run, llvm::Constant *builds,
+               int64_t buildCount) {
+  llvm::LLVMContext &context = module.getContext();
+  auto *ptr = llvm::PointerType::getUnqual(context);
   auto *i64 = llvm::Type::getInt64Ty(context);
   auto *recordType = llvm::StructType::get(context, {ptr, ptr, ptr, i64});
+  llvm::Constant *manifestData =
+      privateString(module, manifest.toJSON(), symbol + "_manifest");
   new llvm::GlobalVariable(
-      *module, recordType, /*isConstant=*/true,
+      module, recordType, /*isConstant=*/true,
       llvm::GlobalValue::ExternalLinkage,
-      llvm::ConstantStruct::get(
-          recordType,
-          {manifestData, run, binary, llvm::ConstantInt::get(i64, binarySize)}),
+      llvm::ConstantStruct::get(recordType,
+                                {manifestData, run ? run : nullPtr(context),
+                                 builds ? builds : nullPtr(context),
+                                 llvm::ConstantInt::get(i64, buildCount)}),
       symbol);
+}
+} // namespace
+
+std::unique_ptr<llvm::Module>
+mlir::moe::translateModel(Operation *lowered, llvm::LLVMContext &context,
+                          const ModelManifest &manifest, StringRef symbol) {
+  if (manifest.target != "cpu" ||
+      !cast<ModuleOp>(lowered).getOps<gpu::BinaryOp>().empty())
+    return nullptr;
+  std::unique_ptr<llvm::Module> module = translateWithRun(
+      lowered, context, manifest, symbol, (symbol + "_run").str());
+  if (!module)
+    return nullptr;
+  addRecord(*module, manifest, symbol,
+            module->getFunction(symbol.str() + "_run"), nullptr, 0);
   return module;
+}
+
+std::unique_ptr<llvm::Module>
+mlir::moe::translateCUDAModel(ArrayRef<CUDABuild> builds,
+                              llvm::LLVMContext &context,
+                              const ModelManifest &manifest, StringRef symbol) {
+  if (manifest.target != "cuda" || builds.empty())
+    return nullptr;
+  std::unique_ptr<llvm::Module> linked;
+  for (const CUDABuild &build : builds) {
+    ModuleOp lowered = build.module.get();
+    auto binaries = llvm::to_vector(lowered.getOps<gpu::BinaryOp>());
+    if (binaries.size() != 1)
+      return nullptr;
+    std::string run = (symbol + "_run_" + build.chip).str();
+    std::unique_ptr<llvm::Module> module =
+        translateWithRun(lowered, context, manifest, symbol, run);
+    if (!module)
+      return nullptr;
+    // The translation embeds the kernels (the gpu.binary) as the constant
+    // `<name>_binary` and loads them from a global constructor at program
+    // start, before any runtime context exists and even on machines without
+    // a GPU; the runtime loads them per model instead, from the record.
+    for (StringRef list : {"llvm.global_ctors", "llvm.global_dtors"})
+      if (llvm::GlobalVariable *g = module->getGlobalVariable(list))
+        g->eraseFromParent();
+    llvm::GlobalVariable *kernels = module->getGlobalVariable(
+        (binaries.front().getName() + "_binary").str(), /*AllowInternal=*/true);
+    if (!kernels || !kernels->hasInitializer() ||
+        !isa<llvm::ConstantDataSequential>(kernels->getInitializer()))
+      return nullptr;
+    // External until linked, so that the linker keeps them under these
+    // names; the builds' internal functions may be renamed apart.
+    kernels->setName(symbol + "_kernels_" + build.chip);
+    kernels->setLinkage(llvm::GlobalValue::ExternalLinkage);
+    if (!linked)
+      linked = std::move(module);
+    else if (llvm::Linker::linkModules(*linked, std::move(module)))
+      return nullptr;
+  }
+
+  auto *ptr = llvm::PointerType::getUnqual(context);
+  auto *i64 = llvm::Type::getInt64Ty(context);
+  // moert_gpu_build: chip, run, binary, binary_size.
+  auto *buildType = llvm::StructType::get(context, {ptr, ptr, ptr, i64});
+  SmallVector<llvm::Constant *> entries;
+  for (const CUDABuild &build : builds) {
+    llvm::Function *run =
+        linked->getFunction((symbol + "_run_" + build.chip).str());
+    llvm::GlobalVariable *kernels =
+        linked->getGlobalVariable((symbol + "_kernels_" + build.chip).str());
+    if (!run || !kernels)
+      return nullptr;
+    run->setLinkage(llvm::GlobalValue::InternalLinkage);
+    kernels->setLinkage(llvm::GlobalValue::InternalLinkage);
+    auto *data = cast<llvm::ConstantDataSequential>(kernels->getInitializer());
+    entries.push_back(llvm::ConstantStruct::get(
+        buildType,
+        {privateString(*linked, build.chip, symbol + "_chip_" + build.chip),
+         run, kernels,
+         llvm::ConstantInt::get(i64, data->getNumElements() *
+                                         data->getElementByteSize())}));
+  }
+  auto *tableType = llvm::ArrayType::get(buildType, entries.size());
+  auto *table = new llvm::GlobalVariable(
+      *linked, tableType, /*isConstant=*/true,
+      llvm::GlobalValue::PrivateLinkage,
+      llvm::ConstantArray::get(tableType, entries), symbol + "_gpu_builds");
+  addRecord(*linked, manifest, symbol, nullptr, table, entries.size());
+  return linked;
 }
 
 llvm::Error mlir::moe::emitObjectFile(llvm::Module &module, StringRef path) {

@@ -68,9 +68,9 @@ llvm::cl::opt<bool> wgmma(
     llvm::cl::desc("GPU kernels: on sm_90a (H100, H200), run the weight "
                    "GEMMs' larger row counts (past a hand-over the cost model "
                    "picks) as warpgroup tiles (wgmma from shared memory, "
-                   "weight tiles by TMA) instead of mma.sync; the kernels are "
-                   "then built for sm_90a alone. Not yet validated on a GPU "
-                   "(default false)"));
+                   "weight tiles by TMA) instead of mma.sync, in the sm_90a "
+                   "build (other chips' builds keep mma.sync). Not yet "
+                   "validated on a GPU (default false)"));
 
 DialectRegistry compilerDialects() {
   DialectRegistry registry;
@@ -109,7 +109,7 @@ LogicalResult moe::CompilerSession::lowerForCPU(ModuleOp module) {
   return pm.run(module);
 }
 
-LogicalResult
+FailureOr<SmallVector<moe::CUDABuild>>
 moe::CompilerSession::lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
                                    ModelManifest &manifest,
                                    SmallVectorImpl<KernelResources> *report) {
@@ -122,41 +122,55 @@ moe::CompilerSession::lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
            << toolkit << "' (" << libdevice
            << " is missing): install the toolkit, or point --cuda-toolkit or "
               "CUDA_HOME at it";
-  // wgmma and TMA exist on sm_90a alone: its kernels cannot be built for
-  // another chip, so --wgmma builds for sm_90a unless told otherwise.
-  SmallVector<std::string> targets(chips);
-  if (wgmma) {
-    if (targets.empty())
-      targets.push_back("sm_90a");
-    for (const std::string &chip : targets)
-      if (chip != "sm_90a")
-        return module.emitError("--wgmma kernels run on sm_90a only, not ")
-               << chip << ": drop it from --chip, or drop --wgmma";
-  }
-  PassManager pm(&context);
   MoECUDAPipelineOptions options;
   options.optLevel = optLevel;
-  options.chips = targets;
+  options.chips = SmallVector<std::string>(chips);
   options.toolkit = toolkit;
   options.tensorCores = tensorCores;
   options.bf16Activations = bf16Activations;
   options.residentLoops = residentLoops;
-  options.wgmma = wgmma;
   options.reportForms = showRemarks;
-  buildMoECUDAPipeline(pm, options);
-  if (failed(pm.run(module)))
+  SmallVector<std::string> targets = options.getChips();
+  for (auto [i, chip] : llvm::enumerate(targets))
+    if (llvm::is_contained(ArrayRef(targets).take_front(i), chip))
+      return module.emitError("--chip lists ") << chip << " twice";
+  // wgmma and TMA exist on sm_90a alone: the other chips' builds keep
+  // mma.sync.
+  if (wgmma && !llvm::is_contained(targets, "sm_90a"))
+    return module.emitError("--wgmma builds warpgroup kernels for sm_90a, "
+                            "which --chip leaves out: add sm_90a, or drop "
+                            "--wgmma");
+  // The optimising passes and the expert form do not depend on the chip:
+  // they run once. Then each chip gets kernels of its own, tuned by its cost
+  // model, and the runtime loads the build that fits the GPU.
+  PassManager prepare(&context);
+  buildMoEGPUExpertFormPipeline(prepare, options);
+  if (failed(prepare.run(module)))
     return failure();
-  FailureOr<SmallVector<KernelResources>> kernels =
-      assembleCudaBinaries(module, cudaToolkit);
-  if (failed(kernels))
-    return failure();
-  if (report)
-    report->assign(kernels->begin(), kernels->end());
+  SmallVector<CUDABuild> builds;
+  for (const std::string &chip : targets) {
+    OwningOpRef<ModuleOp> copy = module.clone();
+    MoECUDAPipelineOptions one;
+    one.copyOptionValuesFrom(options);
+    one.chips = SmallVector<std::string>{chip};
+    one.wgmma = wgmma && chip == "sm_90a";
+    PassManager pm(&context);
+    buildMoECUDAKernelPipeline(pm, one);
+    if (failed(pm.run(*copy)))
+      return failure();
+    FailureOr<SmallVector<KernelResources>> kernels =
+        assembleCudaBinaries(*copy, cudaToolkit);
+    if (failed(kernels))
+      return failure();
+    if (report)
+      report->append(kernels->begin(), kernels->end());
+    builds.push_back({chip, std::move(copy)});
+  }
   // What the runtime needs to know of code convert-moe-to-gpu made.
   manifest.target = "cuda";
-  manifest.gpuArchs = options.getChips();
+  manifest.gpuArchs = targets;
   manifest.keepBF16Weights();
-  return success();
+  return builds;
 }
 
 LogicalResult

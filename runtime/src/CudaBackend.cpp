@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <tuple>
 
 using namespace moert::cuda;
 
@@ -199,18 +200,74 @@ CurrentContext::~CurrentContext() {
 // DeviceModel
 //===----------------------------------------------------------------------===//
 
+std::vector<size_t> moert::cuda::rankBuilds(int capability,
+                                            llvm::ArrayRef<std::string> chips) {
+  // (tier, chip number, arch-specific) per build; tier 0 runs the cubin, 1
+  // compiles the PTX, 2 is a spelling this cannot judge.
+  struct Candidate {
+    int tier, arch;
+    bool specific;
+    size_t index;
+  };
+  std::vector<Candidate> candidates;
+  for (size_t i = 0; i < chips.size(); ++i) {
+    llvm::StringRef chip = chips[i];
+    int arch = 0;
+    bool specific = chip.consume_back("a");
+    if (!chip.consume_front("sm_") || chip.getAsInteger(10, arch)) {
+      candidates.push_back({2, 0, false, i});
+      continue;
+    }
+    if (specific ? arch == capability
+                 : arch / 10 == capability / 10 && arch <= capability)
+      candidates.push_back({0, arch, specific, i});
+    else if (!specific && arch < capability)
+      candidates.push_back({1, arch, false, i});
+  }
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [](const Candidate &a, const Candidate &b) {
+                     return std::tie(a.tier, b.arch, b.specific) <
+                            std::tie(b.tier, a.arch, a.specific);
+                   });
+  std::vector<size_t> order;
+  for (const Candidate &c : candidates)
+    order.push_back(c.index);
+  return order;
+}
+
 llvm::Expected<std::unique_ptr<DeviceModel>>
-DeviceModel::load(Device &device, const void *binary,
-                  const std::string &archs) {
+DeviceModel::load(Device &device, llvm::ArrayRef<KernelBuild> builds) {
   const Driver &drv = device.driver();
   CurrentContext current(device);
   if (!current.problem().empty())
     return failure(current.problem());
+  std::string archs;
+  std::vector<std::string> chips;
+  for (size_t i = 0; i < builds.size(); ++i) {
+    archs += (i == 0                   ? ""
+              : i + 1 == builds.size() ? " and "
+                                       : ", ") +
+             builds[i].chip;
+    chips.push_back(builds[i].chip);
+  }
+  std::vector<size_t> order = rankBuilds(device.computeCapability(), chips);
+  if (order.empty())
+    return failure("the model's kernels have no build for this GPU (" +
+                   device.describe() + "); it was compiled for " + archs +
+                   ": compile it with moe-compile --chip sm_" +
+                   std::to_string(device.computeCapability()));
   std::unique_ptr<DeviceModel> model(new DeviceModel(device));
-  CUresult r = drv.cuModuleLoadData(&model->mod, binary);
-  if (r == CUDA_SUCCESS)
-    return std::move(model);
-  model->mod = nullptr;
+  CUresult r = CUDA_SUCCESS;
+  for (size_t index : order) {
+    r = drv.cuModuleLoadData(&model->mod, builds[index].binary);
+    if (r == CUDA_SUCCESS) {
+      model->build = index;
+      return std::move(model);
+    }
+    model->mod = nullptr;
+    if (r != CUDA_ERROR_NO_BINARY_FOR_GPU)
+      break;
+  }
   std::string call = drv.failure("cuModuleLoadData", r);
   if (r == CUDA_ERROR_NO_BINARY_FOR_GPU)
     return failure("the model's kernels have no binary for this GPU (" +

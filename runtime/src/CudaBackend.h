@@ -83,15 +83,30 @@ private:
   std::string error;
 };
 
+/// The builds of a model for `chips` ("sm_XY" or "sm_XYa") that can run on
+/// a GPU of compute capability `capability` (10 * major + minor), best
+/// first: those with a cubin for it, the newest chip first (sm_XYa is
+/// arch-specific and runs on XY alone, sm_XY on every minor version from
+/// XY), then those whose PTX the driver compiles for it (sm_XY below it),
+/// the newest first. Chips not spelt sm_<digits>[a] come last, to be tried.
+std::vector<size_t> rankBuilds(int capability,
+                               llvm::ArrayRef<std::string> chips);
+
+/// One chip's kernels of a model (a fatbinary, cubin or PTX).
+struct KernelBuild {
+  std::string chip;
+  const void *binary;
+};
+
 /// A model's device side: its kernels' module, its weights in device memory
 /// and the functions looked up so far.
 class DeviceModel {
 public:
-  /// Loads the module from `binary` (a fatbinary, cubin or PTX). `archs`
-  /// names what it was compiled for, for the message when it has nothing
-  /// for this GPU.
+  /// Loads the module of the build that fits the device best (rankBuilds),
+  /// going on to the next if the driver finds nothing in one for this GPU.
+  /// The error says what the builds were for when none fits.
   static llvm::Expected<std::unique_ptr<DeviceModel>>
-  load(Device &device, const void *binary, const std::string &archs);
+  load(Device &device, llvm::ArrayRef<KernelBuild> builds);
   ~DeviceModel();
   DeviceModel(const DeviceModel &) = delete;
   DeviceModel &operator=(const DeviceModel &) = delete;
@@ -149,11 +164,14 @@ public:
                   const uint32_t (&box)[2], std::string &error);
   Device &device() const { return dev; }
   CUmodule module() const { return mod; }
+  /// Which of load()'s builds this is.
+  size_t buildIndex() const { return build; }
 
 private:
   explicit DeviceModel(Device &device) : dev(device) {}
   Device &dev;
   CUmodule mod = nullptr;
+  size_t build = 0;
   std::vector<void *> weightPointers;
   std::mutex functionsMutex;
   llvm::StringMap<CUfunction> functions;

@@ -94,10 +94,10 @@ private:
 
 struct moert_model {
   const moert_compiled_model *compiled;
-  moert_model_info info;
-  std::string target = "cpu";       ///< "cpu" or "cuda"
-  std::string gpuArchs;             ///< cuda: what the binary was built for
-  std::vector<int64_t> cacheWidths; ///< decoders: per cache slot
+  moert_model_info info{};
+  std::string target = "cpu";                ///< "cpu" or "cuda"
+  void (*run)(void **descriptors) = nullptr; ///< cpu, or the cuda build's
+  std::vector<int64_t> cacheWidths;          ///< decoders: per cache slot
   std::vector<WeightSpec> specs;
   std::vector<WeightBuffer> weights;              ///< cpu
   std::unique_ptr<moert::cuda::DeviceModel> cuda; ///< cuda: device weights
@@ -133,7 +133,7 @@ void runCompiled(moert_model &model,
   llvm::SmallVector<void *> pointers;
   for (Descriptor &d : descriptors)
     pointers.push_back(d.get());
-  model.compiled->run(pointers.data());
+  model.run(pointers.data());
 }
 
 /// What every target checks before a session forward: the arguments, the
@@ -218,16 +218,6 @@ llvm::Error parseManifest(llvm::StringRef text, moert_model &model) {
     model.target = target->str();
   if (model.target != "cpu" && model.target != "cuda")
     return fail("unknown target '" + model.target + "' (expected cpu or cuda)");
-  // What moe-compile --target cuda builds unless the manifest says.
-  model.gpuArchs = "sm_90a and sm_80";
-  if (const llvm::json::Array *archs = root->getArray("gpu_archs")) {
-    model.gpuArchs.clear();
-    for (size_t i = 0; i < archs->size(); ++i)
-      model.gpuArchs += (i == 0                   ? ""
-                         : i + 1 == archs->size() ? " and "
-                                                  : ", ") +
-                        (*archs)[i].getAsString().value_or("?").str();
-  }
   if (info.is_decoder) {
     const llvm::json::Array *widths = root->getArray("cache_widths");
     if (!integer("vocab_size", info.vocab_size) ||
@@ -489,8 +479,7 @@ moert_status moert_context_set_cuda_stream(moert_context *ctx, void *stream) {
 moert_status moert_model_load(moert_context *ctx,
                               const moert_compiled_model *compiled,
                               const char *weights_path, moert_model **out) {
-  if (!ctx || !compiled || !compiled->manifest || !compiled->run ||
-      !weights_path || !out)
+  if (!ctx || !compiled || !compiled->manifest || !weights_path || !out)
     return makeStatus(MOERT_INVALID_ARGUMENT,
                       "moert_model_load: null argument");
   auto model = std::make_unique<moert_model>();
@@ -507,17 +496,34 @@ moert_status moert_model_load(moert_context *ctx,
                           "moe-compile --target " +
                           ctx->device);
   if (ctx->cuda) {
-    if (!compiled->gpu_binary || compiled->gpu_binary_size <= 0)
+    if (!compiled->gpu_builds || compiled->gpu_build_count <= 0)
       return makeStatus(MOERT_INVALID_ARGUMENT,
                         "moert_model_load: the model's manifest says target "
-                        "'cuda' but its record has no gpu_binary");
+                        "'cuda' but its record has no gpu_builds");
+    std::vector<moert::cuda::KernelBuild> builds;
+    for (int64_t i = 0; i < compiled->gpu_build_count; ++i) {
+      const moert_gpu_build &build = compiled->gpu_builds[i];
+      if (!build.chip || !build.run || !build.binary || build.binary_size <= 0)
+        return makeStatus(MOERT_INVALID_ARGUMENT,
+                          "moert_model_load: GPU build " + std::to_string(i) +
+                              " of the record lacks its chip, run function "
+                              "or binary");
+      builds.push_back({build.chip, build.binary});
+    }
     // The kernels first: a GPU they cannot run on should not cost a read
     // of the weights.
-    auto cuda = moert::cuda::DeviceModel::load(*ctx->cuda, compiled->gpu_binary,
-                                               model->gpuArchs);
+    auto cuda = moert::cuda::DeviceModel::load(*ctx->cuda, builds);
     if (!cuda)
       return fromError(cuda.takeError(), MOERT_UNAVAILABLE);
     model->cuda = std::move(*cuda);
+    const moert_gpu_build &loaded =
+        compiled->gpu_builds[model->cuda->buildIndex()];
+    model->run = loaded.run;
+    model->info.gpu_chip = loaded.chip;
+  } else if (!(model->run = compiled->run)) {
+    return makeStatus(MOERT_INVALID_ARGUMENT,
+                      "moert_model_load: the record of this cpu model has no "
+                      "run function");
   }
 
   auto files = moert::WeightFiles::open(weights_path);

@@ -6,8 +6,9 @@
 // The object defines `const moert_compiled_model SYM` (default moe_model);
 // an application includes the header, links the object with the runtime
 // (libMoERuntime, libMoECpuKernels) and loads it with moert_model_load. For
-// --target cuda the object embeds the kernels as a CUDA fatbinary (a cubin
-// per chip plus PTX), assembled with the CUDA toolkit's ptxas.
+// --target cuda the object holds a build per chip: host code and kernels
+// tuned for that chip, as a CUDA fatbinary (cubin and PTX) assembled with
+// the CUDA toolkit's ptxas.
 //
 //===----------------------------------------------------------------------===//
 #include "moe/Conversion/Passes.h"
@@ -38,9 +39,10 @@ static cl::opt<std::string> target("target", cl::init("cpu"),
 static cl::list<std::string>
     chips("chip", cl::CommaSeparated, cl::value_desc("sm_XY,..."),
           cl::cat(compileCategory),
-          cl::desc("--target cuda: GPU architectures to build cubins for "
-                   "(default sm_90a,sm_80, with --wgmma sm_90a; PTX of the "
-                   "oldest is embedded too, for newer GPUs)"));
+          cl::desc("--target cuda: GPU architectures to build for "
+                   "(default sm_90a,sm_80): each gets kernels tuned for it, "
+                   "as a cubin and PTX (which the driver compiles for newer "
+                   "GPUs); the runtime loads the build that fits the GPU"));
 static cl::opt<bool> kernelReport(
     "kernel-report", cl::cat(compileCategory),
     cl::desc("--target cuda: print every kernel's registers, spills, stack "
@@ -79,9 +81,10 @@ int main(int argc, char **argv) {
       "mixtral,\nolmoe, qwen3_moe, loop-lm).\n"
       "Link the object with the moe runtime; see runtime/include/moert/"
       "moert.h.\n"
-      "--target cuda embeds the kernels as a CUDA fatbinary (a cubin per "
-      "--chip and PTX),\nassembled with the CUDA toolkit's ptxas; load it "
-      "on a 'cuda' runtime context.\n");
+      "--target cuda builds the model for each --chip: kernels tuned for it, "
+      "as a CUDA\nfatbinary (cubin and PTX) assembled with the CUDA "
+      "toolkit's ptxas; load it on a\n'cuda' runtime context, which picks "
+      "the build that fits the GPU.\n");
   if (target != "cpu" && target != "cuda")
     return fail("unknown --target '" + target + "' (expected cpu or cuda)");
   bool cuda = target == "cuda";
@@ -101,10 +104,14 @@ int main(int argc, char **argv) {
   FailureOr<moe::ModelManifest> manifest = moe::describeModel(**module);
   if (failed(manifest))
     return 1;
+  llvm::LLVMContext llvmContext;
+  std::unique_ptr<llvm::Module> llvmModule;
   if (cuda) {
     SmallVector<moe::KernelResources> kernels;
     SmallVector<std::string> chipList(chips.begin(), chips.end());
-    if (failed(session.lowerForCUDA(**module, chipList, *manifest, &kernels)))
+    FailureOr<SmallVector<moe::CUDABuild>> builds =
+        session.lowerForCUDA(**module, chipList, *manifest, &kernels);
+    if (failed(builds))
       return 1;
     if (kernelReport)
       llvm::outs() << moe::formatKernelReport(kernels);
@@ -114,13 +121,14 @@ int main(int argc, char **argv) {
             << "kernel " << k.kernel << " spills registers on " << k.chip
             << " (" << k.spillStoreBytes << " bytes stored, "
             << k.spillLoadBytes << " loaded)\n";
-  } else if (failed(session.lowerForCPU(**module))) {
-    return 1;
+    llvmModule =
+        moe::translateCUDAModel(*builds, llvmContext, *manifest, symbolName);
+  } else {
+    if (failed(session.lowerForCPU(**module)))
+      return 1;
+    llvmModule =
+        moe::translateModel(**module, llvmContext, *manifest, symbolName);
   }
-
-  llvm::LLVMContext llvmContext;
-  std::unique_ptr<llvm::Module> llvmModule =
-      moe::translateModel(**module, llvmContext, *manifest, symbolName);
   if (!llvmModule)
     return fail("translating the lowered model to LLVM IR failed");
 

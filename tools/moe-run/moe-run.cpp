@@ -64,8 +64,9 @@ static cl::opt<unsigned>
 static cl::opt<std::string>
     device("device", cl::init("cpu"), cl::value_desc("cpu|cuda"),
            cl::cat(runCategory),
-           cl::desc("Device to run on (default cpu); cuda compiles the "
-                    "kernels for sm_90a and sm_80 and runs on the first GPU"));
+           cl::desc("Device to run on (default cpu); cuda compiles a build "
+                    "for sm_90a and one for sm_80 and runs the one that fits "
+                    "the first GPU"));
 static cl::opt<bool> gpuEmulation(
     "gpu-emulation", cl::cat(runCategory),
     cl::desc("Compile through the CUDA kernels (convert-moe-to-gpu) but run "
@@ -121,9 +122,12 @@ constexpr StringLiteral kSymbol = "moe_model";
 llvm::Expected<std::unique_ptr<ExecutionEngine>>
 compile(moe::CompilerSession &session, ModuleOp module,
         moe::ModelManifest manifest) {
+  SmallVector<moe::CUDABuild> builds;
   if (device == "cuda") {
-    if (failed(session.lowerForCUDA(module, {}, manifest)))
+    auto lowered = session.lowerForCUDA(module, {}, manifest);
+    if (failed(lowered))
       return makeError("lowering the model for CUDA failed");
+    builds = std::move(*lowered);
   } else if (gpuEmulation) {
     if (failed(session.lowerForGPUEmulation(module, manifest)))
       return makeError("lowering the model through the GPU kernels failed");
@@ -134,10 +138,14 @@ compile(moe::CompilerSession &session, ModuleOp module,
   ExecutionEngineOptions options;
   options.transformer = optimize;
   auto build = [&](Operation *op, llvm::LLVMContext &context) {
+    if (!builds.empty())
+      return moe::translateCUDAModel(builds, context, manifest, kSymbol);
     return moe::translateModel(op, context, manifest, kSymbol);
   };
   options.llvmModuleBuilder = build;
-  auto engine = ExecutionEngine::create(module, options);
+  // A cuda model is its builds; `module` is what the CPU code was lowered in.
+  auto engine = ExecutionEngine::create(
+      builds.empty() ? module : builds.front().module.get(), options);
   if (!engine)
     return engine.takeError();
   (*engine)->registerSymbols(kernelSymbols);

@@ -7,7 +7,7 @@
 // with a PTX kernel on a real GPU, and skips where there is none.
 //
 //===----------------------------------------------------------------------===//
-#include "CudaDriver.h"
+#include "CudaBackend.h"
 #include "FakeCuda.h"
 
 #include "mlir/ExecutionEngine/CRunnerUtils.h"
@@ -74,6 +74,16 @@ void hostCode(void **descriptors, const char *kernel, bool resident = false) {
   mgpuStreamDestroy(stream);
 }
 void addNormHostCode(void **descriptors) { hostCode(descriptors, "add_norm"); }
+/// add_norm's host code of two builds of one model, telling which ran.
+std::string lastBuildRun;
+void addNormNewerBuild(void **descriptors) {
+  lastBuildRun = "newer";
+  addNormHostCode(descriptors);
+}
+void addNormOlderBuild(void **descriptors) {
+  lastBuildRun = "older";
+  addNormHostCode(descriptors);
+}
 /// The same through a resident loop kernel, launched as the compiled host
 /// code does: 264 blocks of 256 threads, however many fit.
 void residentHostCode(void **descriptors) {
@@ -293,24 +303,39 @@ DONE:
   " \"weights\": [{\"source\": \"model.norm.weight\", \"dtype\": \"F32\", "    \
   "\"shape\": [3]}]}"
 
-const moert_compiled_model kCudaModel = {MANIFEST(R"("target": "cuda",)"),
-                                         addNormHostCode, &kFakeBinary,
-                                         sizeof(kFakeBinary)};
+/// The record of a cuda model with one build, as moe-compile writes it (the
+/// fake device is sm_90 unless MOERT_FAKE_CUDA_SM says otherwise). Copies
+/// point at their own build, for tests to change.
+struct CudaModel {
+  moert_gpu_build build;
+  moert_compiled_model compiled;
+  CudaModel(const char *manifest, void (*run)(void **),
+            const char *chip = "sm_90")
+      : build{chip, run, &kFakeBinary, sizeof(kFakeBinary)}, compiled{manifest,
+                                                                      nullptr,
+                                                                      &build,
+                                                                      1} {}
+  CudaModel(const CudaModel &other)
+      : build(other.build), compiled(other.compiled) {
+    compiled.gpu_builds = &build;
+  }
+  CudaModel &operator=(const CudaModel &) = delete;
+  operator const moert_compiled_model &() const { return compiled; }
+};
+
+const CudaModel kCudaModel(MANIFEST(R"("target": "cuda",)"), addNormHostCode);
 const moert_compiled_model kCpuModel = {MANIFEST(""), addNormHostCode, nullptr,
                                         0};
-const moert_compiled_model kCudaTensorMapModel = {
-    MANIFEST(R"("target": "cuda",)"), tensorMapHostCode, &kFakeBinary,
-    sizeof(kFakeBinary)};
-const moert_compiled_model kCudaResidentModel = {
-    MANIFEST(R"("target": "cuda",)"), residentHostCode, &kFakeBinary,
-    sizeof(kFakeBinary)};
+const CudaModel kCudaTensorMapModel(MANIFEST(R"("target": "cuda",)"),
+                                    tensorMapHostCode);
+const CudaModel kCudaResidentModel(MANIFEST(R"("target": "cuda",)"),
+                                   residentHostCode);
 
 #define DECODER_FIELDS                                                         \
   R"("kind": "decoder", "vocab_size": 4, "max_positions": 8,)"                 \
   R"( "cache_widths": [2, 3],)"
-const moert_compiled_model kCudaDecoder = {
-    MANIFEST(R"("target": "cuda",)" DECODER_FIELDS), cudaDecoderHostCode,
-    &kFakeBinary, sizeof(kFakeBinary)};
+const CudaModel kCudaDecoder(MANIFEST(R"("target": "cuda",)" DECODER_FIELDS),
+                             cudaDecoderHostCode);
 const moert_compiled_model kCpuDecoder = {MANIFEST(DECODER_FIELDS),
                                           cpuDecoderHostCode, nullptr, 0};
 
@@ -464,14 +489,14 @@ TEST_F(FakeCudaTest, BF16DeviceWeightsAreUploadedAsBF16) {
               moert::DType::BF16,
               {3, 2},
               {reinterpret_cast<const uint8_t *>(w), 12}}})));
-  moert_compiled_model compiled = {
+  CudaModel compiled(
       R"({"entry": "forward", "hidden_size": 3, "passes": 1, "layers": 1,
           "top_k": 1, "experts": 2, "target": "cuda", "weights": [
         {"source": "model.norm.weight", "dtype": "F32", "shape": [3],
          "device_dtype": "BF16"},
         {"source": "w", "dtype": "BF16", "shape": [2, 3], "transpose": true,
          "device_dtype": "BF16"}]})",
-      captureWeightsHostCode, &kFakeBinary, sizeof(kFakeBinary)};
+      captureWeightsHostCode);
   std::string error;
   {
     auto ctx = moert::Context::create("cuda", &error);
@@ -582,8 +607,8 @@ TEST_F(FakeCudaTest, OutOfMemoryLoadingWeights) {
     auto ctx = moert::Context::create("cuda", &error);
     ASSERT_TRUE(ctx) << error;
     moert_model *model = nullptr;
-    moert_status status =
-        moert_model_load(ctx->get(), &kCudaModel, weights.c_str(), &model);
+    moert_status status = moert_model_load(ctx->get(), &kCudaModel.compiled,
+                                           weights.c_str(), &model);
     EXPECT_EQ(moert_status_get_code(status), MOERT_INTERNAL);
     EXPECT_STREQ(moert_status_get_message(status),
                  "cannot copy weight 'model.norm.weight' (12 bytes) to sm_90, "
@@ -849,8 +874,8 @@ TEST_F(FakeCudaTest, MissingKernel) {
   std::string error;
   auto ctx = moert::Context::create("cuda", &error);
   ASSERT_TRUE(ctx) << error;
-  moert_compiled_model missing = kCudaModel;
-  missing.run = missingKernelHostCode;
+  CudaModel missing = kCudaModel;
+  missing.build.run = missingKernelHostCode;
   auto model = moert::Model::load(*ctx, missing, weights, &error);
   ASSERT_TRUE(model) << error;
   int launches = counters().launches;
@@ -861,6 +886,78 @@ TEST_F(FakeCudaTest, MissingKernel) {
   EXPECT_EQ(counters().allocations, 1);
 }
 
+TEST(CudaBuilds, RankedForTheGpu) {
+  using moert::cuda::rankBuilds;
+  std::vector<std::string> chips = {"sm_80", "sm_90a", "sm_86", "sm_90"};
+  // A cubin for the chip itself first (sm_90a before sm_90), then PTX for
+  // an older one, the newest first.
+  EXPECT_EQ(rankBuilds(90, chips), (std::vector<size_t>{1, 3, 2, 0}));
+  // sm_90a is for 9.0 alone; an sm_8x cubin runs on later 8.x chips.
+  EXPECT_EQ(rankBuilds(89, chips), (std::vector<size_t>{2, 0}));
+  EXPECT_EQ(rankBuilds(86, chips), (std::vector<size_t>{2, 0}));
+  EXPECT_EQ(rankBuilds(80, chips), (std::vector<size_t>{0}));
+  EXPECT_EQ(rankBuilds(100, chips), (std::vector<size_t>{3, 2, 0}));
+  EXPECT_EQ(rankBuilds(75, chips), std::vector<size_t>{});
+  // Spellings it cannot judge are tried last, in their order.
+  EXPECT_EQ(rankBuilds(90, {"compute_90", "sm_90a", "sm90"}),
+            (std::vector<size_t>{1, 0, 2}));
+}
+
+TEST_F(FakeCudaTest, TheBuildThatFitsTheGpuIsLoaded) {
+  const moert_gpu_build builds[] = {
+      {"sm_90a", addNormNewerBuild, &kFakeBinary, sizeof(kFakeBinary)},
+      {"sm_80", addNormOlderBuild, &kFakeBinary, sizeof(kFakeBinary)}};
+  moert_compiled_model compiled = {MANIFEST(R"("target": "cuda",)"), nullptr,
+                                   builds, 2};
+  struct Case {
+    const char *sm, *chip, *run;
+  } cases[] = {{"90", "sm_90a", "newer"},
+               {"86", "sm_80", "older"},
+               {"80", "sm_80", "older"},
+               {"100", "sm_80", "older"}};
+  for (const Case &c : cases) {
+    SCOPED_TRACE(c.sm);
+    setenv("MOERT_FAKE_CUDA_SM", c.sm, 1);
+    std::string error;
+    auto ctx = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(ctx) << error;
+    auto model = moert::Model::load(*ctx, compiled, weights, &error);
+    ASSERT_TRUE(model) << error;
+    EXPECT_STREQ(model->info().gpu_chip, c.chip);
+    lastBuildRun.clear();
+    runAndCheck(*model);
+    EXPECT_EQ(lastBuildRun, c.run);
+  }
+  // When the driver finds nothing for this GPU in the best build, the next
+  // is loaded.
+  setenv("MOERT_FAKE_CUDA_SM", "90", 1);
+  setenv("MOERT_FAKE_CUDA_FAIL", "cuModuleLoadData@1=209", 1);
+  std::string error;
+  {
+    auto ctx = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(ctx) << error;
+    auto model = moert::Model::load(*ctx, compiled, weights, &error);
+    ASSERT_TRUE(model) << error;
+    EXPECT_STREQ(model->info().gpu_chip, "sm_80");
+    EXPECT_EQ(counters().modules, 1);
+    runAndCheck(*model);
+    EXPECT_EQ(lastBuildRun, "older");
+  }
+  // Another failure is not a reason to try the next.
+  setenv("MOERT_FAKE_CUDA_FAIL", "cuModuleLoadData@1=2", 1);
+  {
+    auto ctx = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(ctx) << error;
+    EXPECT_FALSE(moert::Model::load(*ctx, compiled, weights, &error));
+    EXPECT_EQ(error.rfind("cannot load the model's kernels on sm_90, Fake GPU: "
+                          "cuModuleLoadData failed: CUDA_ERROR_OUT_OF_MEMORY",
+                          0),
+              0u)
+        << error;
+  }
+  expectNothingLive();
+}
+
 TEST_F(FakeCudaTest, KernelsWithoutABinaryForThisGpu) {
   setenv("MOERT_FAKE_CUDA_SM", "75", 1);
   setenv("MOERT_FAKE_CUDA_FAIL", "cuModuleLoadData=209", 1);
@@ -869,27 +966,36 @@ TEST_F(FakeCudaTest, KernelsWithoutABinaryForThisGpu) {
     auto ctx = moert::Context::create("cuda", &error);
     ASSERT_TRUE(ctx) << error;
     moert_model *model = nullptr;
-    moert_status status =
-        moert_model_load(ctx->get(), &kCudaModel, weights.c_str(), &model);
+    moert_status status = moert_model_load(ctx->get(), &kCudaModel.compiled,
+                                           weights.c_str(), &model);
     EXPECT_EQ(moert_status_get_code(status), MOERT_UNAVAILABLE);
+    // No build is for sm_75 or older, so the driver is not asked.
     EXPECT_STREQ(moert_status_get_message(status),
-                 "the model's kernels have no binary for this GPU (sm_75, "
-                 "Fake GPU); it was compiled for sm_90a and sm_80 "
-                 "(cuModuleLoadData failed: CUDA_ERROR_NO_BINARY_FOR_GPU (no "
-                 "kernel image is available for execution on the device))");
+                 "the model's kernels have no build for this GPU (sm_75, Fake "
+                 "GPU); it was compiled for sm_90: compile it with "
+                 "moe-compile --chip sm_75");
     moert_status_free(status);
+    EXPECT_EQ(counters().modules, 0);
 
-    moert_compiled_model archs = kCudaModel;
-    archs.manifest = MANIFEST(
-        R"("target": "cuda", "gpu_archs": ["sm_90a", "sm_80", "compute_80"],)");
+    // A build whose chip is spelt otherwise is tried (last); the driver
+    // finds nothing for this GPU in it.
+    const moert_gpu_build three[] = {
+        {"sm_90a", addNormHostCode, &kFakeBinary, sizeof(kFakeBinary)},
+        {"sm_80", addNormHostCode, &kFakeBinary, sizeof(kFakeBinary)},
+        {"compute_80", addNormHostCode, &kFakeBinary, sizeof(kFakeBinary)}};
+    moert_compiled_model archs = {MANIFEST(R"("target": "cuda",)"), nullptr,
+                                  three, 3};
     EXPECT_FALSE(moert::Model::load(*ctx, archs, weights, &error));
-    EXPECT_NE(error.find("it was compiled for sm_90a, sm_80 and compute_80 "),
-              std::string::npos)
-        << error;
+    EXPECT_EQ(error,
+              "the model's kernels have no binary for this GPU (sm_75, Fake "
+              "GPU); it was compiled for sm_90a, sm_80 and compute_80 "
+              "(cuModuleLoadData failed: CUDA_ERROR_NO_BINARY_FOR_GPU (no "
+              "kernel image is available for execution on the device))");
 
     unsetenv("MOERT_FAKE_CUDA_FAIL");
-    moert_compiled_model garbage = kCudaModel;
-    garbage.gpu_binary = "not a fatbinary";
+    CudaModel garbage(MANIFEST(R"("target": "cuda",)"), addNormHostCode,
+                      "sm_75");
+    garbage.build.binary = "not a fatbinary";
     EXPECT_FALSE(moert::Model::load(*ctx, garbage, weights, &error));
     EXPECT_EQ(error, "cannot load the model's kernels on sm_75, Fake GPU: "
                      "cuModuleLoadData failed: CUDA_ERROR_INVALID_IMAGE "
@@ -956,11 +1062,23 @@ TEST_F(FakeCudaTest, TargetsMustMatchTheContext) {
                "'cpu' or compile the model with moe-compile --target cuda");
   moert_status_free(status);
 
-  moert_compiled_model noBinary = kCudaModel;
-  noBinary.gpu_binary = nullptr;
-  EXPECT_FALSE(moert::Model::load(*ctx, noBinary, weights, &error));
+  moert_compiled_model noBuilds = kCudaModel;
+  noBuilds.gpu_builds = nullptr;
+  EXPECT_FALSE(moert::Model::load(*ctx, noBuilds, weights, &error));
   EXPECT_EQ(error, "moert_model_load: the model's manifest says target 'cuda' "
-                   "but its record has no gpu_binary");
+                   "but its record has no gpu_builds");
+  CudaModel noBinary = kCudaModel;
+  noBinary.build.binary = nullptr;
+  EXPECT_FALSE(moert::Model::load(*ctx, noBinary, weights, &error));
+  EXPECT_EQ(error, "moert_model_load: GPU build 0 of the record lacks its "
+                   "chip, run function or binary");
+  moert_compiled_model noRun = kCpuModel;
+  noRun.run = nullptr;
+  auto cpu = moert::Context::create("cpu", &error);
+  ASSERT_TRUE(cpu) << error;
+  EXPECT_FALSE(moert::Model::load(*cpu, noRun, weights, &error));
+  EXPECT_EQ(error, "moert_model_load: the record of this cpu model has no run "
+                   "function");
   EXPECT_EQ(counters().modules, 0);
 }
 
@@ -1287,8 +1405,8 @@ TEST_F(CudaTest, CpuContextErrors) {
   auto ctx = moert::Context::create("cpu", &error);
   ASSERT_TRUE(ctx) << error;
   moert_model *model = nullptr;
-  moert_status status =
-      moert_model_load(ctx->get(), &kCudaModel, weights.c_str(), &model);
+  moert_status status = moert_model_load(ctx->get(), &kCudaModel.compiled,
+                                         weights.c_str(), &model);
   EXPECT_EQ(moert_status_get_code(status), MOERT_INVALID_ARGUMENT);
   EXPECT_STREQ(moert_status_get_message(status),
                "moert_model_load: the model was compiled for target 'cuda' "
@@ -1341,9 +1459,10 @@ TEST_F(CudaTest, RealGpu) {
   auto ctx = moert::Context::create("cuda", &error);
   if (!ctx)
     GTEST_SKIP() << "no usable CUDA device: " << error;
-  moert_compiled_model ptx = kCudaModel;
-  ptx.gpu_binary = kAddNormPtx;
-  ptx.gpu_binary_size = sizeof(kAddNormPtx);
+  CudaModel ptx = kCudaModel;
+  ptx.build.chip = "sm_80";
+  ptx.build.binary = kAddNormPtx;
+  ptx.build.binary_size = sizeof(kAddNormPtx);
   auto model = moert::Model::load(*ctx, ptx, weights, &error);
   ASSERT_TRUE(model) << error;
   runAndCheck(*model);
@@ -1375,9 +1494,10 @@ TEST_F(CudaTest, RealGpu) {
   // The real driver encodes a tensor map with the arguments --wgmma
   // kernels' host code passes (bf16, 3 dimensions, boxes of 64 x 64 with
   // the 128-byte swizzle), once.
-  moert_compiled_model mapped = kCudaTensorMapModel;
-  mapped.gpu_binary = kAddNormPtx;
-  mapped.gpu_binary_size = sizeof(kAddNormPtx);
+  CudaModel mapped = kCudaTensorMapModel;
+  mapped.build.chip = "sm_80";
+  mapped.build.binary = kAddNormPtx;
+  mapped.build.binary_size = sizeof(kAddNormPtx);
   auto withMap = moert::Model::load(*ctx, mapped, weights, &error);
   ASSERT_TRUE(withMap) << error;
   runAndCheck(*withMap);
@@ -1386,8 +1506,8 @@ TEST_F(CudaTest, RealGpu) {
   runAndCheck(*withMap);
   EXPECT_EQ(lastTensorMap, map);
 
-  moert_compiled_model missing = ptx;
-  missing.run = missingKernelHostCode;
+  CudaModel missing = ptx;
+  missing.build.run = missingKernelHostCode;
   auto broken = moert::Model::load(*ctx, missing, weights, &error);
   ASSERT_TRUE(broken) << error;
   EXPECT_NE(runError(*broken).find("cuModuleGetFunction('no_such_kernel') "

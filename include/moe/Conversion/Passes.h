@@ -120,6 +120,14 @@ void registerMoEGPUPipelines();
 void registerGPUPipelineDependencies(DialectRegistry &registry);
 void buildMoECUDAPipeline(OpPassManager &pm,
                           const MoECUDAPipelineOptions &options = {});
+/// moe-cuda-pipeline in its two halves, for compiling one model for several
+/// chips with kernels of each chip's own: the chip-independent half (the
+/// optimising passes, the fused expert form) runs once, the kernel half
+/// (convert-moe-to-gpu down to PTX for `options`' chips) on a copy per chip.
+void buildMoEGPUExpertFormPipeline(OpPassManager &pm,
+                                   const MoECUDAPipelineOptions &options);
+void buildMoECUDAKernelPipeline(OpPassManager &pm,
+                                const MoECUDAPipelineOptions &options);
 /// The emulation takes moe-cuda-pipeline's options (chip and toolkit are
 /// unused: no PTX is made), so that it runs the kernels the GPU would.
 void buildMoEGPUEmulationPipeline(OpPassManager &pm,

@@ -32,14 +32,17 @@ public:
   /// Runs moe-cpu-pipeline (its optimising passes unless --opt-level=0) on
   /// `module`, leaving it in the LLVM dialect.
   LogicalResult lowerForCPU(ModuleOp module);
-  /// Runs moe-cuda-pipeline for `chips` (empty: sm_90a and sm_80) and
-  /// assembles the kernels into the fatbinary the artifact embeds; `report`
-  /// receives ptxas's resources of every kernel. Marks `manifest` (from
-  /// describeModel) as the runtime must see the result: target cuda, the
-  /// chips, bf16 weights bound as bf16.
-  LogicalResult lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
-                             ModelManifest &manifest,
-                             SmallVectorImpl<KernelResources> *report = {});
+  /// Runs moe-cuda-pipeline for each of `chips` (empty: sm_90a and sm_80):
+  /// its chip-independent half once on `module`, its kernel half on a copy
+  /// per chip, and assembles each copy's kernels into the fatbinary its
+  /// build embeds; `report` receives ptxas's resources of every kernel, chip
+  /// by chip. With --wgmma the sm_90a build gets the warpgroup forms. Marks
+  /// `manifest` (from describeModel) as the runtime must see the result:
+  /// target cuda, the chips, bf16 weights bound as bf16.
+  FailureOr<SmallVector<CUDABuild>>
+  lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
+               ModelManifest &manifest,
+               SmallVectorImpl<KernelResources> *report = {});
   /// Runs moe-gpu-emulation-pipeline: the GPU kernels, run on the CPU one
   /// thread at a time (for testing the GPU code generation without a GPU);
   /// marks `manifest`'s bf16 weights as bound as bf16.

@@ -29,21 +29,25 @@
 
 using namespace mlir;
 
-namespace {
-/// The GPU kernels exist for fused expert groups only, so even opt-level 0
-/// decomposes and fuses them.
-void addGPUExpertForm(OpPassManager &pm, unsigned optLevel, int64_t tile) {
-  if (optLevel > 0)
-    return moe::buildMoEOptimizePipeline(pm, tile);
+// The GPU kernels exist for fused expert groups only, so even opt-level 0
+// decomposes and fuses them.
+void mlir::moe::buildMoEGPUExpertFormPipeline(
+    OpPassManager &pm, const MoECUDAPipelineOptions &options) {
+  if (options.optLevel > 0)
+    return moe::buildMoEOptimizePipeline(pm, options.tile);
   OpPassManager &fpm = pm.nest<func::FuncOp>();
-  fpm.addPass(moe::createMoEDecomposeExperts({tile}));
+  fpm.addPass(moe::createMoEDecomposeExperts({options.tile}));
   fpm.addPass(moe::createMoEFuseDispatchGemm());
 }
-} // namespace
 
 void mlir::moe::buildMoECUDAPipeline(OpPassManager &pm,
                                      const MoECUDAPipelineOptions &options) {
-  addGPUExpertForm(pm, options.optLevel, options.tile);
+  buildMoEGPUExpertFormPipeline(pm, options);
+  buildMoECUDAKernelPipeline(pm, options);
+}
+
+void mlir::moe::buildMoECUDAKernelPipeline(
+    OpPassManager &pm, const MoECUDAPipelineOptions &options) {
   // The cost model assumes the first chip (the one tuned for). All chips
   // share the kernels: bf16 mma.sync only if every chip has it.
   ConvertMoEToGPUOptions kernels;
@@ -98,7 +102,7 @@ void mlir::moe::buildMoECUDAPipeline(OpPassManager &pm,
 
 void mlir::moe::buildMoEGPUEmulationPipeline(
     OpPassManager &pm, const MoECUDAPipelineOptions &options) {
-  addGPUExpertForm(pm, options.optLevel, options.tile);
+  buildMoEGPUExpertFormPipeline(pm, options);
   // The same kernels, with warp-collective operations as the arithmetic
   // they do per lane.
   ConvertMoEToGPUOptions kernels;

@@ -5,9 +5,9 @@
 |* success. The runtime never exits or aborts on bad input.                   *|
 |*                                                                            *|
 |*   moert_context *ctx;  moert_model *model;                                 *|
-|*   moert_context_create("cpu", &ctx);                                        *|
-|*   moert_model_load(ctx, &moe_my_model, "weights.safetensors", &model);      *|
-|*   moert_model_run(model, tokens, hidden_in, &outputs);                      *|
+|*   moert_context_create("cpu", &ctx); *|
+|*   moert_model_load(ctx, &moe_my_model, "weights.safetensors", &model); *|
+|*   moert_model_run(model, tokens, hidden_in, &outputs); *|
 |*                                                                            *|
 \*===----------------------------------------------------------------------===*/
 #ifndef MOERT_MOERT_H
@@ -23,20 +23,34 @@ extern "C" {
  * weights and their safetensors names, "target": "cpu" or "cuda"; absent
  * means cpu) and the entry point, which takes the memref descriptors of:
  * hidden_in, hidden_out, exit_loop, expert_ids, expert_gates, then every
- * weight in manifest order. For a cuda model every data pointer is a device
- * pointer, and gpu_binary holds its kernels: a CUDA fatbinary (or cubin or
- * PTX) of gpu_binary_size bytes, loaded with cuModuleLoadData. CPU models
- * have NULL and 0 there; the runtime reads the two fields only for cuda
- * models. A weight's optional "device_dtype" says what the entry reads:
+ * weight in manifest order. CPU models have `run` and no GPU builds (NULL,
+ * 0). A cuda model has no `run` of its own (NULL) but one build per chip it
+ * was compiled for, each with kernels tuned for that chip and the host code
+ * that launches them (every data pointer a device pointer): moert_model_load
+ * loads the build that fits the GPU best (moert_gpu_build). A weight's
+ * optional "device_dtype" says what the entry reads:
  * "F32" (the default: f32, bf16 files widened) or "BF16" (raw bfloat16
  * elements, row-major, the same shape and element strides; BF16 file
  * tensors keep their bits, F32 ones are rounded to nearest even, NaN stays
  * NaN); it applies after "transpose" and {e} stacking, on cpu and cuda. */
+/* One chip's build of a cuda model. `binary` holds its kernels: a CUDA
+ * fatbinary (or cubin or PTX) of binary_size bytes, loaded with
+ * cuModuleLoadData; `chip` is what they were compiled for ("sm_90a",
+ * "sm_80"). The runtime prefers a build whose cubin runs on the GPU as is
+ * (sm_90a only on compute capability 9.0; sm_80 on 8.x), the newest first,
+ * then one whose PTX the driver compiles for a newer GPU (not sm_90a's). */
+typedef struct moert_gpu_build {
+  const char *chip;
+  void (*run)(void **descriptors);
+  const void *binary;
+  int64_t binary_size;
+} moert_gpu_build;
+
 typedef struct moert_compiled_model {
   const char *manifest;
   void (*run)(void **descriptors);
-  const void *gpu_binary;
-  int64_t gpu_binary_size;
+  const moert_gpu_build *gpu_builds;
+  int64_t gpu_build_count;
 } moert_compiled_model;
 
 typedef enum moert_status_code {
@@ -74,6 +88,7 @@ typedef struct moert_model_info {
   int64_t hidden_size, passes, layers, top_k, experts;
   int32_t is_decoder;
   int64_t vocab_size, max_positions;
+  const char *gpu_chip; /* cuda: the chip of the build loaded; NULL on cpu */
 } moert_model_info;
 
 typedef struct moert_model moert_model;
