@@ -476,6 +476,10 @@ moert_status moert_context_set_cuda_stream(moert_context *ctx, void *stream) {
   return nullptr;
 }
 
+int32_t moert_context_get_cuda_capability(const moert_context *ctx) {
+  return ctx && ctx->cuda ? ctx->cuda->computeCapability() : 0;
+}
+
 moert_status moert_model_load(moert_context *ctx,
                               const moert_compiled_model *compiled,
                               const char *weights_path, moert_model **out) {

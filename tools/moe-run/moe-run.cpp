@@ -64,9 +64,15 @@ static cl::opt<unsigned>
 static cl::opt<std::string>
     device("device", cl::init("cpu"), cl::value_desc("cpu|cuda"),
            cl::cat(runCategory),
-           cl::desc("Device to run on (default cpu); cuda compiles a build "
-                    "for sm_90a and one for sm_80 and runs the one that fits "
-                    "the first GPU"));
+           cl::desc("Device to run on (default cpu); cuda runs on the first "
+                    "GPU, compiled for it (see --chip)"));
+static cl::list<std::string> cudaChips(
+    "chip", cl::CommaSeparated, cl::value_desc("sm_XY,..."),
+    cl::cat(runCategory),
+    cl::desc("--device cuda: the chips to build the model for (default: the "
+             "GPU's own, sm_90a on compute capability 9.0, else sm_XY); the "
+             "runtime runs the build that fits the GPU, so --chip sm_80 on a "
+             "newer GPU runs sm_80's PTX, compiled by the driver"));
 static cl::opt<bool> gpuEmulation(
     "gpu-emulation", cl::cat(runCategory),
     cl::desc("Compile through the CUDA kernels (convert-moe-to-gpu) but run "
@@ -117,6 +123,18 @@ template <typename T> ArrayRef<uint8_t> bytesOf(const std::vector<T> &v) {
 
 constexpr StringLiteral kSymbol = "moe_model";
 
+/// What --device cuda builds for: --chip, else the GPU's own chip (0: no
+/// GPU was asked for).
+SmallVector<std::string> chipsFor(int32_t capability) {
+  if (!cudaChips.empty())
+    return SmallVector<std::string>(cudaChips.begin(), cudaChips.end());
+  // wgmma and TMA need the arch-specific sm_90a; other chips get their own.
+  if (capability == 90)
+    return {"sm_90a"};
+  return {"sm_" + std::to_string(capability)};
+}
+int32_t gpuCapability = 0;
+
 /// Lowers and JIT-compiles the model into the same artifact moe-compile
 /// writes to an object file.
 llvm::Expected<std::unique_ptr<ExecutionEngine>>
@@ -124,7 +142,8 @@ compile(moe::CompilerSession &session, ModuleOp module,
         moe::ModelManifest manifest) {
   SmallVector<moe::CUDABuild> builds;
   if (device == "cuda") {
-    auto lowered = session.lowerForCUDA(module, {}, manifest);
+    auto lowered =
+        session.lowerForCUDA(module, chipsFor(gpuCapability), manifest);
     if (failed(lowered))
       return makeError("lowering the model for CUDA failed");
     builds = std::move(*lowered);
@@ -182,6 +201,8 @@ llvm::Expected<LoadedModel> load(moe::CompilerSession &session, ModuleOp module,
           check(moert_model_load(ctx, compiled, weightsPath.c_str(), &model)))
     return err;
   loaded.model.reset(model);
+  if (const char *chip = moert_model_get_info(model).gpu_chip; stats && chip)
+    llvm::outs() << "stats: running the model's " << chip << " build\n";
   return loaded;
 }
 
@@ -403,6 +424,9 @@ int main(int argc, char **argv) {
     llvm::WithColor::error(llvm::errs(), "moe-run") << message << "\n";
     return 1;
   };
+  if (!cudaChips.empty() && device != "cuda")
+    return fail("--chip picks what --device cuda builds for: it needs "
+                "--device cuda");
   if (gpuEmulation && device != "cpu")
     return fail("--gpu-emulation runs the GPU kernels on the CPU: it needs "
                 "--device cpu");
@@ -416,6 +440,7 @@ int main(int argc, char **argv) {
   moert_context *probe = nullptr;
   if (llvm::Error err = check(moert_context_create(device.c_str(), &probe)))
     return fail(llvm::toString(std::move(err)));
+  gpuCapability = moert_context_get_cuda_capability(probe);
   moert_context_free(probe);
 
   moe::CompilerSession session;

@@ -921,6 +921,7 @@ TEST_F(FakeCudaTest, TheBuildThatFitsTheGpuIsLoaded) {
     std::string error;
     auto ctx = moert::Context::create("cuda", &error);
     ASSERT_TRUE(ctx) << error;
+    EXPECT_EQ(ctx->cudaCapability(), std::atoi(c.sm));
     auto model = moert::Model::load(*ctx, compiled, weights, &error);
     ASSERT_TRUE(model) << error;
     EXPECT_STREQ(model->info().gpu_chip, c.chip);
@@ -1076,6 +1077,8 @@ TEST_F(FakeCudaTest, TargetsMustMatchTheContext) {
   noRun.run = nullptr;
   auto cpu = moert::Context::create("cpu", &error);
   ASSERT_TRUE(cpu) << error;
+  EXPECT_EQ(cpu->cudaCapability(), 0);
+  EXPECT_EQ(moert_context_get_cuda_capability(nullptr), 0);
   EXPECT_FALSE(moert::Model::load(*cpu, noRun, weights, &error));
   EXPECT_EQ(error, "moert_model_load: the record of this cpu model has no run "
                    "function");

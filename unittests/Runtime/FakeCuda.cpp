@@ -417,10 +417,19 @@ EXPORT CUresult cuMemsetD16Async(CUdeviceptr dst, unsigned short value,
 
 EXPORT CUresult cuModuleLoadData(CUmodule *module, const void *image) {
   FAKE_IN_CONTEXT("cuModuleLoadData")
-  if (!image || std::memcmp(image, kFakeCudaMagic, sizeof(kFakeCudaMagic)))
+  // A real fatbinary (magic 0xba55ed50) loads as a module without kernels
+  // when MOERT_FAKE_CUDA_IMAGES=fatbinary.
+  const uint32_t fatbinMagic = 0xba55ed50;
+  bool fatbin = image && std::getenv("MOERT_FAKE_CUDA_IMAGES") &&
+                std::string(std::getenv("MOERT_FAKE_CUDA_IMAGES")) ==
+                    "fatbinary" &&
+                !std::memcmp(image, &fatbinMagic, sizeof(fatbinMagic));
+  if (!fatbin &&
+      (!image || std::memcmp(image, kFakeCudaMagic, sizeof(kFakeCudaMagic))))
     return INVALID_IMAGE;
   std::lock_guard<std::mutex> lock(mutex);
-  auto *m = new Module{static_cast<const FakeCudaBinary *>(image)};
+  auto *m = new Module{fatbin ? nullptr
+                              : static_cast<const FakeCudaBinary *>(image)};
   modules.insert(m);
   *module = reinterpret_cast<CUmodule>(m);
   return SUCCESS;
@@ -441,7 +450,7 @@ EXPORT CUresult cuModuleGetFunction(CUfunction *function, CUmodule module,
   auto *m = reinterpret_cast<Module *>(module);
   if (!modules.count(m))
     return INVALID_HANDLE;
-  for (int i = 0; i < m->binary->count; ++i)
+  for (int i = 0; m->binary && i < m->binary->count; ++i)
     if (!std::strcmp(m->binary->kernels[i].name, name))
       return *function = reinterpret_cast<CUfunction>(
                  const_cast<FakeCudaKernel *>(&m->binary->kernels[i])),

@@ -20,6 +20,9 @@
 //   MOERT_FAKE_CUDA_BLOCKS_PER_SM  what the occupancy calculator says fits
 //                            (default 2)
 //   MOERT_FAKE_CUDA_COOPERATIVE    0: no cooperative launches (default 1)
+//   MOERT_FAKE_CUDA_IMAGES   "fatbinary": cuModuleLoadData also takes a real
+//                            CUDA fatbinary, as a module without kernels
+//                            (for tests of which build a model loads)
 //
 // cuTensorMapEncodeTiled checks what the real one requires of a 128-byte
 // swizzled map (16-byte aligned address and strides, an inner box of at most

@@ -80,6 +80,10 @@ void moert_context_free(moert_context *ctx);
  * Runs still return only when their outputs are on the host.
  * MOERT_INVALID_ARGUMENT on a "cpu" context. */
 moert_status moert_context_set_cuda_stream(moert_context *ctx, void *stream);
+/* The GPU of a "cuda" context: its compute capability as 10 * major + minor
+ * (90 for an H100 or H200, 80 for an A100), which says what to compile its
+ * models for; 0 for a "cpu" context or NULL. */
+int32_t moert_context_get_cuda_capability(const moert_context *ctx);
 
 /* Model shape facts from the manifest. A decoder (is_decoder != 0) maps
  * token ids to logits over vocab_size and keeps a KV cache of up to

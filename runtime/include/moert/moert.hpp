@@ -42,6 +42,9 @@ public:
   Context(const Context &) = delete;
   Context &operator=(const Context &) = delete;
   moert_context *get() const { return ctx; }
+  int32_t cudaCapability() const {
+    return moert_context_get_cuda_capability(ctx);
+  }
 
 private:
   explicit Context(moert_context *ctx) : ctx(ctx) {}
