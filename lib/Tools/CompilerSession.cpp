@@ -72,6 +72,14 @@ llvm::cl::opt<bool> wgmma(
                    "build (other chips' builds keep mma.sync). Not yet "
                    "validated on a GPU (default false)"));
 
+llvm::cl::opt<int64_t> splitChunkRows(
+    "split-chunk-rows", llvm::cl::init(4), llvm::cl::value_desc("1-8"),
+    llvm::cl::cat(moe::getCompilerOptionsCategory()),
+    llvm::cl::desc("GPU kernels: rows of one expert that a warp of the "
+                   "decode form takes at once, reading each weight chunk "
+                   "once for them (default 4; 1 reads an expert's weights "
+                   "once per row)"));
+
 DialectRegistry compilerDialects() {
   DialectRegistry registry;
   registry.insert<moe::MoEDialect, func::FuncDialect, arith::ArithDialect,
@@ -130,6 +138,7 @@ moe::CompilerSession::lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
   options.bf16Activations = bf16Activations;
   options.residentLoops = residentLoops;
   options.reportForms = showRemarks;
+  options.splitChunkRows = splitChunkRows;
   SmallVector<std::string> targets = options.getChips();
   for (auto [i, chip] : llvm::enumerate(targets))
     if (llvm::is_contained(ArrayRef(targets).take_front(i), chip))
@@ -173,17 +182,24 @@ moe::CompilerSession::lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
   return builds;
 }
 
-LogicalResult
-moe::CompilerSession::lowerForGPUEmulation(ModuleOp module,
-                                           ModelManifest &manifest) {
+LogicalResult moe::CompilerSession::lowerForGPUEmulation(
+    ModuleOp module, ModelManifest &manifest, StringRef chip) {
   PassManager pm(&context);
   MoECUDAPipelineOptions options;
   options.optLevel = optLevel;
+  if (!chip.empty())
+    options.chips = SmallVector<std::string>{chip.str()};
+  if (wgmma && options.getChips().front() != "sm_90a")
+    return module.emitError("--wgmma builds warpgroup kernels for sm_90a, "
+                            "not ")
+           << options.getChips().front()
+           << ": emulate sm_90a's kernels, or drop --wgmma";
   options.tensorCores = tensorCores;
   options.bf16Activations = bf16Activations;
   options.residentLoops = residentLoops;
   options.wgmma = wgmma;
   options.reportForms = showRemarks;
+  options.splitChunkRows = splitChunkRows;
   buildMoEGPUEmulationPipeline(pm, options);
   // The emulated kernels read bf16 weights as the GPU's do.
   manifest.keepBF16Weights();
@@ -193,5 +209,6 @@ moe::CompilerSession::lowerForGPUEmulation(ModuleOp module,
 bool moe::CompilerSession::gpuKernelOptionsGiven() {
   return tensorCores.getNumOccurrences() ||
          bf16Activations.getNumOccurrences() ||
-         residentLoops.getNumOccurrences() || wgmma.getNumOccurrences();
+         residentLoops.getNumOccurrences() || wgmma.getNumOccurrences() ||
+         splitChunkRows.getNumOccurrences();
 }

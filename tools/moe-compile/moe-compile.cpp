@@ -92,8 +92,8 @@ int main(int argc, char **argv) {
     return fail("--kernel-report and --chip need --target cuda");
   if (!cuda && moe::CompilerSession::gpuKernelOptionsGiven())
     return fail(
-        "--tensor-cores, --bf16-activations, --resident-loops and --wgmma "
-        "need --target cuda");
+        "--tensor-cores, --bf16-activations, --resident-loops, --wgmma and "
+        "--split-chunk-rows need --target cuda");
   if (!isCIdentifier(symbolName))
     return fail("--name '" + symbolName + "' is not a C identifier");
 

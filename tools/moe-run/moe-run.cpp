@@ -72,7 +72,9 @@ static cl::list<std::string> cudaChips(
     cl::desc("--device cuda: the chips to build the model for (default: the "
              "GPU's own, sm_90a on compute capability 9.0, else sm_XY); the "
              "runtime runs the build that fits the GPU, so --chip sm_80 on a "
-             "newer GPU runs sm_80's PTX, compiled by the driver"));
+             "newer GPU runs sm_80's PTX, compiled by the driver. "
+             "--gpu-emulation: the one chip whose kernels (as its cost model "
+             "picks them) to emulate (default sm_90a)"));
 static cl::opt<bool> gpuEmulation(
     "gpu-emulation", cl::cat(runCategory),
     cl::desc("Compile through the CUDA kernels (convert-moe-to-gpu) but run "
@@ -148,7 +150,11 @@ compile(moe::CompilerSession &session, ModuleOp module,
       return makeError("lowering the model for CUDA failed");
     builds = std::move(*lowered);
   } else if (gpuEmulation) {
-    if (failed(session.lowerForGPUEmulation(module, manifest)))
+    if (cudaChips.size() > 1)
+      return makeError("--gpu-emulation runs one chip's kernels: give --chip "
+                       "one chip");
+    if (failed(session.lowerForGPUEmulation(
+            module, manifest, cudaChips.empty() ? "" : cudaChips.front())))
       return makeError("lowering the model through the GPU kernels failed");
   } else if (failed(session.lowerForCPU(module))) {
     return makeError("lowering the model for the CPU failed");
@@ -424,18 +430,18 @@ int main(int argc, char **argv) {
     llvm::WithColor::error(llvm::errs(), "moe-run") << message << "\n";
     return 1;
   };
-  if (!cudaChips.empty() && device != "cuda")
-    return fail("--chip picks what --device cuda builds for: it needs "
-                "--device cuda");
+  if (!cudaChips.empty() && device != "cuda" && !gpuEmulation)
+    return fail("--chip picks the chips whose GPU kernels are built: it needs "
+                "--device cuda or --gpu-emulation");
   if (gpuEmulation && device != "cpu")
     return fail("--gpu-emulation runs the GPU kernels on the CPU: it needs "
                 "--device cpu");
   if (device == "cpu" && !gpuEmulation &&
       moe::CompilerSession::gpuKernelOptionsGiven())
     return fail(
-        "--tensor-cores, --bf16-activations, --resident-loops and --wgmma "
-        "shape the GPU kernels: they need --device cuda or "
-        "--gpu-emulation");
+        "--tensor-cores, --bf16-activations, --resident-loops, --wgmma and "
+        "--split-chunk-rows shape the GPU kernels: they need --device cuda "
+        "or --gpu-emulation");
   // Ask the runtime first: a device it cannot use should not cost a compile.
   moert_context *probe = nullptr;
   if (llvm::Error err = check(moert_context_create(device.c_str(), &probe)))

@@ -3,6 +3,9 @@
 
 #include "gtest/gtest.h"
 
+#include <cmath>
+#include <string>
+
 using namespace mlir::moe::gpu_lowering;
 
 namespace {
@@ -169,4 +172,32 @@ TEST(CostModelTest, WarpgroupsTakeOverForLargePrefills) {
   EXPECT_EQ(chooseExpertGemmForms(c, true, oddDepth, true).warpgroupMinRows, 0);
   ExpertGemmShape f32{8, 2, 1024, 1024, 2, false};
   EXPECT_EQ(chooseExpertGemmForms(c, true, f32, true).warpgroupMinRows, 0);
+}
+
+// A decode batch of 16 tokens gives each of 8 experts 4 of its 32 rows on
+// average: the split form takes them in chunks of kSplitChunkRows rows of an
+// expert, so it keeps them instead of handing them to the tensor cores'
+// tiles, and on an H100 its modelled time is the touched experts' weights
+// read once from DRAM at the form's bandwidth (on an A100 the SIMT FMAs of
+// 32 rows bind first).
+TEST(CostModelTest, DecodeBatchesReadEachExpertsWeightsOnce) {
+  for (const char *name : kChips) {
+    ChipLimits c = chip(name);
+    for (const LayerShape &s : kShapes) {
+      if (s.experts != 8)
+        continue;
+      int64_t rows = 16 * s.topK;
+      for (const ExpertGemmShape &g : {gateUp(s), down(s)}) {
+        ExpertGemmForms forms = chooseExpertGemmForms(c, true, g);
+        EXPECT_GE(forms.splitMaxRows, rows) << name << " " << s.name;
+        double touched = 8 * (1 - std::pow(7.0 / 8, rows));
+        double weights = double(g.matrices * g.cols * g.depth) * 2;
+        if (std::string(name) != "sm_90a")
+          continue;
+        EXPECT_NEAR(modelSplitSeconds(c, g, rows),
+                    touched * weights / (c.hbmBytesPerSecond * 0.7), 1e-9)
+            << name << " " << s.name;
+      }
+    }
+  }
 }

@@ -420,16 +420,16 @@ EXPORT CUresult cuModuleLoadData(CUmodule *module, const void *image) {
   // A real fatbinary (magic 0xba55ed50) loads as a module without kernels
   // when MOERT_FAKE_CUDA_IMAGES=fatbinary.
   const uint32_t fatbinMagic = 0xba55ed50;
-  bool fatbin = image && std::getenv("MOERT_FAKE_CUDA_IMAGES") &&
-                std::string(std::getenv("MOERT_FAKE_CUDA_IMAGES")) ==
-                    "fatbinary" &&
-                !std::memcmp(image, &fatbinMagic, sizeof(fatbinMagic));
+  bool fatbin =
+      image && std::getenv("MOERT_FAKE_CUDA_IMAGES") &&
+      std::string(std::getenv("MOERT_FAKE_CUDA_IMAGES")) == "fatbinary" &&
+      !std::memcmp(image, &fatbinMagic, sizeof(fatbinMagic));
   if (!fatbin &&
       (!image || std::memcmp(image, kFakeCudaMagic, sizeof(kFakeCudaMagic))))
     return INVALID_IMAGE;
   std::lock_guard<std::mutex> lock(mutex);
-  auto *m = new Module{fatbin ? nullptr
-                              : static_cast<const FakeCudaBinary *>(image)};
+  auto *m =
+      new Module{fatbin ? nullptr : static_cast<const FakeCudaBinary *>(image)};
   modules.insert(m);
   *module = reinterpret_cast<CUmodule>(m);
   return SUCCESS;

@@ -6,8 +6,8 @@
 // cores (mma.sync); with wgmma (sm_90a) a fourth, Hopper warpgroup tiles.
 // Which form runs depends on the rows, known only at run time, so the cost
 // model picks at compile time the row counts at which the forms hand over,
-// and the tile of the mma.sync form, from the shapes and the chip's limits. Its efficiency factors are estimates until
-// bench/gpu calibrates them on a GPU.
+// and the tile of the mma.sync form, from the shapes and the chip's limits. Its
+// efficiency factors are estimates until bench/gpu calibrates them on a GPU.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOE_CONVERSION_GPUCOSTMODEL_H
@@ -40,6 +40,9 @@ std::optional<ChipLimits> lookupChipLimits(llvm::StringRef chip);
 constexpr int64_t kMmaRows = 16;
 constexpr int64_t kMmaDepth = 16;
 constexpr int64_t kMmaCols = 8;
+/// Rows of one expert's segment a warp of the split (decode) form takes at
+/// once: it reads each weight chunk once for all of them.
+constexpr int64_t kSplitChunkRows = 4;
 /// The tile of the Hopper warpgroup form (wgmma.m64n64k16 from shared
 /// memory), per B matrix, and the reduction slice it stages at a time (one
 /// 128-byte row of bf16).
@@ -59,6 +62,8 @@ struct ExpertGemmForms {
   /// Rows up to which the warp-per-output form runs; beyond, the tensor-core
   /// form if `mmaSubtiles` is set, else a thread per output.
   int64_t splitMaxRows;
+  /// Rows of one expert a warp of that form takes at once.
+  int64_t splitChunkRows;
   /// Subtiles of kMmaCols columns per warp tile of the tensor-core form (a
   /// warp computes kMmaRows x (8 * mmaSubtiles)), or 0 for no such form.
   int64_t mmaSubtiles;
@@ -72,15 +77,18 @@ struct ExpertGemmForms {
 /// multiple of kMmaDepth and columns a multiple of kMmaCols. The warpgroup
 /// form needs `warpgroups` (the caller knows the chip is sm_90a and the
 /// kernels may use it) and a depth and columns that are multiples of 64.
+/// The warp-per-output form takes `splitChunkRows` rows at once.
 ExpertGemmForms chooseExpertGemmForms(const ChipLimits &chip, bool tensorCores,
                                       const ExpertGemmShape &shape,
-                                      bool warpgroups = false);
+                                      bool warpgroups = false,
+                                      int64_t splitChunkRows = kSplitChunkRows);
 
 /// The modelled time in seconds of `shape` at `rows` routed rows in the
-/// 32-lane form, the thread-per-output form and the tensor-core form with
-/// `subtiles` (exposed for the tests of the model).
+/// 32-lane form (taking `chunkRows` rows at once), the thread-per-output
+/// form and the tensor-core form with `subtiles` (exposed for the tests of
+/// the model).
 double modelSplitSeconds(const ChipLimits &chip, const ExpertGemmShape &shape,
-                         int64_t rows);
+                         int64_t rows, int64_t chunkRows = kSplitChunkRows);
 double modelThreadSeconds(const ChipLimits &chip, const ExpertGemmShape &shape,
                           int64_t rows);
 double modelMmaSeconds(const ChipLimits &chip, const ExpertGemmShape &shape,

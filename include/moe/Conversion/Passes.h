@@ -89,6 +89,12 @@ struct MoECUDAPipelineOptions
                      "launches that reads the active-token count back after "
                      "each pass"),
       llvm::cl::init(true)};
+  Option<int64_t> splitChunkRows{
+      *this, "split-chunk-rows",
+      llvm::cl::desc("Rows of one expert (1 to 8) a warp of the decode form "
+                     "takes at once, reading each weight chunk once for them "
+                     "(default 4)"),
+      llvm::cl::init(4)};
   Option<bool> reportForms{
       *this, "report-forms",
       llvm::cl::desc("Say in a remark which forms each GEMM got from the cost "

@@ -106,6 +106,10 @@ def ConvertMoEToGPU : Pass<"convert-moe-to-gpu", "::mlir::ModuleOp"> {
            "for the rows past a hand-over from the mma.sync warp tiles that "
            "the cost model picks, outside resident loops; not yet validated "
            "on a GPU">,
+    Option<"splitChunkRows", "split-chunk-rows", "int64_t", /*default=*/"4",
+           "Rows of one expert (1 to 8) that a warp of the decode form takes "
+           "at once, reading each weight chunk once for them (resident loop "
+           "kernels take one)">,
     Option<"reportForms", "report-forms", "bool", /*default=*/"false",
            "Say in a remark which forms each GEMM got from the cost model">,
     Option<"residentLoops", "resident-loops", "bool", /*default=*/"true",

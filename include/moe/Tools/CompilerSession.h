@@ -43,15 +43,16 @@ public:
   lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
                ModelManifest &manifest,
                SmallVectorImpl<KernelResources> *report = {});
-  /// Runs moe-gpu-emulation-pipeline: the GPU kernels, run on the CPU one
-  /// thread at a time (for testing the GPU code generation without a GPU);
-  /// marks `manifest`'s bf16 weights as bound as bf16.
-  LogicalResult lowerForGPUEmulation(ModuleOp module, ModelManifest &manifest);
+  /// Runs moe-gpu-emulation-pipeline: the GPU kernels of `chip`'s build
+  /// (empty: sm_90a), run on the CPU one thread at a time (for testing the
+  /// GPU code generation without a GPU); marks `manifest`'s bf16 weights as
+  /// bound as bf16.
+  LogicalResult lowerForGPUEmulation(ModuleOp module, ModelManifest &manifest,
+                                     StringRef chip = {});
 
   /// Whether the command line set an option of the GPU kernels
-  /// (--tensor-cores, --bf16-activations, --resident-loops), which only the
-  /// two lowerings
-  /// above use.
+  /// (--tensor-cores, --bf16-activations, --resident-loops, --wgmma,
+  /// --split-chunk-rows), which only the two lowerings above use.
   static bool gpuKernelOptionsGiven();
 
 private:

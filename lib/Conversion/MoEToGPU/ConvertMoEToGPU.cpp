@@ -81,6 +81,13 @@ struct ConvertMoEToGPUPass
       return signalPassFailure();
     }
     kernelOptions.wgmma = wgmma;
+    if (splitChunkRows < 1 || splitChunkRows > 8) {
+      emitError(module.getLoc(),
+                "convert-moe-to-gpu: split-chunk-rows must be 1 to 8, not ")
+          << static_cast<int64_t>(splitChunkRows);
+      return signalPassFailure();
+    }
+    kernelOptions.splitChunkRows = splitChunkRows;
     kernelOptions.reportForms = reportForms;
     kernelOptions.chip = *limits;
 

@@ -355,10 +355,9 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
         Value qm = args[3], kc = args[1], vc = args[2];
         ifValidToken(k, pos, kc, qm, t, qBase, [&] {
           Value acc = headAccumulator(k);
-          auto [max, sum] =
+          Value sum = std::get<1>(
               softmaxSums(k, qm, kc, vc, t, qBase, kvBase, k.index(0),
-                          k.add(k.toIndex(pos), k.index(1)), acc);
-          (void)max;
+                          k.add(k.toIndex(pos), k.index(1)), acc));
           k.forEach(k.index(0), k.index(headDim), [&](Value c) {
             k.store(k.fdiv(k.load(acc, {c}), sum), qm, {t, k.add(qBase, c)});
           });

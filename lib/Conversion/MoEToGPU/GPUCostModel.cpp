@@ -11,6 +11,7 @@
 #include "moe/Conversion/GPUCostModel.h"
 
 #include "llvm/ADT/StringSwitch.h"
+#include "llvm/Support/MathExtras.h"
 
 #include <algorithm>
 #include <cmath>
@@ -33,8 +34,9 @@ constexpr double kMmaWarpsPerSM = 4;
 constexpr double kWarpgroupsPerSM = 2;
 /// The warpgroup form's hand-over is searched over row counts up to this.
 constexpr int64_t kWarpgroupSearchRows = 1 << 17;
-/// The split form re-reads every expert's weights once per row; past this
-/// many rows it never wins, so the search stops there.
+/// The split form re-reads every expert's weights once per chunk of
+/// kSplitChunkRows of its rows; past this many rows it never wins, so the
+/// search stops there.
 constexpr int64_t kSplitSearchRows = 256;
 
 /// Expected distinct experts `rows` uniformly routed rows touch.
@@ -51,14 +53,18 @@ double weightBytes(const ExpertGemmShape &s) {
 double flops(const ExpertGemmShape &s, double rows) {
   return 2.0 * rows * static_cast<double>(s.matrices * s.cols * s.depth);
 }
-/// A SIMT form: every row re-reads its expert's weights (from L2 after the
-/// first); it reaches `bandwidth` of the memory peaks and `arith` of the
-/// FMA peak.
+/// A SIMT form: every `chunkRows` rows of an expert re-read its weights
+/// (from L2 after the first); it reaches `bandwidth` of the memory peaks
+/// and `arith` of the FMA peak.
 double simtSeconds(const ChipLimits &chip, const ExpertGemmShape &s,
-                   int64_t rows, double bandwidth, double arith) {
+                   int64_t rows, int64_t chunkRows, double bandwidth,
+                   double arith) {
   double r = static_cast<double>(rows);
+  double touched = std::max(touchedExperts(s, rows), 1.0);
   double dram = touchedExperts(s, rows) * weightBytes(s);
-  double l2 = r * weightBytes(s);
+  double chunks =
+      chunkRows == 1 ? r : touched * std::ceil(r / touched / chunkRows);
+  double l2 = chunks * weightBytes(s);
   return std::max({dram / (chip.hbmBytesPerSecond * bandwidth),
                    l2 / (chip.hbmBytesPerSecond * kL2Factor * bandwidth),
                    flops(s, r) / (chip.simtFlops * arith)});
@@ -115,14 +121,15 @@ mlir::moe::gpu_lowering::lookupChipLimits(llvm::StringRef chip) {
 
 double mlir::moe::gpu_lowering::modelSplitSeconds(const ChipLimits &chip,
                                                   const ExpertGemmShape &s,
-                                                  int64_t rows) {
-  return simtSeconds(chip, s, rows, kSplitBandwidth, kSplitArith);
+                                                  int64_t rows,
+                                                  int64_t chunkRows) {
+  return simtSeconds(chip, s, rows, chunkRows, kSplitBandwidth, kSplitArith);
 }
 
 double mlir::moe::gpu_lowering::modelThreadSeconds(const ChipLimits &chip,
                                                    const ExpertGemmShape &s,
                                                    int64_t rows) {
-  return simtSeconds(chip, s, rows, kThreadBandwidth, kThreadArith);
+  return simtSeconds(chip, s, rows, 1, kThreadBandwidth, kThreadArith);
 }
 
 double mlir::moe::gpu_lowering::modelMmaSeconds(const ChipLimits &chip,
@@ -144,8 +151,8 @@ double mlir::moe::gpu_lowering::modelWarpgroupSeconds(const ChipLimits &chip,
 
 ExpertGemmForms mlir::moe::gpu_lowering::chooseExpertGemmForms(
     const ChipLimits &chip, bool tensorCores, const ExpertGemmShape &s,
-    bool warpgroups) {
-  ExpertGemmForms forms{kSplitSearchRows, 0};
+    bool warpgroups, int64_t splitChunkRows) {
+  ExpertGemmForms forms{kSplitSearchRows, splitChunkRows, 0};
   bool mmaShape = s.bf16Weights && s.depth % kMmaDepth == 0 &&
                   s.cols % kMmaCols == 0 && tensorCores && chip.tensorFlops > 0;
   if (mmaShape) {
@@ -172,17 +179,20 @@ ExpertGemmForms mlir::moe::gpu_lowering::chooseExpertGemmForms(
     double other = forms.mmaSubtiles
                        ? modelMmaSeconds(chip, s, rows, forms.mmaSubtiles)
                        : modelThreadSeconds(chip, s, rows);
-    if (other < modelSplitSeconds(chip, s, rows)) {
+    if (other < modelSplitSeconds(chip, s, rows, splitChunkRows)) {
       forms.splitMaxRows = std::max<int64_t>(rows - 1, 1);
       break;
     }
   }
-  // The warpgroup form takes over from mma.sync at the first row count (a
-  // power of two past the split form's) where it is faster.
+  // The warpgroup form takes over from mma.sync at the first row count past
+  // the split form's where it is faster, searched in whole tiles and then
+  // in steps of an eighth.
   if (warpgroups && forms.mmaSubtiles && s.cols % kWgmmaCols == 0 &&
       s.depth % kWgmmaSlice == 0) {
-    for (int64_t rows = forms.splitMaxRows + 1; rows <= kWarpgroupSearchRows;
-         rows *= 2) {
+    for (int64_t rows = llvm::alignTo(forms.splitMaxRows + 1, kWgmmaRows);
+         rows <= kWarpgroupSearchRows;
+         rows +=
+         std::max<int64_t>(kWgmmaRows, llvm::alignTo(rows / 8, kWgmmaRows))) {
       if (modelWarpgroupSeconds(chip, s, rows) <
           modelMmaSeconds(chip, s, rows, forms.mmaSubtiles)) {
         forms.warpgroupMinRows = rows;

@@ -3,6 +3,8 @@
 #include "WarpMma.h"
 #include "WarpgroupMma.h"
 
+#include "moe/Conversion/KernelProgram.h"
+
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/IR/Matchers.h"
 
@@ -95,6 +97,15 @@ SmallVector<Value>
 KernelBody::laneDotShares(Value lane, int64_t depth, Value a, ValueRange aRow,
                           ArrayRef<Value> weights,
                           ArrayRef<SmallVector<Value>> wRows) {
+  SmallVector<SmallVector<Value>, 1> rows = {
+      SmallVector<Value>(aRow.begin(), aRow.end())};
+  return laneDotShares(lane, depth, a, ArrayRef(rows), weights, wRows);
+}
+
+SmallVector<Value> KernelBody::laneDotShares(
+    Value lane, int64_t depth, Value a, ArrayRef<SmallVector<Value>> aRows,
+    ArrayRef<Value> weights, ArrayRef<SmallVector<Value>> wRows) {
+  int64_t nw = weights.size();
   Type wElement = cast<MemRefType>(weights[0].getType()).getElementType();
   int64_t elementBytes = wElement.getIntOrFloatBitWidth() / 8;
   int64_t width = 16 / elementBytes;
@@ -103,18 +114,22 @@ KernelBody::laneDotShares(Value lane, int64_t depth, Value a, ValueRange aRow,
     all.push_back(i);
     return all;
   };
-  SmallVector<Value> zeros(weights.size(), f32(0.0));
+  SmallVector<Value> zeros(aRows.size() * nw, f32(0.0));
   if (depth % width != 0 || llvm::any_of(weights, [&](Value w) {
         return cast<MemRefType>(w.getType()).getElementType() != wElement;
       }))
     return reduceAll(
         lane, index(depth), zeros,
         [&](Value i, ValueRange acc) -> SmallVector<Value> {
-          Value x = load(a, indices(aRow, i));
-          SmallVector<Value> next;
+          SmallVector<Value> ws;
           for (auto [j, w] : llvm::enumerate(weights))
-            next.push_back(
-                fadd(acc[j], fmul(x, load(w, indices(wRows[j], i)))));
+            ws.push_back(load(w, indices(wRows[j], i)));
+          SmallVector<Value> next;
+          for (const SmallVector<Value> &aRow : aRows) {
+            Value x = load(a, indices(aRow, i));
+            for (auto [j, w] : llvm::enumerate(ws))
+              next.push_back(fadd(acc[next.size()], fmul(x, w)));
+          }
           return next;
         },
         kLanes);
@@ -129,20 +144,35 @@ KernelBody::laneDotShares(Value lane, int64_t depth, Value a, ValueRange aRow,
   return reduceAll(
       mul(lane, index(width)), index(depth), zeros,
       [&](Value i, ValueRange acc) -> SmallVector<Value> {
-        Value x = chunk(a, indices(aRow, i));
         SmallVector<Value> ws;
         for (auto [j, w] : llvm::enumerate(weights))
           ws.push_back(chunk(w, indices(wRows[j], i)));
         SmallVector<Value> next(acc);
-        for (int64_t e = 0; e < width; ++e) {
-          Value xe = vector::ExtractOp::create(b, x, ArrayRef<int64_t>{e});
-          for (auto [j, w] : llvm::enumerate(ws))
-            next[j] = fadd(next[j], fmul(xe, vector::ExtractOp::create(
-                                                 b, w, ArrayRef<int64_t>{e})));
+        for (auto [row, aRow] : llvm::enumerate(aRows)) {
+          Value x = chunk(a, indices(aRow, i));
+          for (int64_t e = 0; e < width; ++e) {
+            Value xe = vector::ExtractOp::create(b, x, ArrayRef<int64_t>{e});
+            for (auto [j, w] : llvm::enumerate(ws))
+              next[row * nw + j] = fadd(
+                  next[row * nw + j],
+                  fmul(xe,
+                       vector::ExtractOp::create(b, w, ArrayRef<int64_t>{e})));
+          }
         }
         return next;
       },
       warpChunk);
+}
+
+bool GPUProgram::inResidentPassLoop() {
+  if (!options.residentLoops)
+    return false;
+  // The insertion point's block may be the pass loop's own body.
+  for (Operation *op = hostBuilder.getInsertionBlock()->getParentOp(); op;
+       op = op->getParentOp())
+    if (isa<scf::ForOp>(op) && op->hasAttr(kPassLoopAttr))
+      return true;
+  return false;
 }
 
 Value GPUProgram::stream() {
@@ -408,9 +438,10 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
   bool bf16 = cast<MemRefType>(w.getType()).getElementType().isBF16();
   // One "expert" whose segment is all rows.
   ExpertGemmShape shape{1, 1, cols, depth, 1, bf16};
+  int64_t chunkRows = p.splitChunkRows();
   ExpertGemmForms forms =
       chooseExpertGemmForms(options.chip, options.tensorCores && tensorCores,
-                            shape, mayUseWarpgroups(p, {w}));
+                            shape, mayUseWarpgroups(p, {w}), chunkRows);
   reportGemmForms(options, p.getLoc(), base, shape, forms,
                   tensorCores || !bf16 || !options.tensorCores
                       ? ""
@@ -433,21 +464,37 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
                 {r, c});
       });
   p.launch(full, p.hostMul(fullRows, p.hostIndex(cols)), {a, w, out});
+  // A warp per (chunk of `chunkRows` rows, column): each weight chunk
+  // is loaded once for the chunk's rows; rows past the last read the
+  // chunk's first and are not stored.
   auto split = p.kernel(
       (base + "_split").str(), "", {a, w, out},
       [&](KernelBody &k, Value gid, ValueRange args) {
         Value lane = k.rem(gid, k.index(kLanes));
-        Value rc = k.div(gid, k.index(kLanes));
-        Value r = k.div(rc, k.index(cols)), c = k.rem(rc, k.index(cols));
-        Value sum = k.warpSum(lane, [&](Value l) {
-          return k.laneDotShares(l, depth, args[0], {r}, {args[1]}, {{c}});
-        })[0];
-        k.ifThen(k.cmp(arith::CmpIPredicate::eq, lane, k.index(0)), [&] {
-          k.store(sum, args[2], {r, c});
+        Value task = k.div(gid, k.index(kLanes));
+        Value first = k.mul(k.div(task, k.index(cols)), k.index(chunkRows));
+        Value c = k.rem(task, k.index(cols));
+        Value rowCount = k.dim(args[0], 0);
+        SmallVector<Value> rowOf, used;
+        SmallVector<SmallVector<Value>> aRows;
+        for (int64_t j = 0; j < chunkRows; ++j) {
+          Value rj = k.add(first, k.index(j));
+          used.push_back(k.cmp(arith::CmpIPredicate::ult, rj, rowCount));
+          rowOf.push_back(arith::SelectOp::create(k.b, used.back(), rj, first));
+          aRows.push_back({rowOf.back()});
+        }
+        SmallVector<Value> sums = k.warpSum(lane, [&](Value l) {
+          return k.laneDotShares(l, depth, args[0], aRows, {args[1]}, {{c}});
         });
+        Value lead = k.cmp(arith::CmpIPredicate::eq, lane, k.index(0));
+        for (size_t j = 0; j < rowOf.size(); ++j)
+          k.ifThen(arith::AndIOp::create(k.b, lead, used[j]), [&] {
+            k.store(sums[j], args[2], {rowOf[j], c});
+          });
       });
-  p.launch(split, p.hostMul(splitRows, p.hostIndex(cols * kLanes)),
-           {a, w, out});
+  Value chunks = arith::CeilDivUIOp::create(p.host(), p.getLoc(), splitRows,
+                                            p.hostIndex(chunkRows));
+  p.launch(split, p.hostMul(chunks, p.hostIndex(cols * kLanes)), {a, w, out});
   int64_t subtiles = forms.mmaSubtiles;
   if (!subtiles)
     return;

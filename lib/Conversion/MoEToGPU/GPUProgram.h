@@ -44,6 +44,8 @@ struct GPUKernelOptions {
   bool wgmma;
   /// Whether pass loops become resident kernels (makeLoopResident).
   bool residentLoops;
+  /// Rows of one expert a warp of the split (decode) form takes at once.
+  int64_t splitChunkRows = kSplitChunkRows;
   /// The chip the cost model assumes.
   ChipLimits chip;
   /// Whether to say in remarks which forms each GEMM got.
@@ -223,6 +225,13 @@ public:
   SmallVector<Value> laneDotShares(Value lane, int64_t depth, Value a,
                                    ValueRange aRow, ArrayRef<Value> weights,
                                    ArrayRef<SmallVector<Value>> wRows);
+  /// The same for several activation rows `aRows` at once: each weight
+  /// chunk is loaded once for all of them. Shares are row-major ([row][j]),
+  /// each row's the same values as laneDotShares gives for it alone.
+  SmallVector<Value> laneDotShares(Value lane, int64_t depth, Value a,
+                                   ArrayRef<SmallVector<Value>> aRows,
+                                   ArrayRef<Value> weights,
+                                   ArrayRef<SmallVector<Value>> wRows);
 
   /// Every lane's `shares(lane)` summed over the 32 lanes of its warp, in
   /// the order of an xor butterfly (offsets 16, 8, 4, 2, 1): each lane gets
@@ -264,6 +273,16 @@ public:
         hostBuilder(module.getContext()) {}
 
   const GPUKernelOptions &getOptions() const { return options; }
+  /// Whether the launches being emitted are in a pass loop that becomes one
+  /// resident kernel (options.residentLoops): its phases are grid-stride
+  /// loops of one kernel, whose registers (at most 128 per thread) they
+  /// share.
+  bool inResidentPassLoop();
+  /// Rows of one expert the split (decode) form takes at once here: one in
+  /// a resident loop kernel, whose register budget does not hold more.
+  int64_t splitChunkRows() {
+    return inResidentPassLoop() ? 1 : options.splitChunkRows;
+  }
   gpu::GPUModuleOp getKernelModule() { return kernelModule; }
   /// `base` with a number no other kernel of the module has.
   std::string newKernelName(StringRef base) {
@@ -333,9 +352,10 @@ private:
 };
 
 /// out[r, c] = a[r, :] . w[c, :] over `depth` elements, for every row of `a`
-/// and the `cols` rows of `w`: for few rows (decode) a warp per output
-/// (KernelBody::laneDotShares: 16-byte chunks of weights per lane) whose
-/// partial sums KernelBody::warpSum adds; for more, warp
+/// and the `cols` rows of `w`: for few rows (decode) a warp per column and
+/// kSplitChunkRows rows (KernelBody::laneDotShares: 16-byte chunks of
+/// weights per lane, each loaded once for the rows) whose partial sums
+/// KernelBody::warpSum adds; for more, warp
 /// tiles on the tensor cores (bf16 weights, `tensorCores`, shapes that
 /// divide into tiles: WarpMma.h), else a thread per output. The cost model
 /// picks the hand-over; the forms are launched side by side, the ones that

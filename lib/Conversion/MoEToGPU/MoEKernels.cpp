@@ -391,10 +391,13 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   // Each GEMM has three forms (four with wgmma), launched side by side with the
   // rows each gets (GPUCostModel.h picks where they hand over). Few rows
   // (decode) leave a thread per output too little parallelism and read each
-  // weight row with one thread: there, a warp splits every dot product (lanes
-  // take 16-byte chunks of weights, neighbouring lanes neighbouring chunks:
-  // KernelBody::laneDotShares) and adds the partial sums with shuffles in a
-  // fixed order (deterministic).
+  // weight row with one thread: there, a warp splits the dot products of up
+  // to kSplitChunkRows rows of one expert with one weight row (one in a
+  // resident loop kernel, GPUProgram::splitChunkRows; lanes take
+  // 16-byte chunks of weights, neighbouring lanes neighbouring chunks, each
+  // loaded once for all the rows: KernelBody::laneDotShares) and adds the
+  // partial sums with shuffles in a fixed order (deterministic, and the same
+  // per row whatever its chunk).
   // More rows go to warp tiles on the tensor cores (bf16 weights), else to a
   // thread per output.
   // With `wgmma` (sm_90a), the most rows go to Hopper warpgroup tiles
@@ -403,11 +406,13 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   // of independent threads, with no room for block-wide barriers.
   ExpertGemmShape upShape{e, topK, f, d, 2, isBF16(wg) && isBF16(wu)};
   ExpertGemmShape downShape{e, topK, d, f, 1, isBF16(wd)};
+  int64_t chunkRows = p.splitChunkRows();
   ExpertGemmForms upForms =
       chooseExpertGemmForms(options.chip, options.tensorCores, upShape,
-                            mayUseWarpgroups(p, {wg, wu}));
-  ExpertGemmForms downForms = chooseExpertGemmForms(
-      options.chip, options.tensorCores, downShape, mayUseWarpgroups(p, {wd}));
+                            mayUseWarpgroups(p, {wg, wu}), chunkRows);
+  ExpertGemmForms downForms =
+      chooseExpertGemmForms(options.chip, options.tensorCores, downShape,
+                            mayUseWarpgroups(p, {wd}), chunkRows);
   bool upWarpgroups = upForms.warpgroupMinRows > 0;
   bool downWarpgroups = downForms.warpgroupMinRows > 0;
   reportGemmForms(options, call->getLoc(), "experts gate/up", upShape, upForms);
@@ -446,6 +451,40 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
           return {k.fadd(acc[0], k.fmul(xv, k.load(args[3], {ex, c, i}))),
                   k.fadd(acc[1], k.fmul(xv, k.load(args[4], {ex, c, i})))};
         });
+  };
+  // The split forms' chunks: `chunkRows` consecutive rows of an
+  // expert's segment from its start on. A warp per (row, column) is
+  // launched; those of a chunk's first row r do its work and the others
+  // return at once. `body` gets the expert, and per row of the chunk its
+  // plan row, its token and whether it is used (inside the segment, not
+  // padding); an unused row reads the first row's and token 0's data.
+  auto forChunk = [&](KernelBody &k, Value offs, Value tokens, Value r,
+                      function_ref<void(Value, ArrayRef<Value>, ArrayRef<Value>,
+                                        ArrayRef<Value>)>
+                          body) {
+    Value ex = expertOf(k, offs, r);
+    Value start = k.toIndex(k.load(offs, {ex}));
+    Value end = k.toIndex(k.load(offs, {k.add(ex, k.index(1))}));
+    Value first =
+        k.cmp(arith::CmpIPredicate::eq,
+              k.rem(arith::SubIOp::create(k.b, r, start), k.index(chunkRows)),
+              k.index(0));
+    k.ifThen(first, [&] {
+      SmallVector<Value> rowOf, tokenOf, used;
+      for (int64_t j = 0; j < chunkRows; ++j) {
+        Value rj = k.add(r, k.index(j));
+        Value inSegment = k.cmp(arith::CmpIPredicate::ult, rj, end);
+        Value row = arith::SelectOp::create(k.b, inSegment, rj, r);
+        Value tok = k.load(tokens, {row});
+        Value use = arith::AndIOp::create(
+            k.b, inSegment, k.cmp(arith::CmpIPredicate::sge, tok, k.i32(0)));
+        rowOf.push_back(row);
+        tokenOf.push_back(
+            k.toIndex(arith::SelectOp::create(k.b, use, tok, k.i32(0))));
+        used.push_back(use);
+      }
+      body(ex, rowOf, tokenOf, used);
+    });
   };
   auto ifRowUsed = [&](KernelBody &k, Value tokens, Value r,
                        function_ref<void(Value)> body) {
@@ -671,17 +710,25 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
         Value lane = k.rem(gid, k.index(kLanes));
         Value rc = k.div(gid, k.index(kLanes));
         Value r = k.div(rc, k.index(f)), c = k.rem(rc, k.index(f));
-        // The row's token is the same for the warp's lanes.
-        ifRowUsed(k, args[1], r, [&](Value t) {
-          Value ex = expertOf(k, args[2], r);
-          SmallVector<Value> gu = k.warpSum(lane, [&](Value l) {
-            return k.laneDotShares(l, d, args[0], {t}, {args[3], args[4]},
-                                   {{ex, c}, {ex, c}});
-          });
-          k.ifThen(k.cmp(arith::CmpIPredicate::eq, lane, k.index(0)), [&] {
-            k.store(activate(k, gu[0], gu[1]), args[5], {r, c});
-          });
-        });
+        // The chunk is the same for the warp's lanes.
+        forChunk(
+            k, args[2], args[1], r,
+            [&](Value ex, ArrayRef<Value> rowOf, ArrayRef<Value> tokenOf,
+                ArrayRef<Value> used) {
+              SmallVector<SmallVector<Value>> xRows;
+              for (Value t : tokenOf)
+                xRows.push_back({t});
+              SmallVector<Value> gu = k.warpSum(lane, [&](Value l) {
+                return k.laneDotShares(l, d, args[0], xRows, {args[3], args[4]},
+                                       {{ex, c}, {ex, c}});
+              });
+              Value lead = k.cmp(arith::CmpIPredicate::eq, lane, k.index(0));
+              for (size_t j = 0; j < rowOf.size(); ++j)
+                k.ifThen(arith::AndIOp::create(k.b, lead, used[j]), [&] {
+                  k.store(activate(k, gu[2 * j], gu[2 * j + 1]), args[5],
+                          {rowOf[j], c});
+                });
+            });
       });
   p.launch(upSplit, p.hostMul(upRows.split, p.hostIndex(f * kLanes)),
            upSplitArgs);
@@ -734,15 +781,23 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
         Value lane = k.rem(gid, k.index(kLanes));
         Value rc = k.div(gid, k.index(kLanes));
         Value r = k.div(rc, k.index(d)), c = k.rem(rc, k.index(d));
-        ifRowUsed(k, args[1], r, [&](Value) {
-          Value ex = expertOf(k, args[2], r);
-          Value sum = k.warpSum(lane, [&](Value l) {
-            return k.laneDotShares(l, f, args[0], {r}, {args[3]}, {{ex, c}});
-          })[0];
-          k.ifThen(k.cmp(arith::CmpIPredicate::eq, lane, k.index(0)), [&] {
-            k.store(sum, args[4], {r, c});
-          });
-        });
+        forChunk(k, args[2], args[1], r,
+                 [&](Value ex, ArrayRef<Value> rowOf, ArrayRef<Value>,
+                     ArrayRef<Value> used) {
+                   SmallVector<SmallVector<Value>> hRows;
+                   for (Value row : rowOf)
+                     hRows.push_back({row});
+                   SmallVector<Value> sums = k.warpSum(lane, [&](Value l) {
+                     return k.laneDotShares(l, f, args[0], hRows, {args[3]},
+                                            {{ex, c}});
+                   });
+                   Value lead =
+                       k.cmp(arith::CmpIPredicate::eq, lane, k.index(0));
+                   for (size_t j = 0; j < rowOf.size(); ++j)
+                     k.ifThen(arith::AndIOp::create(k.b, lead, used[j]), [&] {
+                       k.store(sums[j], args[4], {rowOf[j], c});
+                     });
+                 });
       });
   p.launch(downSplit, p.hostMul(downRows.split, p.hostIndex(d * kLanes)),
            downSplitArgs);

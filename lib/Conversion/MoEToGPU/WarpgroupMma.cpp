@@ -307,14 +307,7 @@ bool mlir::moe::gpu_lowering::mayUseWarpgroups(GPUProgram &p,
         return cast<MemRefType>(w.getType()).getLayout().isIdentity();
       }))
     return false;
-  if (!options.residentLoops)
-    return true;
-  // The insertion point's block may be the pass loop's own body.
-  for (Operation *op = p.host().getInsertionBlock()->getParentOp(); op;
-       op = op->getParentOp())
-    if (isa<scf::ForOp>(op) && op->hasAttr(kPassLoopAttr))
-      return false;
-  return true;
+  return !p.inResidentPassLoop();
 }
 
 WarpgroupTask mlir::moe::gpu_lowering::warpgroupTask(KernelBody &k, Value gid,

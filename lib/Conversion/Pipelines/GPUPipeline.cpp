@@ -56,6 +56,7 @@ void mlir::moe::buildMoECUDAKernelPipeline(
   kernels.residentLoops = options.residentLoops;
   kernels.wgmma = options.wgmma;
   kernels.reportForms = options.reportForms;
+  kernels.splitChunkRows = options.splitChunkRows;
   kernels.chip = options.getChips().front();
   for (const std::string &chip : options.getChips()) {
     std::optional<gpu_lowering::ChipLimits> limits =
@@ -111,6 +112,7 @@ void mlir::moe::buildMoEGPUEmulationPipeline(
   kernels.residentLoops = options.residentLoops;
   kernels.wgmma = options.wgmma;
   kernels.reportForms = options.reportForms;
+  kernels.splitChunkRows = options.splitChunkRows;
   kernels.emulateWarpOps = true;
   kernels.chip = options.getChips().front();
   pm.addPass(createConvertMoEToGPU(kernels));

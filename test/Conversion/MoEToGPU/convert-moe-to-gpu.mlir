@@ -4,11 +4,17 @@
 // RUN: moe-opt %s -split-input-file -convert-moe-to-gpu="resident-loops=false emulate-warp-ops" -verify-diagnostics | FileCheck %s --check-prefix=EMU
 // RUN: moe-opt %s -split-input-file -convert-moe-to-gpu="resident-loops=false tensor-cores=false" -verify-diagnostics | FileCheck %s --check-prefix=NONE
 // RUN: moe-opt %s -split-input-file -convert-moe-to-gpu="resident-loops=false bf16-activations" -verify-diagnostics | FileCheck %s --check-prefix=BF16ACT
+// RUN: moe-opt %s -split-input-file -convert-moe-to-gpu="resident-loops=false split-chunk-rows=1" -verify-diagnostics | FileCheck %s --check-prefix=CHUNK1
 // RUN: not moe-opt %s -split-input-file -convert-moe-to-gpu=chip=gfx90a 2>&1 | FileCheck %s --check-prefix=BADCHIP
 // RUN: moe-opt %S/Inputs/bf16-prefill.mlir -convert-moe-to-gpu=report-forms -o /dev/null 2>&1 | FileCheck %s --check-prefix=FORMS
 // FORMS: remark: route_logits (4 x 32 f32 weights): a warp per output up to 256 rows, then a thread per output (cost model for H100 SXM)
-// FORMS: remark: experts gate/up (4 experts, 64 x 32 bf16 weights): a warp per output up to 125 rows, then warp tiles of 16 x 32 on the tensor cores (cost model for H100 SXM)
-// FORMS: remark: experts down (4 experts, 32 x 64 bf16 weights): a warp per output up to 250 rows, then warp tiles of 16 x 32 on the tensor cores (cost model for H100 SXM)
+// FORMS: remark: experts gate/up (4 experts, 64 x 32 bf16 weights): a warp per output up to 256 rows, then warp tiles of 16 x 32 on the tensor cores (cost model for H100 SXM)
+// FORMS: remark: experts down (4 experts, 32 x 64 bf16 weights): a warp per output up to 256 rows, then warp tiles of 16 x 32 on the tensor cores (cost model for H100 SXM)
+// Each chip's cost model picks for it:
+// RUN: moe-opt %S/Inputs/wgmma-prefill.mlir -convert-moe-to-gpu=report-forms -o /dev/null 2>&1 | FileCheck %s --check-prefix=FORMS-SM90A
+// RUN: moe-opt %S/Inputs/wgmma-prefill.mlir -convert-moe-to-gpu="report-forms chip=sm_80" -o /dev/null 2>&1 | FileCheck %s --check-prefix=FORMS-SM80
+// FORMS-SM90A: remark: experts gate/up (4 experts, 128 x 64 bf16 weights): a warp per output up to 178 rows, then warp tiles of 16 x 32 on the tensor cores (cost model for H100 SXM)
+// FORMS-SM80: remark: experts gate/up (4 experts, 128 x 64 bf16 weights): a warp per output up to 135 rows, then warp tiles of 16 x 32 on the tensor cores (cost model for A100 SXM)
 // The kernels and the host program, with pass loops as host loops of
 // launches; resident-loop.mlir checks the resident kernel made of them.
 // BADCHIP: error: convert-moe-to-gpu: chip 'gfx90a' is not an NVIDIA architecture (sm_<number>, e.g. sm_90a)
@@ -123,19 +129,34 @@ moe.weight @down : tensor<4x8x16xf32>
 // CHECK: arith.cmpi sge
 // CHECK: scf.if
 // CHECK: math.exp
-// Lane l of a split dot product takes 16-byte chunks of weights (4 f32)
-// l, l + 32, ..., each one aligned vector load per weight, the activations'
-// chunk loaded once for gate and up (aligned too: rows of 32 bytes from the
-// buffer's start); the warp adds the partial sums with an
-// xor butterfly, and lane 0 stores.
+// A warp of the split form takes a chunk of up to 4 rows of one expert's
+// segment and one column: only the warps of a chunk's first row (a multiple
+// of 4 rows past its segment's start) work. Lane l takes 16-byte chunks of
+// weights (4 f32) l, l + 32, ..., each one aligned vector load per weight
+// for all the chunk's rows, then each row's activation chunk (aligned too:
+// rows of 32 bytes from the buffer's start), 8 sums (gate and up per row);
+// the warp adds the partial sums with an xor butterfly, and lane 0 stores
+// each row that is in the segment.
 // CHECK-LABEL: gpu.func @experts_gate_up_split_{{[0-9]+}}(
 // CHECK: %[[LANE:.*]] = arith.remui %{{.*}}, %c32
+// CHECK: %[[PAST:.*]] = arith.subi
+// CHECK: %[[INCHUNK:.*]] = arith.remui %[[PAST]], %c4
+// CHECK: %[[LEADS:.*]] = arith.cmpi eq, %[[INCHUNK]], %c0
+// CHECK: scf.if %[[LEADS]] {
 // CHECK: %[[FIRST:.*]] = arith.muli %[[LANE]], %c4
-// CHECK: scf.for %[[I:.*]] = %[[FIRST]] to %c8 step %c128
-// CHECK: vector.load %{{.*}}[%{{.*}}, %[[I]]] {alignment = 16 : i64} : memref<?x8xf32, strided<[8, 1]>>, vector<4xf32>
+// CHECK: scf.for %[[I:.*]] = %[[FIRST]] to %c8 step %c128 iter_args({{.*}}) -> (f32, f32, f32, f32, f32, f32, f32, f32)
 // CHECK: vector.load %{{.*}}[%{{.*}}, %{{.*}}, %[[I]]] {alignment = 16 : i64} : memref<4x16x8xf32>, vector<4xf32>
 // CHECK: vector.load %{{.*}}[%{{.*}}, %{{.*}}, %[[I]]] {alignment = 16 : i64} : memref<4x16x8xf32>, vector<4xf32>
+// CHECK-COUNT-4: vector.load %{{.*}}[%{{.*}}, %[[I]]] {alignment = 16 : i64} : memref<?x8xf32, strided<[8, 1]>>, vector<4xf32>
+// CHECK-NOT: vector.load
 // CHECK: gpu.shuffle  xor %{{.*}}, %c16_i32{{.*}}, %c32_i32{{.*}} : f32
+// A warp per row with split-chunk-rows=1: two sums, one activation chunk.
+// CHUNK1-LABEL: gpu.func @experts_gate_up_split_{{[0-9]+}}(
+// CHUNK1: arith.remui %{{.*}}, %c1{{.*}} : index
+// CHUNK1: scf.for {{.*}} -> (f32, f32) {
+// CHUNK1-COUNT-3: vector.load
+// CHUNK1-NOT: vector.load
+// CHUNK1: gpu.shuffle
 // CHECK: gpu.shuffle  xor %{{.*}}, %c8_i32{{.*}}, %c32_i32{{.*}} : f32
 // CHECK: gpu.shuffle  xor %{{.*}}, %c4_i32{{.*}}, %c32_i32{{.*}} : f32
 // CHECK: gpu.shuffle  xor %{{.*}}, %c2_i32{{.*}}, %c32_i32{{.*}} : f32
@@ -316,13 +337,14 @@ moe.weight @up : tensor<4x64x32xbf16>
 moe.weight @down : tensor<4x32x64xbf16>
 
 // bf16 weights whose shapes divide into m16n8k16 tiles: beyond the rows the
-// cost model gives the warp-per-output form (sm_90a: 125 for gate/up, 250
-// for down; sm_80: 197 and 256), the expert GEMMs run as warp tiles on the tensor cores,
-// a warp per (row tile, 32 columns), over ceil(rows / 16) + E row tiles.
+// cost model gives the warp-per-output form (for weights this small, all
+// it searches, 256, on both chips), the expert GEMMs run as warp tiles on the
+// tensor cores, a warp per (row tile, 32 columns), over ceil(rows / 16) + E
+// row tiles.
 // CHECK-LABEL: func.func @tensor_cores(
 // CHECK: gpu.alloc async [%{{.*}}] (%[[ROWS:.*]]) : memref<?x64xf32>
-// CHECK: arith.cmpi ule, %[[ROWS]], %c125 : index
-// CHECK: arith.cmpi ule, %[[ROWS]], %c250 : index
+// CHECK: arith.cmpi ule, %[[ROWS]], %c256{{.*}} : index
+// CHECK: arith.cmpi ule, %[[ROWS]], %c256{{.*}} : index
 // One thread counts each expert's row tiles, where a warp finds its tile.
 // CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_row_tiles_{{[0-9]+}}
 // CHECK: arith.ceildivui %{{.*}}, %c16{{.*}} : index
@@ -367,8 +389,9 @@ moe.weight @down : tensor<4x32x64xbf16>
 // BF16ACT-NOT: nvvm.mma.sync
 // BF16ACT: gpu.return
 // SM80-LABEL: func.func @tensor_cores(
-// SM80: arith.cmpi ule, %{{.*}}, %c197 : index
 // SM80: arith.cmpi ule, %{{.*}}, %c256{{.*}} : index
+// SM80: arith.cmpi ule, %{{.*}}, %c256{{.*}} : index
+// SM80: @moe_kernels::@experts_gate_up_mma_{{[0-9]+}}
 // Emulated, the kernels keep their tiles and lose mma.sync.
 // EMU-LABEL: gpu.func @experts_gate_up_mma_
 // EMU-NOT: nvvm.mma.sync

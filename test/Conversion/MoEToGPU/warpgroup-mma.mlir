@@ -9,16 +9,16 @@
 // RUN: moe-opt %S/Inputs/wgmma-loop.mlir -convert-moe-to-gpu="wgmma resident-loops=false" | FileCheck %s --check-prefix=HOSTLOOP
 
 // The rows past the split form's go to the mma.sync tiles up to the cost
-// model's hand-over (2016 rows for gate/up here), the rest to the warpgroup
+// model's hand-over (1280 rows for gate/up here), the rest to the warpgroup
 // tiles: both forms are launched, one of them with no rows. When the
 // warpgroup tiles get rows, the host asks for a tensor map per weight (dims
 // innermost first: depth, columns, experts; boxes of 64 x 64; else null), and
 // launches a block of one warpgroup (128 threads) per tile, the maps last
 // among the arguments.
 // CHECK-LABEL: func.func @prefill(
-// CHECK: %[[SPLIT:.*]] = arith.cmpi ule, %[[ROWS:.*]], %c62 : index
+// CHECK: %[[SPLIT:.*]] = arith.cmpi ule, %[[ROWS:.*]], %c178 : index
 // CHECK: %[[OTHER:.*]] = arith.select %[[SPLIT]], %c0, %[[ROWS]] : index
-// CHECK-NEXT: %[[MMA:.*]] = arith.cmpi ule, %[[OTHER]], %c2015 : index
+// CHECK-NEXT: %[[MMA:.*]] = arith.cmpi ule, %[[OTHER]], %c1279 : index
 // CHECK-NEXT: %[[MMAROWS:.*]] = arith.select %[[MMA]], %[[OTHER]], %c0 : index
 // CHECK-NEXT: %[[WGROWS:.*]] = arith.select %[[MMA]], %c0, %[[OTHER]] : index
 // CHECK: %[[ANY:.*]] = arith.cmpi ugt, %[[WGROWS]], %c0 : index
