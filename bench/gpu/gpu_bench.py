@@ -61,6 +61,11 @@ LOOPED_TOKENS = [1, 4, 16, 64]
 # Ours (resident kernel, host loop, unrolled) and the peer.
 LOOPED_VARIANTS = ("resident", "host_loop", "unrolled", "eager")
 PEERS = ("eager", "grouped_mm", "triton")
+# Our variants timed per row: as compiled, with --wgmma, with a warp per row.
+OURS = ("ours", "ours_wgmma", "ours_1row")
+# Decode batches (more than one row per expert, few rows) also time a warp
+# per row against ours' chunks of rows.
+DECODE_BATCH_MAX_T = 64
 TOLERANCE = 2e-2          # atol = rtol, bf16 (vLLM's fused_moe test)
 # The looped model chains L*K = 6 MoE layers on bf16 activations.
 LOOPED_TOLERANCE = 5e-2
@@ -546,8 +551,10 @@ def one_row(args, row, s, model, config, weights, work, T, fns, reasons, clock, 
         if device == "cuda" and not args.dry_run:
             row["ours_copies_est_ms"] = host_copy_ms(T, d, k)
 
-    # Ours, and with the Hopper warpgroup tiles (--wgmma) side by side; in a
-    # dry run on the CPU (--wgmma through the emulated kernels).
+    # Ours, and with the Hopper warpgroup tiles (--wgmma) side by side; for
+    # decode batches also with a warp per row (--split-chunk-rows=1: each
+    # row reads its expert's weights) against ours' chunks of 4 rows. In a
+    # dry run on the CPU those variants go through the emulated kernels.
     def run_ours(extra):
         limit = min(args.run_timeout, max(clock.left() - args.looped_reserve, 30))
         r = moe_run(config, weights, inputs, outputs, "cpu" if args.dry_run else "cuda",
@@ -560,9 +567,11 @@ def one_row(args, row, s, model, config, weights, work, T, fns, reasons, clock, 
         row["ours"] = {"error": "dry run: too large for moe-run on the CPU"}
     else:
         variants = [("ours", [])]
+        emulated = ["--gpu-emulation"] if args.dry_run else []
         if env.get("wgmma"):
-            variants.append(("ours_wgmma",
-                             ["--wgmma"] + (["--gpu-emulation"] if args.dry_run else [])))
+            variants.append(("ours_wgmma", ["--wgmma"] + emulated))
+        if 1 < T <= DECODE_BATCH_MAX_T:
+            variants.append(("ours_1row", ["--split-chunk-rows=1"] + emulated))
         for impl, extra in variants:
             r = row[impl] = run_ours(extra)
             if "error" in r:
@@ -583,7 +592,7 @@ def derive(row, s, env):
     t_roof, bound = roofline(T, s, env["bandwidth_gbs"], env["peak_tflops"])
     row["roofline_ms"], row["bound"] = t_roof, bound
     row["layer_bytes"] = layer_bytes(T, s)
-    for impl in ("ours", "ours_wgmma") + PEERS:
+    for impl in OURS + PEERS:
         r = row.get(impl)
         if r and r.get("median_ms"):
             r["tflops"] = row["flops"] / (r["median_ms"] * 1e-3) / 1e12
@@ -592,6 +601,9 @@ def derive(row, s, env):
     wgmma = row.get("ours_wgmma", {}).get("median_ms")
     # > 1: the warpgroup tiles are faster than mma.sync.
     row["mma_over_wgmma"] = ours / wgmma if ours and wgmma else None
+    one_row = row.get("ours_1row", {}).get("median_ms")
+    # > 1: chunks of 4 rows per warp are faster than a warp per row.
+    row["one_row_over_ours"] = one_row / ours if ours and one_row else None
     row["speedup"] = {p: (row[p]["median_ms"] / ours
                           if ours and row.get(p, {}).get("median_ms") else None)
                       for p in PEERS}
@@ -761,9 +773,22 @@ def markdown(result):
              if "error" not in row["ours_wgmma"] else "err")
             if "ours_wgmma" in row else "n/a",
             fmt(row.get("mma_over_wgmma"), ".2f"),
-            check_cell(row, ("ours", "ours_wgmma") + PEERS)]) + " |")
+            check_cell(row, OURS + PEERS)]) + " |")
+    decode = [row for row in result["layer"] if "ours_1row" in row]
+    if decode:
+        lines += ["", "Decode batches: ours (a warp per output column and 4 rows of "
+                  "an expert, its weights read once for them) vs a warp per row "
+                  "(--split-chunk-rows=1); 1-row/ours > 1: the chunks are faster.", "",
+                  "| shape | T | ours | 1-row | 1-row/ours | check |", "|---|---|---|---|---|---|"]
+        for row in decode:
+            one = row["ours_1row"]
+            lines.append("| " + " | ".join([
+                row["shape"], str(row["T"]), fmt_ms(row.get("ours", {}).get("median_ms")),
+                fmt_ms(one.get("median_ms")) if "error" not in one else "err",
+                fmt(row.get("one_row_over_ours"), ".2f"),
+                check_cell(row, ("ours_1row",))]) + " |")
     errors = sorted({f"{impl}: {row[impl]['error']}" for row in result["layer"]
-                     for impl in ("ours", "ours_wgmma") + PEERS
+                     for impl in OURS + PEERS
                      if "error" in row.get(impl, {})})
     if result["looped"]:
         r0 = result["looped"][0]

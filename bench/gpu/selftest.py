@@ -118,6 +118,8 @@ def test_report(tmp):
                "triton": {"median_ms": ours / 2, "pass": False},
                "ours_wgmma": {"median_ms": ours / 4, "pass": True},
                "ours_copies_est_ms": 0.01}
+        if T == 1:
+            row["ours_1row"] = {"median_ms": 3 * ours, "pass": True}
         gb.derive(row, s, env)
         rows.append(row)
     rows.append({"shape": "mixtral-8x7b", "T": 99, "skipped": "budget"})
@@ -129,6 +131,8 @@ def test_report(tmp):
     frac = gb.roofline(1, gb.SHAPES["mixtral-8x7b"], 4300.0, 989.0)[0] / 0.05
     check("roofline fraction", abs(r["ours"]["roofline_fraction"] - frac) < 1e-12)
     check("mma over wgmma", abs(r["mma_over_wgmma"] - 4) < 1e-12)
+    check("one row over ours", abs(r["one_row_over_ours"] - 3) < 1e-12
+          and rows[1]["one_row_over_ours"] is None)
     result = {"env": env, "commit": "abc1234", "layer": rows, "notes": ["a note"],
               "looped": [{"shape": "looped-moe-scaled", "d": 1, "f": 2, "E": 8, "k": 2,
                           "layers": 2, "loops": 3, "T": 1,
@@ -142,9 +146,11 @@ def test_report(tmp):
     text = gb.markdown(result)
     print(text)
     table = [l for l in text.splitlines() if l.startswith("| mixtral")]
-    check("markdown rows", len(table) == 3 and "FAIL triton" in table[0]
+    check("markdown rows", len(table) == 4 and "FAIL triton" in table[0]
           and "| 2.00 |" in table[0] and "skipped" in table[2]
           and "| 0.013 | 4.00 |" in table[0])
+    check("markdown decode batches",
+          table[3] == "| mixtral-8x7b | 1 | 0.050 | 0.150 | 3.00 | ok |", table[3])
     check("markdown looped",
           "| 1 | 1.00 | 1.20 | 1.50 | 3.00 | 1.20 | 1.50 | 3.00 | ok |" in text)
     blob = json.dumps(gb.plain({"x": float("nan"), "y": [np.float32(1.5)], "z": np.bool_(True)}))
@@ -222,11 +228,12 @@ def test_gpu_path_on_cpu(tmp):
 
     gb.cuda_time = cpu_time
     # On the CPU the host loop is the only form: drop the GPU-only flag.
-    # --wgmma kernels run emulated.
+    # --wgmma and --split-chunk-rows kernels run emulated.
     gb.moe_run = lambda m, w, i, o, device, reps, timeout, extra=(): real_run(
         m, w, i, o, "cpu", reps, timeout,
         [e for e in extra if e != "--resident-loops=false"]
-        + (["--gpu-emulation"] if "--wgmma" in extra else []))
+        + (["--gpu-emulation"] if any(e == "--wgmma" or e.startswith("--split-chunk-rows")
+                                      for e in extra) else []))
     try:
         args = gb.parse_args(["--shapes", "tiny", "--tokens", "1,16", "--looped-tokens",
                               "1", "--skip-peers", "triton", "--repeat-scale", "0.2",
@@ -243,6 +250,8 @@ def test_gpu_path_on_cpu(tmp):
     ok = all(r["ours"].get("median_ms", 0) > 0 and r["ours"]["pass"] and
              r["ours_wgmma"].get("median_ms", 0) > 0 and r["ours_wgmma"]["pass"] and
              r["mma_over_wgmma"] > 0 and
+             (r["T"] == 1 or (r["ours_1row"].get("median_ms", 0) > 0 and
+                              r["ours_1row"]["pass"] and r["one_row_over_ours"] > 0)) and
              r["eager"]["median_ms"] > 0 and r["speedup"]["eager"] > 0 for r in layer)
     check("timed path: layer rows", ok and len(layer) == 2,
           json.dumps(gb.plain(layer[0]))[:300])
