@@ -206,6 +206,8 @@ LogicalResult moe::CompilerSession::lowerForGPUEmulation(
   return pm.run(module);
 }
 
+bool moe::CompilerSession::wgmmaRequested() { return wgmma; }
+
 bool moe::CompilerSession::gpuKernelOptionsGiven() {
   return tensorCores.getNumOccurrences() ||
          bf16Activations.getNumOccurrences() ||

@@ -448,6 +448,11 @@ int main(int argc, char **argv) {
     return fail(llvm::toString(std::move(err)));
   gpuCapability = moert_context_get_cuda_capability(probe);
   moert_context_free(probe);
+  if (device == "cuda" && cudaChips.empty() &&
+      moe::CompilerSession::wgmmaRequested() && gpuCapability != 90)
+    return fail("--wgmma kernels run on sm_90a GPUs (H100, H200) only; this "
+                "GPU is sm_" +
+                llvm::Twine(gpuCapability) + ": drop --wgmma");
 
   moe::CompilerSession session;
   FailureOr<OwningOpRef<ModuleOp>> module = session.readModel(modelPath);

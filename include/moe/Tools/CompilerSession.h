@@ -54,6 +54,8 @@ public:
   /// (--tensor-cores, --bf16-activations, --resident-loops, --wgmma,
   /// --split-chunk-rows), which only the two lowerings above use.
   static bool gpuKernelOptionsGiven();
+  /// Whether the command line asked for --wgmma (sm_90a's warpgroup tiles).
+  static bool wgmmaRequested();
 
 private:
   MLIRContext context;
