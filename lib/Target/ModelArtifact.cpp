@@ -35,8 +35,6 @@ std::string ModelManifest::toJSON() const {
                           {"passes", passes}, {"layers", layers},
                           {"top_k", topK},    {"experts", experts},
                           {"target", target}, {"weights", std::move(ws)}};
-  if (!gpuArchs.empty())
-    root["gpu_archs"] = llvm::json::Array(gpuArchs);
   if (decoder) {
     root["kind"] = "decoder";
     root["vocab_size"] = vocabSize;

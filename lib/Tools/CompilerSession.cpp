@@ -80,6 +80,17 @@ llvm::cl::opt<int64_t> splitChunkRows(
                    "once for them (default 4; 1 reads an expert's weights "
                    "once per row)"));
 
+/// What the command line sets of the GPU kernels, for the CUDA pipeline and
+/// its emulation alike (chips, toolkit and wgmma are each one's own).
+void setGPUKernelOptions(moe::MoECUDAPipelineOptions &options) {
+  options.optLevel = optLevel;
+  options.tensorCores = tensorCores;
+  options.bf16Activations = bf16Activations;
+  options.residentLoops = residentLoops;
+  options.reportForms = showRemarks;
+  options.splitChunkRows = splitChunkRows;
+}
+
 DialectRegistry compilerDialects() {
   DialectRegistry registry;
   registry.insert<moe::MoEDialect, func::FuncDialect, arith::ArithDialect,
@@ -131,14 +142,9 @@ moe::CompilerSession::lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
            << " is missing): install the toolkit, or point --cuda-toolkit or "
               "CUDA_HOME at it";
   MoECUDAPipelineOptions options;
-  options.optLevel = optLevel;
+  setGPUKernelOptions(options);
   options.chips = SmallVector<std::string>(chips);
   options.toolkit = toolkit;
-  options.tensorCores = tensorCores;
-  options.bf16Activations = bf16Activations;
-  options.residentLoops = residentLoops;
-  options.reportForms = showRemarks;
-  options.splitChunkRows = splitChunkRows;
   SmallVector<std::string> targets = options.getChips();
   for (auto [i, chip] : llvm::enumerate(targets))
     if (llvm::is_contained(ArrayRef(targets).take_front(i), chip))
@@ -177,7 +183,6 @@ moe::CompilerSession::lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
   }
   // What the runtime needs to know of code convert-moe-to-gpu made.
   manifest.target = "cuda";
-  manifest.gpuArchs = targets;
   manifest.keepBF16Weights();
   return builds;
 }
@@ -186,20 +191,10 @@ LogicalResult moe::CompilerSession::lowerForGPUEmulation(
     ModuleOp module, ModelManifest &manifest, StringRef chip) {
   PassManager pm(&context);
   MoECUDAPipelineOptions options;
-  options.optLevel = optLevel;
+  setGPUKernelOptions(options);
   if (!chip.empty())
     options.chips = SmallVector<std::string>{chip.str()};
-  if (wgmma && options.getChips().front() != "sm_90a")
-    return module.emitError("--wgmma builds warpgroup kernels for sm_90a, "
-                            "not ")
-           << options.getChips().front()
-           << ": emulate sm_90a's kernels, or drop --wgmma";
-  options.tensorCores = tensorCores;
-  options.bf16Activations = bf16Activations;
-  options.residentLoops = residentLoops;
   options.wgmma = wgmma;
-  options.reportForms = showRemarks;
-  options.splitChunkRows = splitChunkRows;
   buildMoEGPUEmulationPipeline(pm, options);
   // The emulated kernels read bf16 weights as the GPU's do.
   manifest.keepBF16Weights();

@@ -93,7 +93,6 @@ private:
 } // namespace
 
 struct moert_model {
-  const moert_compiled_model *compiled;
   moert_model_info info{};
   std::string target = "cpu";                ///< "cpu" or "cuda"
   void (*run)(void **descriptors) = nullptr; ///< cpu, or the cuda build's
@@ -487,7 +486,6 @@ moert_status moert_model_load(moert_context *ctx,
     return makeStatus(MOERT_INVALID_ARGUMENT,
                       "moert_model_load: null argument");
   auto model = std::make_unique<moert_model>();
-  model->compiled = compiled;
   if (llvm::Error err = parseManifest(compiled->manifest, *model))
     return fromError(std::move(err), MOERT_INVALID_ARGUMENT);
   if (model->target != ctx->device)

@@ -27,7 +27,6 @@ struct ModelManifest {
   std::string entry;          ///< the model function
   std::string target = "cpu"; ///< "cpu" or "cuda" (device pointers, kernels
                               ///< in the record's gpu_builds)
-  SmallVector<std::string> gpuArchs; ///< cuda: the chips with a build
   int64_t hiddenSize = 0, passes = 0, layers = 0, topK = 0, experts = 0;
   /// Decoders (tokens -> logits): vocabulary, KV cache length, and the width
   /// (kv_heads * head_dim) of each cache slot's K and V buffers.

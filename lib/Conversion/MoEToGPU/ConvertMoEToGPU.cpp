@@ -73,8 +73,8 @@ struct ConvertMoEToGPUPass
     kernelOptions.emulateWarpOps = emulateWarpOps;
     kernelOptions.residentLoops = residentLoops;
     // wgmma and TMA exist on sm_90a alone (not sm_90, nor later chips);
-    // emulated kernels run on the CPU and need neither.
-    if (wgmma && !emulateWarpOps && chip != "sm_90a") {
+    // emulated kernels stand for that chip's too.
+    if (wgmma && chip != "sm_90a") {
       emitError(module.getLoc(), "convert-moe-to-gpu: wgmma kernels need "
                                  "chip sm_90a, not '")
           << chip << "'";
