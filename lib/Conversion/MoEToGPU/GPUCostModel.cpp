@@ -59,11 +59,13 @@ double flops(const ExpertGemmShape &s, double rows) {
 double simtSeconds(const ChipLimits &chip, const ExpertGemmShape &s,
                    int64_t rows, int64_t chunkRows, double bandwidth,
                    double arith) {
-  double r = static_cast<double>(rows);
+  double r = static_cast<double>(rows), c = static_cast<double>(chunkRows);
   double touched = std::max(touchedExperts(s, rows), 1.0);
   double dram = touchedExperts(s, rows) * weightBytes(s);
-  double chunks =
-      chunkRows == 1 ? r : touched * std::ceil(r / touched / chunkRows);
+  // An expert with n rows takes ceil(n / c) chunks: n / c plus (c - 1) /
+  // (2c) on average over its row counts, and at least one (exactly r for
+  // c = 1).
+  double chunks = std::max(touched, r / c + touched * (c - 1) / (2 * c));
   double l2 = chunks * weightBytes(s);
   return std::max({dram / (chip.hbmBytesPerSecond * bandwidth),
                    l2 / (chip.hbmBytesPerSecond * kL2Factor * bandwidth),
