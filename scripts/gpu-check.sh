@@ -8,11 +8,20 @@
 # results land in bench/results. Prints what ran and what it found; exits
 # non-zero if a test failed.
 #
-#   bash scripts/gpu-check.sh [--from-pack] [--no-bench | --bench-only] [BENCH_ARGS...]
+#   bash scripts/gpu-check.sh [--from-pack] [--within SECONDS]
+#                             [--no-bench | --bench-only] [BENCH_ARGS...]
 #
-# --no-bench runs the tests only, --bench-only the benchmarks only (the two
-# halves fit one 10-minute device command each). Where $OUT is set (the lent
-# machines' folder for results), the benchmark results are copied there.
+# --no-bench runs the tests only, --bench-only the benchmarks only.
+# --within SECONDS fits both halves into one command of that many seconds:
+# the tests get at most half (lit --max-time; what they leave out is
+# reported as not run), the benchmarks' --budget is what remains less a
+# minute for their start and report. For a lent machine's single command:
+#
+#   bash scripts/gpu-check.sh --from-pack --within 480
+#
+# Where $OUT is set (the lent machines' folder for results), everything
+# printed goes to $OUT/gpu-check.log as well, and the benchmark results are
+# copied there.
 #
 # --from-pack: on a machine that cannot build the project (no LLVM/MLIR, no
 # network: the lent H100/H200 machines), use what scripts/gpu-pack.sh packed
@@ -23,8 +32,17 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-from_pack=0
+from_pack=0 within=0
 if [[ "${1:-}" == "--from-pack" ]]; then from_pack=1; shift; fi
+if [[ "${1:-}" == "--within" ]]; then
+  within=${2:-}; shift 2 || true
+  [[ "$within" =~ ^[0-9]+$ ]] && ((within >= 180)) || {
+    echo "gpu-check: --within takes whole seconds, at least 180 (tests and benchmarks need a few minutes)"; exit 2; }
+fi
+started=$SECONDS
+if [[ -n "${OUT:-}" ]]; then
+  exec > >(tee "$OUT/gpu-check.log") 2>&1
+fi
 bench=1 tests=1
 if [[ "${1:-}" == "--no-bench" ]]; then bench=0; shift;
 elif [[ "${1:-}" == "--bench-only" ]]; then tests=0; shift; fi
@@ -70,7 +88,11 @@ status=0
 if ((tests)); then
   echo "== GPU lit tests"
   # lit under the python that has numpy: %python in the tests is lit's own.
-  $PY /usr/lib/llvm-22/bin/lit -v "${lit_tests[@]}" || status=1
+  lit_limit=()
+  if ((within)); then
+    lit_limit=(--max-time $((within / 2 - (SECONDS - started) > 30 ? within / 2 - (SECONDS - started) : 30)))
+  fi
+  $PY /usr/lib/llvm-22/bin/lit -v "${lit_limit[@]}" "${lit_tests[@]}" || status=1
   echo "== runtime on the real GPU"
   MOERT_CUDA_SYNC_EACH_LAUNCH=1 build/unittests/MoERuntimeTests --gtest_filter="*RealGpu*" || status=1
 
@@ -100,7 +122,18 @@ fi
 if ((bench)); then
   echo "== benchmarks"
   if ((from_pack)); then export MOE_BENCH_NO_BUILD=1; fi
-  bash bench/gpu/run.sh "$@" || status=1
+  bench_budget=()
+  if ((within)); then
+    left=$((within - (SECONDS - started) - 60))
+    if ((left < 60)); then
+      echo "gpu-check: the tests left ${left} s of --within $within: no benchmarks"; status=1
+      bench=0
+    fi
+    bench_budget=(--budget "$left")
+  fi
+fi
+if ((bench)); then
+  bash bench/gpu/run.sh "${bench_budget[@]}" "$@" || status=1
   if [[ -n "${OUT:-}" ]]; then
     cp bench/results/gpu-layer-* "$OUT"/ 2>/dev/null && echo "gpu-check: results copied to $OUT"
   fi

@@ -51,8 +51,9 @@ FailureOr<std::string> findTool(Operation *op, StringRef name,
 }
 
 /// Runs `program` with `args`; its stderr goes to `log`. On failure the
-/// error names the program and quotes what it printed.
-LogicalResult runTool(Operation *op, StringRef program,
+/// error names the program, then `what` (for which chip), and quotes what it
+/// printed.
+LogicalResult runTool(Operation *op, StringRef program, StringRef what,
                       ArrayRef<std::string> args, std::string &log) {
   TempFile errors;
   if (failed(makeTemp(op, "log", errors)))
@@ -70,7 +71,8 @@ LogicalResult runTool(Operation *op, StringRef program,
     log = (*text)->getBuffer().str();
   if (rc == 0)
     return success();
-  return op->emitError() << llvm::sys::path::filename(program) << " failed ("
+  return op->emitError() << llvm::sys::path::filename(program)
+                         << (what.empty() ? "" : " ") << what << " failed ("
                          << (why.empty() ? "exit code " + std::to_string(rc)
                                          : why)
                          << "):\n"
@@ -145,19 +147,24 @@ std::string mlir::moe::formatKernelReport(ArrayRef<KernelResources> resources) {
   return text;
 }
 
+FailureOr<CudaTools> mlir::moe::findCudaTools(Operation *op,
+                                              StringRef toolkit) {
+  FailureOr<std::string> ptxas = findTool(op, "ptxas", toolkit);
+  if (failed(ptxas))
+    return failure();
+  FailureOr<std::string> fatbinary = findTool(op, "fatbinary", toolkit);
+  if (failed(fatbinary))
+    return failure();
+  return CudaTools{*ptxas, *fatbinary};
+}
+
 FailureOr<SmallVector<KernelResources>>
-mlir::moe::assembleCudaBinaries(ModuleOp module, StringRef toolkit) {
+mlir::moe::assembleCudaBinaries(ModuleOp module, const CudaTools &tools) {
   SmallVector<KernelResources> report;
   auto binaries = llvm::to_vector(module.getOps<gpu::BinaryOp>());
   if (binaries.empty())
     return module.emitError("no gpu.binary to assemble: lower the model with "
                             "moe-cuda-pipeline first");
-  FailureOr<std::string> ptxas = findTool(module, "ptxas", toolkit);
-  if (failed(ptxas))
-    return failure();
-  FailureOr<std::string> fatbinary = findTool(module, "fatbinary", toolkit);
-  if (failed(fatbinary))
-    return failure();
 
   for (gpu::BinaryOp binary : binaries) {
     // Temporaries live until the fatbinary is read.
@@ -186,10 +193,14 @@ mlir::moe::assembleCudaBinaries(ModuleOp module, StringRef toolkit) {
         os << object.getObject().getValue();
       }
       std::string log;
-      if (failed(runTool(binary, *ptxas,
-                         {"-arch=" + chip.str(), "-O3", "-v",
-                          ptx->path.str().str(), "-o", cubin->path.str().str()},
-                         log)))
+      // -split-compile=0: the kernels on as many threads as the machine has
+      // CPUs (the same code as one thread makes: only the recorded command
+      // line differs).
+      if (failed(
+              runTool(binary, tools.ptxas, "for " + chip.str(),
+                      {"-arch=" + chip.str(), "-O3", "-v", "-split-compile=0",
+                       ptx->path.str().str(), "-o", cubin->path.str().str()},
+                      log)))
         return failure();
       llvm::append_range(report, parsePtxasInfo(log, chip));
       images.push_back("--image3=kind=elf,sm=" + archOf(chip).str() +
@@ -219,7 +230,7 @@ mlir::moe::assembleCudaBinaries(ModuleOp module, StringRef toolkit) {
                                      "--create=" + fatbin.path.str().str()};
     llvm::append_range(args, images);
     std::string log;
-    if (failed(runTool(binary, *fatbinary, args, log)))
+    if (failed(runTool(binary, tools.fatbinary, "", args, log)))
       return failure();
     auto bytes = llvm::MemoryBuffer::getFile(fatbin.path, /*IsText=*/false,
                                              /*RequiresNullTerminator=*/false);

@@ -10,6 +10,7 @@
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/IR/Threading.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
@@ -158,28 +159,57 @@ moe::CompilerSession::lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
   // The optimising passes and the expert form do not depend on the chip:
   // they run once. Then each chip gets kernels of its own, tuned by its cost
   // model, and the runtime loads the build that fits the GPU.
+  FailureOr<CudaTools> tools = findCudaTools(module, cudaToolkit);
+  if (failed(tools))
+    return failure();
   PassManager prepare(&context);
   buildMoEGPUExpertFormPipeline(prepare, options);
   if (failed(prepare.run(module)))
     return failure();
-  SmallVector<CUDABuild> builds;
+  // The chips' builds are independent: they compile in parallel (most of
+  // their time is the NVPTX back end and ptxas). Their pass managers are
+  // made here, and the dialects they load are loaded here, because a
+  // context must not load dialects while passes run on other threads.
+  struct ChipBuild {
+    CUDABuild build;
+    std::unique_ptr<PassManager> pm;
+    SmallVector<KernelResources> kernels;
+    bool built = false;
+  };
+  SmallVector<ChipBuild> chipBuilds;
+  DialectRegistry kernelDialects;
   for (const std::string &chip : targets) {
-    OwningOpRef<ModuleOp> copy = module.clone();
     MoECUDAPipelineOptions one;
     one.copyOptionValuesFrom(options);
     one.chips = SmallVector<std::string>{chip};
     one.wgmma = wgmma && chip == "sm_90a";
-    PassManager pm(&context);
-    buildMoECUDAKernelPipeline(pm, one);
-    if (failed(pm.run(*copy)))
-      return failure();
+    auto pm = std::make_unique<PassManager>(&context);
+    buildMoECUDAKernelPipeline(*pm, one);
+    pm->getDependentDialects(kernelDialects);
+    chipBuilds.push_back({{chip, module.clone()}, std::move(pm), {}, false});
+  }
+  context.appendDialectRegistry(kernelDialects);
+  for (StringRef name : kernelDialects.getDialectNames())
+    context.getOrLoadDialect(name);
+  // Every chip runs to its end, so that what fails is reported for each
+  // chip it fails on, in the chips' order, however the threads interleave.
+  parallelForEach(&context, chipBuilds, [&](ChipBuild &chip) {
+    if (failed(chip.pm->run(*chip.build.module)))
+      return;
     FailureOr<SmallVector<KernelResources>> kernels =
-        assembleCudaBinaries(*copy, cudaToolkit);
+        assembleCudaBinaries(*chip.build.module, *tools);
     if (failed(kernels))
-      return failure();
+      return;
+    chip.kernels = std::move(*kernels);
+    chip.built = true;
+  });
+  if (!llvm::all_of(chipBuilds, [](ChipBuild &chip) { return chip.built; }))
+    return failure();
+  SmallVector<CUDABuild> builds;
+  for (ChipBuild &chip : chipBuilds) {
     if (report)
-      report->append(kernels->begin(), kernels->end());
-    builds.push_back({chip, std::move(copy)});
+      report->append(chip.kernels.begin(), chip.kernels.end());
+    builds.push_back(std::move(chip.build));
   }
   // What the runtime needs to know of code convert-moe-to-gpu made.
   manifest.target = "cuda";

@@ -29,12 +29,21 @@ struct KernelResources {
 /// from there.
 std::string getCUDAToolkitPath(StringRef requested = "");
 
+/// The toolkit programs that assembleCudaBinaries runs.
+struct CudaTools {
+  std::string ptxas, fatbinary;
+};
+
+/// The tools of getCUDAToolkitPath(toolkit) (or on PATH when no toolkit is
+/// requested); a missing one is an error on `op` naming it and the fix.
+FailureOr<CudaTools> findCudaTools(Operation *op, StringRef toolkit = "");
+
 /// Replaces the PTX objects of every gpu.binary in `module` by one fatbinary
-/// object (cubins for each chip plus PTX), with the tools of
-/// getCUDAToolkitPath(toolkit) (or on PATH when no toolkit is requested). A
-/// missing tool or a kernel ptxas rejects is an error on `module` naming it.
+/// object (cubins for each chip plus PTX), made with `tools`. A kernel ptxas
+/// rejects is an error on the gpu.binary naming the chip and quoting ptxas.
+/// Safe to run on several modules of one context at once.
 FailureOr<SmallVector<KernelResources>>
-assembleCudaBinaries(ModuleOp module, StringRef toolkit = "");
+assembleCudaBinaries(ModuleOp module, const CudaTools &tools);
 
 /// A table of `resources`, one line per kernel and chip.
 std::string formatKernelReport(ArrayRef<KernelResources> resources);
