@@ -193,12 +193,12 @@ mlir::moe::assembleCudaBinaries(ModuleOp module, const CudaTools &tools) {
         os << object.getObject().getValue();
       }
       std::string log;
-      // -split-compile=0: the kernels on as many threads as the machine has
-      // CPUs (the same code as one thread makes: only the recorded command
-      // line differs).
+      // -split-compile: the kernels on several threads (the same code as one
+      // thread makes: only the command line recorded in the cubin differs).
       if (failed(
               runTool(binary, tools.ptxas, "for " + chip.str(),
-                      {"-arch=" + chip.str(), "-O3", "-v", "-split-compile=0",
+                      {"-arch=" + chip.str(), "-O3", "-v",
+                       "-split-compile=" + std::to_string(tools.ptxasThreads),
                        ptx->path.str().str(), "-o", cubin->path.str().str()},
                       log)))
         return failure();

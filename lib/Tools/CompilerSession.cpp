@@ -81,6 +81,14 @@ llvm::cl::opt<int64_t> splitChunkRows(
                    "once for them (default 4; 1 reads an expert's weights "
                    "once per row)"));
 
+llvm::cl::opt<unsigned> compileThreads(
+    "compile-threads", llvm::cl::init(0), llvm::cl::value_desc("n"),
+    llvm::cl::cat(moe::getCompilerOptionsCategory()),
+    llvm::cl::desc("Threads to compile with (default 0: one per CPU; 1: a "
+                   "single thread): the passes, the chips' CUDA builds, "
+                   "which compile in parallel, and ptxas, which spreads a "
+                   "build's kernels over them"));
+
 /// What the command line sets of the GPU kernels, for the CUDA pipeline and
 /// its emulation alike (chips, toolkit and wgmma are each one's own).
 void setGPUKernelOptions(moe::MoECUDAPipelineOptions &options) {
@@ -109,6 +117,14 @@ moe::CompilerSession::CompilerSession()
   llvm::InitializeNativeTarget();
   llvm::InitializeNativeTargetAsmPrinter();
   context.printOpOnDiagnostic(false);
+  if (compileThreads == 1) {
+    context.disableMultithreading();
+  } else if (compileThreads > 1) {
+    threadPool = std::make_unique<llvm::DefaultThreadPool>(
+        llvm::hardware_concurrency(compileThreads));
+    context.disableMultithreading();
+    context.setThreadPool(*threadPool);
+  }
   // Handlers run newest first: this one swallows remarks unless asked.
   context.getDiagEngine().registerHandler([](Diagnostic &diag) {
     return success(diag.getSeverity() == DiagnosticSeverity::Remark &&
@@ -162,6 +178,7 @@ moe::CompilerSession::lowerForCUDA(ModuleOp module, ArrayRef<std::string> chips,
   FailureOr<CudaTools> tools = findCudaTools(module, cudaToolkit);
   if (failed(tools))
     return failure();
+  tools->ptxasThreads = compileThreads;
   PassManager prepare(&context);
   buildMoEGPUExpertFormPipeline(prepare, options);
   if (failed(prepare.run(module)))

@@ -32,6 +32,9 @@ std::string getCUDAToolkitPath(StringRef requested = "");
 /// The toolkit programs that assembleCudaBinaries runs.
 struct CudaTools {
   std::string ptxas, fatbinary;
+  /// ptxas's -split-compile: threads for one binary's kernels (0: one per
+  /// CPU).
+  unsigned ptxasThreads = 0;
 };
 
 /// The tools of getCUDAToolkitPath(toolkit) (or on PATH when no toolkit is

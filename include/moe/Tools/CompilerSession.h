@@ -11,6 +11,7 @@
 #include "mlir/IR/OwningOpRef.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/SourceMgr.h"
+#include "llvm/Support/ThreadPool.h"
 
 namespace mlir::moe {
 
@@ -58,6 +59,9 @@ public:
   static bool wgmmaRequested();
 
 private:
+  /// The context's threads when --compile-threads asks for a number (declared
+  /// first: it must outlive the context).
+  std::unique_ptr<llvm::ThreadPoolInterface> threadPool;
   MLIRContext context;
   llvm::SourceMgr sourceMgr;
   SourceMgrDiagnosticHandler diagnostics;
