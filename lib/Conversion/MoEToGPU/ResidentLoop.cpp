@@ -333,7 +333,13 @@ LogicalResult ResidentLoopBuilder::emitBody(KernelBody &k,
     if (auto load = dyn_cast<memref::LoadOp>(op);
         load && readBackSlots.count(load.getMemref())) {
       // The read-back result, loaded in every thread: the phase that wrote
-      // it ended with a grid barrier.
+      // it ended with a grid barrier. This reads the live buffer, not the
+      // host's snapshot, which is the same only because the lowering puts
+      // no launch between the copy and its loads, and because the buffer's
+      // next writer (the next pass's exit_update_init) comes after at least
+      // two phases that always run (plan_init, plan_scan), hence two grid
+      // barriers: otherwise blocks could read different counts, take
+      // different phases and never meet at a barrier.
       SmallVector<Value> indices;
       for (Value i : load.getIndices())
         indices.push_back(kernelValue(i));
