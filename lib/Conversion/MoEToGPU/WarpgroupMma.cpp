@@ -219,6 +219,14 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
   k.ifThen(isLeader, [&] {
     NVVM::MBarrierInitOp::create(k.b, barrierPtr, k.i32(1), Value());
     NVVM::FenceMbarrierInitOp::create(k.b);
+    // The host copied the tensor maps to global memory: a thread that hands
+    // one to TMA must first acquire it for the tensormap proxy (CUDA
+    // Programming Guide, "tensor map in global memory"), or TMA may use a
+    // stale descriptor cached for that address.
+    for (Value map : g.bMaps)
+      NVVM::FenceProxyAcquireOp::create(
+          k.b, NVVM::MemScopeKind::SYS, map, k.i32(128),
+          NVVM::ProxyKind::GENERIC, NVVM::ProxyKind::TENSORMAP);
   });
   gpu::BarrierOp::create(k.b);
 

@@ -69,11 +69,13 @@ void mlir::moe::buildMoECUDAKernelPipeline(
   pm.addPass(createCSEPass());
   // One NVVM target per chip; gpu-module-to-binary makes one PTX object for
   // each. PTX ISA 8.1 (CUDA 12.1) covers sm_80 and sm_90a, and lets kernels
-  // (resident loops) take more than 4352 bytes of parameters.
+  // (resident loops) take more than 4352 bytes of parameters. The warpgroup
+  // kernels acquire their tensor maps with fence.proxy.tensormap, which
+  // needs PTX ISA 8.3 (CUDA 12.3).
   for (const std::string &chip : options.getChips()) {
     GpuNVVMAttachTargetOptions target;
     target.chip = chip;
-    target.features = "+ptx81";
+    target.features = options.wgmma && chip == "sm_90a" ? "+ptx83" : "+ptx81";
     target.optLevel = 3;
     pm.addPass(createGpuNVVMAttachTarget(target));
   }

@@ -53,10 +53,13 @@
 // CHECK-LABEL: gpu.func @experts_gate_up_wgmma_
 // CHECK: nvvm.mbarrier.init %{{.*}}, %c1_i32 : !llvm.ptr<3>, i32
 // CHECK-NEXT: nvvm.fence.mbarrier.init
+// The leader acquires the tensor maps the host copied to global memory.
+// CHECK-NEXT: nvvm.fence.proxy.acquire <sys> %[[GMAP:.*]], %c128_i32
+// CHECK-NEXT: nvvm.fence.proxy.acquire <sys> %[[UMAP:.*]], %c128_i32
 // CHECK: gpu.barrier
 // CHECK: nvvm.mbarrier.arrive.expect_tx %[[BAR:.*]], %c16384_i32 : !llvm.ptr<3>, i32
-// CHECK: nvvm.cp.async.bulk.tensor.shared.cluster.global %{{.*}}, %{{.*}}, %[[BAR]], box[%c0_i32, %[[COL:.*]], %[[EXPERT:.*]]] : !llvm.ptr<7>, !llvm.ptr
-// CHECK: nvvm.cp.async.bulk.tensor.shared.cluster.global %{{.*}}, %{{.*}}, %[[BAR]], box[%c0_i32, %[[COL]], %[[EXPERT]]] : !llvm.ptr<7>, !llvm.ptr
+// CHECK: nvvm.cp.async.bulk.tensor.shared.cluster.global %{{.*}}, %[[GMAP]], %[[BAR]], box[%c0_i32, %[[COL:.*]], %[[EXPERT:.*]]] : !llvm.ptr<7>, !llvm.ptr
+// CHECK: nvvm.cp.async.bulk.tensor.shared.cluster.global %{{.*}}, %[[UMAP]], %[[BAR]], box[%c0_i32, %[[COL]], %[[EXPERT]]] : !llvm.ptr<7>, !llvm.ptr
 // CHECK-COUNT-8: vector.store %{{.*}} : memref<4096xbf16, #gpu.address_space<workgroup>>, vector<8xbf16>
 // The wait tries for up to 1 ms at a time and traps at the 2^15-th try (a
 // load that never lands fails the run instead of hanging the GPU).
