@@ -449,12 +449,16 @@ void *DeviceModel::tensorMap(void *base, const uint64_t (&dims)[3],
     error = drv.failure("cuTensorMapEncodeTiled of " + what, r);
     return nullptr;
   }
-  // Kernels read the map from global memory. The copy is synchronous, once
-  // per map: no launch on the run's stream can use it before it is done.
+  // Kernels read the map from global memory, once copied per map. A copy
+  // from pageable memory returns once the bytes are staged, not landed, and
+  // the run's stream does not wait for the legacy stream it runs on: wait
+  // for it here, before any launch can see the map.
   CUdeviceptr p = 0;
   CUresult r = drv.cuMemAlloc(&p, sizeof(CUtensorMap));
   if (r == CUDA_SUCCESS) {
     r = drv.cuMemcpyHtoD(p, &map, sizeof(CUtensorMap));
+    if (r == CUDA_SUCCESS)
+      r = drv.cuStreamSynchronize(nullptr);
     if (r != CUDA_SUCCESS)
       drv.cuMemFree(p);
   }

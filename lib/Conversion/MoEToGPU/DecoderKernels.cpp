@@ -412,9 +412,12 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
         Value qm = args[2], pm = args[3];
         Value numChunks = k.dim(pm, 1);
         ifValidToken(k, pos, args[1], qm, t, qBase, [&] {
+          // An empty chunk stored a sum of 0, any other one of at least 1
+          // (its scores less their max), or NaN, which must reach the
+          // output as in prefill: unordered-or-unequal.
           auto used = [&](Value chunk) {
             return arith::CmpFOp::create(
-                k.b, arith::CmpFPredicate::OGT,
+                k.b, arith::CmpFPredicate::UNE,
                 k.load(pm, {th, chunk, k.index(headDim + 1)}), k.f32(0.0));
           };
           Value negInf = arith::ConstantFloatOp::create(

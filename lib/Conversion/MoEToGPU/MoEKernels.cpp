@@ -455,20 +455,24 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   // The split forms' chunks: `chunkRows` consecutive rows of an
   // expert's segment from its start on. A warp per (row, column) is
   // launched; those of a chunk's first row r do its work and the others
-  // return at once. `body` gets the expert, and per row of the chunk its
-  // plan row, its token and whether it is used (inside the segment, not
-  // padding); an unused row reads the first row's and token 0's data.
+  // return at once, as do those of the plan's tail rows (from offsets[E]
+  // on: no expert's, and expertOf says E for them). `body` gets the expert,
+  // and per row of the chunk its plan row, its token and whether it is used
+  // (inside the segment, not padding); an unused row reads the first row's
+  // and token 0's data.
   auto forChunk = [&](KernelBody &k, Value offs, Value tokens, Value r,
                       function_ref<void(Value, ArrayRef<Value>, ArrayRef<Value>,
                                         ArrayRef<Value>)>
                           body) {
     Value ex = expertOf(k, offs, r);
     Value start = k.toIndex(k.load(offs, {ex}));
-    Value end = k.toIndex(k.load(offs, {k.add(ex, k.index(1))}));
-    Value first =
+    Value next = arith::MinUIOp::create(k.b, k.add(ex, k.index(1)), k.index(e));
+    Value end = k.toIndex(k.load(offs, {next}));
+    Value first = arith::AndIOp::create(
+        k.b, k.cmp(arith::CmpIPredicate::ult, ex, k.index(e)),
         k.cmp(arith::CmpIPredicate::eq,
               k.rem(arith::SubIOp::create(k.b, r, start), k.index(chunkRows)),
-              k.index(0));
+              k.index(0)));
     k.ifThen(first, [&] {
       SmallVector<Value> rowOf, tokenOf, used;
       for (int64_t j = 0; j < chunkRows; ++j) {
