@@ -131,7 +131,8 @@ moe.weight @down : tensor<4x8x16xf32>
 // CHECK: math.exp
 // A warp of the split form takes a chunk of up to 4 rows of one expert's
 // segment and one column: only the warps of a chunk's first row (a multiple
-// of 4 rows past its segment's start) work. Lane l takes 16-byte chunks of
+// of 4 rows past its segment's start) work, and none of the plan's tail rows
+// (past the last segment: expert E of 4). Lane l takes 16-byte chunks of
 // weights (4 f32) l, l + 32, ..., each one aligned vector load per weight
 // for all the chunk's rows, then each row's activation chunk (aligned too:
 // rows of 32 bytes from the buffer's start), 8 sums (gate and up per row);
@@ -139,9 +140,13 @@ moe.weight @down : tensor<4x8x16xf32>
 // each row that is in the segment.
 // CHECK-LABEL: gpu.func @experts_gate_up_split_{{[0-9]+}}(
 // CHECK: %[[LANE:.*]] = arith.remui %{{.*}}, %c32
+// CHECK: %[[NEXT:.*]] = arith.minui %{{.*}}, %c4
+// CHECK: memref.load %{{.*}}[%[[NEXT]]] : memref<5xi32>
+// CHECK: %[[INPLAN:.*]] = arith.cmpi ult, %[[EX:.*]], %c4
 // CHECK: %[[PAST:.*]] = arith.subi
 // CHECK: %[[INCHUNK:.*]] = arith.remui %[[PAST]], %c4
-// CHECK: %[[LEADS:.*]] = arith.cmpi eq, %[[INCHUNK]], %c0
+// CHECK: %[[ATSTART:.*]] = arith.cmpi eq, %[[INCHUNK]], %c0
+// CHECK: %[[LEADS:.*]] = arith.andi %[[INPLAN]], %[[ATSTART]] : i1
 // CHECK: scf.if %[[LEADS]] {
 // CHECK: %[[FIRST:.*]] = arith.muli %[[LANE]], %c4
 // CHECK: scf.for %[[I:.*]] = %[[FIRST]] to %c8 step %c128 iter_args({{.*}}) -> (f32, f32, f32, f32, f32, f32, f32, f32)
