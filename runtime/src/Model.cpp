@@ -1,6 +1,7 @@
 //===- Model.cpp - the moe runtime C API ----------------------------------===//
 #include "CudaBackend.h"
 #include "WeightFiles.h"
+#include "moert/GpuEmulation.h"
 #include "moert/Safetensors.h"
 #include "moert/moert.h"
 
@@ -133,6 +134,21 @@ void runCompiled(moert_model &model,
   for (Descriptor &d : descriptors)
     pointers.push_back(d.get());
   model.run(pointers.data());
+}
+
+/// runCompiled for a model that runs on the host: fails if its emulated GPU
+/// kernels (if any) accessed memory outside a buffer.
+moert_status runOnHost(moert_model &model,
+                       llvm::SmallVectorImpl<Descriptor> &descriptors) {
+  moert::takeEmulatedFault();
+  runCompiled(model, descriptors);
+  if (const char *kernel = moert::takeEmulatedFault())
+    return makeStatus(MOERT_INTERNAL,
+                      std::string("the emulated GPU kernel '") + kernel +
+                          "' accessed memory outside a buffer (a compiler "
+                          "bug: on a GPU it would read another allocation or "
+                          "fault); the run's outputs are not valid");
+  return nullptr;
 }
 
 /// What every target checks before a session forward: the arguments, the
@@ -589,8 +605,7 @@ moert_status moert_model_run(moert_model *model, int64_t tokens,
     llvm::SmallVector<Descriptor> descriptors;
     for (int i = 0; i < 5; ++i)
       descriptors.emplace_back(host[i], shapes[i]);
-    runCompiled(*model, descriptors);
-    return nullptr;
+    return runOnHost(*model, descriptors);
   }
   // Every element is 4 bytes (f32 or i32); hidden_in is the only input.
   moert::cuda::DeviceModel::Buffer buffers[5];
@@ -665,7 +680,8 @@ moert_status moert_session_forward(moert_session *session,
                      exit_loop};
     llvm::SmallVector<Descriptor> descriptors =
         forwardDescriptors(*session, n, data);
-    runCompiled(*model, descriptors);
+    if (moert_status failed = runOnHost(*model, descriptors))
+      return failed;
     session->position += n;
     return nullptr;
   }

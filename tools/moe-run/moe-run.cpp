@@ -16,6 +16,7 @@
 #include "moe/Target/ModelArtifact.h"
 #include "moe/Tools/CompilerSession.h"
 #include "moert/CpuKernelRegistry.h"
+#include "moert/GpuEmulation.h"
 #include "moert/GpuRuntime.h"
 #include "moert/Safetensors.h"
 #include "moert/moert.h"
@@ -105,6 +106,10 @@ llvm::orc::SymbolMap kernelSymbols(llvm::orc::MangleAndInterner interner) {
     map[interner(kernel.name)] = {
         llvm::orc::ExecutorAddr::fromPtr(kernel.address),
         llvm::JITSymbolFlags::Exported};
+  // What emulated GPU kernels call instead of an access outside a buffer.
+  map[interner("moert_emulated_out_of_bounds")] = {
+      llvm::orc::ExecutorAddr::fromPtr(&moert_emulated_out_of_bounds),
+      llvm::JITSymbolFlags::Exported};
   return map;
 }
 

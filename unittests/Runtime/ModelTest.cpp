@@ -5,6 +5,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "mlir/ExecutionEngine/CRunnerUtils.h"
+#include "moert/GpuEmulation.h"
 #include "moert/Safetensors.h"
 #include "moert/moert.hpp"
 
@@ -51,6 +52,14 @@ const moert_compiled_model kFakeModel = {
                      "shape": [3]}]})",
     fakeRun, nullptr, 0};
 
+// fakeRun, but its (emulated GPU) kernel "experts_down_split_7" made an
+// access outside a buffer, as a kernel built by moe-emulate-gpu reports one.
+void faultingRun(void **descriptors) {
+  fakeRun(descriptors);
+  moert_emulated_out_of_bounds("experts_down_split_7");
+  moert_emulated_out_of_bounds("a_later_kernel");
+}
+
 class ModelTest : public ::testing::Test {
 protected:
   void SetUp() override {
@@ -94,6 +103,30 @@ TEST_F(ModelTest, RunsAndLaysOutDescriptors) {
             (std::vector<float>{1, 2, 3, 11, 22, 33}));
   EXPECT_EQ(exitLoop[1], 0);
   EXPECT_EQ(ids[1], 1);
+}
+
+// A run whose emulated kernels accessed memory outside a buffer fails,
+// naming the first such kernel; the next run starts clean.
+TEST_F(ModelTest, EmulatedOutOfBoundsAccessFailsTheRun) {
+  std::string error;
+  auto ctx = moert::Context::create("cpu", &error);
+  ASSERT_TRUE(ctx) << error;
+  moert_compiled_model faulting = kFakeModel;
+  faulting.run = faultingRun;
+  auto model = moert::Model::load(*ctx, faulting, normWeights(), &error);
+  ASSERT_TRUE(model) << error;
+  float in[3] = {0, 0, 0}, out[3] = {};
+  int32_t exitLoop[1] = {}, ids[1] = {};
+  float gates[1] = {};
+  moert_outputs outputs{out, exitLoop, ids, gates};
+  EXPECT_FALSE(model->run(1, in, outputs, &error));
+  EXPECT_EQ(error, "the emulated GPU kernel 'experts_down_split_7' accessed "
+                   "memory outside a buffer (a compiler bug: on a GPU it "
+                   "would read another allocation or fault); the run's "
+                   "outputs are not valid");
+  auto clean = moert::Model::load(*ctx, kFakeModel, normWeights(), &error);
+  ASSERT_TRUE(clean) << error;
+  EXPECT_TRUE(clean->run(1, in, outputs, &error)) << error;
 }
 
 TEST_F(ModelTest, ConcurrentRunsOnOneModel) {

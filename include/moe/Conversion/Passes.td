@@ -147,9 +147,16 @@ def MoEEmulateGPU : Pass<"moe-emulate-gpu", "::mlir::ModuleOp"> {
     Only one-dimensional kernels that use no shared memory or warp-level
     operations (those of convert-moe-to-gpu) can be emulated, and a kernel
     with barriers only in a grid of one thread; anything else is an error.
+
+    Every buffer access of an emulated kernel checks its indices against the
+    buffer's sizes: an access outside it is not made (a load gives 0), and
+    the kernel calls `moert_emulated_out_of_bounds` with its name, for which
+    the runtime fails the run (on a GPU such an access would read another
+    allocation or fault; on the CPU it could go unnoticed).
   }];
   let dependentDialects = [
-    "::mlir::func::FuncDialect", "::mlir::memref::MemRefDialect",
+    "::mlir::arith::ArithDialect", "::mlir::func::FuncDialect",
+    "::mlir::LLVM::LLVMDialect", "::mlir::memref::MemRefDialect",
     "::mlir::scf::SCFDialect"
   ];
 }

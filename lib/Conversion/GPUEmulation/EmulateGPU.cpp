@@ -13,6 +13,8 @@
 //===----------------------------------------------------------------------===//
 #include "moe/Conversion/Passes.h"
 
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/IR/Matchers.h"
 
 namespace mlir::moe {
@@ -23,6 +25,108 @@ namespace mlir::moe {
 using namespace mlir;
 
 namespace {
+/// What an emulated kernel calls, with its name, instead of an access
+/// outside a buffer (runtime/include/moert/GpuEmulation.h).
+constexpr StringLiteral kOutOfBounds = "moert_emulated_out_of_bounds";
+
+/// The buffer, indices and width (elements along the innermost index) of a
+/// memory access, if `op` is one.
+struct Access {
+  Value memref;
+  ValueRange indices;
+  int64_t width = 1;
+};
+std::optional<Access> accessOf(Operation *op) {
+  if (auto load = dyn_cast<memref::LoadOp>(op))
+    return Access{load.getMemref(), load.getIndices()};
+  if (auto store = dyn_cast<memref::StoreOp>(op))
+    return Access{store.getMemref(), store.getIndices()};
+  if (auto rmw = dyn_cast<memref::AtomicRMWOp>(op))
+    return Access{rmw.getMemref(), rmw.getIndices()};
+  if (auto rmw = dyn_cast<memref::GenericAtomicRMWOp>(op))
+    return Access{rmw.getMemref(), rmw.getIndices()};
+  if (auto load = dyn_cast<vector::LoadOp>(op))
+    if (load.getVectorType().getRank() == 1)
+      return Access{load.getBase(), load.getIndices(),
+                    load.getVectorType().getNumElements()};
+  if (auto store = dyn_cast<vector::StoreOp>(op))
+    if (store.getVectorType().getRank() == 1)
+      return Access{store.getBase(), store.getIndices(),
+                    store.getVectorType().getNumElements()};
+  return std::nullopt;
+}
+
+/// Makes every buffer access of the emulated kernel `fn` (named `name`)
+/// check its indices: one outside the buffer is not made (a load gives 0)
+/// and calls kOutOfBounds with the kernel's name, for the run to fail. On a
+/// GPU such an access reads another allocation or faults, and on the CPU it
+/// may go unnoticed, so the suite would not catch it otherwise.
+LogicalResult checkAccesses(func::FuncOp fn, StringRef name, ModuleOp module) {
+  SmallVector<Operation *> accesses;
+  fn.walk([&](Operation *op) {
+    if (accessOf(op))
+      accesses.push_back(op);
+  });
+  if (accesses.empty())
+    return success();
+  MLIRContext *ctx = module.getContext();
+  auto ptr = LLVM::LLVMPointerType::get(ctx);
+  OpBuilder top = OpBuilder::atBlockBegin(module.getBody());
+  if (!module.lookupSymbol(kOutOfBounds))
+    func::FuncOp::create(top, module.getLoc(), kOutOfBounds,
+                         top.getFunctionType({ptr}, {}))
+        .setPrivate();
+  std::string text = (name + Twine('\0')).str();
+  auto nameType =
+      LLVM::LLVMArrayType::get(IntegerType::get(ctx, 8), text.size());
+  std::string global = (fn.getSymName() + "_name").str();
+  LLVM::GlobalOp::create(top, module.getLoc(), nameType, /*isConstant=*/true,
+                         LLVM::Linkage::Internal, global,
+                         top.getStringAttr(text));
+  for (Operation *op : accesses) {
+    Access access = *accessOf(op);
+    auto type = dyn_cast<MemRefType>(access.memref.getType());
+    if (!type)
+      return op->emitError("moe-emulate-gpu: cannot check this access");
+    OpBuilder b(op);
+    Location loc = op->getLoc();
+    Value inBounds = arith::ConstantIntOp::create(b, loc, 1, 1);
+    for (auto [d, index] : llvm::enumerate(access.indices)) {
+      Value size = memref::DimOp::create(b, loc, access.memref, d);
+      bool innermost = d + 1 == access.indices.size();
+      Value end = innermost && access.width > 1
+                      ? arith::AddIOp::create(b, loc, index,
+                                              arith::ConstantIndexOp::create(
+                                                  b, loc, access.width))
+                      : Value();
+      Value fits = end ? arith::CmpIOp::create(
+                             b, loc, arith::CmpIPredicate::ule, end, size)
+                       : arith::CmpIOp::create(
+                             b, loc, arith::CmpIPredicate::ult, index, size);
+      inBounds = arith::AndIOp::create(b, loc, inBounds, fits);
+    }
+    auto guarded = scf::IfOp::create(
+        b, loc, inBounds,
+        [&](OpBuilder &then, Location loc) {
+          Operation *copy = then.clone(*op);
+          scf::YieldOp::create(then, loc, copy->getResults());
+        },
+        [&](OpBuilder &otherwise, Location loc) {
+          Value at = LLVM::AddressOfOp::create(otherwise, loc, ptr, global);
+          func::CallOp::create(otherwise, loc, kOutOfBounds, TypeRange{},
+                               ValueRange{at});
+          SmallVector<Value> zeros;
+          for (Type t : op->getResultTypes())
+            zeros.push_back(arith::ConstantOp::create(
+                otherwise, loc, cast<TypedAttr>(otherwise.getZeroAttr(t))));
+          scf::YieldOp::create(otherwise, loc, zeros);
+        });
+    op->replaceAllUsesWith(guarded.getResults());
+    op->erase();
+  }
+  return success();
+}
+
 /// An emulated kernel, and whether its threads wait for each other
 /// (gpu.barrier): then only one-thread launches can be emulated.
 struct EmulatedKernel {
@@ -104,6 +208,9 @@ FailureOr<EmulatedKernel> emulateKernel(gpu::GPUFuncOp kernel,
     return WalkResult::advance();
   });
   if (result.wasInterrupted())
+    return failure();
+  if (failed(checkAccesses(fn, kernel.getName(),
+                           module->getParentOfType<ModuleOp>())))
     return failure();
   return EmulatedKernel{fn, hasBarrier};
 }

@@ -4,11 +4,31 @@
 // and grid size; its launch becomes loops over the grid and the block; device memory
 // operations become memref ones and stream tokens vanish.
 // CHECK-NOT: gpu.container_module
+// CHECK: func.func private @moert_emulated_out_of_bounds(!llvm.ptr)
+// CHECK: llvm.mlir.global internal constant @[[NAME:kernels_double_name]]("double\00")
 // CHECK-LABEL: func.func private @kernels_double(
 // CHECK-SAME: %[[N:.*]]: index, %[[A:.*]]: memref<?xf32>, %[[BID:[^:]*]]: index, %[[BDIM:[^:]*]]: index, %[[TID:[^:]*]]: index, %[[GRID:[^:]*]]: index)
 // CHECK: %[[BASE:.*]] = arith.muli %[[BID]], %[[BDIM]] : index
 // CHECK: %[[I:.*]] = arith.addi %[[BASE]], %[[TID]] : index
 // CHECK: arith.cmpi ult, %[[I]], %[[N]]
+// Every access checks its indices against the buffer's sizes; outside them
+// it is not made (a load gives 0) and the kernel reports its name.
+// CHECK: %[[SIZE:.*]] = memref.dim %[[A]], %c0 : memref<?xf32>
+// CHECK: %[[FITS:.*]] = arith.cmpi ult, %[[I]], %[[SIZE]] : index
+// CHECK: %[[OK:.*]] = arith.andi %true, %[[FITS]] : i1
+// CHECK: %[[V:.*]] = scf.if %[[OK]] -> (f32) {
+// CHECK-NEXT: %[[LOADED:.*]] = memref.load %[[A]][%[[I]]] : memref<?xf32>
+// CHECK-NEXT: scf.yield %[[LOADED]] : f32
+// CHECK-NEXT: } else {
+// CHECK-NEXT: %[[AT:.*]] = llvm.mlir.addressof @[[NAME]] : !llvm.ptr
+// CHECK-NEXT: func.call @moert_emulated_out_of_bounds(%[[AT]]) : (!llvm.ptr) -> ()
+// CHECK-NEXT: %[[ZERO:.*]] = arith.constant 0.000000e+00 : f32
+// CHECK-NEXT: scf.yield %[[ZERO]] : f32
+// CHECK: arith.addf %[[V]], %[[V]] : f32
+// CHECK: scf.if %{{.*}} {
+// CHECK-NEXT: memref.store %{{.*}}, %[[A]][%[[I]]] : memref<?xf32>
+// CHECK-NEXT: } else {
+// CHECK: func.call @moert_emulated_out_of_bounds(
 // CHECK: return
 // CHECK-NOT: gpu.
 // CHECK-LABEL: func.func @host(
@@ -171,6 +191,37 @@ module attributes {gpu.container_module} {
   gpu.module @kernels {
     // expected-error @+1 {{moe-emulate-gpu: kernels with memory attributions cannot be emulated}}
     gpu.func @shared(%a: memref<?xf32>) workgroup(%s: memref<32xf32, #gpu.address_space<workgroup>>) kernel {
+      gpu.return
+    }
+  }
+}
+
+// -----
+
+// A vector access must fit whole (its index plus its width at most the
+// size), and one that does not gives a zero vector.
+// CHECK-LABEL: func.func private @vectors_sum4(
+// CHECK-SAME: %[[A:[^:]*]]: memref<8x?xf32>
+// CHECK: %[[ROWS:.*]] = memref.dim %[[A]], %c0 : memref<8x?xf32>
+// CHECK: %[[ROW_OK:.*]] = arith.cmpi ult, %[[ROW:.*]], %[[ROWS]] : index
+// CHECK: %[[COLS:.*]] = memref.dim %[[A]], %c1 : memref<8x?xf32>
+// CHECK: %[[END:.*]] = arith.addi %[[COL:.*]], %c4{{.*}} : index
+// CHECK: %[[COL_OK:.*]] = arith.cmpi ule, %[[END]], %[[COLS]] : index
+// CHECK: %[[OK:.*]] = arith.andi %{{.*}}, %[[COL_OK]] : i1
+// CHECK: scf.if %[[OK]] -> (vector<4xf32>) {
+// CHECK-NEXT: vector.load %[[A]][%[[ROW]], %[[COL]]] : memref<8x?xf32>, vector<4xf32>
+// CHECK: } else {
+// CHECK: func.call @moert_emulated_out_of_bounds(
+// CHECK-NEXT: arith.constant dense<0.000000e+00> : vector<4xf32>
+module attributes {gpu.container_module} {
+  gpu.module @vectors {
+    gpu.func @sum4(%a: memref<8x?xf32>, %out: memref<8xf32>) kernel {
+      %t = gpu.thread_id x
+      %c4 = arith.constant 4 : index
+      %col = arith.muli %t, %c4 : index
+      %v = vector.load %a[%t, %col] : memref<8x?xf32>, vector<4xf32>
+      %s = vector.extract %v[0] : f32 from vector<4xf32>
+      memref.store %s, %out[%t] : memref<8xf32>
       gpu.return
     }
   }
