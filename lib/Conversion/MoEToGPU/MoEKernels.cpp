@@ -455,8 +455,9 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   // The split forms' chunks: `chunkRows` consecutive rows of an
   // expert's segment from its start on. A warp per (row, column) is
   // launched; those of a chunk's first row r do its work and the others
-  // return at once, as do those of the plan's tail rows (from offsets[E]
-  // on: no expert's, and expertOf says E for them). `body` gets the expert,
+  // return at once, as would those of rows from offsets[E] on (no
+  // expert's: expertOf says E for them), so that no warp can read past the
+  // offsets or the weights whatever rows it is launched for. `body` gets the expert,
   // and per row of the chunk its plan row, its token and whether it is used
   // (inside the segment, not padding); an unused row reads the first row's
   // and token 0's data.
