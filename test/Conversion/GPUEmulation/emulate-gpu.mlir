@@ -15,8 +15,7 @@
 // it is not made (a load gives 0) and the kernel reports its name.
 // CHECK: %[[SIZE:.*]] = memref.dim %[[A]], %c0 : memref<?xf32>
 // CHECK: %[[FITS:.*]] = arith.cmpi ult, %[[I]], %[[SIZE]] : index
-// CHECK: %[[OK:.*]] = arith.andi %true, %[[FITS]] : i1
-// CHECK: %[[V:.*]] = scf.if %[[OK]] -> (f32) {
+// CHECK: %[[V:.*]] = scf.if %[[FITS]] -> (f32) {
 // CHECK-NEXT: %[[LOADED:.*]] = memref.load %[[A]][%[[I]]] : memref<?xf32>
 // CHECK-NEXT: scf.yield %[[LOADED]] : f32
 // CHECK-NEXT: } else {
@@ -207,7 +206,7 @@ module attributes {gpu.container_module} {
 // CHECK: %[[COLS:.*]] = memref.dim %[[A]], %c1 : memref<8x?xf32>
 // CHECK: %[[END:.*]] = arith.addi %[[COL:.*]], %c4{{.*}} : index
 // CHECK: %[[COL_OK:.*]] = arith.cmpi ule, %[[END]], %[[COLS]] : index
-// CHECK: %[[OK:.*]] = arith.andi %{{.*}}, %[[COL_OK]] : i1
+// CHECK: %[[OK:.*]] = arith.andi %[[ROW_OK]], %[[COL_OK]] : i1
 // CHECK: scf.if %[[OK]] -> (vector<4xf32>) {
 // CHECK-NEXT: vector.load %[[A]][%[[ROW]], %[[COL]]] : memref<8x?xf32>, vector<4xf32>
 // CHECK: } else {
