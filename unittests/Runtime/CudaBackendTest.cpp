@@ -758,6 +758,16 @@ TEST_F(FakeCudaTest, TensorMapsAreEncodedOnceAndKeptOnTheDevice) {
               "moert_model_run on cuda (sm_90, Fake GPU): copying the tensor "
               "map of a 64x128x4 bf16 tensor (innermost first) to the device "
               "failed: CUDA_ERROR_INVALID_VALUE (invalid argument)");
+    // The copy comes from pageable memory on the legacy stream, which the
+    // run's stream does not wait for: the map is waited for before any
+    // launch (the run's first synchronisation), and a failure there fails
+    // the run too.
+    setenv("MOERT_FAKE_CUDA_FAIL", "cuStreamSynchronize@1=700", 1);
+    EXPECT_EQ(runError(*model),
+              "moert_model_run on cuda (sm_90, Fake GPU): copying the tensor "
+              "map of a 64x128x4 bf16 tensor (innermost first) to the device "
+              "failed: CUDA_ERROR_ILLEGAL_ADDRESS (an illegal memory access "
+              "was encountered)");
     unsetenv("MOERT_FAKE_CUDA_FAIL");
     EXPECT_EQ(counters().allocations, before);
     runAndCheck(*model);
@@ -780,12 +790,13 @@ TEST_F(FakeCudaTest, TensorMapsAreEncodedOnceAndKeptOnTheDevice) {
     EXPECT_EQ(fields.box[1], 64u);
     EXPECT_EQ(fields.box[2], 1u);
     EXPECT_EQ(counters().allocations, before + 1);
-    EXPECT_EQ(counters().tensorMapsEncoded, 2);
+    // Encoded by each of the two failed runs, then by the first good one.
+    EXPECT_EQ(counters().tensorMapsEncoded, 3);
     // The next run finds the same map, without encoding it again.
     runAndCheck(*model);
     EXPECT_EQ(lastTensorMap, map);
     EXPECT_EQ(counters().allocations, before + 1);
-    EXPECT_EQ(counters().tensorMapsEncoded, 2);
+    EXPECT_EQ(counters().tensorMapsEncoded, 3);
     // A map the driver refuses fails the run, naming the tensor (a model
     // of its own: this one has its map).
     auto other = moert::Model::load(*ctx, kCudaTensorMapModel, weights, &error);
