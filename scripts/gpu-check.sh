@@ -90,7 +90,8 @@ if ((tests)); then
   # lit under the python that has numpy: %python in the tests is lit's own.
   lit_limit=()
   if ((within)); then
-    lit_limit=(--max-time $((within / 2 - (SECONDS - started) > 30 ? within / 2 - (SECONDS - started) : 30)))
+    lit_seconds=$((within / 2 - (SECONDS - started)))
+    lit_limit=(--max-time $((lit_seconds > 30 ? lit_seconds : 30)))
   fi
   $PY /usr/lib/llvm-22/bin/lit -v "${lit_limit[@]}" "${lit_tests[@]}" || status=1
   echo "== runtime on the real GPU"
@@ -123,19 +124,15 @@ if ((bench)); then
   echo "== benchmarks"
   if ((from_pack)); then export MOE_BENCH_NO_BUILD=1; fi
   bench_budget=()
-  if ((within)); then
-    left=$((within - (SECONDS - started) - 60))
-    if ((left < 60)); then
-      echo "gpu-check: the tests left ${left} s of --within $within: no benchmarks"; status=1
-      bench=0
+  left=$((within - (SECONDS - started) - 60))
+  if ((within)); then bench_budget=(--budget "$left"); fi
+  if ((within && left < 60)); then
+    echo "gpu-check: the tests left ${left} s of --within $within: no benchmarks"; status=1
+  else
+    bash bench/gpu/run.sh "${bench_budget[@]}" "$@" || status=1
+    if [[ -n "${OUT:-}" ]]; then
+      cp bench/results/gpu-layer-* "$OUT"/ 2>/dev/null && echo "gpu-check: results copied to $OUT"
     fi
-    bench_budget=(--budget "$left")
-  fi
-fi
-if ((bench)); then
-  bash bench/gpu/run.sh "${bench_budget[@]}" "$@" || status=1
-  if [[ -n "${OUT:-}" ]]; then
-    cp bench/results/gpu-layer-* "$OUT"/ 2>/dev/null && echo "gpu-check: results copied to $OUT"
   fi
 fi
 echo "gpu-check: $([[ $status == 0 ]] && echo all passed || echo FAILURES above)"
