@@ -305,6 +305,13 @@ func.func @unfused(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
 // CHECK-LABEL: gpu.func @attention_core_
 // CHECK: memref.alloca() : memref<4xf32>
 // CHECK: math.exp
+// Decode merges the chunks' partial softmaxes: a chunk counts unless its sum
+// (slot head_dim + 1) is 0, i.e. empty, so a NaN sum reaches the output as
+// in prefill.
+// CHECK-LABEL: gpu.func @attention_merge_
+// CHECK: %[[SUM:.*]] = memref.load %{{.*}}[%{{.*}}, %{{.*}}, %c5] : memref<?x?x6xf32>
+// CHECK-NEXT: %[[ZERO:.*]] = arith.constant 0.000000e+00 : f32
+// CHECK-NEXT: %[[USED:.*]] = arith.cmpf une, %[[SUM]], %[[ZERO]] : f32
 moe.weight @embed : tensor<16x8xf32>
 moe.weight @q : tensor<8x8xf32>
 moe.weight @k : tensor<4x8xf32>
