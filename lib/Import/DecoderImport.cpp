@@ -13,6 +13,7 @@
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/Verifier.h"
 #include "moe/Dialect/MoE/IR/MoEOps.h"
+#include "llvm/Support/FormatVariadic.h"
 
 using namespace mlir;
 using namespace mlir::moe;
@@ -91,6 +92,7 @@ public:
 private:
   LogicalResult readFields(DecoderConfig &c);
   LogicalResult checkUnsupported(const DecoderConfig &c);
+  LogicalResult checkSlidingWindow(const DecoderConfig &c);
 };
 
 LogicalResult DecoderReader::readFields(DecoderConfig &c) {
@@ -221,7 +223,47 @@ LogicalResult DecoderReader::checkUnsupported(const DecoderConfig &c) {
     if (!dense->getAsArray() || !dense->getAsArray()->empty())
       return fieldError("mlp_only_layers")
              << "must be empty: dense MLP layers are not supported yet";
-  return success();
+  return checkSlidingWindow(c);
+}
+
+/// Hugging Face masks keys more than `sliding_window` positions back: Mixtral
+/// whenever a window is set, Qwen3-MoE only with use_sliding_window and only
+/// in the layers from max_window_layers on; OLMoE has no window. A window no
+/// shorter than the position limit never masks a key, so it imports.
+LogicalResult DecoderReader::checkSlidingWindow(const DecoderConfig &c) {
+  if (c.kind == DecoderKind::Olmoe)
+    return success();
+  FailureOr<const llvm::json::Value *> window = lookup("sliding_window", false);
+  if (failed(window) || !*window ||
+      (*window)->kind() == llvm::json::Value::Null)
+    return success();
+  int64_t windowLength = 0;
+  if (failed(readPositiveInt("sliding_window", windowLength)))
+    return failure();
+  std::string why;
+  if (c.kind == DecoderKind::Qwen3Moe) {
+    bool enabled = false;
+    if (failed(readBool("use_sliding_window", enabled)))
+      return failure();
+    if (!enabled)
+      return success();
+    // Absent, every layer is windowed (the conservative reading).
+    int64_t firstWindowed = 0;
+    if (failed(readCount("max_window_layers", firstWindowed)))
+      return failure();
+    if (firstWindowed >= c.layers)
+      return success();
+    why = llvm::formatv(" (use_sliding_window is true and layers {0}..{1} are "
+                        "windowed)",
+                        firstWindowed, c.layers - 1);
+  }
+  if (windowLength >= c.maxPositions)
+    return success();
+  return fieldError("sliding_window")
+         << "= " << windowLength << " is not supported yet" << why
+         << ": sliding-window attention is not implemented; it must be null "
+            "or >= max_position_embeddings ("
+         << c.maxPositions << ")";
 }
 
 FailureOr<DecoderConfig> DecoderReader::read() {
@@ -327,8 +369,9 @@ void DecoderEmitter::declareLayer(int64_t l) {
 Value DecoderEmitter::emitLayer(int64_t l, Value hidden, Value positions,
                                 RouteOp &route) {
   Location loc = named("model.layers." + Twine(l));
-  Value normed = RmsNormOp::create(builder, loc, hiddenType, hidden,
-                                   symbolRef(sym(l, "input_norm")), APFloat(c.eps));
+  Value normed =
+      RmsNormOp::create(builder, loc, hiddenType, hidden,
+                        symbolRef(sym(l, "input_norm")), APFloat(c.eps));
   bool norms = c.kind != DecoderKind::Mixtral;
   auto symbolOrNull = [&](bool present, StringRef role) {
     return present ? FlatSymbolRefAttr::get(builder.getContext(), sym(l, role))
@@ -408,9 +451,9 @@ OwningOpRef<ModuleOp> DecoderEmitter::emit() {
     }
     YieldOp::create(builder, loop.getLoc(), results);
   }
-  Value normed =
-      RmsNormOp::create(builder, named("model.norm"), hiddenType,
-                        loop.getResult(), symbolRef("final_norm"), APFloat(c.eps));
+  Value normed = RmsNormOp::create(builder, named("model.norm"), hiddenType,
+                                   loop.getResult(), symbolRef("final_norm"),
+                                   APFloat(c.eps));
   Value logits = UnembedOp::create(builder, named("lm_head"), logitsType,
                                    normed, c.tied ? "embed" : "lm_head");
   func::ReturnOp::create(builder, loc, ValueRange{logits, loop.getExitLoop()});

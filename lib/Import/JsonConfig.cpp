@@ -123,7 +123,7 @@ LogicalResult JsonConfig::parse() {
 }
 
 FailureOr<const llvm::json::Value *> JsonConfig::lookup(StringRef field,
-                                                          bool required) {
+                                                        bool required) {
   const llvm::json::Value *value = object->get(field);
   if (!value && required)
     return emitError(fieldLoc(field))
@@ -132,7 +132,7 @@ FailureOr<const llvm::json::Value *> JsonConfig::lookup(StringRef field,
 }
 
 LogicalResult JsonConfig::readPositiveInt(StringRef field, int64_t &out,
-                                            bool required) {
+                                          bool required) {
   FailureOr<const llvm::json::Value *> value = lookup(field, required);
   if (failed(value))
     return failure();
@@ -156,8 +156,21 @@ LogicalResult JsonConfig::readPositiveInt(StringRef field, int64_t &out,
   return success();
 }
 
-LogicalResult JsonConfig::readFloat(StringRef field, float &out,
-                                   bool required, bool nullable) {
+LogicalResult JsonConfig::readCount(StringRef field, int64_t &out) {
+  FailureOr<const llvm::json::Value *> value = lookup(field, false);
+  if (failed(value))
+    return failure();
+  if (*value && (*value)->getAsUINT64() == 0 &&
+      (*value)->kind() == llvm::json::Value::Number &&
+      (*value)->getAsInteger()) {
+    out = 0;
+    return success();
+  }
+  return readPositiveInt(field, out);
+}
+
+LogicalResult JsonConfig::readFloat(StringRef field, float &out, bool required,
+                                    bool nullable) {
   FailureOr<const llvm::json::Value *> value = lookup(field, required);
   if (failed(value))
     return failure();
@@ -190,7 +203,7 @@ LogicalResult JsonConfig::readBool(StringRef field, bool &out) {
 }
 
 FailureOr<std::optional<StringRef>> JsonConfig::readString(StringRef field,
-                                                             bool required) {
+                                                           bool required) {
   FailureOr<const llvm::json::Value *> value = lookup(field, required);
   if (failed(value))
     return failure();

@@ -67,24 +67,9 @@ public:
   FailureOr<LoopLMConfig> read();
 
 private:
-  LogicalResult readCount(StringRef field, int64_t &out);
   LogicalResult readFields(LoopLMConfig &c);
   LogicalResult check(const LoopLMConfig &c);
 };
-
-/// A non-negative integer (0 is allowed, unlike readPositiveInt).
-LogicalResult LoopLMReader::readCount(StringRef field, int64_t &out) {
-  FailureOr<const llvm::json::Value *> value = lookup(field, false);
-  if (failed(value))
-    return failure();
-  if (*value && (*value)->getAsUINT64() == 0 &&
-      (*value)->kind() == llvm::json::Value::Number &&
-      (*value)->getAsInteger()) {
-    out = 0;
-    return success();
-  }
-  return readPositiveInt(field, out);
-}
 
 LogicalResult LoopLMReader::readFields(LoopLMConfig &c) {
   bool ok = succeeded(readPositiveInt("vocab_size", c.vocab, true));

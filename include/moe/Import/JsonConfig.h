@@ -32,6 +32,8 @@ public:
   /// An integer >= 1; an absent optional field leaves `out` unchanged.
   LogicalResult readPositiveInt(StringRef field, int64_t &out,
                                 bool required = false);
+  /// An optional integer >= 0 (0 is allowed, unlike readPositiveInt).
+  LogicalResult readCount(StringRef field, int64_t &out);
   /// A number representable as f32; with `nullable`, JSON null means absent.
   LogicalResult readFloat(StringRef field, float &out, bool required = false,
                           bool nullable = false);
