@@ -464,6 +464,17 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   return success();
 }
 
+/// The LM-head exit test sums its softmax over chunks of about sqrt(vocab)
+/// logits (a power of two from 32 to 1024), so that the chunk pass (a
+/// thread per token and chunk) and the merge (a thread per token) each take
+/// about sqrt(vocab) steps.
+int64_t lmExitChunk(int64_t vocab) {
+  int64_t chunk = 32;
+  while (chunk < 1024 && chunk * chunk < vocab)
+    chunk *= 2;
+  return chunk;
+}
+
 LogicalResult emitExitTestLm(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                              Operation *) {
   // p = softmax(lm_head(norm(h))); exit when max p >= tau (max_prob) or the
@@ -482,67 +493,125 @@ LogicalResult emitExitTestLm(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   llvm::raw_string_ostream(key)
       << normKind << "," << eps << "," << criterion << "," << tau;
   Value n = p.hostDim(h, 0);
-  Type f32 = p.host().getF32Type();
+  Type f32 = p.host().getF32Type(), f64Type = p.host().getF64Type();
   int64_t dyn = ShapedType::kDynamic;
+
+  // The logits: the norm a thread per token, then the LM head's GEMM with
+  // f32 activations (no tensor cores), as the CPU computes them, since a
+  // threshold decides.
+  Value input = h;
+  if (normKind) {
+    input = p.scratch(MemRefType::get({dyn, d}, f32), {n});
+    SmallVector<Value> normArgs = {h, norm, input};
+    auto normFn = p.kernel("exit_lm_norm", key, normArgs,
+                           [&](KernelBody &k, Value t, ValueRange args) {
+                             Value rms =
+                                 rmsOf(k, args[0], t, k.index(0), d, eps);
+                             k.forEach(k.index(0), k.index(d), [&](Value c) {
+                               Value x = k.fdiv(k.load(args[0], {t, c}), rms);
+                               if (normKind == 1)
+                                 x = k.fmul(x, k.load(args[1], {c}));
+                               k.store(x, args[2], {t, c});
+                             });
+                           });
+    p.launch(normFn, n, normArgs);
+  }
   Value logits = p.scratch(MemRefType::get({dyn, vocab}, f32), {n});
-  SmallVector<Value> logitArgs = {h, norm, lmHead, logits};
-  auto logitFn = p.kernel(
-      "exit_lm_logits", key, logitArgs,
+  emitRowsDotWeights(p, "exit_lm_logits", input, lmHead, logits, vocab, d,
+                     /*tensorCores=*/false);
+  if (normKind)
+    p.release(input);
+
+  // Per (token, chunk): the chunk's max logit m, s = sum exp(x - m) and
+  // w = sum exp(x - m) (x - m). A chunk of -inf logits has no mass (its
+  // x - m are NaN); a NaN or +inf logit makes them NaN, which never exits.
+  int64_t chunk = lmExitChunk(vocab);
+  int64_t numChunks = (vocab + chunk - 1) / chunk;
+  Value stats = p.scratch(MemRefType::get({dyn, numChunks, 3}, f64Type), {n});
+  SmallVector<Value> chunkArgs = {logits, stats};
+  auto chunkFn = p.kernel(
+      "exit_lm_chunk", key, chunkArgs,
       [&](KernelBody &k, Value gid, ValueRange args) {
-        Value t = k.div(gid, k.index(vocab)), v = k.rem(gid, k.index(vocab));
-        Value rms =
-            normKind ? rmsOf(k, args[0], t, k.index(0), d, eps) : Value();
-        Value logit = k.reduce(
-            k.index(0), k.index(d), k.f32(0.0), [&](Value c, Value acc) {
-              Value x = k.load(args[0], {t, c});
-              if (normKind) {
-                x = k.fdiv(x, rms);
-                if (normKind == 1)
-                  x = k.fmul(x, k.load(args[1], {c}));
-              }
-              return k.fadd(acc, k.fmul(x, k.load(args[2], {v, c})));
+        ImplicitLocOpBuilder &b = k.b;
+        Value t = k.div(gid, k.index(numChunks));
+        Value c = k.rem(gid, k.index(numChunks));
+        Value first = k.mul(c, k.index(chunk));
+        Value end = arith::MinUIOp::create(b, k.add(first, k.index(chunk)),
+                                           k.index(vocab));
+        auto logitAt = [&](Value v) {
+          return arith::ExtFOp::create(b, f64Type, k.load(args[0], {t, v}))
+              .getResult();
+        };
+        Value max =
+            k.reduce(k.add(first, k.index(1)), end, logitAt(first),
+                     [&](Value v, Value m) -> Value {
+                       return arith::MaximumFOp::create(b, m, logitAt(v));
+                     });
+        SmallVector<Value> sums = k.reduceAll(
+            first, end, {f64(k, 0.0), f64(k, 0.0)},
+            [&](Value v, ValueRange acc) -> SmallVector<Value> {
+              Value x = arith::SubFOp::create(b, logitAt(v), max);
+              Value e = math::ExpOp::create(b, x);
+              return {arith::AddFOp::create(b, acc[0], e),
+                      arith::AddFOp::create(b, acc[1],
+                                            arith::MulFOp::create(b, e, x))};
             });
-        k.store(logit, args[3], {t, v});
+        Value empty = arith::CmpFOp::create(
+            b, arith::CmpFPredicate::OEQ, max,
+            arith::ConstantFloatOp::create(
+                b, b.getF64Type(),
+                APFloat::getInf(APFloat::IEEEdouble(), /*Negative=*/true)));
+        k.store(max, args[1], {t, c, k.index(0)});
+        for (int64_t i = 0; i < 2; ++i)
+          k.store(arith::SelectOp::create(b, empty, f64(k, 0.0), sums[i]),
+                  args[1], {t, c, k.index(i + 1)});
       });
-  p.launch(logitFn, p.hostMul(n, p.hostIndex(vocab)), logitArgs);
-  SmallVector<Value> testArgs = {logits, exits};
+  p.launch(chunkFn, p.hostMul(n, p.hostIndex(numChunks)), chunkArgs);
+  p.release(logits);
+
+  // Per token, with M the largest chunk max: S = sum e^(m - M) s and
+  // W = sum e^(m - M) (w + (m - M) s) over the chunks with mass, so that
+  // max p = 1 / S and the entropy is log S - W / S.
+  SmallVector<Value> testArgs = {stats, exits};
   auto test = p.kernel(
       "exit_lm_test", key, testArgs,
       [&](KernelBody &k, Value t, ValueRange args) {
         ImplicitLocOpBuilder &b = k.b;
-        Type f64Type = b.getF64Type();
-        auto logitAt = [&](Value v) {
-          return arith::ExtFOp::create(b, f64Type, k.load(args[0], {t, v}));
+        auto statAt = [&](Value c, int64_t i) {
+          return k.load(args[0], {t, c, k.index(i)});
         };
         Value max =
-            k.reduce(k.index(1), k.index(vocab), logitAt(k.index(0)),
-                     [&](Value v, Value m) -> Value {
-                       return arith::MaximumFOp::create(b, m, logitAt(v));
+            k.reduce(k.index(1), k.index(numChunks), statAt(k.index(0), 0),
+                     [&](Value c, Value m) -> Value {
+                       return arith::MaximumFOp::create(b, m, statAt(c, 0));
                      });
-        auto shifted = [&](Value v) {
-          return arith::SubFOp::create(b, logitAt(v), max).getResult();
-        };
-        Value sum = k.reduce(k.index(0), k.index(vocab), f64(k, 0.0),
-                             [&](Value v, Value s) -> Value {
-                               return arith::AddFOp::create(
-                                   b, s, math::ExpOp::create(b, shifted(v)));
-                             });
+        SmallVector<Value> sums = k.reduceAll(
+            k.index(0), k.index(numChunks), {f64(k, 0.0), f64(k, 0.0)},
+            [&](Value c, ValueRange acc) -> SmallVector<Value> {
+              // A chunk has mass >= 1 (its max gives exp(0)), none (its
+              // terms would be NaN: -inf times 0), or NaN, which must reach
+              // the result.
+              Value s = statAt(c, 1);
+              Value hasMass = arith::CmpFOp::create(
+                  b, arith::CmpFPredicate::UNE, s, f64(k, 0.0));
+              Value shift = arith::SubFOp::create(b, statAt(c, 0), max);
+              Value scale = math::ExpOp::create(b, shift);
+              Value w = arith::AddFOp::create(
+                  b, statAt(c, 2), arith::MulFOp::create(b, shift, s));
+              Value sumS = arith::AddFOp::create(
+                  b, acc[0], arith::MulFOp::create(b, scale, s));
+              Value sumW = arith::AddFOp::create(
+                  b, acc[1], arith::MulFOp::create(b, scale, w));
+              return {arith::SelectOp::create(b, hasMass, sumS, acc[0]),
+                      arith::SelectOp::create(b, hasMass, sumW, acc[1])};
+            });
         Value value;
-        if (criterion == 2) {
-          value = arith::DivFOp::create(b, f64(k, 1.0), sum);
-        } else {
-          Value weighted = k.reduce(
-              k.index(0), k.index(vocab), f64(k, 0.0),
-              [&](Value v, Value w) -> Value {
-                Value x = shifted(v);
-                Value pv =
-                    arith::DivFOp::create(b, math::ExpOp::create(b, x), sum);
-                return arith::AddFOp::create(b, w,
-                                             arith::MulFOp::create(b, pv, x));
-              });
+        if (criterion == 2)
+          value = arith::DivFOp::create(b, f64(k, 1.0), sums[0]);
+        else
           value =
-              arith::SubFOp::create(b, math::LogOp::create(b, sum), weighted);
-        }
+              arith::SubFOp::create(b, math::LogOp::create(b, sums[0]),
+                                    arith::DivFOp::create(b, sums[1], sums[0]));
         Value finite = arith::CmpFOp::create(
             b, arith::CmpFPredicate::OEQ,
             arith::SubFOp::create(b, value, value), f64(k, 0.0));
@@ -555,7 +624,7 @@ LogicalResult emitExitTestLm(GPUProgram &p, StringRef name, ArrayRef<Value> a,
         k.store(arith::ExtUIOp::create(b, b.getI8Type(), exit), args[1], {t});
       });
   p.launch(test, n, testArgs);
-  p.release(logits);
+  p.release(stats);
   return success();
 }
 } // namespace

@@ -422,3 +422,54 @@ func.func @tensor_cores(%x: tensor<?x32xf32>) -> (tensor<?x32xf32>, tensor<?xi32
   }
   return %h, %exit : tensor<?x32xf32>, tensor<?xi32>
 }
+
+// -----
+
+// An LM-head exit test: the final norm a thread per token, the LM head's
+// GEMM with f32 activations (the decode form: a warp per logit), then the
+// softmax's sums in double over chunks of 32 logits (ceil(100 / 32) = 4), a
+// thread per (token, chunk), merged a thread per token.
+// CHECK-LABEL: func.func @lm_exit(
+// CHECK: @moe_kernels::@exit_lm_norm_{{[0-9]+}} {{.*}} args(%{{.*}} : index, %{{.*}} : memref<?x8xf32>, %{{.*}} : memref<8xf32>, %[[NORMED:.*]] : memref<?x8xf32>)
+// CHECK: @moe_kernels::@exit_lm_logits_{{[0-9]+}}
+// CHECK: @moe_kernels::@exit_lm_logits_split_{{[0-9]+}} {{.*}} args(%{{.*}} : index, %[[NORMED]] : memref<?x8xf32>, %{{.*}} : memref<100x8xf32>, %[[LOGITS:.*]] : memref<?x100xf32>)
+// CHECK: @moe_kernels::@exit_lm_chunk_{{[0-9]+}} {{.*}} args(%{{.*}} : index, %[[LOGITS]] : memref<?x100xf32>, %[[STATS:.*]] : memref<?x4x3xf64>)
+// CHECK: @moe_kernels::@exit_lm_test_{{[0-9]+}} {{.*}} args(%{{.*}} : index, %[[STATS]] : memref<?x4x3xf64>, %{{.*}} : memref<?xi8>)
+// Each chunk: its max, then exp(x - max) and exp(x - max) (x - max) summed
+// from its first logit to min(first + 32, 100); a chunk of -inf logits
+// stores no mass.
+// CHECK-LABEL: gpu.func @exit_lm_chunk_
+// CHECK: %[[FIRST:.*]] = arith.muli %{{.*}}, %c32
+// CHECK: %[[END:.*]] = arith.minui %{{.*}}, %c100
+// CHECK: %[[MAX:.*]] = scf.for {{.*}} -> (f64) {
+// CHECK: arith.maximumf
+// CHECK: scf.for %{{.*}} = %[[FIRST]] to %[[END]] {{.*}} -> (f64, f64) {
+// CHECK: %[[X:.*]] = arith.subf %{{.*}}, %[[MAX]] : f64
+// CHECK: %[[E:.*]] = math.exp %[[X]] : f64
+// CHECK: arith.mulf %[[E]], %[[X]] : f64
+// CHECK: %[[NEGINF:.*]] = arith.constant 0xFFF0000000000000 : f64
+// CHECK: %[[EMPTY:.*]] = arith.cmpf oeq, %[[MAX]], %[[NEGINF]] : f64
+// CHECK: arith.select %[[EMPTY]]
+// The merge skips the chunks without mass (a NaN one counts), then the
+// entropy log S - W / S must be finite and <= 0.5.
+// CHECK-LABEL: gpu.func @exit_lm_test_
+// CHECK: %[[S:.*]] = memref.load %{{.*}}[%{{.*}}, %{{.*}}, %c1{{.*}}] : memref<?x4x3xf64>
+// CHECK: %[[MASS:.*]] = arith.cmpf une, %[[S]], %{{.*}} : f64
+// CHECK: arith.select %[[MASS]]
+// CHECK: %[[LOG:.*]] = math.log %[[SUMS:.*]]#0 : f64
+// CHECK: %[[MEAN:.*]] = arith.divf %[[SUMS]]#1, %[[SUMS]]#0 : f64
+// CHECK: %[[H:.*]] = arith.subf %[[LOG]], %[[MEAN]] : f64
+// CHECK: arith.cmpf ole, %[[H]], %{{.*}} : f64
+moe.weight @norm : tensor<8xf32>
+moe.weight @final_norm : tensor<8xf32>
+moe.weight @lm_head : tensor<100x8xf32>
+
+func.func @lm_exit(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
+  %h, %exit = moe.loop %x passes = 2 mode = unroll : tensor<?x8xf32> -> tensor<?xi32> {
+  ^bb0(%h0: tensor<?x8xf32>):
+    %h1 = moe.rms_norm %h0, @norm : tensor<?x8xf32>
+    %m = moe.exit %h1, %h0 criterion = entropy threshold = 0.5 lm_head @lm_head lm_norm @final_norm : tensor<?x8xf32> -> tensor<?xi1>
+    moe.yield %h1, %m : tensor<?x8xf32>, tensor<?xi1>
+  }
+  return %h, %exit : tensor<?x8xf32>, tensor<?xi32>
+}
