@@ -72,6 +72,7 @@ if ((from_pack)); then
     echo "gpu-check: moe-run misses the libraries above on this machine"; exit 1
   fi
   lit_tests=(build/test/e2e/cuda)
+  export MOE_BENCH_COMMIT=$(cat "$pack/commit" 2>/dev/null)
 elif [[ -f build/build.ninja ]]; then
   cmake --build build || exit 1
   cmake --build build --target MoEUnitTests || exit 1

@@ -34,6 +34,11 @@ cp build/test/lit.site.cfg.py "$pack/build/test/"
 cp build/unittests/MoERuntimeTests "$pack/build/unittests/"
 # The site configuration names this checkout: gpu-check.sh rewrites it there.
 echo "$PWD" > "$pack/source-root"
+# The lent machine's copy of the tree has no git: the benchmark results are
+# named after the commit packed here.
+commit=$(git rev-parse --short HEAD)
+[[ -z "$(git status --porcelain --untracked-files=no)" ]] || commit+=-dirty
+echo "$commit" > "$pack/commit"
 # What travels to the machine (the tracked files and the pack) must stay
 # within 64 MiB.
 tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)

@@ -965,13 +965,31 @@ def environment(args):
     return env
 
 
+def git_output(*command):
+    """What git prints, or "" where there is no git or no repository (a lent
+    GPU machine gets a copy of the tree without either)."""
+    try:
+        return subprocess.run(["git", *command], cwd=ROOT, capture_output=True,
+                              text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+def source_commit():
+    """(commit, dirty) of the source: from git, else MOE_BENCH_COMMIT, which
+    scripts/gpu-check.sh --from-pack sets from the commit gpu-pack.sh packed
+    ("<hash>" or "<hash>-dirty")."""
+    commit = git_output("rev-parse", "--short", "HEAD")
+    if commit:
+        return commit, bool(git_output("status", "--porcelain", "--untracked-files=no"))
+    packed = os.environ.get("MOE_BENCH_COMMIT", "")
+    return (packed.removesuffix("-dirty") or "unknown"), packed.endswith("-dirty")
+
+
 def main(argv=None):
     args = parse_args(argv)
     clock = Clock(args.budget)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip() or "unknown"
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                cwd=ROOT, capture_output=True, text=True).stdout.strip())
+    commit, dirty = source_commit()
     env = environment(args)
     print(f"gpu_bench: {env['machine']}, torch {env['torch']}, triton {env['triton']}, "
           f"copy bandwidth {fmt(env['bandwidth_gbs'], '.0f')} GB/s", flush=True)
