@@ -56,6 +56,9 @@ constexpr llvm::StringLiteral kKnownFields[] = {"model_type",
                                                 "rms_norm_eps",
                                                 "rope_theta",
                                                 "rope_scaling",
+                                                "rope_parameters",
+                                                "partial_rotary_factor",
+                                                "layer_types",
                                                 "max_position_embeddings",
                                                 "tie_word_embeddings",
                                                 "hidden_act",
@@ -91,6 +94,7 @@ public:
 
 private:
   LogicalResult readFields(DecoderConfig &c);
+  LogicalResult readRopeParameters(DecoderConfig &c);
   LogicalResult checkUnsupported(const DecoderConfig &c);
   LogicalResult checkSlidingWindow(const DecoderConfig &c);
 };
@@ -113,6 +117,7 @@ LogicalResult DecoderReader::readFields(DecoderConfig &c) {
   ok &= succeeded(readPositiveInt("max_position_embeddings", c.maxPositions));
   ok &= succeeded(readFloat("rms_norm_eps", c.eps));
   ok &= succeeded(readFloat("rope_theta", c.ropeTheta));
+  ok &= succeeded(readRopeParameters(c));
   ok &= succeeded(readBool("tie_word_embeddings", c.tied));
   // Mixtral always renormalises the selected experts' probabilities.
   c.normalizeTopK = mixtral;
@@ -201,6 +206,66 @@ LogicalResult DecoderReader::readFields(DecoderConfig &c) {
   return success();
 }
 
+/// transformers 5 writes RoPE as `rope_parameters`, {"rope_type": "default",
+/// "rope_theta": ...}; what else it can hold (scaling, partial rotation,
+/// parameters per layer type) is not implemented, and reading past it
+/// would silently leave the default theta.
+LogicalResult DecoderReader::readRopeParameters(DecoderConfig &c) {
+  FailureOr<const llvm::json::Value *> value = lookup("rope_parameters", false);
+  if (failed(value))
+    return failure();
+  if (!*value || (*value)->kind() == llvm::json::Value::Null)
+    return success();
+  const llvm::json::Object *params = (*value)->getAsObject();
+  if (!params)
+    return fieldError("rope_parameters") << "must be an object";
+  // In key order, so that the first of several problems is always the one
+  // reported.
+  SmallVector<StringRef> keys;
+  for (const auto &item : *params)
+    keys.push_back(item.first);
+  llvm::sort(keys);
+  std::optional<double> theta;
+  for (StringRef key : keys) {
+    const llvm::json::Value &entry = *params->get(key);
+    if (key == "rope_type") {
+      std::optional<StringRef> type = entry.getAsString();
+      if (!type || *type != "default")
+        return fieldError("rope_parameters")
+               << "has rope_type " << describeJson(entry)
+               << ", which is not supported yet (only \"default\")";
+    } else if (key == "rope_theta") {
+      theta = entry.getAsNumber();
+      if (!theta || !(*theta > 0.0) ||
+          *theta > std::numeric_limits<float>::max())
+        return fieldError("rope_parameters")
+               << "has rope_theta " << describeJson(entry)
+               << ", which must be a number > 0";
+    } else if (key == "partial_rotary_factor") {
+      if (entry.getAsNumber() != 1.0)
+        return fieldError("rope_parameters")
+               << "has partial_rotary_factor " << describeJson(entry)
+               << ", which is not supported yet (only 1)";
+    } else if (entry.getAsObject()) {
+      return fieldError("rope_parameters")
+             << "gives parameters per layer type ('" << key
+             << "'), which is not supported yet";
+    } else {
+      return fieldError("rope_parameters")
+             << "has '" << key << "', which is not supported yet (RoPE "
+             << "scaling; only rope_type \"default\" and rope_theta)";
+    }
+  }
+  if (!theta)
+    return success();
+  if (has("rope_theta") && float(*theta) != c.ropeTheta)
+    return fieldError("rope_parameters")
+           << "has rope_theta " << formatFloat(*theta)
+           << ", which contradicts rope_theta = " << formatFloat(c.ropeTheta);
+  c.ropeTheta = float(*theta);
+  return success();
+}
+
 /// Config values that would change the model in ways this compiler does not
 /// implement yet: an error, never a silently different model.
 LogicalResult DecoderReader::checkUnsupported(const DecoderConfig &c) {
@@ -212,6 +277,10 @@ LogicalResult DecoderReader::checkUnsupported(const DecoderConfig &c) {
   };
   if (present("rope_scaling"))
     return fieldError("rope_scaling") << "is not supported yet (must be null)";
+  if (auto *factor = present("partial_rotary_factor"))
+    if (factor->getAsNumber() != 1.0)
+      return fieldError("partial_rotary_factor")
+             << "is not supported yet (must be 1)";
   if (auto *bias = present("attention_bias"))
     if (bias->getAsBoolean().value_or(true))
       return fieldError("attention_bias") << "is not supported yet";
@@ -231,6 +300,29 @@ LogicalResult DecoderReader::checkUnsupported(const DecoderConfig &c) {
 /// in the layers from max_window_layers on; OLMoE has no window. A window no
 /// shorter than the position limit never masks a key, so it imports.
 LogicalResult DecoderReader::checkSlidingWindow(const DecoderConfig &c) {
+  // transformers 5's layer_types names each layer's attention; for
+  // Qwen3-MoE it decides which layers are windowed.
+  std::optional<int64_t> firstListedWindowed;
+  FailureOr<const llvm::json::Value *> types = lookup("layer_types", false);
+  bool listed =
+      succeeded(types) && *types && (*types)->kind() != llvm::json::Value::Null;
+  if (listed) {
+    const llvm::json::Array *list = (*types)->getAsArray();
+    if (!list || int64_t(list->size()) != c.layers)
+      return fieldError("layer_types")
+             << "must list the attention type of each of the " << c.layers
+             << " layers";
+    for (auto [layer, type] : llvm::enumerate(*list)) {
+      std::optional<StringRef> name = type.getAsString();
+      if (name == "sliding_attention" && !firstListedWindowed)
+        firstListedWindowed = layer;
+      else if (name != "full_attention" && name != "sliding_attention")
+        return fieldError("layer_types")
+               << "has " << describeJson(type) << " for layer " << layer
+               << ", which is not supported (only \"full_attention\" and "
+                  "\"sliding_attention\")";
+    }
+  }
   if (c.kind == DecoderKind::Olmoe)
     return success();
   FailureOr<const llvm::json::Value *> window = lookup("sliding_window", false);
@@ -241,7 +333,12 @@ LogicalResult DecoderReader::checkSlidingWindow(const DecoderConfig &c) {
   if (failed(readPositiveInt("sliding_window", windowLength)))
     return failure();
   std::string why;
-  if (c.kind == DecoderKind::Qwen3Moe) {
+  if (c.kind == DecoderKind::Qwen3Moe && listed) {
+    if (!firstListedWindowed)
+      return success();
+    why = llvm::formatv(" (layer_types makes layer {0} sliding_attention)",
+                        *firstListedWindowed);
+  } else if (c.kind == DecoderKind::Qwen3Moe) {
     bool enabled = false;
     if (failed(readBool("use_sliding_window", enabled)))
       return failure();

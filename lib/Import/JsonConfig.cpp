@@ -60,9 +60,9 @@ std::pair<size_t, std::string> splitJsonError(StringRef error) {
   return {0, error.str()};
 }
 
-/// A JSON value as a message shows it; containers only by kind, so that a
-/// large one cannot flood the message.
-std::string describe(const llvm::json::Value &value) {
+} // namespace
+
+std::string mlir::moe::describeJson(const llvm::json::Value &value) {
   if (value.kind() == llvm::json::Value::Object)
     return "an object";
   if (value.kind() == llvm::json::Value::Array)
@@ -71,8 +71,6 @@ std::string describe(const llvm::json::Value &value) {
   llvm::raw_string_ostream(text) << value;
   return text;
 }
-
-} // namespace
 
 std::string mlir::moe::formatFloat(double value) {
   std::string text;
@@ -117,7 +115,7 @@ LogicalResult JsonConfig::parse() {
   object = root.getAsObject();
   if (!object)
     return emitError(locAt(objectOffset))
-           << "the config must be a JSON object, got " << describe(root);
+           << "the config must be a JSON object, got " << describeJson(root);
   keyOffsets = findTopLevelKeys(text);
   return success();
 }
@@ -144,12 +142,14 @@ LogicalResult JsonConfig::readPositiveInt(StringRef field, int64_t &out,
   std::optional<int64_t> integer = (*value)->getAsInteger();
   std::optional<double> number = (*value)->getAsNumber();
   if (!number)
-    return fieldError(field) << "must be an integer, got " << describe(**value);
+    return fieldError(field)
+           << "must be an integer, got " << describeJson(**value);
   if (!(*value)->getAsUINT64() && !(integer && *integer < 0))
     return fieldError(field)
            << "must be an integer, got " << formatFloatLiteral(*number);
   if (!integer)
-    return fieldError(field) << "= " << describe(**value) << " is out of range";
+    return fieldError(field)
+           << "= " << describeJson(**value) << " is out of range";
   if (*integer < 1)
     return fieldError(field) << "= " << *integer << " must be >= 1";
   out = *integer;
@@ -178,7 +178,8 @@ LogicalResult JsonConfig::readFloat(StringRef field, float &out, bool required,
     return success();
   std::optional<double> number = (*value)->getAsNumber();
   if (!number)
-    return fieldError(field) << "must be a number, got " << describe(**value);
+    return fieldError(field)
+           << "must be a number, got " << describeJson(**value);
   // Casting a double beyond the f32 range is undefined; flushing a tiny one to
   // zero would change its meaning.
   if (std::fabs(*number) > std::numeric_limits<float>::max() ||
@@ -197,7 +198,8 @@ LogicalResult JsonConfig::readBool(StringRef field, bool &out) {
     return success();
   std::optional<bool> flag = (*value)->getAsBoolean();
   if (!flag)
-    return fieldError(field) << "must be a boolean, got " << describe(**value);
+    return fieldError(field)
+           << "must be a boolean, got " << describeJson(**value);
   out = *flag;
   return success();
 }
@@ -211,7 +213,8 @@ FailureOr<std::optional<StringRef>> JsonConfig::readString(StringRef field,
     return std::optional<StringRef>();
   std::optional<StringRef> string = (*value)->getAsString();
   if (!string)
-    return fieldError(field) << "must be a string, got " << describe(**value);
+    return fieldError(field)
+           << "must be a string, got " << describeJson(**value);
   return string;
 }
 

@@ -67,6 +67,9 @@ private:
 
 /// `%g`, the way messages show a config's numbers.
 std::string formatFloat(double value);
+/// A JSON value as a message shows it; containers only by kind, so that a
+/// large one cannot flood the message.
+std::string describeJson(const llvm::json::Value &value);
 
 template <typename T, size_t N>
 LogicalResult JsonConfig::readEnum(StringRef field,
