@@ -107,8 +107,11 @@ LogicalResult DecoderReader::readFields(DecoderConfig &c) {
   ok &= succeeded(readPositiveInt("num_hidden_layers", c.layers, true));
   ok &= succeeded(readPositiveInt("num_attention_heads", c.heads, true));
   c.kvHeads = 0;
-  ok &= succeeded(readPositiveInt("num_key_value_heads", c.kvHeads));
-  ok &= succeeded(readPositiveInt("head_dim", c.headDim));
+  // transformers writes `null` for these when they follow from others.
+  ok &= succeeded(readPositiveInt("num_key_value_heads", c.kvHeads,
+                                  /*required=*/false, /*nullable=*/true));
+  ok &= succeeded(readPositiveInt("head_dim", c.headDim, /*required=*/false,
+                                  /*nullable=*/true));
   ok &= succeeded(readPositiveInt(mixtral ? "num_local_experts" : "num_experts",
                                   c.experts, true));
   ok &= succeeded(readPositiveInt("num_experts_per_tok", c.topK, true));
@@ -153,6 +156,17 @@ LogicalResult DecoderReader::readFields(DecoderConfig &c) {
 
   if (!c.kvHeads)
     c.kvHeads = c.heads;
+  // Hugging Face's OLMoE attention has taken head_dim as hidden_size /
+  // num_attention_heads whatever the config says (later versions read
+  // head_dim): only a head_dim that both agree on is unambiguous.
+  if (c.kind == DecoderKind::Olmoe && c.headDim &&
+      c.headDim * c.heads != c.hidden)
+    return fieldError("head_dim")
+           << "= " << c.headDim
+           << " is ambiguous for olmoe: Hugging Face's OLMoE attention uses "
+              "hidden_size / num_attention_heads ("
+           << c.hidden << " / " << c.heads
+           << "); omit head_dim or make it agree";
   if (!c.headDim) {
     if (c.hidden % c.heads)
       return fieldError("hidden_size")

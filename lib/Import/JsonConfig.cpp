@@ -130,11 +130,11 @@ FailureOr<const llvm::json::Value *> JsonConfig::lookup(StringRef field,
 }
 
 LogicalResult JsonConfig::readPositiveInt(StringRef field, int64_t &out,
-                                          bool required) {
+                                          bool required, bool nullable) {
   FailureOr<const llvm::json::Value *> value = lookup(field, required);
   if (failed(value))
     return failure();
-  if (!*value)
+  if (!*value || (nullable && (*value)->kind() == llvm::json::Value::Null))
     return success();
   // llvm::json also reads `2.0` as an integer, but the contract (like Python)
   // keeps ints and floats apart. Only integer literals have an unsigned form;

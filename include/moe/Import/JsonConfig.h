@@ -29,9 +29,10 @@ public:
   LogicalResult parse();
 
   FailureOr<const llvm::json::Value *> lookup(StringRef field, bool required);
-  /// An integer >= 1; an absent optional field leaves `out` unchanged.
+  /// An integer >= 1; an absent optional field leaves `out` unchanged, and
+  /// so does JSON null with `nullable`.
   LogicalResult readPositiveInt(StringRef field, int64_t &out,
-                                bool required = false);
+                                bool required = false, bool nullable = false);
   /// An optional integer >= 0 (0 is allowed, unlike readPositiveInt).
   LogicalResult readCount(StringRef field, int64_t &out);
   /// A number representable as f32; with `nullable`, JSON null means absent.
