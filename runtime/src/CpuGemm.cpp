@@ -13,6 +13,10 @@
 // elements are computed together, never how, which is what makes the kernels
 // deterministic across thread counts and batch compositions.
 //
+// B may also be bf16 (raw bits, as weights are kept): each vector is widened
+// to f32 as it is loaded, which is exact, so a bf16 B gives the same bits as
+// the f32 B it widens to, with half the bytes to read.
+//
 // The SwiGLU activation is here too, on the same vector types, with its own
 // vectorised exp.
 //
@@ -30,6 +34,7 @@ namespace {
 using V8 = float __attribute__((vector_size(32)));
 using V8i = int32_t __attribute__((vector_size(32)));
 using V4 = float __attribute__((vector_size(16)));
+using V8u16 = uint16_t __attribute__((vector_size(16)));
 
 constexpr int64_t kLanes = 8;
 /// K block: an NR x kBlockK panel of B (16 KiB for NR = 8) stays in L1 while
@@ -47,12 +52,26 @@ V8 load(const float *p) {
   return v;
 }
 
+/// Eight bf16 values as f32: the bits shifted into the high half.
+V8 load(const uint16_t *p) {
+  V8u16 bits;
+  std::memcpy(&bits, p, sizeof(bits));
+  return (V8)(__builtin_convertvector(bits, V8i) << 16);
+}
+
 /// The first `n` < 8 floats at `p`, zero-padded.
 V8 loadTail(const float *p, int64_t n) {
   V8 v = {};
   for (int64_t i = 0; i < n; ++i)
     v[i] = p[i];
   return v;
+}
+
+V8 loadTail(const uint16_t *p, int64_t n) {
+  V8u16 bits = {};
+  for (int64_t i = 0; i < n; ++i)
+    bits[i] = p[i];
+  return (V8)(__builtin_convertvector(bits, V8i) << 16);
 }
 
 void storeTail(float *p, V8 v, int64_t n) {
@@ -82,11 +101,12 @@ V4 reduce4(V8 a, V8 b, V8 c, V8 d) {
          __builtin_shufflevector(q, q, 1, 5, 3, 7);
 }
 
-/// acc[i][j] += A row i * B row j over one 8-wide step; `loadFn` reads it.
-/// The MR A vectors stay in registers and each B vector is used once as it
-/// is loaded, so a 3 x 4 tile needs exactly the 16 AVX2 registers.
-template <int MR, int NR, typename LoadFn>
-void fmaStep(V8 (&acc)[MR][NR], const float *a, int64_t lda, const float *b,
+/// acc[i][j] += A row i * B row j over one 8-wide step; `loadFn` reads it
+/// (a generic lambda: A is f32, B f32 or bf16). The MR A vectors stay in
+/// registers and each B vector is used once as it is loaded, so a 3 x 4 tile
+/// needs exactly the 16 AVX2 registers.
+template <int MR, int NR, typename TB, typename LoadFn>
+void fmaStep(V8 (&acc)[MR][NR], const float *a, int64_t lda, const TB *b,
              int64_t ldb, LoadFn loadFn) {
   V8 av[MR];
   for (int i = 0; i < MR; ++i)
@@ -118,34 +138,36 @@ void storeRow(const V8 (&acc)[NR], float *c, bool accumulate) {
 }
 
 /// The micro-kernel: C[MR,NR] (+)= A[MR,kc] @ B[NR,kc]^T.
-template <int MR, int NR>
-void tile(const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
+template <int MR, int NR, typename TB>
+void tile(const float *a, int64_t lda, const TB *b, int64_t ldb, float *c,
           int64_t ldc, int64_t kc, bool accumulate) {
   V8 acc[MR][NR] = {};
   int64_t k = 0;
   for (; k + kLanes <= kc; k += kLanes)
-    fmaStep(acc, a + k, lda, b + k, ldb, load);
+    fmaStep(acc, a + k, lda, b + k, ldb, [](const auto *p) { return load(p); });
   if (k < kc) {
     int64_t rest = kc - k;
     fmaStep(acc, a + k, lda, b + k, ldb,
-            [rest](const float *p) { return loadTail(p, rest); });
+            [rest](const auto *p) { return loadTail(p, rest); });
   }
   for (int i = 0; i < MR; ++i)
     storeRow(acc[i], c + i * ldc, accumulate);
 }
 
-/// Asks for rows [0, rows) of B, kc floats each, to be fetched into L2 while
-/// the current panel is computed.
-void prefetchRows(const float *b, int64_t ldb, int64_t rows, int64_t kc) {
+/// Asks for rows [0, rows) of B, kc elements each, to be fetched into L2
+/// while the current panel is computed (a prefetch per 64-byte line).
+template <typename TB>
+void prefetchRows(const TB *b, int64_t ldb, int64_t rows, int64_t kc) {
+  constexpr int64_t kPerLine = 64 / sizeof(TB);
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t k = 0; k < kc; k += 16)
+    for (int64_t k = 0; k < kc; k += kPerLine)
       __builtin_prefetch(b + r * ldb + k, 0, 2);
 }
 
 /// All rows of A against NR rows of B, three rows at a time.
-template <int NR>
-void sweepRows(const float *a, int64_t lda, const float *b, int64_t ldb,
-               float *c, int64_t ldc, int64_t m, int64_t kc, bool accumulate) {
+template <int NR, typename TB>
+void sweepRows(const float *a, int64_t lda, const TB *b, int64_t ldb, float *c,
+               int64_t ldc, int64_t m, int64_t kc, bool accumulate) {
   int64_t i = 0;
   for (; i + 3 <= m; i += 3)
     tile<3, NR>(a + i * lda, lda, b, ldb, c + i * ldc, ldc, kc, accumulate);
@@ -157,7 +179,8 @@ void sweepRows(const float *a, int64_t lda, const float *b, int64_t ldb,
 
 /// One row of A (a GEMV, memory bound on B): eight B rows per step keep
 /// enough loads in flight to stream B at full bandwidth.
-void gemvBlock(const float *a, const float *b, int64_t ldb, float *c, int64_t n,
+template <typename TB>
+void gemvBlock(const float *a, const TB *b, int64_t ldb, float *c, int64_t n,
                int64_t kc, bool accumulate) {
   int64_t j = 0;
   for (; j + 8 <= n; j += 8)
@@ -169,9 +192,9 @@ void gemvBlock(const float *a, const float *b, int64_t ldb, float *c, int64_t n,
 }
 
 /// C[m,n] (+)= A[m,kc] @ B[n,kc]^T for one K block and one M block.
-void gemmBlock(const float *a, int64_t lda, const float *b, int64_t ldb,
-               float *c, int64_t ldc, int64_t m, int64_t n, int64_t kc,
-               bool accumulate) {
+template <typename TB>
+void gemmBlock(const float *a, int64_t lda, const TB *b, int64_t ldb, float *c,
+               int64_t ldc, int64_t m, int64_t n, int64_t kc, bool accumulate) {
   if (m == 1)
     return gemvBlock(a, b, ldb, c, n, kc, accumulate);
   int64_t j = 0;
@@ -179,7 +202,7 @@ void gemmBlock(const float *a, int64_t lda, const float *b, int64_t ldb,
     prefetchRows(b + (j + 4) * ldb, ldb, std::min<int64_t>(4, n - j - 4), kc);
     sweepRows<4>(a, lda, b + j * ldb, ldb, c + j, ldc, m, kc, accumulate);
   }
-  const float *bTail = b + j * ldb;
+  const TB *bTail = b + j * ldb;
   switch (n - j) {
   case 3:
     return sweepRows<3>(a, lda, bTail, ldb, c + j, ldc, m, kc, accumulate);
@@ -229,7 +252,8 @@ V8 swigluStep(V8 g, V8 u, Activation activation) {
 
 } // namespace
 
-void detail::gemmABtSerial(const float *a, int64_t lda, const float *b,
+template <typename TB>
+void detail::gemmABtSerial(const float *a, int64_t lda, const TB *b,
                            int64_t ldb, float *c, int64_t ldc, int64_t m,
                            int64_t n, int64_t k) {
   if (k <= 0) {
@@ -244,6 +268,13 @@ void detail::gemmABtSerial(const float *a, int64_t lda, const float *b,
                 std::min(kBlockM, m - m0), n, kc, /*accumulate=*/k0 > 0);
   }
 }
+
+template void detail::gemmABtSerial(const float *, int64_t, const float *,
+                                    int64_t, float *, int64_t, int64_t, int64_t,
+                                    int64_t);
+template void detail::gemmABtSerial(const float *, int64_t, const uint16_t *,
+                                    int64_t, float *, int64_t, int64_t, int64_t,
+                                    int64_t);
 
 float detail::dot(const float *a, const float *b, int64_t n) {
   float result;

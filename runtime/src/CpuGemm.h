@@ -18,9 +18,17 @@
 namespace moert::cpu::detail {
 
 /// C[m,n] = A[m,k] @ B[n,k]^T on the calling thread; lda, ldb, ldc are row
-/// strides.
-void gemmABtSerial(const float *a, int64_t lda, const float *b, int64_t ldb,
+/// strides. B is f32 or bf16 (uint16_t bits), which gives the bits of the
+/// f32 B it widens to.
+template <typename TB>
+void gemmABtSerial(const float *a, int64_t lda, const TB *b, int64_t ldb,
                    float *c, int64_t ldc, int64_t m, int64_t n, int64_t k);
+extern template void gemmABtSerial(const float *, int64_t, const float *,
+                                   int64_t, float *, int64_t, int64_t, int64_t,
+                                   int64_t);
+extern template void gemmABtSerial(const float *, int64_t, const uint16_t *,
+                                   int64_t, float *, int64_t, int64_t, int64_t,
+                                   int64_t);
 
 /// sum_i a[i] * b[i], bitwise equal to the corresponding gemmABtSerial
 /// element.

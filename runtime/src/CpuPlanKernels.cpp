@@ -388,13 +388,14 @@ bool moert::cpu::combine(const float *y, const int32_t *slotRow,
   return true;
 }
 
-bool moert::cpu::fusedExperts(const float *x, const int32_t *rowToken,
-                              const int32_t *offsets, const int32_t *slotRow,
-                              const float *gates, const float *gateProj,
-                              const float *upProj, const float *downProj,
-                              float *out, const MoEShape &s, int64_t numRows,
-                              Activation activation,
-                              unsigned numThreads) noexcept {
+namespace {
+template <typename TW>
+bool fusedExpertsOf(const float *x, const int32_t *rowToken,
+                    const int32_t *offsets, const int32_t *slotRow,
+                    const float *gates, const TW *gateProj, const TW *upProj,
+                    const TW *downProj, float *out, const MoEShape &s,
+                    int64_t numRows, Activation activation,
+                    unsigned numThreads) noexcept {
   const int64_t d = s.hidden, f = s.ffn;
   // A segment's trailing padding holds no token: no tile computes it.
   auto liveRows = [&](int64_t e) {
@@ -443,6 +444,29 @@ bool moert::cpu::fusedExperts(const float *x, const int32_t *rowToken,
     combineTokens(buf.output, slotRow, gates, out, s, i * kRowBlock);
   });
   return true;
+}
+} // namespace
+
+bool moert::cpu::fusedExperts(const float *x, const int32_t *rowToken,
+                              const int32_t *offsets, const int32_t *slotRow,
+                              const float *gates, const float *gateProj,
+                              const float *upProj, const float *downProj,
+                              float *out, const MoEShape &s, int64_t numRows,
+                              Activation activation,
+                              unsigned numThreads) noexcept {
+  return fusedExpertsOf(x, rowToken, offsets, slotRow, gates, gateProj, upProj,
+                        downProj, out, s, numRows, activation, numThreads);
+}
+
+bool moert::cpu::fusedExperts(const float *x, const int32_t *rowToken,
+                              const int32_t *offsets, const int32_t *slotRow,
+                              const float *gates, const uint16_t *gateProj,
+                              const uint16_t *upProj, const uint16_t *downProj,
+                              float *out, const MoEShape &s, int64_t numRows,
+                              Activation activation,
+                              unsigned numThreads) noexcept {
+  return fusedExpertsOf(x, rowToken, offsets, slotRow, gates, gateProj, upProj,
+                        downProj, out, s, numRows, activation, numThreads);
 }
 
 //===----------------------------------------------------------------------===//
@@ -513,13 +537,17 @@ void _mlir_ciface_moert_combine(StridedMemRefType<float, 2> *y,
           y->sizes[0]);
 }
 
-void _mlir_ciface_moert_fused_experts(
-    StridedMemRefType<float, 2> *x, StridedMemRefType<int32_t, 1> *rowToken,
-    StridedMemRefType<int32_t, 1> *offsets,
-    StridedMemRefType<int32_t, 2> *slotRow, StridedMemRefType<float, 2> *gates,
-    StridedMemRefType<float, 3> *gate, StridedMemRefType<float, 3> *up,
-    StridedMemRefType<float, 3> *down, StridedMemRefType<float, 2> *out,
-    int32_t activation) {
+namespace {
+template <typename TW>
+void fusedExpertsCall(StridedMemRefType<float, 2> *x,
+                      StridedMemRefType<int32_t, 1> *rowToken,
+                      StridedMemRefType<int32_t, 1> *offsets,
+                      StridedMemRefType<int32_t, 2> *slotRow,
+                      StridedMemRefType<float, 2> *gates,
+                      StridedMemRefType<TW, 3> *gate,
+                      StridedMemRefType<TW, 3> *up,
+                      StridedMemRefType<TW, 3> *down,
+                      StridedMemRefType<float, 2> *out, int32_t activation) {
   MoEShape s{x->sizes[0], x->sizes[1], gate->sizes[1], offsets->sizes[0] - 1,
              slotRow->sizes[1]};
   bool consistent =
@@ -535,4 +563,27 @@ void _mlir_ciface_moert_fused_experts(
                dataOf(gates), dataOf(gate), dataOf(up), dataOf(down),
                dataOf(out), s, rowToken->sizes[0],
                static_cast<Activation>(activation));
+}
+} // namespace
+
+void _mlir_ciface_moert_fused_experts(
+    StridedMemRefType<float, 2> *x, StridedMemRefType<int32_t, 1> *rowToken,
+    StridedMemRefType<int32_t, 1> *offsets,
+    StridedMemRefType<int32_t, 2> *slotRow, StridedMemRefType<float, 2> *gates,
+    StridedMemRefType<float, 3> *gate, StridedMemRefType<float, 3> *up,
+    StridedMemRefType<float, 3> *down, StridedMemRefType<float, 2> *out,
+    int32_t activation) {
+  fusedExpertsCall(x, rowToken, offsets, slotRow, gates, gate, up, down, out,
+                   activation);
+}
+
+void _mlir_ciface_moert_fused_experts_bf16(
+    StridedMemRefType<float, 2> *x, StridedMemRefType<int32_t, 1> *rowToken,
+    StridedMemRefType<int32_t, 1> *offsets,
+    StridedMemRefType<int32_t, 2> *slotRow, StridedMemRefType<float, 2> *gates,
+    StridedMemRefType<uint16_t, 3> *gate, StridedMemRefType<uint16_t, 3> *up,
+    StridedMemRefType<uint16_t, 3> *down, StridedMemRefType<float, 2> *out,
+    int32_t activation) {
+  fusedExpertsCall(x, rowToken, offsets, slotRow, gates, gate, up, down, out,
+                   activation);
 }

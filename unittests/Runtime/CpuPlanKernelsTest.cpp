@@ -135,6 +135,39 @@ struct PlanCase {
     return out;
   }
 
+  /// Rounds the expert weights to bf16 (so that they are the widening of
+  /// their bits) and runs moert_fused_experts_bf16 on the bits.
+  std::vector<float> fusedBF16(Plan &p, Activation activation) {
+    // Finite values: round to nearest even, widen by shifting back.
+    auto toBits = [](std::vector<float> &w) {
+      std::vector<uint16_t> bits(w.size());
+      for (size_t i = 0; i < w.size(); ++i) {
+        uint32_t f;
+        std::memcpy(&f, &w[i], sizeof(f));
+        bits[i] = uint16_t((f + 0x7fffu + ((f >> 16) & 1u)) >> 16);
+        f = uint32_t(bits[i]) << 16;
+        std::memcpy(&w[i], &f, sizeof(f));
+      }
+      return bits;
+    };
+    std::vector<uint16_t> gateBits = toBits(gate), upBits = toBits(up),
+                          downBits = toBits(down);
+    std::vector<float> out(s.numTokens * s.hidden, 7.0f);
+    auto xM = memref<float, 2>(x, {s.numTokens, s.hidden});
+    auto rowTokenM = memref<int32_t, 1>(p.rowToken, {numRows()});
+    auto offsetsM = memref<int32_t, 1>(p.offsets, {s.numExperts + 1});
+    auto slotRowM = memref<int32_t, 2>(p.slotRow, {s.numTokens, s.topK});
+    auto gatesM = memref<float, 2>(gates, {s.numTokens, s.topK});
+    auto gateM = memref<uint16_t, 3>(gateBits, {s.numExperts, s.ffn, s.hidden});
+    auto upM = memref<uint16_t, 3>(upBits, {s.numExperts, s.ffn, s.hidden});
+    auto downM = memref<uint16_t, 3>(downBits, {s.numExperts, s.hidden, s.ffn});
+    auto outM = memref<float, 2>(out, {s.numTokens, s.hidden});
+    _mlir_ciface_moert_fused_experts_bf16(&xM, &rowTokenM, &offsetsM, &slotRowM,
+                                          &gatesM, &gateM, &upM, &downM, &outM,
+                                          static_cast<int32_t>(activation));
+    return out;
+  }
+
   /// dispatch, grouped matmul (gate, up), glu, grouped matmul (down),
   /// combine.
   std::vector<float> chain(Plan &p, Activation activation) {
@@ -353,6 +386,19 @@ TEST_P(PlanExpertsTest, ChainAndFusedMatchExpertsBitwise) {
   std::vector<float> expected = c.experts(param.activation);
   expectBitwiseEqual(c.fused(p, param.activation), expected);
   expectBitwiseEqual(c.chain(p, param.activation), expected);
+}
+
+// bf16 weights read as bits give exactly what their f32 widening gives (odd
+// sizes: the K tails of both GEMMs are bf16 tails too).
+TEST_P(PlanExpertsTest, BF16WeightsMatchTheirWideningBitwise) {
+  const ExpertParam &param = GetParam();
+  PlanCase c(param.numTokens, 20, 36, param.numExperts, param.topK, param.tile,
+             12);
+  Plan p = c.plan();
+  std::vector<float> fromBits = c.fusedBF16(p, param.activation);
+  // c's weights are now the widened bits.
+  expectBitwiseEqual(fromBits, c.experts(param.activation));
+  expectBitwiseEqual(fromBits, c.fused(p, param.activation));
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -83,6 +83,15 @@ bool fusedExperts(const float *x, const int32_t *rowToken,
                   const float *upProj, const float *downProj, float *out,
                   const MoEShape &shape, int64_t numRows, Activation activation,
                   unsigned numThreads = 0) noexcept;
+/// The same with bf16 expert weights (raw bits), widened as they are read:
+/// the result is bitwise the f32 one on the widened weights, from half the
+/// weight bytes.
+bool fusedExperts(const float *x, const int32_t *rowToken,
+                  const int32_t *offsets, const int32_t *slotRow,
+                  const float *gates, const uint16_t *gateProj,
+                  const uint16_t *upProj, const uint16_t *downProj, float *out,
+                  const MoEShape &shape, int64_t numRows, Activation activation,
+                  unsigned numThreads = 0) noexcept;
 
 } // namespace moert::cpu
 
@@ -116,6 +125,14 @@ void _mlir_ciface_moert_fused_experts(
     StridedMemRefType<int32_t, 2> *slotRow, StridedMemRefType<float, 2> *gates,
     StridedMemRefType<float, 3> *gate, StridedMemRefType<float, 3> *up,
     StridedMemRefType<float, 3> *down, StridedMemRefType<float, 2> *out,
+    int32_t activation);
+/// moert_fused_experts with bf16 gate, up and down (memref<...xbf16>).
+void _mlir_ciface_moert_fused_experts_bf16(
+    StridedMemRefType<float, 2> *x, StridedMemRefType<int32_t, 1> *rowToken,
+    StridedMemRefType<int32_t, 1> *offsets,
+    StridedMemRefType<int32_t, 2> *slotRow, StridedMemRefType<float, 2> *gates,
+    StridedMemRefType<uint16_t, 3> *gate, StridedMemRefType<uint16_t, 3> *up,
+    StridedMemRefType<uint16_t, 3> *down, StridedMemRefType<float, 2> *out,
     int32_t activation);
 }
 
