@@ -1,5 +1,6 @@
 //===- CompilerSession.cpp - what moe-run and moe-compile share -----------===//
 #include "moe/Tools/CompilerSession.h"
+#include "moe/Conversion/KernelProgram.h"
 #include "moe/Conversion/Passes.h"
 #include "moe/Dialect/MoE/IR/MoEDialect.h"
 #include "moe/Import/ModelFile.h"
@@ -34,6 +35,14 @@ llvm::cl::opt<bool>
     showRemarks("remarks", llvm::cl::cat(moe::getCompilerOptionsCategory()),
                 llvm::cl::desc("Print the optimising passes' remarks (what "
                                "they did and why)"));
+
+llvm::cl::opt<bool> cpuBF16Weights(
+    "cpu-bf16-weights", llvm::cl::init(true),
+    llvm::cl::cat(moe::getCompilerOptionsCategory()),
+    llvm::cl::desc("CPU code: keep bf16 expert weights bf16 in memory, "
+                   "widened as the fused expert kernel reads them: the same "
+                   "results from half the bytes (default true; false: widen "
+                   "them to f32 at load)"));
 
 llvm::cl::opt<std::string> cudaToolkit(
     "cuda-toolkit", llvm::cl::value_desc("dir"),
@@ -137,12 +146,28 @@ moe::CompilerSession::readModel(StringRef path) {
   return readModelFile(path, &context, sourceMgr);
 }
 
-LogicalResult moe::CompilerSession::lowerForCPU(ModuleOp module) {
+LogicalResult moe::CompilerSession::lowerForCPU(ModuleOp module,
+                                                ModelManifest &manifest) {
   PassManager pm(&context);
   MoECPUPipelineOptions options;
   options.optLevel = optLevel;
+  options.bf16ExpertWeights = cpuBF16Weights;
   buildMoECPUPipeline(pm, options);
-  return pm.run(module);
+  if (failed(pm.run(module)))
+    return failure();
+  // The runtime binds the weights the lowering kept bf16 as bf16.
+  auto kept = module->getAttrOfType<DenseI64ArrayAttr>(kHostBF16WeightsAttr);
+  if (!kept)
+    return success();
+  for (int64_t i : kept.asArrayRef()) {
+    if (i < 0 || i >= int64_t(manifest.weights.size()))
+      return module.emitError("internal error: ")
+             << kHostBF16WeightsAttr << " names weight " << i << " of "
+             << manifest.weights.size();
+    manifest.weights[i].deviceDtype = "BF16";
+  }
+  module->removeAttr(kHostBF16WeightsAttr);
+  return success();
 }
 
 FailureOr<SmallVector<moe::CUDABuild>>

@@ -124,7 +124,7 @@ int main(int argc, char **argv) {
     llvmModule =
         moe::translateCUDAModel(*builds, llvmContext, *manifest, symbolName);
   } else {
-    if (failed(session.lowerForCPU(**module)))
+    if (failed(session.lowerForCPU(**module, *manifest)))
       return 1;
     llvmModule =
         moe::translateModel(**module, llvmContext, *manifest, symbolName);

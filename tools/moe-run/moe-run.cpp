@@ -161,7 +161,7 @@ compile(moe::CompilerSession &session, ModuleOp module,
     if (failed(session.lowerForGPUEmulation(
             module, manifest, cudaChips.empty() ? "" : cudaChips.front())))
       return makeError("lowering the model through the GPU kernels failed");
-  } else if (failed(session.lowerForCPU(module))) {
+  } else if (failed(session.lowerForCPU(module, manifest))) {
     return makeError("lowering the model for the CPU failed");
   }
   auto optimize = makeOptimizingTransformer(3, 0, nullptr);

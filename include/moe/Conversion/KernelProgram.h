@@ -19,7 +19,16 @@ struct KernelProgramOptions {
   /// as they load it) instead of f32 ones (the CPU kernels' form; the
   /// runtime widens at load). The manifest's device_dtype must agree.
   bool bf16Weights = false;
+  /// CPU: bind the bf16 weights that only fused expert groups read as bf16
+  /// buffers, read by moert_fused_experts_bf16; their positions among the
+  /// weights go to the module's kHostBF16WeightsAttr.
+  bool bf16ExpertWeights = false;
 };
+
+/// The positions (in moe.weight order) of the weights that the CPU lowering
+/// kept bf16: a DenseI64ArrayAttr on the module, for the manifest.
+inline constexpr llvm::StringLiteral kHostBF16WeightsAttr =
+    "moe.host_bf16_weights";
 
 /// Marks the scf.for of a pass loop that is not unrolled (moe.loop mode
 /// resident or auto): convert-moe-to-gpu can make it one resident kernel.

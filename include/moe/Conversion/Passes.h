@@ -31,6 +31,11 @@ struct MoECPUPipelineOptions
   Option<int64_t> tile{*this, "tile",
                        llvm::cl::desc("GEMM row tile of routing plans"),
                        llvm::cl::init(16)};
+  Option<bool> bf16ExpertWeights{
+      *this, "bf16-expert-weights",
+      llvm::cl::desc("convert-moe-to-cpu's bf16-expert-weights: keep bf16 "
+                     "weights that only fused expert groups read bf16"),
+      llvm::cl::init(true)};
 };
 
 /// Adds the moe optimising passes, in order, on every function: decompose

@@ -29,7 +29,19 @@ def ConvertMoEToCPU : Pass<"convert-moe-to-cpu", "::mlir::ModuleOp"> {
     tokens into a compact buffer, runs the body on them only, scatters the
     result back, and drops exited tokens (`moert_exit_update`), so exited
     tokens cost no further work.
+
+    With `bf16-expert-weights` (the default), bf16 weights that only fused
+    expert groups read stay bf16 buffers, which `moert_fused_experts_bf16`
+    widens as it reads them: the same results from half the bytes, in half
+    the memory. The module's `moe.host_bf16_weights` lists their positions
+    among the weights, for the manifest (`"device_dtype": "BF16"`).
   }];
+  let options = [
+    Option<"bf16ExpertWeights", "bf16-expert-weights", "bool",
+           /*default=*/"true",
+           "Keep bf16 weights that only fused expert groups read as bf16 "
+           "buffers (moert_fused_experts_bf16)">
+  ];
   let dependentDialects = [
     "::mlir::arith::ArithDialect", "::mlir::func::FuncDialect",
     "::mlir::memref::MemRefDialect", "::mlir::scf::SCFDialect"

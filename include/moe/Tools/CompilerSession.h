@@ -31,8 +31,9 @@ public:
   /// Reads a .mlir model or imports a config.json (readModelFile).
   FailureOr<OwningOpRef<ModuleOp>> readModel(StringRef path);
   /// Runs moe-cpu-pipeline (its optimising passes unless --opt-level=0) on
-  /// `module`, leaving it in the LLVM dialect.
-  LogicalResult lowerForCPU(ModuleOp module);
+  /// `module`, leaving it in the LLVM dialect, and marks in `manifest` (from
+  /// describeModel) the weights it keeps bf16 (--cpu-bf16-weights).
+  LogicalResult lowerForCPU(ModuleOp module, ModelManifest &manifest);
   /// Runs moe-cuda-pipeline for each of `chips` (empty: sm_90a and sm_80):
   /// its chip-independent half once on `module`, its kernel half on a copy
   /// per chip, and assembles each copy's kernels into the fatbinary its

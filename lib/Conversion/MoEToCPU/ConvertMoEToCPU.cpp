@@ -46,9 +46,10 @@ struct PlanBuffers {
 class ModelLowering {
 public:
   ModelLowering(ModuleOp module, ArrayRef<WeightOp> weights,
-                const KernelProgramOptions &options)
+                const KernelProgramOptions &options,
+                const DenseSet<StringAttr> &bf16Buffers)
       : module(module), weights(weights), options(options),
-        builder(module.getContext()) {}
+        bf16Buffers(bf16Buffers), builder(module.getContext()) {}
 
   LogicalResult lower(func::FuncOp func);
   LogicalResult lowerDecoder(func::FuncOp func);
@@ -83,6 +84,8 @@ private:
   ModuleOp module;
   ArrayRef<WeightOp> weights;
   KernelProgramOptions options;
+  /// The weights bound as bf16 buffers.
+  const DenseSet<StringAttr> &bf16Buffers;
   OpBuilder builder;
   Location loc = builder.getUnknownLoc();
   /// Allocations go to the function entry, each after the previous one, so
@@ -321,14 +324,14 @@ LogicalResult ModelLowering::lower(func::FuncOp func) {
 }
 
 /// Creates the buffer-level function that replaces `func`: `inputs`, then
-/// one buffer per weight (f32, or bf16 for bf16 weights when the options
-/// keep them), with MLIR's C interface; returns its entry block, with the
+/// one buffer per weight (f32, or bf16 for the bf16 weights the options
+/// keep), with MLIR's C interface; returns its entry block, with the
 /// builder at its start.
 Block *ModelLowering::createLoweredFunction(func::FuncOp func,
                                             SmallVector<Type> inputs) {
   for (WeightOp w : weights) {
     RankedTensorType type = w.getTensorType();
-    Type element = options.bf16Weights && type.getElementType().isBF16()
+    Type element = bf16Buffers.contains(w.getSymNameAttr())
                        ? type.getElementType()
                        : builder.getF32Type();
     inputs.push_back(MemRefType::get(type.getShape(), element));
@@ -455,8 +458,7 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
              {in,
               norm.getWeightAttr() ? weight(norm.getWeightAttr())
                                    : unitNormWeight(),
-              define(norm.getResult()),
-              constF32(norm.getEps())});
+              define(norm.getResult()), constF32(norm.getEps())});
         return success();
       })
       .Case([&](RouteOp route) {
@@ -536,7 +538,11 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
         PlanType type = fused.getPlan().getType();
         const PlanBuffers &plan = plans[fused.getPlan()];
         Value in = view(fused.getInput()), gates = view(fused.getGates());
-        call("moert_fused_experts",
+        // The GPU kernels take either element type; the CPU library has a
+        // kernel for bf16 weights.
+        bool bf16 = !options.bf16Weights &&
+                    bf16Buffers.contains(fused.getGateProjAttr().getAttr());
+        call(bf16 ? "moert_fused_experts_bf16" : "moert_fused_experts",
              {in, prefix(plan.rowToken, rowsOf(rows, type)), plan.offsets,
               prefix(plan.slotRow, rows), gates,
               weight(fused.getGateProjAttr()), weight(fused.getUpProjAttr()),
@@ -589,11 +595,10 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
         return success();
       })
       .Case([&](AttentionOp attention) -> LogicalResult {
-        int64_t slot =
-            attention->getParentOfType<LoopOp>()
-                ? attention.getCacheSlot() +
-                      staticPassIndex.value_or(0) * slotsPerPass
-                : outerCacheBase + attention.getCacheSlot();
+        int64_t slot = attention->getParentOfType<LoopOp>()
+                           ? attention.getCacheSlot() +
+                                 staticPassIndex.value_or(0) * slotsPerPass
+                           : outerCacheBase + attention.getCacheSlot();
         auto cache = kvCaches.find(slot);
         if (cache == kvCaches.end())
           return attention.emitError("convert-moe-to-cpu: no KV cache for "
@@ -618,18 +623,24 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
                          ? attention.getClipQkv()->convertToFloat()
                          : 0.0f;
         call("moert_attention",
-             {in, positions, weight(attention.getQProjAttr()),
+             {in,
+              positions,
+              weight(attention.getQProjAttr()),
               weight(attention.getKProjAttr()),
               weight(attention.getVProjAttr()),
               weight(attention.getOProjAttr()),
               optional(attention.getQNormAttr()),
-              optional(attention.getKNormAttr()), cache->second.first,
-              cache->second.second, define(attention.getResult()),
+              optional(attention.getKNormAttr()),
+              cache->second.first,
+              cache->second.second,
+              define(attention.getResult()),
               constI64(attention.getNumHeads()),
               constI64(attention.getNumKvHeads()),
               constI64(attention.getHeadDim()),
-              constF32(attention.getRopeTheta()), constF32(APFloat(clip)),
-              constI32(normKind), constF32(attention.getNormEps()),
+              constF32(attention.getRopeTheta()),
+              constF32(APFloat(clip)),
+              constI32(normKind),
+              constF32(attention.getNormEps()),
               constF32(attention.getScale().value_or(APFloat(0.0f))),
               constI32(attention.getRopeInterleaved())});
         return success();
@@ -726,10 +737,55 @@ LogicalResult ModelLowering::emitLoop(LoopOp loop) {
   return success();
 }
 
+/// The bf16 weights to bind as bf16 buffers: all of them for the GPU; for the
+/// CPU with bf16ExpertWeights, the weights of the fused expert groups whose
+/// three weights are bf16 and read by such groups only (the one CPU kernel
+/// that reads bf16 takes a group's three weights alike).
+static DenseSet<StringAttr>
+bf16BufferWeights(ModuleOp module, ArrayRef<WeightOp> weights,
+                  const KernelProgramOptions &options) {
+  DenseSet<StringAttr> kept;
+  if (!options.bf16Weights && !options.bf16ExpertWeights)
+    return kept;
+  for (WeightOp w : weights) {
+    if (!w.getTensorType().getElementType().isBF16())
+      continue;
+    std::optional<SymbolTable::UseRange> uses =
+        SymbolTable::getSymbolUses(w.getSymNameAttr(), module);
+    if (options.bf16Weights ||
+        (uses && llvm::all_of(*uses, [](const SymbolTable::SymbolUse &use) {
+           return isa<FusedExpertsOp>(use.getUser());
+         })))
+      kept.insert(w.getSymNameAttr());
+  }
+  if (options.bf16Weights)
+    return kept;
+  // A group with one weight left f32 leaves all three f32, which can leave
+  // another group that shares one of them with a weight f32: to a fixed
+  // point.
+  SmallVector<FusedExpertsOp> groups;
+  module.walk([&](FusedExpertsOp op) { groups.push_back(op); });
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (FusedExpertsOp group : groups) {
+      StringAttr names[] = {group.getGateProjAttr().getAttr(),
+                            group.getUpProjAttr().getAttr(),
+                            group.getDownProjAttr().getAttr()};
+      if (llvm::all_of(names, [&](StringAttr n) { return kept.contains(n); }))
+        continue;
+      for (StringAttr n : names)
+        changed |= kept.erase(n);
+    }
+  }
+  return kept;
+}
+
 LogicalResult
 mlir::moe::lowerModelsToKernelCalls(ModuleOp module,
                                     const KernelProgramOptions &options) {
   SmallVector<WeightOp> weights(module.getOps<WeightOp>());
+  DenseSet<StringAttr> bf16Buffers =
+      bf16BufferWeights(module, weights, options);
   SmallVector<func::FuncOp> models, decoders;
   for (func::FuncOp func : module.getOps<func::FuncOp>()) {
     if (func.isExternal())
@@ -740,11 +796,21 @@ mlir::moe::lowerModelsToKernelCalls(ModuleOp module,
       models.push_back(func);
   }
   for (func::FuncOp func : models)
-    if (failed(ModelLowering(module, weights, options).lower(func)))
+    if (failed(
+            ModelLowering(module, weights, options, bf16Buffers).lower(func)))
       return failure();
   for (func::FuncOp func : decoders)
-    if (failed(ModelLowering(module, weights, options).lowerDecoder(func)))
+    if (failed(ModelLowering(module, weights, options, bf16Buffers)
+                   .lowerDecoder(func)))
       return failure();
+  if (!options.bf16Weights && !bf16Buffers.empty()) {
+    SmallVector<int64_t> positions;
+    for (auto [i, w] : llvm::enumerate(weights))
+      if (bf16Buffers.contains(w.getSymNameAttr()))
+        positions.push_back(i);
+    module->setAttr(kHostBF16WeightsAttr,
+                    DenseI64ArrayAttr::get(module.getContext(), positions));
+  }
   for (WeightOp w : weights)
     w.erase();
   return success();
@@ -753,8 +819,11 @@ mlir::moe::lowerModelsToKernelCalls(ModuleOp module,
 namespace {
 struct ConvertMoEToCPUPass
     : public moe::impl::ConvertMoEToCPUBase<ConvertMoEToCPUPass> {
+  using ConvertMoEToCPUBase::ConvertMoEToCPUBase;
   void runOnOperation() override {
-    if (failed(lowerModelsToKernelCalls(getOperation())))
+    KernelProgramOptions options;
+    options.bf16ExpertWeights = bf16ExpertWeights;
+    if (failed(lowerModelsToKernelCalls(getOperation(), options)))
       signalPassFailure();
   }
 };

@@ -1,4 +1,5 @@
 // RUN: moe-opt %s -split-input-file -convert-moe-to-cpu -verify-diagnostics | FileCheck %s
+// RUN: moe-opt %s -split-input-file -convert-moe-to-cpu=bf16-expert-weights=false -verify-diagnostics | FileCheck %s --check-prefix=WIDEN
 
 moe.weight @norm : tensor<8xf32>
 moe.weight @router : tensor<4x8xf32>
@@ -161,6 +162,47 @@ func.func @kernel_level(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>)
     %c = moe.combine %y, %p, %gates : tensor<?x8xf32>, !moe.plan<experts = 4, top_k = 2, tile = 4>, tensor<?x2xf32> -> tensor<?x8xf32>
     %f = moe.fused_experts %c, %p, %gates gate @gate up @up down @down : tensor<?x8xf32>, !moe.plan<experts = 4, top_k = 2, tile = 4>, tensor<?x2xf32>
     moe.yield %f : tensor<?x8xf32>
+  }
+  return %h, %exit : tensor<?x8xf32>, tensor<?xi32>
+}
+
+// -----
+
+moe.weight @router : tensor<4x8xf32>
+moe.weight @gate : tensor<4x16x8xbf16>
+moe.weight @up : tensor<4x16x8xbf16>
+moe.weight @down : tensor<4x8x16xbf16>
+moe.weight @gate2 : tensor<4x16x8xbf16>
+moe.weight @up2 : tensor<4x16x8xbf16>
+moe.weight @down2 : tensor<4x8x16xbf16>
+
+// bf16 weights that only fused expert groups read stay bf16 buffers, read by
+// moert_fused_experts_bf16, and the module lists their positions for the
+// manifest; @gate2 is also read by a grouped matmul (an f32 kernel), so it
+// and its group's other weights are f32. With bf16-expert-weights=false every
+// weight is f32.
+// CHECK: module attributes {moe.host_bf16_weights = array<i64: 1, 2, 3>}
+// CHECK-LABEL: func.func @bf16_experts(
+// CHECK-SAME: %{{.*}}: memref<4x8xf32>, %[[GATE:.*]]: memref<4x16x8xbf16>, %[[UP:.*]]: memref<4x16x8xbf16>, %[[DOWN:.*]]: memref<4x8x16xbf16>,
+// CHECK-SAME: %{{.*}}: memref<4x16x8xf32>, %{{.*}}: memref<4x16x8xf32>, %{{.*}}: memref<4x8x16xf32>)
+// CHECK: %[[G:.*]] = memref.cast %[[GATE]] : memref<4x16x8xbf16> to memref<?x?x?xbf16, strided<[?, ?, ?], offset: ?>>
+// CHECK: call @moert_fused_experts_bf16({{.*}}, %[[G]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) : ({{.*}}, memref<?x?x?xbf16, strided<[?, ?, ?], offset: ?>>, memref<?x?x?xbf16, strided<[?, ?, ?], offset: ?>>, memref<?x?x?xbf16, strided<[?, ?, ?], offset: ?>>, memref<?x?xf32, strided<[?, ?], offset: ?>>, i32) -> ()
+// CHECK: call @moert_grouped_matmul
+// CHECK: call @moert_fused_experts({{.*}}) : ({{.*}}, memref<?x?x?xf32, strided<[?, ?, ?], offset: ?>>, memref<?x?x?xf32, strided<[?, ?, ?], offset: ?>>, memref<?x?x?xf32, strided<[?, ?, ?], offset: ?>>, memref<?x?xf32, strided<[?, ?], offset: ?>>, i32) -> ()
+// WIDEN-NOT: moe.host_bf16_weights
+// WIDEN-LABEL: func.func @bf16_experts(
+// WIDEN-SAME: %{{.*}}: memref<4x8xf32>, %{{.*}}: memref<4x16x8xf32>, %{{.*}}: memref<4x16x8xf32>, %{{.*}}: memref<4x8x16xf32>,
+// WIDEN-NOT: moert_fused_experts_bf16
+func.func @bf16_experts(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
+  %h, %exit = moe.loop %x passes = 1 : tensor<?x8xf32> -> tensor<?xi32> {
+  ^bb0(%h0: tensor<?x8xf32>):
+    %ids, %gates = moe.route %h0, @router top_k = 2 : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+    %p = moe.plan %ids : tensor<?x2xi32> -> !moe.plan<experts = 4, top_k = 2, tile = 4>
+    %f = moe.fused_experts %h0, %p, %gates gate @gate up @up down @down : tensor<?x8xf32>, !moe.plan<experts = 4, top_k = 2, tile = 4>, tensor<?x2xf32>
+    %d = moe.dispatch %f, %p : tensor<?x8xf32>, !moe.plan<experts = 4, top_k = 2, tile = 4> -> tensor<?x8xf32>
+    %g = moe.grouped_matmul %d, %p, @gate2 : tensor<?x8xf32>, !moe.plan<experts = 4, top_k = 2, tile = 4> -> tensor<?x16xf32>
+    %f2 = moe.fused_experts %f, %p, %gates gate @gate2 up @up2 down @down2 : tensor<?x8xf32>, !moe.plan<experts = 4, top_k = 2, tile = 4>, tensor<?x2xf32>
+    moe.yield %f2 : tensor<?x8xf32>
   }
   return %h, %exit : tensor<?x8xf32>, tensor<?xi32>
 }
