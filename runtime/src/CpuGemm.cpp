@@ -26,6 +26,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 using namespace moert::cpu;
 
@@ -191,12 +192,42 @@ void gemvBlock(const float *a, const TB *b, int64_t ldb, float *c, int64_t n,
     tile<1, 1>(a, 0, b + j * ldb, ldb, c + j, 0, kc, accumulate);
 }
 
+/// dst[r, 0..kc) = the f32 values of bf16 rows src[r, 0..kc), r < rows;
+/// dst's rows are kBlockK apart.
+void widenRows(const uint16_t *src, int64_t ldSrc, int64_t rows, int64_t kc,
+               float *dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t *from = src + r * ldSrc;
+    float *to = dst + r * kBlockK;
+    int64_t k = 0;
+    for (; k + kLanes <= kc; k += kLanes) {
+      V8 v = load(from + k);
+      std::memcpy(to + k, &v, sizeof(v));
+    }
+    if (k < kc)
+      storeTail(to + k, loadTail(from + k, kc - k), kc - k);
+  }
+}
+
 /// C[m,n] (+)= A[m,kc] @ B[n,kc]^T for one K block and one M block.
 template <typename TB>
 void gemmBlock(const float *a, int64_t lda, const TB *b, int64_t ldb, float *c,
                int64_t ldc, int64_t m, int64_t n, int64_t kc, bool accumulate) {
   if (m == 1)
     return gemvBlock(a, b, ldb, c, n, kc, accumulate);
+  if constexpr (!std::is_same_v<TB, float>) {
+    // Every B row serves all m rows: widen each panel of four once, not in
+    // every tile that reads it.
+    alignas(32) float panel[4 * kBlockK];
+    for (int64_t j = 0; j < n; j += 4) {
+      int64_t rows = std::min<int64_t>(4, n - j);
+      widenRows(b + j * ldb, ldb, rows, kc, panel);
+      prefetchRows(b + (j + 4) * ldb, ldb, std::min<int64_t>(4, n - j - 4), kc);
+      gemmBlock<float>(a, lda, panel, kBlockK, c + j, ldc, m, rows, kc,
+                       accumulate);
+    }
+    return;
+  }
   int64_t j = 0;
   for (; j + 4 <= n; j += 4) {
     prefetchRows(b + (j + 4) * ldb, ldb, std::min<int64_t>(4, n - j - 4), kc);
