@@ -18,8 +18,8 @@ def ConvertMoEToCPU : Pass<"convert-moe-to-cpu", "::mlir::ModuleOp"> {
     ```
 
     The weights follow in the order of the module's `moe.weight` ops (their
-    symbols are removed) as f32 buffers; the runtime converts bf16 files at
-    bind time. `expert_ids` / `expert_gates` are the routing trace
+    symbols are removed) as f32 buffers, which the runtime widens bf16 files
+    into at bind time (but see `bf16-expert-weights` below). `expert_ids` / `expert_gates` are the routing trace
     [passes * layers, tokens, top_k] (-1 / 0 where a token did not run).
 
     Each MoE op becomes a call into the runtime's CPU kernels
