@@ -118,21 +118,30 @@ struct PlanCase {
     return out;
   }
 
-  std::vector<float> fused(Plan &p, Activation activation) {
+  /// `kernel` (moert_fused_experts or its bf16 form) on expert weights of
+  /// element type TW.
+  template <typename TW, typename Kernel>
+  std::vector<float> fusedOn(Plan &p, Activation activation,
+                             std::vector<TW> &gateW, std::vector<TW> &upW,
+                             std::vector<TW> &downW, Kernel kernel) {
     std::vector<float> out(s.numTokens * s.hidden, 7.0f);
     auto xM = memref<float, 2>(x, {s.numTokens, s.hidden});
     auto rowTokenM = memref<int32_t, 1>(p.rowToken, {numRows()});
     auto offsetsM = memref<int32_t, 1>(p.offsets, {s.numExperts + 1});
     auto slotRowM = memref<int32_t, 2>(p.slotRow, {s.numTokens, s.topK});
     auto gatesM = memref<float, 2>(gates, {s.numTokens, s.topK});
-    auto gateM = memref<float, 3>(gate, {s.numExperts, s.ffn, s.hidden});
-    auto upM = memref<float, 3>(up, {s.numExperts, s.ffn, s.hidden});
-    auto downM = memref<float, 3>(down, {s.numExperts, s.hidden, s.ffn});
+    auto gateM = memref<TW, 3>(gateW, {s.numExperts, s.ffn, s.hidden});
+    auto upM = memref<TW, 3>(upW, {s.numExperts, s.ffn, s.hidden});
+    auto downM = memref<TW, 3>(downW, {s.numExperts, s.hidden, s.ffn});
     auto outM = memref<float, 2>(out, {s.numTokens, s.hidden});
-    _mlir_ciface_moert_fused_experts(&xM, &rowTokenM, &offsetsM, &slotRowM,
-                                     &gatesM, &gateM, &upM, &downM, &outM,
-                                     static_cast<int32_t>(activation));
+    kernel(&xM, &rowTokenM, &offsetsM, &slotRowM, &gatesM, &gateM, &upM, &downM,
+           &outM, static_cast<int32_t>(activation));
     return out;
+  }
+
+  std::vector<float> fused(Plan &p, Activation activation) {
+    return fusedOn(p, activation, gate, up, down,
+                   _mlir_ciface_moert_fused_experts);
   }
 
   /// Rounds the expert weights to bf16 (so that they are the widening of
@@ -152,20 +161,8 @@ struct PlanCase {
     };
     std::vector<uint16_t> gateBits = toBits(gate), upBits = toBits(up),
                           downBits = toBits(down);
-    std::vector<float> out(s.numTokens * s.hidden, 7.0f);
-    auto xM = memref<float, 2>(x, {s.numTokens, s.hidden});
-    auto rowTokenM = memref<int32_t, 1>(p.rowToken, {numRows()});
-    auto offsetsM = memref<int32_t, 1>(p.offsets, {s.numExperts + 1});
-    auto slotRowM = memref<int32_t, 2>(p.slotRow, {s.numTokens, s.topK});
-    auto gatesM = memref<float, 2>(gates, {s.numTokens, s.topK});
-    auto gateM = memref<uint16_t, 3>(gateBits, {s.numExperts, s.ffn, s.hidden});
-    auto upM = memref<uint16_t, 3>(upBits, {s.numExperts, s.ffn, s.hidden});
-    auto downM = memref<uint16_t, 3>(downBits, {s.numExperts, s.hidden, s.ffn});
-    auto outM = memref<float, 2>(out, {s.numTokens, s.hidden});
-    _mlir_ciface_moert_fused_experts_bf16(&xM, &rowTokenM, &offsetsM, &slotRowM,
-                                          &gatesM, &gateM, &upM, &downM, &outM,
-                                          static_cast<int32_t>(activation));
-    return out;
+    return fusedOn(p, activation, gateBits, upBits, downBits,
+                   _mlir_ciface_moert_fused_experts_bf16);
   }
 
   /// dispatch, grouped matmul (gate, up), glu, grouped matmul (down),
