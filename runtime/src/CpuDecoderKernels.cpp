@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 
 using namespace moert::cpu;
@@ -117,16 +118,63 @@ void softmaxInPlace(float *scores, int64_t n, float scale) {
 
 } // namespace
 
+namespace {
+float widen(float v) { return v; }
+float widen(uint16_t bits) {
+  uint32_t f = uint32_t(bits) << 16;
+  float v;
+  std::memcpy(&v, &f, sizeof(v));
+  return v;
+}
+
+template <typename TW>
+void embedOf(const int32_t *tokens, const TW *table, float *out,
+             int64_t numTokens, int64_t vocab, int64_t hidden) {
+  for (int64_t t = 0; t < numTokens; ++t) {
+    float *row = out + t * hidden;
+    if (tokens[t] < 0 || tokens[t] >= vocab) {
+      std::fill(row, row + hidden, kNaN);
+      continue;
+    }
+    const TW *from = table + tokens[t] * hidden;
+    for (int64_t c = 0; c < hidden; ++c)
+      row[c] = widen(from[c]);
+  }
+}
+
+template <typename TW>
+void embedCall(StridedMemRefType<int32_t, 1> *tokens,
+               StridedMemRefType<TW, 2> *table,
+               StridedMemRefType<float, 2> *out) {
+  int64_t numTokens = tokens->sizes[0], hidden = table->sizes[1];
+  if (out->sizes[0] != numTokens || out->sizes[1] != hidden)
+    return fill(out, kNaN);
+  embed(dataOf(tokens), dataOf(table), dataOf(out), numTokens, table->sizes[0],
+        hidden);
+}
+
+template <typename TW>
+void unembedCall(StridedMemRefType<float, 2> *x, StridedMemRefType<TW, 2> *w,
+                 StridedMemRefType<float, 2> *out) {
+  int64_t numTokens = x->sizes[0], hidden = x->sizes[1], vocab = w->sizes[0];
+  if (w->sizes[1] != hidden || out->sizes[0] != numTokens ||
+      out->sizes[1] != vocab)
+    return fill(out, kNaN);
+  gemmABt(dataOf(x), hidden, dataOf(w), hidden, dataOf(out), vocab, numTokens,
+          vocab, hidden);
+}
+} // namespace
+
 void moert::cpu::embed(const int32_t *tokens, const float *table, float *out,
                        int64_t numTokens, int64_t vocab,
                        int64_t hidden) noexcept {
-  for (int64_t t = 0; t < numTokens; ++t) {
-    float *row = out + t * hidden;
-    if (tokens[t] < 0 || tokens[t] >= vocab)
-      std::fill(row, row + hidden, kNaN);
-    else
-      std::copy_n(table + tokens[t] * hidden, hidden, row);
-  }
+  embedOf(tokens, table, out, numTokens, vocab, hidden);
+}
+
+void moert::cpu::embed(const int32_t *tokens, const uint16_t *table, float *out,
+                       int64_t numTokens, int64_t vocab,
+                       int64_t hidden) noexcept {
+  embedOf(tokens, table, out, numTokens, vocab, hidden);
 }
 
 bool moert::cpu::attention(const float *x, const int32_t *positions,
@@ -271,11 +319,13 @@ bool moert::cpu::exitTestLmHead(const float *h, const float *norm,
 void _mlir_ciface_moert_embed(StridedMemRefType<int32_t, 1> *tokens,
                               StridedMemRefType<float, 2> *table,
                               StridedMemRefType<float, 2> *out) {
-  int64_t numTokens = tokens->sizes[0], hidden = table->sizes[1];
-  if (out->sizes[0] != numTokens || out->sizes[1] != hidden)
-    return fill(out, kNaN);
-  embed(dataOf(tokens), dataOf(table), dataOf(out), numTokens, table->sizes[0],
-        hidden);
+  embedCall(tokens, table, out);
+}
+
+void _mlir_ciface_moert_embed_bf16(StridedMemRefType<int32_t, 1> *tokens,
+                                   StridedMemRefType<uint16_t, 2> *table,
+                                   StridedMemRefType<float, 2> *out) {
+  embedCall(tokens, table, out);
 }
 
 void _mlir_ciface_moert_exit_test_lm(StridedMemRefType<float, 2> *h,
@@ -297,12 +347,13 @@ void _mlir_ciface_moert_exit_test_lm(StridedMemRefType<float, 2> *h,
 void _mlir_ciface_moert_unembed(StridedMemRefType<float, 2> *x,
                                 StridedMemRefType<float, 2> *w,
                                 StridedMemRefType<float, 2> *out) {
-  int64_t numTokens = x->sizes[0], hidden = x->sizes[1], vocab = w->sizes[0];
-  if (w->sizes[1] != hidden || out->sizes[0] != numTokens ||
-      out->sizes[1] != vocab)
-    return fill(out, kNaN);
-  gemmABt(dataOf(x), hidden, dataOf(w), hidden, dataOf(out), vocab, numTokens,
-          vocab, hidden);
+  unembedCall(x, w, out);
+}
+
+void _mlir_ciface_moert_unembed_bf16(StridedMemRefType<float, 2> *x,
+                                     StridedMemRefType<uint16_t, 2> *w,
+                                     StridedMemRefType<float, 2> *out) {
+  unembedCall(x, w, out);
 }
 
 void _mlir_ciface_moert_attention(

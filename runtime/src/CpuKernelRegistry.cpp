@@ -35,6 +35,8 @@ llvm::ArrayRef<KernelSymbol> moert::cpu::kernelSymbols() {
       MOERT_KERNEL(moert_attention),
       MOERT_KERNEL(moert_exit_test_lm),
       MOERT_KERNEL(moert_fused_experts_bf16),
+      MOERT_KERNEL(moert_embed_bf16),
+      MOERT_KERNEL(moert_unembed_bf16),
   };
   return table;
 }

@@ -96,9 +96,11 @@ unsigned moert::cpu::defaultNumThreads() {
   return numThreads;
 }
 
-void moert::cpu::gemmABt(const float *a, int64_t lda, const float *b,
-                         int64_t ldb, float *c, int64_t ldc, int64_t m,
-                         int64_t n, int64_t k, unsigned numThreads) noexcept {
+namespace {
+template <typename TB>
+void gemmABtOf(const float *a, int64_t lda, const TB *b, int64_t ldb, float *c,
+               int64_t ldc, int64_t m, int64_t n, int64_t k,
+               unsigned numThreads) {
   int64_t colTiles = ceilDiv(n, kTileCols);
   parallelFor(ceilDiv(m, kTileRows) * colTiles, numThreads, [&](int64_t i) {
     int64_t row = (i / colTiles) * kTileRows;
@@ -107,6 +109,19 @@ void moert::cpu::gemmABt(const float *a, int64_t lda, const float *b,
         a + row * lda, lda, b + col * ldb, ldb, c + row * ldc + col, ldc,
         std::min(kTileRows, m - row), std::min(kTileCols, n - col), k);
   });
+}
+} // namespace
+
+void moert::cpu::gemmABt(const float *a, int64_t lda, const float *b,
+                         int64_t ldb, float *c, int64_t ldc, int64_t m,
+                         int64_t n, int64_t k, unsigned numThreads) noexcept {
+  gemmABtOf(a, lda, b, ldb, c, ldc, m, n, k, numThreads);
+}
+
+void moert::cpu::gemmABt(const float *a, int64_t lda, const uint16_t *b,
+                         int64_t ldb, float *c, int64_t ldc, int64_t m,
+                         int64_t n, int64_t k, unsigned numThreads) noexcept {
+  gemmABtOf(a, lda, b, ldb, c, ldc, m, n, k, numThreads);
 }
 
 void moert::cpu::rmsNorm(const float *x, const float *w, float *out,

@@ -121,6 +121,56 @@ TEST(CpuDecoderKernels, Unembed) {
   }
 }
 
+/// Rounds `w` to bf16 in place (finite values, nearest even) and returns the
+/// bits, of which `w` is then the exact widening.
+std::vector<uint16_t> roundToBF16(std::vector<float> &w) {
+  std::vector<uint16_t> bits(w.size());
+  for (size_t i = 0; i < w.size(); ++i) {
+    uint32_t f;
+    std::memcpy(&f, &w[i], sizeof(f));
+    bits[i] = uint16_t((f + 0x7fffu + ((f >> 16) & 1u)) >> 16);
+    f = uint32_t(bits[i]) << 16;
+    std::memcpy(&w[i], &f, sizeof(f));
+  }
+  return bits;
+}
+
+// The bf16 forms read a bf16 table / LM head and give bitwise what the f32
+// forms give on its widening (decode and prefill rows, GEMM tails); an
+// out-of-range token still gives a NaN row.
+TEST(CpuDecoderKernels, EmbedAndUnembedFromBF16) {
+  const int64_t vocab = 71, hidden = 43;
+  std::vector<float> w = randomVector(vocab * hidden, 1.0f, 4);
+  std::vector<uint16_t> bits = roundToBF16(w);
+  auto wM = memref<float, 2>(w, {vocab, hidden});
+  auto bitsM = memref<uint16_t, 2>(bits, {vocab, hidden});
+  std::vector<int32_t> tokens = {3, 70, -1, 71, 0};
+  const int64_t numTokens = tokens.size();
+  std::vector<float> rows(numTokens * hidden), rowsBF16(numTokens * hidden);
+  auto tokensM = memref<int32_t, 1>(tokens, {numTokens});
+  auto rowsM = memref<float, 2>(rows, {numTokens, hidden});
+  auto rowsBF16M = memref<float, 2>(rowsBF16, {numTokens, hidden});
+  _mlir_ciface_moert_embed(&tokensM, &wM, &rowsM);
+  _mlir_ciface_moert_embed_bf16(&tokensM, &bitsM, &rowsBF16M);
+  EXPECT_EQ(
+      std::memcmp(rows.data(), rowsBF16.data(), rows.size() * sizeof(float)),
+      0);
+  EXPECT_TRUE(std::isnan(rowsBF16[2 * hidden]) &&
+              std::isnan(rowsBF16[3 * hidden]));
+  for (int64_t n : {1, 5}) {
+    std::vector<float> x = randomVector(n * hidden, 1.0f, 5);
+    std::vector<float> out(n * vocab), outBF16(n * vocab);
+    auto xM = memref<float, 2>(x, {n, hidden});
+    auto outM = memref<float, 2>(out, {n, vocab});
+    auto outBF16M = memref<float, 2>(outBF16, {n, vocab});
+    _mlir_ciface_moert_unembed(&xM, &wM, &outM);
+    _mlir_ciface_moert_unembed_bf16(&xM, &bitsM, &outBF16M);
+    EXPECT_EQ(
+        std::memcmp(out.data(), outBF16.data(), out.size() * sizeof(float)), 0)
+        << n << " rows";
+  }
+}
+
 //===----------------------------------------------------------------------===//
 // Attention
 //===----------------------------------------------------------------------===//

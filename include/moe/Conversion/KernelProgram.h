@@ -15,14 +15,15 @@
 
 namespace mlir::moe {
 struct KernelProgramOptions {
-  /// Bind bf16 weights as bf16 buffers (the GPU kernels widen each element
-  /// as they load it) instead of f32 ones (the CPU kernels' form; the
-  /// runtime widens at load). The manifest's device_dtype must agree.
+  /// GPU: bind every bf16 weight as a bf16 buffer (the GPU kernels widen
+  /// each element as they load it) instead of an f32 one (the runtime widens
+  /// at load). The manifest's device_dtype must agree.
   bool bf16Weights = false;
-  /// CPU: bind the bf16 weights that only fused expert groups read as bf16
-  /// buffers, read by moert_fused_experts_bf16; their positions among the
-  /// weights go to the module's kHostBF16WeightsAttr.
-  bool bf16ExpertWeights = false;
+  /// CPU: bind as bf16 buffers the bf16 weights that only CPU kernels with a
+  /// bf16 form read (fused expert groups, embeddings, LM heads: the
+  /// `moert_*_bf16` kernels); their positions among the weights go to the
+  /// module's kHostBF16WeightsAttr.
+  bool bf16CpuWeights = false;
 };
 
 /// The positions (in moe.weight order) of the weights that the CPU lowering

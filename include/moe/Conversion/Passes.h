@@ -31,10 +31,10 @@ struct MoECPUPipelineOptions
   Option<int64_t> tile{*this, "tile",
                        llvm::cl::desc("GEMM row tile of routing plans"),
                        llvm::cl::init(16)};
-  Option<bool> bf16ExpertWeights{
-      *this, "bf16-expert-weights",
-      llvm::cl::desc("convert-moe-to-cpu's bf16-expert-weights: keep bf16 "
-                     "weights that only fused expert groups read bf16"),
+  Option<bool> bf16Weights{
+      *this, "bf16-weights",
+      llvm::cl::desc("convert-moe-to-cpu's bf16-weights: keep bf16 the bf16 "
+                     "weights that only kernels with a bf16 form read"),
       llvm::cl::init(true)};
 };
 

@@ -19,7 +19,8 @@ def ConvertMoEToCPU : Pass<"convert-moe-to-cpu", "::mlir::ModuleOp"> {
 
     The weights follow in the order of the module's `moe.weight` ops (their
     symbols are removed) as f32 buffers, which the runtime widens bf16 files
-    into at bind time (but see `bf16-expert-weights` below). `expert_ids` / `expert_gates` are the routing trace
+    into at bind time (but see `bf16-weights` below). `expert_ids` /
+    `expert_gates` are the routing trace
     [passes * layers, tokens, top_k] (-1 / 0 where a token did not run).
 
     Each MoE op becomes a call into the runtime's CPU kernels
@@ -30,17 +31,18 @@ def ConvertMoEToCPU : Pass<"convert-moe-to-cpu", "::mlir::ModuleOp"> {
     result back, and drops exited tokens (`moert_exit_update`), so exited
     tokens cost no further work.
 
-    With `bf16-expert-weights` (the default), bf16 weights that only fused
-    expert groups read stay bf16 buffers, which `moert_fused_experts_bf16`
-    widens as it reads them: the same results from half the bytes, in half
-    the memory. The module's `moe.host_bf16_weights` lists their positions
+    With `bf16-weights` (the default), bf16 weights that only kernels
+    with a bf16 form read (fused expert groups, `moe.embed`, `moe.unembed`)
+    stay bf16 buffers, which `moert_fused_experts_bf16`, `moert_embed_bf16`
+    and `moert_unembed_bf16` widen as they read them: the same results from
+    half the bytes, in half the memory. The module's `moe.host_bf16_weights` lists their positions
     among the weights, for the manifest (`"device_dtype": "BF16"`).
   }];
   let options = [
-    Option<"bf16ExpertWeights", "bf16-expert-weights", "bool",
+    Option<"bf16Weights", "bf16-weights", "bool",
            /*default=*/"true",
-           "Keep bf16 weights that only fused expert groups read as bf16 "
-           "buffers (moert_fused_experts_bf16)">
+           "Keep bf16 weights that only fused expert groups, embeddings and "
+           "LM heads read as bf16 buffers (their kernels' _bf16 forms)">
   ];
   let dependentDialects = [
     "::mlir::arith::ArithDialect", "::mlir::func::FuncDialect",

@@ -74,6 +74,12 @@ private:
   Value weight(FlatSymbolRefAttr symbol) {
     return weightArgs.lookup(symbol.getAttr());
   }
+  /// `kernel`, or its CPU form for bf16 weights (`<kernel>_bf16`) when
+  /// `symbol` is bound bf16; the GPU kernels take either element type.
+  std::string kernelFor(StringRef kernel, FlatSymbolRefAttr symbol) const {
+    bool bf16 = !options.bf16Weights && bf16Buffers.contains(symbol.getAttr());
+    return (kernel + (bf16 ? "_bf16" : "")).str();
+  }
   Operation *call(StringRef kernel, ValueRange operands,
                   TypeRange results = {});
   Value constI32(int64_t v);
@@ -538,11 +544,7 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
         PlanType type = fused.getPlan().getType();
         const PlanBuffers &plan = plans[fused.getPlan()];
         Value in = view(fused.getInput()), gates = view(fused.getGates());
-        // The GPU kernels take either element type; the CPU library has a
-        // kernel for bf16 weights.
-        bool bf16 = !options.bf16Weights &&
-                    bf16Buffers.contains(fused.getGateProjAttr().getAttr());
-        call(bf16 ? "moert_fused_experts_bf16" : "moert_fused_experts",
+        call(kernelFor("moert_fused_experts", fused.getGateProjAttr()),
              {in, prefix(plan.rowToken, rowsOf(rows, type)), plan.offsets,
               prefix(plan.slotRow, rows), gates,
               weight(fused.getGateProjAttr()), weight(fused.getUpProjAttr()),
@@ -584,14 +586,16 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
       .Case([&](LoopOp loop) { return emitLoop(loop); })
       .Case([&](EmbedOp embed) {
         Value tokenIds = view(embed.getTokens());
-        call("moert_embed", {tokenIds, weight(embed.getTableAttr()),
-                             define(embed.getResult())});
+        call(kernelFor("moert_embed", embed.getTableAttr()),
+             {tokenIds, weight(embed.getTableAttr()),
+              define(embed.getResult())});
         return success();
       })
       .Case([&](UnembedOp unembed) {
         Value in = view(unembed.getInput());
-        call("moert_unembed", {in, weight(unembed.getLmHeadAttr()),
-                               define(unembed.getLogits())});
+        call(
+            kernelFor("moert_unembed", unembed.getLmHeadAttr()),
+            {in, weight(unembed.getLmHeadAttr()), define(unembed.getLogits())});
         return success();
       })
       .Case([&](AttentionOp attention) -> LogicalResult {
@@ -738,14 +742,14 @@ LogicalResult ModelLowering::emitLoop(LoopOp loop) {
 }
 
 /// The bf16 weights to bind as bf16 buffers: all of them for the GPU; for the
-/// CPU with bf16ExpertWeights, the weights of the fused expert groups whose
-/// three weights are bf16 and read by such groups only (the one CPU kernel
-/// that reads bf16 takes a group's three weights alike).
+/// CPU with bf16CpuWeights, those that only CPU kernels with a bf16 form
+/// read (fused expert groups, embedding, LM head), where a fused group's
+/// three weights must all be (its kernel takes them alike).
 static DenseSet<StringAttr>
 bf16BufferWeights(ModuleOp module, ArrayRef<WeightOp> weights,
                   const KernelProgramOptions &options) {
   DenseSet<StringAttr> kept;
-  if (!options.bf16Weights && !options.bf16ExpertWeights)
+  if (!options.bf16Weights && !options.bf16CpuWeights)
     return kept;
   for (WeightOp w : weights) {
     if (!w.getTensorType().getElementType().isBF16())
@@ -754,7 +758,7 @@ bf16BufferWeights(ModuleOp module, ArrayRef<WeightOp> weights,
         SymbolTable::getSymbolUses(w.getSymNameAttr(), module);
     if (options.bf16Weights ||
         (uses && llvm::all_of(*uses, [](const SymbolTable::SymbolUse &use) {
-           return isa<FusedExpertsOp>(use.getUser());
+           return isa<FusedExpertsOp, EmbedOp, UnembedOp>(use.getUser());
          })))
       kept.insert(w.getSymNameAttr());
   }
@@ -822,7 +826,7 @@ struct ConvertMoEToCPUPass
   using ConvertMoEToCPUBase::ConvertMoEToCPUBase;
   void runOnOperation() override {
     KernelProgramOptions options;
-    options.bf16ExpertWeights = bf16ExpertWeights;
+    options.bf16CpuWeights = bf16Weights;
     if (failed(lowerModelsToKernelCalls(getOperation(), options)))
       signalPassFailure();
   }

@@ -24,7 +24,7 @@ void mlir::moe::buildMoECPUPipeline(OpPassManager &pm,
                                     const MoECPUPipelineOptions &options) {
   if (options.optLevel > 0)
     buildMoEOptimizePipeline(pm, options.tile);
-  pm.addPass(createConvertMoEToCPU({options.bf16ExpertWeights}));
+  pm.addPass(createConvertMoEToCPU({options.bf16Weights}));
   buildHostToLLVMPipeline(pm);
 }
 

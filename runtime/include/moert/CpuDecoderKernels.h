@@ -26,6 +26,9 @@ namespace moert::cpu {
 /// [0, vocab) gives a NaN row.
 void embed(const int32_t *tokens, const float *table, float *out,
            int64_t numTokens, int64_t vocab, int64_t hidden) noexcept;
+/// The same from a bf16 table (raw bits), widened.
+void embed(const int32_t *tokens, const uint16_t *table, float *out,
+           int64_t numTokens, int64_t vocab, int64_t hidden) noexcept;
 
 /// The normalisation of queries and keys before RoPE.
 enum class QkNorm : int32_t {
@@ -85,8 +88,8 @@ bool attention(const float *x, const int32_t *positions, const float *wq,
 /// is short.
 bool exitTestLmHead(const float *h, const float *norm, float normEps,
                     const float *lmHead, int8_t *exits, int64_t numTokens,
-                    int64_t hidden, int64_t vocab, int32_t criterion,
-                    float tau, bool unitNorm = false) noexcept;
+                    int64_t hidden, int64_t vocab, int32_t criterion, float tau,
+                    bool unitNorm = false) noexcept;
 
 } // namespace moert::cpu
 
@@ -100,6 +103,14 @@ void _mlir_ciface_moert_embed(StridedMemRefType<int32_t, 1> *tokens,
 void _mlir_ciface_moert_unembed(StridedMemRefType<float, 2> *x,
                                 StridedMemRefType<float, 2> *w,
                                 StridedMemRefType<float, 2> *out);
+/// moert_embed and moert_unembed with a bf16 table / LM head
+/// (memref<...xbf16>).
+void _mlir_ciface_moert_embed_bf16(StridedMemRefType<int32_t, 1> *tokens,
+                                   StridedMemRefType<uint16_t, 2> *table,
+                                   StridedMemRefType<float, 2> *out);
+void _mlir_ciface_moert_unembed_bf16(StridedMemRefType<float, 2> *x,
+                                     StridedMemRefType<uint16_t, 2> *w,
+                                     StridedMemRefType<float, 2> *out);
 void _mlir_ciface_moert_attention(
     StridedMemRefType<float, 2> *x, StridedMemRefType<int32_t, 1> *positions,
     StridedMemRefType<float, 2> *wq, StridedMemRefType<float, 2> *wk,

@@ -13,8 +13,9 @@
 // No function throws or aborts. The ones that need scratch memory and cannot
 // get it return false and fill their outputs with NaN (expert ids with -1), so
 // the failure cannot pass for a result. The expert group keeps its scratch,
-// about T*k*(d+f) floats plus small per-thread row panels, in a workspace that grows to the largest call
-// and is freed when the calling thread ends; the rest is allocated per call.
+// about T*k*(d+f) floats plus small per-thread row panels, in a workspace that
+// grows to the largest call and is freed when the calling thread ends; the rest
+// is allocated per call.
 //
 //===----------------------------------------------------------------------===//
 
@@ -52,6 +53,11 @@ unsigned defaultNumThreads();
 /// ([out, in]). Rows are contiguous; lda, ldb, ldc are row strides.
 void gemmABt(const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
              int64_t ldc, int64_t m, int64_t n, int64_t k,
+             unsigned numThreads = 0) noexcept;
+/// The same with B bf16 (raw bits), widened as it is read: bitwise the
+/// result of the f32 B it widens to.
+void gemmABt(const float *a, int64_t lda, const uint16_t *b, int64_t ldb,
+             float *c, int64_t ldc, int64_t m, int64_t n, int64_t k,
              unsigned numThreads = 0) noexcept;
 
 /// out[t,:] = x[t,:] / sqrt(mean(x[t,:]^2) + eps) * w[:]; x, out are [T, d].

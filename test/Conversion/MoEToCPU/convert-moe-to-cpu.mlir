@@ -1,5 +1,5 @@
 // RUN: moe-opt %s -split-input-file -convert-moe-to-cpu -verify-diagnostics | FileCheck %s
-// RUN: moe-opt %s -split-input-file -convert-moe-to-cpu=bf16-expert-weights=false -verify-diagnostics | FileCheck %s --check-prefix=WIDEN
+// RUN: moe-opt %s -split-input-file -convert-moe-to-cpu=bf16-weights=false -verify-diagnostics | FileCheck %s --check-prefix=WIDEN
 
 moe.weight @norm : tensor<8xf32>
 moe.weight @router : tensor<4x8xf32>
@@ -179,7 +179,7 @@ moe.weight @down2 : tensor<4x8x16xbf16>
 // bf16 weights that only fused expert groups read stay bf16 buffers, read by
 // moert_fused_experts_bf16, and the module lists their positions for the
 // manifest; @gate2 is also read by a grouped matmul (an f32 kernel), so it
-// and its group's other weights are f32. With bf16-expert-weights=false every
+// and its group's other weights are f32. With bf16-weights=false every
 // weight is f32.
 // CHECK: module attributes {moe.host_bf16_weights = array<i64: 1, 2, 3>}
 // CHECK-LABEL: func.func @bf16_experts(
@@ -253,4 +253,47 @@ func.func @outer_value(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) 
     moe.yield %h1 : tensor<?x8xf32>
   }
   return %h, %exit : tensor<?x8xf32>, tensor<?xi32>
+}
+
+// -----
+
+moe.weight @embed : tensor<16x8xbf16>
+moe.weight @q : tensor<8x8xbf16>
+moe.weight @k : tensor<4x8xbf16>
+moe.weight @v : tensor<4x8xbf16>
+moe.weight @o : tensor<8x8xbf16>
+moe.weight @router : tensor<2x8xbf16>
+moe.weight @gate : tensor<2x12x8xbf16>
+moe.weight @up : tensor<2x12x8xbf16>
+moe.weight @down : tensor<2x8x12xbf16>
+
+// A bf16 decoder: the embedding table, which the tied LM head reads too, and
+// the fused experts' weights stay bf16 (their kernels have bf16 forms);
+// attention and the router read theirs widened to f32.
+// CHECK: module attributes {moe.host_bf16_weights = array<i64: 0, 6, 7, 8>}
+// CHECK-LABEL: func.func @decoder(
+// CHECK-SAME: %[[TABLE:[^:]*]]: memref<16x8xbf16>, %{{.*}}: memref<8x8xf32>, %{{.*}}: memref<4x8xf32>, %{{.*}}: memref<4x8xf32>, %{{.*}}: memref<8x8xf32>, %{{.*}}: memref<2x8xf32>, %{{.*}}: memref<2x12x8xbf16>, %{{.*}}: memref<2x12x8xbf16>, %{{.*}}: memref<2x8x12xbf16>)
+// CHECK: call @moert_embed_bf16(
+// CHECK: call @moert_attention(
+// CHECK: call @moert_route(
+// CHECK: call @moert_fused_experts_bf16(
+// CHECK: call @moert_unembed_bf16(
+// WIDEN-LABEL: func.func @decoder(
+// WIDEN-SAME: memref<16x8xf32>
+// WIDEN: call @moert_embed(
+// WIDEN: call @moert_unembed(
+func.func @decoder(%tokens: tensor<?xi32>, %positions: tensor<?xi32>) -> (tensor<?x16xf32>, tensor<?xi32>) {
+  %x = moe.embed %tokens, @embed : tensor<?xi32> -> tensor<?x8xf32>
+  %h, %exit = moe.loop %x passes = 1 mode = unroll : tensor<?x8xf32> -> tensor<?xi32> {
+  ^bb0(%h0: tensor<?x8xf32>):
+    %a = moe.attention %h0, %positions q @q k @k v @v o @o heads = 2 kv_heads = 1 head_dim = 4 rope_theta = 1.000000e+04 causal : tensor<?x8xf32>, tensor<?xi32>
+    %h1 = arith.addf %h0, %a : tensor<?x8xf32>
+    %ids, %gates = moe.route %h1, @router top_k = 1 : tensor<?x8xf32> -> tensor<?x1xi32>, tensor<?x1xf32>
+    %p = moe.plan %ids : tensor<?x1xi32> -> !moe.plan<experts = 2, top_k = 1, tile = 1>
+    %y = moe.fused_experts %h1, %p, %gates gate @gate up @up down @down : tensor<?x8xf32>, !moe.plan<experts = 2, top_k = 1, tile = 1>, tensor<?x1xf32>
+    %h2 = arith.addf %h1, %y : tensor<?x8xf32>
+    moe.yield %h2 : tensor<?x8xf32>
+  }
+  %logits = moe.unembed %h, @embed : tensor<?x8xf32> -> tensor<?x16xf32>
+  return %logits, %exit : tensor<?x16xf32>, tensor<?xi32>
 }
