@@ -39,10 +39,11 @@ llvm::cl::opt<bool>
 llvm::cl::opt<bool> cpuBF16Weights(
     "cpu-bf16-weights", llvm::cl::init(true),
     llvm::cl::cat(moe::getCompilerOptionsCategory()),
-    llvm::cl::desc("CPU code: keep bf16 expert, embedding and LM-head "
-                   "weights bf16 in memory, widened as their kernels read "
-                   "them: the same results from half the bytes (default "
-                   "true; false: widen every weight to f32 at load)"));
+    llvm::cl::desc(
+        "CPU code: keep bf16 expert, attention, embedding and "
+        "LM-head weights bf16 in memory, widened as their kernels read "
+        "them: the same results from half the bytes (default "
+        "true; false: widen every weight to f32 at load)"));
 
 llvm::cl::opt<std::string> cudaToolkit(
     "cuda-toolkit", llvm::cl::value_desc("dir"),

@@ -177,13 +177,13 @@ void moert::cpu::embed(const int32_t *tokens, const uint16_t *table, float *out,
   embedOf(tokens, table, out, numTokens, vocab, hidden);
 }
 
-bool moert::cpu::attention(const float *x, const int32_t *positions,
-                           const float *wq, const float *wk, const float *wv,
-                           const float *wo, const float *qNorm,
-                           const float *kNorm, float *kCache, float *vCache,
-                           float *out, const AttentionShape &s,
-                           const AttentionOptions &o,
-                           unsigned numThreads) noexcept {
+namespace {
+template <typename TW>
+bool attentionOf(const float *x, const int32_t *positions, const TW *wq,
+                 const TW *wk, const TW *wv, const TW *wo, const float *qNorm,
+                 const float *kNorm, float *kCache, float *vCache, float *out,
+                 const AttentionShape &s, const AttentionOptions &o,
+                 unsigned numThreads) noexcept {
   const int64_t n = s.numTokens, hd = s.headDim;
   if (n <= 0)
     return n == 0;
@@ -275,6 +275,29 @@ bool moert::cpu::attention(const float *x, const int32_t *positions,
           numThreads);
   return true;
 }
+} // namespace
+
+bool moert::cpu::attention(const float *x, const int32_t *positions,
+                           const float *wq, const float *wk, const float *wv,
+                           const float *wo, const float *qNorm,
+                           const float *kNorm, float *kCache, float *vCache,
+                           float *out, const AttentionShape &s,
+                           const AttentionOptions &o,
+                           unsigned numThreads) noexcept {
+  return attentionOf(x, positions, wq, wk, wv, wo, qNorm, kNorm, kCache, vCache,
+                     out, s, o, numThreads);
+}
+
+bool moert::cpu::attention(const float *x, const int32_t *positions,
+                           const uint16_t *wq, const uint16_t *wk,
+                           const uint16_t *wv, const uint16_t *wo,
+                           const float *qNorm, const float *kNorm,
+                           float *kCache, float *vCache, float *out,
+                           const AttentionShape &s, const AttentionOptions &o,
+                           unsigned numThreads) noexcept {
+  return attentionOf(x, positions, wq, wk, wv, wo, qNorm, kNorm, kCache, vCache,
+                     out, s, o, numThreads);
+}
 
 bool moert::cpu::exitTestLmHead(const float *h, const float *norm,
                                 float normEps, const float *lmHead,
@@ -356,10 +379,12 @@ void _mlir_ciface_moert_unembed_bf16(StridedMemRefType<float, 2> *x,
   unembedCall(x, w, out);
 }
 
-void _mlir_ciface_moert_attention(
+namespace {
+template <typename TW>
+void attentionCall(
     StridedMemRefType<float, 2> *x, StridedMemRefType<int32_t, 1> *positions,
-    StridedMemRefType<float, 2> *wq, StridedMemRefType<float, 2> *wk,
-    StridedMemRefType<float, 2> *wv, StridedMemRefType<float, 2> *wo,
+    StridedMemRefType<TW, 2> *wq, StridedMemRefType<TW, 2> *wk,
+    StridedMemRefType<TW, 2> *wv, StridedMemRefType<TW, 2> *wo,
     StridedMemRefType<float, 1> *qNorm, StridedMemRefType<float, 1> *kNorm,
     StridedMemRefType<float, 2> *kCache, StridedMemRefType<float, 2> *vCache,
     StridedMemRefType<float, 2> *out, int64_t numHeads, int64_t numKvHeads,
@@ -368,8 +393,7 @@ void _mlir_ciface_moert_attention(
   AttentionShape s{x->sizes[0], x->sizes[1], numHeads,
                    numKvHeads,  headDim,     kCache->sizes[0]};
   int64_t qWidth = wq->sizes[0], kvWidth = wk->sizes[0];
-  auto hasSizes = [](StridedMemRefType<float, 2> *m, int64_t rows,
-                     int64_t cols) {
+  auto hasSizes = [](auto *m, int64_t rows, int64_t cols) {
     return m->sizes[0] == rows && m->sizes[1] == cols;
   };
   // normKind 0 ignores the weights; an invalid kind is rejected by attention.
@@ -395,4 +419,33 @@ void _mlir_ciface_moert_attention(
             dataOf(out), s,
             {ropeTheta, clip, static_cast<QkNorm>(normKind), normEps, scale,
              ropeInterleaved != 0});
+}
+} // namespace
+
+void _mlir_ciface_moert_attention(
+    StridedMemRefType<float, 2> *x, StridedMemRefType<int32_t, 1> *positions,
+    StridedMemRefType<float, 2> *wq, StridedMemRefType<float, 2> *wk,
+    StridedMemRefType<float, 2> *wv, StridedMemRefType<float, 2> *wo,
+    StridedMemRefType<float, 1> *qNorm, StridedMemRefType<float, 1> *kNorm,
+    StridedMemRefType<float, 2> *kCache, StridedMemRefType<float, 2> *vCache,
+    StridedMemRefType<float, 2> *out, int64_t numHeads, int64_t numKvHeads,
+    int64_t headDim, float ropeTheta, float clip, int32_t normKind,
+    float normEps, float scale, int32_t ropeInterleaved) {
+  attentionCall(x, positions, wq, wk, wv, wo, qNorm, kNorm, kCache, vCache, out,
+                numHeads, numKvHeads, headDim, ropeTheta, clip, normKind,
+                normEps, scale, ropeInterleaved);
+}
+
+void _mlir_ciface_moert_attention_bf16(
+    StridedMemRefType<float, 2> *x, StridedMemRefType<int32_t, 1> *positions,
+    StridedMemRefType<uint16_t, 2> *wq, StridedMemRefType<uint16_t, 2> *wk,
+    StridedMemRefType<uint16_t, 2> *wv, StridedMemRefType<uint16_t, 2> *wo,
+    StridedMemRefType<float, 1> *qNorm, StridedMemRefType<float, 1> *kNorm,
+    StridedMemRefType<float, 2> *kCache, StridedMemRefType<float, 2> *vCache,
+    StridedMemRefType<float, 2> *out, int64_t numHeads, int64_t numKvHeads,
+    int64_t headDim, float ropeTheta, float clip, int32_t normKind,
+    float normEps, float scale, int32_t ropeInterleaved) {
+  attentionCall(x, positions, wq, wk, wv, wo, qNorm, kNorm, kCache, vCache, out,
+                numHeads, numKvHeads, headDim, ropeTheta, clip, normKind,
+                normEps, scale, ropeInterleaved);
 }

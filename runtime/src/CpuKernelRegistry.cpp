@@ -37,6 +37,7 @@ llvm::ArrayRef<KernelSymbol> moert::cpu::kernelSymbols() {
       MOERT_KERNEL(moert_fused_experts_bf16),
       MOERT_KERNEL(moert_embed_bf16),
       MOERT_KERNEL(moert_unembed_bf16),
+      MOERT_KERNEL(moert_attention_bf16),
   };
   return table;
 }

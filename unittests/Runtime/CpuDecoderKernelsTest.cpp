@@ -190,6 +190,20 @@ struct AttentionCase {
   float scale = 0.0f;       ///< 0: 1/sqrt(head_dim)
   bool interleaved = false; ///< RoPE on pairs (2i, 2i+1), as LoopLM
   std::vector<float> x, wq, wk, wv, wo, qNorm, kNorm, kCache, vCache;
+  /// With roundProjections: the projections' bf16 bits, which runAt passes
+  /// to moert_attention_bf16.
+  std::vector<uint16_t> wqBits, wkBits, wvBits, woBits;
+  bool bf16 = false;
+
+  /// Rounds the projections to bf16 (wq..wo become the widening of the bits)
+  /// and runs the bf16 kernel from then on if `useBits`.
+  void roundProjections(bool useBits) {
+    wqBits = roundToBF16(wq);
+    wkBits = roundToBF16(wk);
+    wvBits = roundToBF16(wv);
+    woBits = roundToBF16(wo);
+    bf16 = useBits;
+  }
 
   int64_t qWidth() const { return numHeads * headDim; }
   int64_t kvWidth() const { return numKvHeads * headDim; }
@@ -252,6 +266,17 @@ struct AttentionCase {
     auto kCacheM = memref<float, 2>(kCache, {maxPositions, cacheWidth});
     auto vCacheM = memref<float, 2>(vCache, {maxPositions, cacheWidth});
     auto outM = memref<float, 2>(out, {n, hidden});
+    if (bf16) {
+      auto wqB = memref<uint16_t, 2>(wqBits, {rowsOf(wq), hidden});
+      auto wkB = memref<uint16_t, 2>(wkBits, {rowsOf(wk), hidden});
+      auto wvB = memref<uint16_t, 2>(wvBits, {rowsOf(wv), hidden});
+      auto woB = memref<uint16_t, 2>(woBits, {hidden, rowsOf(wo)});
+      _mlir_ciface_moert_attention_bf16(
+          &xM, &positionsM, &wqB, &wkB, &wvB, &woB, &qNormM, &kNormM, &kCacheM,
+          &vCacheM, &outM, numHeads, numKvHeads, headDim, ropeTheta, clip,
+          normKind, normEps, scale, interleaved);
+      return out;
+    }
     _mlir_ciface_moert_attention(&xM, &positionsM, &wqM, &wkM, &wvM, &woM,
                                  &qNormM, &kNormM, &kCacheM, &vCacheM, &outM,
                                  numHeads, numKvHeads, headDim, ropeTheta, clip,
@@ -415,6 +440,18 @@ TEST_P(AttentionTest, PrefillEqualsDecode) {
   expectBitwiseEqual(decode, prefill);
   expectBitwiseEqual(c.kCache, prefillK);
   expectBitwiseEqual(c.vCache, prefillV);
+}
+
+TEST_P(AttentionTest, BF16ProjectionsMatchTheirWideningBitwise) {
+  AttentionCase widened(GetParam(), 5, 24, 8, 7, 45);
+  widened.roundProjections(/*useBits=*/false);
+  AttentionCase bits(GetParam(), 5, 24, 8, 7, 45);
+  bits.roundProjections(/*useBits=*/true);
+  expectBitwiseEqual(bits.run(0, 5), widened.run(0, 5));
+  expectBitwiseEqual(bits.kCache, widened.kCache);
+  expectBitwiseEqual(bits.vCache, widened.vCache);
+  // A decode step on the caches.
+  expectBitwiseEqual(bits.run(4, 1), widened.run(4, 1));
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -20,9 +20,9 @@ struct KernelProgramOptions {
   /// at load). The manifest's device_dtype must agree.
   bool bf16Weights = false;
   /// CPU: bind as bf16 buffers the bf16 weights that only CPU kernels with a
-  /// bf16 form read (fused expert groups, embeddings, LM heads: the
-  /// `moert_*_bf16` kernels); their positions among the weights go to the
-  /// module's kHostBF16WeightsAttr.
+  /// bf16 form read (fused expert groups, attention projections, embeddings,
+  /// LM heads: the `moert_*_bf16` kernels); their positions among the
+  /// weights go to the module's kHostBF16WeightsAttr.
   bool bf16CpuWeights = false;
 };
 

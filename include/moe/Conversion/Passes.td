@@ -32,17 +32,18 @@ def ConvertMoEToCPU : Pass<"convert-moe-to-cpu", "::mlir::ModuleOp"> {
     tokens cost no further work.
 
     With `bf16-weights` (the default), bf16 weights that only kernels
-    with a bf16 form read (fused expert groups, `moe.embed`, `moe.unembed`)
-    stay bf16 buffers, which `moert_fused_experts_bf16`, `moert_embed_bf16`
-    and `moert_unembed_bf16` widen as they read them: the same results from
-    half the bytes, in half the memory. The module's `moe.host_bf16_weights` lists their positions
+    with a bf16 form read (fused expert groups, attention projections,
+    `moe.embed`, `moe.unembed`) stay bf16 buffers, which the `moert_*_bf16`
+    kernels widen as they read them: the same results from half the bytes,
+    in half the memory. The module's `moe.host_bf16_weights` lists their positions
     among the weights, for the manifest (`"device_dtype": "BF16"`).
   }];
   let options = [
     Option<"bf16Weights", "bf16-weights", "bool",
            /*default=*/"true",
-           "Keep bf16 weights that only fused expert groups, embeddings and "
-           "LM heads read as bf16 buffers (their kernels' _bf16 forms)">
+           "Keep bf16 weights that only fused expert groups, attention "
+           "projections, embeddings and LM heads read as bf16 buffers (their "
+           "kernels' _bf16 forms)">
   ];
   let dependentDialects = [
     "::mlir::arith::ArithDialect", "::mlir::func::FuncDialect",

@@ -626,7 +626,7 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
         float clip = attention.getClipQkv()
                          ? attention.getClipQkv()->convertToFloat()
                          : 0.0f;
-        call("moert_attention",
+        call(kernelFor("moert_attention", attention.getQProjAttr()),
              {in,
               positions,
               weight(attention.getQProjAttr()),
@@ -741,10 +741,30 @@ LogicalResult ModelLowering::emitLoop(LoopOp loop) {
   return success();
 }
 
+/// The weights that `op`'s CPU kernel can read as bf16, in groups that its
+/// bf16 form (`moert_*_bf16`) takes alike: a fused group's three, an
+/// attention's four projections (not its norms), a table, an LM head.
+static SmallVector<SmallVector<StringAttr>> bf16KernelGroups(Operation *op) {
+  auto names = [](ArrayRef<FlatSymbolRefAttr> refs) {
+    return llvm::to_vector(llvm::map_range(
+        refs, [](FlatSymbolRefAttr ref) { return ref.getAttr(); }));
+  };
+  if (auto fused = dyn_cast<FusedExpertsOp>(op))
+    return {names({fused.getGateProjAttr(), fused.getUpProjAttr(),
+                   fused.getDownProjAttr()})};
+  if (auto attention = dyn_cast<AttentionOp>(op))
+    return {names({attention.getQProjAttr(), attention.getKProjAttr(),
+                   attention.getVProjAttr(), attention.getOProjAttr()})};
+  if (auto embed = dyn_cast<EmbedOp>(op))
+    return {names({embed.getTableAttr()})};
+  if (auto unembed = dyn_cast<UnembedOp>(op))
+    return {names({unembed.getLmHeadAttr()})};
+  return {};
+}
+
 /// The bf16 weights to bind as bf16 buffers: all of them for the GPU; for the
-/// CPU with bf16CpuWeights, those that only CPU kernels with a bf16 form
-/// read (fused expert groups, embedding, LM head), where a fused group's
-/// three weights must all be (its kernel takes them alike).
+/// CPU with bf16CpuWeights, those that every reader reads through a bf16
+/// kernel group whose weights are all bf16 buffers.
 static DenseSet<StringAttr>
 bf16BufferWeights(ModuleOp module, ArrayRef<WeightOp> weights,
                   const KernelProgramOptions &options) {
@@ -754,30 +774,40 @@ bf16BufferWeights(ModuleOp module, ArrayRef<WeightOp> weights,
   for (WeightOp w : weights) {
     if (!w.getTensorType().getElementType().isBF16())
       continue;
+    StringAttr name = w.getSymNameAttr();
     std::optional<SymbolTable::UseRange> uses =
-        SymbolTable::getSymbolUses(w.getSymNameAttr(), module);
+        SymbolTable::getSymbolUses(name, module);
     if (options.bf16Weights ||
-        (uses && llvm::all_of(*uses, [](const SymbolTable::SymbolUse &use) {
-           return isa<FusedExpertsOp, EmbedOp, UnembedOp>(use.getUser());
+        (uses && llvm::all_of(*uses, [&](const SymbolTable::SymbolUse &use) {
+           // Read in a bf16 group, and in no other role of the same op.
+           auto groups = bf16KernelGroups(use.getUser());
+           bool inGroup = llvm::any_of(groups, [&](ArrayRef<StringAttr> g) {
+             return llvm::is_contained(g, name);
+           });
+           int64_t roles = 0;
+           use.getUser()->getAttrDictionary().walk(
+               [&](FlatSymbolRefAttr r) { roles += r.getAttr() == name; });
+           int64_t groupRoles = 0;
+           for (ArrayRef<StringAttr> g : groups)
+             groupRoles += llvm::count(g, name);
+           return inGroup && roles == groupRoles;
          })))
-      kept.insert(w.getSymNameAttr());
+      kept.insert(name);
   }
   if (options.bf16Weights)
     return kept;
-  // A group with one weight left f32 leaves all three f32, which can leave
+  // A group with one weight left f32 leaves all of it f32, which can leave
   // another group that shares one of them with a weight f32: to a fixed
   // point.
-  SmallVector<FusedExpertsOp> groups;
-  module.walk([&](FusedExpertsOp op) { groups.push_back(op); });
+  SmallVector<SmallVector<StringAttr>> groups;
+  module.walk(
+      [&](Operation *op) { llvm::append_range(groups, bf16KernelGroups(op)); });
   for (bool changed = true; changed;) {
     changed = false;
-    for (FusedExpertsOp group : groups) {
-      StringAttr names[] = {group.getGateProjAttr().getAttr(),
-                            group.getUpProjAttr().getAttr(),
-                            group.getDownProjAttr().getAttr()};
-      if (llvm::all_of(names, [&](StringAttr n) { return kept.contains(n); }))
+    for (ArrayRef<StringAttr> group : groups) {
+      if (llvm::all_of(group, [&](StringAttr n) { return kept.contains(n); }))
         continue;
-      for (StringAttr n : names)
+      for (StringAttr n : group)
         changed |= kept.erase(n);
     }
   }

@@ -78,6 +78,13 @@ bool attention(const float *x, const int32_t *positions, const float *wq,
                float *vCache, float *out, const AttentionShape &shape,
                const AttentionOptions &options,
                unsigned numThreads = 0) noexcept;
+/// The same with bf16 projections (raw bits), widened as they are read.
+bool attention(const float *x, const int32_t *positions, const uint16_t *wq,
+               const uint16_t *wk, const uint16_t *wv, const uint16_t *wo,
+               const float *qNorm, const float *kNorm, float *kCache,
+               float *vCache, float *out, const AttentionShape &shape,
+               const AttentionOptions &options,
+               unsigned numThreads = 0) noexcept;
 
 /// Looped decoders' exit test on the next-token distribution: for each of
 /// `numTokens` rows of h [n, d], p = softmax(rmsnorm(h, norm) @ lmHead^T)
@@ -115,6 +122,16 @@ void _mlir_ciface_moert_attention(
     StridedMemRefType<float, 2> *x, StridedMemRefType<int32_t, 1> *positions,
     StridedMemRefType<float, 2> *wq, StridedMemRefType<float, 2> *wk,
     StridedMemRefType<float, 2> *wv, StridedMemRefType<float, 2> *wo,
+    StridedMemRefType<float, 1> *qNorm, StridedMemRefType<float, 1> *kNorm,
+    StridedMemRefType<float, 2> *kCache, StridedMemRefType<float, 2> *vCache,
+    StridedMemRefType<float, 2> *out, int64_t numHeads, int64_t numKvHeads,
+    int64_t headDim, float ropeTheta, float clip, int32_t normKind,
+    float normEps, float scale, int32_t ropeInterleaved);
+/// moert_attention with bf16 q, k, v and o projections (the norms f32).
+void _mlir_ciface_moert_attention_bf16(
+    StridedMemRefType<float, 2> *x, StridedMemRefType<int32_t, 1> *positions,
+    StridedMemRefType<uint16_t, 2> *wq, StridedMemRefType<uint16_t, 2> *wk,
+    StridedMemRefType<uint16_t, 2> *wv, StridedMemRefType<uint16_t, 2> *wo,
     StridedMemRefType<float, 1> *qNorm, StridedMemRefType<float, 1> *kNorm,
     StridedMemRefType<float, 2> *kCache, StridedMemRefType<float, 2> *vCache,
     StridedMemRefType<float, 2> *out, int64_t numHeads, int64_t numKvHeads,

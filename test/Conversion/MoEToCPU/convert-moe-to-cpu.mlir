@@ -266,27 +266,30 @@ moe.weight @router : tensor<2x8xbf16>
 moe.weight @gate : tensor<2x12x8xbf16>
 moe.weight @up : tensor<2x12x8xbf16>
 moe.weight @down : tensor<2x8x12xbf16>
+moe.weight @qk_norm : tensor<4xbf16>
 
-// A bf16 decoder: the embedding table, which the tied LM head reads too, and
-// the fused experts' weights stay bf16 (their kernels have bf16 forms);
-// attention and the router read theirs widened to f32.
-// CHECK: module attributes {moe.host_bf16_weights = array<i64: 0, 6, 7, 8>}
+// A bf16 decoder: the embedding table, which the tied LM head reads too, the
+// attention projections and the fused experts' weights stay bf16 (their
+// kernels have bf16 forms); the router and the q/k norm are read widened to
+// f32.
+// CHECK: module attributes {moe.host_bf16_weights = array<i64: 0, 1, 2, 3, 4, 6, 7, 8>}
 // CHECK-LABEL: func.func @decoder(
-// CHECK-SAME: %[[TABLE:[^:]*]]: memref<16x8xbf16>, %{{.*}}: memref<8x8xf32>, %{{.*}}: memref<4x8xf32>, %{{.*}}: memref<4x8xf32>, %{{.*}}: memref<8x8xf32>, %{{.*}}: memref<2x8xf32>, %{{.*}}: memref<2x12x8xbf16>, %{{.*}}: memref<2x12x8xbf16>, %{{.*}}: memref<2x8x12xbf16>)
+// CHECK-SAME: %{{[^:]*}}: memref<16x8xbf16>, %{{.*}}: memref<8x8xbf16>, %{{.*}}: memref<4x8xbf16>, %{{.*}}: memref<4x8xbf16>, %{{.*}}: memref<8x8xbf16>, %{{.*}}: memref<2x8xf32>, %{{.*}}: memref<2x12x8xbf16>, %{{.*}}: memref<2x12x8xbf16>, %{{.*}}: memref<2x8x12xbf16>, %{{.*}}: memref<4xf32>)
 // CHECK: call @moert_embed_bf16(
-// CHECK: call @moert_attention(
+// CHECK: call @moert_attention_bf16(
 // CHECK: call @moert_route(
 // CHECK: call @moert_fused_experts_bf16(
 // CHECK: call @moert_unembed_bf16(
 // WIDEN-LABEL: func.func @decoder(
 // WIDEN-SAME: memref<16x8xf32>
 // WIDEN: call @moert_embed(
+// WIDEN: call @moert_attention(
 // WIDEN: call @moert_unembed(
 func.func @decoder(%tokens: tensor<?xi32>, %positions: tensor<?xi32>) -> (tensor<?x16xf32>, tensor<?xi32>) {
   %x = moe.embed %tokens, @embed : tensor<?xi32> -> tensor<?x8xf32>
   %h, %exit = moe.loop %x passes = 1 mode = unroll : tensor<?x8xf32> -> tensor<?xi32> {
   ^bb0(%h0: tensor<?x8xf32>):
-    %a = moe.attention %h0, %positions q @q k @k v @v o @o heads = 2 kv_heads = 1 head_dim = 4 rope_theta = 1.000000e+04 causal : tensor<?x8xf32>, tensor<?xi32>
+    %a = moe.attention %h0, %positions q @q k @k v @v o @o heads = 2 kv_heads = 1 head_dim = 4 rope_theta = 1.000000e+04 causal q_norm @qk_norm k_norm @qk_norm : tensor<?x8xf32>, tensor<?xi32>
     %h1 = arith.addf %h0, %a : tensor<?x8xf32>
     %ids, %gates = moe.route %h1, @router top_k = 1 : tensor<?x8xf32> -> tensor<?x1xi32>, tensor<?x1xf32>
     %p = moe.plan %ids : tensor<?x1xi32> -> !moe.plan<experts = 2, top_k = 1, tile = 1>
