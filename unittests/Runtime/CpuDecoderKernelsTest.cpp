@@ -27,6 +27,7 @@ using moert::testing::allNaN;
 using moert::testing::expectBitwiseEqual;
 using moert::testing::memref;
 using moert::testing::randomVector;
+using moert::testing::roundToBF16;
 
 namespace {
 
@@ -119,20 +120,6 @@ TEST(CpuDecoderKernels, Unembed) {
     _mlir_ciface_moert_unembed(&xM, &badWM, &outM);
     EXPECT_TRUE(allNaN(out));
   }
-}
-
-/// Rounds `w` to bf16 in place (finite values, nearest even) and returns the
-/// bits, of which `w` is then the exact widening.
-std::vector<uint16_t> roundToBF16(std::vector<float> &w) {
-  std::vector<uint16_t> bits(w.size());
-  for (size_t i = 0; i < w.size(); ++i) {
-    uint32_t f;
-    std::memcpy(&f, &w[i], sizeof(f));
-    bits[i] = uint16_t((f + 0x7fffu + ((f >> 16) & 1u)) >> 16);
-    f = uint32_t(bits[i]) << 16;
-    std::memcpy(&w[i], &f, sizeof(f));
-  }
-  return bits;
 }
 
 // The bf16 forms read a bf16 table / LM head and give bitwise what the f32

@@ -25,6 +25,7 @@ using moert::testing::allNaN;
 using moert::testing::expectBitwiseEqual;
 using moert::testing::memref;
 using moert::testing::randomVector;
+using moert::testing::roundToBF16;
 
 namespace {
 
@@ -147,20 +148,9 @@ struct PlanCase {
   /// Rounds the expert weights to bf16 (so that they are the widening of
   /// their bits) and runs moert_fused_experts_bf16 on the bits.
   std::vector<float> fusedBF16(Plan &p, Activation activation) {
-    // Finite values: round to nearest even, widen by shifting back.
-    auto toBits = [](std::vector<float> &w) {
-      std::vector<uint16_t> bits(w.size());
-      for (size_t i = 0; i < w.size(); ++i) {
-        uint32_t f;
-        std::memcpy(&f, &w[i], sizeof(f));
-        bits[i] = uint16_t((f + 0x7fffu + ((f >> 16) & 1u)) >> 16);
-        f = uint32_t(bits[i]) << 16;
-        std::memcpy(&w[i], &f, sizeof(f));
-      }
-      return bits;
-    };
-    std::vector<uint16_t> gateBits = toBits(gate), upBits = toBits(up),
-                          downBits = toBits(down);
+    std::vector<uint16_t> gateBits = roundToBF16(gate),
+                          upBits = roundToBF16(up),
+                          downBits = roundToBF16(down);
     return fusedOn(p, activation, gateBits, upBits, downBits,
                    _mlir_ciface_moert_fused_experts_bf16);
   }

@@ -32,6 +32,20 @@ StridedMemRefType<T, N> memref(std::vector<T> &data,
   return m;
 }
 
+/// Rounds `w` to bf16 in place (finite values, nearest even) and returns the
+/// bits, of which `w` is then the exact widening.
+inline std::vector<uint16_t> roundToBF16(std::vector<float> &w) {
+  std::vector<uint16_t> bits(w.size());
+  for (size_t i = 0; i < w.size(); ++i) {
+    uint32_t f;
+    std::memcpy(&f, &w[i], sizeof(f));
+    bits[i] = uint16_t((f + 0x7fffu + ((f >> 16) & 1u)) >> 16);
+    f = uint32_t(bits[i]) << 16;
+    std::memcpy(&w[i], &f, sizeof(f));
+  }
+  return bits;
+}
+
 /// `n` floats uniform in [-scale, scale], reproducible from `seed`.
 inline std::vector<float> randomVector(size_t n, float scale, unsigned seed) {
   std::mt19937 rng(seed);

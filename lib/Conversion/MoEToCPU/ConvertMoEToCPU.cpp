@@ -779,18 +779,14 @@ bf16BufferWeights(ModuleOp module, ArrayRef<WeightOp> weights,
         SymbolTable::getSymbolUses(name, module);
     if (options.bf16Weights ||
         (uses && llvm::all_of(*uses, [&](const SymbolTable::SymbolUse &use) {
-           // Read in a bf16 group, and in no other role of the same op.
-           auto groups = bf16KernelGroups(use.getUser());
-           bool inGroup = llvm::any_of(groups, [&](ArrayRef<StringAttr> g) {
-             return llvm::is_contained(g, name);
-           });
-           int64_t roles = 0;
+           // Every role the weight has in this op (at least one) is in a
+           // bf16 group.
+           int64_t roles = 0, groupRoles = 0;
            use.getUser()->getAttrDictionary().walk(
                [&](FlatSymbolRefAttr r) { roles += r.getAttr() == name; });
-           int64_t groupRoles = 0;
-           for (ArrayRef<StringAttr> g : groups)
+           for (ArrayRef<StringAttr> g : bf16KernelGroups(use.getUser()))
              groupRoles += llvm::count(g, name);
-           return inGroup && roles == groupRoles;
+           return roles == groupRoles;
          })))
       kept.insert(name);
   }
