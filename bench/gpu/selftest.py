@@ -86,6 +86,29 @@ def test_writer(tmp):
           and torch.equal(other["d.torch_bf16_slice"], w[1, :3]))
 
 
+def test_source_commit():
+    # A lent machine's copy of the tree has no git: the commit gpu-pack.sh
+    # packed (MOE_BENCH_COMMIT) names the results.
+    real_root, saved = gb.ROOT, os.environ.get("MOE_BENCH_COMMIT")
+    try:
+        with tempfile.TemporaryDirectory() as no_git:
+            gb.ROOT = no_git
+            os.environ["MOE_BENCH_COMMIT"] = "abc1234-dirty"
+            check("commit from the pack", gb.source_commit() == ("abc1234", True))
+            os.environ["MOE_BENCH_COMMIT"] = "abc1234"
+            check("clean packed commit", gb.source_commit() == ("abc1234", False))
+            del os.environ["MOE_BENCH_COMMIT"]
+            check("no git, no pack: unknown", gb.source_commit() == ("unknown", False))
+    finally:
+        gb.ROOT = real_root
+        if saved is None:
+            os.environ.pop("MOE_BENCH_COMMIT", None)
+        else:
+            os.environ["MOE_BENCH_COMMIT"] = saved
+    commit, _ = gb.source_commit()
+    check("git wins where there is one", commit not in ("unknown", "abc1234"))
+
+
 def test_args():
     a = gb.parse_args(["--quick"])
     check("--quick", a.tokens == [1, 128] and a.looped_tokens == [1, 16]
@@ -270,6 +293,7 @@ def main():
         test_roofline()
         test_writer(tmp)
         test_args()
+        test_source_commit()
         test_report(tmp)
         if torch is not None:
             test_torch_model(tmp)
