@@ -123,6 +123,8 @@ _COMMON_FIELDS = {
     "hidden_act": (str, "silu"),
     "tie_word_embeddings": (bool, False),
     "rope_scaling": (dict, None),
+    "rope_parameters": (dict, None),   # transformers 5: rope_theta and the scaling
+    "max_position_embeddings": (int, None),
 }
 _TYPE_FIELDS = {
     "mixtral": {
@@ -197,6 +199,8 @@ class Model:
     tie_word_embeddings: bool
     sliding_window: int         # mixtral only; None = full causal attention
     sparse_layers: tuple = field(default=())  # per layer: MoE (True) or dense MLP
+    rope_inv_freq: object = None          # [head_dim/2] float64, from rope_scaling
+    rope_attention_factor: float = 1.0    # multiplies cos and sin (YaRN)
     router_share_block: int = 1           # B (PathMoE)
     router_decision: str = "per_layer"    # "per_layer" or "block"
     num_loops: int = 1                    # K (looped decoder)
@@ -254,8 +258,6 @@ def parse_config(raw):
     x = _read_extensions(raw)
     if c["hidden_act"] != "silu":
         raise ContractError(f"config: field 'hidden_act' must be 'silu', got {c['hidden_act']!r}")
-    if c["rope_scaling"] is not None:
-        raise ContractError("config: field 'rope_scaling' is not supported (default RoPE only)")
     if c.get("use_sliding_window"):
         raise ContractError("config: field 'use_sliding_window' = true is not supported")
 
@@ -314,6 +316,13 @@ def parse_config(raw):
             raise ContractError(f"config: layer {l} is a MoE layer but the head of its "
                                 f"router_share_block block, layer {head}, is a dense MLP layer "
                                 "(it has no router to share)")
+    if c["rope_parameters"] is not None and c["rope_scaling"] is not None:
+        raise ContractError("config: give rope_parameters or rope_scaling, not both")
+    scaling = c["rope_parameters"] if c["rope_parameters"] is not None else c["rope_scaling"]
+    if scaling is not None and "rope_theta" in scaling:
+        c["rope_theta"] = float(scaling["rope_theta"])
+    inv_freq, attention_factor = rope_frequencies(head_dim, c["rope_theta"], scaling,
+                                                  c["max_position_embeddings"])
     expert_size = c["moe_intermediate_size"] if model_type == "qwen3_moe" \
         else c["intermediate_size"]
     return Model(model_type=model_type, vocab_size=c["vocab_size"],
@@ -321,7 +330,8 @@ def parse_config(raw):
                  num_kv_heads=kv_heads, head_dim=head_dim, num_experts=experts,
                  top_k=c["num_experts_per_tok"], expert_size=expert_size,
                  dense_size=dense_size, rms_norm_eps=c["rms_norm_eps"],
-                 rope_theta=c["rope_theta"],
+                 rope_theta=c["rope_theta"], rope_inv_freq=inv_freq,
+                 rope_attention_factor=attention_factor,
                  norm_topk_prob=True if model_type == "mixtral" else c["norm_topk_prob"],
                  clip_qkv=c.get("clip_qkv"),
                  qk_norm={"mixtral": "none", "olmoe": "full", "qwen3_moe": "head"}[model_type],
@@ -549,13 +559,75 @@ softmax = ref.softmax
 silu = ref.silu
 
 
-def rope_tables(positions, head_dim, theta):
-    """cos and sin [len(positions), head_dim] of the default (non-interleaved) RoPE:
-    inv_freq = theta^(-arange(0, hd, 2)/hd), emb = concat(freqs, freqs)."""
-    inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+def rope_frequencies(head_dim, theta, scaling, max_positions):
+    """(inv_freq [head_dim/2], attention_factor) of config.rope_scaling, as
+    transformers 5's modeling_rope_utils computes them: default, linear
+    (inv_freq / factor) and yarn; other rope_types are errors."""
+    dim = head_dim
+    pos_freqs = theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    inv_freq = 1.0 / pos_freqs
+    if scaling is None:
+        return inv_freq, 1.0
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type == "default":
+        return inv_freq, 1.0
+    if rope_type == "linear":
+        return inv_freq / scaling["factor"], 1.0
+    if rope_type != "yarn":
+        raise ContractError(f"config: rope_scaling rope_type {rope_type!r} is not supported "
+                            "(default, linear, yarn)")
+    original = scaling.get("original_max_position_embeddings") or max_positions
+    if original is None:
+        raise ContractError("config: yarn needs original_max_position_embeddings or "
+                            "max_position_embeddings")
+    factor = scaling.get("factor")
+    if factor is None:
+        factor = max_positions / original
+
+    def get_mscale(scale, mscale=1):
+        return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:
+        mscale, mscale_all_dim = scaling.get("mscale"), scaling.get("mscale_all_dim")
+        if mscale and mscale_all_dim:
+            attention_factor = get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim)
+        else:
+            attention_factor = get_mscale(factor)
+    beta_fast = scaling.get("beta_fast") or 32
+    beta_slow = scaling.get("beta_slow") or 1
+
+    def find_correction_dim(num_rotations):
+        return (dim * math.log(original / (num_rotations * 2 * math.pi))) / (2 * math.log(theta))
+
+    low, high = find_correction_dim(beta_fast), find_correction_dim(beta_slow)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # transformers' guard against a zero-width ramp
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+    extrapolation_factor = 1 - ramp
+    inv_freq_interpolation = 1.0 / (factor * pos_freqs)
+    return (inv_freq_interpolation * (1 - extrapolation_factor)
+            + inv_freq * extrapolation_factor), float(attention_factor)
+
+
+def rope_tables(positions, head_dim, theta, inv_freq=None, attention_factor=1.0):
+    """cos and sin [len(positions), head_dim] of the (non-interleaved) RoPE:
+    inv_freq = theta^(-arange(0, hd, 2)/hd) unless given, emb = concat(freqs, freqs),
+    both tables multiplied by attention_factor."""
+    if inv_freq is None:
+        inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
     freqs = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]
     emb = np.concatenate([freqs, freqs], axis=-1)
-    return np.cos(emb), np.sin(emb)
+    return np.cos(emb) * attention_factor, np.sin(emb) * attention_factor
+
+
+def model_rope_tables(m, positions):
+    """rope_tables for model m's RoPE, scaling included."""
+    return rope_tables(positions, m.head_dim, m.rope_theta, m.rope_inv_freq,
+                       m.rope_attention_factor)
 
 
 def rotate_half(x):
@@ -762,7 +834,7 @@ def forward(m, W, input_ids, stats=None, trace=None):
     input_ids = np.asarray(input_ids)
     S = input_ids.shape[1]
     K = m.num_loops
-    cos, sin = rope_tables(np.arange(S), m.head_dim, m.rope_theta)
+    cos, sin = model_rope_tables(m, np.arange(S))
     h = W["model.embed_tokens.weight"][input_ids]
     active = np.ones(input_ids.shape, dtype=bool)
     exit_loop = np.full(input_ids.shape, K - 1, dtype=np.int32)

@@ -7,6 +7,7 @@
 //===----------------------------------------------------------------------===//
 #include "moe/Import/ConfigImport.h"
 #include "moe/Import/JsonConfig.h"
+#include "moe/Import/RopeConfig.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -27,6 +28,7 @@ struct DecoderConfig {
   int64_t vocab = 0, hidden = 0, layers = 0, heads = 0, kvHeads = 0,
           headDim = 0, experts = 0, topK = 0, ffn = 0, maxPositions = 4096;
   float eps = 1e-6f, ropeTheta = 10000.0f, clipQkv = 0.0f;
+  RopeScalingAttr ropeScaling;
   bool normalizeTopK = false, tied = false;
   int64_t shareBlock = 1;
   RouterDecision decision = RouterDecision::per_layer;
@@ -94,7 +96,6 @@ public:
 
 private:
   LogicalResult readFields(DecoderConfig &c);
-  LogicalResult readRopeParameters(DecoderConfig &c);
   LogicalResult checkUnsupported(const DecoderConfig &c);
   LogicalResult checkSlidingWindow(const DecoderConfig &c);
 };
@@ -120,7 +121,6 @@ LogicalResult DecoderReader::readFields(DecoderConfig &c) {
   ok &= succeeded(readPositiveInt("max_position_embeddings", c.maxPositions));
   ok &= succeeded(readFloat("rms_norm_eps", c.eps));
   ok &= succeeded(readFloat("rope_theta", c.ropeTheta));
-  ok &= succeeded(readRopeParameters(c));
   ok &= succeeded(readBool("tie_word_embeddings", c.tied));
   // Mixtral always renormalises the selected experts' probabilities.
   c.normalizeTopK = mixtral;
@@ -186,6 +186,9 @@ LogicalResult DecoderReader::readFields(DecoderConfig &c) {
   if (c.headDim % 2)
     return fieldError("head_dim")
            << "= " << c.headDim << " must be even for rotary embeddings";
+  if (failed(readRope(*this, c.headDim, c.maxPositions, c.ropeTheta,
+                      c.ropeScaling)))
+    return failure();
   for (auto [field, value] :
        {std::pair<StringRef, float>{"rms_norm_eps", c.eps},
         {"rope_theta", c.ropeTheta}})
@@ -220,66 +223,6 @@ LogicalResult DecoderReader::readFields(DecoderConfig &c) {
   return success();
 }
 
-/// transformers 5 writes RoPE as `rope_parameters`, {"rope_type": "default",
-/// "rope_theta": ...}; what else it can hold (scaling, partial rotation,
-/// parameters per layer type) is not implemented, and reading past it
-/// would silently leave the default theta.
-LogicalResult DecoderReader::readRopeParameters(DecoderConfig &c) {
-  FailureOr<const llvm::json::Value *> value = lookup("rope_parameters", false);
-  if (failed(value))
-    return failure();
-  if (!*value || (*value)->kind() == llvm::json::Value::Null)
-    return success();
-  const llvm::json::Object *params = (*value)->getAsObject();
-  if (!params)
-    return fieldError("rope_parameters") << "must be an object";
-  // In key order, so that the first of several problems is always the one
-  // reported.
-  SmallVector<StringRef> keys;
-  for (const auto &item : *params)
-    keys.push_back(item.first);
-  llvm::sort(keys);
-  std::optional<double> theta;
-  for (StringRef key : keys) {
-    const llvm::json::Value &entry = *params->get(key);
-    if (key == "rope_type") {
-      std::optional<StringRef> type = entry.getAsString();
-      if (!type || *type != "default")
-        return fieldError("rope_parameters")
-               << "has rope_type " << describeJson(entry)
-               << ", which is not supported yet (only \"default\")";
-    } else if (key == "rope_theta") {
-      theta = entry.getAsNumber();
-      if (!theta || !(*theta > 0.0) ||
-          *theta > std::numeric_limits<float>::max())
-        return fieldError("rope_parameters")
-               << "has rope_theta " << describeJson(entry)
-               << ", which must be a number > 0";
-    } else if (key == "partial_rotary_factor") {
-      if (entry.getAsNumber() != 1.0)
-        return fieldError("rope_parameters")
-               << "has partial_rotary_factor " << describeJson(entry)
-               << ", which is not supported yet (only 1)";
-    } else if (entry.getAsObject()) {
-      return fieldError("rope_parameters")
-             << "gives parameters per layer type ('" << key
-             << "'), which is not supported yet";
-    } else {
-      return fieldError("rope_parameters")
-             << "has '" << key << "', which is not supported yet (RoPE "
-             << "scaling; only rope_type \"default\" and rope_theta)";
-    }
-  }
-  if (!theta)
-    return success();
-  if (has("rope_theta") && float(*theta) != c.ropeTheta)
-    return fieldError("rope_parameters")
-           << "has rope_theta " << formatFloat(*theta)
-           << ", which contradicts rope_theta = " << formatFloat(c.ropeTheta);
-  c.ropeTheta = float(*theta);
-  return success();
-}
-
 /// Config values that would change the model in ways this compiler does not
 /// implement yet: an error, never a silently different model.
 LogicalResult DecoderReader::checkUnsupported(const DecoderConfig &c) {
@@ -289,8 +232,6 @@ LogicalResult DecoderReader::checkUnsupported(const DecoderConfig &c) {
       return nullptr;
     return *v;
   };
-  if (present("rope_scaling"))
-    return fieldError("rope_scaling") << "is not supported yet (must be null)";
   if (auto *factor = present("partial_rotary_factor"))
     if (factor->getAsNumber() != 1.0)
       return fieldError("partial_rotary_factor")
@@ -494,7 +435,8 @@ Value DecoderEmitter::emitLayer(int64_t l, Value hidden, Value positions,
       APFloat(c.ropeTheta), /*causal=*/true, symbolOrNull(norms, "q_norm"),
       symbolOrNull(norms, "k_norm"),
       c.clipQkv > 0.0f ? builder.getF32FloatAttr(c.clipQkv) : FloatAttr(),
-      /*cache_slot=*/l, APFloat(c.eps), /*scale=*/FloatAttr());
+      /*cache_slot=*/l, APFloat(c.eps), /*scale=*/FloatAttr(),
+      /*rope_interleaved=*/false, c.ropeScaling);
   hidden = arith::AddFOp::create(builder, loc, hidden, attention);
   normed = RmsNormOp::create(builder, loc, hiddenType, hidden,
                              symbolRef(sym(l, "post_norm")), APFloat(c.eps));

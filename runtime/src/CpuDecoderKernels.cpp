@@ -91,12 +91,20 @@ void prepareToken(float *q, float *k, float *v, const float *qNorm,
   }
   // The angles in double: float would lose about position * 2^-24 radians.
   for (int64_t i = 0; i < s.headDim / 2; ++i) {
+    double pair = static_cast<double>(i);
+    double ramp = pair >= o.ropeRampHigh  ? 1.0
+                  : pair <= o.ropeRampLow ? 0.0
+                                          : (pair - o.ropeRampLow) /
+                                                (double(o.ropeRampHigh) -
+                                                 double(o.ropeRampLow));
+    double interpolation = (1.0 - ramp) + ramp / double(o.ropeFactor);
     double angle = static_cast<double>(position) *
-                   std::pow(static_cast<double>(o.ropeTheta),
-                            -2.0 * static_cast<double>(i) /
-                                static_cast<double>(s.headDim));
-    float c = static_cast<float>(std::cos(angle));
-    float sn = static_cast<float>(std::sin(angle));
+                   (std::pow(static_cast<double>(o.ropeTheta),
+                             -2.0 * pair / static_cast<double>(s.headDim)) *
+                    interpolation);
+    double attention = o.ropeAttentionFactor;
+    float c = static_cast<float>(std::cos(angle) * attention);
+    float sn = static_cast<float>(std::sin(angle) * attention);
     rotatePair(q, s.numHeads, s.headDim, i, c, sn, o.ropeInterleaved);
     rotatePair(k, s.numKvHeads, s.headDim, i, c, sn, o.ropeInterleaved);
   }
@@ -194,6 +202,11 @@ bool attentionOf(const float *x, const int32_t *positions, const TW *wq,
   bool valid = s.numHeads > 0 && s.numKvHeads > 0 &&
                s.numHeads % s.numKvHeads == 0 && hd > 0 && hd % 2 == 0 &&
                o.ropeTheta > 0.0f && o.scale >= 0.0f &&
+               o.ropeFactor > 0.0f && std::isfinite(o.ropeFactor) &&
+               o.ropeAttentionFactor > 0.0f &&
+               std::isfinite(o.ropeAttentionFactor) && o.ropeRampLow >= 0.0f &&
+               o.ropeRampHigh >= o.ropeRampLow &&
+               std::isfinite(o.ropeRampHigh) &&
                std::isfinite(o.scale) &&
                (o.norm == QkNorm::None || o.norm == QkNorm::Full ||
                 o.norm == QkNorm::PerHead) &&
@@ -389,7 +402,8 @@ void attentionCall(
     StridedMemRefType<float, 2> *kCache, StridedMemRefType<float, 2> *vCache,
     StridedMemRefType<float, 2> *out, int64_t numHeads, int64_t numKvHeads,
     int64_t headDim, float ropeTheta, float clip, int32_t normKind,
-    float normEps, float scale, int32_t ropeInterleaved) {
+    float normEps, float scale, int32_t ropeInterleaved, float ropeFactor,
+    float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor) {
   AttentionShape s{x->sizes[0], x->sizes[1], numHeads,
                    numKvHeads,  headDim,     kCache->sizes[0]};
   int64_t qWidth = wq->sizes[0], kvWidth = wk->sizes[0];
@@ -418,7 +432,8 @@ void attentionCall(
             usesNorms ? dataOf(kNorm) : nullptr, dataOf(kCache), dataOf(vCache),
             dataOf(out), s,
             {ropeTheta, clip, static_cast<QkNorm>(normKind), normEps, scale,
-             ropeInterleaved != 0});
+             ropeInterleaved != 0, ropeFactor, ropeRampLow, ropeRampHigh,
+             ropeAttentionFactor});
 }
 } // namespace
 
@@ -430,10 +445,12 @@ void _mlir_ciface_moert_attention(
     StridedMemRefType<float, 2> *kCache, StridedMemRefType<float, 2> *vCache,
     StridedMemRefType<float, 2> *out, int64_t numHeads, int64_t numKvHeads,
     int64_t headDim, float ropeTheta, float clip, int32_t normKind,
-    float normEps, float scale, int32_t ropeInterleaved) {
+    float normEps, float scale, int32_t ropeInterleaved, float ropeFactor,
+    float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor) {
   attentionCall(x, positions, wq, wk, wv, wo, qNorm, kNorm, kCache, vCache, out,
                 numHeads, numKvHeads, headDim, ropeTheta, clip, normKind,
-                normEps, scale, ropeInterleaved);
+                normEps, scale, ropeInterleaved, ropeFactor, ropeRampLow,
+                ropeRampHigh, ropeAttentionFactor);
 }
 
 void _mlir_ciface_moert_attention_bf16(
@@ -444,8 +461,10 @@ void _mlir_ciface_moert_attention_bf16(
     StridedMemRefType<float, 2> *kCache, StridedMemRefType<float, 2> *vCache,
     StridedMemRefType<float, 2> *out, int64_t numHeads, int64_t numKvHeads,
     int64_t headDim, float ropeTheta, float clip, int32_t normKind,
-    float normEps, float scale, int32_t ropeInterleaved) {
+    float normEps, float scale, int32_t ropeInterleaved, float ropeFactor,
+    float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor) {
   attentionCall(x, positions, wq, wk, wv, wo, qNorm, kNorm, kCache, vCache, out,
                 numHeads, numKvHeads, headDim, ropeTheta, clip, normKind,
-                normEps, scale, ropeInterleaved);
+                normEps, scale, ropeInterleaved, ropeFactor, ropeRampLow,
+                ropeRampHigh, ropeAttentionFactor);
 }

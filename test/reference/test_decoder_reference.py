@@ -82,6 +82,33 @@ class RopeTest(unittest.TestCase):
         x = np.arange(8.0)[None]
         np.testing.assert_array_equal(dec.apply_rope(x, cos, sin), x)
 
+    def test_linear_scaling_divides_every_frequency(self):
+        plain, _ = dec.rope_frequencies(8, 1e4, None, 64)
+        scaled, attention = dec.rope_frequencies(8, 1e4, {"type": "linear", "factor": 2.0}, 64)
+        np.testing.assert_array_equal(scaled, plain / 2.0)
+        self.assertEqual(attention, 1.0)
+
+    def test_qwen3_yarn(self):
+        # Qwen3's long-context setting, worked by hand: head_dim 128, theta 1e6 and an
+        # original context of 32768 give pairs that turn 32 times at
+        # 128 ln(32768 / 64 pi) / (2 ln 1e6) = 23.7 (floor 23) and once at 39.6 (ceil 40).
+        plain, _ = dec.rope_frequencies(128, 1e6, None, None)
+        scaled, attention = dec.rope_frequencies(
+            128, 1e6, {"rope_type": "yarn", "factor": 4.0,
+                       "original_max_position_embeddings": 32768}, 40960)
+        np.testing.assert_array_equal(scaled[:24], plain[:24])
+        np.testing.assert_allclose(scaled[40:], plain[40:] / 4.0, rtol=1e-15)
+        # Pair 32 is 9/17 of the way along the ramp.
+        r = (32 - 23) / 17
+        np.testing.assert_allclose(scaled[32], plain[32] * ((1 - r) + r / 4.0), rtol=1e-15)
+        self.assertAlmostEqual(attention, 0.1 * math.log(4.0) + 1.0, places=15)
+        cos, sin = dec.rope_tables([0], 128, 1e6, scaled, attention)
+        np.testing.assert_allclose(cos, attention)
+
+    def test_unsupported_rope_type_is_an_error(self):
+        with self.assertRaisesRegex(dec.ContractError, "'dynamic' is not supported"):
+            dec.rope_frequencies(8, 1e4, {"rope_type": "dynamic", "factor": 2.0}, 64)
+
 
 class AttentionTest(unittest.TestCase):
     def test_gqa_head_h_reads_kv_head_h_div_group(self):
@@ -556,7 +583,7 @@ class FreezeRuleTest(unittest.TestCase):
     @staticmethod
     def layers(m, W, h):
         """One pass of the L layers over hidden states h [B,S,d], from the layer pieces."""
-        cos, sin = dec.rope_tables(np.arange(h.shape[1]), m.head_dim, m.rope_theta)
+        cos, sin = dec.model_rope_tables(m, np.arange(h.shape[1]))
         eps, decisions = m.rms_norm_eps, {}
         for l in range(m.num_layers):
             p = f"model.layers.{l}"

@@ -176,6 +176,9 @@ struct AttentionCase {
   float normEps = 1e-6f;
   float scale = 0.0f;       ///< 0: 1/sqrt(head_dim)
   bool interleaved = false; ///< RoPE on pairs (2i, 2i+1), as LoopLM
+  /// RoPE scaling (#moe.rope_scaling); the defaults scale nothing.
+  float ropeFactor = 1.0f, rampLow = 0.0f, rampHigh = 0.0f,
+        ropeAttention = 1.0f;
   std::vector<float> x, wq, wk, wv, wo, qNorm, kNorm, kCache, vCache;
   /// With roundProjections: the projections' bf16 bits, which runAt passes
   /// to moert_attention_bf16.
@@ -261,13 +264,15 @@ struct AttentionCase {
       _mlir_ciface_moert_attention_bf16(
           &xM, &positionsM, &wqB, &wkB, &wvB, &woB, &qNormM, &kNormM, &kCacheM,
           &vCacheM, &outM, numHeads, numKvHeads, headDim, ropeTheta, clip,
-          normKind, normEps, scale, interleaved);
+          normKind, normEps, scale, interleaved, ropeFactor, rampLow, rampHigh,
+          ropeAttention);
       return out;
     }
     _mlir_ciface_moert_attention(&xM, &positionsM, &wqM, &wkM, &wvM, &woM,
                                  &qNormM, &kNormM, &kCacheM, &vCacheM, &outM,
                                  numHeads, numKvHeads, headDim, ropeTheta, clip,
-                                 normKind, normEps, scale, interleaved);
+                                 normKind, normEps, scale, interleaved,
+                                 ropeFactor, rampLow, rampHigh, ropeAttention);
     return out;
   }
 
@@ -283,7 +288,7 @@ struct AttentionCase {
         qNorm.data(), kNorm.data(), kCache.data(), vCache.data(), out.data(),
         {numTokens, hidden, numHeads, numKvHeads, headDim, maxPositions},
         {ropeTheta, clip, static_cast<QkNorm>(normKind), normEps, scale,
-         interleaved},
+         interleaved, ropeFactor, rampLow, rampHigh, ropeAttention},
         numThreads));
     return out;
   }
@@ -324,16 +329,32 @@ struct AttentionCase {
           row[g + i] = row[g + i] / rms * w[i];
       }
     };
+    // Scaled frequencies as transformers writes them: linear scaling
+    // (ramp [0, 0]) divides them all by the factor; YaRN blends the
+    // extrapolated (unscaled) and interpolated (divided) ones, weighted by a
+    // clamped linear ramp over the pairs.
+    auto inverseFrequency = [&](int64_t i) {
+      double extrapolated = std::pow(double(ropeTheta), -2.0 * i / headDim);
+      double interpolated = extrapolated / ropeFactor;
+      if (rampLow == 0.0f && rampHigh == 0.0f)
+        return interpolated;
+      double low = rampLow, high = rampHigh;
+      double extrapolation =
+          1.0 - std::clamp((double(i) - low) / (high - low), 0.0, 1.0);
+      return interpolated * (1.0 - extrapolation) +
+             extrapolated * extrapolation;
+    };
     auto rope = [&](double *row, int64_t width, int64_t position) {
       for (int64_t h = 0; h < width; h += headDim)
         for (int64_t i = 0; i < half; ++i) {
-          double angle =
-              position * std::pow(double(ropeTheta), -2.0 * i / headDim);
+          double angle = position * inverseFrequency(i);
+          double cos = std::cos(angle) * ropeAttention,
+                 sin = std::sin(angle) * ropeAttention;
           int64_t u = interleaved ? 2 * i : i;
           int64_t v = interleaved ? 2 * i + 1 : i + half;
           double a = row[h + u], b = row[h + v];
-          row[h + u] = a * std::cos(angle) - b * std::sin(angle);
-          row[h + v] = b * std::cos(angle) + a * std::sin(angle);
+          row[h + u] = a * cos - b * sin;
+          row[h + v] = b * cos + a * sin;
         }
     };
     for (int64_t t = 0; t < numTokens; ++t) {
@@ -487,6 +508,40 @@ TEST(CpuDecoderKernels, AttentionLoopLM) {
   }
 }
 
+TEST(CpuDecoderKernels, AttentionRopeScaling) {
+  // YaRN: pairs 0-2 keep their frequency, 3-4 ramp, 5-7 are divided by 4,
+  // and cos and sin are scaled; then linear scaling, every pair divided.
+  // Prefill and decode steps, bf16 projections too.
+  for (bool linear : {false, true}) {
+    for (bool bf16 : {false, true}) {
+      SCOPED_TRACE(std::string(linear ? "linear" : "yarn") +
+                   (bf16 ? ", bf16" : ""));
+      AttentionCase c({4, 2, 2, 0.0f}, 30, 32, 16, 32, 71);
+      c.ropeFactor = linear ? 2.5f : 4.0f;
+      c.rampLow = linear ? 0.0f : 2.0f;
+      c.rampHigh = linear ? 0.0f : 5.0f;
+      c.ropeAttention = linear ? 1.0f : 1.1386f;
+      if (bf16)
+        c.roundProjections(/*useBits=*/true);
+      AttentionCase::Reference ref = c.reference();
+      int64_t first = 0;
+      for (int64_t count : {21, 1, 8}) {
+        std::vector<float> out = c.run(first, count);
+        c.expectMatches(ref, out, first, count);
+        first += count;
+      }
+    }
+  }
+  // The scaling changes the output (the test above would pass unscaled
+  // otherwise): tokens past position 0 differ.
+  AttentionCase plain({4, 2, 2, 0.0f}, 4, 32, 16, 8, 73);
+  AttentionCase scaled = plain;
+  scaled.ropeFactor = 4.0f;
+  std::vector<float> a = plain.run(0, 4), b = scaled.run(0, 4);
+  EXPECT_NE(std::memcmp(a.data() + 32, b.data() + 32, 3 * 32 * sizeof(float)),
+            0);
+}
+
 TEST(CpuDecoderKernels, AttentionIsCausal) {
   AttentionCase c({4, 2, 1, 0.0f}, 5, 24, 8, 5, 53);
   std::vector<float> before = c.run(0, 5);
@@ -546,6 +601,18 @@ TEST(CpuDecoderKernels, AttentionRejectsBadShapes) {
   AttentionCase badTheta({2, 1, 0, 0.0f}, 2, 16, 8, 4, 61);
   badTheta.ropeTheta = 0.0f;
   expectRejected(badTheta);
+  // RoPE scaling: a factor or attention factor that is not positive, and a
+  // ramp that ends before it starts.
+  AttentionCase badFactor({2, 1, 0, 0.0f}, 2, 16, 8, 4, 61);
+  badFactor.ropeFactor = 0.0f;
+  expectRejected(badFactor);
+  AttentionCase badAttention({2, 1, 0, 0.0f}, 2, 16, 8, 4, 61);
+  badAttention.ropeAttention = -1.0f;
+  expectRejected(badAttention);
+  AttentionCase badRamp({2, 1, 0, 0.0f}, 2, 16, 8, 4, 61);
+  badRamp.rampLow = 3.0f;
+  badRamp.rampHigh = 2.0f;
+  expectRejected(badRamp);
 }
 
 TEST(CpuDecoderKernels, AttentionBitwiseDeterministic) {

@@ -623,6 +623,12 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
         };
         Value in = view(attention.getInput());
         Value positions = view(attention.getPositions());
+        RopeScalingAttr rope = attention.getRopeScalingAttr();
+        auto ropeValue = [&](APFloat (RopeScalingAttr::*get)() const,
+                             float absent) {
+          return constF32(rope ? APFloat(float((rope.*get)().convertToDouble()))
+                               : APFloat(absent));
+        };
         float clip = attention.getClipQkv()
                          ? attention.getClipQkv()->convertToFloat()
                          : 0.0f;
@@ -646,7 +652,11 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
               constI32(normKind),
               constF32(attention.getNormEps()),
               constF32(attention.getScale().value_or(APFloat(0.0f))),
-              constI32(attention.getRopeInterleaved())});
+              constI32(attention.getRopeInterleaved()),
+              ropeValue(&RopeScalingAttr::getFactor, 1.0f),
+              ropeValue(&RopeScalingAttr::getRampLow, 0.0f),
+              ropeValue(&RopeScalingAttr::getRampHigh, 0.0f),
+              ropeValue(&RopeScalingAttr::getAttentionFactor, 1.0f)});
         return success();
       })
       .Default([&](Operation *other) {

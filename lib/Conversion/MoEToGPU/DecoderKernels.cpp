@@ -101,7 +101,8 @@ LogicalResult emitUnembed(GPUProgram &p, StringRef, ArrayRef<Value> a,
 LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                             Operation *) {
   int64_t numHeads, numKvHeads, headDim, normKind, interleaved;
-  double theta, clip, eps, scale;
+  double theta, clip, eps, scale, ropeFactor, rampLow, rampHigh,
+      ropeAttention;
   if (failed(p.requireInt(name, a[11], numHeads)) ||
       failed(p.requireInt(name, a[12], numKvHeads)) ||
       failed(p.requireInt(name, a[13], headDim)) ||
@@ -110,7 +111,11 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
       failed(p.requireInt(name, a[16], normKind)) ||
       failed(p.requireFloat(name, a[17], eps)) ||
       failed(p.requireFloat(name, a[18], scale)) ||
-      failed(p.requireInt(name, a[19], interleaved)))
+      failed(p.requireInt(name, a[19], interleaved)) ||
+      failed(p.requireFloat(name, a[20], ropeFactor)) ||
+      failed(p.requireFloat(name, a[21], rampLow)) ||
+      failed(p.requireFloat(name, a[22], rampHigh)) ||
+      failed(p.requireFloat(name, a[23], ropeAttention)))
     return failure();
   if (numHeads < 1 || numKvHeads < 1 || numHeads % numKvHeads || headDim < 2 ||
       headDim % 2)
@@ -128,7 +133,8 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   llvm::raw_string_ostream(key)
       << numHeads << "," << numKvHeads << "," << headDim << "," << theta << ","
       << clip << "," << normKind << "," << eps << "," << scale << ","
-      << interleaved;
+      << interleaved << "," << ropeFactor << "," << rampLow << "," << rampHigh
+      << "," << ropeAttention;
   Value n = p.hostDim(x, 0);
   Value q = p.scratch(
       MemRefType::get({ShapedType::kDynamic, qWidth}, p.host().getF32Type()),
@@ -205,13 +211,36 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
             Value exponent = arith::DivFOp::create(
                 k.b, arith::MulFOp::create(k.b, f64(k, -2.0), fi),
                 f64(k, double(headDim)));
-            Value angle = arith::MulFOp::create(
-                k.b, position,
-                math::PowFOp::create(k.b, f64(k, theta), exponent));
-            Value c = arith::TruncFOp::create(k.b, k.b.getF32Type(),
-                                              math::CosOp::create(k.b, angle));
-            Value s = arith::TruncFOp::create(k.b, k.b.getF32Type(),
-                                              math::SinOp::create(k.b, angle));
+            Value frequency =
+                math::PowFOp::create(k.b, f64(k, theta), exponent);
+            // #moe.rope_scaling: a factor of 1 interpolates nothing.
+            if (ropeFactor != 1.0) {
+              auto cmp = [&](arith::CmpFPredicate pred, double bound) {
+                return arith::CmpFOp::create(k.b, pred, fi, f64(k, bound));
+              };
+              Value one = f64(k, 1.0), zero = f64(k, 0.0);
+              Value pastHigh = cmp(arith::CmpFPredicate::OGE, rampHigh);
+              Value belowLow = cmp(arith::CmpFPredicate::OLE, rampLow);
+              Value between = arith::DivFOp::create(
+                  k.b, arith::SubFOp::create(k.b, fi, f64(k, rampLow)),
+                  f64(k, rampHigh - rampLow));
+              Value ramp = arith::SelectOp::create(
+                  k.b, pastHigh, one,
+                  arith::SelectOp::create(k.b, belowLow, zero, between));
+              Value kept = arith::SubFOp::create(k.b, one, ramp);
+              Value divided =
+                  arith::DivFOp::create(k.b, ramp, f64(k, ropeFactor));
+              Value interpolation = arith::AddFOp::create(k.b, kept, divided);
+              frequency = arith::MulFOp::create(k.b, frequency, interpolation);
+            }
+            Value angle = arith::MulFOp::create(k.b, position, frequency);
+            auto scaled = [&](Value v) -> Value {
+              if (ropeAttention != 1.0)
+                v = arith::MulFOp::create(k.b, v, f64(k, ropeAttention));
+              return arith::TruncFOp::create(k.b, k.b.getF32Type(), v);
+            };
+            Value c = scaled(math::CosOp::create(k.b, angle));
+            Value s = scaled(math::SinOp::create(k.b, angle));
             Value first = interleaved ? k.mul(i, k.index(2)) : i;
             Value second = interleaved ? k.add(first, k.index(1))
                                        : k.add(i, k.index(headDim / 2));

@@ -54,6 +54,14 @@ struct AttentionOptions {
   float normEps;
   float scale = 0.0f;           ///< score scale; 0 means 1/sqrt(hd)
   bool ropeInterleaved = false; ///< rotate pairs (2i, 2i+1), as LoopLM does
+  /// RoPE scaling as #moe.rope_scaling defines it: pair i turns at
+  /// inv_freq[i] * ((1 - r_i) + r_i / ropeFactor), r_i the ramp from 0 at
+  /// ropeRampLow to 1 at ropeRampHigh (1 from ropeRampHigh on), and cos and
+  /// sin are multiplied by ropeAttentionFactor. The defaults leave RoPE as
+  /// it is.
+  float ropeFactor = 1.0f;
+  float ropeRampLow = 0.0f, ropeRampHigh = 0.0f;
+  float ropeAttentionFactor = 1.0f;
 };
 
 /// Causal self-attention of n tokens of one sequence at the consecutive
@@ -61,7 +69,7 @@ struct AttentionOptions {
 ///  - q = x wq^T [n, H*hd], k = x wk^T, v = x wv^T [n, KV*hd], clamped, with
 ///    q and k normalised as `norm` says and rotated by RoPE (pair i is
 ///    elements (i, i + hd/2), or (2i, 2i+1) with ropeInterleaved;
-///    inv_freq[i] = theta^(-2i/hd));
+///    inv_freq[i] = theta^(-2i/hd), scaled as the options say);
 ///  - the k and v rows are stored into kCache and vCache [maxPositions, KV*hd]
 ///    at their positions;
 ///  - head h of the token at position p attends to cache positions 0..p of kv
@@ -70,8 +78,9 @@ struct AttentionOptions {
 ///  - out [n, d] = the heads' outputs [n, H*hd] @ wo^T, wo [d, H*hd].
 /// Cache rows below positions[0] must hold the sequence's earlier tokens.
 /// Fails, with NaN in `out` and the caches untouched, if the positions are not
-/// consecutive within [0, maxPositions), the shape is not as above or
-/// ropeTheta is not positive, or scratch memory is short.
+/// consecutive within [0, maxPositions), the shape is not as above,
+/// ropeTheta, ropeFactor or ropeAttentionFactor is not positive, the ramp is
+/// not 0 <= low <= high, or scratch memory is short.
 bool attention(const float *x, const int32_t *positions, const float *wq,
                const float *wk, const float *wv, const float *wo,
                const float *qNorm, const float *kNorm, float *kCache,
@@ -126,7 +135,8 @@ void _mlir_ciface_moert_attention(
     StridedMemRefType<float, 2> *kCache, StridedMemRefType<float, 2> *vCache,
     StridedMemRefType<float, 2> *out, int64_t numHeads, int64_t numKvHeads,
     int64_t headDim, float ropeTheta, float clip, int32_t normKind,
-    float normEps, float scale, int32_t ropeInterleaved);
+    float normEps, float scale, int32_t ropeInterleaved, float ropeFactor,
+    float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor);
 /// moert_attention with bf16 q, k, v and o projections (the norms f32).
 void _mlir_ciface_moert_attention_bf16(
     StridedMemRefType<float, 2> *x, StridedMemRefType<int32_t, 1> *positions,
@@ -136,7 +146,8 @@ void _mlir_ciface_moert_attention_bf16(
     StridedMemRefType<float, 2> *kCache, StridedMemRefType<float, 2> *vCache,
     StridedMemRefType<float, 2> *out, int64_t numHeads, int64_t numKvHeads,
     int64_t headDim, float ropeTheta, float clip, int32_t normKind,
-    float normEps, float scale, int32_t ropeInterleaved);
+    float normEps, float scale, int32_t ropeInterleaved, float ropeFactor,
+    float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor);
 /// exitTestLmHead; `norm` is used when hasNorm is 1, a norm without gain is
 /// applied when it is 2, none when 0.
 void _mlir_ciface_moert_exit_test_lm(StridedMemRefType<float, 2> *h,

@@ -473,3 +473,57 @@ func.func @lm_exit(%x: tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?xi32>) {
   }
   return %h, %exit : tensor<?x8xf32>, tensor<?xi32>
 }
+
+// -----
+
+moe.weight @embed : tensor<16x8xf32>
+moe.weight @q : tensor<16x8xf32>
+moe.weight @k : tensor<8x8xf32>
+moe.weight @v : tensor<8x8xf32>
+moe.weight @o : tensor<8x16xf32>
+
+// Scaled RoPE (#moe.rope_scaling): pair i's frequency theta^(-2i/hd) times
+// (1 - r) + r / factor, the ramp r being 1 from pair 3 on, 0 up to pair 1
+// and (i - 1) / 2 between; cos and sin times the attention factor.
+// CHECK-LABEL: gpu.func @attention_prepare_
+// CHECK: %[[POS:.*]] = arith.sitofp %{{.*}} : i32 to f64
+// CHECK: %[[PAIR:.*]] = arith.sitofp %{{.*}} : i32 to f64
+// CHECK: %[[FREQ:.*]] = math.powf %{{.*}} : f64
+// CHECK: %[[ONE:.*]] = arith.constant 1.000000e+00 : f64
+// CHECK-NEXT: %[[ZERO:.*]] = arith.constant 0.000000e+00 : f64
+// CHECK-NEXT: %[[HIGH:.*]] = arith.constant 3.000000e+00 : f64
+// CHECK-NEXT: %[[PASTHIGH:.*]] = arith.cmpf oge, %[[PAIR]], %[[HIGH]] : f64
+// CHECK-NEXT: %[[LOW:.*]] = arith.constant 1.000000e+00 : f64
+// CHECK-NEXT: %[[BELOWLOW:.*]] = arith.cmpf ole, %[[PAIR]], %[[LOW]] : f64
+// CHECK: %[[FROMLOW:.*]] = arith.subf %[[PAIR]], %{{.*}} : f64
+// CHECK: %[[WIDTH:.*]] = arith.constant 2.000000e+00 : f64
+// CHECK-NEXT: %[[BETWEEN:.*]] = arith.divf %[[FROMLOW]], %[[WIDTH]] : f64
+// CHECK-NEXT: %[[INNER:.*]] = arith.select %[[BELOWLOW]], %[[ZERO]], %[[BETWEEN]] : f64
+// CHECK-NEXT: %[[RAMP:.*]] = arith.select %[[PASTHIGH]], %[[ONE]], %[[INNER]] : f64
+// CHECK-NEXT: %[[KEPT:.*]] = arith.subf %[[ONE]], %[[RAMP]] : f64
+// CHECK-NEXT: %[[FACTOR:.*]] = arith.constant 4.000000e+00 : f64
+// CHECK-NEXT: %[[DIVIDED:.*]] = arith.divf %[[RAMP]], %[[FACTOR]] : f64
+// CHECK-NEXT: %[[SCALE:.*]] = arith.addf %[[KEPT]], %[[DIVIDED]] : f64
+// CHECK: %[[SCALED:.*]] = arith.mulf %[[FREQ]], %[[SCALE]] : f64
+// CHECK: %[[ANGLE:.*]] = arith.mulf %[[POS]], %[[SCALED]] : f64
+// CHECK: %[[COS:.*]] = math.cos %[[ANGLE]] : f64
+// CHECK: %[[ATTN:.*]] = arith.constant 1.250000e+00 : f64
+// CHECK: arith.mulf %[[COS]], %[[ATTN]] : f64
+// CHECK: %[[SIN:.*]] = math.sin %[[ANGLE]] : f64
+// CHECK: arith.mulf %[[SIN]], %{{.*}} : f64
+// Unscaled RoPE has none of it.
+// CHECK-LABEL: gpu.func @attention_prepare_
+// CHECK: math.powf
+// CHECK-NOT: arith.cmpf oge
+// CHECK: math.cos
+func.func @scaled_rope(%tokens: tensor<?xi32>, %positions: tensor<?xi32>) -> (tensor<?x16xf32>, tensor<?xi32>) {
+  %x = moe.embed %tokens, @embed : tensor<?xi32> -> tensor<?x8xf32>
+  %h, %exit = moe.loop %x passes = 1 mode = unroll : tensor<?x8xf32> -> tensor<?xi32> {
+  ^bb0(%h0: tensor<?x8xf32>):
+    %a = moe.attention %h0, %positions q @q k @k v @v o @o heads = 2 kv_heads = 1 head_dim = 8 rope_scaling<factor = 4.0, ramp = [1.0, 3.0], attention_factor = 1.25> causal : tensor<?x8xf32>, tensor<?xi32>
+    %b = moe.attention %a, %positions q @q k @k v @v o @o heads = 2 kv_heads = 1 head_dim = 8 causal cache_slot = 1 : tensor<?x8xf32>, tensor<?xi32>
+    moe.yield %b : tensor<?x8xf32>
+  }
+  %logits = moe.unembed %h, @embed : tensor<?x8xf32> -> tensor<?x16xf32>
+  return %logits, %exit : tensor<?x16xf32>, tensor<?xi32>
+}

@@ -1476,3 +1476,32 @@
     "func.return"() : () -> ()
   }) : () -> ()
 }) : () -> ()
+
+// -----
+
+// #moe.rope_scaling: a positive factor,
+// expected-error @+1 {{rope_scaling factor must be positive and finite}}
+"test.op"() {scaling = #moe.rope_scaling<factor = 0.0>} : () -> ()
+
+// -----
+
+// a ramp that starts at pair 0 or later and does not end before it starts,
+// expected-error @+1 {{rope_scaling ramp must have 0 <= low <= high}}
+"test.op"() {scaling = #moe.rope_scaling<factor = 4.0, ramp = [3.0, 2.0]>} : () -> ()
+
+// -----
+
+// expected-error @+1 {{rope_scaling ramp must have 0 <= low <= high}}
+"test.op"() {scaling = #moe.rope_scaling<factor = 4.0, ramp = [-1.0, 2.0]>} : () -> ()
+
+// -----
+
+// a positive attention factor,
+// expected-error @+1 {{rope_scaling attention_factor must be positive and finite}}
+"test.op"() {scaling = #moe.rope_scaling<factor = 4.0, attention_factor = -1.0>} : () -> ()
+
+// -----
+
+// and no other parameters.
+// expected-error @+1 {{expected 'ramp' or 'attention_factor', got 'beta_fast'}}
+"test.op"() {scaling = #moe.rope_scaling<factor = 4.0, beta_fast = 32.0>} : () -> ()

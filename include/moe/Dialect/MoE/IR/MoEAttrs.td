@@ -44,4 +44,38 @@ def MoE_ExitCriterion : MoE_Enum<"ExitCriterion", "early-exit test", [
     I32EnumAttrCase<"max_prob", 2>, I32EnumAttrCase<"entropy", 3>]>;
 def MoE_ExitCriterionAttr : MoE_EnumAttr<MoE_ExitCriterion, "criterion">;
 
+def MoE_RopeScalingAttr : AttrDef<MoE_Dialect, "RopeScaling"> {
+  let mnemonic = "rope_scaling";
+  let summary = "scaled rotary frequencies: position interpolation, YaRN";
+  let description = [{
+    Rotary pair `i` (of `head_dim / 2`) turns at `theta^(-2i/head_dim) * m_i`,
+    where `m_i = (1 - r_i) + r_i / factor` and the ramp `r_i` is 1 for
+    `i >= ramp_high`, 0 for `i <= ramp_low`, and
+    `(i - ramp_low) / (ramp_high - ramp_low)` between; cos and sin are then
+    multiplied by `attention_factor`. Without a ramp (`[0, 0]`, the default)
+    every pair is interpolated, which is Hugging Face's `linear` RoPE; YaRN
+    keeps the fast pairs, interpolates the slow ones, and ramps between
+    (the importer computes the ramp from beta_fast, beta_slow and the
+    original context, as transformers does).
+
+    ```mlir
+    #moe.rope_scaling<factor = 4.0>
+    #moe.rope_scaling<factor = 4.0, ramp = [10.0, 23.0], attention_factor = 1.1386>
+    ```
+  }];
+  let parameters = (ins APFloatParameter<"">:$factor,
+      APFloatParameter<"">:$rampLow, APFloatParameter<"">:$rampHigh,
+      APFloatParameter<"">:$attentionFactor);
+  let builders = [
+    AttrBuilder<(ins "double":$factor, "double":$rampLow, "double":$rampHigh,
+        "double":$attentionFactor), [{
+      return $_get($_ctxt, ::llvm::APFloat(factor), ::llvm::APFloat(rampLow),
+                   ::llvm::APFloat(rampHigh),
+                   ::llvm::APFloat(attentionFactor));
+    }]>
+  ];
+  let hasCustomAssemblyFormat = 1;
+  let genVerifyDecl = 1;
+}
+
 #endif // MOE_DIALECT_MOE_IR_MOEATTRS_TD

@@ -255,7 +255,8 @@ def MoE_AttentionOp : MoE_SymbolUserOp<"attention",
   let summary = "multi-head attention with GQA, RoPE and a KV cache";
   let description = [{
     Grouped-query attention over the tokens of one sequence at `positions`,
-    with rotary embeddings (`rope_theta`; Hugging Face rotate_half layout, or
+    with rotary embeddings (`rope_theta`, its frequencies scaled as
+    `rope_scaling` says; Hugging Face rotate_half layout, or
     with `rope_interleaved` the pairs (2i, 2i+1) as LoopLM rotates them), an
     optional causal mask, optional RMS norms of queries and keys (`q_norm`,
     `k_norm` with `norm_eps`: per head over [head_dim] as in Qwen3, or over
@@ -282,12 +283,14 @@ def MoE_AttentionOp : MoE_SymbolUserOp<"attention",
       DefaultValuedAttr<I64Attr, "0">:$cache_slot,
       DefaultValuedAttr<F32Attr, "1.0e-6">:$norm_eps,
       OptionalAttr<F32Attr>:$scale,
-      UnitAttr:$rope_interleaved);
+      UnitAttr:$rope_interleaved,
+      OptionalAttr<MoE_RopeScalingAttr>:$rope_scaling);
   let results = (outs MoE_Hidden:$result);
   let assemblyFormat = [{
     $input `,` $positions `q` $q_proj `k` $k_proj `v` $v_proj `o` $o_proj
     `heads` `=` $num_heads `kv_heads` `=` $num_kv_heads
     `head_dim` `=` $head_dim (`rope_theta` `=` $rope_theta^)?
+    (`rope_scaling` `` $rope_scaling^)?
     (`rope_interleaved` $rope_interleaved^)? (`scale` `=` $scale^)?
     (`causal` $causal^)? (`q_norm` $q_norm^)? (`k_norm` $k_norm^)?
     (`clip_qkv` `=` $clip_qkv^)? (`cache_slot` `=` $cache_slot^)?
