@@ -159,6 +159,9 @@ _TYPE_FIELDS = {
         "decoder_sparse_step": (int, 1),
         "mlp_only_layers": (list, None),
         "use_sliding_window": (bool, False),
+        "sliding_window": (int, None),
+        "max_window_layers": (int, 28),
+        "layer_types": (list, None),
     },
 }
 # Contract extensions (sections 1 and 2): name -> (type, default).
@@ -197,7 +200,8 @@ class Model:
     qk_norm: str                # "none" (mixtral), "full" (olmoe), "head" (qwen3_moe)
     attention_bias: bool
     tie_word_embeddings: bool
-    sliding_window: int         # mixtral only; None = full causal attention
+    sliding_window: int         # None = full causal attention
+    windowed_layers: tuple      # the layers that mask keys sliding_window or more back
     sparse_layers: tuple = field(default=())  # per layer: MoE (True) or dense MLP
     rope_inv_freq: object = None          # [head_dim/2] float64, from rope_scaling
     rope_attention_factor: float = 1.0    # multiplies cos and sin (YaRN)
@@ -258,8 +262,6 @@ def parse_config(raw):
     x = _read_extensions(raw)
     if c["hidden_act"] != "silu":
         raise ContractError(f"config: field 'hidden_act' must be 'silu', got {c['hidden_act']!r}")
-    if c.get("use_sliding_window"):
-        raise ContractError("config: field 'use_sliding_window' = true is not supported")
 
     heads = c["num_attention_heads"]
     kv_heads = c["num_key_value_heads"] if c["num_key_value_heads"] is not None else heads
@@ -337,7 +339,29 @@ def parse_config(raw):
                  qk_norm={"mixtral": "none", "olmoe": "full", "qwen3_moe": "head"}[model_type],
                  attention_bias=c.get("attention_bias", False),
                  tie_word_embeddings=c["tie_word_embeddings"],
-                 sliding_window=c.get("sliding_window"), sparse_layers=sparse, **x)
+                 sliding_window=c.get("sliding_window"),
+                 windowed_layers=_windowed_layers(model_type, c, layers),
+                 sparse_layers=sparse, **x)
+
+
+def _windowed_layers(model_type, c, layers):
+    """The layers whose attention has the sliding window, as transformers decides:
+    every layer of Mixtral; Qwen3-MoE's layer_types 'sliding_attention' layers or,
+    without layer_types and with use_sliding_window, those from max_window_layers on."""
+    if c.get("sliding_window") is None:
+        return ()
+    if model_type == "mixtral":
+        return tuple(range(layers))
+    types = c.get("layer_types")
+    if types is not None:
+        if len(types) != layers or any(t not in ("full_attention", "sliding_attention")
+                                       for t in types):
+            raise ContractError("config: field 'layer_types' must give full_attention or "
+                                "sliding_attention for each layer")
+        return tuple(l for l, t in enumerate(types) if t == "sliding_attention")
+    if not c.get("use_sliding_window"):
+        return ()
+    return tuple(range(c["max_window_layers"], layers))
 
 
 def _read_extensions(raw):
@@ -720,7 +744,8 @@ def attention(m, W, layer, x, cos, sin, stats=None):
     B, S, _ = x.shape
     q, k, v = qkv_states(m, W, layer, x, stats)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    out = grouped_causal_attention(q, k, v, m.sliding_window)
+    window = m.sliding_window if layer in m.windowed_layers else None
+    out = grouped_causal_attention(q, k, v, window)
     out = out.transpose(0, 2, 1, 3).reshape(B, S, m.num_heads * m.head_dim)
     return _linear(W, f"model.layers.{layer}.self_attn.o_proj", out)
 

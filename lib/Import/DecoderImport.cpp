@@ -14,6 +14,7 @@
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/Verifier.h"
 #include "moe/Dialect/MoE/IR/MoEOps.h"
+#include "llvm/ADT/BitVector.h"
 #include "llvm/Support/FormatVariadic.h"
 
 using namespace mlir;
@@ -29,6 +30,9 @@ struct DecoderConfig {
           headDim = 0, experts = 0, topK = 0, ffn = 0, maxPositions = 4096;
   float eps = 1e-6f, ropeTheta = 10000.0f, clipQkv = 0.0f;
   RopeScalingAttr ropeScaling;
+  /// The layers whose attention masks keys slidingWindow or more back.
+  llvm::BitVector windowedLayers;
+  int64_t slidingWindow = 0;
   bool normalizeTopK = false, tied = false;
   int64_t shareBlock = 1;
   RouterDecision decision = RouterDecision::per_layer;
@@ -97,7 +101,7 @@ public:
 private:
   LogicalResult readFields(DecoderConfig &c);
   LogicalResult checkUnsupported(const DecoderConfig &c);
-  LogicalResult checkSlidingWindow(const DecoderConfig &c);
+  LogicalResult readSlidingWindow(DecoderConfig &c);
 };
 
 LogicalResult DecoderReader::readFields(DecoderConfig &c) {
@@ -247,17 +251,20 @@ LogicalResult DecoderReader::checkUnsupported(const DecoderConfig &c) {
     if (!dense->getAsArray() || !dense->getAsArray()->empty())
       return fieldError("mlp_only_layers")
              << "must be empty: dense MLP layers are not supported yet";
-  return checkSlidingWindow(c);
+  return success();
 }
 
-/// Hugging Face masks keys more than `sliding_window` positions back: Mixtral
-/// whenever a window is set, Qwen3-MoE only with use_sliding_window and only
-/// in the layers from max_window_layers on; OLMoE has no window. A window no
-/// shorter than the position limit never masks a key, so it imports.
-LogicalResult DecoderReader::checkSlidingWindow(const DecoderConfig &c) {
+/// Hugging Face masks keys `sliding_window` or more positions back: Mixtral
+/// in every layer whenever a window is set, Qwen3-MoE only with
+/// use_sliding_window and in the layers from max_window_layers on (or those
+/// that transformers 5's layer_types calls sliding_attention); OLMoE has no
+/// window. A window no shorter than the position limit never masks a key,
+/// so it is left out.
+LogicalResult DecoderReader::readSlidingWindow(DecoderConfig &c) {
+  c.windowedLayers = llvm::BitVector(c.layers);
   // transformers 5's layer_types names each layer's attention; for
   // Qwen3-MoE it decides which layers are windowed.
-  std::optional<int64_t> firstListedWindowed;
+  llvm::BitVector listedWindowed(c.layers);
   FailureOr<const llvm::json::Value *> types = lookup("layer_types", false);
   bool listed =
       succeeded(types) && *types && (*types)->kind() != llvm::json::Value::Null;
@@ -269,9 +276,9 @@ LogicalResult DecoderReader::checkSlidingWindow(const DecoderConfig &c) {
              << " layers";
     for (auto [layer, type] : llvm::enumerate(*list)) {
       std::optional<StringRef> name = type.getAsString();
-      if (name == "sliding_attention" && !firstListedWindowed)
-        firstListedWindowed = layer;
-      else if (name != "full_attention" && name != "sliding_attention")
+      if (name == "sliding_attention")
+        listedWindowed.set(layer);
+      else if (name != "full_attention")
         return fieldError("layer_types")
                << "has " << describeJson(type) << " for layer " << layer
                << ", which is not supported (only \"full_attention\" and "
@@ -284,38 +291,26 @@ LogicalResult DecoderReader::checkSlidingWindow(const DecoderConfig &c) {
   if (failed(window) || !*window ||
       (*window)->kind() == llvm::json::Value::Null)
     return success();
-  int64_t windowLength = 0;
-  if (failed(readPositiveInt("sliding_window", windowLength)))
+  if (failed(readPositiveInt("sliding_window", c.slidingWindow)))
     return failure();
-  std::string why;
   if (c.kind == DecoderKind::Qwen3Moe && listed) {
-    if (!firstListedWindowed)
-      return success();
-    why = llvm::formatv(" (layer_types makes layer {0} sliding_attention)",
-                        *firstListedWindowed);
+    c.windowedLayers = listedWindowed;
   } else if (c.kind == DecoderKind::Qwen3Moe) {
     bool enabled = false;
     if (failed(readBool("use_sliding_window", enabled)))
       return failure();
-    if (!enabled)
-      return success();
-    // Absent, every layer is windowed (the conservative reading).
-    int64_t firstWindowed = 0;
+    // Qwen3MoeConfig's default.
+    int64_t firstWindowed = 28;
     if (failed(readCount("max_window_layers", firstWindowed)))
       return failure();
-    if (firstWindowed >= c.layers)
-      return success();
-    why = llvm::formatv(" (use_sliding_window is true and layers {0}..{1} are "
-                        "windowed)",
-                        firstWindowed, c.layers - 1);
+    if (enabled)
+      c.windowedLayers.set(std::min(firstWindowed, c.layers), c.layers);
+  } else {
+    c.windowedLayers.set();
   }
-  if (windowLength >= c.maxPositions)
-    return success();
-  return fieldError("sliding_window")
-         << "= " << windowLength << " is not supported yet" << why
-         << ": sliding-window attention is not implemented; it must be null "
-            "or >= max_position_embeddings ("
-         << c.maxPositions << ")";
+  if (c.slidingWindow >= c.maxPositions)
+    c.windowedLayers.reset();
+  return success();
 }
 
 FailureOr<DecoderConfig> DecoderReader::read() {
@@ -337,7 +332,8 @@ FailureOr<DecoderConfig> DecoderReader::read() {
            << "unsupported model_type '" << c.modelType
            << "' (supported: " << supportedModelTypes() << ")";
   warnUnknownFields(kKnownFields);
-  if (failed(readFields(c)) || failed(checkUnsupported(c)))
+  if (failed(readFields(c)) || failed(checkUnsupported(c)) ||
+      failed(readSlidingWindow(c)))
     return failure();
   return c;
 }
@@ -436,7 +432,9 @@ Value DecoderEmitter::emitLayer(int64_t l, Value hidden, Value positions,
       symbolOrNull(norms, "k_norm"),
       c.clipQkv > 0.0f ? builder.getF32FloatAttr(c.clipQkv) : FloatAttr(),
       /*cache_slot=*/l, APFloat(c.eps), /*scale=*/FloatAttr(),
-      /*rope_interleaved=*/false, c.ropeScaling);
+      /*rope_interleaved=*/false, c.ropeScaling,
+      c.windowedLayers.test(l) ? builder.getI64IntegerAttr(c.slidingWindow)
+                               : IntegerAttr());
   hidden = arith::AddFOp::create(builder, loc, hidden, attention);
   normed = RmsNormOp::create(builder, loc, hiddenType, hidden,
                              symbolRef(sym(l, "post_norm")), APFloat(c.eps));

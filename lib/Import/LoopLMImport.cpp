@@ -290,7 +290,8 @@ Value LoopLMEmitter::emitLayer(Part part, int64_t i, Value hidden,
       c.heads, hd, APFloat(c.ropeTheta), /*causal=*/true, FlatSymbolRefAttr(),
       FlatSymbolRefAttr(), FloatAttr(), cacheSlot, APFloat(kNormEps),
       /*scale=*/builder.getF32FloatAttr(1.0f / float(hd)),
-      /*rope_interleaved=*/true, /*rope_scaling=*/RopeScalingAttr());
+      /*rope_interleaved=*/true, /*rope_scaling=*/RopeScalingAttr(),
+      /*sliding_window=*/IntegerAttr());
   hidden = arith::AddFOp::create(builder, loc, hidden, attention);
   normed = RmsNormOp::create(builder, loc, hiddenType, hidden,
                              FlatSymbolRefAttr(), APFloat(kNormEps));

@@ -206,7 +206,7 @@ bool attentionOf(const float *x, const int32_t *positions, const TW *wq,
                o.ropeAttentionFactor > 0.0f &&
                std::isfinite(o.ropeAttentionFactor) && o.ropeRampLow >= 0.0f &&
                o.ropeRampHigh >= o.ropeRampLow &&
-               std::isfinite(o.ropeRampHigh) &&
+               std::isfinite(o.ropeRampHigh) && o.slidingWindow >= 0 &&
                std::isfinite(o.scale) &&
                (o.norm == QkNorm::None || o.norm == QkNorm::Full ||
                 o.norm == QkNorm::PerHead) &&
@@ -218,6 +218,9 @@ bool attentionOf(const float *x, const int32_t *positions, const TW *wq,
   const int64_t groupSize = s.numHeads / s.numKvHeads;
   const int64_t groupWidth = groupSize * hd;
   const int64_t first = positions[0], numKeys = first + n;
+  // Without a window every earlier key is seen (a window longer than the
+  // cache).
+  const int64_t window = o.slidingWindow > 0 ? o.slidingWindow : numKeys + 1;
   const int64_t blockTokens =
       std::min(n, std::max<int64_t>(1, kQueryRows / groupSize));
   const int64_t blockRows = blockTokens * groupSize;
@@ -249,8 +252,11 @@ bool attentionOf(const float *x, const int32_t *positions, const TW *wq,
     int64_t token0 = (item / s.numKvHeads) * blockTokens;
     int64_t tokens = std::min(blockTokens, n - token0);
     int64_t rows = tokens * groupSize;
-    // The block's last token sees cache positions [0, blockKeys).
+    // The block's tokens see cache positions [keyStart, blockKeys): the
+    // first one from keyStart, the last one up to blockKeys - 1.
     int64_t blockKeys = first + token0 + tokens;
+    int64_t keyStart = std::max<int64_t>(0, first + token0 - window + 1);
+    int64_t width = blockKeys - keyStart;
     // Row i of the block is head kvHead * groupSize + i % groupSize of token
     // token0 + i / groupSize: the group's heads are adjacent in q.
     float *qGroup = q.get() + token0 * qWidth + kvHead * groupWidth;
@@ -261,22 +267,27 @@ bool attentionOf(const float *x, const int32_t *positions, const TW *wq,
     float *scores = queries + blockRows * hd;
     for (int64_t t = 0; t < tokens; ++t)
       std::copy_n(qGroup + t * qWidth, groupWidth, queries + t * groupWidth);
-    gemmABtSerial(queries, hd, kCache + kvHead * hd, kvWidth, scores, blockKeys,
-                  rows, blockKeys, hd);
-    for (int64_t i = 0; i < rows; ++i)
-      softmaxInPlace(scores + i * blockKeys, first + token0 + i / groupSize + 1,
-                     scale);
+    gemmABtSerial(queries, hd, kCache + keyStart * kvWidth + kvHead * hd,
+                  kvWidth, scores, width, rows, width, hd);
+    for (int64_t i = 0; i < rows; ++i) {
+      int64_t position = first + token0 + i / groupSize;
+      int64_t lowest = std::max(keyStart, position - window + 1);
+      softmaxInPlace(scores + i * width + (lowest - keyStart),
+                     position + 1 - lowest, scale);
+    }
     // The queries are copied, so the outputs replace them in q. Each output
     // sums its values in ascending key order, as a row-by-row loop would.
     for (int64_t i = 0; i < rows; ++i)
       std::fill(qRow(i), qRow(i) + hd, 0.0f);
     const float *vHead = vCache + kvHead * hd;
-    for (int64_t j = 0; j < blockKeys; ++j) {
+    for (int64_t j = keyStart; j < blockKeys; ++j) {
       const float *vRow = vHead + j * kvWidth;
-      // Key j is seen by the tokens at positions j and later.
+      // Key j is seen by the tokens at positions j .. j + window - 1.
       int64_t firstRow = std::max<int64_t>(0, j - first - token0) * groupSize;
-      for (int64_t i = firstRow; i < rows; ++i) {
-        float p = scores[i * blockKeys + j];
+      int64_t endRow = std::min<int64_t>(
+          rows, (j + window - first - token0) * groupSize);
+      for (int64_t i = firstRow; i < endRow; ++i) {
+        float p = scores[i * width + (j - keyStart)];
         float *sum = qRow(i);
         for (int64_t c = 0; c < hd; ++c)
           sum[c] += p * vRow[c];
@@ -403,7 +414,8 @@ void attentionCall(
     StridedMemRefType<float, 2> *out, int64_t numHeads, int64_t numKvHeads,
     int64_t headDim, float ropeTheta, float clip, int32_t normKind,
     float normEps, float scale, int32_t ropeInterleaved, float ropeFactor,
-    float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor) {
+    float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor,
+    int64_t slidingWindow) {
   AttentionShape s{x->sizes[0], x->sizes[1], numHeads,
                    numKvHeads,  headDim,     kCache->sizes[0]};
   int64_t qWidth = wq->sizes[0], kvWidth = wk->sizes[0];
@@ -433,7 +445,7 @@ void attentionCall(
             dataOf(out), s,
             {ropeTheta, clip, static_cast<QkNorm>(normKind), normEps, scale,
              ropeInterleaved != 0, ropeFactor, ropeRampLow, ropeRampHigh,
-             ropeAttentionFactor});
+             ropeAttentionFactor, slidingWindow});
 }
 } // namespace
 
@@ -446,11 +458,12 @@ void _mlir_ciface_moert_attention(
     StridedMemRefType<float, 2> *out, int64_t numHeads, int64_t numKvHeads,
     int64_t headDim, float ropeTheta, float clip, int32_t normKind,
     float normEps, float scale, int32_t ropeInterleaved, float ropeFactor,
-    float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor) {
+    float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor,
+    int64_t slidingWindow) {
   attentionCall(x, positions, wq, wk, wv, wo, qNorm, kNorm, kCache, vCache, out,
                 numHeads, numKvHeads, headDim, ropeTheta, clip, normKind,
                 normEps, scale, ropeInterleaved, ropeFactor, ropeRampLow,
-                ropeRampHigh, ropeAttentionFactor);
+                ropeRampHigh, ropeAttentionFactor, slidingWindow);
 }
 
 void _mlir_ciface_moert_attention_bf16(
@@ -462,9 +475,10 @@ void _mlir_ciface_moert_attention_bf16(
     StridedMemRefType<float, 2> *out, int64_t numHeads, int64_t numKvHeads,
     int64_t headDim, float ropeTheta, float clip, int32_t normKind,
     float normEps, float scale, int32_t ropeInterleaved, float ropeFactor,
-    float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor) {
+    float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor,
+    int64_t slidingWindow) {
   attentionCall(x, positions, wq, wk, wv, wo, qNorm, kNorm, kCache, vCache, out,
                 numHeads, numKvHeads, headDim, ropeTheta, clip, normKind,
                 normEps, scale, ropeInterleaved, ropeFactor, ropeRampLow,
-                ropeRampHigh, ropeAttentionFactor);
+                ropeRampHigh, ropeAttentionFactor, slidingWindow);
 }

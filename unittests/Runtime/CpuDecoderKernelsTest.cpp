@@ -179,6 +179,7 @@ struct AttentionCase {
   /// RoPE scaling (#moe.rope_scaling); the defaults scale nothing.
   float ropeFactor = 1.0f, rampLow = 0.0f, rampHigh = 0.0f,
         ropeAttention = 1.0f;
+  int64_t window = 0; ///< sliding window; 0: none
   std::vector<float> x, wq, wk, wv, wo, qNorm, kNorm, kCache, vCache;
   /// With roundProjections: the projections' bf16 bits, which runAt passes
   /// to moert_attention_bf16.
@@ -265,14 +266,15 @@ struct AttentionCase {
           &xM, &positionsM, &wqB, &wkB, &wvB, &woB, &qNormM, &kNormM, &kCacheM,
           &vCacheM, &outM, numHeads, numKvHeads, headDim, ropeTheta, clip,
           normKind, normEps, scale, interleaved, ropeFactor, rampLow, rampHigh,
-          ropeAttention);
+          ropeAttention, window);
       return out;
     }
     _mlir_ciface_moert_attention(&xM, &positionsM, &wqM, &wkM, &wvM, &woM,
                                  &qNormM, &kNormM, &kCacheM, &vCacheM, &outM,
                                  numHeads, numKvHeads, headDim, ropeTheta, clip,
                                  normKind, normEps, scale, interleaved,
-                                 ropeFactor, rampLow, rampHigh, ropeAttention);
+                                 ropeFactor, rampLow, rampHigh, ropeAttention,
+                                 window);
     return out;
   }
 
@@ -288,7 +290,7 @@ struct AttentionCase {
         qNorm.data(), kNorm.data(), kCache.data(), vCache.data(), out.data(),
         {numTokens, hidden, numHeads, numKvHeads, headDim, maxPositions},
         {ropeTheta, clip, static_cast<QkNorm>(normKind), normEps, scale,
-         interleaved, ropeFactor, rampLow, rampHigh, ropeAttention},
+         interleaved, ropeFactor, rampLow, rampHigh, ropeAttention, window},
         numThreads));
     return out;
   }
@@ -387,8 +389,12 @@ struct AttentionCase {
         const double *qHead = q.data() + t * qWidth() + h * headDim;
         double maxScore = -std::numeric_limits<double>::infinity();
         double sum = 0.0;
+        // Keys before the window get no weight.
+        auto seen = [&](int64_t j) { return window == 0 || t - j < window; };
         for (int64_t j = 0; j <= t; ++j) {
           p[j] = 0.0;
+          if (!seen(j))
+            continue;
           for (int64_t c = 0; c < headDim; ++c)
             p[j] += qHead[c] * ref.k[j * kvWidth() + g * headDim + c];
           p[j] *=
@@ -396,7 +402,7 @@ struct AttentionCase {
           maxScore = std::max(maxScore, p[j]);
         }
         for (int64_t j = 0; j <= t; ++j)
-          sum += p[j] = std::exp(p[j] - maxScore);
+          sum += p[j] = seen(j) ? std::exp(p[j] - maxScore) : 0.0;
         for (int64_t c = 0; c < headDim; ++c) {
           double o = 0.0;
           for (int64_t j = 0; j <= t; ++j)
@@ -542,6 +548,41 @@ TEST(CpuDecoderKernels, AttentionRopeScaling) {
             0);
 }
 
+TEST(CpuDecoderKernels, AttentionSlidingWindow) {
+  // Windows of 1, 5 and 16 keys over 40 positions: prefill chunks across the
+  // 16-query blocks (whose first and last tokens see different key ranges),
+  // then decode steps; GQA with its query rows per kv head.
+  for (int64_t window : {1, 5, 16}) {
+    SCOPED_TRACE("window " + std::to_string(window));
+    AttentionCase c({8, 2, 2, 0.0f}, 40, 32, 16, 48, 79);
+    c.window = window;
+    AttentionCase::Reference ref = c.reference();
+    int64_t first = 0;
+    for (int64_t count : {19, 1, 17, 1, 2}) {
+      std::vector<float> out = c.run(first, count);
+      c.expectMatches(ref, out, first, count);
+      first += count;
+    }
+  }
+  // A window at least as long as the sequence masks nothing: the same bits
+  // as none.
+  AttentionCase plain({4, 2, 0, 0.0f}, 12, 24, 8, 16, 83);
+  AttentionCase longWindow = plain;
+  longWindow.window = 12;
+  expectBitwiseEqual(longWindow.run(0, 12), plain.run(0, 12));
+  // The window changes what a later token sees: the reference above would
+  // not pass without it.
+  AttentionCase windowed = plain;
+  windowed.resetCache();
+  plain.resetCache();
+  windowed.window = 3;
+  std::vector<float> a = plain.run(0, 12), b = windowed.run(0, 12);
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), 3 * 24 * sizeof(float)), 0);
+  EXPECT_NE(std::memcmp(a.data() + 11 * 24, b.data() + 11 * 24,
+                        24 * sizeof(float)),
+            0);
+}
+
 TEST(CpuDecoderKernels, AttentionIsCausal) {
   AttentionCase c({4, 2, 1, 0.0f}, 5, 24, 8, 5, 53);
   std::vector<float> before = c.run(0, 5);
@@ -613,6 +654,9 @@ TEST(CpuDecoderKernels, AttentionRejectsBadShapes) {
   badRamp.rampLow = 3.0f;
   badRamp.rampHigh = 2.0f;
   expectRejected(badRamp);
+  AttentionCase badWindow({2, 1, 0, 0.0f}, 2, 16, 8, 4, 61);
+  badWindow.window = -1;
+  expectRejected(badWindow);
 }
 
 TEST(CpuDecoderKernels, AttentionBitwiseDeterministic) {

@@ -656,7 +656,8 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
               ropeValue(&RopeScalingAttr::getFactor, 1.0f),
               ropeValue(&RopeScalingAttr::getRampLow, 0.0f),
               ropeValue(&RopeScalingAttr::getRampHigh, 0.0f),
-              ropeValue(&RopeScalingAttr::getAttentionFactor, 1.0f)});
+              ropeValue(&RopeScalingAttr::getAttentionFactor, 1.0f),
+              constI64(attention.getSlidingWindow().value_or(0))});
         return success();
       })
       .Default([&](Operation *other) {

@@ -100,7 +100,7 @@ LogicalResult emitUnembed(GPUProgram &p, StringRef, ArrayRef<Value> a,
 
 LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                             Operation *) {
-  int64_t numHeads, numKvHeads, headDim, normKind, interleaved;
+  int64_t numHeads, numKvHeads, headDim, normKind, interleaved, window;
   double theta, clip, eps, scale, ropeFactor, rampLow, rampHigh,
       ropeAttention;
   if (failed(p.requireInt(name, a[11], numHeads)) ||
@@ -115,7 +115,8 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
       failed(p.requireFloat(name, a[20], ropeFactor)) ||
       failed(p.requireFloat(name, a[21], rampLow)) ||
       failed(p.requireFloat(name, a[22], rampHigh)) ||
-      failed(p.requireFloat(name, a[23], ropeAttention)))
+      failed(p.requireFloat(name, a[23], ropeAttention)) ||
+      failed(p.requireInt(name, a[24], window)))
     return failure();
   if (numHeads < 1 || numKvHeads < 1 || numHeads % numKvHeads || headDim < 2 ||
       headDim % 2)
@@ -134,7 +135,7 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
       << numHeads << "," << numKvHeads << "," << headDim << "," << theta << ","
       << clip << "," << normKind << "," << eps << "," << scale << ","
       << interleaved << "," << ropeFactor << "," << rampLow << "," << rampHigh
-      << "," << ropeAttention;
+      << "," << ropeAttention << "," << window;
   Value n = p.hostDim(x, 0);
   Value q = p.scratch(
       MemRefType::get({ShapedType::kDynamic, qWidth}, p.host().getF32Type()),
@@ -260,7 +261,8 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
       });
   p.launch(prepare, n, prepArgs);
 
-  // Softmax(q . k_j * scale) over cache positions 0..pos, then the weighted
+  // Softmax(q . k_j * scale) over cache positions 0..pos (pos - window + 1..
+  // pos with a sliding window), then the weighted
   // sum of the v_j; the output replaces the head's q row. Prefill: a thread
   // per (token, head), keys in ascending order. Decode (at most 8 tokens):
   // a thread per (token, head, chunk of 32 positions) keeps its chunk's max,
@@ -366,6 +368,16 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
     k.b.setInsertionPoint(op.thenBlock()->getTerminator());
     body();
   };
+  // The first key a query at `pos` sees.
+  auto firstKey = [&](KernelBody &k, Value pos) -> Value {
+    if (window <= 0)
+      return k.index(0);
+    Value keys = k.add(k.toIndex(pos), k.index(1));
+    Value past = arith::SubIOp::create(k.b, keys, k.index(window));
+    return arith::SelectOp::create(
+        k.b, k.cmp(arith::CmpIPredicate::ugt, keys, k.index(window)), past,
+        k.index(0));
+  };
   auto headOf = [&](KernelBody &k, Value th, Value &t, Value &qBase,
                     Value &kvBase) {
     t = k.div(th, k.index(numHeads));
@@ -385,7 +397,7 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
         ifValidToken(k, pos, kc, qm, t, qBase, [&] {
           Value acc = headAccumulator(k);
           Value sum = std::get<1>(
-              softmaxSums(k, qm, kc, vc, t, qBase, kvBase, k.index(0),
+              softmaxSums(k, qm, kc, vc, t, qBase, kvBase, firstKey(k, pos),
                           k.add(k.toIndex(pos), k.index(1)), acc));
           k.forEach(k.index(0), k.index(headDim), [&](Value c) {
             k.store(k.fdiv(k.load(acc, {c}), sum), qm, {t, k.add(qBase, c)});
@@ -405,14 +417,20 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
         headOf(k, th, t, qBase, kvBase);
         Value pos = k.load(args[0], {t});
         Value qm = args[3], kc = args[1], vc = args[2];
-        Value lo = k.mul(chunk, k.index(kKvChunk));
+        Value chunkStart = k.mul(chunk, k.index(kKvChunk));
         // An invalid position gets NaN from the merge; its chunks are empty.
+        Value valid = inRange(k, pos, k.dim(kc, 0));
         Value keys = k.select(
-            inRange(k, pos, k.dim(kc, 0)),
+            valid,
             [&]() -> Value { return k.add(k.toIndex(pos), k.index(1)); },
             [&]() -> Value { return k.index(0); });
-        Value hi =
-            arith::MinUIOp::create(k.b, k.add(lo, k.index(kKvChunk)), keys);
+        Value hi = arith::MinUIOp::create(
+            k.b, k.add(chunkStart, k.index(kKvChunk)), keys);
+        // Chunks before the window are empty too (an invalid position's
+        // chunks are empty whatever its first key).
+        Value lo = window > 0
+                       ? arith::MaxUIOp::create(k.b, chunkStart, firstKey(k, pos))
+                       : chunkStart;
         Value empty = k.cmp(arith::CmpIPredicate::uge, lo, hi);
         auto op = scf::IfOp::create(k.b, empty, /*withElseRegion=*/true);
         OpBuilder::InsertionGuard guard(k.b);

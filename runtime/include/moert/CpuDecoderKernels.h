@@ -62,6 +62,8 @@ struct AttentionOptions {
   float ropeFactor = 1.0f;
   float ropeRampLow = 0.0f, ropeRampHigh = 0.0f;
   float ropeAttentionFactor = 1.0f;
+  /// With W > 0, a query at position p sees the keys at p - W + 1 .. p only.
+  int64_t slidingWindow = 0;
 };
 
 /// Causal self-attention of n tokens of one sequence at the consecutive
@@ -73,14 +75,14 @@ struct AttentionOptions {
 ///  - the k and v rows are stored into kCache and vCache [maxPositions, KV*hd]
 ///    at their positions;
 ///  - head h of the token at position p attends to cache positions 0..p of kv
-///    head h / (H/KV) with softmax(q.k * scale), scale 1/sqrt(hd) unless
-///    options.scale > 0;
+///    head h / (H/KV) (p - W + 1 .. p with a sliding window W) with
+///    softmax(q.k * scale), scale 1/sqrt(hd) unless options.scale > 0;
 ///  - out [n, d] = the heads' outputs [n, H*hd] @ wo^T, wo [d, H*hd].
 /// Cache rows below positions[0] must hold the sequence's earlier tokens.
 /// Fails, with NaN in `out` and the caches untouched, if the positions are not
 /// consecutive within [0, maxPositions), the shape is not as above,
 /// ropeTheta, ropeFactor or ropeAttentionFactor is not positive, the ramp is
-/// not 0 <= low <= high, or scratch memory is short.
+/// not 0 <= low <= high, the window is negative, or scratch memory is short.
 bool attention(const float *x, const int32_t *positions, const float *wq,
                const float *wk, const float *wv, const float *wo,
                const float *qNorm, const float *kNorm, float *kCache,
@@ -136,7 +138,8 @@ void _mlir_ciface_moert_attention(
     StridedMemRefType<float, 2> *out, int64_t numHeads, int64_t numKvHeads,
     int64_t headDim, float ropeTheta, float clip, int32_t normKind,
     float normEps, float scale, int32_t ropeInterleaved, float ropeFactor,
-    float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor);
+    float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor,
+    int64_t slidingWindow);
 /// moert_attention with bf16 q, k, v and o projections (the norms f32).
 void _mlir_ciface_moert_attention_bf16(
     StridedMemRefType<float, 2> *x, StridedMemRefType<int32_t, 1> *positions,
@@ -147,7 +150,8 @@ void _mlir_ciface_moert_attention_bf16(
     StridedMemRefType<float, 2> *out, int64_t numHeads, int64_t numKvHeads,
     int64_t headDim, float ropeTheta, float clip, int32_t normKind,
     float normEps, float scale, int32_t ropeInterleaved, float ropeFactor,
-    float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor);
+    float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor,
+    int64_t slidingWindow);
 /// exitTestLmHead; `norm` is used when hasNorm is 1, a norm without gain is
 /// applied when it is 2, none when 0.
 void _mlir_ciface_moert_exit_test_lm(StridedMemRefType<float, 2> *h,

@@ -527,3 +527,43 @@ func.func @scaled_rope(%tokens: tensor<?xi32>, %positions: tensor<?xi32>) -> (te
   %logits = moe.unembed %h, @embed : tensor<?x8xf32> -> tensor<?x16xf32>
   return %logits, %exit : tensor<?x16xf32>, tensor<?xi32>
 }
+
+// -----
+
+moe.weight @embed : tensor<16x8xf32>
+moe.weight @q : tensor<16x8xf32>
+moe.weight @k : tensor<8x8xf32>
+moe.weight @v : tensor<8x8xf32>
+moe.weight @o : tensor<8x16xf32>
+
+// A sliding window of 5: a query at pos reads the keys from
+// max(pos + 1 - 5, 0); a decode chunk starts there at the earliest, and is
+// empty if the window starts past its end. (The kernels' signatures end in
+// the window.)
+// CHECK-LABEL: gpu.func @attention_core_{{[0-9]+}}({{.*}}moe.signature = "attention_core({{.*}},5)
+// CHECK: memref.alloca() : memref<8xf32>
+// CHECK-NEXT: %[[POS:.*]] = arith.index_cast %{{.*}} : i32 to index
+// CHECK-NEXT: %[[ONE:.*]] = arith.constant 1 : index
+// CHECK-NEXT: %[[KEYS:.*]] = arith.addi %[[POS]], %[[ONE]] : index
+// CHECK-NEXT: %[[W:.*]] = arith.constant 5 : index
+// CHECK-NEXT: %[[PAST:.*]] = arith.subi %[[KEYS]], %[[W]] : index
+// CHECK: %[[LONGER:.*]] = arith.cmpi ugt, %[[KEYS]], %{{.*}} : index
+// CHECK: %[[FIRST:.*]] = arith.select %[[LONGER]], %[[PAST]], %{{.*}} : index
+// The first key seeds the softmax; the loop takes the rest.
+// CHECK: %[[SECOND:.*]] = arith.addi %[[FIRST]], %{{.*}} : index
+// CHECK: scf.for %{{.*}} = %[[SECOND]] to
+// CHECK-LABEL: gpu.func @attention_chunks_{{[0-9]+}}({{.*}}moe.signature = "attention_chunks({{.*}},5)
+// CHECK: %[[HI:.*]] = arith.minui %{{.*}} : index
+// CHECK: %[[FIRSTKEY:.*]] = arith.select %{{.*}} : index
+// CHECK-NEXT: %[[LO:.*]] = arith.maxui %{{.*}}, %[[FIRSTKEY]] : index
+// CHECK-NEXT: arith.cmpi uge, %[[LO]], %[[HI]] : index
+func.func @windowed(%tokens: tensor<?xi32>, %positions: tensor<?xi32>) -> (tensor<?x16xf32>, tensor<?xi32>) {
+  %x = moe.embed %tokens, @embed : tensor<?xi32> -> tensor<?x8xf32>
+  %h, %exit = moe.loop %x passes = 1 mode = unroll : tensor<?x8xf32> -> tensor<?xi32> {
+  ^bb0(%h0: tensor<?x8xf32>):
+    %a = moe.attention %h0, %positions q @q k @k v @v o @o heads = 2 kv_heads = 1 head_dim = 8 causal sliding_window = 5 : tensor<?x8xf32>, tensor<?xi32>
+    moe.yield %a : tensor<?x8xf32>
+  }
+  %logits = moe.unembed %h, @embed : tensor<?x8xf32> -> tensor<?x16xf32>
+  return %logits, %exit : tensor<?x16xf32>, tensor<?xi32>
+}

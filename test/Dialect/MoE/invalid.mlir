@@ -1505,3 +1505,47 @@
 // and no other parameters.
 // expected-error @+1 {{expected 'ramp' or 'attention_factor', got 'beta_fast'}}
 "test.op"() {scaling = #moe.rope_scaling<factor = 4.0, beta_fast = 32.0>} : () -> ()
+
+// -----
+
+// A sliding window has at least one key,
+"builtin.module"() ({
+  "moe.weight"() <{sym_name = "norm", type = tensor<16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "router", type = tensor<4x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "gate", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "up", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "down", type = tensor<4x16x32xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "embed", type = tensor<100x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "wq", type = tensor<16x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "wkv", type = tensor<8x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "wo", type = tensor<16x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "qn", type = tensor<4xf32>}> : () -> ()
+  "func.func"() <{function_type = (tensor<8x16xf32>, tensor<8xi32>) -> (), sym_name = "f"}> ({
+  ^bb0(%h: tensor<8x16xf32>, %p: tensor<8xi32>):
+    // expected-error @+1 {{'moe.attention' op sliding_window must be at least 1}}
+    %a = "moe.attention"(%h, %p) <{head_dim = 4 : i64, k_proj = @wkv, num_heads = 4 : i64, num_kv_heads = 2 : i64, o_proj = @wo, q_proj = @wq, v_proj = @wkv, causal, sliding_window = 0 : i64}> : (tensor<8x16xf32>, tensor<8xi32>) -> tensor<8x16xf32>
+    "func.return"() : () -> ()
+  }) : () -> ()
+}) : () -> ()
+
+// -----
+
+// and needs a causal mask.
+"builtin.module"() ({
+  "moe.weight"() <{sym_name = "norm", type = tensor<16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "router", type = tensor<4x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "gate", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "up", type = tensor<4x32x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "down", type = tensor<4x16x32xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "embed", type = tensor<100x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "wq", type = tensor<16x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "wkv", type = tensor<8x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "wo", type = tensor<16x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "qn", type = tensor<4xf32>}> : () -> ()
+  "func.func"() <{function_type = (tensor<8x16xf32>, tensor<8xi32>) -> (), sym_name = "f"}> ({
+  ^bb0(%h: tensor<8x16xf32>, %p: tensor<8xi32>):
+    // expected-error @+1 {{'moe.attention' op sliding_window needs a causal mask}}
+    %a = "moe.attention"(%h, %p) <{head_dim = 4 : i64, k_proj = @wkv, num_heads = 4 : i64, num_kv_heads = 2 : i64, o_proj = @wo, q_proj = @wq, v_proj = @wkv, sliding_window = 4 : i64}> : (tensor<8x16xf32>, tensor<8xi32>) -> tensor<8x16xf32>
+    "func.return"() : () -> ()
+  }) : () -> ()
+}) : () -> ()

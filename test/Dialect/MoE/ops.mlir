@@ -106,9 +106,10 @@ func.func @decoder(%tokens: tensor<?xi32>, %pos: tensor<?xi32>) -> tensor<?x100x
   %a = moe.attention %e, %pos q @wq k @wk v @wv o @wo heads = 4 kv_heads = 2 head_dim = 4 rope_theta = 1.0e6 causal q_norm @qn k_norm @qn clip_qkv = 8.0 cache_slot = 3 : tensor<?x16xf32>, tensor<?xi32>
   // CHECK: moe.attention {{.*}} heads = 4 kv_heads = 4 head_dim = 4 : tensor<?x16xf32>, tensor<?xi32>
   %b = moe.attention %a, %pos q @wq k @wq v @wq o @wo heads = 4 kv_heads = 4 head_dim = 4 : tensor<?x16xf32>, tensor<?xi32>
-  // Scaled RoPE: YaRN (a ramp, an attention factor) and linear (neither).
-  // CHECK: moe.attention {{.*}} head_dim = 4 rope_scaling<factor = 4.000000e+00, ramp = [1.000000e+00, 2.500000e+00], attention_factor = 1.250000e+00> causal cache_slot = 4 :
-  %y = moe.attention %b, %pos q @wq k @wq v @wq o @wo heads = 4 kv_heads = 4 head_dim = 4 rope_scaling<factor = 4.0, ramp = [1.0, 2.5], attention_factor = 1.25> causal cache_slot = 4 : tensor<?x16xf32>, tensor<?xi32>
+  // Scaled RoPE: YaRN (a ramp, an attention factor, here with a sliding
+  // window) and linear (neither).
+  // CHECK: moe.attention {{.*}} head_dim = 4 rope_scaling<factor = 4.000000e+00, ramp = [1.000000e+00, 2.500000e+00], attention_factor = 1.250000e+00> causal sliding_window = 8 cache_slot = 4 :
+  %y = moe.attention %b, %pos q @wq k @wq v @wq o @wo heads = 4 kv_heads = 4 head_dim = 4 rope_scaling<factor = 4.0, ramp = [1.0, 2.5], attention_factor = 1.25> causal sliding_window = 8 cache_slot = 4 : tensor<?x16xf32>, tensor<?xi32>
   // CHECK: moe.attention {{.*}} head_dim = 4 rope_theta = 5.000000e+05 rope_scaling<factor = 2.000000e+00> cache_slot = 5 :
   %z = moe.attention %y, %pos q @wq k @wq v @wq o @wo heads = 4 kv_heads = 4 head_dim = 4 rope_theta = 5.0e5 rope_scaling<factor = 2.0, attention_factor = 1.0> cache_slot = 5 : tensor<?x16xf32>, tensor<?xi32>
   // LoopLM: gain-less norms, interleaved RoPE, scores scaled by 1/head_dim.

@@ -430,6 +430,12 @@ LogicalResult AttentionOp::verify() {
     return emitOpError("clip_qkv must be positive");
   if (!(getRopeTheta().convertToDouble() > 0.0))
     return emitOpError("rope_theta must be positive");
+  if (std::optional<uint64_t> window = getSlidingWindow()) {
+    if (static_cast<int64_t>(*window) < 1)
+      return emitOpError("sliding_window must be at least 1");
+    if (!getCausal())
+      return emitOpError("sliding_window needs a causal mask");
+  }
   if (getScale() && !(getScale()->convertToDouble() > 0.0 &&
                       std::isfinite(getScale()->convertToDouble())))
     return emitOpError("scale must be positive and finite");

@@ -258,7 +258,9 @@ def MoE_AttentionOp : MoE_SymbolUserOp<"attention",
     with rotary embeddings (`rope_theta`, its frequencies scaled as
     `rope_scaling` says; Hugging Face rotate_half layout, or
     with `rope_interleaved` the pairs (2i, 2i+1) as LoopLM rotates them), an
-    optional causal mask, optional RMS norms of queries and keys (`q_norm`,
+    optional causal mask (with `sliding_window` W, a query at position p sees
+    the keys at p - W + 1 .. p only, as Mistral's and Qwen's windowed layers
+    do), optional RMS norms of queries and keys (`q_norm`,
     `k_norm` with `norm_eps`: per head over [head_dim] as in Qwen3, or over
     the full projection width as in OLMoE) and optional clipping of q, k, v
     to `clip_qkv` (after the q/k norms, as OLMoE does). `q_proj` is
@@ -284,7 +286,8 @@ def MoE_AttentionOp : MoE_SymbolUserOp<"attention",
       DefaultValuedAttr<F32Attr, "1.0e-6">:$norm_eps,
       OptionalAttr<F32Attr>:$scale,
       UnitAttr:$rope_interleaved,
-      OptionalAttr<MoE_RopeScalingAttr>:$rope_scaling);
+      OptionalAttr<MoE_RopeScalingAttr>:$rope_scaling,
+      OptionalAttr<I64Attr>:$sliding_window);
   let results = (outs MoE_Hidden:$result);
   let assemblyFormat = [{
     $input `,` $positions `q` $q_proj `k` $k_proj `v` $v_proj `o` $o_proj
@@ -292,7 +295,8 @@ def MoE_AttentionOp : MoE_SymbolUserOp<"attention",
     `head_dim` `=` $head_dim (`rope_theta` `=` $rope_theta^)?
     (`rope_scaling` `` $rope_scaling^)?
     (`rope_interleaved` $rope_interleaved^)? (`scale` `=` $scale^)?
-    (`causal` $causal^)? (`q_norm` $q_norm^)? (`k_norm` $k_norm^)?
+    (`causal` $causal^)? (`sliding_window` `=` $sliding_window^)?
+    (`q_norm` $q_norm^)? (`k_norm` $k_norm^)?
     (`clip_qkv` `=` $clip_qkv^)? (`cache_slot` `=` $cache_slot^)?
     (`norm_eps` `=` $norm_eps^)? attr-dict
     `:` type($input) `,` type($positions)
