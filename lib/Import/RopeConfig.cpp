@@ -1,8 +1,7 @@
-//===- RopeConfig.cpp - the RoPE fields of a Hugging Face config -*- C++ -*-===//
+//===- RopeConfig.cpp - RoPE fields of a Hugging Face config ----*- C++ -*-===//
 #include "moe/Import/RopeConfig.h"
 
 #include "llvm/ADT/STLExtras.h"
-
 
 #include <cmath>
 #include <limits>
@@ -15,9 +14,10 @@ namespace {
 /// The parameters of one rope_type, beyond rope_type and rope_theta.
 constexpr llvm::StringLiteral kLinearKeys[] = {"factor"};
 constexpr llvm::StringLiteral kYarnKeys[] = {
-    "factor",  "original_max_position_embeddings",
-    "attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
-    "truncate"};
+    "factor",           "original_max_position_embeddings",
+    "attention_factor", "beta_fast",
+    "beta_slow",        "mscale",
+    "mscale_all_dim",   "truncate"};
 
 /// YaRN's attention scale for a context `scale` times longer (the paper's
 /// 0.1 ln s + 1, with DeepSeek's mscale).

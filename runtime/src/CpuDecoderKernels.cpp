@@ -92,11 +92,11 @@ void prepareToken(float *q, float *k, float *v, const float *qNorm,
   // The angles in double: float would lose about position * 2^-24 radians.
   for (int64_t i = 0; i < s.headDim / 2; ++i) {
     double pair = static_cast<double>(i);
-    double ramp = pair >= o.ropeRampHigh  ? 1.0
-                  : pair <= o.ropeRampLow ? 0.0
-                                          : (pair - o.ropeRampLow) /
-                                                (double(o.ropeRampHigh) -
-                                                 double(o.ropeRampLow));
+    double ramp = pair >= o.ropeRampHigh ? 1.0
+                  : pair <= o.ropeRampLow
+                      ? 0.0
+                      : (pair - o.ropeRampLow) /
+                            (double(o.ropeRampHigh) - double(o.ropeRampLow));
     double interpolation = (1.0 - ramp) + ramp / double(o.ropeFactor);
     double angle = static_cast<double>(position) *
                    (std::pow(static_cast<double>(o.ropeTheta),
@@ -201,9 +201,8 @@ bool attentionOf(const float *x, const int32_t *positions, const TW *wq,
   };
   bool valid = s.numHeads > 0 && s.numKvHeads > 0 &&
                s.numHeads % s.numKvHeads == 0 && hd > 0 && hd % 2 == 0 &&
-               o.ropeTheta > 0.0f && o.scale >= 0.0f &&
-               o.ropeFactor > 0.0f && std::isfinite(o.ropeFactor) &&
-               o.ropeAttentionFactor > 0.0f &&
+               o.ropeTheta > 0.0f && o.scale >= 0.0f && o.ropeFactor > 0.0f &&
+               std::isfinite(o.ropeFactor) && o.ropeAttentionFactor > 0.0f &&
                std::isfinite(o.ropeAttentionFactor) && o.ropeRampLow >= 0.0f &&
                o.ropeRampHigh >= o.ropeRampLow &&
                std::isfinite(o.ropeRampHigh) && o.slidingWindow >= 0 &&
@@ -284,8 +283,8 @@ bool attentionOf(const float *x, const int32_t *positions, const TW *wq,
       const float *vRow = vHead + j * kvWidth;
       // Key j is seen by the tokens at positions j .. j + window - 1.
       int64_t firstRow = std::max<int64_t>(0, j - first - token0) * groupSize;
-      int64_t endRow = std::min<int64_t>(
-          rows, (j + window - first - token0) * groupSize);
+      int64_t endRow =
+          std::min<int64_t>(rows, (j + window - first - token0) * groupSize);
       for (int64_t i = firstRow; i < endRow; ++i) {
         float p = scores[i * width + (j - keyStart)];
         float *sum = qRow(i);

@@ -114,7 +114,10 @@ struct moert_session {
 
   moert_model *model;
   int64_t position = 0;
-  /// K and V of every cache slot, [max_positions, width] each (in device
+  /// The positions its caches hold: max_positions unless the session was
+  /// created with less.
+  int64_t capacity = 0;
+  /// K and V of every cache slot, [capacity, width] each (in device
   /// memory for cuda). Left uninitialised: attention reads only positions it
   /// has written, so pages past the sequence are never touched.
   std::vector<void *> caches;
@@ -162,11 +165,19 @@ moert_status checkForward(const moert_session *session, const int32_t *tokens,
   if (n < 1)
     return makeStatus(MOERT_INVALID_ARGUMENT,
                       "moert_session_forward: tokens must be at least 1");
-  if (session->position + n > info.max_positions)
+  if (session->position + n > session->capacity) {
+    std::string sequence =
+        "sequence of " + std::to_string(session->position + n) + " tokens";
+    if (session->capacity == info.max_positions)
+      return makeStatus(MOERT_INVALID_ARGUMENT,
+                        sequence + " exceeds max_position_embeddings (" +
+                            std::to_string(info.max_positions) + ")");
     return makeStatus(MOERT_INVALID_ARGUMENT,
-                      "sequence of " + std::to_string(session->position + n) +
-                          " tokens exceeds max_position_embeddings (" +
+                      sequence + " exceeds the session's capacity of " +
+                          std::to_string(session->capacity) +
+                          " positions (max_position_embeddings is " +
                           std::to_string(info.max_positions) + ")");
+  }
   for (int64_t i = 0; i < n; ++i)
     if (tokens[i] < 0 || tokens[i] >= info.vocab_size)
       return makeStatus(MOERT_INVALID_ARGUMENT,
@@ -187,7 +198,7 @@ std::vector<int32_t> nextPositions(const moert_session &session, int64_t n) {
 
 /// A forward's leading descriptors over `data` (host pointers on cpu,
 /// device pointers on cuda): tokens [n], positions [n], logits [n, vocab],
-/// exit_loop [n], then K and V [max_positions, width] of every cache slot.
+/// exit_loop [n], then K and V [capacity, width] of every cache slot.
 llvm::SmallVector<Descriptor> forwardDescriptors(const moert_session &session,
                                                  int64_t n,
                                                  void *const data[4]) {
@@ -200,7 +211,7 @@ llvm::SmallVector<Descriptor> forwardDescriptors(const moert_session &session,
     for (int kv = 0; kv < 2; ++kv)
       descriptors.emplace_back(
           session.caches[2 * slot + kv],
-          llvm::ArrayRef<int64_t>{info.max_positions, model.cacheWidths[slot]});
+          llvm::ArrayRef<int64_t>{session.capacity, model.cacheWidths[slot]});
   return descriptors;
 }
 
@@ -627,6 +638,13 @@ moert_status moert_model_run(moert_model *model, int64_t tokens,
 }
 
 moert_status moert_session_create(moert_model *model, moert_session **out) {
+  return moert_session_create_with_capacity(
+      model, model ? model->info.max_positions : 0, out);
+}
+
+moert_status moert_session_create_with_capacity(moert_model *model,
+                                                int64_t capacity,
+                                                moert_session **out) {
   if (!model || !out)
     return makeStatus(MOERT_INVALID_ARGUMENT,
                       "moert_session_create: null argument");
@@ -634,8 +652,16 @@ moert_status moert_session_create(moert_model *model, moert_session **out) {
     return makeStatus(MOERT_INVALID_ARGUMENT,
                       "moert_session_create: this model is not a decoder; "
                       "run it with moert_model_run");
+  if (capacity < 1 || capacity > model->info.max_positions)
+    return makeStatus(MOERT_INVALID_ARGUMENT,
+                      "moert_session_create: a capacity of " +
+                          std::to_string(capacity) +
+                          " positions is outside [1, max_position_embeddings "
+                          "= " +
+                          std::to_string(model->info.max_positions) + "]");
   auto session = std::make_unique<moert_session>(model);
-  int64_t positions = model->info.max_positions;
+  session->capacity = capacity;
+  int64_t positions = capacity;
   for (int64_t width : model->cacheWidths)
     for (int kv = 0; kv < 2; ++kv) {
       if (model->cuda) {

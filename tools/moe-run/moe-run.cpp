@@ -256,8 +256,9 @@ llvm::Error runDecoder(moe::CompilerSession &session, ModuleOp module,
   double prefillSeconds = 0, decodeSeconds = 0;
   for (int64_t b = 0; b < batch; ++b) {
     moert_session *raw = nullptr;
-    if (llvm::Error err =
-            check(moert_session_create(loaded->model.get(), &raw)))
+    // Caches for this sequence's positions only, not max_positions.
+    if (llvm::Error err = check(moert_session_create_with_capacity(
+            loaded->model.get(), seq + steps, &raw)))
       return err;
     std::unique_ptr<moert_session, void (*)(moert_session *)> session(
         raw, moert_session_free);

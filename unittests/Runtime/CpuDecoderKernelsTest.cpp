@@ -269,12 +269,11 @@ struct AttentionCase {
           ropeAttention, window);
       return out;
     }
-    _mlir_ciface_moert_attention(&xM, &positionsM, &wqM, &wkM, &wvM, &woM,
-                                 &qNormM, &kNormM, &kCacheM, &vCacheM, &outM,
-                                 numHeads, numKvHeads, headDim, ropeTheta, clip,
-                                 normKind, normEps, scale, interleaved,
-                                 ropeFactor, rampLow, rampHigh, ropeAttention,
-                                 window);
+    _mlir_ciface_moert_attention(
+        &xM, &positionsM, &wqM, &wkM, &wvM, &woM, &qNormM, &kNormM, &kCacheM,
+        &vCacheM, &outM, numHeads, numKvHeads, headDim, ropeTheta, clip,
+        normKind, normEps, scale, interleaved, ropeFactor, rampLow, rampHigh,
+        ropeAttention, window);
     return out;
   }
 
@@ -578,9 +577,9 @@ TEST(CpuDecoderKernels, AttentionSlidingWindow) {
   windowed.window = 3;
   std::vector<float> a = plain.run(0, 12), b = windowed.run(0, 12);
   EXPECT_EQ(std::memcmp(a.data(), b.data(), 3 * 24 * sizeof(float)), 0);
-  EXPECT_NE(std::memcmp(a.data() + 11 * 24, b.data() + 11 * 24,
-                        24 * sizeof(float)),
-            0);
+  EXPECT_NE(
+      std::memcmp(a.data() + 11 * 24, b.data() + 11 * 24, 24 * sizeof(float)),
+      0);
 }
 
 TEST(CpuDecoderKernels, AttentionIsCausal) {

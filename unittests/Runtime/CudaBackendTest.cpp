@@ -1234,6 +1234,65 @@ TEST_F(FakeCudaTest, DecoderSessionsMatchTheCpu) {
   moert_status_free(status);
 }
 
+TEST_F(FakeCudaTest, SessionsWithACapacity) {
+  std::string error;
+  {
+    auto cpu = moert::Context::create("cpu", &error);
+    ASSERT_TRUE(cpu) << error;
+    auto cuda = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(cuda) << error;
+    auto cpuModel = moert::Model::load(*cpu, kCpuDecoder, weights, &error);
+    ASSERT_TRUE(cpuModel) << error;
+    auto cudaModel = moert::Model::load(*cuda, kCudaDecoder, weights, &error);
+    ASSERT_TRUE(cudaModel) << error;
+    // Caches of 5 of the 8 positions: the same logits as a full session
+    // until they are full, then an error that says why.
+    auto onCpu = moert::Session::create(*cpuModel, &error, 5);
+    ASSERT_TRUE(onCpu) << error;
+    auto onCuda = moert::Session::create(*cudaModel, &error, 5);
+    ASSERT_TRUE(onCuda) << error;
+    DecoderReference cpuReference(8), cudaReference(8);
+    for (const std::vector<int32_t> &tokens :
+         {std::vector<int32_t>{1, 2, 3}, {0}, {2}}) {
+      EXPECT_EQ(forwardAndCompare(*onCpu, cpuReference, tokens), "");
+      EXPECT_EQ(forwardAndCompare(*onCuda, cudaReference, tokens), "");
+    }
+    int32_t one = 1;
+    float logits[4];
+    for (moert::Session *session : {onCpu.get(), onCuda.get()}) {
+      EXPECT_FALSE(session->forward(&one, 1, logits, &error));
+      EXPECT_EQ(error, "sequence of 6 tokens exceeds the session's capacity "
+                       "of 5 positions (max_position_embeddings is 8)");
+      EXPECT_EQ(session->position(), 5);
+    }
+    // The device caches are of the capacity: K1 of 5 positions of 3 floats
+    // is the third allocation.
+    setenv("MOERT_FAKE_CUDA_FAIL", "cuMemAlloc@3=2", 1);
+    moert_session *session = nullptr;
+    moert_status status =
+        moert_session_create_with_capacity(cudaModel->get(), 5, &session);
+    EXPECT_STREQ(moert_status_get_message(status),
+                 "moert_session_create on cuda: cannot allocate a KV cache of "
+                 "5 positions on sm_90, Fake GPU: cuMemAlloc of 60 bytes "
+                 "failed: CUDA_ERROR_OUT_OF_MEMORY (out of memory)");
+    moert_status_free(status);
+    unsetenv("MOERT_FAKE_CUDA_FAIL");
+    // A capacity outside [1, max_positions].
+    for (int64_t capacity : {int64_t(0), int64_t(9), int64_t(-1)}) {
+      status = moert_session_create_with_capacity(cpuModel->get(), capacity,
+                                                  &session);
+      EXPECT_EQ(moert_status_get_code(status), MOERT_INVALID_ARGUMENT);
+      EXPECT_EQ(std::string(moert_status_get_message(status)),
+                "moert_session_create: a capacity of " +
+                    std::to_string(capacity) +
+                    " positions is outside [1, max_position_embeddings = 8]");
+      moert_status_free(status);
+      EXPECT_EQ(session, nullptr);
+    }
+  }
+  expectNothingLive();
+}
+
 TEST_F(FakeCudaTest, OutOfMemoryCreatingASession) {
   std::string error;
   {

@@ -101,8 +101,7 @@ LogicalResult emitUnembed(GPUProgram &p, StringRef, ArrayRef<Value> a,
 LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                             Operation *) {
   int64_t numHeads, numKvHeads, headDim, normKind, interleaved, window;
-  double theta, clip, eps, scale, ropeFactor, rampLow, rampHigh,
-      ropeAttention;
+  double theta, clip, eps, scale, ropeFactor, rampLow, rampHigh, ropeAttention;
   if (failed(p.requireInt(name, a[11], numHeads)) ||
       failed(p.requireInt(name, a[12], numKvHeads)) ||
       failed(p.requireInt(name, a[13], headDim)) ||
@@ -421,16 +420,15 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
         // An invalid position gets NaN from the merge; its chunks are empty.
         Value valid = inRange(k, pos, k.dim(kc, 0));
         Value keys = k.select(
-            valid,
-            [&]() -> Value { return k.add(k.toIndex(pos), k.index(1)); },
+            valid, [&]() -> Value { return k.add(k.toIndex(pos), k.index(1)); },
             [&]() -> Value { return k.index(0); });
         Value hi = arith::MinUIOp::create(
             k.b, k.add(chunkStart, k.index(kKvChunk)), keys);
         // Chunks before the window are empty too (an invalid position's
         // chunks are empty whatever its first key).
-        Value lo = window > 0
-                       ? arith::MaxUIOp::create(k.b, chunkStart, firstKey(k, pos))
-                       : chunkStart;
+        Value lo = window > 0 ? arith::MaxUIOp::create(k.b, chunkStart,
+                                                       firstKey(k, pos))
+                              : chunkStart;
         Value empty = k.cmp(arith::CmpIPredicate::uge, lo, hi);
         auto op = scf::IfOp::create(k.b, empty, /*withElseRegion=*/true);
         OpBuilder::InsertionGuard guard(k.b);

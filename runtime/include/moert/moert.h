@@ -138,6 +138,13 @@ moert_status moert_model_run(moert_model *model, int64_t tokens,
  * for moert_model_run; a failed forward leaves the session's position. */
 typedef struct moert_session moert_session;
 moert_status moert_session_create(moert_model *model, moert_session **out);
+/* The same with KV caches of `capacity` positions, 1 to max_positions, for
+ * sequences known to be shorter: memory in proportion (a session of
+ * max_positions can take gigabytes for a large model); a forward past the
+ * capacity is an error. */
+moert_status moert_session_create_with_capacity(moert_model *model,
+                                                int64_t capacity,
+                                                moert_session **out);
 /* Runs `tokens` [n] at the session's next positions (0 for the first call:
  * prefill; then one token at a time: decode), appending to its KV caches,
  * and writes logits [n, vocab_size] and, unless it is NULL, exit_loop [n]:

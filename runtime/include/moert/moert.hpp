@@ -1,11 +1,12 @@
-//===- moert.hpp - a thin C++ wrapper over the moe runtime C API -*- C++ -*-===//
+//===- moert.hpp - a thin C++ wrapper over the moe runtime C API -*- C++
+//-*-===//
 //
 // RAII ownership and std::string errors over moert.h; no other dependency.
 //
 //   std::string error;
 //   auto ctx = moert::Context::create("cpu", &error);
-//   auto model = moert::Model::load(*ctx, moe_my_model, "w.safetensors", &error);
-//   model->run(tokens, hidden, outputs, &error);
+//   auto model = moert::Model::load(*ctx, moe_my_model, "w.safetensors",
+//   &error); model->run(tokens, hidden, outputs, &error);
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_MOERT_HPP
@@ -84,9 +85,15 @@ private:
 /// A decoder's KV cache for one sequence.
 class Session {
 public:
-  static std::unique_ptr<Session> create(Model &model, std::string *error) {
+  /// A session of max_positions, or of `capacity` positions if it is > 0.
+  static std::unique_ptr<Session> create(Model &model, std::string *error,
+                                         int64_t capacity = 0) {
     moert_session *session = nullptr;
-    if (!detail::consume(moert_session_create(model.get(), &session), error))
+    moert_status status =
+        capacity > 0 ? moert_session_create_with_capacity(model.get(), capacity,
+                                                          &session)
+                     : moert_session_create(model.get(), &session);
+    if (!detail::consume(status, error))
       return nullptr;
     return std::unique_ptr<Session>(new Session(session));
   }
