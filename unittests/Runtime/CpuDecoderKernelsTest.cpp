@@ -419,6 +419,18 @@ struct AttentionCase {
     return ref;
   }
 
+  /// Runs the tokens in calls of `counts` tokens each (a prefill, then
+  /// decode steps or further chunks), each against the reference.
+  void runInChunksAndCheck(std::initializer_list<int64_t> counts) {
+    Reference ref = reference();
+    int64_t first = 0;
+    for (int64_t count : counts) {
+      std::vector<float> out = run(first, count);
+      expectMatches(ref, out, first, count);
+      first += count;
+    }
+  }
+
   /// Checks out [count, d] of tokens [first, first + count) and the cache
   /// rows [0, first + count) against `ref`.
   void expectMatches(const Reference &ref, const std::vector<float> &out,
@@ -489,13 +501,7 @@ TEST(CpuDecoderKernels, AttentionChunkedPrefill) {
   // Qwen3's theta so that the later positions turn the rotations far.
   AttentionCase c({8, 2, 2, 0.0f}, 40, 32, 16, 48, 47);
   c.ropeTheta = 1e6f;
-  AttentionCase::Reference ref = c.reference();
-  int64_t first = 0;
-  for (int64_t count : {17, 1, 22}) {
-    std::vector<float> out = c.run(first, count);
-    c.expectMatches(ref, out, first, count);
-    first += count;
-  }
+  c.runInChunksAndCheck({17, 1, 22});
 }
 
 TEST(CpuDecoderKernels, AttentionLoopLM) {
@@ -504,13 +510,7 @@ TEST(CpuDecoderKernels, AttentionLoopLM) {
   AttentionCase c({4, 4, 0, 0.0f}, 20, 32, 8, 24, 53);
   c.scale = 1.0f / 8.0f;
   c.interleaved = true;
-  AttentionCase::Reference ref = c.reference();
-  int64_t first = 0;
-  for (int64_t count : {17, 1, 2}) {
-    std::vector<float> out = c.run(first, count);
-    c.expectMatches(ref, out, first, count);
-    first += count;
-  }
+  c.runInChunksAndCheck({17, 1, 2});
 }
 
 TEST(CpuDecoderKernels, AttentionRopeScaling) {
@@ -528,13 +528,7 @@ TEST(CpuDecoderKernels, AttentionRopeScaling) {
       c.ropeAttention = linear ? 1.0f : 1.1386f;
       if (bf16)
         c.roundProjections(/*useBits=*/true);
-      AttentionCase::Reference ref = c.reference();
-      int64_t first = 0;
-      for (int64_t count : {21, 1, 8}) {
-        std::vector<float> out = c.run(first, count);
-        c.expectMatches(ref, out, first, count);
-        first += count;
-      }
+      c.runInChunksAndCheck({21, 1, 8});
     }
   }
   // The scaling changes the output (the test above would pass unscaled
@@ -555,13 +549,7 @@ TEST(CpuDecoderKernels, AttentionSlidingWindow) {
     SCOPED_TRACE("window " + std::to_string(window));
     AttentionCase c({8, 2, 2, 0.0f}, 40, 32, 16, 48, 79);
     c.window = window;
-    AttentionCase::Reference ref = c.reference();
-    int64_t first = 0;
-    for (int64_t count : {19, 1, 17, 1, 2}) {
-      std::vector<float> out = c.run(first, count);
-      c.expectMatches(ref, out, first, count);
-      first += count;
-    }
+    c.runInChunksAndCheck({19, 1, 17, 1, 2});
   }
   // A window at least as long as the sequence masks nothing: the same bits
   // as none.
