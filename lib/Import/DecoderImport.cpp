@@ -32,6 +32,9 @@ struct DecoderConfig {
   RopeScalingAttr ropeScaling;
   /// The layers whose attention masks keys slidingWindow or more back.
   llvm::BitVector windowedLayers;
+  /// Qwen3-MoE's dense MLP layers (no experts), of width denseFfn.
+  llvm::BitVector denseLayers;
+  int64_t denseFfn = 0;
   int64_t slidingWindow = 0;
   bool normalizeTopK = false, tied = false;
   int64_t shareBlock = 1;
@@ -102,6 +105,7 @@ private:
   LogicalResult readFields(DecoderConfig &c);
   LogicalResult checkUnsupported(const DecoderConfig &c);
   LogicalResult readSlidingWindow(DecoderConfig &c);
+  LogicalResult readDenseLayers(DecoderConfig &c);
 };
 
 LogicalResult DecoderReader::readFields(DecoderConfig &c) {
@@ -243,14 +247,17 @@ LogicalResult DecoderReader::checkUnsupported(const DecoderConfig &c) {
   if (auto *bias = present("attention_bias"))
     if (bias->getAsBoolean().value_or(true))
       return fieldError("attention_bias") << "is not supported yet";
-  if (auto *step = present("decoder_sparse_step"))
-    if (step->getAsInteger() != 1)
-      return fieldError("decoder_sparse_step")
-             << "must be 1: dense MLP layers are not supported yet";
-  if (auto *dense = present("mlp_only_layers"))
-    if (!dense->getAsArray() || !dense->getAsArray()->empty())
-      return fieldError("mlp_only_layers")
-             << "must be empty: dense MLP layers are not supported yet";
+  // Only Qwen3-MoE has dense MLP layers (readDenseLayers).
+  if (c.kind != DecoderKind::Qwen3Moe) {
+    if (auto *step = present("decoder_sparse_step"))
+      if (step->getAsInteger() != 1)
+        return fieldError("decoder_sparse_step")
+               << "must be 1: only qwen3_moe has dense MLP layers";
+    if (auto *dense = present("mlp_only_layers"))
+      if (!dense->getAsArray() || !dense->getAsArray()->empty())
+        return fieldError("mlp_only_layers")
+               << "must be empty: only qwen3_moe has dense MLP layers";
+  }
   return success();
 }
 
@@ -313,6 +320,55 @@ LogicalResult DecoderReader::readSlidingWindow(DecoderConfig &c) {
   return success();
 }
 
+/// Qwen3-MoE's layer l is a dense MLP of intermediate_size when it is in
+/// mlp_only_layers or (l + 1) is not a multiple of decoder_sparse_step, as
+/// Hugging Face builds it. A PathMoE block must start at a MoE layer, whose
+/// router the block shares.
+LogicalResult DecoderReader::readDenseLayers(DecoderConfig &c) {
+  c.denseLayers = llvm::BitVector(c.layers);
+  if (c.kind != DecoderKind::Qwen3Moe)
+    return success();
+  int64_t step = 1;
+  if (failed(readPositiveInt("decoder_sparse_step", step)))
+    return failure();
+  for (int64_t l = 0; l < c.layers; ++l)
+    if ((l + 1) % step != 0)
+      c.denseLayers.set(l);
+  FailureOr<const llvm::json::Value *> only = lookup("mlp_only_layers", false);
+  if (failed(only))
+    return failure();
+  if (*only && (*only)->kind() != llvm::json::Value::Null) {
+    const llvm::json::Array *list = (*only)->getAsArray();
+    if (!list)
+      return fieldError("mlp_only_layers") << "must be a list of layer indices";
+    for (const llvm::json::Value &entry : *list) {
+      std::optional<int64_t> layer = entry.getAsInteger();
+      if (!layer || *layer < 0 || *layer >= c.layers)
+        return fieldError("mlp_only_layers")
+               << "has " << describeJson(entry)
+               << ", which is not a layer index in [0, " << c.layers << ")";
+      c.denseLayers.set(*layer);
+    }
+  }
+  if (c.denseLayers.none())
+    return success();
+  if (failed(readPositiveInt("intermediate_size", c.denseFfn)))
+    return failure();
+  if (!c.denseFfn)
+    return emitError(configLoc())
+           << "missing required field 'intermediate_size' (layer "
+           << c.denseLayers.find_first() << " is a dense MLP layer)";
+  for (int64_t l = 0; l < c.layers; ++l) {
+    int64_t head = l - l % c.shareBlock;
+    if (!c.denseLayers.test(l) && c.denseLayers.test(head))
+      return fieldError("router_share_block")
+             << "= " << c.shareBlock << " makes layer " << l
+             << " (a MoE layer) share the router of layer " << head
+             << ", which is a dense MLP layer and has none";
+  }
+  return success();
+}
+
 FailureOr<DecoderConfig> DecoderReader::read() {
   if (failed(parse()))
     return failure();
@@ -333,7 +389,7 @@ FailureOr<DecoderConfig> DecoderReader::read() {
            << "' (supported: " << supportedModelTypes() << ")";
   warnUnknownFields(kKnownFields);
   if (failed(readFields(c)) || failed(checkUnsupported(c)) ||
-      failed(readSlidingWindow(c)))
+      failed(readSlidingWindow(c)) || failed(readDenseLayers(c)))
     return failure();
   return c;
 }
@@ -402,6 +458,13 @@ void DecoderEmitter::declareLayer(int64_t l) {
   weight(sym(l, "post_norm"), {d},
          tensor(l, "post_attention_layernorm.weight"));
   StringRef moe = mixtral ? "block_sparse_moe" : "mlp";
+  if (c.denseLayers.test(l)) {
+    int64_t dense = c.denseFfn;
+    weight(sym(l, "gate"), {dense, d}, tensor(l, "mlp.gate_proj.weight"));
+    weight(sym(l, "up"), {dense, d}, tensor(l, "mlp.up_proj.weight"));
+    weight(sym(l, "down"), {d, dense}, tensor(l, "mlp.down_proj.weight"));
+    return;
+  }
   if (l % c.shareBlock == 0)
     weight(sym(l, "router"), {e, d}, tensor(l, (moe + ".gate.weight").str()));
   auto expert = [&](StringRef hf, StringRef mixtralName) {
@@ -438,6 +501,11 @@ Value DecoderEmitter::emitLayer(int64_t l, Value hidden, Value positions,
   hidden = arith::AddFOp::create(builder, loc, hidden, attention);
   normed = RmsNormOp::create(builder, loc, hiddenType, hidden,
                              symbolRef(sym(l, "post_norm")), APFloat(c.eps));
+  if (c.denseLayers.test(l)) {
+    Value mlp = MlpOp::create(builder, loc, hiddenType, normed, sym(l, "gate"),
+                              sym(l, "up"), sym(l, "down"), Activation::silu);
+    return arith::AddFOp::create(builder, loc, hidden, mlp);
+  }
   int64_t head = l - l % c.shareBlock;
   if (c.decision == RouterDecision::per_layer || l == head)
     route = RouteOp::create(builder, loc, idsType, gatesType, normed,

@@ -162,6 +162,37 @@ void embedCall(StridedMemRefType<int32_t, 1> *tokens,
 }
 
 template <typename TW>
+bool mlpOf(const float *x, const TW *gate, const TW *up, const TW *down,
+           float *out, int64_t n, int64_t d, int64_t f, Activation activation,
+           unsigned numThreads) noexcept {
+  std::unique_ptr<float[]> g = allocate<float>(n * f);
+  std::unique_ptr<float[]> u = allocate<float>(n * f);
+  if (!g || !u ||
+      (activation != Activation::Silu && activation != Activation::Gelu)) {
+    std::fill(out, out + n * d, kNaN);
+    return false;
+  }
+  gemmABt(x, d, gate, d, g.get(), f, n, f, d, numThreads);
+  gemmABt(x, d, up, d, u.get(), f, n, f, d, numThreads);
+  detail::swiglu(g.get(), u.get(), n, f, f, activation);
+  gemmABt(g.get(), f, down, f, out, d, n, d, f, numThreads);
+  return true;
+}
+
+template <typename TW>
+void mlpCall(StridedMemRefType<float, 2> *x, StridedMemRefType<TW, 2> *gate,
+             StridedMemRefType<TW, 2> *up, StridedMemRefType<TW, 2> *down,
+             StridedMemRefType<float, 2> *out, int32_t activation) {
+  int64_t n = x->sizes[0], d = x->sizes[1], f = gate->sizes[0];
+  if (gate->sizes[1] != d || up->sizes[0] != f || up->sizes[1] != d ||
+      down->sizes[0] != d || down->sizes[1] != f || out->sizes[0] != n ||
+      out->sizes[1] != d)
+    return fill(out, kNaN);
+  mlpOf(dataOf(x), dataOf(gate), dataOf(up), dataOf(down), dataOf(out), n, d, f,
+        static_cast<Activation>(activation), 0);
+}
+
+template <typename TW>
 void unembedCall(StridedMemRefType<float, 2> *x, StridedMemRefType<TW, 2> *w,
                  StridedMemRefType<float, 2> *out) {
   int64_t numTokens = x->sizes[0], hidden = x->sizes[1], vocab = w->sizes[0];
@@ -322,6 +353,22 @@ bool moert::cpu::attention(const float *x, const int32_t *positions,
                      out, s, o, numThreads);
 }
 
+bool moert::cpu::mlp(const float *x, const float *gate, const float *up,
+                     const float *down, float *out, int64_t numTokens,
+                     int64_t hidden, int64_t ffn, Activation activation,
+                     unsigned numThreads) noexcept {
+  return mlpOf(x, gate, up, down, out, numTokens, hidden, ffn, activation,
+               numThreads);
+}
+
+bool moert::cpu::mlp(const float *x, const uint16_t *gate, const uint16_t *up,
+                     const uint16_t *down, float *out, int64_t numTokens,
+                     int64_t hidden, int64_t ffn, Activation activation,
+                     unsigned numThreads) noexcept {
+  return mlpOf(x, gate, up, down, out, numTokens, hidden, ffn, activation,
+               numThreads);
+}
+
 bool moert::cpu::exitTestLmHead(const float *h, const float *norm,
                                 float normEps, const float *lmHead,
                                 int8_t *exits, int64_t numTokens,
@@ -372,6 +419,24 @@ void _mlir_ciface_moert_embed_bf16(StridedMemRefType<int32_t, 1> *tokens,
                                    StridedMemRefType<uint16_t, 2> *table,
                                    StridedMemRefType<float, 2> *out) {
   embedCall(tokens, table, out);
+}
+
+void _mlir_ciface_moert_mlp(StridedMemRefType<float, 2> *x,
+                            StridedMemRefType<float, 2> *gate,
+                            StridedMemRefType<float, 2> *up,
+                            StridedMemRefType<float, 2> *down,
+                            StridedMemRefType<float, 2> *out,
+                            int32_t activation) {
+  mlpCall(x, gate, up, down, out, activation);
+}
+
+void _mlir_ciface_moert_mlp_bf16(StridedMemRefType<float, 2> *x,
+                                 StridedMemRefType<uint16_t, 2> *gate,
+                                 StridedMemRefType<uint16_t, 2> *up,
+                                 StridedMemRefType<uint16_t, 2> *down,
+                                 StridedMemRefType<float, 2> *out,
+                                 int32_t activation) {
+  mlpCall(x, gate, up, down, out, activation);
 }
 
 void _mlir_ciface_moert_exit_test_lm(StridedMemRefType<float, 2> *h,

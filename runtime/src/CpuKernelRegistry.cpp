@@ -33,6 +33,8 @@ llvm::ArrayRef<KernelSymbol> moert::cpu::kernelSymbols() {
       MOERT_KERNEL(moert_embed),
       MOERT_KERNEL(moert_unembed),
       MOERT_KERNEL(moert_attention),
+      MOERT_KERNEL(moert_mlp),
+      MOERT_KERNEL(moert_mlp_bf16),
       MOERT_KERNEL(moert_exit_test_lm),
       MOERT_KERNEL(moert_fused_experts_bf16),
       MOERT_KERNEL(moert_embed_bf16),

@@ -158,6 +158,66 @@ TEST(CpuDecoderKernels, EmbedAndUnembedFromBF16) {
   }
 }
 
+// The dense MLP against its formula in double, SiLU and tanh GELU, one
+// token and several (GEMM tails); its bf16 form bitwise against the f32 one
+// on the widened weights; mismatched shapes give NaN.
+TEST(CpuDecoderKernels, DenseMlp) {
+  const int64_t hidden = 21, ffn = 37;
+  std::vector<float> gate = randomVector(ffn * hidden, 0.5f, 6);
+  std::vector<float> up = randomVector(ffn * hidden, 0.5f, 7);
+  std::vector<float> down = randomVector(hidden * ffn, 0.5f, 8);
+  for (int32_t activation : {0, 1}) {
+    for (int64_t n : {1, 6}) {
+      std::vector<float> x = randomVector(n * hidden, 1.0f, 9);
+      std::vector<float> out(n * hidden, 7.0f);
+      auto xM = memref<float, 2>(x, {n, hidden});
+      auto gateM = memref<float, 2>(gate, {ffn, hidden});
+      auto upM = memref<float, 2>(up, {ffn, hidden});
+      auto downM = memref<float, 2>(down, {hidden, ffn});
+      auto outM = memref<float, 2>(out, {n, hidden});
+      _mlir_ciface_moert_mlp(&xM, &gateM, &upM, &downM, &outM, activation);
+      std::vector<double> ref(n * hidden, 0.0), h(ffn);
+      for (int64_t t = 0; t < n; ++t) {
+        const float *row = x.data() + t * hidden;
+        for (int64_t j = 0; j < ffn; ++j) {
+          double g = dotRef(row, gate.data() + j * hidden, hidden);
+          double u = dotRef(row, up.data() + j * hidden, hidden);
+          double z = activation == 0 ? g
+                                     : 2.0 * std::sqrt(2.0 / M_PI) *
+                                           (g + 0.044715 * g * g * g);
+          h[j] = g / (1.0 + std::exp(-z)) * u;
+        }
+        for (int64_t o = 0; o < hidden; ++o)
+          for (int64_t j = 0; j < ffn; ++j)
+            ref[t * hidden + o] += h[j] * down[o * ffn + j];
+      }
+      expectClose(out.data(), ref.data(), ref.size());
+
+      std::vector<float> gateW = gate, upW = up, downW = down;
+      std::vector<uint16_t> gateB = roundToBF16(gateW), upB = roundToBF16(upW),
+                            downB = roundToBF16(downW);
+      std::vector<float> wide(n * hidden), bits(n * hidden);
+      auto gateWM = memref<float, 2>(gateW, {ffn, hidden});
+      auto upWM = memref<float, 2>(upW, {ffn, hidden});
+      auto downWM = memref<float, 2>(downW, {hidden, ffn});
+      auto gateBM = memref<uint16_t, 2>(gateB, {ffn, hidden});
+      auto upBM = memref<uint16_t, 2>(upB, {ffn, hidden});
+      auto downBM = memref<uint16_t, 2>(downB, {hidden, ffn});
+      auto wideM = memref<float, 2>(wide, {n, hidden});
+      auto bitsM = memref<float, 2>(bits, {n, hidden});
+      _mlir_ciface_moert_mlp(&xM, &gateWM, &upWM, &downWM, &wideM, activation);
+      _mlir_ciface_moert_mlp_bf16(&xM, &gateBM, &upBM, &downBM, &bitsM,
+                                  activation);
+      expectBitwiseEqual(bits, wide);
+
+      // down's rows are not hidden long.
+      auto badDownM = memref<float, 2>(down, {ffn, hidden});
+      _mlir_ciface_moert_mlp(&xM, &gateM, &upM, &badDownM, &outM, activation);
+      EXPECT_TRUE(allNaN(out));
+    }
+  }
+}
+
 //===----------------------------------------------------------------------===//
 // Attention
 //===----------------------------------------------------------------------===//

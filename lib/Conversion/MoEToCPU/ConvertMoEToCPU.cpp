@@ -487,6 +487,14 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
         recordStep(ids, gates);
         return success();
       })
+      .Case([&](MlpOp mlp) {
+        call(kernelFor("moert_mlp", mlp.getGateProjAttr()),
+             {view(mlp.getInput()), weight(mlp.getGateProjAttr()),
+              weight(mlp.getUpProjAttr()), weight(mlp.getDownProjAttr()),
+              define(mlp.getResult()),
+              constI32(static_cast<int64_t>(mlp.getActivation()))});
+        return success();
+      })
       .Case([&](PlanOp planOp) {
         PlanType type = planOp.getPlan().getType();
         Value ids = view(planOp.getIds());
@@ -763,6 +771,9 @@ static SmallVector<SmallVector<StringAttr>> bf16KernelGroups(Operation *op) {
   if (auto fused = dyn_cast<FusedExpertsOp>(op))
     return {names({fused.getGateProjAttr(), fused.getUpProjAttr(),
                    fused.getDownProjAttr()})};
+  if (auto mlp = dyn_cast<MlpOp>(op))
+    return {names(
+        {mlp.getGateProjAttr(), mlp.getUpProjAttr(), mlp.getDownProjAttr()})};
   if (auto attention = dyn_cast<AttentionOp>(op))
     return {names({attention.getQProjAttr(), attention.getKProjAttr(),
                    attention.getVProjAttr(), attention.getOProjAttr()})};

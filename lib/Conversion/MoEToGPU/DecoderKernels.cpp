@@ -98,6 +98,36 @@ LogicalResult emitUnembed(GPUProgram &p, StringRef, ArrayRef<Value> a,
   return success();
 }
 
+LogicalResult emitMlp(GPUProgram &p, StringRef name, ArrayRef<Value> a,
+                      Operation *) {
+  // g = x gate^T, u = x up^T, then act(g) * u into g, and out = g down^T.
+  Value x = a[0], gate = a[1], up = a[2], down = a[3], out = a[4];
+  int64_t activation;
+  if (failed(p.requireInt(name, a[5], activation)))
+    return failure();
+  int64_t d = shapeOf(x)[1], f = shapeOf(gate)[0];
+  Value n = p.hostDim(x, 0);
+  auto rowsType =
+      MemRefType::get({ShapedType::kDynamic, f}, p.host().getF32Type());
+  Value g = p.scratch(rowsType, {n}), u = p.scratch(rowsType, {n});
+  emitRowsDotWeights(p, "mlp_gate", x, gate, g, f, d);
+  emitRowsDotWeights(p, "mlp_up", x, up, u, f, d);
+  SmallVector<Value> gluArgs = {g, u};
+  auto glu = p.kernel("mlp_glu", std::to_string(activation), gluArgs,
+                      [&](KernelBody &k, Value gid, ValueRange args) {
+                        Value t = k.div(gid, k.index(f)),
+                              c = k.rem(gid, k.index(f));
+                        Value v = k.glu(activation, k.load(args[0], {t, c}),
+                                        k.load(args[1], {t, c}));
+                        k.store(v, args[0], {t, c});
+                      });
+  p.launch(glu, p.hostMul(n, p.hostIndex(f)), gluArgs);
+  p.release(u);
+  emitRowsDotWeights(p, "mlp_down", g, down, out, d, f);
+  p.release(g);
+  return success();
+}
+
 LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                             Operation *) {
   int64_t numHeads, numKvHeads, headDim, normKind, interleaved, window;
@@ -679,5 +709,6 @@ void mlir::moe::gpu_lowering::addDecoderKernelEmitters(
   emitters["moert_embed"] = emitEmbed;
   emitters["moert_unembed"] = emitUnembed;
   emitters["moert_attention"] = emitAttention;
+  emitters["moert_mlp"] = emitMlp;
   emitters["moert_exit_test_lm"] = emitExitTestLm;
 }

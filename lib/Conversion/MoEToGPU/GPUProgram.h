@@ -110,6 +110,17 @@ public:
     Value e = math::ExpOp::create(b, arith::NegFOp::create(b, z));
     return fdiv(f32(1.0), fadd(f32(1.0), e));
   }
+  /// act(g) * u for activation 0 (SiLU) or 1 (tanh GELU): both are
+  /// g * sigmoid(z), with z = g, or 2 sqrt(2/pi) (g + 0.044715 g^3).
+  Value glu(int64_t activation, Value g, Value u) {
+    Value z = g;
+    if (activation == 1) {
+      Value cube = fmul(fmul(g, g), g);
+      z = fmul(f32(2.0 * std::sqrt(2.0 / M_PI)),
+               fadd(g, fmul(f32(0.044715), cube)));
+    }
+    return fmul(fmul(g, sigmoid(z)), u);
+  }
   /// Whether `x` is neither infinite nor NaN: x - x is 0 exactly then.
   Value isFinite(Value x) {
     return arith::CmpFOp::create(b, arith::CmpFPredicate::OEQ, fsub(x, x),

@@ -428,16 +428,8 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   auto expertOf = [&](KernelBody &k, Value offs, Value r) {
     return k.lastAtMost(offs, e, k.toI32(r));
   };
-  // act(g) * u: both activations are g * sigmoid(z), SiLU with z = g, tanh
-  // GELU with z = 2 sqrt(2/pi) (g + 0.044715 g^3).
   auto activate = [&](KernelBody &k, Value g, Value u) {
-    Value z = g;
-    if (act == 1) {
-      Value cube = k.fmul(k.fmul(g, g), g);
-      z = k.fmul(k.f32(2.0 * std::sqrt(2.0 / M_PI)),
-                 k.fadd(g, k.fmul(k.f32(0.044715), cube)));
-    }
-    return k.fmul(k.fmul(g, k.sigmoid(z)), u);
+    return k.glu(act, g, u);
   };
   // The gate and up dots of row r (its token t, expert ex), column c, by
   // one thread.
@@ -457,9 +449,9 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   // launched; those of a chunk's first row r do its work and the others
   // return at once, as would those of rows from offsets[E] on (no
   // expert's: expertOf says E for them), so that no warp can read past the
-  // offsets or the weights whatever rows it is launched for. `body` gets the expert,
-  // and per row of the chunk its plan row, its token and whether it is used
-  // (inside the segment, not padding); an unused row reads the first row's
+  // offsets or the weights whatever rows it is launched for. `body` gets the
+  // expert, and per row of the chunk its plan row, its token and whether it is
+  // used (inside the segment, not padding); an unused row reads the first row's
   // and token 0's data.
   auto forChunk = [&](KernelBody &k, Value offs, Value tokens, Value r,
                       function_ref<void(Value, ArrayRef<Value>, ArrayRef<Value>,

@@ -16,6 +16,8 @@
 #ifndef MOERT_CPUDECODERKERNELS_H
 #define MOERT_CPUDECODERKERNELS_H
 
+#include "moert/CpuKernels.h"
+
 #include "mlir/ExecutionEngine/CRunnerUtils.h"
 
 #include <cstdint>
@@ -97,6 +99,17 @@ bool attention(const float *x, const int32_t *positions, const uint16_t *wq,
                const AttentionOptions &options,
                unsigned numThreads = 0) noexcept;
 
+/// A dense gated MLP: out [n, d] = (act(x gate^T) * (x up^T)) down^T, with
+/// gate and up [f, d] and down [d, f]. Fails, with NaN in `out`, if scratch
+/// memory is short.
+bool mlp(const float *x, const float *gate, const float *up, const float *down,
+         float *out, int64_t numTokens, int64_t hidden, int64_t ffn,
+         Activation activation, unsigned numThreads = 0) noexcept;
+/// The same with bf16 weights (raw bits), widened as they are read.
+bool mlp(const float *x, const uint16_t *gate, const uint16_t *up,
+         const uint16_t *down, float *out, int64_t numTokens, int64_t hidden,
+         int64_t ffn, Activation activation, unsigned numThreads = 0) noexcept;
+
 /// Looped decoders' exit test on the next-token distribution: for each of
 /// `numTokens` rows of h [n, d], p = softmax(rmsnorm(h, norm) @ lmHead^T)
 /// (no norm when `norm` is null, a norm without gain when unitNorm too);
@@ -152,6 +165,19 @@ void _mlir_ciface_moert_attention_bf16(
     float normEps, float scale, int32_t ropeInterleaved, float ropeFactor,
     float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor,
     int64_t slidingWindow);
+/// mlp; activation 0 is SiLU, 1 tanh GELU (CpuKernels.h's Activation).
+void _mlir_ciface_moert_mlp(StridedMemRefType<float, 2> *x,
+                            StridedMemRefType<float, 2> *gate,
+                            StridedMemRefType<float, 2> *up,
+                            StridedMemRefType<float, 2> *down,
+                            StridedMemRefType<float, 2> *out,
+                            int32_t activation);
+void _mlir_ciface_moert_mlp_bf16(StridedMemRefType<float, 2> *x,
+                                 StridedMemRefType<uint16_t, 2> *gate,
+                                 StridedMemRefType<uint16_t, 2> *up,
+                                 StridedMemRefType<uint16_t, 2> *down,
+                                 StridedMemRefType<float, 2> *out,
+                                 int32_t activation);
 /// exitTestLmHead; `norm` is used when hasNorm is 1, a norm without gain is
 /// applied when it is 2, none when 0.
 void _mlir_ciface_moert_exit_test_lm(StridedMemRefType<float, 2> *h,

@@ -336,3 +336,28 @@ func.func @scaled_rope(%tokens: tensor<?xi32>, %positions: tensor<?xi32>) -> (te
   %logits = moe.unembed %h, @embed : tensor<?x8xf32> -> tensor<?x16xf32>
   return %logits, %exit : tensor<?x16xf32>, tensor<?xi32>
 }
+
+// -----
+
+// A dense MLP (moe.mlp): one call; its bf16 weights stay bf16 as one group.
+// CHECK: module attributes {moe.host_bf16_weights = array<i64: 1, 2, 3>}
+// CHECK-LABEL: func.func @dense(
+// CHECK: %[[GELU:.*]] = arith.constant 1 : i32
+// CHECK: call @moert_mlp_bf16(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %[[GELU]]) : (memref<?x?xf32, {{.*}}>, memref<?x?xbf16, {{.*}}>, memref<?x?xbf16, {{.*}}>, memref<?x?xbf16, {{.*}}>, memref<?x?xf32, {{.*}}>, i32) -> ()
+// WIDEN-LABEL: func.func @dense(
+// WIDEN: call @moert_mlp(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) : (memref<?x?xf32, {{.*}}>, memref<?x?xf32, {{.*}}>, memref<?x?xf32, {{.*}}>, memref<?x?xf32, {{.*}}>, memref<?x?xf32, {{.*}}>, i32) -> ()
+moe.weight @embed : tensor<16x8xf32>
+moe.weight @mlp_gate : tensor<24x8xbf16>
+moe.weight @mlp_up : tensor<24x8xbf16>
+moe.weight @mlp_down : tensor<8x24xbf16>
+
+func.func @dense(%tokens: tensor<?xi32>, %positions: tensor<?xi32>) -> (tensor<?x16xf32>, tensor<?xi32>) {
+  %x = moe.embed %tokens, @embed : tensor<?xi32> -> tensor<?x8xf32>
+  %h, %exit = moe.loop %x passes = 1 mode = unroll : tensor<?x8xf32> -> tensor<?xi32> {
+  ^bb0(%h0: tensor<?x8xf32>):
+    %y = moe.mlp %h0 gate @mlp_gate up @mlp_up down @mlp_down activation = gelu : tensor<?x8xf32>
+    moe.yield %y : tensor<?x8xf32>
+  }
+  %logits = moe.unembed %h, @embed : tensor<?x8xf32> -> tensor<?x16xf32>
+  return %logits, %exit : tensor<?x16xf32>, tensor<?xi32>
+}

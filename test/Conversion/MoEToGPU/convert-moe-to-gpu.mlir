@@ -567,3 +567,37 @@ func.func @windowed(%tokens: tensor<?xi32>, %positions: tensor<?xi32>) -> (tenso
   %logits = moe.unembed %h, @embed : tensor<?x8xf32> -> tensor<?x16xf32>
   return %logits, %exit : tensor<?x16xf32>, tensor<?xi32>
 }
+
+// -----
+
+// A dense MLP: the gate and up GEMMs, act(g) * u in place, the down GEMM.
+// CHECK-LABEL: func.func @dense(
+// CHECK: @moe_kernels::@mlp_gate_{{[0-9]+}}
+// CHECK: @moe_kernels::@mlp_up_{{[0-9]+}}
+// CHECK: @moe_kernels::@mlp_glu_{{[0-9]+}}
+// CHECK: @moe_kernels::@mlp_down_{{[0-9]+}}
+// tanh GELU: g * sigmoid(2 sqrt(2/pi) (g + 0.044715 g^3)) * u.
+// CHECK-LABEL: gpu.func @mlp_glu_
+// CHECK: %[[G:.*]] = memref.load %{{.*}} : memref<?x24xf32>
+// CHECK: %[[U:.*]] = memref.load %{{.*}} : memref<?x24xf32>
+// CHECK: arith.constant 1.59576917 : f32
+// CHECK: arith.constant 4.471500e-02 : f32
+// CHECK: math.exp
+// CHECK: %[[GS:.*]] = arith.mulf %[[G]], %{{.*}} : f32
+// CHECK: %[[V:.*]] = arith.mulf %[[GS]], %[[U]] : f32
+// CHECK: memref.store %[[V]]
+moe.weight @embed : tensor<16x8xf32>
+moe.weight @mlp_gate : tensor<24x8xbf16>
+moe.weight @mlp_up : tensor<24x8xbf16>
+moe.weight @mlp_down : tensor<8x24xbf16>
+
+func.func @dense(%tokens: tensor<?xi32>, %positions: tensor<?xi32>) -> (tensor<?x16xf32>, tensor<?xi32>) {
+  %x = moe.embed %tokens, @embed : tensor<?xi32> -> tensor<?x8xf32>
+  %h, %exit = moe.loop %x passes = 1 mode = unroll : tensor<?x8xf32> -> tensor<?xi32> {
+  ^bb0(%h0: tensor<?x8xf32>):
+    %y = moe.mlp %h0 gate @mlp_gate up @mlp_up down @mlp_down activation = gelu : tensor<?x8xf32>
+    moe.yield %y : tensor<?x8xf32>
+  }
+  %logits = moe.unembed %h, @embed : tensor<?x8xf32> -> tensor<?x16xf32>
+  return %logits, %exit : tensor<?x16xf32>, tensor<?xi32>
+}

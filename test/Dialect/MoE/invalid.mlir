@@ -1549,3 +1549,31 @@
     "func.return"() : () -> ()
   }) : () -> ()
 }) : () -> ()
+
+// -----
+
+// A dense MLP's down_proj is [hidden, ffn], ffn from gate_proj.
+"builtin.module"() ({
+  "moe.weight"() <{sym_name = "gate", type = tensor<24x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "down", type = tensor<24x16xf32>}> : () -> ()
+  "func.func"() <{function_type = (tensor<8x16xf32>) -> (), sym_name = "f"}> ({
+  ^bb0(%h: tensor<8x16xf32>):
+    // expected-error @+1 {{'moe.mlp' op down_proj @down must have shape [hidden, ffn] = [16, 24], but it has [24, 16]}}
+    %y = "moe.mlp"(%h) <{down_proj = @down, gate_proj = @gate, up_proj = @gate}> : (tensor<8x16xf32>) -> tensor<8x16xf32>
+    "func.return"() : () -> ()
+  }) : () -> ()
+}) : () -> ()
+
+// -----
+
+// Its gate_proj is a matrix.
+"builtin.module"() ({
+  "moe.weight"() <{sym_name = "gate", type = tensor<4x24x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "down", type = tensor<16x24xf32>}> : () -> ()
+  "func.func"() <{function_type = (tensor<8x16xf32>) -> (), sym_name = "f"}> ({
+  ^bb0(%h: tensor<8x16xf32>):
+    // expected-error @+1 {{'moe.mlp' op gate_proj @gate must have shape [ffn, hidden] = [?, 16], but it has [4, 24, 16]}}
+    %y = "moe.mlp"(%h) <{down_proj = @down, gate_proj = @gate, up_proj = @gate}> : (tensor<8x16xf32>) -> tensor<8x16xf32>
+    "func.return"() : () -> ()
+  }) : () -> ()
+}) : () -> ()

@@ -23,6 +23,8 @@ moe.weight @qn : tensor<4xf32>
 // LoopLM stores expert weights [E, in, out]: bound transposed.
 // CHECK: moe.weight @w1 : tensor<4x32x16xf32> source "model.stack.layers.0.experts_w1" transposed{{$}}
 moe.weight @w1 : tensor<4x32x16xf32> source "model.stack.layers.0.experts_w1" transposed
+moe.weight @dense_gate : tensor<24x16xf32>
+moe.weight @dense_down : tensor<16x24xf32>
 
 // CHECK-LABEL: func.func @layer
 func.func @layer(%h: tensor<?x16xf32>) -> tensor<?x16xf32> {
@@ -40,7 +42,12 @@ func.func @layer(%h: tensor<?x16xf32>) -> tensor<?x16xf32> {
   // CHECK: moe.experts {{.*}} activation = gelu : tensor<?x16xf32>, tensor<?x2xi32>, tensor<?x2xf32>
   %y2 = moe.experts %n2, %ids2, %gates2 gate @gate up @up down @down activation = gelu : tensor<?x16xf32>, tensor<?x2xi32>, tensor<?x2xf32>
   %s = arith.addf %y, %y2 : tensor<?x16xf32>
-  return %s : tensor<?x16xf32>
+  // A dense MLP (no experts).
+  // CHECK: moe.mlp %{{.*}} gate @dense_gate up @dense_gate down @dense_down : tensor<?x16xf32>
+  %m = moe.mlp %s gate @dense_gate up @dense_gate down @dense_down : tensor<?x16xf32>
+  // CHECK: moe.mlp {{.*}} activation = gelu : tensor<?x16xf32>
+  %m2 = moe.mlp %m gate @dense_gate up @dense_gate down @dense_down activation = gelu : tensor<?x16xf32>
+  return %m2 : tensor<?x16xf32>
 }
 
 // CHECK-LABEL: func.func @looped

@@ -105,8 +105,8 @@ LogicalResult WeightOp::verify() {
   if (source && source->contains("{e}") && getTensorType().getRank() < 2)
     return emitOpError("source with '{e}' stacks experts along the first "
                        "dimension, so the weight needs rank >= 2");
-  int64_t matrixRank = getTensorType().getRank() -
-                       (source && source->contains("{e}") ? 1 : 0);
+  int64_t matrixRank =
+      getTensorType().getRank() - (source && source->contains("{e}") ? 1 : 0);
   if (getTransposed() && matrixRank < 2)
     return emitOpError("transposed swaps the last two dimensions of the "
                        "stored tensor, so it needs a matrix (rank >= 2, "
@@ -201,6 +201,26 @@ LogicalResult ExpertsOp::verify() {
   if (!dimsAgree(ids.getDimSize(0), tokens(getInput())))
     return emitOpError() << "ids route " << ids.getDimSize(0)
                          << " tokens, but the input has " << tokens(getInput());
+  return success();
+}
+
+LogicalResult MlpOp::verifySymbolUses(SymbolTableCollection &tables) {
+  int64_t d = hiddenSize(getInput());
+  FailureOr<RankedTensorType> gate =
+      lookupWeight(*this, tables, getGateProjAttr(), "gate_proj");
+  if (failed(gate))
+    return failure();
+  if (gate->getRank() != 2)
+    return checkWeightShape(*this, getGateProjAttr(), "gate_proj", *gate,
+                            {ShapedType::kDynamic, d}, "[ffn, hidden]");
+  int64_t ffn = gate->getDimSize(0);
+  if (failed(checkWeightShape(*this, getGateProjAttr(), "gate_proj", *gate,
+                              {ffn, d}, "[ffn, hidden]")) ||
+      failed(verifyWeightUse(*this, tables, getUpProjAttr(), "up_proj",
+                             {ffn, d}, "[ffn, hidden]")) ||
+      failed(verifyWeightUse(*this, tables, getDownProjAttr(), "down_proj",
+                             {d, ffn}, "[hidden, ffn]")))
+    return failure();
   return success();
 }
 

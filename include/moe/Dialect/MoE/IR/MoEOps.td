@@ -134,6 +134,26 @@ def MoE_ExpertsOp : MoE_SymbolUserOp<"experts",
   let hasVerifier = 1;
 }
 
+def MoE_MlpOp : MoE_SymbolUserOp<"mlp",
+    [Pure, AllTypesMatch<["input", "result"]>]> {
+  let summary = "a dense gated-linear-unit MLP";
+  let description = [{
+    `result[t] = down @ (act(gate @ input[t]) * (up @ input[t]))`: the dense
+    feed-forward of a decoder layer that has no experts (Qwen3-MoE's
+    `mlp_only_layers` and layers off its `decoder_sparse_step`). `gate_proj`
+    and `up_proj` are [ffn, hidden], `down_proj` is [hidden, ffn]. The
+    residual add is not part of the op.
+  }];
+  let arguments = (ins MoE_Hidden:$input, FlatSymbolRefAttr:$gate_proj,
+      FlatSymbolRefAttr:$up_proj, FlatSymbolRefAttr:$down_proj,
+      DefaultValuedAttr<MoE_ActivationAttr, "Activation::silu">:$activation);
+  let results = (outs MoE_Hidden:$result);
+  let assemblyFormat = [{
+    $input `gate` $gate_proj `up` $up_proj `down` $down_proj
+    (`activation` `=` `` $activation^)? attr-dict `:` type($input)
+  }];
+}
+
 //===----------------------------------------------------------------------===//
 // Loops and early exits
 //===----------------------------------------------------------------------===//
