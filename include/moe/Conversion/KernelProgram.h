@@ -24,6 +24,8 @@ struct KernelProgramOptions {
   /// LM heads: the `moert_*_bf16` kernels); their positions among the
   /// weights go to the module's kHostBF16WeightsAttr.
   bool bf16CpuWeights = false;
+  /// The pass that lowers, as errors name it.
+  llvm::StringRef passName = "convert-moe-to-cpu";
 };
 
 /// The positions (in moe.weight order) of the weights that the CPU lowering

@@ -246,13 +246,15 @@ LogicalResult ModelLowering::checkLoopBody(LoopOp loop) {
     // must come from the pass itself.
     for (Value operand : op.getOperands())
       if (!loop.getBody().isAncestor(operand.getParentRegion()))
-        return op.emitError("convert-moe-to-cpu: a loop body may only use "
-                            "values of its own pass");
+        return op.emitError() << options.passName
+                              << ": a loop body may only use "
+                                 "values of its own pass";
     if (isExpertLayer(&op)) {
       Value ids = getExpertLayerIds(&op);
       if (!ids)
-        return op.emitError("convert-moe-to-cpu: the plan of a layer must "
-                            "come from moe.plan in the loop body");
+        return op.emitError() << options.passName
+                              << ": the plan of a layer must "
+                                 "come from moe.plan in the loop body";
       int64_t k = cast<RankedTensorType>(ids.getType()).getDimSize(1);
       if (topK && k != topK)
         return op.emitError("all layers must route the same top_k: the "
@@ -271,21 +273,25 @@ LogicalResult ModelLowering::checkForm(func::FuncOp func) {
                     : RankedTensorType();
   if (!hidden || type.getNumResults() != 2 || type.getResult(0) != hidden ||
       !isa<RankedTensorType>(type.getResult(1)))
-    return func.emitError("convert-moe-to-cpu expects a model function "
-                          "(hidden) -> (hidden, exit_loop), as moe-import "
-                          "emits");
+    return func.emitError() << options.passName
+                            << " expects a model function "
+                               "(hidden) -> (hidden, exit_loop), as moe-import "
+                               "emits";
   auto loops = llvm::to_vector(func.getBody().getOps<LoopOp>());
   if (loops.size() != 1)
-    return func.emitError("convert-moe-to-cpu expects exactly one moe.loop "
-                          "in a model function (a model without loops is a "
-                          "loop of 1 pass)");
+    return func.emitError()
+           << options.passName
+           << " expects exactly one moe.loop "
+              "in a model function (a model without loops is a "
+              "loop of 1 pass)";
   auto ret = cast<func::ReturnOp>(func.getBody().front().getTerminator());
   if (ret.getOperand(1) != loops[0].getExitLoop())
     return func.emitError("the second result must be the loop's exit_loop");
   for (Operation &op : func.getBody().front())
     if (isExpertLayer(&op))
-      return op.emitError("convert-moe-to-cpu expects every expert group "
-                          "inside the moe.loop");
+      return op.emitError() << options.passName
+                            << " expects every expert group "
+                               "inside the moe.loop";
   return checkLoopBody(loops[0]);
 }
 
@@ -362,16 +368,20 @@ LogicalResult ModelLowering::lowerDecoder(func::FuncOp func) {
   auto loops = llvm::to_vector(func.getBody().getOps<LoopOp>());
   if (type.getNumResults() != 2 || loops.size() != 1 ||
       type.getResult(1) != loops[0].getExitLoop().getType())
-    return func.emitError("convert-moe-to-cpu expects a decoder function "
-                          "(tokens, positions) -> (logits, exit_loop) whose "
-                          "layers run in one moe.loop, as moe-import emits");
+    return func.emitError()
+           << options.passName
+           << " expects a decoder function "
+              "(tokens, positions) -> (logits, exit_loop) whose "
+              "layers run in one moe.loop, as moe-import emits";
   LoopOp loop = loops[0];
   if (loop.getMode() != LoopMode::unroll)
-    return loop.emitError("convert-moe-to-cpu: a decoder loop must be "
-                          "unrolled (each pass has its own KV caches)");
+    return loop.emitError() << options.passName
+                            << ": a decoder loop must be "
+                               "unrolled (each pass has its own KV caches)";
   if (loop.getCompactExits())
-    return loop.emitError("convert-moe-to-cpu: a decoder loop cannot compact "
-                          "exited tokens (attention mixes tokens)");
+    return loop.emitError() << options.passName
+                            << ": a decoder loop cannot compact "
+                               "exited tokens (attention mixes tokens)";
   // Pass p's attention with cache slot s uses cache p * slotsPerPass + s.
   SmallVector<AttentionOp> attentions = loop.getAttentionsBySlot();
   slotsPerPass = attentions.size();
@@ -389,9 +399,10 @@ LogicalResult ModelLowering::lowerDecoder(func::FuncOp func) {
   });
   for (auto [index, a] : llvm::enumerate(outer))
     if (a.getCacheSlot() != index)
-      return a.emitError("convert-moe-to-cpu: the attentions outside the "
-                         "loop must number their cache slots 0..")
-             << outer.size() - 1;
+      return a.emitError() << options.passName
+                           << ": the attentions outside the "
+                              "loop must number their cache slots 0.."
+                           << outer.size() - 1;
   auto appendCache = [&](AttentionOp a) {
     int64_t width = a.getNumKvHeads() * a.getHeadDim();
     inputs.append(2, MemRefType::get({dyn, width}, f32));
@@ -563,8 +574,9 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
       })
       .Case([&](arith::AddFOp add) -> LogicalResult {
         if (!isa<RankedTensorType>(add.getType()))
-          return add.emitError("convert-moe-to-cpu handles tensor additions "
-                               "(residuals) only");
+          return add.emitError() << options.passName
+                                 << " handles tensor additions "
+                                    "(residuals) only";
         Value lhs = view(add.getLhs()), rhs = view(add.getRhs());
         call("moert_add", {lhs, rhs, define(add.getResult())});
         return success();
@@ -613,9 +625,10 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
                            : outerCacheBase + attention.getCacheSlot();
         auto cache = kvCaches.find(slot);
         if (cache == kvCaches.end())
-          return attention.emitError("convert-moe-to-cpu: no KV cache for "
-                                     "slot ")
-                 << slot;
+          return attention.emitError() << options.passName
+                                       << ": no KV cache for "
+                                          "slot "
+                                       << slot;
         // Norm kind 1: full-width norms (OLMoE); 2: per head (Qwen3).
         int64_t normKind = 0;
         if (auto qNorm = attention.getQNormAttr()) {
@@ -669,7 +682,8 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
         return success();
       })
       .Default([&](Operation *other) {
-        return other->emitError("convert-moe-to-cpu cannot lower this op");
+        return other->emitError()
+               << options.passName << " cannot lower this op";
       });
 }
 
@@ -842,9 +856,17 @@ mlir::moe::lowerModelsToKernelCalls(ModuleOp module,
   for (func::FuncOp func : module.getOps<func::FuncOp>()) {
     if (func.isExternal())
       continue;
+    // A function with moe ops is lowered as a model, which checks its form:
+    // left alone, it would be left reading weights that are erased below.
+    bool usesMoE = func.walk([](Operation *op) {
+                         return isa<MoEDialect>(op->getDialect())
+                                    ? WalkResult::interrupt()
+                                    : WalkResult::advance();
+                       })
+                       .wasInterrupted();
     if (!func.getOps<EmbedOp>().empty())
       decoders.push_back(func);
-    else if (!func.getOps<LoopOp>().empty())
+    else if (usesMoE)
       models.push_back(func);
   }
   for (func::FuncOp func : models)

@@ -93,6 +93,7 @@ struct ConvertMoEToGPUPass
 
     KernelProgramOptions options;
     options.bf16Weights = bf16Weights;
+    options.passName = "convert-moe-to-gpu";
     if (failed(lowerModelsToKernelCalls(module, options)))
       return signalPassFailure();
 

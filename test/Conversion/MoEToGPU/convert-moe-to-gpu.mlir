@@ -601,3 +601,15 @@ func.func @dense(%tokens: tensor<?xi32>, %positions: tensor<?xi32>) -> (tensor<?
   %logits = moe.unembed %h, @embed : tensor<?x8xf32> -> tensor<?x16xf32>
   return %logits, %exit : tensor<?x16xf32>, tensor<?xi32>
 }
+
+// -----
+
+moe.weight @norm : tensor<8xf32>
+
+// A function that uses moe ops is lowered as a model, so one of another form
+// is an error naming the pass (not left reading weights the pass erases).
+// expected-error @+1 {{convert-moe-to-gpu expects a model function (hidden) -> (hidden, exit_loop), as moe-import emits}}
+func.func @plain(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  %y = moe.rms_norm %x, @norm : tensor<?x8xf32>
+  return %y : tensor<?x8xf32>
+}
