@@ -37,6 +37,8 @@ struct DecoderConfig {
   int64_t denseFfn = 0;
   int64_t slidingWindow = 0;
   bool normalizeTopK = false, tied = false;
+  /// OLMoE's and Qwen3-MoE's attention_bias: q, k, v and o have biases.
+  bool attentionBias = false;
   int64_t shareBlock = 1;
   RouterDecision decision = RouterDecision::per_layer;
   int64_t numLoops = 1;
@@ -136,6 +138,8 @@ LogicalResult DecoderReader::readFields(DecoderConfig &c) {
     ok &= succeeded(readBool("norm_topk_prob", c.normalizeTopK));
   if (c.kind == DecoderKind::Olmoe)
     ok &= succeeded(readFloat("clip_qkv", c.clipQkv, false, /*nullable=*/true));
+  if (!mixtral)
+    ok &= succeeded(readBool("attention_bias", c.attentionBias));
   ok &= succeeded(readPositiveInt("router_share_block", c.shareBlock));
   const std::pair<StringRef, RouterDecision> decisions[] = {
       {"per_layer", RouterDecision::per_layer},
@@ -244,9 +248,11 @@ LogicalResult DecoderReader::checkUnsupported(const DecoderConfig &c) {
     if (factor->getAsNumber() != 1.0)
       return fieldError("partial_rotary_factor")
              << "is not supported yet (must be 1)";
+  // Mixtral's attention has no biases (Hugging Face ignores the field).
   if (auto *bias = present("attention_bias"))
-    if (bias->getAsBoolean().value_or(true))
-      return fieldError("attention_bias") << "is not supported yet";
+    if (c.kind == DecoderKind::Mixtral && bias->getAsBoolean().value_or(true))
+      return fieldError("attention_bias")
+             << "must be false for mixtral, whose attention has no biases";
   // Only Qwen3-MoE has dense MLP layers (readDenseLayers).
   if (c.kind != DecoderKind::Qwen3Moe) {
     if (auto *step = present("decoder_sparse_step"))
@@ -447,6 +453,13 @@ void DecoderEmitter::declareLayer(int64_t l) {
   weight(sym(l, "k"), {kv, d}, tensor(l, "self_attn.k_proj.weight"));
   weight(sym(l, "v"), {kv, d}, tensor(l, "self_attn.v_proj.weight"));
   weight(sym(l, "o"), {d, q}, tensor(l, "self_attn.o_proj.weight"));
+  if (c.attentionBias)
+    for (auto [role, width] : {std::pair<StringRef, int64_t>{"q", q},
+                               {"k", kv},
+                               {"v", kv},
+                               {"o", d}})
+      weight(sym(l, (role + "_bias").str()), {width},
+             tensor(l, ("self_attn." + role + "_proj.bias").str()));
   // OLMoE normalises whole projections, Qwen3 each head.
   if (c.kind != DecoderKind::Mixtral) {
     bool perHead = c.kind == DecoderKind::Qwen3Moe;
@@ -497,7 +510,11 @@ Value DecoderEmitter::emitLayer(int64_t l, Value hidden, Value positions,
       /*cache_slot=*/l, APFloat(c.eps), /*scale=*/FloatAttr(),
       /*rope_interleaved=*/false, c.ropeScaling,
       c.windowedLayers.test(l) ? builder.getI64IntegerAttr(c.slidingWindow)
-                               : IntegerAttr());
+                               : IntegerAttr(),
+      symbolOrNull(c.attentionBias, "q_bias"),
+      symbolOrNull(c.attentionBias, "k_bias"),
+      symbolOrNull(c.attentionBias, "v_bias"),
+      symbolOrNull(c.attentionBias, "o_bias"));
   hidden = arith::AddFOp::create(builder, loc, hidden, attention);
   normed = RmsNormOp::create(builder, loc, hiddenType, hidden,
                              symbolRef(sym(l, "post_norm")), APFloat(c.eps));

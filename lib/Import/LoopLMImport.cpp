@@ -291,7 +291,9 @@ Value LoopLMEmitter::emitLayer(Part part, int64_t i, Value hidden,
       FlatSymbolRefAttr(), FloatAttr(), cacheSlot, APFloat(kNormEps),
       /*scale=*/builder.getF32FloatAttr(1.0f / float(hd)),
       /*rope_interleaved=*/true, /*rope_scaling=*/RopeScalingAttr(),
-      /*sliding_window=*/IntegerAttr());
+      /*sliding_window=*/IntegerAttr(), /*q_bias=*/FlatSymbolRefAttr(),
+      /*k_bias=*/FlatSymbolRefAttr(), /*v_bias=*/FlatSymbolRefAttr(),
+      /*o_bias=*/FlatSymbolRefAttr());
   hidden = arith::AddFOp::create(builder, loc, hidden, attention);
   normed = RmsNormOp::create(builder, loc, hiddenType, hidden,
                              FlatSymbolRefAttr(), APFloat(kNormEps));

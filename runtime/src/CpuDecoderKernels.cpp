@@ -110,6 +110,15 @@ void prepareToken(float *q, float *k, float *v, const float *qNorm,
   }
 }
 
+/// rows [n, width] += bias, unless bias is null.
+void addBias(float *rows, const float *bias, int64_t n, int64_t width) {
+  if (!bias)
+    return;
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < width; ++j)
+      rows[t * width + j] += bias[j];
+}
+
 /// scores[0, n) = softmax(scores * scale), max-subtracted.
 void softmaxInPlace(float *scores, int64_t n, float scale) {
   float maxScore = scores[0] * scale;
@@ -270,6 +279,9 @@ bool attentionOf(const float *x, const int32_t *positions, const TW *wq,
           numThreads);
   gemmABt(x, s.hidden, wv, s.hidden, v, kvWidth, n, kvWidth, s.hidden,
           numThreads);
+  addBias(q.get(), o.qBias, n, qWidth);
+  addBias(k, o.kBias, n, kvWidth);
+  addBias(v, o.vBias, n, kvWidth);
   parallelFor(n, numThreads, [&](int64_t t) {
     prepareToken(q.get() + t * qWidth, k + t * kvWidth, v + t * kvWidth, qNorm,
                  kNorm, first + t, s, o);
@@ -327,6 +339,7 @@ bool attentionOf(const float *x, const int32_t *positions, const TW *wq,
 
   gemmABt(q.get(), qWidth, wo, qWidth, out, s.hidden, n, s.hidden, qWidth,
           numThreads);
+  addBias(out, o.oBias, n, s.hidden);
   return true;
 }
 } // namespace
@@ -479,7 +492,9 @@ void attentionCall(
     int64_t headDim, float ropeTheta, float clip, int32_t normKind,
     float normEps, float scale, int32_t ropeInterleaved, float ropeFactor,
     float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor,
-    int64_t slidingWindow) {
+    int64_t slidingWindow, StridedMemRefType<float, 1> *qBias,
+    StridedMemRefType<float, 1> *kBias, StridedMemRefType<float, 1> *vBias,
+    StridedMemRefType<float, 1> *oBias) {
   AttentionShape s{x->sizes[0], x->sizes[1], numHeads,
                    numKvHeads,  headDim,     kCache->sizes[0]};
   int64_t qWidth = wq->sizes[0], kvWidth = wk->sizes[0];
@@ -500,6 +515,15 @@ void attentionCall(
       hasSizes(vCache, s.maxPositions, kvWidth) &&
       hasSizes(out, s.numTokens, s.hidden) && normFits(qNorm, qWidth) &&
       normFits(kNorm, kvWidth);
+  // A bias is absent (size 0) or as wide as its projection.
+  auto bias = [&](StridedMemRefType<float, 1> *b, int64_t width,
+                  const float *&data) {
+    data = b->sizes[0] == width ? dataOf(b) : nullptr;
+    return b->sizes[0] == 0 || b->sizes[0] == width;
+  };
+  const float *qb, *kb, *vb, *ob;
+  consistent &= bias(qBias, qWidth, qb) && bias(kBias, kvWidth, kb) &&
+                bias(vBias, kvWidth, vb) && bias(oBias, s.hidden, ob);
   if (!consistent)
     return fill(out, kNaN);
   bool usesNorms = normKind == 1 || normKind == 2;
@@ -509,7 +533,7 @@ void attentionCall(
             dataOf(out), s,
             {ropeTheta, clip, static_cast<QkNorm>(normKind), normEps, scale,
              ropeInterleaved != 0, ropeFactor, ropeRampLow, ropeRampHigh,
-             ropeAttentionFactor, slidingWindow});
+             ropeAttentionFactor, slidingWindow, qb, kb, vb, ob});
 }
 } // namespace
 
@@ -523,11 +547,14 @@ void _mlir_ciface_moert_attention(
     int64_t headDim, float ropeTheta, float clip, int32_t normKind,
     float normEps, float scale, int32_t ropeInterleaved, float ropeFactor,
     float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor,
-    int64_t slidingWindow) {
+    int64_t slidingWindow, StridedMemRefType<float, 1> *qBias,
+    StridedMemRefType<float, 1> *kBias, StridedMemRefType<float, 1> *vBias,
+    StridedMemRefType<float, 1> *oBias) {
   attentionCall(x, positions, wq, wk, wv, wo, qNorm, kNorm, kCache, vCache, out,
                 numHeads, numKvHeads, headDim, ropeTheta, clip, normKind,
                 normEps, scale, ropeInterleaved, ropeFactor, ropeRampLow,
-                ropeRampHigh, ropeAttentionFactor, slidingWindow);
+                ropeRampHigh, ropeAttentionFactor, slidingWindow, qBias, kBias,
+                vBias, oBias);
 }
 
 void _mlir_ciface_moert_attention_bf16(
@@ -540,9 +567,12 @@ void _mlir_ciface_moert_attention_bf16(
     int64_t headDim, float ropeTheta, float clip, int32_t normKind,
     float normEps, float scale, int32_t ropeInterleaved, float ropeFactor,
     float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor,
-    int64_t slidingWindow) {
+    int64_t slidingWindow, StridedMemRefType<float, 1> *qBias,
+    StridedMemRefType<float, 1> *kBias, StridedMemRefType<float, 1> *vBias,
+    StridedMemRefType<float, 1> *oBias) {
   attentionCall(x, positions, wq, wk, wv, wo, qNorm, kNorm, kCache, vCache, out,
                 numHeads, numKvHeads, headDim, ropeTheta, clip, normKind,
                 normEps, scale, ropeInterleaved, ropeFactor, ropeRampLow,
-                ropeRampHigh, ropeAttentionFactor, slidingWindow);
+                ropeRampHigh, ropeAttentionFactor, slidingWindow, qBias, kBias,
+                vBias, oBias);
 }

@@ -240,6 +240,14 @@ struct AttentionCase {
   float ropeFactor = 1.0f, rampLow = 0.0f, rampHigh = 0.0f,
         ropeAttention = 1.0f;
   int64_t window = 0; ///< sliding window; 0: none
+  /// Projection biases; empty: none (withBiases fills them).
+  std::vector<float> qBias, kBias, vBias, oBias;
+  void withBiases(unsigned seed) {
+    qBias = randomVector(qWidth(), 0.5f, seed);
+    kBias = randomVector(kvWidth(), 0.5f, seed + 1);
+    vBias = randomVector(kvWidth(), 0.5f, seed + 2);
+    oBias = randomVector(hidden, 0.5f, seed + 3);
+  }
   std::vector<float> x, wq, wk, wv, wo, qNorm, kNorm, kCache, vCache;
   /// With roundProjections: the projections' bf16 bits, which runAt passes
   /// to moert_attention_bf16.
@@ -317,6 +325,11 @@ struct AttentionCase {
     auto kCacheM = memref<float, 2>(kCache, {maxPositions, cacheWidth});
     auto vCacheM = memref<float, 2>(vCache, {maxPositions, cacheWidth});
     auto outM = memref<float, 2>(out, {n, hidden});
+    auto biasM = [](std::vector<float> &b) {
+      return memref<float, 1>(b, {int64_t(b.size())});
+    };
+    auto qBiasM = biasM(qBias), kBiasM = biasM(kBias), vBiasM = biasM(vBias),
+         oBiasM = biasM(oBias);
     if (bf16) {
       auto wqB = memref<uint16_t, 2>(wqBits, {rowsOf(wq), hidden});
       auto wkB = memref<uint16_t, 2>(wkBits, {rowsOf(wk), hidden});
@@ -326,14 +339,14 @@ struct AttentionCase {
           &xM, &positionsM, &wqB, &wkB, &wvB, &woB, &qNormM, &kNormM, &kCacheM,
           &vCacheM, &outM, numHeads, numKvHeads, headDim, ropeTheta, clip,
           normKind, normEps, scale, interleaved, ropeFactor, rampLow, rampHigh,
-          ropeAttention, window);
+          ropeAttention, window, &qBiasM, &kBiasM, &vBiasM, &oBiasM);
       return out;
     }
     _mlir_ciface_moert_attention(
         &xM, &positionsM, &wqM, &wkM, &wvM, &woM, &qNormM, &kNormM, &kCacheM,
         &vCacheM, &outM, numHeads, numKvHeads, headDim, ropeTheta, clip,
         normKind, normEps, scale, interleaved, ropeFactor, rampLow, rampHigh,
-        ropeAttention, window);
+        ropeAttention, window, &qBiasM, &kBiasM, &vBiasM, &oBiasM);
     return out;
   }
 
@@ -377,6 +390,15 @@ struct AttentionCase {
     project(wq, qWidth(), q.data());
     project(wk, kvWidth(), ref.k.data());
     project(wv, kvWidth(), ref.v.data());
+    auto addBias = [&](double *rows, const std::vector<float> &bias,
+                       int64_t width) {
+      for (int64_t t = 0; t < numTokens && !bias.empty(); ++t)
+        for (int64_t j = 0; j < width; ++j)
+          rows[t * width + j] += bias[j];
+    };
+    addBias(q.data(), qBias, qWidth());
+    addBias(ref.k.data(), kBias, kvWidth());
+    addBias(ref.v.data(), vBias, kvWidth());
 
     // Normalises groups of `size` values of `row` with weights w.
     auto rmsNorm = [&](double *row, int64_t width, int64_t size,
@@ -473,7 +495,7 @@ struct AttentionCase {
         double y = 0.0;
         for (int64_t i = 0; i < qWidth(); ++i)
           y += heads[i] * wo[o * qWidth() + i];
-        ref.out[t * hidden + o] = y;
+        ref.out[t * hidden + o] = y + (oBias.empty() ? 0.0 : oBias[o]);
       }
     }
     return ref;
@@ -628,6 +650,26 @@ TEST(CpuDecoderKernels, AttentionSlidingWindow) {
   EXPECT_NE(
       std::memcmp(a.data() + 11 * 24, b.data() + 11 * 24, 24 * sizeof(float)),
       0);
+}
+
+TEST(CpuDecoderKernels, AttentionBiases) {
+  // OLMoE's and Qwen3-MoE's attention_bias: q, k and v biased before the
+  // norms (each norm kind), o after; prefill then decode steps, bf16 too.
+  for (int32_t normKind : {0, 1, 2}) {
+    for (bool bf16 : {false, true}) {
+      SCOPED_TRACE("norm " + std::to_string(normKind) + (bf16 ? ", bf16" : ""));
+      AttentionCase c({4, 2, normKind, 0.0f}, 20, 24, 8, 24, 89);
+      c.withBiases(91);
+      if (bf16)
+        c.roundProjections(/*useBits=*/true);
+      c.runInChunksAndCheck({17, 1, 2});
+    }
+  }
+  // A bias of another width is rejected.
+  AttentionCase bad({4, 2, 0, 0.0f}, 2, 24, 8, 4, 93);
+  bad.withBiases(95);
+  bad.kBias.pop_back();
+  EXPECT_TRUE(allNaN(bad.run(0, 2)));
 }
 
 TEST(CpuDecoderKernels, AttentionIsCausal) {

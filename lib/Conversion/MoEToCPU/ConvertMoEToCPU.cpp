@@ -119,7 +119,8 @@ private:
   /// The caches of attentions outside the loop follow the loop's.
   int64_t outerCacheBase = 0;
   Value absentWeightBuffer, unitNormBuffer;
-  /// An empty weight: the kernels' norm without gain.
+  /// An empty weight: the kernels' norm without gain, and an absent
+  /// attention bias.
   Value unitNormWeight() {
     if (!unitNormBuffer)
       unitNormBuffer = allocate(MemRefType::get({0}, builder.getF32Type()));
@@ -642,6 +643,10 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
         auto optional = [&](FlatSymbolRefAttr sym) {
           return sym ? weight(sym) : absentWeight();
         };
+        // An absent bias is an empty buffer.
+        auto biasOrNone = [&](FlatSymbolRefAttr sym) {
+          return sym ? weight(sym) : unitNormWeight();
+        };
         Value in = view(attention.getInput());
         Value positions = view(attention.getPositions());
         RopeScalingAttr rope = attention.getRopeScalingAttr();
@@ -678,7 +683,11 @@ LogicalResult ModelLowering::emitOp(Operation *op) {
               ropeValue(&RopeScalingAttr::getRampLow, 0.0f),
               ropeValue(&RopeScalingAttr::getRampHigh, 0.0f),
               ropeValue(&RopeScalingAttr::getAttentionFactor, 1.0f),
-              constI64(attention.getSlidingWindow().value_or(0))});
+              constI64(attention.getSlidingWindow().value_or(0)),
+              biasOrNone(attention.getQBiasAttr()),
+              biasOrNone(attention.getKBiasAttr()),
+              biasOrNone(attention.getVBiasAttr()),
+              biasOrNone(attention.getOBiasAttr())});
         return success();
       })
       .Default([&](Operation *other) {

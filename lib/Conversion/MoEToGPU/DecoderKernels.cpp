@@ -156,6 +156,21 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
     scale = 1.0 / std::sqrt(static_cast<double>(headDim));
   Value x = a[0], positions = a[1], wq = a[2], wk = a[3], wv = a[4], wo = a[5],
         qNorm = a[6], kNorm = a[7], kCache = a[8], vCache = a[9], out = a[10];
+  Value qBias = a[25], kBias = a[26], vBias = a[27], oBias = a[28];
+  // rows [n, width] += bias, for a bias that is there (an empty one is none).
+  auto addBias = [&](StringRef kernel, Value rows, Value bias, int64_t width) {
+    if (shapeOf(bias)[0] == 0)
+      return;
+    SmallVector<Value> args = {rows, bias};
+    auto fn = p.kernel(
+        kernel, std::to_string(width), args,
+        [&](KernelBody &k, Value gid, ValueRange args) {
+          Value t = k.div(gid, k.index(width)), j = k.rem(gid, k.index(width));
+          k.store(k.fadd(k.load(args[0], {t, j}), k.load(args[1], {j})),
+                  args[0], {t, j});
+        });
+    p.launch(fn, p.hostMul(p.hostDim(rows, 0), p.hostIndex(width)), args);
+  };
   int64_t d = shapeOf(x)[1];
   int64_t qWidth = numHeads * headDim, kvWidth = numKvHeads * headDim;
   int64_t group = numHeads / numKvHeads;
@@ -180,6 +195,9 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   emitRowsDotWeights(p, "attention_q", x, wq, q, qWidth, d);
   emitRowsDotWeights(p, "attention_k", x, wk, kNew, kvWidth, d);
   emitRowsDotWeights(p, "attention_v", x, wv, vNew, kvWidth, d);
+  addBias("attention_bias", q, qBias, qWidth);
+  addBias("attention_bias", kNew, kBias, kvWidth);
+  addBias("attention_bias", vNew, vBias, kvWidth);
   SmallVector<Value> storeArgs = {positions, kNew, vNew, kCache, vCache};
   auto storeKv =
       p.kernel("attention_cache_store", key, storeArgs,
@@ -536,6 +554,7 @@ LogicalResult emitAttention(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   // out = heads wo^T.
   emitRowsDotWeights(p, "attention_out", q, wo, out, d, qWidth);
   p.release(q);
+  addBias("attention_bias", out, oBias, d);
   return success();
 }
 

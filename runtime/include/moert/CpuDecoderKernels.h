@@ -66,6 +66,10 @@ struct AttentionOptions {
   float ropeAttentionFactor = 1.0f;
   /// With W > 0, a query at position p sees the keys at p - W + 1 .. p only.
   int64_t slidingWindow = 0;
+  /// Biases added to the projections ([H*hd], [KV*hd] twice, [d]), q, k and
+  /// v before their norms; null: none.
+  const float *qBias = nullptr, *kBias = nullptr, *vBias = nullptr,
+              *oBias = nullptr;
 };
 
 /// Causal self-attention of n tokens of one sequence at the consecutive
@@ -126,7 +130,7 @@ bool exitTestLmHead(const float *h, const float *norm, float normEps,
 
 // The C interface, under the conventions of CpuKernels.h. qNorm and kNorm are
 // [H*hd] and [KV*hd] for normKind 1, [hd] for normKind 2, and ignored for
-// normKind 0.
+// normKind 0. An attention bias of size 0 is none.
 extern "C" {
 void _mlir_ciface_moert_embed(StridedMemRefType<int32_t, 1> *tokens,
                               StridedMemRefType<float, 2> *table,
@@ -152,7 +156,9 @@ void _mlir_ciface_moert_attention(
     int64_t headDim, float ropeTheta, float clip, int32_t normKind,
     float normEps, float scale, int32_t ropeInterleaved, float ropeFactor,
     float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor,
-    int64_t slidingWindow);
+    int64_t slidingWindow, StridedMemRefType<float, 1> *qBias,
+    StridedMemRefType<float, 1> *kBias, StridedMemRefType<float, 1> *vBias,
+    StridedMemRefType<float, 1> *oBias);
 /// moert_attention with bf16 q, k, v and o projections (the norms f32).
 void _mlir_ciface_moert_attention_bf16(
     StridedMemRefType<float, 2> *x, StridedMemRefType<int32_t, 1> *positions,
@@ -164,7 +170,9 @@ void _mlir_ciface_moert_attention_bf16(
     int64_t headDim, float ropeTheta, float clip, int32_t normKind,
     float normEps, float scale, int32_t ropeInterleaved, float ropeFactor,
     float ropeRampLow, float ropeRampHigh, float ropeAttentionFactor,
-    int64_t slidingWindow);
+    int64_t slidingWindow, StridedMemRefType<float, 1> *qBias,
+    StridedMemRefType<float, 1> *kBias, StridedMemRefType<float, 1> *vBias,
+    StridedMemRefType<float, 1> *oBias);
 /// mlp; activation 0 is SiLU, 1 tanh GELU (CpuKernels.h's Activation).
 void _mlir_ciface_moert_mlp(StridedMemRefType<float, 2> *x,
                             StridedMemRefType<float, 2> *gate,

@@ -308,28 +308,38 @@ moe.weight @q : tensor<16x8xf32>
 moe.weight @k : tensor<8x8xf32>
 moe.weight @v : tensor<8x8xf32>
 moe.weight @o : tensor<8x16xf32>
+moe.weight @qb : tensor<16xf32>
+moe.weight @kvb : tensor<8xf32>
 
 // #moe.rope_scaling reaches moert_attention as four arguments (factor, ramp
-// low and high, attention factor), then the sliding window; without them
-// they are 1, 0, 0, 1, which scale nothing, and a window of 0, none.
+// low and high, attention factor), then the sliding window, then the q, k,
+// v and o biases; without them they are 1, 0, 0, 1, which scale nothing, a
+// window of 0, none, and empty buffers.
 // CHECK-LABEL: func.func @scaled_rope(
+// CHECK-SAME: %[[QB:[^:]*]]: memref<16xf32>, %[[KVB:[^:]*]]: memref<8xf32>)
+// CHECK: %[[EMPTY:.*]] = memref.alloc() : memref<0xf32>
 // CHECK: %[[FACTOR:.*]] = arith.constant 4.000000e+00 : f32
 // CHECK-NEXT: %[[LOW:.*]] = arith.constant 1.000000e+00 : f32
 // CHECK-NEXT: %[[HIGH:.*]] = arith.constant 3.000000e+00 : f32
 // CHECK-NEXT: %[[ATTN:.*]] = arith.constant 1.250000e+00 : f32
 // CHECK-NEXT: %[[WINDOW:.*]] = arith.constant 6 : i64
-// CHECK: call @moert_attention({{.*}}, %[[FACTOR]], %[[LOW]], %[[HIGH]], %[[ATTN]], %[[WINDOW]]) :
+// CHECK: %[[Q:.*]] = memref.cast %[[QB]]
+// CHECK-NEXT: %[[K:.*]] = memref.cast %[[KVB]]
+// CHECK-NEXT: %[[V:.*]] = memref.cast %[[KVB]]
+// CHECK-NEXT: %[[NOO:.*]] = memref.cast %[[EMPTY]]
+// CHECK: call @moert_attention({{.*}}, %[[FACTOR]], %[[LOW]], %[[HIGH]], %[[ATTN]], %[[WINDOW]], %[[Q]], %[[K]], %[[V]], %[[NOO]]) :
 // CHECK: %[[ONE:.*]] = arith.constant 1.000000e+00 : f32
 // CHECK-NEXT: %[[ZERO:.*]] = arith.constant 0.000000e+00 : f32
 // CHECK-NEXT: %[[ZERO2:.*]] = arith.constant 0.000000e+00 : f32
 // CHECK-NEXT: %[[ONE2:.*]] = arith.constant 1.000000e+00 : f32
 // CHECK-NEXT: %[[NOWINDOW:.*]] = arith.constant 0 : i64
-// CHECK: call @moert_attention({{.*}}, %[[ONE]], %[[ZERO]], %[[ZERO2]], %[[ONE2]], %[[NOWINDOW]]) :
+// CHECK-COUNT-4: memref.cast %[[EMPTY]]
+// CHECK: call @moert_attention({{.*}}, %[[ONE]], %[[ZERO]], %[[ZERO2]], %[[ONE2]], %[[NOWINDOW]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) :
 func.func @scaled_rope(%tokens: tensor<?xi32>, %positions: tensor<?xi32>) -> (tensor<?x16xf32>, tensor<?xi32>) {
   %x = moe.embed %tokens, @embed : tensor<?xi32> -> tensor<?x8xf32>
   %h, %exit = moe.loop %x passes = 1 mode = unroll : tensor<?x8xf32> -> tensor<?xi32> {
   ^bb0(%h0: tensor<?x8xf32>):
-    %a = moe.attention %h0, %positions q @q k @k v @v o @o heads = 2 kv_heads = 1 head_dim = 8 rope_scaling<factor = 4.0, ramp = [1.0, 3.0], attention_factor = 1.25> causal sliding_window = 6 : tensor<?x8xf32>, tensor<?xi32>
+    %a = moe.attention %h0, %positions q @q k @k v @v o @o heads = 2 kv_heads = 1 head_dim = 8 rope_scaling<factor = 4.0, ramp = [1.0, 3.0], attention_factor = 1.25> causal sliding_window = 6 q_bias @qb k_bias @kvb v_bias @kvb : tensor<?x8xf32>, tensor<?xi32>
     %b = moe.attention %a, %positions q @q k @k v @v o @o heads = 2 kv_heads = 1 head_dim = 8 causal cache_slot = 1 : tensor<?x8xf32>, tensor<?xi32>
     moe.yield %b : tensor<?x8xf32>
   }

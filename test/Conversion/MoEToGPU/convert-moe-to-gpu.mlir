@@ -613,3 +613,38 @@ func.func @plain(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
   %y = moe.rms_norm %x, @norm : tensor<?x8xf32>
   return %y : tensor<?x8xf32>
 }
+
+// -----
+
+moe.weight @embed : tensor<16x8xf32>
+moe.weight @q : tensor<16x8xf32>
+moe.weight @k : tensor<8x8xf32>
+moe.weight @v : tensor<8x8xf32>
+moe.weight @o : tensor<8x16xf32>
+moe.weight @qb : tensor<16xf32>
+moe.weight @ob : tensor<8xf32>
+
+// Attention biases: added to q after its projection (before the norms and
+// RoPE) and to the output after the o projection; k and v have none here.
+// CHECK-LABEL: func.func @biased(
+// CHECK: @moe_kernels::@attention_v_{{[0-9]+}}
+// CHECK: @moe_kernels::@attention_bias_{{[0-9]+}} {{.*}} args(%{{.*}} : index, %{{.*}} : memref<?x16xf32>, %{{.*}} : memref<16xf32>)
+// CHECK-NOT: @moe_kernels::@attention_bias_
+// CHECK: @moe_kernels::@attention_prepare_{{[0-9]+}}
+// CHECK: @moe_kernels::@attention_out_{{[0-9]+}}
+// CHECK: @moe_kernels::@attention_bias_{{[0-9]+}} {{.*}} args(%{{.*}} : index, %{{.*}} : memref<?x8xf32>, %{{.*}} : memref<8xf32>)
+// CHECK-LABEL: gpu.func @attention_bias_
+// CHECK: %[[ROW:.*]] = memref.load %{{.*}} : memref<?x16xf32>
+// CHECK: %[[B:.*]] = memref.load %{{.*}} : memref<16xf32>
+// CHECK: %[[SUM:.*]] = arith.addf %[[ROW]], %[[B]] : f32
+// CHECK: memref.store %[[SUM]]
+func.func @biased(%tokens: tensor<?xi32>, %positions: tensor<?xi32>) -> (tensor<?x16xf32>, tensor<?xi32>) {
+  %x = moe.embed %tokens, @embed : tensor<?xi32> -> tensor<?x8xf32>
+  %h, %exit = moe.loop %x passes = 1 mode = unroll : tensor<?x8xf32> -> tensor<?xi32> {
+  ^bb0(%h0: tensor<?x8xf32>):
+    %a = moe.attention %h0, %positions q @q k @k v @v o @o heads = 2 kv_heads = 1 head_dim = 8 causal q_bias @qb o_bias @ob : tensor<?x8xf32>, tensor<?xi32>
+    moe.yield %a : tensor<?x8xf32>
+  }
+  %logits = moe.unembed %h, @embed : tensor<?x8xf32> -> tensor<?x16xf32>
+  return %logits, %exit : tensor<?x16xf32>, tensor<?xi32>
+}

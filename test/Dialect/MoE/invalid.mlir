@@ -1577,3 +1577,19 @@
     "func.return"() : () -> ()
   }) : () -> ()
 }) : () -> ()
+
+// -----
+
+// An attention bias is as wide as its projection.
+"builtin.module"() ({
+  "moe.weight"() <{sym_name = "wq", type = tensor<16x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "wkv", type = tensor<8x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "wo", type = tensor<16x16xf32>}> : () -> ()
+  "moe.weight"() <{sym_name = "bias", type = tensor<16xf32>}> : () -> ()
+  "func.func"() <{function_type = (tensor<8x16xf32>, tensor<8xi32>) -> (), sym_name = "f"}> ({
+  ^bb0(%h: tensor<8x16xf32>, %p: tensor<8xi32>):
+    // expected-error @+1 {{'moe.attention' op k_bias @bias must have shape [projection width] = [8], but it has [16]}}
+    %a = "moe.attention"(%h, %p) <{head_dim = 4 : i64, k_proj = @wkv, num_heads = 4 : i64, num_kv_heads = 2 : i64, o_proj = @wo, q_proj = @wq, v_proj = @wkv, k_bias = @bias}> : (tensor<8x16xf32>, tensor<8xi32>) -> tensor<8x16xf32>
+    "func.return"() : () -> ()
+  }) : () -> ()
+}) : () -> ()

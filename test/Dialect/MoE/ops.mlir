@@ -24,6 +24,7 @@ moe.weight @qn : tensor<4xf32>
 // CHECK: moe.weight @w1 : tensor<4x32x16xf32> source "model.stack.layers.0.experts_w1" transposed{{$}}
 moe.weight @w1 : tensor<4x32x16xf32> source "model.stack.layers.0.experts_w1" transposed
 moe.weight @dense_gate : tensor<24x16xf32>
+moe.weight @bias16 : tensor<16xf32>
 moe.weight @dense_down : tensor<16x24xf32>
 
 // CHECK-LABEL: func.func @layer
@@ -111,8 +112,10 @@ func.func @decoder(%tokens: tensor<?xi32>, %pos: tensor<?xi32>) -> tensor<?x100x
   %e = moe.embed %tokens, @embed : tensor<?xi32> -> tensor<?x16xf32>
   // CHECK: moe.attention %[[E]], %{{.*}} q @wq k @wk v @wv o @wo heads = 4 kv_heads = 2 head_dim = 4 rope_theta = 1.000000e+06 causal q_norm @qn k_norm @qn clip_qkv = 8.000000e+00 cache_slot = 3 : tensor<?x16xf32>, tensor<?xi32>
   %a = moe.attention %e, %pos q @wq k @wk v @wv o @wo heads = 4 kv_heads = 2 head_dim = 4 rope_theta = 1.0e6 causal q_norm @qn k_norm @qn clip_qkv = 8.0 cache_slot = 3 : tensor<?x16xf32>, tensor<?xi32>
+  // CHECK: moe.attention {{.*}} head_dim = 4 causal q_bias @bias16 k_bias @bias16 v_bias @bias16 o_bias @bias16 cache_slot = 6 :
+  %bb = moe.attention %a, %pos q @wq k @wq v @wq o @wo heads = 4 kv_heads = 4 head_dim = 4 causal q_bias @bias16 k_bias @bias16 v_bias @bias16 o_bias @bias16 cache_slot = 6 : tensor<?x16xf32>, tensor<?xi32>
   // CHECK: moe.attention {{.*}} heads = 4 kv_heads = 4 head_dim = 4 : tensor<?x16xf32>, tensor<?xi32>
-  %b = moe.attention %a, %pos q @wq k @wq v @wq o @wo heads = 4 kv_heads = 4 head_dim = 4 : tensor<?x16xf32>, tensor<?xi32>
+  %b = moe.attention %bb, %pos q @wq k @wq v @wq o @wo heads = 4 kv_heads = 4 head_dim = 4 : tensor<?x16xf32>, tensor<?xi32>
   // Scaled RoPE: YaRN (a ramp, an attention factor, here with a sliding
   // window) and linear (neither).
   // CHECK: moe.attention {{.*}} head_dim = 4 rope_scaling<factor = 4.000000e+00, ramp = [1.000000e+00, 2.500000e+00], attention_factor = 1.250000e+00> causal sliding_window = 8 cache_slot = 4 :

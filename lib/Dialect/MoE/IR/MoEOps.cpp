@@ -487,6 +487,14 @@ LogicalResult AttentionOp::verifySymbolUses(SymbolTableCollection &tables) {
       failed(verifyWeightUse(*this, tables, getOProjAttr(), "o_proj",
                              {d, qWidth}, "[hidden, heads * head_dim]")))
     return failure();
+  for (auto [bias, role, width] :
+       {std::tuple{getQBiasAttr(), "q_bias", qWidth},
+        std::tuple{getKBiasAttr(), "k_bias", kvWidth},
+        std::tuple{getVBiasAttr(), "v_bias", kvWidth},
+        std::tuple{getOBiasAttr(), "o_bias", d}})
+    if (bias && failed(verifyWeightUse(*this, tables, bias, role, {width},
+                                       "[projection width]")))
+      return failure();
   // Per-head norms (Qwen3) are [head_dim]; full-width ones (OLMoE) span the
   // projection.
   for (auto [norm, role, width] :

@@ -285,7 +285,10 @@ def MoE_AttentionOp : MoE_SymbolUserOp<"attention",
     the full projection width as in OLMoE) and optional clipping of q, k, v
     to `clip_qkv` (after the q/k norms, as OLMoE does). `q_proj` is
     [heads * head_dim, hidden], `k_proj` and `v_proj` are
-    [kv_heads * head_dim, hidden], `o_proj` is [hidden, heads * head_dim].
+    [kv_heads * head_dim, hidden], `o_proj` is [hidden, heads * head_dim];
+    the optional biases `q_bias`, `k_bias`, `v_bias` ([heads * head_dim],
+    [kv_heads * head_dim] twice) and `o_bias` ([hidden]) are added to the
+    projections (q, k and v before their norms).
     Scores are scaled by `scale` (default 1/sqrt(head_dim); LoopLM's muP
     attention uses 1/head_dim).
     Keys and values are appended to KV cache slot `cache_slot`: inside the
@@ -307,7 +310,11 @@ def MoE_AttentionOp : MoE_SymbolUserOp<"attention",
       OptionalAttr<F32Attr>:$scale,
       UnitAttr:$rope_interleaved,
       OptionalAttr<MoE_RopeScalingAttr>:$rope_scaling,
-      OptionalAttr<I64Attr>:$sliding_window);
+      OptionalAttr<I64Attr>:$sliding_window,
+      OptionalAttr<FlatSymbolRefAttr>:$q_bias,
+      OptionalAttr<FlatSymbolRefAttr>:$k_bias,
+      OptionalAttr<FlatSymbolRefAttr>:$v_bias,
+      OptionalAttr<FlatSymbolRefAttr>:$o_bias);
   let results = (outs MoE_Hidden:$result);
   let assemblyFormat = [{
     $input `,` $positions `q` $q_proj `k` $k_proj `v` $v_proj `o` $o_proj
@@ -317,6 +324,8 @@ def MoE_AttentionOp : MoE_SymbolUserOp<"attention",
     (`rope_interleaved` $rope_interleaved^)? (`scale` `=` $scale^)?
     (`causal` $causal^)? (`sliding_window` `=` $sliding_window^)?
     (`q_norm` $q_norm^)? (`k_norm` $k_norm^)?
+    (`q_bias` $q_bias^)? (`k_bias` $k_bias^)? (`v_bias` $v_bias^)?
+    (`o_bias` $o_bias^)?
     (`clip_qkv` `=` $clip_qkv^)? (`cache_slot` `=` $cache_slot^)?
     (`norm_eps` `=` $norm_eps^)? attr-dict
     `:` type($input) `,` type($positions)
