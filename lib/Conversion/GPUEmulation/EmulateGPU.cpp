@@ -83,7 +83,10 @@ void checkAccesses(func::FuncOp fn, StringRef name, ModuleOp module) {
   LLVM::GlobalOp::create(top, module.getLoc(), nameType, /*isConstant=*/true,
                          LLVM::Linkage::Internal, global,
                          top.getStringAttr(text));
-  for (auto [op, access] : accesses) {
+  for (auto &entry : accesses) {
+    // Not a structured binding: the lambdas below capture `op` (C++17).
+    Operation *op = entry.first;
+    auto &access = entry.second;
     OpBuilder b(op);
     Location loc = op->getLoc();
     Value inBounds;
