@@ -379,6 +379,23 @@ bool DeviceModel::isResidentLoopKernel(CUfunction function) {
   return residentLoopKernels.contains(function);
 }
 
+CUresult DeviceModel::allowDynamicShared(CUfunction function, int32_t bytes) {
+  // What any kernel may take without opting in (the CUDA Programming
+  // Guide's 48 KB).
+  constexpr int32_t kWithoutOptIn = 48 * 1024;
+  if (bytes <= kWithoutOptIn)
+    return CUDA_SUCCESS;
+  std::lock_guard<std::mutex> lock(functionsMutex);
+  int32_t &allowed = dynamicSharedAllowed[function];
+  if (bytes <= allowed)
+    return CUDA_SUCCESS;
+  CUresult r = dev.driver().cuFuncSetAttribute(
+      function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes);
+  if (r == CUDA_SUCCESS)
+    allowed = bytes;
+  return r;
+}
+
 void DeviceModel::addToProfile(CUfunction function, double seconds) {
   std::string name = functionName(function);
   std::lock_guard<std::mutex> lock(functionsMutex);
@@ -703,6 +720,11 @@ void mgpuLaunchKernel(void *function, intptr_t gridX, intptr_t gridY,
            "x" + std::to_string(blockZ) + ", " + std::to_string(smem) +
            " bytes shared)";
   };
+  if (!s->check(s->model.allowDynamicShared(f, smem), [&] {
+        return "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES) of " +
+               kernel();
+      }))
+    return;
   auto start = s->profile ? std::chrono::steady_clock::now()
                           : std::chrono::steady_clock::time_point();
   if (s->model.isResidentLoopKernel(f)) {

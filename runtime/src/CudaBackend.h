@@ -151,6 +151,11 @@ public:
   /// (named kResidentKernelPrefix...): decided once per function, not per
   /// launch.
   bool isResidentLoopKernel(CUfunction function);
+  /// Lets `function` (from function()) be launched with `bytes` of dynamic
+  /// shared memory: past the 48 KiB every kernel may take, the function
+  /// must opt in first (once; later launches asking no more find it done).
+  /// Returns the driver's cuFuncSetAttribute result.
+  CUresult allowDynamicShared(CUfunction function, int32_t bytes);
   /// Adds one timed launch of `function` to the profile that
   /// MOERT_CUDA_PROFILE=1 prints when the model is freed.
   void addToProfile(CUfunction function, double seconds);
@@ -176,6 +181,8 @@ private:
   std::mutex functionsMutex;
   llvm::StringMap<CUfunction> functions;
   llvm::DenseSet<CUfunction> residentLoopKernels;
+  /// allowDynamicShared()'s opt-ins, by function (under functionsMutex).
+  llvm::DenseMap<CUfunction, int32_t> dynamicSharedAllowed;
   /// tensorMap()'s device copies, by its arguments: base, dims and box
   /// (under functionsMutex).
   std::map<std::array<uint64_t, 6>, CUdeviceptr> tensorMaps;

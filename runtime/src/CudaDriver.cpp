@@ -71,6 +71,7 @@ const char *resolveAll(void *lib, Driver &d) {
   MOERT_REQUIRE(cuLaunchCooperativeKernel, "cuLaunchCooperativeKernel")
   MOERT_REQUIRE(cuOccupancyMaxActiveBlocksPerMultiprocessor,
                 "cuOccupancyMaxActiveBlocksPerMultiprocessor")
+  MOERT_REQUIRE(cuFuncSetAttribute, "cuFuncSetAttribute")
 #undef MOERT_REQUIRE
   resolve(lib, "cuMemAllocAsync", d.cuMemAllocAsync);
   resolve(lib, "cuMemFreeAsync", d.cuMemFreeAsync);

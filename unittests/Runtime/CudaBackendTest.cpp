@@ -31,8 +31,10 @@ template <typename T, int N> using Desc = StridedMemRefType<T, N>;
 /// What the host code of a model compiled for CUDA does: everything through
 /// the mgpu* ABI, on device pointers. hidden_out = hidden_in + norm (by the
 /// kernel `kernel`, on a device copy of hidden_in), exit_loop = 0,
-/// expert_ids = 7, expert_gates = 1 (by memsets).
-void hostCode(void **descriptors, const char *kernel, bool resident = false) {
+/// expert_ids = 7, expert_gates = 1 (by memsets). Its launches ask for
+/// `sharedBytes` of dynamic shared memory.
+void hostCode(void **descriptors, const char *kernel, bool resident = false,
+              int32_t sharedBytes = 0) {
   auto *in = static_cast<Desc<float, 2> *>(descriptors[0]);
   auto *out = static_cast<Desc<float, 2> *>(descriptors[1]);
   auto *exitLoop = static_cast<Desc<int32_t, 1> *>(descriptors[2]);
@@ -57,14 +59,14 @@ void hostCode(void **descriptors, const char *kernel, bool resident = false) {
   float *normData = norm->data, *outData = out->data;
   void *params[] = {&copy, &normData, &outData, &n, &d};
   if (resident) {
-    mgpuLaunchKernel(function, 264, 1, 1, 256, 1, 1, 0, stream, params, nullptr,
-                     5);
+    mgpuLaunchKernel(function, 264, 1, 1, 256, 1, 1, sharedBytes, stream,
+                     params, nullptr, 5);
   } else {
     // A form of a GEMM that gets no rows: an empty grid, no work.
-    mgpuLaunchKernel(function, 0, 1, 1, 128, 1, 1, 0, stream, params, nullptr,
-                     5);
-    mgpuLaunchKernel(function, (n + 127) / 128, 1, 1, 128, 1, 1, 0, stream,
-                     params, nullptr, 5);
+    mgpuLaunchKernel(function, 0, 1, 1, 128, 1, 1, sharedBytes, stream, params,
+                     nullptr, 5);
+    mgpuLaunchKernel(function, (n + 127) / 128, 1, 1, 128, 1, 1, sharedBytes,
+                     stream, params, nullptr, 5);
   }
   mgpuEventSynchronize(event);
   mgpuEventDestroy(event);
@@ -97,6 +99,12 @@ void tensorMapHostCode(void **descriptors) {
   auto *norm = static_cast<Desc<float, 1> *>(descriptors[5]);
   lastTensorMap = moert_cuda_tensor_map_bf16_3d(norm->data, 64, 128, 4, 64, 64);
   hostCode(descriptors, "add_norm");
+}
+/// The same with the dynamic shared memory of the --wgmma kernels' pipeline
+/// (sharedHostCodeBytes).
+int32_t sharedHostCodeBytes = 0;
+void sharedHostCode(void **descriptors) {
+  hostCode(descriptors, "add_norm", /*resident=*/false, sharedHostCodeBytes);
 }
 void missingKernelHostCode(void **descriptors) {
   hostCode(descriptors, "no_such_kernel");
@@ -330,6 +338,8 @@ const CudaModel kCudaTensorMapModel(MANIFEST(R"("target": "cuda",)"),
                                     tensorMapHostCode);
 const CudaModel kCudaResidentModel(MANIFEST(R"("target": "cuda",)"),
                                    residentHostCode);
+const CudaModel kCudaSharedModel(MANIFEST(R"("target": "cuda",)"),
+                                 sharedHostCode);
 
 #define DECODER_FIELDS                                                         \
   R"("kind": "decoder", "vocab_size": 4, "max_positions": 8,)"                 \
@@ -811,6 +821,47 @@ TEST_F(FakeCudaTest, TensorMapsAreEncodedOnceAndKeptOnTheDevice) {
     runAndCheck(*other);
     runAndCheck(*model);
   }
+  expectNothingLive();
+}
+
+TEST_F(FakeCudaTest, KernelsOptIntoMoreThan48KiBOfDynamicSharedMemoryOnce) {
+  std::string error;
+  for (int load = 0; load < 2; ++load) {
+    auto ctx = moert::Context::create("cuda", &error);
+    ASSERT_TRUE(ctx) << error;
+    auto model = moert::Model::load(*ctx, kCudaSharedModel, weights, &error);
+    ASSERT_TRUE(model) << error;
+    int before = counters().sharedOptIns;
+    // Up to 48 KiB any kernel may take: no opt-in.
+    sharedHostCodeBytes = 48 * 1024;
+    runAndCheck(*model);
+    EXPECT_EQ(counters().sharedOptIns, before);
+    EXPECT_EQ(counters().lastSharedBytes, 48u * 1024);
+    // More (a pipelined warpgroup kernel's stages): the kernel opts in
+    // before its first such launch, for this model's module (a model loaded
+    // again opts in again), and not again for as much or less.
+    sharedHostCodeBytes = 97 * 1024 + 40;
+    runAndCheck(*model);
+    runAndCheck(*model);
+    sharedHostCodeBytes = 64 * 1024;
+    runAndCheck(*model);
+    EXPECT_EQ(counters().sharedOptIns, before + 1);
+    EXPECT_EQ(counters().lastSharedBytes, 64u * 1024);
+    // More than the device allows: the driver's refusal names the kernel,
+    // and nothing is launched.
+    int launches = counters().launches;
+    sharedHostCodeBytes = 228 * 1024;
+    EXPECT_EQ(runError(*model),
+              "moert_model_run on cuda (sm_90, Fake GPU): "
+              "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES) of 'add_norm' "
+              "(grid 1x1x1, block 128x1x1, 233472 bytes shared) failed: "
+              "CUDA_ERROR_INVALID_VALUE (invalid argument)");
+    EXPECT_EQ(counters().launches, launches);
+    sharedHostCodeBytes = 97 * 1024 + 40;
+    runAndCheck(*model);
+    EXPECT_EQ(counters().sharedOptIns, before + 1);
+  }
+  sharedHostCodeBytes = 0;
   expectNothingLive();
 }
 

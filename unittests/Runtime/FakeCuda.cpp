@@ -68,7 +68,12 @@ std::set<CUevent> events;
 std::set<Module *> modules;
 int primaryRefs = 0, launches = 0, driverCalls = 0, cooperativeLaunches = 0;
 unsigned lastGridX = 0;
-int tensorMapsEncoded = 0;
+int tensorMapsEncoded = 0, sharedOptIns = 0;
+unsigned lastSharedBytes = 0;
+/// What cuFuncSetAttribute let each kernel take of dynamic shared memory.
+std::map<CUfunction, unsigned> sharedAllowed;
+constexpr unsigned kSharedWithoutOptIn = 48 * 1024,
+                   kSharedOptInLimit = 227 * 1024;
 CUstream lastStream = nullptr;
 std::map<std::string, int> callCounts; ///< since the fail spec changed
 std::string lastFailSpec;
@@ -177,7 +182,9 @@ EXPORT FakeCudaCounters fakeCudaCounters() {
           contextDepth,
           cooperativeLaunches,
           lastGridX,
-          tensorMapsEncoded};
+          tensorMapsEncoded,
+          sharedOptIns,
+          lastSharedBytes};
 }
 
 EXPORT bool fakeCudaIsDeviceMemory(const void *p, size_t bytes) {
@@ -440,6 +447,12 @@ EXPORT CUresult cuModuleUnload(CUmodule module) {
   auto *m = reinterpret_cast<Module *>(module);
   if (!modules.erase(m))
     return INVALID_HANDLE;
+  // A kernel's attributes go with its module; a module loaded again starts
+  // from the defaults (the fake's kernels are the binary's, shared by the
+  // modules loaded from it).
+  for (int i = 0; m->binary && i < m->binary->count; ++i)
+    sharedAllowed.erase(reinterpret_cast<CUfunction>(
+        const_cast<FakeCudaKernel *>(&m->binary->kernels[i])));
   delete m;
   return SUCCESS;
 }
@@ -460,17 +473,22 @@ EXPORT CUresult cuModuleGetFunction(CUfunction *function, CUmodule module,
 namespace {
 /// A launch the driver accepted the call of: runs the kernel.
 CUresult runKernel(CUfunction function, unsigned gx, unsigned gy, unsigned gz,
-                   unsigned bx, unsigned by, unsigned bz, CUstream stream,
-                   void **params) {
+                   unsigned bx, unsigned by, unsigned bz, unsigned shared,
+                   CUstream stream, void **params) {
   if (!function || !gx || !gy || !gz || !bx || !by || !bz)
     return INVALID_VALUE;
   if (!knownStream(stream))
     return INVALID_HANDLE;
   {
     std::lock_guard<std::mutex> lock(mutex);
+    auto allowed = sharedAllowed.find(function);
+    if (shared > (allowed == sharedAllowed.end() ? kSharedWithoutOptIn
+                                                 : allowed->second))
+      return INVALID_VALUE;
     ++launches;
     lastStream = stream;
     lastGridX = gx;
+    lastSharedBytes = shared;
   }
   reinterpret_cast<FakeCudaKernel *>(function)->run(params);
   return SUCCESS;
@@ -479,21 +497,23 @@ CUresult runKernel(CUfunction function, unsigned gx, unsigned gy, unsigned gz,
 
 EXPORT CUresult cuLaunchKernel(CUfunction function, unsigned gx, unsigned gy,
                                unsigned gz, unsigned bx, unsigned by,
-                               unsigned bz, unsigned, CUstream stream,
+                               unsigned bz, unsigned shared, CUstream stream,
                                void **params, void **) {
   FAKE_IN_CONTEXT("cuLaunchKernel")
-  return runKernel(function, gx, gy, gz, bx, by, bz, stream, params);
+  return runKernel(function, gx, gy, gz, bx, by, bz, shared, stream, params);
 }
 EXPORT CUresult cuLaunchCooperativeKernel(CUfunction function, unsigned gx,
                                           unsigned gy, unsigned gz, unsigned bx,
-                                          unsigned by, unsigned bz, unsigned,
-                                          CUstream stream, void **params) {
+                                          unsigned by, unsigned bz,
+                                          unsigned shared, CUstream stream,
+                                          void **params) {
   FAKE_IN_CONTEXT("cuLaunchCooperativeKernel")
   // The driver refuses a grid that cannot be resident all at once.
   if (gx * gy * gz > unsigned(envInt("MOERT_FAKE_CUDA_SMS", 132) *
                               envInt("MOERT_FAKE_CUDA_BLOCKS_PER_SM", 2)))
     return COOPERATIVE_LAUNCH_TOO_LARGE;
-  if (CUresult r = runKernel(function, gx, gy, gz, bx, by, bz, stream, params))
+  if (CUresult r =
+          runKernel(function, gx, gy, gz, bx, by, bz, shared, stream, params))
     return r;
   std::lock_guard<std::mutex> lock(mutex);
   ++cooperativeLaunches;
@@ -533,6 +553,18 @@ EXPORT CUresult cuTensorMapEncodeTiled(void *map, int dataType, uint32_t rank,
   return SUCCESS;
 }
 #endif
+EXPORT CUresult cuFuncSetAttribute(CUfunction function, int attribute,
+                                   int value) {
+  FAKE_IN_CONTEXT("cuFuncSetAttribute")
+  constexpr int kMaxDynamicSharedSizeBytes = 8;
+  if (!function || attribute != kMaxDynamicSharedSizeBytes || value < 0 ||
+      unsigned(value) > kSharedOptInLimit)
+    return INVALID_VALUE;
+  std::lock_guard<std::mutex> lock(mutex);
+  sharedAllowed[function] = unsigned(value);
+  ++sharedOptIns;
+  return SUCCESS;
+}
 EXPORT CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks,
                                                             CUfunction function,
                                                             int blockSize,

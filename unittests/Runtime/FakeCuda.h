@@ -24,6 +24,11 @@
 //                            CUDA fatbinary, as a module without kernels
 //                            (for tests of which build a model loads)
 //
+// Launches are refused (CUDA_ERROR_INVALID_VALUE) when they ask for more
+// dynamic shared memory than the kernel may take: 48 KiB, or what
+// cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES) allowed it, at most
+// 227 KiB (an H100's opt-in limit).
+//
 // cuTensorMapEncodeTiled checks what the real one requires of a 128-byte
 // swizzled map (16-byte aligned address and strides, an inner box of at most
 // 128 bytes) and writes its arguments into the map as FakeCudaTensorMap. Built
@@ -63,6 +68,8 @@ struct FakeCudaCounters {
   int cooperativeLaunches; ///< kernels launched cooperatively so far
   unsigned lastGridX;      ///< the grid's x size of the last launch
   int tensorMapsEncoded;   ///< cuTensorMapEncodeTiled calls that succeeded
+  int sharedOptIns;        ///< cuFuncSetAttribute calls that succeeded
+  unsigned lastSharedBytes; ///< the dynamic shared memory of the last launch
 };
 /// What the fake's cuTensorMapEncodeTiled writes into a CUtensorMap.
 struct FakeCudaTensorMap {
