@@ -3,6 +3,7 @@
 
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/IR/Matchers.h"
 #include "llvm/ADT/ScopeExit.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/FormatVariadic.h"
@@ -136,14 +137,16 @@ SmallVector<KernelResources> mlir::moe::parsePtxasInfo(StringRef log,
 std::string mlir::moe::formatKernelReport(ArrayRef<KernelResources> resources) {
   std::string text;
   llvm::raw_string_ostream os(text);
-  os << llvm::formatv("{0,-8} {1,-28} {2,9} {3,12} {4,11} {5,11} {6,9}\n",
-                      "chip", "kernel", "registers", "spill-stores",
-                      "spill-loads", "stack", "shared");
+  os << llvm::formatv(
+      "{0,-8} {1,-28} {2,9} {3,12} {4,11} {5,11} {6,9} {7,10}\n", "chip",
+      "kernel", "registers", "spill-stores", "spill-loads", "stack", "shared",
+      "dyn-shared");
   for (const KernelResources &k : resources)
     os << llvm::formatv("{0,-8} {1,-28} {2,9} {3,10} B {4,9} B {5,9} B "
-                        "{6,7} B\n",
+                        "{6,7} B {7,8} B\n",
                         k.chip, k.kernel, k.registers, k.spillStoreBytes,
-                        k.spillLoadBytes, k.stackFrameBytes, k.sharedBytes);
+                        k.spillLoadBytes, k.stackFrameBytes, k.sharedBytes,
+                        k.dynamicSharedBytes);
   return text;
 }
 
@@ -244,5 +247,18 @@ mlir::moe::assembleCudaBinaries(ModuleOp module, const CudaTools &tools) {
                              DictionaryAttr(), gpu::KernelTableAttr());
     binary.setObjectsAttr(ArrayAttr::get(ctx, {object}));
   }
+  // ptxas knows only the static shared memory; the launches say how much
+  // dynamic shared memory each kernel asks for.
+  llvm::StringMap<int64_t> dynamicShared;
+  module.walk([&](gpu::LaunchFuncOp launch) {
+    APInt bytes;
+    if (Value size = launch.getDynamicSharedMemorySize();
+        size && matchPattern(size, m_ConstantInt(&bytes))) {
+      int64_t &most = dynamicShared[launch.getKernelName().getValue()];
+      most = std::max(most, bytes.getSExtValue());
+    }
+  });
+  for (KernelResources &k : report)
+    k.dynamicSharedBytes = dynamicShared.lookup(k.kernel);
   return report;
 }

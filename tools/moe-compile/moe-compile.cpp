@@ -46,7 +46,8 @@ static cl::list<std::string>
 static cl::opt<bool> kernelReport(
     "kernel-report", cl::cat(compileCategory),
     cl::desc("--target cuda: print every kernel's registers, spills, stack "
-             "and shared memory per chip, as ptxas reports them"));
+             "and static shared memory per chip, as ptxas reports them, and "
+             "the dynamic shared memory its launches ask for"));
 static cl::opt<std::string> outputPath("o", cl::Required,
                                        cl::value_desc("file.o"),
                                        cl::cat(compileCategory),

@@ -22,6 +22,9 @@ struct KernelResources {
   std::string chip, kernel;
   int64_t registers = 0, barriers = 0, stackFrameBytes = 0, spillStoreBytes = 0,
           spillLoadBytes = 0, sharedBytes = 0, constantBytes = 0;
+  /// The most dynamic shared memory a launch of the kernel asks for (not
+  /// ptxas's: the host code's).
+  int64_t dynamicSharedBytes = 0;
 };
 
 /// The CUDA toolkit root to use: `requested` (--cuda-toolkit) if given, else

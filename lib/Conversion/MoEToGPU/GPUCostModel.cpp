@@ -4,7 +4,7 @@
 // weights of the experts the rows touch), its L2 traffic (weights and rows
 // re-read by each output tile) and its arithmetic, each at the fraction of
 // the chip's peak that form reaches. The fractions are estimates for these
-// kernels (no pipelining; shared memory only in the warpgroup form) until
+// kernels (shared memory and pipelining only in the warpgroup form) until
 // measured.
 //
 //===----------------------------------------------------------------------===//
@@ -25,8 +25,10 @@ constexpr double kL2Factor = 2.5;
 constexpr double kSplitBandwidth = 0.7, kSplitArith = 0.25;
 constexpr double kThreadBandwidth = 0.25, kThreadArith = 0.5;
 constexpr double kMmaBandwidth = 0.5, kMmaArith = 0.2;
-/// The warpgroup form stages its tiles in shared memory (B by TMA), one
-/// stage: better than mma.sync's loads from global memory, far from peak.
+/// The warpgroup form stages its tiles in shared memory (B by TMA) through
+/// a pipeline of 2 to 4 stages: better than mma.sync's loads from global
+/// memory. Its A tiles still pass through registers, so it is far from peak;
+/// kept at the one-stage estimate until a GPU measures it.
 constexpr double kWarpgroupBandwidth = 0.6, kWarpgroupArith = 0.35;
 /// Warps per SM a tensor-core form needs to reach its fraction; warpgroups
 /// (blocks) per SM for the warpgroup form.

@@ -312,9 +312,9 @@ public:
                         BodyFn body);
   /// Launches `fn` over `n` threads on the stream, in blocks of
   /// `blockThreads` (which must divide n), or by default of a size picked
-  /// for n.
+  /// for n, each with `dynamicSharedBytes` of dynamic shared memory.
   void launch(gpu::GPUFuncOp fn, Value n, ValueRange args,
-              int64_t blockThreads = 0);
+              int64_t blockThreads = 0, int64_t dynamicSharedBytes = 0);
   /// A device buffer for the duration of one call (release it after).
   Value scratch(MemRefType type, ValueRange sizes);
   void release(Value buffer);

@@ -635,7 +635,8 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
     p.launch(fn,
              tileThreads(p, rows, e, cols / kWgmmaCols, kWgmmaRows,
                          kWarpgroupThreads),
-             groupArgs, kWarpgroupThreads);
+             groupArgs, kWarpgroupThreads,
+             warpgroupStaging(options, weights.size(), depth).sharedBytes);
   };
   auto rowUsed = [&](KernelBody &k, Value token) {
     return k.cmp(arith::CmpIPredicate::sge, token, k.i32(0));

@@ -28,30 +28,41 @@ constexpr int64_t kMaxWaitTries = int64_t(1) << 15;
 /// The runtime's tensor-map encoder (runtime/src/CudaBackend.cpp).
 constexpr StringLiteral kTensorMapFunction = "moert_cuda_tensor_map_bf16_3d";
 
-/// A buffer of `size` elements in the block's shared memory: a private
-/// memref.global of the kernel module named for the kernel and `name`,
-/// aligned to `alignment` bytes.
-Value sharedBuffer(KernelBody &k, StringRef name, Type element, int64_t size,
-                   int64_t alignment) {
-  MLIRContext *ctx = k.b.getContext();
-  auto kernel =
-      k.b.getInsertionBlock()->getParentOp()->getParentOfType<gpu::GPUFuncOp>();
-  auto module = kernel->getParentOfType<gpu::GPUModuleOp>();
-  auto type = MemRefType::get(
-      {size}, element, MemRefLayoutAttrInterface(),
-      gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Workgroup));
-  OpBuilder detached(ctx);
-  auto global = memref::GlobalOp::create(
-      detached, k.b.getLoc(), (kernel.getName() + "_" + name).str(),
-      detached.getStringAttr("private"), type, Attribute(), /*constant=*/false,
-      detached.getI64IntegerAttr(alignment));
-  SymbolTable(module).insert(global, module.getBody()->begin());
-  return memref::GetGlobalOp::create(k.b, type, global.getSymName());
-}
-
 Value i64(KernelBody &k, int64_t v) {
   return arith::ConstantIntOp::create(k.b, v, 64);
 }
+
+/// The block's dynamic shared memory from its first 1024-byte aligned byte
+/// on (the swizzled tiles need that alignment, which the window's start is
+/// not promised: the launch asks for kSharedAlignment bytes more), carved
+/// into typed buffers at byte offsets that may depend on the stage.
+class SharedWindow {
+public:
+  explicit SharedWindow(KernelBody &k) : k(k) {
+    MLIRContext *ctx = k.b.getContext();
+    workgroup = gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Workgroup);
+    bytes = gpu::DynamicSharedMemoryOp::create(
+        k.b, MemRefType::get({ShapedType::kDynamic}, k.b.getI8Type(),
+                             MemRefLayoutAttrInterface(), workgroup));
+    Value start = memref::ExtractAlignedPointerAsIndexOp::create(k.b, bytes);
+    Value align = k.index(kSharedAlignment);
+    Value past = k.rem(start, align);
+    shift = k.rem(arith::SubIOp::create(k.b, align, past), align);
+  }
+  /// `size` elements of `element` at byte `offset` (a multiple of the
+  /// element's size) from the aligned start.
+  Value buffer(Value offset, Type element, int64_t size) {
+    auto type = MemRefType::get({size}, element, MemRefLayoutAttrInterface(),
+                                workgroup);
+    return memref::ViewOp::create(k.b, type, bytes, k.add(shift, offset),
+                                  ValueRange());
+  }
+
+private:
+  KernelBody &k;
+  Attribute workgroup;
+  Value bytes, shift;
+};
 
 /// The shared-window address of a shared buffer, as i64.
 Value sharedAddress(KernelBody &k, Value buffer) {
@@ -201,23 +212,39 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
   if (k.options.emulateWarpOps)
     return emulatedGemm(k, thread, g);
   MLIRContext *ctx = k.b.getContext();
-  Type bf16 = k.b.getBF16Type(), f32 = k.b.getF32Type();
+  Type f32 = k.b.getF32Type();
   bool split = !k.options.bf16Activations;
-  int64_t tileElements = kWgmmaRows * kWgmmaSlice;
-  Value aHigh = sharedBuffer(k, "a", bf16, tileElements, 1024);
-  Value aLow =
-      split ? sharedBuffer(k, "a_rest", bf16, tileElements, 1024) : Value();
-  SmallVector<Value> bTiles;
-  for (size_t m = 0; m < g.b.size(); ++m)
-    bTiles.push_back(sharedBuffer(k, "b", bf16, tileElements, 1024));
-  Value barrier = sharedBuffer(k, "full", k.b.getI64Type(), 1, 8);
-  Value barrierPtr = sharedPointer(k, barrier);
+  int64_t matrices = static_cast<int64_t>(g.b.size());
+  WarpgroupStaging staging =
+      warpgroupStaging(k.options, matrices, g.depth);
+  int64_t stages = staging.stages, slices = g.depth / kWgmmaSlice;
+  int64_t aTiles = split ? 2 : 1;
+
+  // Stage s holds A's tiles (high part, remainder) then the B tiles, each
+  // kTileBytes; the stages' mbarriers follow the last stage used.
+  SharedWindow shared(k);
+  auto stageOffset = [&](Value stage, int64_t tile) {
+    return k.add(k.mul(stage, k.index(staging.stageBytes)),
+                 k.index(tile * kTileBytes));
+  };
+  auto tile = [&](Value stage, int64_t t) {
+    return shared.buffer(stageOffset(stage, t), k.b.getBF16Type(),
+                         kWgmmaRows * kWgmmaSlice);
+  };
+  auto barrierOf = [&](Value stage) {
+    Value offset =
+        k.add(k.index(staging.barriersAt), k.mul(stage, k.index(8)));
+    return sharedPointer(k, shared.buffer(offset, k.b.getI64Type(), 1));
+  };
   Value isLeader = k.cmp(arith::CmpIPredicate::eq, thread, k.index(0));
 
-  // One thread arms the barrier (one arrival per phase: its own, with the
-  // bytes TMA delivers); the block sees it initialised after bar.sync.
+  // One thread arms each stage's barrier (one arrival per phase: its own,
+  // with the bytes TMA delivers); the block sees them initialised after
+  // bar.sync.
   k.ifThen(isLeader, [&] {
-    NVVM::MBarrierInitOp::create(k.b, barrierPtr, k.i32(1), Value());
+    for (int64_t s = 0; s < std::min(stages, slices); ++s)
+      NVVM::MBarrierInitOp::create(k.b, barrierOf(k.index(s)), k.i32(1),
+                                   Value());
     NVVM::FenceMbarrierInitOp::create(k.b);
     // The host copied the tensor maps to global memory: a thread that hands
     // one to TMA must first acquire it for the tensormap proxy (CUDA
@@ -228,6 +255,40 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
           k.b, NVVM::MemScopeKind::SYS, map, k.i32(128),
           NVVM::ProxyKind::GENERIC, NVVM::ProxyKind::TENSORMAP);
   });
+
+  // Loads slice `slice` into its stage: B's tiles by TMA (coordinates
+  // innermost first), completing on the stage's barrier, and A's tile by
+  // the threads, fenced for the async proxy that wgmma reads through.
+  auto load = [&](Value slice) {
+    Value stage = k.rem(slice, k.index(stages));
+    Value i0 = k.mul(slice, k.index(kWgmmaSlice));
+    k.ifThen(isLeader, [&] {
+      Value barrier = barrierOf(stage);
+      NVVM::MBarrierArriveExpectTxOp::create(
+          k.b, Type(), barrier, k.i32(kTileBytes * matrices),
+          NVVM::MemScopeKind::CTA, /*relaxed=*/false, Value());
+      SmallVector<Value> box = {k.toI32(i0), k.toI32(g.colBase),
+                                g.expert ? k.toI32(g.expert) : k.i32(0)};
+      for (int64_t m = 0; m < matrices; ++m)
+        NVVM::CpAsyncBulkTensorGlobalToSharedClusterOp::create(
+            k.b, clusterPointer(k, tile(stage, aTiles + m)), g.bMaps[m], box,
+            barrier, ValueRange(), Value(), Value(), NVVM::TMALoadMode::TILE,
+            /*isCTAOnly=*/false, NVVM::CTAGroupKindAttr(), Value());
+    });
+    stageA(k, thread, g, i0, tile(stage, 0),
+           split ? tile(stage, 1) : Value());
+    NVVM::FenceProxyOp::create(
+        k.b, NVVM::ProxyKind::async_shared,
+        NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
+  };
+
+  // The pipeline runs stages - 1 slices ahead: the first are loaded here;
+  // after slice j's wgmmas are issued, the threads load slice j + stages - 1
+  // into the stage slice j - 1 used (its wgmmas are done) while the tensor
+  // cores work.
+  for (int64_t s = 0; s < std::min(stages - 1, slices); ++s)
+    load(k.index(s));
+  // The barriers' initialisation and the first slices' A stores, for all.
   gpu::BarrierOp::create(k.b);
 
   auto accType = LLVM::LLVMStructType::getLiteral(
@@ -235,49 +296,30 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
   Value zeroAcc = LLVM::UndefOp::create(k.b, accType);
   for (int64_t i = 0; i < kWarpgroupAccumulators; ++i)
     zeroAcc = LLVM::InsertValueOp::create(k.b, zeroAcc, k.f32(0.0), i);
-  SmallVector<Value> inits(g.b.size(), zeroAcc);
+  SmallVector<Value> inits(matrices, zeroAcc);
 
   SmallVector<Value> accs = k.reduceAll(
-      k.index(0), k.index(g.depth / kWgmmaSlice), inits,
+      k.index(0), k.index(slices), inits,
       [&](Value slice, ValueRange acc) -> SmallVector<Value> {
-        Value i0 = k.mul(slice, k.index(kWgmmaSlice));
-        // B's tiles by TMA (coordinates innermost first), overlapping the
-        // threads' stores of A.
-        k.ifThen(isLeader, [&] {
-          NVVM::MBarrierArriveExpectTxOp::create(
-              k.b, Type(), barrierPtr,
-              k.i32(kTileBytes * static_cast<int64_t>(g.b.size())),
-              NVVM::MemScopeKind::CTA, /*relaxed=*/false, Value());
-          SmallVector<Value> box = {k.toI32(i0), k.toI32(g.colBase),
-                                    g.expert ? k.toI32(g.expert) : k.i32(0)};
-          for (size_t m = 0; m < g.b.size(); ++m)
-            NVVM::CpAsyncBulkTensorGlobalToSharedClusterOp::create(
-                k.b, clusterPointer(k, bTiles[m]), g.bMaps[m], box, barrierPtr,
-                ValueRange(), Value(), Value(), NVVM::TMALoadMode::TILE,
-                /*isCTAOnly=*/false, NVVM::CTAGroupKindAttr(), Value());
-        });
-        stageA(k, thread, g, i0, aHigh, aLow);
-        // The threads' stores are generic-proxy writes; wgmma reads through
-        // the async proxy.
-        NVVM::FenceProxyOp::create(
-            k.b, NVVM::ProxyKind::async_shared,
-            NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
-        gpu::BarrierOp::create(k.b);
-        Value parity = k.toI32(k.rem(slice, k.index(2)));
-        waitForPhase(k, barrierPtr, parity);
+        // Slice j is stage j % stages's (j / stages)-th load: its barrier's
+        // phase of that parity completes when B's bytes have landed.
+        Value stage = k.rem(slice, k.index(stages));
+        Value parity =
+            k.toI32(k.rem(k.div(slice, k.index(stages)), k.index(2)));
+        waitForPhase(k, barrierOf(stage), parity);
 
         NVVM::WgmmaFenceAlignedOp::create(k.b);
-        SmallVector<Value> aBases = {sharedAddress(k, aHigh)};
-        if (split)
-          aBases.push_back(sharedAddress(k, aLow));
+        SmallVector<Value> aBases;
+        for (int64_t t = 0; t < aTiles; ++t)
+          aBases.push_back(sharedAddress(k, tile(stage, t)));
         SmallVector<Value> bBases;
-        for (Value tile : bTiles)
-          bBases.push_back(sharedAddress(k, tile));
+        for (int64_t m = 0; m < matrices; ++m)
+          bBases.push_back(sharedAddress(k, tile(stage, aTiles + m)));
         SmallVector<Value> next(acc);
         for (int64_t s = 0; s < kSteps; ++s) {
           // 16 bf16 of each row: 32 bytes further along the swizzled rows.
           Value step = i64(k, s * kWgmmaDepth * 2);
-          for (size_t m = 0; m < g.b.size(); ++m) {
+          for (int64_t m = 0; m < matrices; ++m) {
             Value bDesc = matrixDescriptor(
                 k, arith::AddIOp::create(k.b, bBases[m], step));
             for (Value aBase : aBases) {
@@ -296,8 +338,13 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
           }
         }
         NVVM::WgmmaGroupSyncAlignedOp::create(k.b);
+        Value ahead = k.add(slice, k.index(stages - 1));
+        k.ifThen(k.cmp(arith::CmpIPredicate::ult, ahead, k.index(slices)),
+                 [&] { load(ahead); });
         NVVM::WgmmaWaitGroupSyncOp::create(k.b, 0);
-        // Every thread's wgmmas have read the tiles before any overwrite.
+        // Every thread's wgmmas have read this stage, and its A stores of
+        // the slice ahead are fenced, before any thread goes on: the next
+        // load into this stage, and the wgmmas of that slice, come after.
         gpu::BarrierOp::create(k.b);
         return next;
       });
@@ -306,6 +353,27 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
     for (int64_t i = 0; i < kWarpgroupAccumulators; ++i)
       out.push_back(LLVM::ExtractValueOp::create(k.b, acc, i));
   return out;
+}
+
+WarpgroupStaging
+mlir::moe::gpu_lowering::warpgroupStaging(const GPUKernelOptions &options,
+                                          int64_t matrices, int64_t depth) {
+  if (options.emulateWarpOps)
+    return {0, 0, 0, 0};
+  int64_t aTiles = options.bf16Activations ? 1 : 2;
+  int64_t stageBytes = (aTiles + matrices) * kTileBytes;
+  // As many stages as fit the budget (with their barriers and the
+  // alignment slack), between 2 (the pipeline's structure needs a stage to
+  // load into while another is read) and the slices there are.
+  int64_t slices = depth / kWgmmaSlice;
+  int64_t perStage = stageBytes + 8;
+  int64_t fit = (kWarpgroupSharedBudget - kSharedAlignment) / perStage;
+  int64_t stages =
+      std::max<int64_t>(2, std::min({fit, kMaxWarpgroupStages, slices}));
+  // A single slice uses one stage of the two.
+  int64_t used = std::min(stages, slices);
+  return {stages, stageBytes, used * stageBytes,
+          used * perStage + kSharedAlignment};
 }
 
 bool mlir::moe::gpu_lowering::mayUseWarpgroups(GPUProgram &p,

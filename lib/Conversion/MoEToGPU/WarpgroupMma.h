@@ -15,7 +15,13 @@
 //   bytes apart, in a 1024-byte aligned buffer;
 // - four wgmma steps of 16, whose descriptors (128-byte swizzle, 1024 bytes
 //   between groups of 8 rows) advance 32 bytes along the swizzled rows.
-// One stage: a slice is loaded after the previous one's wgmmas complete.
+// The slices go through a ring of stages in dynamic shared memory
+// (warpgroupStaging: as many as fit two blocks on a multiprocessor, 2 to
+// 4), each with its own mbarrier: stages - 1 slices are loaded ahead, and
+// once slice j's wgmmas are issued, the threads load slice j + stages - 1
+// (TMA for B, their stores for A) into the stage slice j - 1 used, while the
+// tensor cores work; wgmma.wait_group 0 and bar.sync end each slice, so a
+// stage is overwritten only after every wgmma that read it is done.
 //
 // Thread t holds accumulator i (of 32 per matrix) at tile row 16 (t / 32) +
 // (t % 32) / 4 + 8 ((i % 4) / 2) and column 8 (i / 4) + 2 (t % 4) + i % 2:
@@ -44,6 +50,29 @@ constexpr int64_t kWarpgroupThreads = 128;
 constexpr int64_t kWarpgroupAccumulators =
     kWgmmaRows * kWgmmaCols / kWarpgroupThreads;
 
+/// The alignment the swizzled tiles need in shared memory, and the most
+/// shared memory a block of the warpgroup form takes: two blocks fit on one
+/// H100 multiprocessor (228 KiB, 1 KiB of it reserved per block), as the
+/// cost model assumes.
+constexpr int64_t kSharedAlignment = 1024;
+constexpr int64_t kWarpgroupSharedBudget = 113 * 1024;
+/// Stages of the warpgroup form's pipeline at most.
+constexpr int64_t kMaxWarpgroupStages = 4;
+
+/// How a warpgroup tile GEMM stages its slices: a ring of `stages` of
+/// `stageBytes` each (of which a GEMM of fewer slices uses as many as it
+/// has), the stages' mbarriers from byte `barriersAt` on, and the dynamic
+/// shared memory its launch must ask for (`sharedBytes`: the stages used,
+/// their mbarriers and kSharedAlignment of slack). All 0 when emulated (no
+/// shared memory).
+struct WarpgroupStaging {
+  int64_t stages, stageBytes, barriersAt, sharedBytes;
+};
+/// The staging of a GEMM of `matrices` B matrices over `depth` (a multiple
+/// of kWgmmaSlice) with A split or rounded as `options` say.
+WarpgroupStaging warpgroupStaging(const GPUKernelOptions &options,
+                                  int64_t matrices, int64_t depth);
+
 struct WarpgroupTileGemm {
   /// The reduction length, a multiple of kWgmmaSlice.
   int64_t depth;
@@ -63,7 +92,8 @@ struct WarpgroupTileGemm {
 
 /// The thread's accumulators after the whole reduction,
 /// acc[m * kWarpgroupAccumulators + i].
-/// All 128 threads of the block must be here (barriers). k.options say
+/// All 128 threads of the block must be here (barriers), launched with
+/// warpgroupStaging's sharedBytes of dynamic shared memory. k.options say
 /// whether A is split or rounded (bf16Activations) and whether to emulate.
 SmallVector<Value> emitWarpgroupTileGemm(KernelBody &k, Value thread,
                                          const WarpgroupTileGemm &gemm);

@@ -14,7 +14,11 @@
 // warpgroup tiles get rows, the host asks for a tensor map per weight (dims
 // innermost first: depth, columns, experts; boxes of 64 x 64; else null), and
 // launches a block of one warpgroup (128 threads) per tile, the maps last
-// among the arguments.
+// among the arguments, with the dynamic shared memory of the kernel's stages:
+// gate/up (d = 64, one slice) one stage of A's two parts and two B tiles
+// (32768 bytes), its mbarrier (8) and 1024 bytes of alignment slack; down
+// (f = 128, two slices) two stages of A's two parts and a B tile (2 x 24576),
+// two mbarriers and the slack.
 // CHECK-LABEL: func.func @prefill(
 // CHECK: %[[SPLIT:.*]] = arith.cmpi ule, %[[ROWS:.*]], %c178 : index
 // CHECK: %[[OTHER:.*]] = arith.select %[[SPLIT]], %c0, %[[ROWS]] : index
@@ -29,64 +33,90 @@
 // CHECK-NEXT: scf.yield %[[NULL:.*]] : !llvm.ptr
 // CHECK: %[[UP:.*]] = scf.if %[[ANY]] -> (!llvm.ptr) {
 // CHECK-NEXT: func.call @moert_cuda_tensor_map_bf16_3d(%{{.*}}, %c64_i64, %c128_i64, %c4_i64, %c64_i64, %c64_i64)
-// CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_gate_up_wgmma_{{[0-9]+}} blocks in (%{{.*}}, %c1, %c1) threads in (%c128, %c1, %c1) args({{.*}}, %[[GATE]] : !llvm.ptr, %[[UP]] : !llvm.ptr)
+// CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_gate_up_wgmma_{{[0-9]+}} blocks in (%{{.*}}, %c1, %c1) threads in (%c128, %c1, %c1) dynamic_shared_memory_size %c33800_i32 args({{.*}}, %[[GATE]] : !llvm.ptr, %[[UP]] : !llvm.ptr)
 // CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_gate_up_mma_{{[0-9]+}}
 // CHECK: %[[DOWN:.*]] = scf.if
 // CHECK-NEXT: func.call @moert_cuda_tensor_map_bf16_3d(%{{.*}}, %c128_i64, %c64_i64, %c4_i64, %c64_i64, %c64_i64)
-// CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_down_wgmma_{{[0-9]+}} blocks in (%{{.*}}, %c1, %c1) threads in (%c128, %c1, %c1) args({{.*}}, %[[DOWN]] : !llvm.ptr)
+// CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_down_wgmma_{{[0-9]+}} blocks in (%{{.*}}, %c1, %c1) threads in (%c128, %c1, %c1) dynamic_shared_memory_size %c50192_i32 args({{.*}}, %[[DOWN]] : !llvm.ptr)
 // CHECK: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_down_mma_{{[0-9]+}}
 // CHECK: return
 
-// Shared memory: A's high and low bf16 parts, a B tile per matrix (1024-byte
-// aligned for the 128-byte swizzle) and the mbarrier.
-// CHECK-DAG: memref.global "private" @[[DA:experts_down_wgmma_[0-9]+_a]] : memref<4096xbf16, #gpu.address_space<workgroup>> {alignment = 1024 : i64}
-// CHECK-DAG: memref.global "private" @experts_down_wgmma_{{[0-9]+}}_a_rest : memref<4096xbf16, #gpu.address_space<workgroup>> {alignment = 1024 : i64}
-// CHECK-DAG: memref.global "private" @experts_down_wgmma_{{[0-9]+}}_b : memref<4096xbf16, #gpu.address_space<workgroup>> {alignment = 1024 : i64}
-// CHECK-DAG: memref.global "private" @experts_down_wgmma_{{[0-9]+}}_full : memref<1xi64, #gpu.address_space<workgroup>> {alignment = 8 : i64}
-// CHECK-DAG: memref.global "private" @experts_gate_up_wgmma_{{[0-9]+}}_b_0 : memref<4096xbf16, #gpu.address_space<workgroup>> {alignment = 1024 : i64}
-
-// gate/up: one slice of 64 (d = 64). Thread 0 arms the barrier for both B
-// tiles (2 x 8192 bytes) and issues their TMA loads at (slice, column tile,
-// expert); every thread stores its A chunks, fences them for the async proxy,
-// waits at bar.sync and on the barrier's phase, then 4 steps of 16 per
-// matrix, each twice (high part and remainder).
+// gate/up: one slice of 64 (d = 64). The dynamic shared memory's window is
+// used from its first 1024-byte aligned byte (the swizzle's alignment): A's
+// high part at 0, its remainder at 8192, the B tiles at 16384 and 24576, the
+// stage's mbarrier at 32768. Thread 0 initialises the barrier, acquires the
+// tensor maps, arms the barrier for both B tiles (2 x 8192 bytes) and issues
+// their TMA loads at (slice, column tile, expert); every thread stores its A
+// chunks and fences them for the async proxy; bar.sync; all wait on the
+// barrier's phase, then 4 steps of 16 per matrix, each twice (high part and
+// remainder).
 // CHECK-LABEL: gpu.func @experts_gate_up_wgmma_
-// CHECK: nvvm.mbarrier.init %{{.*}}, %c1_i32 : !llvm.ptr<3>, i32
+// CHECK: %[[WINDOW:.*]] = gpu.dynamic_shared_memory : memref<?xi8, #gpu.address_space<workgroup>>
+// CHECK-NEXT: %[[START:.*]] = memref.extract_aligned_pointer_as_index %[[WINDOW]]
+// CHECK-NEXT: %[[PAST:.*]] = arith.remui %[[START]], %c1024 : index
+// CHECK-NEXT: %[[TOEND:.*]] = arith.subi %c1024, %[[PAST]] : index
+// CHECK-NEXT: %[[SHIFT:.*]] = arith.remui %[[TOEND]], %c1024 : index
+// CHECK: %[[BAROFF:.*]] = arith.addi %[[SHIFT]], %c32768 : index
+// CHECK-NEXT: memref.view %[[WINDOW]][%[[BAROFF]]][] : memref<?xi8, #gpu.address_space<workgroup>> to memref<1xi64, #gpu.address_space<workgroup>>
+// CHECK: nvvm.mbarrier.init %[[BAR:.*]], %c1_i32 : !llvm.ptr<3>, i32
 // CHECK-NEXT: nvvm.fence.mbarrier.init
 // The leader acquires the tensor maps the host copied to global memory.
 // CHECK-NEXT: nvvm.fence.proxy.acquire <sys> %[[GMAP:.*]], %c128_i32
 // CHECK-NEXT: nvvm.fence.proxy.acquire <sys> %[[UMAP:.*]], %c128_i32
-// CHECK: gpu.barrier
-// CHECK: nvvm.mbarrier.arrive.expect_tx %[[BAR:.*]], %c16384_i32 : !llvm.ptr<3>, i32
+// CHECK-NEXT: nvvm.mbarrier.arrive.expect_tx %[[BAR]], %c16384_i32 : !llvm.ptr<3>, i32
+// CHECK: %[[GOFF:.*]] = arith.addi %[[SHIFT]], %c16384 : index
+// CHECK-NEXT: memref.view %[[WINDOW]][%[[GOFF]]][]
 // CHECK: nvvm.cp.async.bulk.tensor.shared.cluster.global %{{.*}}, %[[GMAP]], %[[BAR]], box[%c0_i32, %[[COL:.*]], %[[EXPERT:.*]]] : !llvm.ptr<7>, !llvm.ptr
+// CHECK: %[[UOFF:.*]] = arith.addi %[[SHIFT]], %c24576 : index
+// CHECK-NEXT: memref.view %[[WINDOW]][%[[UOFF]]][]
 // CHECK: nvvm.cp.async.bulk.tensor.shared.cluster.global %{{.*}}, %[[UMAP]], %[[BAR]], box[%c0_i32, %[[COL]], %[[EXPERT]]] : !llvm.ptr<7>, !llvm.ptr
-// CHECK-COUNT-8: vector.store %{{.*}} : memref<4096xbf16, #gpu.address_space<workgroup>>, vector<8xbf16>
+// CHECK: %[[AHIGH:.*]] = memref.view %[[WINDOW]][%[[SHIFT]]][] : memref<?xi8, #gpu.address_space<workgroup>> to memref<4096xbf16, #gpu.address_space<workgroup>>
+// CHECK-NEXT: %[[LOWOFF:.*]] = arith.addi %[[SHIFT]], %c8192 : index
+// CHECK-NEXT: %[[ALOW:.*]] = memref.view %[[WINDOW]][%[[LOWOFF]]][]
+// CHECK-COUNT-4: vector.store %{{.*}}, %[[AHIGH]][%[[AT:.*]]] : memref<4096xbf16, #gpu.address_space<workgroup>>, vector<8xbf16>
+// CHECK-NEXT: arith.extf
+// CHECK-NEXT: arith.subf
+// CHECK-NEXT: arith.truncf
+// CHECK-NEXT: vector.store %{{.*}}, %[[ALOW]][%[[AT]]]
 // The wait tries for up to 1 ms at a time and traps at the 2^15-th try (a
 // load that never lands fails the run instead of hanging the GPU).
 // CHECK: nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}
 // CHECK-NEXT: gpu.barrier
-// CHECK-NEXT: scf.while (%[[TRIES:.*]] = %c0_i32, %[[DONE:.*]] = %false)
+// CHECK: scf.while (%[[TRIES:.*]] = %c0_i32, %[[DONE:.*]] = %false)
 // CHECK-NEXT: %[[WAITING:.*]] = arith.xori %[[DONE]], %true : i1
 // CHECK-NEXT: %[[STUCK:.*]] = arith.cmpi uge, %[[TRIES]], %c32768_i32 : i32
 // CHECK-NEXT: %[[TRAP:.*]] = arith.andi %[[WAITING]], %[[STUCK]] : i1
 // CHECK-NEXT: scf.if %[[TRAP]] {
 // CHECK-NEXT: llvm.intr.trap
 // CHECK: scf.condition(%[[WAITING]])
-// CHECK: nvvm.mbarrier.try_wait %[[BAR]], %c0_i32, %c1000000_i32 : !llvm.ptr<3>, i32, i32 -> i1
+// CHECK: nvvm.mbarrier.try_wait %{{.*}}, %c0_i32, %c1000000_i32 : !llvm.ptr<3>, i32, i32 -> i1
 // CHECK: nvvm.wgmma.fence.aligned
 // CHECK-COUNT-16: nvvm.wgmma.mma_async {{.*}}, <m = 64, n = 64, k = 16>, D[<f32>, <one>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <col>]
 // CHECK-NOT: nvvm.wgmma.mma_async
 // CHECK: nvvm.wgmma.commit.group.sync.aligned
 // CHECK-NEXT: nvvm.wgmma.wait.group.sync.aligned 0
 // CHECK-NEXT: gpu.barrier
+// CHECK-NOT: nvvm.cp.async.bulk.tensor
 // CHECK: gpu.return
 
-// down: two slices of 64 (f = 128) in a loop; the barrier's parity alternates.
+// down: two slices of 64 (f = 128) through two stages of 24576 bytes (A's
+// two parts, then B), their mbarriers at 49152 and 49160. Slice 0 is loaded
+// before the loop; in slice j's iteration the threads wait on stage j % 2's
+// barrier for parity (j / 2) % 2, issue its wgmmas on that stage's tiles,
+// commit them, then (when j + 1 < 2) load slice j + 1 into stage (j + 1) % 2
+// while they run, wait for them and meet at bar.sync.
 // A's 16-byte chunk c of row r goes to chunk c ^ (r % 8); the descriptors
 // (128-byte swizzle, 1024 bytes between 8-row groups) advance 32 bytes a step.
 // CHECK-LABEL: gpu.func @experts_down_wgmma_
 // CHECK-DAG: %[[FIXED:.*]] = arith.constant 4611686293305360384 : i64
-// CHECK: scf.for %[[SLICE:.*]] = %c0 to %c2 step %c1 iter_args(
+// CHECK: %[[WINDOW:.*]] = gpu.dynamic_shared_memory
+// CHECK: arith.subi %c1024
+// CHECK-NEXT: %[[SHIFT:.*]] = arith.remui %{{.*}}, %c1024 : index
+// CHECK: arith.addi %[[SHIFT]], %c49152 : index
+// CHECK: nvvm.mbarrier.init
+// CHECK: arith.addi %[[SHIFT]], %c49160 : index
+// CHECK: nvvm.mbarrier.init
+// CHECK-NOT: nvvm.mbarrier.init
 // CHECK: nvvm.mbarrier.arrive.expect_tx %{{.*}}, %c8192_i32
 // CHECK: %[[ROW:.*]] = arith.divui %[[T:.*]], %c8 : index
 // CHECK-NEXT: %[[CHUNK:.*]] = arith.remui %[[T]], %c8 : index
@@ -96,24 +126,60 @@
 // CHECK-NEXT: %[[CHAT:.*]] = arith.muli %[[SW]], %c8 : index
 // CHECK-NEXT: %[[AT:.*]] = arith.addi %[[ROWAT]], %[[CHAT]] : index
 // CHECK: vector.store %{{.*}}, %{{.*}}[%[[AT]]] : memref<4096xbf16, #gpu.address_space<workgroup>>, vector<8xbf16>
-// CHECK: %[[PHASE:.*]] = arith.remui %[[SLICE]], %c2 : index
+// CHECK: nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>
+// CHECK-NEXT: gpu.barrier
+// CHECK: scf.for %[[SLICE:.*]] = %c0 to %c2 step %c1 iter_args(
+// CHECK-NEXT: %[[STAGE:.*]] = arith.remui %[[SLICE]], %c2 : index
+// CHECK-NEXT: %[[ROUND:.*]] = arith.divui %[[SLICE]], %c2 : index
+// CHECK-NEXT: %[[PHASE:.*]] = arith.remui %[[ROUND]], %c2 : index
 // CHECK-NEXT: %[[PHASE32:.*]] = arith.index_cast %[[PHASE]] : index to i32
-// CHECK-NEXT: scf.while
+// CHECK-NEXT: %[[BARAT:.*]] = arith.muli %[[STAGE]], %c8 : index
+// CHECK-NEXT: %[[BAROFF:.*]] = arith.addi %[[BARAT]], %c49152 : index
+// CHECK-NEXT: arith.addi %[[SHIFT]], %[[BAROFF]] : index
+// CHECK: scf.while
 // CHECK: nvvm.mbarrier.try_wait %{{.*}}, %[[PHASE32]], %c1000000_i32
-// CHECK: %[[ADDR:.*]] = arith.index_castui %{{.*}} : index to i64
+// CHECK: nvvm.wgmma.fence.aligned
+// CHECK-NEXT: %[[STAGEAT:.*]] = arith.muli %[[STAGE]], %c24576 : index
+// CHECK-NEXT: %[[AOFF:.*]] = arith.addi %[[SHIFT]], %[[STAGEAT]] : index
+// CHECK-NEXT: memref.view %[[WINDOW]][%[[AOFF]]][]
+// CHECK: %[[BOFFIN:.*]] = arith.addi %[[STAGEAT]], %c16384 : index
+// CHECK-NEXT: %[[BOFF:.*]] = arith.addi %[[SHIFT]], %[[BOFFIN]] : index
+// CHECK-NEXT: memref.view %[[WINDOW]][%[[BOFF]]][]
+// CHECK-NEXT: memref.extract_aligned_pointer_as_index
+// CHECK-NEXT: %[[ADDR:.*]] = arith.index_castui %{{.*}} : index to i64
 // CHECK: %[[SHIFTED:.*]] = arith.shrui %[[ADDR]], %c4_i64 : i64
 // CHECK-NEXT: %[[START:.*]] = arith.andi %[[SHIFTED]], %c16383_i64 : i64
 // CHECK-NEXT: %[[DESC:.*]] = arith.ori %[[START]], %[[FIXED]] : i64
-// CHECK: nvvm.wgmma.mma_async %[[DESC]], %{{.*}}, %{{.*}}, <m = 64
+// CHECK: nvvm.wgmma.mma_async %{{.*}}, %[[DESC]], %{{.*}}, <m = 64
 // CHECK: arith.addi %[[ADDR]], %c32_i64 : i64
 // CHECK-COUNT-6: nvvm.wgmma.mma_async
 // CHECK-NOT: nvvm.wgmma.mma_async
+// CHECK: nvvm.wgmma.commit.group.sync.aligned
+// CHECK-NEXT: %[[AHEAD:.*]] = arith.addi %[[SLICE]], %c1 : index
+// CHECK-NEXT: %[[MORE:.*]] = arith.cmpi ult, %[[AHEAD]], %c2 : index
+// CHECK-NEXT: scf.if %[[MORE]] {
+// CHECK-NEXT: %[[NEXTSTAGE:.*]] = arith.remui %[[AHEAD]], %c2 : index
+// CHECK: nvvm.mbarrier.arrive.expect_tx %{{.*}}, %c8192_i32
+// CHECK: nvvm.cp.async.bulk.tensor.shared.cluster.global
+// CHECK: arith.muli %[[NEXTSTAGE]], %c24576 : index
+// CHECK: vector.store
+// CHECK: nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}
+// CHECK-NEXT: }
+// CHECK-NEXT: nvvm.wgmma.wait.group.sync.aligned 0
+// CHECK-NEXT: gpu.barrier
 // CHECK: scf.yield
 // CHECK: gpu.return
 
 // bf16-activations: one A tile and one wgmma per step and matrix.
 // BF16ACT-LABEL: gpu.func @experts_gate_up_wgmma_
-// BF16ACT-NOT: _a_rest
+// BF16ACT: nvvm.mbarrier.arrive.expect_tx %{{.*}}, %c16384_i32
+// BF16ACT: arith.addi %{{.*}}, %c8192 : index
+// BF16ACT: nvvm.cp.async.bulk.tensor
+// BF16ACT: arith.addi %{{.*}}, %c16384 : index
+// BF16ACT: nvvm.cp.async.bulk.tensor
+// BF16ACT-COUNT-4: vector.store
+// BF16ACT-NOT: vector.store
+// BF16ACT: nvvm.fence.proxy
 // BF16ACT-COUNT-8: nvvm.wgmma.mma_async
 // BF16ACT-NOT: nvvm.wgmma.mma_async
 // BF16ACT: gpu.return
@@ -122,11 +188,11 @@
 // the 128-thread blocks computes its own accumulators.
 // EMU-LABEL: func.func @prefill(
 // EMU-NOT: moert_cuda_tensor_map_bf16_3d
-// EMU: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_gate_up_wgmma_{{[0-9]+}} blocks in (%{{.*}}, %c1, %c1) threads in (%c128, %c1, %c1)
+// EMU: gpu.launch_func async [%{{.*}}] @moe_kernels::@experts_gate_up_wgmma_{{[0-9]+}} blocks in (%{{.*}}, %c1, %c1) threads in (%c128, %c1, %c1) args(
 // EMU-LABEL: gpu.func @experts_gate_up_wgmma_
 // EMU-NOT: nvvm.
 // EMU-NOT: gpu.barrier
-// EMU-NOT: memref.get_global
+// EMU-NOT: gpu.dynamic_shared_memory
 // EMU: gpu.return
 
 // SM80: error: convert-moe-to-gpu: wgmma kernels need chip sm_90a, not 'sm_80'
