@@ -265,8 +265,8 @@ void GPUProgram::launch(gpu::GPUFuncOp fn, Value n, ValueRange args,
   llvm::append_range(operands, args);
   Value shared;
   if (dynamicSharedBytes)
-    shared = arith::ConstantIntOp::create(hostBuilder, loc, dynamicSharedBytes,
-                                          32);
+    shared =
+        arith::ConstantIntOp::create(hostBuilder, loc, dynamicSharedBytes, 32);
   auto op = gpu::LaunchFuncOp::create(
       hostBuilder, loc, fn, {blocks, one, one}, {threads, one, one}, shared,
       operands, hostBuilder.getType<gpu::AsyncTokenType>(), {stream()});

@@ -215,8 +215,7 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
   Type f32 = k.b.getF32Type();
   bool split = !k.options.bf16Activations;
   int64_t matrices = static_cast<int64_t>(g.b.size());
-  WarpgroupStaging staging =
-      warpgroupStaging(k.options, matrices, g.depth);
+  WarpgroupStaging staging = warpgroupStaging(k.options, matrices, g.depth);
   int64_t stages = staging.stages, slices = g.depth / kWgmmaSlice;
   int64_t aTiles = split ? 2 : 1;
 
@@ -232,8 +231,7 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
                          kWgmmaRows * kWgmmaSlice);
   };
   auto barrierOf = [&](Value stage) {
-    Value offset =
-        k.add(k.index(staging.barriersAt), k.mul(stage, k.index(8)));
+    Value offset = k.add(k.index(staging.barriersAt), k.mul(stage, k.index(8)));
     return sharedPointer(k, shared.buffer(offset, k.b.getI64Type(), 1));
   };
   Value isLeader = k.cmp(arith::CmpIPredicate::eq, thread, k.index(0));
@@ -275,8 +273,7 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
             barrier, ValueRange(), Value(), Value(), NVVM::TMALoadMode::TILE,
             /*isCTAOnly=*/false, NVVM::CTAGroupKindAttr(), Value());
     });
-    stageA(k, thread, g, i0, tile(stage, 0),
-           split ? tile(stage, 1) : Value());
+    stageA(k, thread, g, i0, tile(stage, 0), split ? tile(stage, 1) : Value());
     NVVM::FenceProxyOp::create(
         k.b, NVVM::ProxyKind::async_shared,
         NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
