@@ -155,11 +155,12 @@ TEST(CostModelTest, WarpgroupsTakeOverForLargePrefills) {
       int64_t from = forms.warpgroupMinRows;
       ASSERT_GT(from, forms.splitMaxRows) << s.name;
       EXPECT_LE(from, 8192 * s.topK) << s.name;
-      EXPECT_LT(modelWarpgroupSeconds(c, g, from),
+      int64_t cols = forms.warpgroupCols;
+      EXPECT_LT(modelWarpgroupSeconds(c, g, from, cols),
                 modelMmaSeconds(c, g, from, forms.mmaSubtiles))
           << s.name;
       if (from / 2 > forms.splitMaxRows)
-        EXPECT_GE(modelWarpgroupSeconds(c, g, from / 2),
+        EXPECT_GE(modelWarpgroupSeconds(c, g, from / 2, cols),
                   modelMmaSeconds(c, g, from / 2, forms.mmaSubtiles))
             << s.name;
       EXPECT_EQ(chooseExpertGemmForms(c, true, g).warpgroupMinRows, 0);
@@ -172,6 +173,32 @@ TEST(CostModelTest, WarpgroupsTakeOverForLargePrefills) {
   EXPECT_EQ(chooseExpertGemmForms(c, true, oddDepth, true).warpgroupMinRows, 0);
   ExpertGemmShape f32{8, 2, 1024, 1024, 2, false};
   EXPECT_EQ(chooseExpertGemmForms(c, true, f32, true).warpgroupMinRows, 0);
+}
+
+// The warpgroup tiles are 128 columns wide where that divides the columns,
+// keeps a thread's accumulators within kMaxWarpgroupAccumulators (one
+// matrix: 64; gate and up together would hold 128) and models no slower on
+// a prefill (the rows staged once for twice the columns); else 64.
+TEST(CostModelTest, WarpgroupTilesAreWideWhereTheyFit) {
+  ChipLimits c = chip("sm_90a");
+  for (const LayerShape &s : kShapes) {
+    ExpertGemmForms up = chooseExpertGemmForms(c, true, gateUp(s), true);
+    EXPECT_EQ(up.warpgroupCols, kWgmmaNarrowCols) << s.name;
+    ExpertGemmShape g = down(s);
+    ExpertGemmForms forms = chooseExpertGemmForms(c, true, g, true);
+    ASSERT_GT(forms.warpgroupMinRows, 0) << s.name;
+    EXPECT_EQ(forms.warpgroupCols, kWgmmaWideCols) << s.name;
+    EXPECT_LE(modelWarpgroupSeconds(c, g, 4096, kWgmmaWideCols),
+              modelWarpgroupSeconds(c, g, 4096, kWgmmaNarrowCols))
+        << s.name;
+    // Columns in odd multiples of 64 keep narrow tiles.
+    g.cols = 64 * 21;
+    EXPECT_EQ(chooseExpertGemmForms(c, true, g, true).warpgroupCols,
+              kWgmmaNarrowCols)
+        << s.name;
+  }
+  // Without the form, no width.
+  EXPECT_EQ(chooseExpertGemmForms(c, true, down(kShapes[0])).warpgroupCols, 0);
 }
 
 // A decode batch of 16 tokens gives each of 8 experts 4 of its 32 rows on

@@ -43,12 +43,18 @@ constexpr int64_t kMmaCols = 8;
 /// Rows of one expert's segment a warp of the split (decode) form takes at
 /// once: it reads each weight chunk once for all of them.
 constexpr int64_t kSplitChunkRows = 4;
-/// The tile of the Hopper warpgroup form (wgmma.m64n64k16 from shared
-/// memory), per B matrix, and the reduction slice it stages at a time (one
-/// 128-byte row of bf16).
+/// The tile of the Hopper warpgroup form (wgmma.m64nNk16 from shared
+/// memory): kWgmmaRows rows and, per B matrix, kWgmmaNarrowCols or
+/// kWgmmaWideCols columns (the cost model picks); and the reduction slice it
+/// stages at a time (one 128-byte row of bf16).
 constexpr int64_t kWgmmaRows = 64;
-constexpr int64_t kWgmmaCols = 64;
+constexpr int64_t kWgmmaNarrowCols = 64;
+constexpr int64_t kWgmmaWideCols = 128;
 constexpr int64_t kWgmmaSlice = 64;
+/// The most accumulators a thread of the warpgroup form holds (f32
+/// registers: kWgmmaRows x cols / 128 per B matrix), so that the kernel
+/// keeps them in registers beside its addresses.
+constexpr int64_t kMaxWarpgroupAccumulators = 64;
 
 /// One GEMM of an expert group: every routed row times a [cols, depth]
 /// weight matrix (`matrices` of them share the rows, as gate and up do).
@@ -67,16 +73,20 @@ struct ExpertGemmForms {
   /// Subtiles of kMmaCols columns per warp tile of the tensor-core form (a
   /// warp computes kMmaRows x (8 * mmaSubtiles)), or 0 for no such form.
   int64_t mmaSubtiles;
-  /// Rows from which the Hopper warpgroup form (kWgmmaRows x kWgmmaCols
-  /// tiles) takes over from the mma.sync one, or 0 for no such form.
+  /// Rows from which the Hopper warpgroup form takes over from the mma.sync
+  /// one, or 0 for no such form, and the columns of its tiles
+  /// (kWgmmaNarrowCols or kWgmmaWideCols per B matrix).
   int64_t warpgroupMinRows = 0;
+  int64_t warpgroupCols = 0;
 };
 
 /// Picks the forms of `shape` on `chip`. The tensor-core form needs
 /// `tensorCores`, a chip with bf16 mma.sync, bf16 weights, a depth that is a
 /// multiple of kMmaDepth and columns a multiple of kMmaCols. The warpgroup
 /// form needs `warpgroups` (the caller knows the chip is sm_90a and the
-/// kernels may use it) and a depth and columns that are multiples of 64.
+/// kernels may use it) and a depth and columns that are multiples of 64; its
+/// tiles are 128 columns wide where they divide the columns, keep at most
+/// kMaxWarpgroupAccumulators per thread and model faster on a prefill.
 /// The warp-per-output form takes `splitChunkRows` rows at once.
 ExpertGemmForms chooseExpertGemmForms(const ChipLimits &chip, bool tensorCores,
                                       const ExpertGemmShape &shape,
@@ -94,7 +104,8 @@ double modelThreadSeconds(const ChipLimits &chip, const ExpertGemmShape &shape,
 double modelMmaSeconds(const ChipLimits &chip, const ExpertGemmShape &shape,
                        int64_t rows, int64_t subtiles);
 double modelWarpgroupSeconds(const ChipLimits &chip,
-                             const ExpertGemmShape &shape, int64_t rows);
+                             const ExpertGemmShape &shape, int64_t rows,
+                             int64_t cols);
 
 } // namespace mlir::moe::gpu_lowering
 

@@ -34,6 +34,9 @@ constexpr double kWarpgroupBandwidth = 0.6, kWarpgroupArith = 0.35;
 /// (blocks) per SM for the warpgroup form.
 constexpr double kMmaWarpsPerSM = 4;
 constexpr double kWarpgroupsPerSM = 2;
+/// The rows of a prefill, on which the tiles of the tensor-core forms are
+/// chosen.
+constexpr int64_t kPrefillRows = 4096;
 /// The warpgroup form's hand-over is searched over row counts up to this.
 constexpr int64_t kWarpgroupSearchRows = 1 << 17;
 /// The split form re-reads every expert's weights once per chunk of
@@ -147,9 +150,10 @@ double mlir::moe::gpu_lowering::modelMmaSeconds(const ChipLimits &chip,
 
 double mlir::moe::gpu_lowering::modelWarpgroupSeconds(const ChipLimits &chip,
                                                       const ExpertGemmShape &s,
-                                                      int64_t rows) {
-  TiledForm warpgroups{kWgmmaRows, kWgmmaCols, kWarpgroupBandwidth,
-                       kWarpgroupArith, kWarpgroupsPerSM};
+                                                      int64_t rows,
+                                                      int64_t cols) {
+  TiledForm warpgroups{kWgmmaRows, cols, kWarpgroupBandwidth, kWarpgroupArith,
+                       kWarpgroupsPerSM};
   return tiledSeconds(chip, s, rows, warpgroups);
 }
 
@@ -164,7 +168,6 @@ ExpertGemmForms mlir::moe::gpu_lowering::chooseExpertGemmForms(
     // prefill-sized problem (more subtiles reuse each row fragment more,
     // fewer tiles fill fewer SMs). A lane holds 4 accumulators per subtile
     // and matrix: at most 32, so that the kernel keeps them in registers.
-    constexpr int64_t kPrefillRows = 4096;
     constexpr int64_t kMaxAccumulators = 32;
     double best = 0;
     for (int64_t subtiles : {8, 4, 2, 1}) {
@@ -188,20 +191,32 @@ ExpertGemmForms mlir::moe::gpu_lowering::chooseExpertGemmForms(
       break;
     }
   }
-  // The warpgroup form takes over from mma.sync at the first row count past
-  // the split form's where it is faster, searched in whole tiles and then
-  // in steps of an eighth.
-  if (warpgroups && forms.mmaSubtiles && s.cols % kWgmmaCols == 0 &&
-      s.depth % kWgmmaSlice == 0) {
-    for (int64_t rows = llvm::alignTo(forms.splitMaxRows + 1, kWgmmaRows);
-         rows <= kWarpgroupSearchRows;
-         rows +=
-         std::max<int64_t>(kWgmmaRows, llvm::alignTo(rows / 8, kWgmmaRows))) {
-      if (modelWarpgroupSeconds(chip, s, rows) <
-          modelMmaSeconds(chip, s, rows, forms.mmaSubtiles)) {
-        forms.warpgroupMinRows = rows;
-        break;
-      }
+  if (!warpgroups || !forms.mmaSubtiles || s.cols % kWgmmaNarrowCols ||
+      s.depth % kWgmmaSlice)
+    return forms;
+  // The warpgroup tile's width: wide tiles stage each row tile once for
+  // twice the columns (half the L2 traffic of the rows) but make half as
+  // many tiles to fill the GPU; wide unless slower on a prefill, where the
+  // form runs.
+  int64_t cols = kWgmmaNarrowCols;
+  if (s.cols % kWgmmaWideCols == 0 &&
+      s.matrices * kWgmmaRows * kWgmmaWideCols / 128 <=
+          kMaxWarpgroupAccumulators &&
+      modelWarpgroupSeconds(chip, s, kPrefillRows, kWgmmaWideCols) <=
+          modelWarpgroupSeconds(chip, s, kPrefillRows, kWgmmaNarrowCols))
+    cols = kWgmmaWideCols;
+  // It takes over from mma.sync at the first row count past the split
+  // form's where it is faster, searched in whole tiles and then in steps of
+  // an eighth.
+  for (int64_t rows = llvm::alignTo(forms.splitMaxRows + 1, kWgmmaRows);
+       rows <= kWarpgroupSearchRows;
+       rows +=
+       std::max<int64_t>(kWgmmaRows, llvm::alignTo(rows / 8, kWgmmaRows))) {
+    if (modelWarpgroupSeconds(chip, s, rows, cols) <
+        modelMmaSeconds(chip, s, rows, forms.mmaSubtiles)) {
+      forms.warpgroupMinRows = rows;
+      forms.warpgroupCols = cols;
+      break;
     }
   }
   return forms;

@@ -427,7 +427,7 @@ void mlir::moe::gpu_lowering::reportGemmForms(const GPUKernelOptions &options,
     remark << "a thread per output";
   if (forms.warpgroupMinRows)
     remark << ", from " << forms.warpgroupMinRows << " rows warpgroup tiles of "
-           << kWgmmaRows << " x " << kWgmmaCols
+           << kWgmmaRows << " x " << forms.warpgroupCols
            << " (wgmma, weight tiles by TMA)";
   remark << " (cost model for " << options.chip.name << ")";
   if (!why.empty())
@@ -551,15 +551,17 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
   if (!forms.warpgroupMinRows)
     return;
 
-  // A warpgroup (a block) per (64 rows, 64 columns) tile (WarpgroupMma.h).
-  int64_t groupColTiles = cols / kWgmmaCols;
+  // A warpgroup (a block) per (64 rows, tileCols columns) tile
+  // (WarpgroupMma.h).
+  int64_t tileCols = forms.warpgroupCols;
+  int64_t groupColTiles = cols / tileCols;
   SmallVector<Value> groupArgs = {a, w, out};
   if (!options.emulateWarpOps)
-    groupArgs.push_back(createWeightTensorMap(p, w, warpgroupRows));
+    groupArgs.push_back(createWeightTensorMap(p, w, tileCols, warpgroupRows));
   auto group = p.kernel(
       (base + "_wgmma").str(), "", groupArgs,
       [&](KernelBody &k, Value gid, ValueRange args) {
-        WarpgroupTask task = warpgroupTask(k, gid, cols);
+        WarpgroupTask task = warpgroupTask(k, gid, cols, tileCols);
         Value rowBase = k.mul(task.rowTile, k.index(kWgmmaRows));
         Value rowCount = k.dim(args[0], 0);
         Value last = arith::SubIOp::create(k.b, rowCount, k.index(1));
@@ -573,13 +575,16 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
           return loadChunkOrZeros(
               k, args[0], arith::MinUIOp::create(k.b, r, last), i0, valid(r));
         };
-        WarpgroupTileGemm gemm{
-            depth,     loadA,
-            {args[1]}, SmallVector<Value, 2>(args.drop_front(3)),
-            Value(),   task.colBase};
+        WarpgroupTileGemm gemm{depth,
+                               tileCols,
+                               loadA,
+                               {args[1]},
+                               SmallVector<Value, 2>(args.drop_front(3)),
+                               Value(),
+                               task.colBase};
         SmallVector<Value> acc = emitWarpgroupTileGemm(k, task.thread, gemm);
         forEachWarpgroupAccumulator(
-            k, task.thread, [&](int64_t at, Value row, Value col) {
+            k, task.thread, tileCols, [&](int64_t at, Value row, Value col) {
               Value r = rowAt(row);
               k.ifThen(valid(r), [&] {
                 k.store(acc[at], args[2], {r, k.add(task.colBase, col)});
@@ -592,5 +597,5 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
       group,
       p.hostMul(groupTiles, p.hostIndex(groupColTiles * kWarpgroupThreads)),
       groupArgs, kWarpgroupThreads,
-      warpgroupStaging(options, 1, depth).sharedBytes);
+      warpgroupStaging(options, 1, depth, tileCols).sharedBytes);
 }

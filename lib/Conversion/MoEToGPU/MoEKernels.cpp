@@ -583,7 +583,7 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
       function_ref<void(KernelBody &, ValueRange args, ArrayRef<Value> acc,
                         int64_t at, Value planRow, Value col)>;
   // Launches the warpgroup form `base` over `rows` plan rows: a block of one
-  // warpgroup per (row tile, `cols` / 64 column tiles) computes A B_m^T for
+  // warpgroup per (row tile, column tile of `tileCols`) computes A B_m^T for
   // the `weights` (the form's arguments from the fourth on), A's rows being
   // the tokens' rows of the first argument (`gathered`) or its plan rows, and
   // hands each used row's accumulators to `epilogue`. Its kernel takes
@@ -591,18 +591,18 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   // emulated: the emulated kernel reads the weights directly).
   auto launchWarpgroups = [&](StringRef base, ArrayRef<Value> formArgs,
                               ArrayRef<Value> weights, int64_t cols,
-                              int64_t depth, Value rows, bool gathered,
-                              GroupEpilogue epilogue) {
+                              int64_t tileCols, int64_t depth, Value rows,
+                              bool gathered, GroupEpilogue epilogue) {
     SmallVector<Value> groupArgs(formArgs);
     groupArgs.push_back(groupPrefix);
     size_t mapsAt = groupArgs.size();
     if (!options.emulateWarpOps)
       for (Value w : weights)
-        groupArgs.push_back(createWeightTensorMap(p, w, rows));
+        groupArgs.push_back(createWeightTensorMap(p, w, tileCols, rows));
     auto fn = p.kernel(
         base, key, groupArgs, [&](KernelBody &k, Value gid, ValueRange all) {
           ValueRange args = all.take_front(formArgs.size());
-          WarpgroupTask task = warpgroupTask(k, gid, cols);
+          WarpgroupTask task = warpgroupTask(k, gid, cols, tileCols);
           ExpertRowTile tile = expertRowTile(k, all[mapsAt - 1], args[2], e,
                                              task.rowTile, kWgmmaRows);
           // A block is one warpgroup: all its threads take this branch or
@@ -615,6 +615,7 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
             };
             WarpgroupTileGemm gemm{
                 depth,
+                tileCols,
                 loadA,
                 SmallVector<Value, 2>(args.slice(3, weights.size())),
                 SmallVector<Value, 2>(all.drop_front(mapsAt)),
@@ -623,7 +624,8 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
             SmallVector<Value> acc =
                 emitWarpgroupTileGemm(k, task.thread, gemm);
             forEachWarpgroupAccumulator(
-                k, task.thread, [&](int64_t at, Value row, Value col) {
+                k, task.thread, tileCols,
+                [&](int64_t at, Value row, Value col) {
                   GroupRow r = groupRow(k, args[1], tile, row);
                   k.ifThen(r.used, [&] {
                     epilogue(k, args, acc, at, r.planRow,
@@ -632,11 +634,11 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
                 });
           });
         });
-    p.launch(fn,
-             tileThreads(p, rows, e, cols / kWgmmaCols, kWgmmaRows,
-                         kWarpgroupThreads),
-             groupArgs, kWarpgroupThreads,
-             warpgroupStaging(options, weights.size(), depth).sharedBytes);
+    p.launch(
+        fn,
+        tileThreads(p, rows, e, cols / tileCols, kWgmmaRows, kWarpgroupThreads),
+        groupArgs, kWarpgroupThreads,
+        warpgroupStaging(options, weights.size(), depth, tileCols).sharedBytes);
   };
   auto rowUsed = [&](KernelBody &k, Value token) {
     return k.cmp(arith::CmpIPredicate::sge, token, k.i32(0));
@@ -666,11 +668,13 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   p.launch(up, p.hostMul(upRows.thread, p.hostIndex(f)), upArgs);
 
   if (upWarpgroups) {
-    launchWarpgroups("experts_gate_up_wgmma", upArgs, {wg, wu}, f, d,
-                     upRows.warpgroup, /*gathered=*/true,
+    int64_t upAccumulators = warpgroupAccumulators(upForms.warpgroupCols);
+    launchWarpgroups("experts_gate_up_wgmma", upArgs, {wg, wu}, f,
+                     upForms.warpgroupCols, d, upRows.warpgroup,
+                     /*gathered=*/true,
                      [&](KernelBody &k, ValueRange args, ArrayRef<Value> acc,
                          int64_t at, Value row, Value col) {
-                       Value g = acc[at], u = acc[kWarpgroupAccumulators + at];
+                       Value g = acc[at], u = acc[upAccumulators + at];
                        k.store(activate(k, g, u), args[5], {row, col});
                      });
   }
@@ -745,8 +749,9 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
   p.launch(down, p.hostMul(downRows.thread, p.hostIndex(d)), downArgs);
 
   if (downWarpgroups) {
-    launchWarpgroups("experts_down_wgmma", downArgs, {wd}, d, f,
-                     downRows.warpgroup, /*gathered=*/false,
+    launchWarpgroups("experts_down_wgmma", downArgs, {wd}, d,
+                     downForms.warpgroupCols, f, downRows.warpgroup,
+                     /*gathered=*/false,
                      [&](KernelBody &k, ValueRange args, ArrayRef<Value> acc,
                          int64_t at, Value row, Value col) {
                        k.store(acc[at], args[4], {row, col});

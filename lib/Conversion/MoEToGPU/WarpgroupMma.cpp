@@ -16,9 +16,9 @@ constexpr int64_t kWgmmaDepth = 16;
 constexpr int64_t kSteps = kWgmmaSlice / kWgmmaDepth;
 /// bf16 elements per 16-byte chunk, the unit of the 128-byte swizzle.
 constexpr int64_t kChunk = 8;
-/// Bytes of one staged tile (A or B: 64 rows of 128 bytes).
-constexpr int64_t kTileBytes = kWgmmaRows * kWgmmaSlice * 2;
-static_assert(kWgmmaCols == kWgmmaRows, "A and B tiles share one layout");
+/// Bytes of one staged tile of `rows` rows of one slice (128 bytes each): A's
+/// tile has kWgmmaRows, B's the tile's columns. Both are laid out alike.
+constexpr int64_t tileBytes(int64_t rows) { return rows * kWgmmaSlice * 2; }
 /// A wait for TMA's bytes suspends up to kWaitNs per try and traps at the
 /// kMaxWaitTries-th try: after half a minute or so, far beyond any load, so
 /// that a load that never lands (a bad tensor map: a bug) fails the run
@@ -175,7 +175,7 @@ SmallVector<Value> emulatedGemm(KernelBody &k, Value thread,
                                 const WarpgroupTileGemm &g) {
   SmallVector<Value> out;
   for (size_t m = 0; m < g.b.size(); ++m) {
-    for (int64_t i = 0; i < kWarpgroupAccumulators; ++i) {
+    for (int64_t i = 0; i < warpgroupAccumulators(g.cols); ++i) {
       std::pair<Value, Value> position = accumulatorPosition(k, thread, i);
       Value row = position.first, col = position.second;
       out.push_back(k.reduce(
@@ -215,20 +215,26 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
   Type f32 = k.b.getF32Type();
   bool split = !k.options.bf16Activations;
   int64_t matrices = static_cast<int64_t>(g.b.size());
-  WarpgroupStaging staging = warpgroupStaging(k.options, matrices, g.depth);
+  WarpgroupStaging staging =
+      warpgroupStaging(k.options, matrices, g.depth, g.cols);
+  int64_t accumulators = warpgroupAccumulators(g.cols);
   int64_t stages = staging.stages, slices = g.depth / kWgmmaSlice;
   int64_t aTiles = split ? 2 : 1;
 
-  // Stage s holds A's tiles (high part, remainder) then the B tiles, each
-  // kTileBytes; the stages' mbarriers follow the last stage used.
+  // Stage s holds A's tiles (high part, remainder) then the B tiles; the
+  // stages' mbarriers follow the last stage used.
   SharedWindow shared(k);
-  auto stageOffset = [&](Value stage, int64_t tile) {
-    return k.add(k.mul(stage, k.index(staging.stageBytes)),
-                 k.index(tile * kTileBytes));
+  auto stageBuffer = [&](Value stage, int64_t offset, int64_t rows) {
+    Value at =
+        k.add(k.mul(stage, k.index(staging.stageBytes)), k.index(offset));
+    return shared.buffer(at, k.b.getBF16Type(), rows * kWgmmaSlice);
   };
-  auto tile = [&](Value stage, int64_t t) {
-    return shared.buffer(stageOffset(stage, t), k.b.getBF16Type(),
-                         kWgmmaRows * kWgmmaSlice);
+  auto aTile = [&](Value stage, int64_t t) {
+    return stageBuffer(stage, t * tileBytes(kWgmmaRows), kWgmmaRows);
+  };
+  auto bTile = [&](Value stage, int64_t m) {
+    return stageBuffer(
+        stage, aTiles * tileBytes(kWgmmaRows) + m * tileBytes(g.cols), g.cols);
   };
   auto barrierOf = [&](Value stage) {
     Value offset = k.add(k.index(staging.barriersAt), k.mul(stage, k.index(8)));
@@ -263,17 +269,18 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
     k.ifThen(isLeader, [&] {
       Value barrier = barrierOf(stage);
       NVVM::MBarrierArriveExpectTxOp::create(
-          k.b, Type(), barrier, k.i32(kTileBytes * matrices),
+          k.b, Type(), barrier, k.i32(tileBytes(g.cols) * matrices),
           NVVM::MemScopeKind::CTA, /*relaxed=*/false, Value());
       SmallVector<Value> box = {k.toI32(i0), k.toI32(g.colBase),
                                 g.expert ? k.toI32(g.expert) : k.i32(0)};
       for (int64_t m = 0; m < matrices; ++m)
         NVVM::CpAsyncBulkTensorGlobalToSharedClusterOp::create(
-            k.b, clusterPointer(k, tile(stage, aTiles + m)), g.bMaps[m], box,
-            barrier, ValueRange(), Value(), Value(), NVVM::TMALoadMode::TILE,
+            k.b, clusterPointer(k, bTile(stage, m)), g.bMaps[m], box, barrier,
+            ValueRange(), Value(), Value(), NVVM::TMALoadMode::TILE,
             /*isCTAOnly=*/false, NVVM::CTAGroupKindAttr(), Value());
     });
-    stageA(k, thread, g, i0, tile(stage, 0), split ? tile(stage, 1) : Value());
+    stageA(k, thread, g, i0, aTile(stage, 0),
+           split ? aTile(stage, 1) : Value());
     NVVM::FenceProxyOp::create(
         k.b, NVVM::ProxyKind::async_shared,
         NVVM::SharedSpaceAttr::get(ctx, NVVM::SharedSpace::shared_cta));
@@ -289,9 +296,9 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
   gpu::BarrierOp::create(k.b);
 
   auto accType = LLVM::LLVMStructType::getLiteral(
-      ctx, SmallVector<Type>(kWarpgroupAccumulators, f32));
+      ctx, SmallVector<Type>(accumulators, f32));
   Value zeroAcc = LLVM::UndefOp::create(k.b, accType);
-  for (int64_t i = 0; i < kWarpgroupAccumulators; ++i)
+  for (int64_t i = 0; i < accumulators; ++i)
     zeroAcc = LLVM::InsertValueOp::create(k.b, zeroAcc, k.f32(0.0), i);
   SmallVector<Value> inits(matrices, zeroAcc);
 
@@ -308,10 +315,10 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
         NVVM::WgmmaFenceAlignedOp::create(k.b);
         SmallVector<Value> aBases;
         for (int64_t t = 0; t < aTiles; ++t)
-          aBases.push_back(sharedAddress(k, tile(stage, t)));
+          aBases.push_back(sharedAddress(k, aTile(stage, t)));
         SmallVector<Value> bBases;
         for (int64_t m = 0; m < matrices; ++m)
-          bBases.push_back(sharedAddress(k, tile(stage, aTiles + m)));
+          bBases.push_back(sharedAddress(k, bTile(stage, m)));
         SmallVector<Value> next(acc);
         for (int64_t s = 0; s < kSteps; ++s) {
           // 16 bf16 of each row: 32 bytes further along the swizzled rows.
@@ -324,8 +331,7 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
                   matrixDescriptor(k, arith::AddIOp::create(k.b, aBase, step));
               next[m] = NVVM::WgmmaMmaAsyncOp::create(
                   k.b, accType, next[m], aDesc, bDesc,
-                  NVVM::MMAShapeAttr::get(ctx, kWgmmaRows, kWgmmaCols,
-                                          kWgmmaDepth),
+                  NVVM::MMAShapeAttr::get(ctx, kWgmmaRows, g.cols, kWgmmaDepth),
                   NVVM::WGMMATypes::bf16, NVVM::WGMMATypes::bf16,
                   NVVM::WGMMATypes::f32, NVVM::WGMMAScaleOut::one,
                   NVVM::WGMMAScaleIn::one, NVVM::WGMMAScaleIn::one,
@@ -347,18 +353,20 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
       });
   SmallVector<Value> out;
   for (Value acc : accs)
-    for (int64_t i = 0; i < kWarpgroupAccumulators; ++i)
+    for (int64_t i = 0; i < accumulators; ++i)
       out.push_back(LLVM::ExtractValueOp::create(k.b, acc, i));
   return out;
 }
 
 WarpgroupStaging
 mlir::moe::gpu_lowering::warpgroupStaging(const GPUKernelOptions &options,
-                                          int64_t matrices, int64_t depth) {
+                                          int64_t matrices, int64_t depth,
+                                          int64_t cols) {
   if (options.emulateWarpOps)
     return {0, 0, 0, 0};
   int64_t aTiles = options.bf16Activations ? 1 : 2;
-  int64_t stageBytes = (aTiles + matrices) * kTileBytes;
+  int64_t stageBytes =
+      aTiles * tileBytes(kWgmmaRows) + matrices * tileBytes(cols);
   // As many stages as fit the budget (with their barriers and the
   // alignment slack), between 2 (the pipeline's structure needs a stage to
   // load into while another is read) and the slices there are.
@@ -384,11 +392,12 @@ bool mlir::moe::gpu_lowering::mayUseWarpgroups(GPUProgram &p,
 }
 
 WarpgroupTask mlir::moe::gpu_lowering::warpgroupTask(KernelBody &k, Value gid,
-                                                     int64_t cols) {
+                                                     int64_t cols,
+                                                     int64_t tileCols) {
   Value block = k.div(gid, k.index(kWarpgroupThreads));
-  Value colTiles = k.index(cols / kWgmmaCols);
+  Value colTiles = k.index(cols / tileCols);
   return {k.rem(gid, k.index(kWarpgroupThreads)), k.div(block, colTiles),
-          k.mul(k.rem(block, colTiles), k.index(kWgmmaCols))};
+          k.mul(k.rem(block, colTiles), k.index(tileCols))};
 }
 
 Value mlir::moe::gpu_lowering::loadChunkOrZeros(KernelBody &k, Value source,
@@ -401,15 +410,16 @@ Value mlir::moe::gpu_lowering::loadChunkOrZeros(KernelBody &k, Value source,
 }
 
 void mlir::moe::gpu_lowering::forEachWarpgroupAccumulator(
-    KernelBody &k, Value thread,
+    KernelBody &k, Value thread, int64_t cols,
     function_ref<void(int64_t at, Value row, Value col)> body) {
-  for (int64_t i = 0; i < kWarpgroupAccumulators; ++i) {
+  for (int64_t i = 0; i < warpgroupAccumulators(cols); ++i) {
     auto [row, col] = accumulatorPosition(k, thread, i);
     body(i, row, col);
   }
 }
 
 Value mlir::moe::gpu_lowering::createWeightTensorMap(GPUProgram &p, Value w,
+                                                     int64_t tileCols,
                                                      Value rows) {
   OpBuilder &b = p.host();
   Location loc = p.getLoc();
@@ -446,7 +456,7 @@ Value mlir::moe::gpu_lowering::createWeightTensorMap(GPUProgram &p, Value w,
                              constant(dims[1]),
                              constant(dims[2]),
                              constant(kWgmmaSlice),
-                             constant(kWgmmaCols)};
+                             constant(tileCols)};
   Value any = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ugt, rows,
                                     p.hostIndex(0));
   auto ifAny = scf::IfOp::create(

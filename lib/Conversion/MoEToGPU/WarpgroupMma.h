@@ -1,10 +1,11 @@
 //===- WarpgroupMma.h - warpgroup tiles of a GEMM on Hopper -----*- C++ -*-===//
 //
-// A warpgroup (128 threads, one block) computes a kWgmmaRows x kWgmmaCols
-// tile of A B^T for each B matrix with wgmma.mma_async.m64n64k16 (sm_90a;
-// bf16 operands from shared memory, f32 accumulators in registers). For each
-// slice of kWgmmaSlice reduction elements (one 128-byte row of bf16):
-// - B's tile (64 weight rows of 128 bytes) comes by TMA
+// A warpgroup (128 threads, one block) computes a kWgmmaRows x N tile of
+// A B^T for each B matrix with wgmma.mma_async.m64nNk16, N = 64 or 128 (the
+// cost model's warpgroupCols; sm_90a; bf16 operands from shared memory, f32
+// accumulators in registers). For each slice of kWgmmaSlice reduction
+// elements (one 128-byte row of bf16):
+// - B's tile (N weight rows of 128 bytes) comes by TMA
 //   (cp.async.bulk.tensor through a tensor map of the weights the host
 //   encodes, 128-byte swizzle) and completes on an mbarrier, whose wait
 //   traps after half a minute (a load that never lands fails the run
@@ -46,9 +47,10 @@ namespace mlir::moe::gpu_lowering {
 /// reduction slice are GPUCostModel.h's kWgmmaRows, kWgmmaCols and
 /// kWgmmaSlice.
 constexpr int64_t kWarpgroupThreads = 128;
-/// Accumulators per thread per B matrix.
-constexpr int64_t kWarpgroupAccumulators =
-    kWgmmaRows * kWgmmaCols / kWarpgroupThreads;
+/// Accumulators per thread per B matrix for tiles of `cols` columns.
+constexpr int64_t warpgroupAccumulators(int64_t cols) {
+  return kWgmmaRows * cols / kWarpgroupThreads;
+}
 
 /// The alignment the swizzled tiles need in shared memory, and the most
 /// shared memory a block of the warpgroup form takes: two blocks fit on one
@@ -69,13 +71,16 @@ struct WarpgroupStaging {
   int64_t stages, stageBytes, barriersAt, sharedBytes;
 };
 /// The staging of a GEMM of `matrices` B matrices over `depth` (a multiple
-/// of kWgmmaSlice) with A split or rounded as `options` say.
+/// of kWgmmaSlice) in tiles of `cols` columns, with A split or rounded as
+/// `options` say.
 WarpgroupStaging warpgroupStaging(const GPUKernelOptions &options,
-                                  int64_t matrices, int64_t depth);
+                                  int64_t matrices, int64_t depth,
+                                  int64_t cols);
 
 struct WarpgroupTileGemm {
-  /// The reduction length, a multiple of kWgmmaSlice.
-  int64_t depth;
+  /// The reduction length, a multiple of kWgmmaSlice, and the tile's
+  /// columns per B matrix (kWgmmaNarrowCols or kWgmmaWideCols).
+  int64_t depth, cols;
   /// A[row, i0 .. i0 + 8) as a vector<8xf32>, for tile row `row` (0 to
   /// kWgmmaRows - 1) and i0 a multiple of 8; zeros for a row outside the
   /// problem.
@@ -91,7 +96,7 @@ struct WarpgroupTileGemm {
 };
 
 /// The thread's accumulators after the whole reduction,
-/// acc[m * kWarpgroupAccumulators + i].
+/// acc[m * warpgroupAccumulators(gemm.cols) + i].
 /// All 128 threads of the block must be here (barriers), launched with
 /// warpgroupStaging's sharedBytes of dynamic shared memory. k.options say
 /// whether A is split or rounded (bf16Activations) and whether to emulate.
@@ -99,10 +104,10 @@ SmallVector<Value> emitWarpgroupTileGemm(KernelBody &k, Value thread,
                                          const WarpgroupTileGemm &gemm);
 
 /// body(at, row, col) for each of the thread's accumulators of the first
-/// matrix (add kWarpgroupAccumulators m to `at` for matrix m), with its tile
-/// row and column.
+/// matrix of a tile of `cols` columns (add warpgroupAccumulators(cols) m to
+/// `at` for matrix m), with its tile row and column.
 void forEachWarpgroupAccumulator(
-    KernelBody &k, Value thread,
+    KernelBody &k, Value thread, int64_t cols,
     function_ref<void(int64_t at, Value row, Value col)> body);
 
 /// Whether GEMMs of `weights` emitted at `p`'s host insertion point may get
@@ -113,12 +118,14 @@ void forEachWarpgroupAccumulator(
 bool mayUseWarpgroups(GPUProgram &p, ArrayRef<Value> weights);
 
 /// Where the block of thread `gid` works in a warpgroup form over `cols`
-/// columns (a block per (row tile, column tile), column tiles fastest): its
-/// thread in the warpgroup, its row tile and its first column.
+/// columns in tiles of `tileCols` (a block per (row tile, column tile),
+/// column tiles fastest): its thread in the warpgroup, its row tile and its
+/// first column.
 struct WarpgroupTask {
   Value thread, rowTile, colBase;
 };
-WarpgroupTask warpgroupTask(KernelBody &k, Value gid, int64_t cols);
+WarpgroupTask warpgroupTask(KernelBody &k, Value gid, int64_t cols,
+                            int64_t tileCols);
 
 /// source[row, i0 .. i0 + 8) as a vector<8xf32>, zeros where `used` is false
 /// (`row` must be in bounds either way): what WarpgroupTileGemm::loadA
@@ -128,11 +135,12 @@ Value loadChunkOrZeros(KernelBody &k, Value source, Value row, Value i0,
 
 /// On the host: the tensor map through which TMA loads tiles of the bf16
 /// weights `w` ([experts, cols, depth] or [cols, depth], identity layout),
-/// boxes of kWgmmaCols rows of kWgmmaSlice elements with the 128-byte
+/// boxes of `tileCols` rows of kWgmmaSlice elements with the 128-byte
 /// swizzle; a device pointer that the runtime keeps for the model's life.
 /// Asked for only when the form gets `rows`, else null: decode steps skip
 /// the call.
-Value createWeightTensorMap(GPUProgram &p, Value w, Value rows);
+Value createWeightTensorMap(GPUProgram &p, Value w, int64_t tileCols,
+                            Value rows);
 
 } // namespace mlir::moe::gpu_lowering
 

@@ -5,6 +5,7 @@
 // RUN: moe-opt %S/Inputs/wgmma-prefill.mlir -convert-moe-to-gpu="wgmma bf16-activations" -canonicalize -cse | FileCheck %s --check-prefix=BF16ACT
 // RUN: moe-opt %S/Inputs/wgmma-prefill.mlir -convert-moe-to-gpu="wgmma emulate-warp-ops" -canonicalize -cse | FileCheck %s --check-prefix=EMU
 // RUN: not moe-opt %S/Inputs/wgmma-prefill.mlir -convert-moe-to-gpu="wgmma chip=sm_80" 2>&1 | FileCheck %s --check-prefix=SM80
+// RUN: moe-opt %S/Inputs/wgmma-wide.mlir -convert-moe-to-gpu=wgmma -canonicalize -cse | FileCheck %s --check-prefix=WIDE
 // RUN: moe-opt %S/Inputs/wgmma-loop.mlir -convert-moe-to-gpu=wgmma | FileCheck %s --check-prefix=RESIDENT
 // RUN: moe-opt %S/Inputs/wgmma-loop.mlir -convert-moe-to-gpu="wgmma resident-loops=false" | FileCheck %s --check-prefix=HOSTLOOP
 
@@ -196,6 +197,32 @@
 // EMU: gpu.return
 
 // SM80: error: convert-moe-to-gpu: wgmma kernels need chip sm_90a, not 'sm_80'
+
+// Wide tiles: the down GEMM of d = 512 columns gets 64 x 128 tiles (the cost
+// model's pick; gate/up, two matrices, keeps 64 columns): its tensor map's
+// boxes are 128 weight rows of 64, a block per (row tile, 4 column tiles),
+// two stages of A's two parts and a 16 KiB B tile (2 x 32776 + 1024 bytes),
+// and per slice one 16384-byte TMA load and 4 steps of m64n128k16 per A part,
+// into 64 accumulators a thread, each stored by the epilogue.
+// WIDE-LABEL: func.func @wide(
+// WIDE: launch_func async [%{{.*}}] @moe_kernels::@experts_gate_up_wgmma_{{[0-9]+}} {{.*}} dynamic_shared_memory_size %c99352_i32
+// WIDE: func.call @moert_cuda_tensor_map_bf16_3d(%{{.*}}, %c128_i64, %c512_i64, %c4_i64, %c64_i64, %c128_i64)
+// WIDE: launch_func async [%{{.*}}] @moe_kernels::@experts_down_wgmma_{{[0-9]+}} {{.*}} dynamic_shared_memory_size %c66576_i32
+// WIDE-LABEL: gpu.func @experts_gate_up_wgmma_
+// WIDE-NOT: n = 128
+// WIDE-LABEL: gpu.func @experts_down_wgmma_
+// WIDE: %[[BLOCK:.*]] = arith.divui %{{.*}}, %c128 : index
+// WIDE: arith.remui %[[BLOCK]], %c4 : index
+// WIDE: nvvm.mbarrier.arrive.expect_tx %{{.*}}, %c16384_i32
+// WIDE: memref.view {{.*}} to memref<8192xbf16, #gpu.address_space<workgroup>>
+// WIDE: nvvm.cp.async.bulk.tensor.shared.cluster.global
+// WIDE: scf.for
+// WIDE-COUNT-8: nvvm.wgmma.mma_async {{.*}}, <m = 64, n = 128, k = 16>, D[<f32>, <one>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <col>] : !llvm.struct<([[ACC:(f32, ){63}f32]])>
+// WIDE-NOT: nvvm.wgmma.mma_async
+// WIDE: scf.yield
+// WIDE-COUNT-64: memref.store
+// WIDE-NOT: memref.store
+// WIDE: gpu.return
 
 // A resident loop keeps mma.sync warp tiles (its phases are grid-stride loops
 // of independent threads, with no block-wide barriers); a host loop of
