@@ -52,8 +52,10 @@ constexpr int64_t kWgmmaNarrowCols = 64;
 constexpr int64_t kWgmmaWideCols = 128;
 constexpr int64_t kWgmmaSlice = 64;
 /// The most accumulators a thread of the warpgroup form holds (f32
-/// registers: kWgmmaRows x cols / 128 per B matrix), so that the kernel
-/// keeps them in registers beside its addresses.
+/// registers: kWgmmaRows x cols / 128 per B matrix). Gate and up together
+/// keep 64-column tiles: each staged A tile already serves 128 output
+/// columns, and wide ones would take 217 registers and leave room for only
+/// two pipeline stages (ptxas, sm_90a).
 constexpr int64_t kMaxWarpgroupAccumulators = 64;
 
 /// One GEMM of an expert group: every routed row times a [cols, depth]
