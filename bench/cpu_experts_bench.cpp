@@ -8,6 +8,9 @@
 // (d=512 f=1024 E=8 k=2) at T = 1, 64, 512, each with warm caches (the same
 // layer called again) and cold ones (a 64 MiB buffer written before each call,
 // as in a multi-layer model whose other layers evict this one's weights).
+// On a CPU with AVX-512 the runtime's GEMM tiles of several rows use it; the
+// same layer with them forced onto 8-lane AVX2 tiles (the same bits) is
+// timed too, interleaved with the others ("moert AVX2").
 // Prints a Markdown table and writes JSON to --json PATH.
 //
 // The peer's buffers are allocated outside the timed region; the runtime's
@@ -16,6 +19,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "CpuGemm.h"
 #include "moert/CpuKernels.h"
 
 #include <cblas.h>
@@ -190,7 +194,8 @@ double median(std::vector<double> values) {
 struct Result {
   int64_t numTokens;
   bool cold;
-  double moertMs, blasMs, maxAbsDiff;
+  /// moertAvx2Ms is NaN on a CPU without AVX-512 (moertMs is AVX2 there).
+  double moertMs, moertAvx2Ms, blasMs, maxAbsDiff;
 };
 
 /// Evicts the caches (32 MiB of L3 on the reference machine) by writing a
@@ -212,7 +217,14 @@ Result measure(const Layer &layer, int64_t numTokens, bool cold, int reps,
   std::vector<float> outMoert(numTokens * layer.d), outBlas(outMoert.size());
   MoertLayer moert(layer, numTokens);
   BlasLayer blas(layer, numTokens);
+  bool avx512 = moert::cpu::detail::avx512Gemm();
+  std::vector<float> outAvx2(outMoert.size());
   auto runMoert = [&] { moert.run(x.data(), outMoert.data()); };
+  auto runMoertAvx2 = [&] {
+    moert::cpu::detail::setAvx512Gemm(false);
+    moert.run(x.data(), outAvx2.data());
+    moert::cpu::detail::setAvx512Gemm(avx512);
+  };
   auto runBlas = [&] { blas.run(x.data(), outBlas.data()); };
   auto timeRun = [&](auto run) {
     if (cold)
@@ -220,24 +232,38 @@ Result measure(const Layer &layer, int64_t numTokens, bool cold, int reps,
     return timeOnce(run);
   };
   runMoert();
+  runMoertAvx2();
   runBlas();
   // Interleaved, alternating which goes first, so drift in machine load
   // affects both sides alike.
-  std::vector<double> moertTimes, blasTimes;
+  std::vector<double> moertTimes, avx2Times, blasTimes;
   for (int rep = 0; rep < reps; ++rep) {
     if (rep % 2) {
       blasTimes.push_back(timeRun(runBlas));
+      if (avx512)
+        avx2Times.push_back(timeRun(runMoertAvx2));
       moertTimes.push_back(timeRun(runMoert));
     } else {
       moertTimes.push_back(timeRun(runMoert));
+      if (avx512)
+        avx2Times.push_back(timeRun(runMoertAvx2));
       blasTimes.push_back(timeRun(runBlas));
     }
+  }
+  if (avx512 && std::memcmp(outAvx2.data(), outMoert.data(),
+                            outMoert.size() * sizeof(float)) != 0) {
+    std::fprintf(stderr, "the AVX-512 and AVX2 tiles gave different bits\n");
+    std::exit(1);
   }
   double maxAbsDiff = 0.0;
   for (size_t i = 0; i < outMoert.size(); ++i)
     maxAbsDiff =
         std::max(maxAbsDiff, double(std::fabs(outMoert[i] - outBlas[i])));
-  return {numTokens, cold, 1e3 * median(moertTimes), 1e3 * median(blasTimes),
+  return {numTokens,
+          cold,
+          1e3 * median(moertTimes),
+          avx512 ? 1e3 * median(avx2Times) : NAN,
+          1e3 * median(blasTimes),
           maxAbsDiff};
 }
 
@@ -290,13 +316,15 @@ void printTable(const Layer &layer, const std::vector<Result> &results) {
               "k=%lld, 1 thread, median ms\n\n",
               (long long)layer.d, (long long)layer.f,
               (long long)layer.numExperts, (long long)layer.topK);
-  std::printf("| T | caches | moert (ms) | OpenBLAS loop (ms) | speedup "
-              "(OpenBLAS / moert) | max abs diff |\n"
-              "|---|---|---|---|---|---|\n");
+  std::printf("| T | caches | moert (ms) | moert AVX2 (ms) | OpenBLAS loop "
+              "(ms) | speedup (OpenBLAS / moert) | AVX2 / moert | max abs "
+              "diff |\n"
+              "|---|---|---|---|---|---|---|---|\n");
   for (const Result &r : results)
-    std::printf("| %lld | %s | %.3f | %.3f | %.2fx | %.1e |\n",
+    std::printf("| %lld | %s | %.3f | %.3f | %.3f | %.2fx | %.2fx | %.1e |\n",
                 (long long)r.numTokens, r.cold ? "cold" : "warm", r.moertMs,
-                r.blasMs, r.blasMs / r.moertMs, r.maxAbsDiff);
+                r.moertAvx2Ms, r.blasMs, r.blasMs / r.moertMs,
+                r.moertAvx2Ms / r.moertMs, r.maxAbsDiff);
 }
 
 bool writeJson(const std::string &path, const Options &options,
@@ -319,9 +347,13 @@ bool writeJson(const std::string &path, const Options &options,
     const Result &r = results[i];
     std::fprintf(file,
                  "    {\"T\": %lld, \"caches\": \"%s\", \"moert_ms\": %.6f, "
+                 "\"moert_avx2_ms\": %s, "
                  "\"openblas_loop_ms\": %.6f, \"speedup\": %.4f, "
                  "\"max_abs_diff\": %.3e}%s\n",
                  (long long)r.numTokens, r.cold ? "cold" : "warm", r.moertMs,
+                 std::isnan(r.moertAvx2Ms)
+                     ? "null"
+                     : std::to_string(r.moertAvx2Ms).c_str(),
                  r.blasMs, r.blasMs / r.moertMs, r.maxAbsDiff,
                  i + 1 < results.size() ? "," : "");
   }

@@ -11,7 +11,10 @@
 // (the tail zero-padded), one fixed reduction tree per block, and the block
 // sums added to C in K order. Tile shape and blocking only decide which
 // elements are computed together, never how, which is what makes the kernels
-// deterministic across thread counts and batch compositions.
+// deterministic across thread counts and batch compositions. On CPUs with
+// AVX-512 the tiles of more than one row go to CpuGemmAvx512.cpp, whose
+// 16-lane registers each hold two elements' 8 partial sums: the same
+// arithmetic, the same bits.
 //
 // B may also be bf16 (raw bits, as weights are kept): each vector is widened
 // to f32 as it is loaded, which is exact, so a bf16 B gives the same bits as
@@ -23,84 +26,25 @@
 //===----------------------------------------------------------------------===//
 
 #include "CpuGemm.h"
+#include "CpuGemmVector.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
 using namespace moert::cpu;
+using namespace moert::cpu::detail;
 
 namespace {
 
-using V8 = float __attribute__((vector_size(32)));
-using V8i = int32_t __attribute__((vector_size(32)));
-using V4 = float __attribute__((vector_size(16)));
-using V8u16 = uint16_t __attribute__((vector_size(16)));
-
-constexpr int64_t kLanes = 8;
 /// K block: an NR x kBlockK panel of B (16 KiB for NR = 8) stays in L1 while
 /// the rows of A stream past it.
-constexpr int64_t kBlockK = 512;
+constexpr int64_t kBlockK = kMaxBlockK;
 /// M block: a kBlockM x kBlockK block of A (192 KiB) stays in L2 while B
 /// panels are swept across it.
 constexpr int64_t kBlockM = 96;
-
-V8 splat(float value) { return V8{} + value; }
-
-V8 load(const float *p) {
-  V8 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-/// Eight bf16 values as f32: the bits shifted into the high half.
-V8 load(const uint16_t *p) {
-  V8u16 bits;
-  std::memcpy(&bits, p, sizeof(bits));
-  return (V8)(__builtin_convertvector(bits, V8i) << 16);
-}
-
-/// The first `n` < 8 floats at `p`, zero-padded.
-V8 loadTail(const float *p, int64_t n) {
-  V8 v = {};
-  for (int64_t i = 0; i < n; ++i)
-    v[i] = p[i];
-  return v;
-}
-
-V8 loadTail(const uint16_t *p, int64_t n) {
-  V8u16 bits = {};
-  for (int64_t i = 0; i < n; ++i)
-    bits[i] = p[i];
-  return (V8)(__builtin_convertvector(bits, V8i) << 16);
-}
-
-void storeTail(float *p, V8 v, int64_t n) {
-  for (int64_t i = 0; i < n; ++i)
-    p[i] = v[i];
-}
-
-/// Sum of the lanes of `v` as ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)): the same
-/// tree as each lane of reduce4.
-float reduce1(V8 v) {
-  V4 p = __builtin_shufflevector(v, v, 0, 1, 2, 3) +
-         __builtin_shufflevector(v, v, 4, 5, 6, 7);
-  return (p[0] + p[2]) + (p[1] + p[3]);
-}
-
-/// {reduce1(a), reduce1(b), reduce1(c), reduce1(d)} with 8-wide operations.
-V4 reduce4(V8 a, V8 b, V8 c, V8 d) {
-  // Lanes [a0+a4 .. a3+a7 | b0+b4 .. b3+b7], and the same for c, d.
-  V8 ab = __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11) +
-          __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15);
-  V8 cd = __builtin_shufflevector(c, d, 0, 1, 2, 3, 8, 9, 10, 11) +
-          __builtin_shufflevector(c, d, 4, 5, 6, 7, 12, 13, 14, 15);
-  // Lanes [p0+p2, p1+p3] of a, c | of b, d.
-  V8 q = __builtin_shufflevector(ab, cd, 0, 1, 8, 9, 4, 5, 12, 13) +
-         __builtin_shufflevector(ab, cd, 2, 3, 10, 11, 6, 7, 14, 15);
-  return __builtin_shufflevector(q, q, 0, 4, 2, 6) +
-         __builtin_shufflevector(q, q, 1, 5, 3, 7);
-}
 
 /// acc[i][j] += A row i * B row j over one 8-wide step; `loadFn` reads it
 /// (a generic lambda: A is f32, B f32 or bf16). The MR A vectors stay in
@@ -119,25 +63,6 @@ void fmaStep(V8 (&acc)[MR][NR], const float *a, int64_t lda, const TB *b,
   }
 }
 
-/// Reduces one row of accumulators into c[0, NR), overwriting or adding.
-template <int NR>
-void storeRow(const V8 (&acc)[NR], float *c, bool accumulate) {
-  int j = 0;
-  for (; j + 4 <= NR; j += 4) {
-    V4 r = reduce4(acc[j], acc[j + 1], acc[j + 2], acc[j + 3]);
-    if (accumulate) {
-      V4 old;
-      std::memcpy(&old, c + j, sizeof(old));
-      r += old;
-    }
-    std::memcpy(c + j, &r, sizeof(r));
-  }
-  for (; j < NR; ++j) {
-    float r = reduce1(acc[j]);
-    c[j] = accumulate ? c[j] + r : r;
-  }
-}
-
 /// The micro-kernel: C[MR,NR] (+)= A[MR,kc] @ B[NR,kc]^T.
 template <int MR, int NR, typename TB>
 void tile(const float *a, int64_t lda, const TB *b, int64_t ldb, float *c,
@@ -153,16 +78,6 @@ void tile(const float *a, int64_t lda, const TB *b, int64_t ldb, float *c,
   }
   for (int i = 0; i < MR; ++i)
     storeRow(acc[i], c + i * ldc, accumulate);
-}
-
-/// Asks for rows [0, rows) of B, kc elements each, to be fetched into L2
-/// while the current panel is computed (a prefetch per 64-byte line).
-template <typename TB>
-void prefetchRows(const TB *b, int64_t ldb, int64_t rows, int64_t kc) {
-  constexpr int64_t kPerLine = 64 / sizeof(TB);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t k = 0; k < kc; k += kPerLine)
-      __builtin_prefetch(b + r * ldb + k, 0, 2);
 }
 
 /// All rows of A against NR rows of B, three rows at a time.
@@ -216,19 +131,25 @@ void gemmBlock(const float *a, int64_t lda, const TB *b, int64_t ldb, float *c,
   if (m == 1)
     return gemvBlock(a, b, ldb, c, n, kc, accumulate);
   if constexpr (!std::is_same_v<TB, float>) {
-    // Every B row serves all m rows: widen each panel of four once, not in
+    // Every B row serves all m rows: widen each panel of eight once, not in
     // every tile that reads it.
-    alignas(32) float panel[4 * kBlockK];
-    for (int64_t j = 0; j < n; j += 4) {
-      int64_t rows = std::min<int64_t>(4, n - j);
+    alignas(32) float panel[8 * kBlockK];
+    for (int64_t j = 0; j < n; j += 8) {
+      int64_t rows = std::min<int64_t>(8, n - j);
       widenRows(b + j * ldb, ldb, rows, kc, panel);
-      prefetchRows(b + (j + 4) * ldb, ldb, std::min<int64_t>(4, n - j - 4), kc);
+      prefetchRows(b + (j + 8) * ldb, ldb, std::min<int64_t>(8, n - j - 8), kc);
       gemmBlock<float>(a, lda, panel, kBlockK, c + j, ldc, m, rows, kc,
                        accumulate);
     }
     return;
   }
   int64_t j = 0;
+  if constexpr (std::is_same_v<TB, float>) {
+    if (avx512Gemm()) {
+      j = n / 8 * 8;
+      gemmBlockAvx512(a, lda, b, ldb, c, ldc, m, j, kc, accumulate);
+    }
+  }
   for (; j + 4 <= n; j += 4) {
     prefetchRows(b + (j + 4) * ldb, ldb, std::min<int64_t>(4, n - j - 4), kc);
     sweepRows<4>(a, lda, b + j * ldb, ldb, c + j, ldc, m, kc, accumulate);
@@ -282,6 +203,37 @@ V8 swigluStep(V8 g, V8 u, Activation activation) {
 }
 
 } // namespace
+
+namespace {
+/// avx512Gemm()'s answer: -1 until first asked.
+std::atomic<int> avx512Tiles{-1};
+
+bool cpuHasAvx512() {
+#if defined(__x86_64__) && defined(MOERT_HAVE_AVX512_GEMM)
+  return __builtin_cpu_supports("avx512f") &&
+         __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
+}
+} // namespace
+
+bool detail::avx512Gemm() {
+  int state = avx512Tiles.load(std::memory_order_relaxed);
+  if (state < 0) {
+    const char *isa = std::getenv("MOERT_CPU_ISA");
+    state = cpuHasAvx512() && !(isa && std::strcmp(isa, "avx2") == 0);
+    avx512Tiles.store(state, std::memory_order_relaxed);
+  }
+  return state;
+}
+
+bool detail::setAvx512Gemm(bool on) {
+  if (on && !cpuHasAvx512())
+    return false;
+  avx512Tiles.store(on, std::memory_order_relaxed);
+  return true;
+}
 
 template <typename TB>
 void detail::gemmABtSerial(const float *a, int64_t lda, const TB *b,

@@ -30,6 +30,21 @@ extern template void gemmABtSerial(const float *, int64_t, const uint16_t *,
                                    int64_t, float *, int64_t, int64_t, int64_t,
                                    int64_t);
 
+/// Whether gemmABtSerial runs its tiles of more than one row on AVX-512
+/// (CpuGemmAvx512.cpp; the same bits as the 8-lane tiles): on CPUs with
+/// AVX-512F and DQ unless the environment says MOERT_CPU_ISA=avx2.
+bool avx512Gemm();
+/// Turns the AVX-512 tiles on or off (for tests and benchmarks); returns
+/// false, changing nothing, when asked for them on a CPU without them.
+bool setAvx512Gemm(bool on);
+/// The longest K block gemmABtSerial hands to its tiles.
+constexpr int64_t kMaxBlockK = 512;
+/// C[m, n] (+)= A[m, kc] @ B[n, kc]^T for n a multiple of 8 and one K block
+/// (kc <= kMaxBlockK elements) on AVX-512; call only where avx512Gemm().
+void gemmBlockAvx512(const float *a, int64_t lda, const float *b, int64_t ldb,
+                     float *c, int64_t ldc, int64_t m, int64_t n, int64_t kc,
+                     bool accumulate);
+
 /// sum_i a[i] * b[i], bitwise equal to the corresponding gemmABtSerial
 /// element.
 float dot(const float *a, const float *b, int64_t n);

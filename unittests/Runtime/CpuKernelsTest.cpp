@@ -7,6 +7,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moert/CpuKernels.h"
+#include "CpuGemm.h"
 #include "KernelTestUtils.h"
 
 #include "gtest/gtest.h"
@@ -25,6 +26,7 @@ using moert::testing::allNaN;
 using moert::testing::expectBitwiseEqual;
 using moert::testing::memref;
 using moert::testing::randomVector;
+using moert::testing::roundToBF16;
 
 namespace {
 
@@ -214,6 +216,47 @@ TEST(CpuKernels, GemmWithStridesAndKBlocks) {
   std::vector<float> serial(c.size(), -1.0f);
   gemmABt(a.data(), lda, b.data(), ldb, serial.data(), ldc, m, n, k, 1);
   EXPECT_EQ(std::memcmp(serial.data(), c.data(), c.size() * sizeof(float)), 0);
+}
+
+// On CPUs with AVX-512 the GEMM's tiles of more than one row use 16-lane
+// vectors (two output columns per register); they must give the 8-lane
+// tiles' bits, for f32 and bf16 weights, over every tail of rows, columns
+// and K, and more than one K block.
+TEST(CpuKernels, Avx512TilesGiveTheEightLaneBits) {
+  bool initial = detail::avx512Gemm();
+  if (!detail::setAvx512Gemm(true))
+    GTEST_SKIP() << "this CPU has no AVX-512F and DQ";
+  for (int64_t m : {2, 5, 6, 7, 13, 97})
+    for (int64_t n : {8, 13, 16, 71})
+      for (int64_t k : {7, 64, 1037}) {
+        const int64_t lda = k + 3, ldb = k + 5, ldc = n + 2;
+        std::vector<float> a = randomVector(m * lda, 1.0f, 3);
+        std::vector<float> b = randomVector(n * ldb, 1.0f, 4);
+        std::vector<uint16_t> bBits = roundToBF16(b);
+        for (bool bf16 : {false, true}) {
+          std::vector<float> c[2];
+          for (bool wide : {false, true}) {
+            ASSERT_TRUE(detail::setAvx512Gemm(wide));
+            c[wide].assign(m * ldc, -1.0f);
+            if (bf16)
+              detail::gemmABtSerial(a.data(), lda, bBits.data(), ldb,
+                                    c[wide].data(), ldc, m, n, k);
+            else
+              detail::gemmABtSerial(a.data(), lda, b.data(), ldb,
+                                    c[wide].data(), ldc, m, n, k);
+          }
+          ASSERT_EQ(std::memcmp(c[0].data(), c[1].data(),
+                                c[0].size() * sizeof(float)),
+                    0)
+              << m << " x " << n << " x " << k << (bf16 ? " bf16" : "");
+          // The bf16 weights are exactly the rounded f32 ones.
+          double ref =
+              dotRef(a.data() + (m - 1) * lda, b.data() + (n - 1) * ldb, k);
+          EXPECT_NEAR(c[1][(m - 1) * ldc + n - 1], ref,
+                      kTolerance + kTolerance * std::fabs(ref));
+        }
+      }
+  detail::setAvx512Gemm(initial);
 }
 
 TEST(CpuKernels, RmsNorm) {
