@@ -218,6 +218,17 @@ bool cpuHasAvx512() {
 }
 } // namespace
 
+std::string detail::cpuIsaProblem() {
+  const char *isa = std::getenv("MOERT_CPU_ISA");
+  if (!isa || !*isa || !std::strcmp(isa, "avx2"))
+    return "";
+  if (std::strcmp(isa, "avx512"))
+    return "MOERT_CPU_ISA='" + std::string(isa) + "' is not avx2 or avx512";
+  return cpuHasAvx512() ? ""
+                        : "MOERT_CPU_ISA=avx512, but this CPU lacks AVX-512F "
+                          "or AVX-512DQ";
+}
+
 bool detail::avx512Gemm() {
   int state = avx512Tiles.load(std::memory_order_relaxed);
   if (state < 0) {

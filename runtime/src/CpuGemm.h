@@ -14,6 +14,7 @@
 #include "moert/CpuKernels.h"
 
 #include <cstdint>
+#include <string>
 
 namespace moert::cpu::detail {
 
@@ -33,7 +34,10 @@ extern template void gemmABtSerial(const float *, int64_t, const uint16_t *,
 /// Whether gemmABtSerial runs its tiles of more than one row on AVX-512
 /// (CpuGemmAvx512.cpp; the same bits as the 8-lane tiles): on CPUs with
 /// AVX-512F and DQ unless the environment says MOERT_CPU_ISA=avx2.
+/// Decided on first use.
 bool avx512Gemm();
+/// What is wrong with MOERT_CPU_ISA, or "".
+std::string cpuIsaProblem();
 /// Turns the AVX-512 tiles on or off (for tests and benchmarks); returns
 /// false, changing nothing, when asked for them on a CPU without them.
 bool setAvx512Gemm(bool on);

@@ -83,17 +83,35 @@ bool failRoute(int32_t *ids, float *gates, int64_t n) {
 
 } // namespace
 
+namespace {
+/// MOERT_NUM_THREADS as a thread count, or 0 if it is unset or not one.
+unsigned threadsFromEnvironment() {
+  const char *env = std::getenv("MOERT_NUM_THREADS");
+  if (!env)
+    return 0;
+  char *end = nullptr;
+  long value = std::strtol(env, &end, 10);
+  return end != env && *end == '\0' && value > 0 && value <= 1024
+             ? static_cast<unsigned>(value)
+             : 0;
+}
+} // namespace
+
 unsigned moert::cpu::defaultNumThreads() {
   static const unsigned numThreads = [] {
-    if (const char *env = std::getenv("MOERT_NUM_THREADS")) {
-      char *end = nullptr;
-      long value = std::strtol(env, &end, 10);
-      if (end != env && *end == '\0' && value > 0 && value <= 1024)
-        return static_cast<unsigned>(value);
-    }
+    if (unsigned fromEnvironment = threadsFromEnvironment())
+      return fromEnvironment;
     return std::max(1u, std::thread::hardware_concurrency());
   }();
   return numThreads;
+}
+
+std::string moert::cpu::environmentProblem() {
+  const char *threads = std::getenv("MOERT_NUM_THREADS");
+  if (threads && *threads && !threadsFromEnvironment())
+    return "MOERT_NUM_THREADS='" + std::string(threads) +
+           "' is not a thread count from 1 to 1024";
+  return detail::cpuIsaProblem();
 }
 
 namespace {

@@ -1,6 +1,7 @@
 //===- Model.cpp - the moe runtime C API ----------------------------------===//
 #include "CudaBackend.h"
 #include "WeightFiles.h"
+#include "moert/CpuKernels.h"
 #include "moert/GpuEmulation.h"
 #include "moert/Safetensors.h"
 #include "moert/moert.h"
@@ -484,6 +485,9 @@ moert_status moert_context_create(const char *device, moert_context **out) {
   if (name != "cpu")
     return makeStatus(MOERT_INVALID_ARGUMENT, "unknown device '" + name.str() +
                                                   "' (expected cpu or cuda)");
+  std::string problem = moert::cpu::environmentProblem();
+  if (!problem.empty())
+    return makeStatus(MOERT_INVALID_ARGUMENT, "device 'cpu': " + problem);
   *out = new moert_context{name.str(), nullptr};
   return nullptr;
 }

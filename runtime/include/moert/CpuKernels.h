@@ -25,6 +25,7 @@
 #include "mlir/ExecutionEngine/CRunnerUtils.h"
 
 #include <cstdint>
+#include <string>
 
 namespace moert::cpu {
 
@@ -48,6 +49,14 @@ struct MoEShape {
 /// MOERT_NUM_THREADS if it is a positive integer, else the hardware
 /// concurrency. Read once per process.
 unsigned defaultNumThreads();
+
+/// What is wrong with the CPU kernels' environment, or "" when nothing is:
+/// MOERT_NUM_THREADS, when set and not empty, must be a thread count from 1
+/// to 1024, and MOERT_CPU_ISA avx2 or avx512 (which needs a CPU with
+/// AVX-512F and DQ).
+/// The kernels ignore a value that is wrong; moert_context_create("cpu")
+/// refuses it, naming the variable.
+std::string environmentProblem();
 
 /// C[m,n] = A[m,k] @ B[n,k]^T, with B stored as nn.Linear stores weights
 /// ([out, in]). Rows are contiguous; lda, ldb, ldc are row strides.
