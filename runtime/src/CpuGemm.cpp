@@ -216,24 +216,38 @@ bool cpuHasAvx512() {
   return false;
 #endif
 }
+
+/// MOERT_CPU_ISA: unset or empty (what the CPU has), avx2, avx512, or
+/// something else.
+enum class IsaRequest { Default, Avx2, Avx512, Unknown };
+IsaRequest isaRequest() {
+  const char *isa = std::getenv("MOERT_CPU_ISA");
+  if (!isa || !*isa)
+    return IsaRequest::Default;
+  if (!std::strcmp(isa, "avx2"))
+    return IsaRequest::Avx2;
+  return std::strcmp(isa, "avx512") ? IsaRequest::Unknown : IsaRequest::Avx512;
+}
 } // namespace
 
 std::string detail::cpuIsaProblem() {
-  const char *isa = std::getenv("MOERT_CPU_ISA");
-  if (!isa || !*isa || !std::strcmp(isa, "avx2"))
+  switch (isaRequest()) {
+  case IsaRequest::Unknown:
+    return "MOERT_CPU_ISA='" + std::string(std::getenv("MOERT_CPU_ISA")) +
+           "' is not avx2 or avx512";
+  case IsaRequest::Avx512:
+    return cpuHasAvx512() ? ""
+                          : "MOERT_CPU_ISA=avx512, but this build or CPU has "
+                            "no AVX-512F and AVX-512DQ";
+  default:
     return "";
-  if (std::strcmp(isa, "avx512"))
-    return "MOERT_CPU_ISA='" + std::string(isa) + "' is not avx2 or avx512";
-  return cpuHasAvx512() ? ""
-                        : "MOERT_CPU_ISA=avx512, but this CPU lacks AVX-512F "
-                          "or AVX-512DQ";
+  }
 }
 
 bool detail::avx512Gemm() {
   int state = avx512Tiles.load(std::memory_order_relaxed);
   if (state < 0) {
-    const char *isa = std::getenv("MOERT_CPU_ISA");
-    state = cpuHasAvx512() && !(isa && std::strcmp(isa, "avx2") == 0);
+    state = cpuHasAvx512() && isaRequest() != IsaRequest::Avx2;
     avx512Tiles.store(state, std::memory_order_relaxed);
   }
   return state;

@@ -241,7 +241,7 @@ gpu::GPUFuncOp GPUProgram::kernel(StringRef base, StringRef key,
 }
 
 void GPUProgram::launch(gpu::GPUFuncOp fn, Value n, ValueRange args,
-                        int64_t blockThreads, int64_t dynamicSharedBytes) {
+                        int64_t blockThreads) {
   // Block size: small grids (decode) spread over more SMs with smaller
   // blocks; others use full blocks. Then ceil(n / threads) blocks: none for
   // a form that gets no rows, which the runtime then does not launch.
@@ -264,9 +264,8 @@ void GPUProgram::launch(gpu::GPUFuncOp fn, Value n, ValueRange args,
   SmallVector<Value> operands = {n};
   llvm::append_range(operands, args);
   Value shared;
-  if (dynamicSharedBytes)
-    shared =
-        arith::ConstantIntOp::create(hostBuilder, loc, dynamicSharedBytes, 32);
+  if (auto bytes = fn->getAttrOfType<IntegerAttr>(kDynamicSharedAttr))
+    shared = arith::ConstantIntOp::create(hostBuilder, loc, bytes.getInt(), 32);
   auto op = gpu::LaunchFuncOp::create(
       hostBuilder, loc, fn, {blocks, one, one}, {threads, one, one}, shared,
       operands, hostBuilder.getType<gpu::AsyncTokenType>(), {stream()});
@@ -596,6 +595,5 @@ void mlir::moe::gpu_lowering::emitRowsDotWeights(GPUProgram &p, StringRef base,
   p.launch(
       group,
       p.hostMul(groupTiles, p.hostIndex(groupColTiles * kWarpgroupThreads)),
-      groupArgs, kWarpgroupThreads,
-      warpgroupStaging(options, 1, depth, tileCols).sharedBytes);
+      groupArgs, kWarpgroupThreads);
 }

@@ -257,6 +257,11 @@ public:
   const GPUKernelOptions &options;
 };
 
+/// The bytes of dynamic shared memory a kernel's blocks need, set on its
+/// gpu.func by the code that carves the memory (WarpgroupMma.cpp) and read
+/// by GPUProgram::launch, so that the two cannot disagree.
+constexpr llvm::StringLiteral kDynamicSharedAttr = "moe.dynamic_shared_bytes";
+
 /// Lanes that split one dot product of a decode-sized GEMM
 /// (KernelBody::laneDotShares): a warp.
 constexpr int64_t kLanes = 32;
@@ -312,9 +317,10 @@ public:
                         BodyFn body);
   /// Launches `fn` over `n` threads on the stream, in blocks of
   /// `blockThreads` (which must divide n), or by default of a size picked
-  /// for n, each with `dynamicSharedBytes` of dynamic shared memory.
+  /// for n, each with the dynamic shared memory its body asked for
+  /// (kDynamicSharedAttr).
   void launch(gpu::GPUFuncOp fn, Value n, ValueRange args,
-              int64_t blockThreads = 0, int64_t dynamicSharedBytes = 0);
+              int64_t blockThreads = 0);
   /// A device buffer for the duration of one call (release it after).
   Value scratch(MemRefType type, ValueRange sizes);
   void release(Value buffer);

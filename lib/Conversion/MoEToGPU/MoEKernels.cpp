@@ -637,8 +637,7 @@ LogicalResult emitFusedExperts(GPUProgram &p, StringRef name, ArrayRef<Value> a,
     p.launch(
         fn,
         tileThreads(p, rows, e, cols / tileCols, kWgmmaRows, kWarpgroupThreads),
-        groupArgs, kWarpgroupThreads,
-        warpgroupStaging(options, weights.size(), depth, tileCols).sharedBytes);
+        groupArgs, kWarpgroupThreads);
   };
   auto rowUsed = [&](KernelBody &k, Value token) {
     return k.cmp(arith::CmpIPredicate::sge, token, k.i32(0));

@@ -220,6 +220,10 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
   int64_t accumulators = warpgroupAccumulators(g.cols);
   int64_t stages = staging.stages, slices = g.depth / kWgmmaSlice;
   int64_t aTiles = split ? 2 : 1;
+  auto kernel =
+      k.b.getInsertionBlock()->getParentOp()->getParentOfType<gpu::GPUFuncOp>();
+  kernel->setAttr(kDynamicSharedAttr,
+                  k.b.getI64IntegerAttr(staging.sharedBytes));
 
   // Stage s holds A's tiles (high part, remainder) then the B tiles; the
   // stages' mbarriers follow the last stage used.
@@ -237,7 +241,8 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
         stage, aTiles * tileBytes(kWgmmaRows) + m * tileBytes(g.cols), g.cols);
   };
   auto barrierOf = [&](Value stage) {
-    Value offset = k.add(k.index(staging.barriersAt), k.mul(stage, k.index(8)));
+    Value offset = k.add(k.index(staging.usedStages * staging.stageBytes),
+                         k.mul(stage, k.index(8)));
     return sharedPointer(k, shared.buffer(offset, k.b.getI64Type(), 1));
   };
   Value isLeader = k.cmp(arith::CmpIPredicate::eq, thread, k.index(0));
@@ -246,7 +251,7 @@ mlir::moe::gpu_lowering::emitWarpgroupTileGemm(KernelBody &k, Value thread,
   // with the bytes TMA delivers); the block sees them initialised after
   // bar.sync.
   k.ifThen(isLeader, [&] {
-    for (int64_t s = 0; s < std::min(stages, slices); ++s)
+    for (int64_t s = 0; s < staging.usedStages; ++s)
       NVVM::MBarrierInitOp::create(k.b, barrierOf(k.index(s)), k.i32(1),
                                    Value());
     NVVM::FenceMbarrierInitOp::create(k.b);
@@ -377,8 +382,7 @@ mlir::moe::gpu_lowering::warpgroupStaging(const GPUKernelOptions &options,
       std::max<int64_t>(2, std::min({fit, kMaxWarpgroupStages, slices}));
   // A single slice uses one stage of the two.
   int64_t used = std::min(stages, slices);
-  return {stages, stageBytes, used * stageBytes,
-          used * perStage + kSharedAlignment};
+  return {stages, used, stageBytes, used * perStage + kSharedAlignment};
 }
 
 bool mlir::moe::gpu_lowering::mayUseWarpgroups(GPUProgram &p,

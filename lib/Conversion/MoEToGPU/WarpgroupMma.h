@@ -62,13 +62,14 @@ constexpr int64_t kWarpgroupSharedBudget = 113 * 1024;
 constexpr int64_t kMaxWarpgroupStages = 4;
 
 /// How a warpgroup tile GEMM stages its slices: a ring of `stages` of
-/// `stageBytes` each (of which a GEMM of fewer slices uses as many as it
-/// has), the stages' mbarriers from byte `barriersAt` on, and the dynamic
-/// shared memory its launch must ask for (`sharedBytes`: the stages used,
-/// their mbarriers and kSharedAlignment of slack). All 0 when emulated (no
-/// shared memory).
+/// `stageBytes` each, of which a GEMM of fewer slices uses `usedStages`
+/// (their mbarriers follow them), and the dynamic shared memory its blocks
+/// need (`sharedBytes`: the stages used, their mbarriers and
+/// kSharedAlignment of slack), which the kernel records as
+/// kDynamicSharedAttr for its launches. All 0 when emulated (no shared
+/// memory).
 struct WarpgroupStaging {
-  int64_t stages, stageBytes, barriersAt, sharedBytes;
+  int64_t stages, usedStages, stageBytes, sharedBytes;
 };
 /// The staging of a GEMM of `matrices` B matrices over `depth` (a multiple
 /// of kWgmmaSlice) in tiles of `cols` columns, with A split or rounded as
@@ -97,7 +98,7 @@ struct WarpgroupTileGemm {
 
 /// The thread's accumulators after the whole reduction,
 /// acc[m * warpgroupAccumulators(gemm.cols) + i].
-/// All 128 threads of the block must be here (barriers), launched with
+/// All 128 threads of the block must be here (barriers); the kernel asks for
 /// warpgroupStaging's sharedBytes of dynamic shared memory. k.options say
 /// whether A is split or rounded (bf16Activations) and whether to emulate.
 SmallVector<Value> emitWarpgroupTileGemm(KernelBody &k, Value thread,

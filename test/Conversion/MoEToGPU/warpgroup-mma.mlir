@@ -51,7 +51,9 @@
 // chunks and fences them for the async proxy; bar.sync; all wait on the
 // barrier's phase, then 4 steps of 16 per matrix, each twice (high part and
 // remainder).
+// The kernel records the bytes its launches ask for.
 // CHECK-LABEL: gpu.func @experts_gate_up_wgmma_
+// CHECK-SAME: moe.dynamic_shared_bytes = 33800 : i64
 // CHECK: %[[WINDOW:.*]] = gpu.dynamic_shared_memory : memref<?xi8, #gpu.address_space<workgroup>>
 // CHECK-NEXT: %[[START:.*]] = memref.extract_aligned_pointer_as_index %[[WINDOW]]
 // CHECK-NEXT: %[[PAST:.*]] = arith.remui %[[START]], %c1024 : index
@@ -109,6 +111,7 @@
 // A's 16-byte chunk c of row r goes to chunk c ^ (r % 8); the descriptors
 // (128-byte swizzle, 1024 bytes between 8-row groups) advance 32 bytes a step.
 // CHECK-LABEL: gpu.func @experts_down_wgmma_
+// CHECK-SAME: moe.dynamic_shared_bytes = 50192 : i64
 // CHECK-DAG: %[[FIXED:.*]] = arith.constant 4611686293305360384 : i64
 // CHECK: %[[WINDOW:.*]] = gpu.dynamic_shared_memory
 // CHECK: arith.subi %c1024
@@ -193,6 +196,7 @@
 // EMU-LABEL: gpu.func @experts_gate_up_wgmma_
 // EMU-NOT: nvvm.
 // EMU-NOT: gpu.barrier
+// EMU-NOT: moe.dynamic_shared_bytes
 // EMU-NOT: gpu.dynamic_shared_memory
 // EMU: gpu.return
 
